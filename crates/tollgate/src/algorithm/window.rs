@@ -1,0 +1,168 @@
+use crate::{Quota, Snapshot};
+
+use super::{Outcome, StateMachine};
+
+/// How many sub-windows a sliding window counts in.
+const SUB_WINDOWS: u64 = 10;
+// The sub-windows of one window, plus the partly expired one before them.
+const _: () = assert!(MAX_SPAN as u64 == SUB_WINDOWS + 1);
+/// Slots held: the sub-windows of one window, plus the partly expired one.
+const MAX_SPAN: usize = 11;
+
+/// Fixed and sliding windows, as one mechanism: time is cut into slots, each
+/// with a count, and a cost fits in a slot when the counts of the last `span`
+/// slots (this one included) plus the cost stay within the limit.
+///
+/// A fixed window is one slot a window long, counted alone. A sliding window
+/// is ten slots a tenth of a window long, counted with the one before them
+/// (which lies partly outside the window): any window-long interval lies
+/// within the eleven slots before its end, so no interval ever holds more
+/// than the limit.
+///
+/// Reservations go into future slots, in order: the state is the counts of
+/// the `span` slots ending at the latest slot anything went into (the
+/// cursor), which may be in the future. Nothing is ever placed before the
+/// cursor, which keeps waiters in FIFO order and every count exact.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Window {
+    slot_ns: u64,
+    span: usize,
+    limit: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct WindowState {
+    /// The latest slot anything was placed in, or that time has reached.
+    cursor: u64,
+    /// Counts of the slots `cursor - span + 1 ..= cursor`, at `slot % span`.
+    counts: [u64; MAX_SPAN],
+}
+
+impl Window {
+    pub(crate) fn fixed(quota: &Quota) -> Self {
+        Self {
+            slot_ns: quota.capacity_ns().max(1),
+            span: 1,
+            limit: quota.burst_size(),
+        }
+    }
+
+    pub(crate) fn sliding(quota: &Quota) -> Self {
+        Self {
+            slot_ns: quota.capacity_ns().div_ceil(SUB_WINDOWS).max(1),
+            span: MAX_SPAN,
+            limit: quota.burst_size(),
+        }
+    }
+
+    fn index(&self, slot: u64) -> usize {
+        // span ≤ MAX_SPAN, so the remainder fits in usize.
+        usize::try_from(slot.checked_rem(self.span as u64).unwrap_or(0)).unwrap_or(0)
+    }
+
+    /// Moves the cursor forward to `slot`, clearing the slots it passes.
+    fn advance(&self, state: &mut WindowState, slot: u64) {
+        if slot <= state.cursor {
+            return;
+        }
+        if slot.saturating_sub(state.cursor) >= self.span as u64 {
+            state.counts = [0; MAX_SPAN];
+        } else {
+            let mut s = state.cursor;
+            while s < slot {
+                s = s.saturating_add(1);
+                let i = self.index(s);
+                state.counts[i] = 0;
+            }
+        }
+        state.cursor = slot;
+    }
+
+    fn used(&self, state: &WindowState) -> u128 {
+        state.counts[..self.span].iter().map(|&c| u128::from(c)).sum()
+    }
+
+    fn slot_of(&self, instant: u64) -> u64 {
+        // slot_ns ≥ 1 by construction.
+        instant.checked_div(self.slot_ns).unwrap_or(instant)
+    }
+
+    fn slot_start(&self, slot: u64) -> u64 {
+        slot.saturating_mul(self.slot_ns)
+    }
+}
+
+impl StateMachine for Window {
+    type State = WindowState;
+
+    fn full(&self) -> WindowState {
+        WindowState {
+            cursor: 0,
+            counts: [0; MAX_SPAN],
+        }
+    }
+
+    fn decide(&self, state: &WindowState, now: u64, cost: u64, max_wait: u64) -> Outcome<WindowState> {
+        if cost == 0 {
+            return Outcome::Admit { state: *state, due: now };
+        }
+        if cost > self.limit {
+            return Outcome::Never;
+        }
+        let now_slot = self.slot_of(now);
+        let mut next = *state;
+        self.advance(&mut next, now_slot);
+        // At most `span` moves: after that every count is clear, and the
+        // cost fits an empty window.
+        while self.used(&next).saturating_add(u128::from(cost)) > u128::from(self.limit) {
+            let slot = next.cursor.saturating_add(1);
+            self.advance(&mut next, slot);
+        }
+        let due = if next.cursor == now_slot {
+            now
+        } else {
+            self.slot_start(next.cursor)
+        };
+        let wait = due.saturating_sub(now);
+        if wait > max_wait {
+            return Outcome::Deny { retry_after: wait };
+        }
+        let i = self.index(next.cursor);
+        next.counts[i] = next.counts[i].saturating_add(cost);
+        Outcome::Admit { state: next, due }
+    }
+
+    fn snapshot(&self, state: &WindowState, now: u64) -> Snapshot {
+        let now_slot = self.slot_of(now);
+        let mut view = *state;
+        self.advance(&mut view, now_slot);
+        let used = self.used(&view);
+        let remaining = if view.cursor > now_slot {
+            0
+        } else {
+            u64::try_from(u128::from(self.limit).saturating_sub(used)).unwrap_or(0)
+        };
+        // Full again once the newest counted slot has left the window.
+        let newest = (0..self.span as u64)
+            .map(|back| view.cursor.saturating_sub(back))
+            .take_while(|&slot| slot.saturating_add(self.span as u64) > view.cursor)
+            .find(|&slot| view.counts[self.index(slot)] > 0);
+        let reset_after = newest.map_or(0, |slot| {
+            self.slot_start(slot.saturating_add(self.span as u64))
+                .saturating_sub(now)
+        });
+        Snapshot::from_count(self.limit, remaining, reset_after)
+    }
+
+    fn cancel(&self, state: &WindowState, _now: u64, cost: u64, due: u64) -> (WindowState, u64) {
+        // Later reservations keep their slots: moving them up could overfill
+        // a window. The cost leaves its own slot if that is still counted.
+        let mut next = *state;
+        let slot = self.slot_of(due);
+        if slot <= next.cursor && slot.saturating_add(self.span as u64) > next.cursor {
+            let i = self.index(slot);
+            next.counts[i] = next.counts[i].saturating_sub(cost);
+        }
+        (next, 0)
+    }
+}

@@ -1,0 +1,85 @@
+//! Rate limiting for the tokio ecosystem: quotas, algorithms and limiters,
+//! synchronous and asynchronous, that run on virtual time in tests.
+//!
+//! This is tollgate's core: no HTTP. The server layer (`tollgate-tower`)
+//! and the client middleware (`tollgate-reqwest`) are built on it.
+//!
+//! # Words
+//!
+//! - A **quota** is a rate (a count per period) and a **burst** (how many
+//!   units may go at once when the limit is full). `"500/min"` admits 500 at
+//!   once, then one every 120 ms, the **replenish interval**.
+//! - A **cost** is what one call spends: 1 for a request, or a number of
+//!   tokens. RPM and TPM are requests and tokens per minute.
+//! - **GCRA** (the generic cell rate algorithm) is the default algorithm;
+//!   see [`Algorithm`] for the others.
+//! - Every decision answers with a [`Snapshot`]: `limit`, `remaining`,
+//!   `reset_after` and, on a denial, `retry_after`.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tollgate::{Quota, RateLimiter};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let limiter = RateLimiter::new("2/s burst 2".parse()?);
+//!
+//! // Non-blocking: admit or deny at once.
+//! assert_eq!(limiter.check(1)?.remaining(), 1);
+//! assert_eq!(limiter.check(1)?.remaining(), 0);
+//! let denied = limiter.check(1).unwrap_err();
+//! assert_eq!(denied.retry_after(), Some(Duration::from_millis(500)));
+//!
+//! // Async: wait for the slot (on virtual time here, so it returns at once).
+//! let start = tokio::time::Instant::now();
+//! limiter.acquire(1).await?;
+//! assert_eq!(start.elapsed(), Duration::from_millis(500));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Time
+//!
+//! Algorithms never read a clock; limiters read a [`Clock`] and pass the
+//! reading on. The [`DefaultClock`] follows Tokio's paused time in
+//! `#[tokio::test(start_paused = true)]` and reads the CPU's time-stamp
+//! counter in production; [`ManualClock`] serves synchronous tests.
+
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![warn(
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::arithmetic_side_effects,
+        clippy::cast_possible_truncation,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )
+)]
+
+mod algorithm;
+mod clock;
+mod error;
+mod limiter;
+mod quota;
+mod snapshot;
+
+pub use algorithm::Algorithm;
+pub use clock::{Clock, DefaultClock, FastClock, ManualClock, TokioClock};
+pub use error::{Denied, DeniedKind};
+pub use limiter::{Acquire, Builder, RateLimiter};
+pub use quota::{Quota, QuotaError, QuotaErrorKind};
+pub use snapshot::Snapshot;
+
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
