@@ -293,10 +293,11 @@ fn parse_period(text: &str) -> Option<u64> {
 
 fn period_overflows(text: &str) -> bool {
     let (amount, unit) = split_amount(text);
-    let whole = amount.split('.').next().unwrap_or("");
+    let (whole, fraction) = amount.split_once('.').unwrap_or((amount, ""));
     unit_nanos(unit).is_some()
         && !whole.is_empty()
         && whole.bytes().all(|b| b.is_ascii_digit() || b == b'_')
+        && fraction.bytes().all(|b| b.is_ascii_digit())
         && parse_period(text).is_none()
 }
 

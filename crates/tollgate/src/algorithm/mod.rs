@@ -87,3 +87,6 @@ pub(crate) trait StateMachine {
     /// state and how far (in nanoseconds) every later reservation moves up.
     fn cancel(&self, state: &Self::State, now: u64, cost: u64, due: u64) -> (Self::State, u64);
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,292 @@
+//! The direct limiter through its public API: virtual time, FIFO order,
+//! cancellation, bounded waits, threads.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_test::{assert_pending, assert_ready, task};
+use tollgate::{Algorithm, DeniedKind, ManualClock, Quota, RateLimiter};
+
+const ALL: [Algorithm; 5] = [
+    Algorithm::Gcra,
+    Algorithm::TokenBucket,
+    Algorithm::LeakyBucket,
+    Algorithm::FixedWindow,
+    Algorithm::SlidingWindow,
+];
+
+fn quota(text: &str) -> Quota {
+    text.parse().unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn hundred_tasks_at_10_per_second_finish_fifo_100ms_apart() {
+    let limiter = Arc::new(RateLimiter::new(quota("10/s burst 1")));
+    let start = Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..100u64 {
+        let limiter = Arc::clone(&limiter);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            limiter.acquire(1).await.unwrap();
+            tx.send((i, start.elapsed())).unwrap();
+        });
+    }
+    drop(tx);
+    let mut finished = Vec::new();
+    while let Some(done) = rx.recv().await {
+        finished.push(done);
+    }
+    assert_eq!(finished.len(), 100);
+    for (order, (i, at)) in finished.into_iter().enumerate() {
+        assert_eq!(i, order as u64, "served out of order");
+        assert_eq!(at, Duration::from_millis(100 * i), "task {i}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_burst_at_start_up_with_a_burst_of_one() {
+    let limiter = RateLimiter::new(quota("5/s burst 1"));
+    let start = Instant::now();
+    limiter.acquire(1).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert!(limiter.check(1).is_err());
+    limiter.acquire(1).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_millis(200));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_waiter_frees_its_slot_and_those_behind_move_up() {
+    let limiter = RateLimiter::new(quota("10/s burst 1"));
+    limiter.acquire(1).await.unwrap();
+    let start = Instant::now();
+    let mut second = task::spawn(limiter.acquire(1));
+    let mut third = task::spawn(limiter.acquire(1));
+    assert_pending!(second.poll());
+    assert_pending!(third.poll());
+    assert_eq!(limiter.waiting(), 2);
+
+    drop(second);
+    assert!(third.is_woken(), "the waiter behind was not told it moved up");
+    assert_eq!(limiter.waiting(), 1);
+
+    tokio::time::advance(Duration::from_millis(99)).await;
+    assert_pending!(third.poll());
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert_ready!(third.poll()).unwrap();
+    assert_eq!(start.elapsed(), Duration::from_millis(100));
+
+    // The slot the dropped waiter held is free: the next is due at 200 ms.
+    let mut fourth = task::spawn(limiter.acquire(1));
+    assert_pending!(fourth.poll());
+    tokio::time::advance(Duration::from_millis(100)).await;
+    assert_ready!(fourth.poll()).unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bounded_acquire_fails_at_once_with_retry_after() {
+    let limiter = RateLimiter::new(quota("4/s burst 1"));
+    limiter.acquire(1).await.unwrap();
+    let start = Instant::now();
+    let denied = limiter
+        .acquire_within(1, Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert_eq!(start.elapsed(), Duration::ZERO, "it waited");
+    assert_eq!(denied.kind(), DeniedKind::RateLimited);
+    assert_eq!(denied.retry_after(), Some(Duration::from_millis(250)));
+    assert_eq!(limiter.waiting(), 0, "a failed acquire reserved a slot");
+
+    // Within the bound it waits, in line.
+    limiter
+        .acquire_within(1, Duration::from_millis(250))
+        .await
+        .unwrap();
+    assert_eq!(start.elapsed(), Duration::from_millis(250));
+}
+
+#[tokio::test(start_paused = true)]
+async fn seed_three_per_one_and_a_half_seconds() {
+    let limiter = RateLimiter::new(quota("3/1.5s"));
+    let start = Instant::now();
+    let mut times = Vec::new();
+    for _ in 0..7 {
+        limiter.acquire(1).await.unwrap();
+        times.push(start.elapsed().as_millis());
+    }
+    assert_eq!(times, [0, 0, 0, 500, 1000, 1500, 2000]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn seed_llm_tokens_are_paced_at_100k_per_second() {
+    let limiter = RateLimiter::new(quota("100000/s"));
+    let start = Instant::now();
+    let costs = [5_000u64, 30_000, 12_000, 30_000, 30_000, 8_000, 25_000, 30_000, 5_000];
+    let mut spent = 0;
+    for cost in costs {
+        limiter.acquire(cost).await.unwrap();
+        spent += cost;
+        let due = Duration::from_micros(spent.saturating_sub(100_000) * 10);
+        assert_eq!(start.elapsed(), due.max(Duration::ZERO), "after {spent} tokens");
+    }
+    let never = limiter.acquire(100_001).await.unwrap_err();
+    assert_eq!(never.kind(), DeniedKind::CostExceedsBurst);
+    assert!(never.to_string().contains("100001"), "{never}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_algorithm_serves_waiters_in_order() {
+    for algorithm in ALL {
+        let limiter = Arc::new(
+            RateLimiter::builder(quota("2/s"))
+                .algorithm(algorithm)
+                .build(),
+        );
+        let start = Instant::now();
+        let handles: Vec<_> = (0..6)
+            .map(|_| {
+                let limiter = Arc::clone(&limiter);
+                tokio::spawn(async move {
+                    limiter.acquire(1).await.unwrap();
+                    start.elapsed()
+                })
+            })
+            .collect();
+        let mut times = Vec::new();
+        for handle in handles {
+            times.push(handle.await.unwrap());
+        }
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "{algorithm:?}: {times:?}");
+        // Six at 2/s with a burst of 2: the last is due at 2 s; the sliding
+        // window, which counts the sub-window it is unsure of, takes a tenth
+        // of a window longer per window.
+        let last = if algorithm == Algorithm::SlidingWindow { 2200 } else { 2000 };
+        assert_eq!(times[5], Duration::from_millis(last), "{algorithm:?}: {times:?}");
+    }
+}
+
+#[test]
+fn two_threads_admit_exactly_the_bound() {
+    for algorithm in ALL {
+        let clock = ManualClock::new();
+        let limiter = Arc::new(
+            RateLimiter::builder(quota("1000/s burst 50"))
+                .algorithm(algorithm)
+                .clock(clock.clone())
+                .build(),
+        );
+        let hammer = |limiter: Arc<RateLimiter<ManualClock>>| {
+            std::thread::spawn(move || (0..50_000).filter(|_| limiter.check(1).is_ok()).count())
+        };
+        let count = |limiter: &Arc<RateLimiter<ManualClock>>| {
+            let a = hammer(Arc::clone(limiter));
+            let b = hammer(Arc::clone(limiter));
+            a.join().unwrap() + b.join().unwrap()
+        };
+        assert_eq!(count(&limiter), 50, "{algorithm:?}: the burst");
+        // The buckets refill one unit per 1 ms interval; the windows free
+        // the whole burst once the admissions leave the window (at 50 ms for
+        // the fixed window, 55 ms for the sliding one, which counts the
+        // sub-window it is unsure of).
+        clock.advance(Duration::from_millis(49));
+        let at_49ms = count(&limiter);
+        clock.advance(Duration::from_millis(6));
+        let at_55ms = count(&limiter);
+        let expected = match algorithm {
+            Algorithm::FixedWindow | Algorithm::SlidingWindow => (0, 50),
+            _ => (49, 6),
+        };
+        assert_eq!((at_49ms, at_55ms), expected, "{algorithm:?}");
+    }
+}
+
+#[test]
+fn acquire_blocking_waits_in_line_on_a_manual_clock() {
+    let clock = ManualClock::new();
+    let limiter = RateLimiter::builder(quota("10/s burst 1"))
+        .clock(clock.clone())
+        .build();
+    for i in 0..5u64 {
+        limiter.acquire_blocking(1).unwrap();
+        assert_eq!(clock.now_duration(), Duration::from_millis(100 * i));
+    }
+    assert_eq!(
+        limiter.acquire_blocking(2).unwrap_err().kind(),
+        DeniedKind::CostExceedsBurst
+    );
+}
+
+#[test]
+fn acquire_blocking_threads_share_one_queue() {
+    let limiter = Arc::new(RateLimiter::builder(quota("1000/s burst 1")).build());
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let limiter = Arc::clone(&limiter);
+            std::thread::spawn(move || {
+                for _ in 0..5 {
+                    limiter.acquire_blocking(1).unwrap();
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    assert_eq!(limiter.waiting(), 0);
+}
+
+#[test]
+fn acquire_outside_a_runtime_is_an_error_not_a_panic() {
+    let limiter = RateLimiter::builder(quota("1/s"))
+        .clock(ManualClock::new())
+        .build();
+    let mut first = task::spawn(limiter.acquire(1));
+    assert_ready!(first.poll()).unwrap();
+    let mut second = task::spawn(limiter.acquire(1));
+    let denied = assert_ready!(second.poll()).unwrap_err();
+    assert_eq!(denied.kind(), DeniedKind::NoRuntime);
+    assert_eq!(limiter.waiting(), 0, "the failed acquire kept its slot");
+    // The slot it gave back is the next one.
+    assert_eq!(limiter.check(1).unwrap_err().retry_after(), Some(Duration::from_secs(1)));
+}
+
+#[test]
+fn a_cost_of_zero_reads_without_spending() {
+    let limiter = RateLimiter::builder(quota("10/s"))
+        .clock(ManualClock::new())
+        .build();
+    limiter.check(4).unwrap();
+    let peek = limiter.check(0).unwrap();
+    assert_eq!((peek.limit(), peek.remaining()), (10, 6));
+    assert_eq!(limiter.snapshot(), peek);
+    assert_eq!(limiter.check(6).unwrap().remaining(), 0);
+}
+
+#[test]
+fn huge_costs_and_times_never_panic() {
+    for algorithm in ALL {
+        let clock = ManualClock::new();
+        let limiter = RateLimiter::builder(quota("1/100000d"))
+            .algorithm(algorithm)
+            .clock(clock.clone())
+            .build();
+        let _ = limiter.check(u64::MAX);
+        let _ = limiter.check(1);
+        clock.advance(Duration::MAX);
+        let _ = limiter.check(1);
+        let _ = limiter.check(0).map(|s| s.remaining());
+        let _ = limiter.acquire_blocking(1);
+    }
+}
+
+trait NowDuration {
+    fn now_duration(&self) -> Duration;
+}
+
+impl NowDuration for ManualClock {
+    fn now_duration(&self) -> Duration {
+        use tollgate::Clock;
+        Duration::from_nanos(self.now())
+    }
+}
