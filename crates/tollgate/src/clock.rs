@@ -115,7 +115,7 @@ impl Default for FastClock {
 }
 
 impl Clock for FastClock {
-    #[inline]
+    #[inline(always)]
     fn now(&self) -> u64 {
         self.clock.delta_as_nanos(self.origin, self.clock.raw())
     }
@@ -171,7 +171,7 @@ impl Default for DefaultClock {
 }
 
 impl Clock for DefaultClock {
-    #[inline]
+    #[inline(always)]
     fn now(&self) -> u64 {
         match &self.inner {
             DefaultInner::Fast(clock) => clock.now(),

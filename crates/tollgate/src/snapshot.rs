@@ -26,38 +26,30 @@ use std::time::Duration;
 #[derive(Clone, Copy)]
 pub struct Snapshot {
     limit: u64,
-    remaining: Remaining,
+    /// `remaining × unit_ns`, plus less than one unit: `remaining` is derived
+    /// lazily, so that the GCRA admit path pays for no division that most
+    /// callers never read. `unit_ns` is 1 for an exact count.
+    spare: u64,
+    unit_ns: u64,
     reset_after_ns: u64,
-    retry_after_ns: Option<u64>,
+    /// `u64::MAX` for none: keeps the snapshot, and so every decision, small.
+    retry_after_ns: u64,
 }
 
-/// `remaining` is derived lazily: the GCRA admit path must not pay for a
-/// division that most callers never read.
-#[derive(Clone, Copy)]
-enum Remaining {
-    Count(u64),
-    /// `spare_ns / interval_ns`, floored.
-    Spare { spare_ns: u64, interval_ns: u64 },
-}
+const NO_RETRY: u64 = u64::MAX;
 
 impl Snapshot {
     /// A snapshot from explicit values, for example parsed from response headers.
     ///
     /// `remaining` is clamped to `limit`.
     pub fn new(limit: u64, remaining: u64, reset_after: Duration) -> Self {
-        Self {
-            limit,
-            remaining: Remaining::Count(remaining.min(limit)),
-            reset_after_ns: duration_to_nanos(reset_after),
-            retry_after_ns: None,
-        }
+        Self::from_count(limit, remaining.min(limit), duration_to_nanos(reset_after))
     }
 
     /// The same snapshot, carrying a hint of when to retry.
     #[must_use]
-    pub fn with_retry_after(mut self, retry_after: Duration) -> Self {
-        self.retry_after_ns = Some(duration_to_nanos(retry_after));
-        self
+    pub fn with_retry_after(self, retry_after: Duration) -> Self {
+        self.retry_after_nanos(duration_to_nanos(retry_after))
     }
 
     #[inline]
@@ -69,28 +61,26 @@ impl Snapshot {
     ) -> Self {
         Self {
             limit,
-            remaining: Remaining::Spare {
-                spare_ns,
-                interval_ns,
-            },
+            spare: spare_ns,
+            unit_ns: interval_ns,
             reset_after_ns,
-            retry_after_ns: None,
+            retry_after_ns: NO_RETRY,
         }
     }
 
     #[inline]
     pub(crate) const fn from_count(limit: u64, remaining: u64, reset_after_ns: u64) -> Self {
-        Self {
-            limit,
-            remaining: Remaining::Count(remaining),
-            reset_after_ns,
-            retry_after_ns: None,
-        }
+        Self::from_spare(limit, remaining, 1, reset_after_ns)
     }
 
     #[inline]
     pub(crate) const fn retry_after_nanos(mut self, retry_after_ns: u64) -> Self {
-        self.retry_after_ns = Some(retry_after_ns);
+        // A wait of u64::MAX ns (584 years) reads as one nanosecond less.
+        self.retry_after_ns = if retry_after_ns == NO_RETRY {
+            NO_RETRY - 1
+        } else {
+            retry_after_ns
+        };
         self
     }
 
@@ -102,13 +92,12 @@ impl Snapshot {
 
     /// How many units could be admitted right now.
     pub fn remaining(&self) -> u64 {
-        match self.remaining {
-            Remaining::Count(n) => n,
-            Remaining::Spare {
-                spare_ns,
-                interval_ns,
-            } => spare_ns.checked_div(interval_ns).unwrap_or(0).min(self.limit),
-        }
+        let remaining = if self.unit_ns <= 1 {
+            self.spare
+        } else {
+            self.spare.checked_div(self.unit_ns).unwrap_or(0)
+        };
+        remaining.min(self.limit)
     }
 
     /// How long until the limit is full again, with nothing admitted meanwhile.
@@ -120,9 +109,10 @@ impl Snapshot {
     /// nothing else is admitted meanwhile). `None` on an admission, and for a
     /// cost that can never be admitted.
     pub const fn retry_after(&self) -> Option<Duration> {
-        match self.retry_after_ns {
-            Some(ns) => Some(Duration::from_nanos(ns)),
-            None => None,
+        if self.retry_after_ns == NO_RETRY {
+            None
+        } else {
+            Some(Duration::from_nanos(self.retry_after_ns))
         }
     }
 }

@@ -31,7 +31,7 @@ impl StateMachine for Gcra {
         0
     }
 
-    #[inline]
+    #[inline(always)]
     fn decide(&self, &tat: &u64, now: u64, cost: u64, max_wait: u64) -> Outcome<u64> {
         if cost == 0 {
             return Outcome::Admit { state: tat, due: now };
@@ -57,7 +57,7 @@ impl StateMachine for Gcra {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn snapshot(&self, &tat: &u64, now: u64) -> Snapshot {
         let reset_after = tat.saturating_sub(now);
         let spare = self.capacity.saturating_sub(reset_after);

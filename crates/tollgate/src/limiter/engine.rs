@@ -46,7 +46,7 @@ impl<A: StateMachine> Locked<A> {
 }
 
 /// Turns an outcome into the limiter's answer; the caller commits the state.
-#[inline]
+#[inline(always)]
 fn settle<A: StateMachine>(
     algorithm: &A,
     state: &A::State,
@@ -86,32 +86,20 @@ impl Engine {
     /// Admits `cost` at `now`, or reserves a slot at most `max_wait` away.
     /// Answers with the instant the cost is due and the limit as it will be
     /// then.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn decide(&self, now: u64, cost: u64, max_wait: u64) -> Result<(u64, Snapshot), Denied> {
         match self {
-            Self::Gcra { gcra, tat } => {
-                // Relaxed: the TAT guards no other memory; the CAS alone
-                // orders the decisions.
-                let mut current = tat.load(Ordering::Relaxed);
-                loop {
-                    let outcome = gcra.decide(&current, now, cost, max_wait);
-                    match outcome {
-                        Outcome::Admit { state, .. } if state != current => {
-                            if let Err(actual) = tat.compare_exchange_weak(
-                                current,
-                                state,
-                                Ordering::Relaxed,
-                                Ordering::Relaxed,
-                            ) {
-                                current = actual;
-                                continue;
-                            }
-                        }
-                        _ => {}
-                    }
-                    return settle(gcra, &current, now, cost, outcome);
-                }
-            }
+            Self::Gcra { gcra, tat } => decide_gcra(gcra, tat, now, cost, max_wait),
+            _ => self.decide_locked(now, cost, max_wait),
+        }
+    }
+
+    /// Kept out of line so that the lock-free path stays small enough to
+    /// inline into `check`.
+    #[inline(never)]
+    fn decide_locked(&self, now: u64, cost: u64, max_wait: u64) -> Result<(u64, Snapshot), Denied> {
+        match self {
+            Self::Gcra { gcra, tat } => decide_gcra(gcra, tat, now, cost, max_wait),
             Self::TokenBucket(locked) => locked.decide(now, cost, max_wait),
             Self::LeakyBucket(locked) => locked.decide(now, cost, max_wait),
             Self::Window(locked) => locked.decide(now, cost, max_wait),
@@ -143,6 +131,33 @@ impl Engine {
             Self::LeakyBucket(locked) => locked.snapshot(now),
             Self::Window(locked) => locked.snapshot(now),
         }
+    }
+}
+
+#[inline(always)]
+fn decide_gcra(
+    gcra: &Gcra,
+    tat: &AtomicU64,
+    now: u64,
+    cost: u64,
+    max_wait: u64,
+) -> Result<(u64, Snapshot), Denied> {
+    // Relaxed: the TAT guards no other memory; the CAS alone orders the
+    // decisions.
+    let mut current = tat.load(Ordering::Relaxed);
+    loop {
+        let outcome = gcra.decide(&current, now, cost, max_wait);
+        if let Outcome::Admit { state, .. } = outcome {
+            if state != current {
+                if let Err(actual) =
+                    tat.compare_exchange_weak(current, state, Ordering::Relaxed, Ordering::Relaxed)
+                {
+                    current = actual;
+                    continue;
+                }
+            }
+        }
+        return settle(gcra, &current, now, cost, outcome);
     }
 }
 

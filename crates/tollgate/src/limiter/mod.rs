@@ -123,7 +123,7 @@ impl<C: Clock> RateLimiter<C> {
     ///
     /// A denial carries [`retry_after`](Denied::retry_after): how long until
     /// the same cost fits, if nothing else is admitted meanwhile.
-    #[inline]
+    #[inline(always)]
     pub fn check(&self, cost: u64) -> Result<Snapshot, Denied> {
         self.engine
             .decide(self.clock.now(), cost, 0)
