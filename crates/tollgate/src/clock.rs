@@ -55,7 +55,7 @@ impl<C: Clock + ?Sized> Clock for Arc<C> {
 }
 
 /// Tokio's clock, [`tokio::time::Instant`]: it follows
-/// [`tokio::time::pause`] and [`tokio::time::advance`] on the runtime that
+/// `tokio::time::pause()` and `tokio::time::advance()` on the runtime that
 /// reads it, so limiters run on virtual time in `#[tokio::test(start_paused = true)]`.
 ///
 /// Outside a paused runtime it reads the operating system's monotonic clock

@@ -90,7 +90,7 @@ impl fmt::Display for Denied {
                     self.snapshot.remaining()
                 )?;
                 if let Some(retry) = self.snapshot.retry_after() {
-                    write!(f, "; retry after {retry:?}")?;
+                    write!(f, "; retry after {retry:.3?}")?;
                 }
                 Ok(())
             }

@@ -251,7 +251,10 @@ fn parse_integer(text: &str) -> Option<u64> {
     }
     text.bytes()
         .filter(u8::is_ascii_digit)
-        .try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d.wrapping_sub(b'0'))))
+        .try_fold(0u64, |n, d| {
+            n.checked_mul(10)?
+                .checked_add(u64::from(d.wrapping_sub(b'0')))
+        })
 }
 
 /// Splits `1.5s` into (`1.5`, `s`).
@@ -406,10 +409,7 @@ mod tests {
             Quota::per_second(10).unwrap().burst(20).unwrap()
         );
         assert_eq!(q("1000/h"), Quota::per_hour(1000).unwrap());
-        assert_eq!(
-            q("5/2s"),
-            Quota::new(5, Duration::from_secs(2)).unwrap()
-        );
+        assert_eq!(q("5/2s"), Quota::new(5, Duration::from_secs(2)).unwrap());
         assert_eq!(
             q("3/1.5s"),
             Quota::new(3, Duration::from_millis(1500)).unwrap()
@@ -418,12 +418,23 @@ mod tests {
             q(" 100_000 per Minute Burst=5000 "),
             Quota::per_minute(100_000).unwrap().burst(5000).unwrap()
         );
-        assert_eq!(q("1/.5s"), Quota::with_period(Duration::from_millis(500)).unwrap());
+        assert_eq!(
+            q("1/.5s"),
+            Quota::with_period(Duration::from_millis(500)).unwrap()
+        );
     }
 
     #[test]
     fn displays_what_it_parses() {
-        for text in ["500/min", "10/s burst 20", "1000/h", "5/2s", "3/1500ms", "7/3d", "1/ns"] {
+        for text in [
+            "500/min",
+            "10/s burst 20",
+            "1000/h",
+            "5/2s",
+            "3/1500ms",
+            "7/3d",
+            "1/ns",
+        ] {
             assert_eq!(q(text).to_string(), text);
         }
     }
@@ -459,7 +470,10 @@ mod tests {
 
     #[test]
     fn numeric_constructors_reject_bad_input() {
-        assert_eq!(Quota::per_second(0).unwrap_err().kind(), QuotaErrorKind::ZeroCount);
+        assert_eq!(
+            Quota::per_second(0).unwrap_err().kind(),
+            QuotaErrorKind::ZeroCount
+        );
         assert_eq!(
             Quota::new(1, Duration::ZERO).unwrap_err().kind(),
             QuotaErrorKind::ZeroPeriod
@@ -474,13 +488,19 @@ mod tests {
         );
         let err = Quota::per_second(10).unwrap().burst(u64::MAX).unwrap_err();
         assert_eq!(err.kind(), QuotaErrorKind::TooLarge);
-        assert!(err.to_string().contains("burst 18446744073709551615"), "{err}");
+        assert!(
+            err.to_string().contains("burst 18446744073709551615"),
+            "{err}"
+        );
     }
 
     #[test]
     fn interval_rounds_up_so_the_rate_is_never_exceeded() {
         let quota = Quota::per_second(3).unwrap();
-        assert_eq!(quota.replenish_interval(), Duration::from_nanos(333_333_334));
+        assert_eq!(
+            quota.replenish_interval(),
+            Duration::from_nanos(333_333_334)
+        );
     }
 
     proptest::proptest! {
@@ -504,8 +524,14 @@ mod tests {
     fn serde_uses_the_text_form() {
         let quota = q("10/s burst 20");
         assert_eq!(serde_json::to_string(&quota).unwrap(), r#""10/s burst 20""#);
-        assert_eq!(serde_json::from_str::<Quota>(r#""10/s burst 20""#).unwrap(), quota);
+        assert_eq!(
+            serde_json::from_str::<Quota>(r#""10/s burst 20""#).unwrap(),
+            quota
+        );
         let err = serde_json::from_str::<Quota>(r#""0/s""#).unwrap_err();
-        assert!(err.to_string().contains("the count must be at least 1"), "{err}");
+        assert!(
+            err.to_string().contains("the count must be at least 1"),
+            "{err}"
+        );
     }
 }

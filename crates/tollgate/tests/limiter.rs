@@ -68,7 +68,10 @@ async fn a_dropped_waiter_frees_its_slot_and_those_behind_move_up() {
     assert_eq!(limiter.waiting(), 2);
 
     drop(second);
-    assert!(third.is_woken(), "the waiter behind was not told it moved up");
+    assert!(
+        third.is_woken(),
+        "the waiter behind was not told it moved up"
+    );
     assert_eq!(limiter.waiting(), 1);
 
     tokio::time::advance(Duration::from_millis(99)).await;
@@ -122,13 +125,19 @@ async fn seed_three_per_one_and_a_half_seconds() {
 async fn seed_llm_tokens_are_paced_at_100k_per_second() {
     let limiter = RateLimiter::new(quota("100000/s"));
     let start = Instant::now();
-    let costs = [5_000u64, 30_000, 12_000, 30_000, 30_000, 8_000, 25_000, 30_000, 5_000];
+    let costs = [
+        5_000u64, 30_000, 12_000, 30_000, 30_000, 8_000, 25_000, 30_000, 5_000,
+    ];
     let mut spent = 0;
     for cost in costs {
         limiter.acquire(cost).await.unwrap();
         spent += cost;
         let due = Duration::from_micros(spent.saturating_sub(100_000) * 10);
-        assert_eq!(start.elapsed(), due.max(Duration::ZERO), "after {spent} tokens");
+        assert_eq!(
+            start.elapsed(),
+            due.max(Duration::ZERO),
+            "after {spent} tokens"
+        );
     }
     let never = limiter.acquire(100_001).await.unwrap_err();
     assert_eq!(never.kind(), DeniedKind::CostExceedsBurst);
@@ -157,12 +166,23 @@ async fn every_algorithm_serves_waiters_in_order() {
         for handle in handles {
             times.push(handle.await.unwrap());
         }
-        assert!(times.windows(2).all(|w| w[0] <= w[1]), "{algorithm:?}: {times:?}");
+        assert!(
+            times.windows(2).all(|w| w[0] <= w[1]),
+            "{algorithm:?}: {times:?}"
+        );
         // Six at 2/s with a burst of 2: the last is due at 2 s; the sliding
         // window, which counts the sub-window it is unsure of, takes a tenth
         // of a window longer per window.
-        let last = if algorithm == Algorithm::SlidingWindow { 2200 } else { 2000 };
-        assert_eq!(times[5], Duration::from_millis(last), "{algorithm:?}: {times:?}");
+        let last = if algorithm == Algorithm::SlidingWindow {
+            2200
+        } else {
+            2000
+        };
+        assert_eq!(
+            times[5],
+            Duration::from_millis(last),
+            "{algorithm:?}: {times:?}"
+        );
     }
 }
 
@@ -248,7 +268,10 @@ fn acquire_outside_a_runtime_is_an_error_not_a_panic() {
     assert_eq!(denied.kind(), DeniedKind::NoRuntime);
     assert_eq!(limiter.waiting(), 0, "the failed acquire kept its slot");
     // The slot it gave back is the next one.
-    assert_eq!(limiter.check(1).unwrap_err().retry_after(), Some(Duration::from_secs(1)));
+    assert_eq!(
+        limiter.check(1).unwrap_err().retry_after(),
+        Some(Duration::from_secs(1))
+    );
 }
 
 #[test]

@@ -34,7 +34,10 @@ impl StateMachine for Gcra {
     #[inline(always)]
     fn decide(&self, &tat: &u64, now: u64, cost: u64, max_wait: u64) -> Outcome<u64> {
         if cost == 0 {
-            return Outcome::Admit { state: tat, due: now };
+            return Outcome::Admit {
+                state: tat,
+                due: now,
+            };
         }
         if cost > self.burst {
             return Outcome::Never;
@@ -44,7 +47,10 @@ impl StateMachine for Gcra {
         let new_tat = tat.max(now).saturating_add(cost_ns);
         let earliest = new_tat.saturating_sub(self.capacity);
         if earliest <= now {
-            return Outcome::Admit { state: new_tat, due: now };
+            return Outcome::Admit {
+                state: new_tat,
+                due: now,
+            };
         }
         let wait = earliest.saturating_sub(now);
         if wait <= max_wait {

@@ -53,18 +53,32 @@ impl StateMachine for LeakyBucket {
     type State = LeakyState;
 
     fn full(&self) -> LeakyState {
-        LeakyState { level: 0, updated: 0 }
+        LeakyState {
+            level: 0,
+            updated: 0,
+        }
     }
 
-    fn decide(&self, state: &LeakyState, now: u64, cost: u64, max_wait: u64) -> Outcome<LeakyState> {
+    fn decide(
+        &self,
+        state: &LeakyState,
+        now: u64,
+        cost: u64,
+        max_wait: u64,
+    ) -> Outcome<LeakyState> {
         if cost == 0 {
-            return Outcome::Admit { state: *state, due: now };
+            return Outcome::Admit {
+                state: *state,
+                due: now,
+            };
         }
         if cost > self.burst {
             return Outcome::Never;
         }
         let mut state = self.drained(state, now);
-        let poured = state.level.saturating_add(u128::from(cost.saturating_mul(self.interval)));
+        let poured = state
+            .level
+            .saturating_add(u128::from(cost.saturating_mul(self.interval)));
         let wait = to_u64(poured.saturating_sub(u128::from(self.capacity)));
         if wait > max_wait {
             return Outcome::Deny { retry_after: wait };
@@ -79,7 +93,12 @@ impl StateMachine for LeakyBucket {
     fn snapshot(&self, state: &LeakyState, now: u64) -> Snapshot {
         let state = self.drained(state, now);
         let spare = u128::from(self.capacity).saturating_sub(state.level);
-        Snapshot::from_spare(self.burst, to_u64(spare), self.interval, to_u64(state.level))
+        Snapshot::from_spare(
+            self.burst,
+            to_u64(spare),
+            self.interval,
+            to_u64(state.level),
+        )
     }
 
     fn cancel(&self, state: &LeakyState, now: u64, cost: u64, _due: u64) -> (LeakyState, u64) {

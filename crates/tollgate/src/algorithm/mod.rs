@@ -78,7 +78,13 @@ pub(crate) trait StateMachine {
     /// Admits `cost` at `now` if it fits, or else reserves the earliest slot
     /// that is at most `max_wait` away. With `max_wait == 0` this is a plain
     /// check. A cost of 0 is admitted without changing the state.
-    fn decide(&self, state: &Self::State, now: u64, cost: u64, max_wait: u64) -> Outcome<Self::State>;
+    fn decide(
+        &self,
+        state: &Self::State,
+        now: u64,
+        cost: u64,
+        max_wait: u64,
+    ) -> Outcome<Self::State>;
 
     /// The limit as seen at `now`, spending nothing.
     fn snapshot(&self, state: &Self::State, now: u64) -> Snapshot;

@@ -81,7 +81,10 @@ fn seed_llm_tokens_100k_per_second() {
             rng ^= rng >> 7;
             rng ^= rng << 17;
             let cost = 5_000 + rng % 25_001;
-            let Outcome::Admit { state: next, due: at } = alg.decide(&state, 0, cost, u64::MAX)
+            let Outcome::Admit {
+                state: next,
+                due: at,
+            } = alg.decide(&state, 0, cost, u64::MAX)
             else {
                 panic!("an unbounded wait must admit");
             };
@@ -335,10 +338,15 @@ fn windows_count_and_reset() {
     assert!(admit(&fixed, &mut state, 300 * MS, 10));
     assert_eq!(
         fixed.decide(&state, 400 * MS, 1, 0),
-        Outcome::Deny { retry_after: 600 * MS }
+        Outcome::Deny {
+            retry_after: 600 * MS
+        }
     );
     let snapshot = fixed.snapshot(&state, 400 * MS);
-    assert_eq!((snapshot.remaining(), snapshot.reset_after().as_millis()), (0, 600));
+    assert_eq!(
+        (snapshot.remaining(), snapshot.reset_after().as_millis()),
+        (0, 600)
+    );
     // A new window starts afresh.
     assert!(admit(&fixed, &mut state, SEC, 10));
 
@@ -350,9 +358,17 @@ fn windows_count_and_reset() {
     // From 2.0 s their sub-window has fully left the window.
     assert_eq!(
         sliding.decide(&state, 1500 * MS, 1, 0),
-        Outcome::Deny { retry_after: 500 * MS }
+        Outcome::Deny {
+            retry_after: 500 * MS
+        }
     );
-    assert_eq!(sliding.snapshot(&state, 1500 * MS).reset_after().as_millis(), 500);
+    assert_eq!(
+        sliding
+            .snapshot(&state, 1500 * MS)
+            .reset_after()
+            .as_millis(),
+        500
+    );
     assert!(admit(&sliding, &mut state, 2 * SEC, 10));
 }
 
@@ -389,5 +405,8 @@ fn a_cost_above_the_burst_never_fits() {
 fn a_cost_of_zero_peeks() {
     let g = Gcra::new(&quota("10/s"));
     let tat = 5 * SEC;
-    assert_eq!(g.decide(&tat, 0, 0, 0), Outcome::Admit { state: tat, due: 0 });
+    assert_eq!(
+        g.decide(&tat, 0, 0, 0),
+        Outcome::Admit { state: tat, due: 0 }
+    );
 }

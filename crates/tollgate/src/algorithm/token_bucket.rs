@@ -58,9 +58,18 @@ impl StateMachine for TokenBucket {
         }
     }
 
-    fn decide(&self, state: &TokenState, now: u64, cost: u64, max_wait: u64) -> Outcome<TokenState> {
+    fn decide(
+        &self,
+        state: &TokenState,
+        now: u64,
+        cost: u64,
+        max_wait: u64,
+    ) -> Outcome<TokenState> {
         if cost == 0 {
-            return Outcome::Admit { state: *state, due: now };
+            return Outcome::Admit {
+                state: *state,
+                due: now,
+            };
         }
         if cost > self.burst {
             return Outcome::Never;
@@ -81,7 +90,12 @@ impl StateMachine for TokenBucket {
     fn snapshot(&self, state: &TokenState, now: u64) -> Snapshot {
         let state = self.refilled(state, now);
         let reset_after = to_u64(i128::from(self.capacity).saturating_sub(state.balance));
-        Snapshot::from_spare(self.burst, to_u64(state.balance), self.interval, reset_after)
+        Snapshot::from_spare(
+            self.burst,
+            to_u64(state.balance),
+            self.interval,
+            reset_after,
+        )
     }
 
     fn cancel(&self, state: &TokenState, now: u64, cost: u64, _due: u64) -> (TokenState, u64) {

@@ -79,7 +79,10 @@ impl Window {
     }
 
     fn used(&self, state: &WindowState) -> u128 {
-        state.counts[..self.span].iter().map(|&c| u128::from(c)).sum()
+        state.counts[..self.span]
+            .iter()
+            .map(|&c| u128::from(c))
+            .sum()
     }
 
     fn slot_of(&self, instant: u64) -> u64 {
@@ -102,9 +105,18 @@ impl StateMachine for Window {
         }
     }
 
-    fn decide(&self, state: &WindowState, now: u64, cost: u64, max_wait: u64) -> Outcome<WindowState> {
+    fn decide(
+        &self,
+        state: &WindowState,
+        now: u64,
+        cost: u64,
+        max_wait: u64,
+    ) -> Outcome<WindowState> {
         if cost == 0 {
-            return Outcome::Admit { state: *state, due: now };
+            return Outcome::Admit {
+                state: *state,
+                due: now,
+            };
         }
         if cost > self.limit {
             return Outcome::Never;

@@ -56,11 +56,14 @@ impl<'a, C: Clock> Acquire<'a, C> {
 impl<C: Clock> Future for Acquire<'_, C> {
     type Output = Result<Snapshot, Denied>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let limiter = this.limiter;
         loop {
             match &mut this.state {
+                // Most acquires find room at once: `reserve` inlines that
+                // path, the same as `check`'s.
                 State::Start => match limiter.reserve(this.cost, this.max_wait) {
                     Ok(Ticket::Ready(snapshot)) => return this.finish(Ok(snapshot)),
                     Ok(Ticket::Wait(reservation)) => {

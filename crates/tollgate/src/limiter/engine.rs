@@ -4,9 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
-use crate::algorithm::{
-    Algorithm, Gcra, LeakyBucket, Outcome, StateMachine, TokenBucket, Window,
-};
+use crate::algorithm::{Algorithm, Gcra, LeakyBucket, Outcome, StateMachine, TokenBucket, Window};
 use crate::{Denied, DeniedKind, Quota, Snapshot};
 
 pub(crate) enum Engine {
@@ -59,7 +57,9 @@ fn settle<A: StateMachine>(
         Outcome::Deny { retry_after } => Err(Denied::new(
             DeniedKind::RateLimited,
             cost,
-            algorithm.snapshot(state, now).retry_after_nanos(retry_after),
+            algorithm
+                .snapshot(state, now)
+                .retry_after_nanos(retry_after),
         )),
         Outcome::Never => Err(Denied::new(
             DeniedKind::CostExceedsBurst,
@@ -87,7 +87,12 @@ impl Engine {
     /// Answers with the instant the cost is due and the limit as it will be
     /// then.
     #[inline(always)]
-    pub(crate) fn decide(&self, now: u64, cost: u64, max_wait: u64) -> Result<(u64, Snapshot), Denied> {
+    pub(crate) fn decide(
+        &self,
+        now: u64,
+        cost: u64,
+        max_wait: u64,
+    ) -> Result<(u64, Snapshot), Denied> {
         match self {
             Self::Gcra { gcra, tat } => decide_gcra(gcra, tat, now, cost, max_wait),
             _ => self.decide_locked(now, cost, max_wait),

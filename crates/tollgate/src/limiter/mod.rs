@@ -216,14 +216,17 @@ impl<C: Clock> RateLimiter<C> {
     }
 
     /// Admits at once, or reserves a slot at most `max_wait` away.
+    #[inline(always)]
     fn reserve(&self, cost: u64, max_wait: u64) -> Result<Ticket<'_, C>, Denied> {
         match self.engine.decide(self.clock.now(), cost, 0) {
-            Ok((_, snapshot)) => return Ok(Ticket::Ready(snapshot)),
-            Err(denied) if denied.kind() != DeniedKind::RateLimited || max_wait == 0 => {
-                return Err(denied)
-            }
-            Err(_) => {}
+            Ok((_, snapshot)) => Ok(Ticket::Ready(snapshot)),
+            Err(denied) if denied.kind() != DeniedKind::RateLimited || max_wait == 0 => Err(denied),
+            Err(_) => self.reserve_in_queue(cost, max_wait),
         }
+    }
+
+    #[inline(never)]
+    fn reserve_in_queue(&self, cost: u64, max_wait: u64) -> Result<Ticket<'_, C>, Denied> {
         // Reserve under the queue's lock, so that the queue's order is the
         // order of the reservations.
         let mut waiters = self.lock_waiters();
