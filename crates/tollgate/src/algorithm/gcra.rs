@@ -1,6 +1,6 @@
 use crate::{Quota, Snapshot};
 
-use super::{Outcome, StateMachine};
+use super::{trivial, Outcome, StateMachine};
 
 /// The generic cell rate algorithm. Its state is the theoretical arrival time
 /// (TAT): the instant at which the limit would be full again. A cost is
@@ -33,14 +33,8 @@ impl StateMachine for Gcra {
 
     #[inline(always)]
     fn decide(&self, &tat: &u64, now: u64, cost: u64, max_wait: u64) -> Outcome<u64> {
-        if cost == 0 {
-            return Outcome::Admit {
-                state: tat,
-                due: now,
-            };
-        }
-        if cost > self.burst {
-            return Outcome::Never;
+        if let Some(outcome) = trivial(&tat, now, cost, self.burst) {
+            return outcome;
         }
         // cost ≤ burst, and burst × interval fits (checked by `Quota`).
         let cost_ns = cost.saturating_mul(self.interval);

@@ -1,6 +1,6 @@
 use crate::{Quota, Snapshot};
 
-use super::{Outcome, StateMachine};
+use super::{trivial, Outcome, StateMachine};
 
 /// A bucket that drains one unit per replenish interval. Its level is counted
 /// in nanoseconds of draining (one unit is one interval), so it is exact. A
@@ -66,14 +66,8 @@ impl StateMachine for LeakyBucket {
         cost: u64,
         max_wait: u64,
     ) -> Outcome<LeakyState> {
-        if cost == 0 {
-            return Outcome::Admit {
-                state: *state,
-                due: now,
-            };
-        }
-        if cost > self.burst {
-            return Outcome::Never;
+        if let Some(outcome) = trivial(state, now, cost, self.burst) {
+            return outcome;
         }
         let mut state = self.drained(state, now);
         let poured = state

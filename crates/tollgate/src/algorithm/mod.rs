@@ -68,6 +68,22 @@ pub(crate) enum Outcome<S> {
     Never,
 }
 
+/// The answers every algorithm shares: a cost of 0 reads without spending,
+/// and a cost above the burst never fits.
+#[inline(always)]
+pub(crate) fn trivial<S: Copy>(state: &S, now: u64, cost: u64, burst: u64) -> Option<Outcome<S>> {
+    if cost == 0 {
+        Some(Outcome::Admit {
+            state: *state,
+            due: now,
+        })
+    } else if cost > burst {
+        Some(Outcome::Never)
+    } else {
+        None
+    }
+}
+
 /// A limit as a pure state machine.
 pub(crate) trait StateMachine {
     type State: Copy + Send + 'static;

@@ -1,6 +1,6 @@
 use crate::{Quota, Snapshot};
 
-use super::{Outcome, StateMachine};
+use super::{trivial, Outcome, StateMachine};
 
 /// A bucket of tokens, counted in nanoseconds of refill (one token is one
 /// replenish interval), so that it is exact with no fractions. A reservation
@@ -65,14 +65,8 @@ impl StateMachine for TokenBucket {
         cost: u64,
         max_wait: u64,
     ) -> Outcome<TokenState> {
-        if cost == 0 {
-            return Outcome::Admit {
-                state: *state,
-                due: now,
-            };
-        }
-        if cost > self.burst {
-            return Outcome::Never;
+        if let Some(outcome) = trivial(state, now, cost, self.burst) {
+            return outcome;
         }
         let mut state = self.refilled(state, now);
         let cost_ns = i128::from(cost.saturating_mul(self.interval));

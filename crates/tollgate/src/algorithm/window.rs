@@ -1,6 +1,6 @@
 use crate::{Quota, Snapshot};
 
-use super::{Outcome, StateMachine};
+use super::{trivial, Outcome, StateMachine};
 
 /// How many sub-windows a sliding window counts in.
 const SUB_WINDOWS: u64 = 10;
@@ -112,14 +112,8 @@ impl StateMachine for Window {
         cost: u64,
         max_wait: u64,
     ) -> Outcome<WindowState> {
-        if cost == 0 {
-            return Outcome::Admit {
-                state: *state,
-                due: now,
-            };
-        }
-        if cost > self.limit {
-            return Outcome::Never;
+        if let Some(outcome) = trivial(state, now, cost, self.limit) {
+            return outcome;
         }
         let now_slot = self.slot_of(now);
         let mut next = *state;
