@@ -1,6 +1,7 @@
 //! Why a limiter said no.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::Snapshot;
@@ -23,11 +24,19 @@ use crate::Snapshot;
 /// assert_eq!(never.retry_after(), None);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Denied {
     kind: DeniedKind,
     cost: u64,
     snapshot: Snapshot,
+    /// Boxed, so that the common denial stays small and allocates nothing.
+    detail: Option<Box<Detail>>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Detail {
+    dimension: Option<Arc<str>>,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 /// Why a cost was not admitted.
@@ -42,6 +51,13 @@ pub enum DeniedKind {
     /// An `acquire` had to wait, but no Tokio runtime runs on this thread
     /// to wait on. Nothing was spent.
     NoRuntime,
+    /// The number of costs does not match the number of dimensions of the
+    /// budget: pass one cost per dimension, in the order they were defined.
+    WrongDimensions,
+    /// The store that holds the limit's state failed (a network store that
+    /// is unreachable, say); [`std::error::Error::source`] tells why.
+    /// Nothing is known to have been spent.
+    StoreFailed,
 }
 
 impl Denied {
@@ -50,7 +66,28 @@ impl Denied {
             kind,
             cost,
             snapshot,
+            detail: None,
         }
+    }
+
+    /// The same denial, naming the dimension of a budget that blocked.
+    pub(crate) fn in_dimension(mut self, name: &Arc<str>) -> Self {
+        self.detail.get_or_insert_with(Box::default).dimension = Some(Arc::clone(name));
+        self
+    }
+
+    /// A denial because the store failed.
+    pub(crate) fn store_failed(
+        cost: u64,
+        snapshot: Snapshot,
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    ) -> Self {
+        let mut denied = Self::new(DeniedKind::StoreFailed, cost, snapshot);
+        denied.detail = Some(Box::new(Detail {
+            dimension: None,
+            source: Some(source),
+        }));
+        denied
     }
 
     /// Why the cost was not admitted.
@@ -58,9 +95,16 @@ impl Denied {
         self.kind
     }
 
-    /// The cost that was asked for.
+    /// The cost that was asked for (in the blocking dimension, for a
+    /// budget of several dimensions).
     pub const fn cost(&self) -> u64 {
         self.cost
+    }
+
+    /// For a budget of several dimensions, the name of the dimension that
+    /// blocked (`"input_tokens"`, say); `None` for a single limit.
+    pub fn dimension(&self) -> Option<&str> {
+        self.detail.as_ref()?.dimension.as_deref()
     }
 
     /// The limit as seen by the decision.
@@ -73,19 +117,38 @@ impl Denied {
     pub const fn retry_after(&self) -> Option<Duration> {
         match self.kind {
             DeniedKind::RateLimited => self.snapshot.retry_after(),
-            DeniedKind::CostExceedsBurst | DeniedKind::NoRuntime => None,
+            DeniedKind::CostExceedsBurst
+            | DeniedKind::NoRuntime
+            | DeniedKind::WrongDimensions
+            | DeniedKind::StoreFailed => None,
         }
     }
 }
 
+impl PartialEq for Denied {
+    /// Compares what was decided; a store failure's source is not compared.
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind
+            && self.cost == other.cost
+            && self.snapshot == other.snapshot
+            && self.dimension() == other.dimension()
+    }
+}
+
+impl Eq for Denied {}
+
 impl fmt::Display for Denied {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let limit = self.snapshot.limit();
+        let dimension = self
+            .dimension()
+            .map(|name| format!(" of {name}"))
+            .unwrap_or_default();
         match self.kind {
             DeniedKind::RateLimited => {
                 write!(
                     f,
-                    "rate limited: a cost of {} does not fit in the {} of {limit} remaining",
+                    "rate limited: a cost of {}{dimension} does not fit in the {} of {limit} remaining",
                     self.cost,
                     self.snapshot.remaining()
                 )?;
@@ -96,10 +159,23 @@ impl fmt::Display for Denied {
             }
             DeniedKind::CostExceedsBurst => write!(
                 f,
-                "a cost of {} can never be admitted: the limit admits at most {limit} at once; \
-                 raise the quota's burst or split the work",
+                "a cost of {}{dimension} can never be admitted: the limit admits at most {limit} \
+                 at once; raise the quota's burst or split the work",
                 self.cost
             ),
+            DeniedKind::WrongDimensions => write!(
+                f,
+                "{} costs were given for a budget of {limit} dimensions; \
+                 pass one cost per dimension, in the order they were defined",
+                self.cost
+            ),
+            DeniedKind::StoreFailed => {
+                f.write_str("the rate limit's store failed")?;
+                if let Some(source) = self.detail.as_ref().and_then(|d| d.source.as_ref()) {
+                    write!(f, ": {source}")?;
+                }
+                Ok(())
+            }
             DeniedKind::NoRuntime => f.write_str(
                 "acquire() had to wait but no Tokio runtime runs on this thread; \
                  await it inside a runtime, or call acquire_blocking()",
@@ -108,4 +184,9 @@ impl fmt::Display for Denied {
     }
 }
 
-impl std::error::Error for Denied {}
+impl std::error::Error for Denied {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        let source = self.detail.as_ref()?.source.as_ref()?;
+        Some(&**source as &(dyn std::error::Error + 'static))
+    }
+}

@@ -67,6 +67,7 @@
 )]
 
 mod algorithm;
+mod budget;
 mod clock;
 mod error;
 mod limiter;
@@ -74,6 +75,11 @@ mod quota;
 mod snapshot;
 
 pub use algorithm::Algorithm;
+pub use budget::{
+    Budget, Change, Decision, Face, Grant, KeyedBudget, KeyedBuilder, KeyedLimiter, Limits,
+    LimitsBuilder, LimitsError, LimitsErrorKind, MemoryStore, Stats, Store, StoreStats,
+    DEFAULT_MAX_KEYS, MAX_DIMENSIONS,
+};
 pub use clock::{Clock, DefaultClock, FastClock, ManualClock, TokioClock};
 pub use error::{Denied, DeniedKind};
 pub use limiter::{Acquire, Builder, RateLimiter};

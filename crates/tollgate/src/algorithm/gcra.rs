@@ -21,6 +21,18 @@ impl Gcra {
             burst: quota.burst_size(),
         }
     }
+
+    pub(crate) const fn interval(&self) -> u64 {
+        self.interval
+    }
+
+    pub(crate) const fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    pub(crate) const fn burst(&self) -> u64 {
+        self.burst
+    }
 }
 
 impl StateMachine for Gcra {

@@ -1,0 +1,707 @@
+//! Budgets of several dimensions, per key, over any [`Store`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::Hash;
+use std::marker::PhantomData;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::limits::{Limits, LimitsError, LimitsErrorKind, MAX_DIMENSIONS};
+use super::memory::{MemoryStore, DEFAULT_MAX_KEYS};
+use super::store::{Change, Decision, Store};
+use crate::snapshot::duration_to_nanos;
+use crate::{Clock, DefaultClock, Denied, DeniedKind, Quota, Snapshot};
+
+/// Pause events are kept at least this long, for waiters that decided just
+/// before a pause and look for it when they wake.
+const PAUSE_MEMORY: Duration = Duration::from_secs(3600);
+
+/// A budget of one or more dimensions for every key: each key (an IP
+/// address, an API key, an endpoint and model) spends from its own
+/// [`Limits`], all dimensions at once.
+///
+/// - Admission is **all or nothing**: nothing is spent unless every
+///   dimension admits, and a wait is the longest among them. A denial names
+///   the dimension that blocked ([`Denied::dimension`]) and its cost.
+/// - A [`Grant`] can be **settled** with the real usage: what was reserved
+///   beyond it is refunded, what was used beyond it is charged. The LLM
+///   pattern: reserve prompt + `max_tokens`, settle with the response's
+///   `usage`.
+/// - The state lives in a [`Store`]: the bounded [`MemoryStore`] by default
+///   (see there for its cap and eviction), or a network store shared by
+///   many replicas.
+/// - A key may carry its own limits ([`set_limits`](Self::set_limits)), and
+///   limits are learnt from what the other side reports
+///   ([`observe`](Self::observe)); [`pause_for`](Self::pause_for) holds every
+///   waiter of a key after a 429.
+///
+/// Every dimension is a GCRA limit. Waiting acquires sleep on Tokio's
+/// timer.
+///
+/// ```
+/// use tollgate::{KeyedBudget, Limits, Quota};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let limits = Limits::builder()
+///     .dimension("requests", Quota::per_minute(500)?)
+///     .dimension("input_tokens", Quota::per_minute(30_000)?)
+///     .dimension("output_tokens", Quota::per_minute(10_000)?)
+///     .build()?;
+/// let budget = KeyedBudget::new(limits);
+///
+/// // Reserve the prompt and the most the answer may cost...
+/// let grant = budget.acquire(&"gpt-4o", &[1, 1_200, 4_000]).await?;
+/// // ...and settle with what the answer really used.
+/// budget.settle(&"gpt-4o", grant, &[1, 1_180, 350]).await?;
+///
+/// // 350 of 10,000 output tokens are spent: a whole 10,000 must wait.
+/// let denied = budget.check(&"gpt-4o", &[1, 0, 10_000]).unwrap_err();
+/// assert_eq!(denied.dimension(), Some("output_tokens"));
+/// assert_eq!(denied.cost(), 10_000);
+/// # Ok(())
+/// # }
+/// ```
+pub struct KeyedBudget<K, S = MemoryStore> {
+    store: S,
+    limits: Limits,
+    overrides: RwLock<HashMap<K, Limits>>,
+    /// Read on every decision instead of taking the lock above.
+    has_overrides: AtomicBool,
+    pauses: Pauses<K>,
+    waits: AtomicU64,
+    waited_ns: AtomicU64,
+    waiting: AtomicU64,
+}
+
+/// Builds a [`KeyedBudget`], a [`KeyedLimiter`](crate::KeyedLimiter) or a
+/// [`Budget`](crate::Budget) over the in-memory store: `F` is the kind.
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct KeyedBuilder<F, C = DefaultClock> {
+    limits: Limits,
+    max_keys: usize,
+    clock: C,
+    face: PhantomData<fn() -> F>,
+}
+
+/// The kinds of limiter a [`KeyedBuilder`] builds: each is a face of one
+/// [`KeyedBudget`].
+pub trait Face {
+    /// The key type.
+    type Key;
+    /// The limiter built over the in-memory store on clock `C`.
+    type Output<C: Clock>;
+    /// Wraps the budget.
+    fn wrap<C: Clock>(budget: KeyedBudget<Self::Key, MemoryStore<C>>) -> Self::Output<C>;
+}
+
+impl<K> Face for KeyedBudget<K, MemoryStore> {
+    type Key = K;
+    type Output<C: Clock> = KeyedBudget<K, MemoryStore<C>>;
+    fn wrap<C: Clock>(budget: KeyedBudget<K, MemoryStore<C>>) -> Self::Output<C> {
+        budget
+    }
+}
+
+impl<F, C: fmt::Debug> fmt::Debug for KeyedBuilder<F, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedBuilder")
+            .field("limits", &self.limits)
+            .field("max_keys", &self.max_keys)
+            .field("clock", &self.clock)
+            .finish()
+    }
+}
+
+impl<F: Face> KeyedBuilder<F> {
+    pub(crate) fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            max_keys: DEFAULT_MAX_KEYS,
+            clock: DefaultClock::new(),
+            face: PhantomData,
+        }
+    }
+}
+
+impl<F: Face, C: Clock> KeyedBuilder<F, C> {
+    /// The most keys held at once (default [`DEFAULT_MAX_KEYS`]); see
+    /// [`MemoryStore`] for what happens at the cap.
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys.max(1);
+        self
+    }
+
+    /// The clock of the in-memory store (default: the [`DefaultClock`]).
+    pub fn clock<D: Clock>(self, clock: D) -> KeyedBuilder<F, D> {
+        KeyedBuilder {
+            limits: self.limits,
+            max_keys: self.max_keys,
+            clock,
+            face: PhantomData,
+        }
+    }
+
+    /// The limiter, over the in-memory store; every key starts full.
+    pub fn build(self) -> F::Output<C> {
+        let store = MemoryStore::new(self.max_keys, self.limits.len(), self.clock);
+        F::wrap(KeyedBudget::with_store(self.limits, store))
+    }
+}
+
+/// What an acquire was granted: its costs and the tightest dimension's
+/// snapshot. Hand it to `settle` once the real usage is known.
+#[derive(Clone, Copy, PartialEq, Eq)]
+
+pub struct Grant {
+    costs: [u64; MAX_DIMENSIONS],
+    len: usize,
+    snapshot: Snapshot,
+}
+
+impl Grant {
+    /// The costs granted, one per dimension.
+    pub fn costs(&self) -> &[u64] {
+        self.costs.get(..self.len).unwrap_or(&[])
+    }
+
+    /// The dimension with the least room left, after the grant.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+}
+
+impl fmt::Debug for Grant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Grant")
+            .field("costs", &self.costs())
+            .field("snapshot", &self.snapshot)
+            .finish()
+    }
+}
+
+/// What a keyed limiter or budget counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Decisions that admitted or reserved.
+    pub admitted: u64,
+    /// Decisions that denied.
+    pub denied: u64,
+    /// Acquires that had to wait.
+    pub waits: u64,
+    /// The time those acquires waited, in total.
+    pub waited: Duration,
+    /// Acquires waiting now.
+    pub waiting: u64,
+    /// Entries the store holds: one per key and dimension that is not full
+    /// (see [`StoreStats::entries`](crate::StoreStats::entries)).
+    pub entries: u64,
+    /// Entries evicted while not full, at the cap.
+    pub evictions: u64,
+    /// Pauses applied ([`KeyedBudget::pause_for`]).
+    pub pauses: u64,
+}
+
+impl<K> KeyedBudget<K, MemoryStore> {
+    /// A budget over the in-memory store, with the default cap of keys.
+    pub fn new(limits: Limits) -> Self {
+        Self::builder(limits).build()
+    }
+
+    /// A builder, to set the cap of keys or the clock.
+    pub fn builder(limits: Limits) -> KeyedBuilder<Self> {
+        KeyedBuilder::new(limits)
+    }
+}
+
+enum LimitsRef<'a> {
+    Shared(&'a Limits),
+    Own(Limits),
+}
+
+impl Deref for LimitsRef<'_> {
+    type Target = Limits;
+    fn deref(&self) -> &Limits {
+        match self {
+            Self::Shared(limits) => limits,
+            Self::Own(limits) => limits,
+        }
+    }
+}
+
+impl<K, S> KeyedBudget<K, S> {
+    /// A budget over `store`.
+    pub fn with_store(limits: Limits, store: S) -> Self {
+        Self {
+            store,
+            limits,
+            overrides: RwLock::new(HashMap::new()),
+            has_overrides: AtomicBool::new(false),
+            pauses: Pauses::default(),
+            waits: AtomicU64::new(0),
+            waited_ns: AtomicU64::new(0),
+            waiting: AtomicU64::new(0),
+        }
+    }
+
+    /// The limits every key has unless it carries its own.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+}
+
+impl<K: Hash + Eq + Clone, S> KeyedBudget<K, S> {
+    /// The limits of `key`: its own, or the default.
+    pub fn limits_for(&self, key: &K) -> Limits {
+        self.limits_ref(key).clone()
+    }
+
+    #[inline]
+    fn limits_ref(&self, key: &K) -> LimitsRef<'_> {
+        if !self.has_overrides.load(Ordering::Relaxed) {
+            return LimitsRef::Shared(&self.limits);
+        }
+        self.read_overrides()
+            .get(key)
+            .cloned()
+            .map_or(LimitsRef::Shared(&self.limits), LimitsRef::Own)
+    }
+
+    fn read_overrides(&self) -> std::sync::RwLockReadGuard<'_, HashMap<K, Limits>> {
+        self.overrides
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Gives `key` its own limits (a customer's tier, say). They must have
+    /// the default limits' dimensions, in the same order.
+    ///
+    /// Per-key limits are kept until cleared, outside the store's cap.
+    pub fn set_limits(&self, key: K, limits: Limits) -> Result<(), LimitsError> {
+        if !limits.same_dimensions(&self.limits) {
+            return Err(LimitsError::new(
+                LimitsErrorKind::Mismatch,
+                format!("{:?}", self.limits),
+            ));
+        }
+        let mut overrides = self
+            .overrides
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        overrides.insert(key, limits);
+        self.has_overrides.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Gives `key` the default limits again.
+    pub fn clear_limits(&self, key: &K) {
+        let mut overrides = self
+            .overrides
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        overrides.remove(key);
+        self.has_overrides
+            .store(!overrides.is_empty(), Ordering::Relaxed);
+    }
+
+    /// Acquires waiting now.
+    pub fn waiting(&self) -> usize {
+        usize::try_from(self.waiting.load(Ordering::Relaxed)).unwrap_or(usize::MAX)
+    }
+
+    fn grant(costs: &[u64], snapshot: Snapshot) -> Grant {
+        let mut grant = Grant {
+            costs: [0; MAX_DIMENSIONS],
+            len: costs.len().min(MAX_DIMENSIONS),
+            snapshot,
+        };
+        for (slot, cost) in grant.costs.iter_mut().zip(costs) {
+            *slot = *cost;
+        }
+        grant
+    }
+
+    /// Turns a denial or a wrong number of costs into the error.
+    #[cold]
+    #[inline(never)]
+    fn denied(limits: &Limits, costs: &[u64], decision: Decision) -> Denied {
+        let (kind, dimension, snapshot) = match decision {
+            Decision::Deny {
+                dimension,
+                snapshot,
+            } => (DeniedKind::RateLimited, dimension, snapshot),
+            Decision::Never {
+                dimension,
+                snapshot,
+            } => (DeniedKind::CostExceedsBurst, dimension, snapshot),
+            Decision::Admit { snapshot, .. } => (DeniedKind::RateLimited, 0, snapshot),
+        };
+        let cost = costs.get(dimension).copied().unwrap_or(0);
+        let mut denied = Denied::new(kind, cost, snapshot);
+        if limits.len() > 1 {
+            if let Some(name) = limits.name_arc(dimension) {
+                denied = denied.in_dimension(name);
+            }
+        }
+        tracing::debug!(
+            dimension = limits.name(dimension.min(limits.len().saturating_sub(1))),
+            cost,
+            retry_after = ?denied.retry_after(),
+            "rate limited"
+        );
+        denied
+    }
+
+    #[cold]
+    fn wrong_dimensions(limits: &Limits, costs: &[u64]) -> Denied {
+        let snapshot = Snapshot::from_count(limits.len() as u64, 0, 0);
+        Denied::new(DeniedKind::WrongDimensions, costs.len() as u64, snapshot)
+    }
+}
+
+/// The synchronous, non-waiting path of the in-memory store.
+impl<K: Hash + Eq + Clone, C: Clock> KeyedBudget<K, MemoryStore<C>> {
+    /// Admits `costs` for `key` now, in every dimension, or denies without
+    /// spending anything.
+    #[inline]
+    pub fn check(&self, key: &K, costs: &[u64]) -> Result<Grant, Denied> {
+        let limits = self.limits_ref(key);
+        if costs.len() != limits.len() {
+            return Err(Self::wrong_dimensions(&limits, costs));
+        }
+        match self
+            .store
+            .decide_now(key, limits.quotas(), costs, Duration::ZERO)
+        {
+            Decision::Admit { snapshot, .. } => Ok(Self::grant(costs, snapshot)),
+            decision => Err(Self::denied(&limits, costs, decision)),
+        }
+    }
+}
+
+impl<K, S> KeyedBudget<K, S>
+where
+    K: Hash + Eq + Clone + Send + Sync,
+    S: Store<K>,
+{
+    /// Waits until `costs` are admitted for `key`.
+    ///
+    /// The slot is reserved at once, in every dimension; dropping the
+    /// future before it completes gives the reservation back.
+    pub async fn acquire(&self, key: &K, costs: &[u64]) -> Result<Grant, Denied> {
+        self.acquire_within(key, costs, Duration::MAX).await
+    }
+
+    /// Admits `costs` now or denies, spending nothing on a denial: the
+    /// asynchronous [`check`](Self::check), for any store.
+    pub async fn try_acquire(&self, key: &K, costs: &[u64]) -> Result<Grant, Denied> {
+        self.acquire_within(key, costs, Duration::ZERO).await
+    }
+
+    /// Like [`acquire`](Self::acquire), but fails at once, reserving
+    /// nothing, when the slot is more than `max_wait` away. A pause that
+    /// begins while it waits holds it longer.
+    pub async fn acquire_within(
+        &self,
+        key: &K,
+        costs: &[u64],
+        max_wait: Duration,
+    ) -> Result<Grant, Denied> {
+        let limits = self.limits_ref(key);
+        if costs.len() != limits.len() {
+            return Err(Self::wrong_dimensions(&limits, costs));
+        }
+        let seen = self.pauses.generation();
+        let decision = self
+            .store
+            .decide(key, limits.quotas(), costs, max_wait)
+            .await
+            .map_err(|e| store_failed(&limits, costs, e))?;
+        let (wait, snapshot) = match decision {
+            Decision::Admit { wait, snapshot } => (wait, snapshot),
+            decision => return Err(Self::denied(&limits, costs, decision)),
+        };
+        if wait.is_zero() {
+            return Ok(Self::grant(costs, snapshot));
+        }
+        let guard = GiveBack {
+            budget: self,
+            key,
+            limits: &limits,
+            costs,
+            armed: true,
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            drop(guard);
+            return Err(Denied::new(
+                DeniedKind::NoRuntime,
+                costs.first().copied().unwrap_or(0),
+                snapshot,
+            ));
+        }
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Decrement(&self.waiting);
+        let start = Instant::now();
+        let mut deadline = start.checked_add(wait).unwrap_or(start);
+        let mut seen = seen;
+        loop {
+            tokio::time::sleep_until(deadline).await;
+            let now_seen = self.pauses.generation();
+            if now_seen == seen {
+                break;
+            }
+            // A pause began after this reservation was made: it moves back
+            // by the pause, as the reservations made after it did.
+            let extra = self.pauses.shift_since(key, seen, now_seen);
+            seen = now_seen;
+            deadline = deadline.checked_add(extra).unwrap_or(deadline);
+        }
+        let mut guard = guard;
+        guard.armed = false;
+        let waited = duration_to_nanos(start.elapsed());
+        self.waits.fetch_add(1, Ordering::Relaxed);
+        self.waited_ns.fetch_add(waited, Ordering::Relaxed);
+        Ok(Self::grant(costs, snapshot))
+    }
+
+    /// Settles a grant with the real usage, one figure per dimension: what
+    /// was reserved beyond it is refunded, what was used beyond it is
+    /// charged (later callers wait for it).
+    pub async fn settle(&self, key: &K, grant: Grant, actual: &[u64]) -> Result<(), Denied> {
+        let limits = self.limits_ref(key);
+        if actual.len() != limits.len() || grant.len != limits.len() {
+            return Err(Self::wrong_dimensions(&limits, actual));
+        }
+        let mut changes = [Change::Keep; MAX_DIMENSIONS];
+        for ((change, &reserved), &used) in changes.iter_mut().zip(grant.costs()).zip(actual) {
+            *change = match used.cmp(&reserved) {
+                std::cmp::Ordering::Less => Change::Refund(reserved.saturating_sub(used)),
+                std::cmp::Ordering::Greater => Change::Charge(used.saturating_sub(reserved)),
+                std::cmp::Ordering::Equal => Change::Keep,
+            };
+        }
+        self.adjust(key, &limits, changes.get(..actual.len()).unwrap_or(&[]))
+            .await
+    }
+
+    /// Takes what the other side reports for one dimension of `key` (from
+    /// its response headers, say) and pulls the local state toward it:
+    ///
+    /// - the dimension never grants more than `snapshot.remaining()` until
+    ///   it has refilled;
+    /// - when `snapshot.limit()` differs from the dimension's burst, the
+    ///   key's quota is re-learnt: the new limit over the same period (a
+    ///   per-key limit, as with [`set_limits`](Self::set_limits)).
+    pub async fn observe(
+        &self,
+        key: &K,
+        dimension: usize,
+        snapshot: &Snapshot,
+    ) -> Result<(), Denied> {
+        let mut limits = self.limits_for(key);
+        if dimension >= limits.len() {
+            return Err(Self::wrong_dimensions(&limits, &[0; MAX_DIMENSIONS + 1]));
+        }
+        let quota = *limits.quota(dimension);
+        let limit = snapshot.limit();
+        if limit > 0 && limit != quota.burst_size() {
+            if let Ok(learnt) = Quota::new(limit, quota.period()) {
+                tracing::info!(
+                    dimension = limits.name(dimension),
+                    from = %quota,
+                    to = %learnt,
+                    "learnt a new limit from the other side"
+                );
+                limits = limits.with_quota(dimension, learnt);
+                // Same dimensions, so this cannot fail.
+                let _ = self.set_limits(key.clone(), limits.clone());
+            }
+        }
+        let mut changes = [Change::Keep; MAX_DIMENSIONS];
+        if let Some(change) = changes.get_mut(dimension) {
+            *change = Change::AtMost(snapshot.remaining());
+        }
+        self.adjust(key, &limits, changes.get(..limits.len()).unwrap_or(&[]))
+            .await
+    }
+
+    /// Holds every caller of `key` for `hold`: those waiting now and those
+    /// that come meanwhile. When it ends they leave one by one at the
+    /// quota's rate, never all at once. For a 429's `Retry-After`.
+    pub async fn pause_for(&self, key: &K, hold: Duration) -> Result<(), Denied> {
+        let limits = self.limits_ref(key);
+        let changes = [Change::HoldFor(hold); MAX_DIMENSIONS];
+        self.adjust(key, &limits, changes.get(..limits.len()).unwrap_or(&[]))
+            .await?;
+        self.pauses.record(key, hold);
+        tracing::info!(hold = ?hold, "paused every caller of a key");
+        Ok(())
+    }
+
+    /// [`pause_for`](Self::pause_for) until `until` (on Tokio's clock).
+    pub async fn pause_until(&self, key: &K, until: Instant) -> Result<(), Denied> {
+        self.pause_for(key, until.saturating_duration_since(Instant::now()))
+            .await
+    }
+
+    /// Every dimension of `key` now, spending nothing.
+    pub async fn snapshot(&self, key: &K) -> Result<Vec<Snapshot>, Denied> {
+        let limits = self.limits_ref(key);
+        self.store
+            .snapshot(key, limits.quotas())
+            .await
+            .map_err(|e| store_failed(&limits, &[], e))
+    }
+
+    /// What the limiter and its store count.
+    pub fn stats(&self) -> Stats {
+        let store = self.store.stats();
+        Stats {
+            admitted: store.admitted,
+            denied: store.denied,
+            waits: self.waits.load(Ordering::Relaxed),
+            waited: Duration::from_nanos(self.waited_ns.load(Ordering::Relaxed)),
+            waiting: self.waiting.load(Ordering::Relaxed),
+            entries: store.entries,
+            evictions: store.evictions,
+            pauses: self.pauses.count(),
+        }
+    }
+
+    async fn adjust(&self, key: &K, limits: &Limits, changes: &[Change]) -> Result<(), Denied> {
+        self.store
+            .adjust(key, limits.quotas(), changes)
+            .await
+            .map_err(|e| store_failed(limits, &[], e))
+    }
+}
+
+fn store_failed<E: std::error::Error + Send + Sync + 'static>(
+    limits: &Limits,
+    costs: &[u64],
+    error: E,
+) -> Denied {
+    tracing::warn!(error = %error, "rate limit store failed");
+    let snapshot = Snapshot::from_count(limits.quotas().first().map_or(0, Quota::burst_size), 0, 0);
+    Denied::store_failed(
+        costs.first().copied().unwrap_or(0),
+        snapshot,
+        Arc::new(error),
+    )
+}
+
+/// Gives a reservation back if its waiter goes away before it is due.
+struct GiveBack<'a, K, S: Store<K>> {
+    budget: &'a KeyedBudget<K, S>,
+    key: &'a K,
+    limits: &'a Limits,
+    costs: &'a [u64],
+    armed: bool,
+}
+
+impl<K, S: Store<K>> Drop for GiveBack<'_, K, S> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.budget
+                .store
+                .give_back(self.key, self.limits.quotas(), self.costs);
+        }
+    }
+}
+
+struct Decrement<'a>(&'a AtomicU64);
+
+impl Drop for Decrement<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Pauses, remembered so that waiters that reserved before one can move
+/// back by it.
+struct Pauses<K> {
+    generation: AtomicU64,
+    events: Mutex<HashMap<K, Vec<PauseEvent>>>,
+    count: AtomicU64,
+}
+
+struct PauseEvent {
+    generation: u64,
+    shift: Duration,
+    at: Instant,
+}
+
+impl<K> Default for Pauses<K> {
+    fn default() -> Self {
+        Self {
+            generation: AtomicU64::new(0),
+            events: Mutex::new(HashMap::new()),
+            count: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone> Pauses<K> {
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<K, Vec<PauseEvent>>> {
+        self.events.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records a pause of `key` made (in the store) just now. The generation
+    /// moves only after the store was changed, so a waiter that saw the old
+    /// generation decided before the change and looks for this event.
+    fn record(&self, key: &K, shift: Duration) {
+        let now = Instant::now();
+        let mut events = self.lock();
+        events.retain(|_, list| {
+            list.retain(|e| now.saturating_duration_since(e.at) < PAUSE_MEMORY);
+            !list.is_empty()
+        });
+        let generation = self.generation.load(Ordering::Relaxed).wrapping_add(1);
+        events.entry(key.clone()).or_default().push(PauseEvent {
+            generation,
+            shift,
+            at: now,
+        });
+        self.generation.store(generation, Ordering::Release);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The pauses of `key` after generation `after`, up to `upto`, added up.
+    fn shift_since(&self, key: &K, after: u64, upto: u64) -> Duration {
+        let events = self.lock();
+        events.get(key).map_or(Duration::ZERO, |list| {
+            list.iter()
+                .filter(|e| e.generation > after && e.generation <= upto)
+                .fold(Duration::ZERO, |sum, e| sum.saturating_add(e.shift))
+        })
+    }
+}
+
+impl<K, S: fmt::Debug> fmt::Debug for KeyedBudget<K, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedBudget")
+            .field("limits", &self.limits)
+            .field("store", &self.store)
+            .field("waiting", &self.waiting.load(Ordering::Relaxed))
+            .finish()
+    }
+}

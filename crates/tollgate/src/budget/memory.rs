@@ -1,0 +1,500 @@
+//! The in-memory store: sharded tables of GCRA states, bounded by a cap.
+
+use std::collections::hash_map::RandomState;
+use std::convert::Infallible;
+use std::fmt;
+use std::hash::{BuildHasher, Hash};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use super::limits::MAX_DIMENSIONS;
+use super::store::{Change, Decision, Store, StoreStats};
+use super::table::{Slot, Table};
+use crate::algorithm::{Gcra, Outcome, StateMachine};
+use crate::snapshot::duration_to_nanos;
+use crate::{Clock, DefaultClock, Quota, Snapshot};
+
+/// Keys a keyed limiter holds at most, unless told otherwise: about 18 MB
+/// of state at the most, per dimension.
+pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
+
+/// Load of a table at its largest size; smaller tables grow at 7/8.
+const FULL_LOAD: (usize, usize) = (9, 10);
+/// Entries per shard before another shard is worth its lock.
+const ENTRIES_PER_SHARD: usize = 1024;
+const MAX_SHARDS: usize = 64;
+/// At the cap, one sweep frees this share of a shard, so that its cost
+/// (a few passes over the shard) is spread over many insertions.
+const EVICT_SHARE: usize = 8;
+/// Derives the fingerprints of a key's other dimensions from the first. The
+/// shard bits are masked out, so all of a key's dimensions share a shard and
+/// one lock covers a decision.
+const DIMENSION_MIX: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// The default [`Store`]: every key's state in this process, in sharded hash
+/// tables, with memory bounded by construction.
+///
+/// # Memory
+///
+/// An entry is 16 bytes: a 64-bit keyed fingerprint of the key (SipHash
+/// with a random key, so that no one can aim at a collision) and the GCRA
+/// state. Keys themselves are not stored, so an entry costs the same for an
+/// IP address and for a long API key. Two keys share state only if their
+/// fingerprints collide: about one chance in 10<sup>7</sup> among a
+/// million keys, and not something an outsider can provoke.
+///
+/// The store holds at most `max_keys × dimensions` entries (the cap is
+/// split evenly among up to 64 shards, so eviction may begin a little
+/// before the whole store is at the cap). Tables grow as keys arrive and
+/// reach 90% load at the cap, about 17.8 bytes per entry. No background
+/// thread is needed:
+///
+/// - **Lossless eviction.** An entry whose limit is full again carries
+///   nothing (a missing entry reads as full) and is dropped whenever its
+///   shard is swept: before a table grows, and when it is at its cap.
+/// - **Lossy eviction.** A shard at its cap with no full entry evicts the
+///   entries closest to full (an eighth of the shard at a time), and
+///   counts them in [`StoreStats::evictions`]. A key evicted while not full
+///   starts again from full: it may admit up to its unpaid debt again (at
+///   most its burst, plus any reservations it held). So over any interval
+///   of length `t`, a key admits at most `burst + t / interval` plus that
+///   for each time it was evicted. A flood of new keys therefore never
+///   makes a well-behaved key wait: at worst it forgets what it spent.
+pub struct MemoryStore<C: Clock = DefaultClock> {
+    shards: Box<[Padded]>,
+    max_per_shard: usize,
+    hasher: RandomState,
+    clock: C,
+}
+
+/// One shard on its own cache lines, so that threads on other shards do not
+/// contend for them.
+#[repr(align(128))]
+struct Padded(Mutex<Shard>);
+
+struct Shard {
+    table: Table,
+    admitted: u64,
+    denied: u64,
+    evicted: u64,
+}
+
+/// A decision on one key, made under its shard's lock.
+struct Dims<'a> {
+    gcra: [Gcra; MAX_DIMENSIONS],
+    fps: [u64; MAX_DIMENSIONS],
+    costs: &'a [u64],
+}
+
+impl<C: Clock> MemoryStore<C> {
+    /// A store holding at most `max_keys × dimensions` entries, on `clock`.
+    pub fn new(max_keys: usize, dimensions: usize, clock: C) -> Self {
+        let max_entries = max_keys
+            .saturating_mul(dimensions.clamp(1, MAX_DIMENSIONS))
+            .max(1);
+        let shards = (max_entries / ENTRIES_PER_SHARD)
+            .clamp(1, MAX_SHARDS)
+            .next_power_of_two()
+            .min(MAX_SHARDS);
+        let max_per_shard = max_entries
+            .checked_div(shards)
+            .unwrap_or(max_entries)
+            .max(1);
+        let shards = (0..shards)
+            .map(|_| {
+                Padded(Mutex::new(Shard {
+                    table: Table::default(),
+                    admitted: 0,
+                    denied: 0,
+                    evicted: 0,
+                }))
+            })
+            .collect();
+        Self {
+            shards,
+            max_per_shard,
+            hasher: RandomState::new(),
+            clock,
+        }
+    }
+
+    /// The clock the store reads.
+    pub fn clock(&self) -> &C {
+        &self.clock
+    }
+
+    /// The most entries the store holds.
+    pub fn max_entries(&self) -> usize {
+        self.max_per_shard.saturating_mul(self.shards.len())
+    }
+
+    #[inline]
+    fn shard(&self, fp: u64) -> MutexGuard<'_, Shard> {
+        let mask = (self.shards.len() as u64).wrapping_sub(1);
+        let index = usize::try_from(fp & mask).unwrap_or(0);
+        let shard = self.shards.get(index).unwrap_or_else(|| self.first());
+        // A panic cannot leave a shard half-written: every update is a
+        // single store of a TAT, or a rebuild that replaces the table whole.
+        shard.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn first(&self) -> &Padded {
+        // There is always at least one shard.
+        #[allow(clippy::indexing_slicing)]
+        &self.shards[0]
+    }
+
+    #[inline]
+    fn dims<'a, K: Hash + ?Sized>(&self, key: &K, limits: &[Quota], costs: &'a [u64]) -> Dims<'a> {
+        let fp = self.hasher.hash_one(key);
+        let mask = (self.shards.len() as u64).wrapping_sub(1);
+        let mut dims = Dims {
+            gcra: [Gcra::new(&DUMMY); MAX_DIMENSIONS],
+            fps: [0; MAX_DIMENSIONS],
+            costs,
+        };
+        for (i, quota) in limits.iter().take(MAX_DIMENSIONS).enumerate() {
+            if let (Some(g), Some(f)) = (dims.gcra.get_mut(i), dims.fps.get_mut(i)) {
+                *g = Gcra::new(quota);
+                *f = fp ^ ((i as u64).wrapping_mul(DIMENSION_MIX) & !mask);
+            }
+        }
+        dims
+    }
+
+    /// [`Store::decide`], synchronously.
+    #[inline]
+    pub fn decide_now<K: Hash + ?Sized>(
+        &self,
+        key: &K,
+        limits: &[Quota],
+        costs: &[u64],
+        max_wait: Duration,
+    ) -> Decision {
+        let n = limits.len().min(costs.len()).min(MAX_DIMENSIONS);
+        let (limits, costs) = (
+            limits.get(..n).unwrap_or(&[]),
+            costs.get(..n).unwrap_or(&[]),
+        );
+        let dims = self.dims(key, limits, costs);
+        let mut shard = self.shard(dims.fps[0]);
+        let now = self.clock.now();
+        let decision = shard.decide(
+            &dims,
+            n,
+            now,
+            duration_to_nanos(max_wait),
+            self.max_per_shard,
+        );
+        match decision {
+            Decision::Admit { .. } => shard.admitted = shard.admitted.saturating_add(1),
+            _ => shard.denied = shard.denied.saturating_add(1),
+        }
+        decision
+    }
+
+    /// [`Store::adjust`], synchronously.
+    pub fn adjust_now<K: Hash + ?Sized>(&self, key: &K, limits: &[Quota], changes: &[Change]) {
+        let n = limits.len().min(changes.len()).min(MAX_DIMENSIONS);
+        let dims = self.dims(key, limits.get(..n).unwrap_or(&[]), &[]);
+        let mut shard = self.shard(dims.fps[0]);
+        let now = self.clock.now();
+        for (i, change) in changes.iter().take(n).enumerate() {
+            let (gcra, fp) = (dims.gcra[i], dims.fps[i]);
+            let index = shard.table.find(fp);
+            let tat = index.map_or(0, |i| shard.table.tat_at(i));
+            let next = apply(&gcra, tat, now, *change);
+            shard.write(index, fp, next, now, self.max_per_shard);
+        }
+    }
+
+    /// [`Store::snapshot`], synchronously.
+    pub fn snapshot_now<K: Hash + ?Sized>(&self, key: &K, limits: &[Quota]) -> Vec<Snapshot> {
+        let n = limits.len().min(MAX_DIMENSIONS);
+        let dims = self.dims(key, limits.get(..n).unwrap_or(&[]), &[]);
+        let shard = self.shard(dims.fps[0]);
+        let now = self.clock.now();
+        (0..n)
+            .map(|i| {
+                let tat = shard
+                    .table
+                    .find(dims.fps[i])
+                    .map_or(0, |i| shard.table.tat_at(i));
+                dims.gcra[i].snapshot(&tat, now)
+            })
+            .collect()
+    }
+
+    /// What the store counts, summed over its shards.
+    pub fn stats_now(&self) -> StoreStats {
+        let mut stats = StoreStats::default();
+        for shard in self.shards.iter() {
+            let shard = shard.0.lock().unwrap_or_else(PoisonError::into_inner);
+            stats.admitted = stats.admitted.saturating_add(shard.admitted);
+            stats.denied = stats.denied.saturating_add(shard.denied);
+            stats.evictions = stats.evictions.saturating_add(shard.evicted);
+            stats.entries = stats.entries.saturating_add(shard.table.len() as u64);
+        }
+        stats
+    }
+}
+
+/// Stands in for unused dimensions; never decides anything.
+const DUMMY: Quota = Quota::ONE_PER_SECOND;
+
+/// One change to one GCRA state; answers the new TAT.
+fn apply(gcra: &Gcra, tat: u64, now: u64, change: Change) -> u64 {
+    let (interval, capacity) = (gcra.interval(), gcra.capacity());
+    match change {
+        Change::Keep => tat,
+        Change::Charge(n) => tat.max(now).saturating_add(n.saturating_mul(interval)),
+        Change::Refund(n) => tat.saturating_sub(n.saturating_mul(interval)),
+        Change::AtMost(n) => {
+            // Room now is `capacity - debt`; at most n units of it may stay.
+            let floor = now
+                .saturating_add(capacity)
+                .saturating_sub(n.saturating_mul(interval));
+            if n >= gcra.burst() {
+                tat
+            } else {
+                tat.max(floor)
+            }
+        }
+        Change::HoldFor(hold) => {
+            let hold = duration_to_nanos(hold);
+            let until = now.saturating_add(hold);
+            // Everything moves back by the hold, and the limit is empty when
+            // the hold ends, but for one unit: callers leave one by one.
+            let shifted = tat.max(now).saturating_add(hold);
+            let empty = until.saturating_add(capacity).saturating_sub(interval);
+            shifted.max(empty)
+        }
+    }
+}
+
+impl Shard {
+    #[inline]
+    fn decide(
+        &mut self,
+        dims: &Dims<'_>,
+        n: usize,
+        now: u64,
+        max_wait: u64,
+        max: usize,
+    ) -> Decision {
+        let mut index = [None; MAX_DIMENSIONS];
+        let mut tats = [0u64; MAX_DIMENSIONS];
+        // The instant every dimension admits: the latest of their earliest.
+        let mut due = now;
+        let mut blocking = 0;
+        for i in 0..n {
+            let (gcra, cost) = (&dims.gcra[i], dims.costs[i]);
+            index[i] = self.table.find(dims.fps[i]);
+            tats[i] = index[i].map_or(0, |at| self.table.tat_at(at));
+            match gcra.decide(&tats[i], now, cost, u64::MAX) {
+                Outcome::Admit { due: at, .. } => {
+                    if at > due {
+                        due = at;
+                        blocking = i;
+                    }
+                }
+                Outcome::Never => {
+                    return Decision::Never {
+                        dimension: i,
+                        snapshot: gcra.snapshot(&tats[i], now),
+                    }
+                }
+                // Not with an unbounded wait.
+                Outcome::Deny { .. } => {}
+            }
+        }
+        let wait = due.saturating_sub(now);
+        if wait > max_wait {
+            let gcra = &dims.gcra[blocking];
+            return Decision::Deny {
+                dimension: blocking,
+                snapshot: gcra.snapshot(&tats[blocking], now).retry_after_nanos(wait),
+            };
+        }
+        // Admit in every dimension at `due`, so that no dimension counts an
+        // admission earlier than it happens.
+        let mut tightest: Option<Snapshot> = None;
+        for i in 0..n {
+            let (gcra, cost) = (&dims.gcra[i], dims.costs[i]);
+            if cost == 0 {
+                continue;
+            }
+            let next = tats[i]
+                .max(due)
+                .saturating_add(cost.saturating_mul(gcra.interval()));
+            tats[i] = next;
+            if let Some(at) = index[i] {
+                self.table.set_tat(at, next);
+            }
+        }
+        // Insertions last: making room may move entries found above.
+        for i in 0..n {
+            if index[i].is_none() && dims.costs[i] != 0 {
+                self.write(None, dims.fps[i], tats[i], now, max);
+            }
+        }
+        for (gcra, tat) in dims.gcra.iter().zip(&tats).take(n) {
+            let snapshot = gcra.snapshot(tat, due);
+            tightest = Some(match tightest {
+                Some(t) if !tighter(&snapshot, &t) => t,
+                _ => snapshot,
+            });
+        }
+        Decision::Admit {
+            wait: Duration::from_nanos(wait),
+            snapshot: tightest.unwrap_or_else(|| Snapshot::from_count(0, 0, 0)),
+        }
+    }
+
+    /// Stores `tat` for `fp` (at `index`, when known), dropping entries that
+    /// are full.
+    fn write(&mut self, index: Option<usize>, fp: u64, tat: u64, now: u64, max: usize) {
+        match index {
+            Some(at) if tat <= now => self.table.remove_at(at),
+            Some(at) => self.table.set_tat(at, tat),
+            None if tat <= now => {}
+            None => {
+                self.make_room(now, max);
+                if self.table.len() < self.table.slots() {
+                    self.table.insert_new(fp, tat);
+                }
+            }
+        }
+    }
+
+    /// Makes room for one more entry: sweeps out full entries, grows the
+    /// table, or, at the cap, evicts the entries closest to full.
+    fn make_room(&mut self, now: u64, max: usize) {
+        let slots = self.table.slots();
+        let largest = largest_slots(max);
+        let limit = if slots >= largest {
+            max
+        } else {
+            slots.saturating_sub(slots / 8).min(max)
+        };
+        if self.table.len() < limit {
+            return;
+        }
+        // Full entries carry nothing: dropping them loses nothing.
+        self.table.retain(|s| s.tat > now);
+        if slots >= largest {
+            let keep = max.saturating_sub((max / EVICT_SHARE).max(1));
+            let evict = self.table.len().saturating_sub(keep);
+            if evict > 0 {
+                self.evict_closest_to_full(evict);
+            }
+        } else if slots == 0 || self.table.len() > limit.saturating_sub(limit / 4) {
+            // Grow, unless the sweep freed a quarter.
+            let mut entries: Vec<Slot> = self.table.entries().collect();
+            entries.sort_unstable_by_key(|s| s.fp);
+            let target = slots.saturating_mul(2).max(16).min(largest);
+            self.table = Table::from_sorted(target, &entries);
+        }
+    }
+
+    /// Evicts the `count` entries with the earliest TATs: those closest to
+    /// full, which forget the least.
+    fn evict_closest_to_full(&mut self, count: usize) {
+        let mut tats: Vec<u64> = self.table.entries().map(|s| s.tat).collect();
+        let Some(nth) = count.checked_sub(1) else {
+            return;
+        };
+        if nth >= tats.len() {
+            return;
+        }
+        let (_, &mut threshold, _) = tats.select_nth_unstable(nth);
+        // Every entry below the threshold goes, and as many at it as needed.
+        let below = tats.iter().filter(|&&t| t < threshold).count();
+        let mut ties = count.saturating_sub(below);
+        let evicted = self.table.retain(|s| {
+            if s.tat < threshold {
+                false
+            } else if s.tat == threshold && ties > 0 {
+                ties = ties.saturating_sub(1);
+                false
+            } else {
+                true
+            }
+        });
+        self.evicted = self.evicted.saturating_add(evicted as u64);
+        tracing::debug!(
+            evicted,
+            kept = self.table.len(),
+            "keyed limiter at its cap: evicted the keys closest to full"
+        );
+    }
+}
+
+/// The size of a table holding `max` entries at [`FULL_LOAD`].
+fn largest_slots(max: usize) -> usize {
+    max.saturating_mul(FULL_LOAD.1)
+        .div_ceil(FULL_LOAD.0)
+        .max(max.saturating_add(1))
+}
+
+/// Whether `a` has less room than `b`, relative to their limits.
+fn tighter(a: &Snapshot, b: &Snapshot) -> bool {
+    let ratio = |x: &Snapshot, y: &Snapshot| {
+        u128::from(x.remaining()).saturating_mul(u128::from(y.limit()))
+    };
+    ratio(a, b) < ratio(b, a)
+}
+
+impl<K: Hash + ?Sized, C: Clock> Store<K> for MemoryStore<C> {
+    type Error = Infallible;
+
+    fn decide(
+        &self,
+        key: &K,
+        limits: &[Quota],
+        costs: &[u64],
+        max_wait: Duration,
+    ) -> impl std::future::Future<Output = Result<Decision, Infallible>> + Send {
+        std::future::ready(Ok(self.decide_now(key, limits, costs, max_wait)))
+    }
+
+    fn adjust(
+        &self,
+        key: &K,
+        limits: &[Quota],
+        changes: &[Change],
+    ) -> impl std::future::Future<Output = Result<(), Infallible>> + Send {
+        self.adjust_now(key, limits, changes);
+        std::future::ready(Ok(()))
+    }
+
+    fn snapshot(
+        &self,
+        key: &K,
+        limits: &[Quota],
+    ) -> impl std::future::Future<Output = Result<Vec<Snapshot>, Infallible>> + Send {
+        std::future::ready(Ok(self.snapshot_now(key, limits)))
+    }
+
+    fn give_back(&self, key: &K, limits: &[Quota], costs: &[u64]) {
+        let mut changes = [Change::Keep; MAX_DIMENSIONS];
+        for (change, &cost) in changes.iter_mut().zip(costs) {
+            *change = Change::Refund(cost);
+        }
+        self.adjust_now(key, limits, changes.get(..costs.len()).unwrap_or(&[]));
+    }
+
+    fn stats(&self) -> StoreStats {
+        self.stats_now()
+    }
+}
+
+impl<C: Clock> fmt::Debug for MemoryStore<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("shards", &self.shards.len())
+            .field("max_entries", &self.max_entries())
+            .field("stats", &self.stats_now())
+            .finish()
+    }
+}

@@ -1,0 +1,482 @@
+//! Budgets of several dimensions and keyed limiters: bounds, settling,
+//! eviction, observation and pauses.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use tokio::time::Instant;
+use tollgate::{
+    Budget, Change, Clock, Decision, DeniedKind, KeyedBudget, KeyedLimiter, Limits, ManualClock,
+    MemoryStore, Quota, Snapshot, Store,
+};
+
+fn llm_limits() -> Limits {
+    Limits::builder()
+        .dimension("requests", "500/min".parse().unwrap())
+        .dimension("input_tokens", Quota::per_minute(30_000).unwrap())
+        .dimension("output_tokens", Quota::per_minute(10_000).unwrap())
+        .build()
+        .unwrap()
+}
+
+fn remaining(budget: &Budget<MemoryStore<ManualClock>>) -> Vec<u64> {
+    budget
+        .as_keyed()
+        .store()
+        .snapshot_now(&(), budget.limits().quotas())
+        .iter()
+        .map(Snapshot::remaining)
+        .collect()
+}
+
+fn manual_budget(limits: Limits) -> (Budget<MemoryStore<ManualClock>>, ManualClock) {
+    let clock = ManualClock::new();
+    let budget = Budget::builder(limits).clock(clock.clone()).build();
+    (budget, clock)
+}
+
+#[test]
+fn a_denial_in_one_dimension_spends_nothing_in_the_others() {
+    let (budget, _clock) = manual_budget(llm_limits());
+    budget.check(&[1, 1_000, 9_000]).unwrap();
+    assert_eq!(remaining(&budget), [499, 29_000, 1_000]);
+
+    let denied = budget.check(&[1, 5_000, 2_000]).unwrap_err();
+    assert_eq!(denied.kind(), DeniedKind::RateLimited);
+    assert_eq!(denied.dimension(), Some("output_tokens"));
+    assert_eq!(denied.cost(), 2_000);
+    // 1,000 output tokens are missing; 10,000 come per minute.
+    assert_eq!(denied.retry_after(), Some(Duration::from_secs(6)));
+    assert!(denied.to_string().contains("output_tokens"), "{denied}");
+    assert_eq!(remaining(&budget), [499, 29_000, 1_000]);
+
+    let never = budget.check(&[1, 40_000, 0]).unwrap_err();
+    assert_eq!(never.kind(), DeniedKind::CostExceedsBurst);
+    assert_eq!(never.dimension(), Some("input_tokens"));
+    assert_eq!(remaining(&budget), [499, 29_000, 1_000]);
+
+    let wrong = budget.check(&[1, 2]).unwrap_err();
+    assert_eq!(wrong.kind(), DeniedKind::WrongDimensions);
+    assert_eq!(remaining(&budget), [499, 29_000, 1_000]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_wait_is_the_longest_among_the_dimensions() {
+    let budget = Budget::new(llm_limits());
+    budget.acquire(&[1, 30_000, 0]).await.unwrap();
+    let start = Instant::now();
+    // Requests are plentiful; 6,000 input tokens take 12 s to come back.
+    budget.acquire(&[1, 6_000, 100]).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(12));
+    assert_eq!(budget.stats().waits, 1);
+    assert_eq!(budget.stats().waited, Duration::from_secs(12));
+}
+
+#[tokio::test(start_paused = true)]
+async fn settling_refunds_and_charges() {
+    let (budget, clock) = manual_budget(llm_limits());
+    let grant = budget.acquire(&[1, 2_000, 4_000]).await.unwrap();
+    assert_eq!(grant.costs(), [1, 2_000, 4_000]);
+    assert_eq!(remaining(&budget), [499, 28_000, 6_000]);
+
+    // The answer used fewer output tokens and more input tokens.
+    budget.settle(grant, &[1, 2_500, 300]).await.unwrap();
+    assert_eq!(remaining(&budget), [499, 27_500, 9_700]);
+
+    // A refund never fills a dimension beyond its burst.
+    let grant = budget.check(&[0, 0, 100]).unwrap();
+    clock.advance(Duration::from_secs(60));
+    budget.settle(grant, &[0, 0, 0]).await.unwrap();
+    assert_eq!(remaining(&budget), [500, 30_000, 10_000]);
+
+    // A charge beyond the burst makes later callers wait for it.
+    let grant = budget.check(&[1, 1, 1]).unwrap();
+    budget.settle(grant, &[1, 1, 15_000]).await.unwrap();
+    let denied = budget.check(&[0, 0, 1]).unwrap_err();
+    assert_eq!(denied.dimension(), Some("output_tokens"));
+    // 5,000 tokens of debt plus the one asked: 5,001 × 6 ms.
+    assert_eq!(denied.retry_after(), Some(Duration::from_millis(30_006)));
+}
+
+#[test]
+fn limits_are_validated() {
+    use tollgate::LimitsErrorKind;
+    let q = Quota::per_second(1).unwrap();
+    let err = Limits::builder().build().unwrap_err();
+    assert_eq!(err.kind(), LimitsErrorKind::Empty);
+    let err = Limits::builder()
+        .dimension("a", q)
+        .dimension("a", q)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), LimitsErrorKind::Duplicate);
+    assert_eq!(err.to_string(), r#"the dimension "a" is named twice"#);
+    let mut many = Limits::builder();
+    for i in 0..9 {
+        many = many.dimension(format!("d{i}"), q);
+    }
+    assert_eq!(many.build().unwrap_err().kind(), LimitsErrorKind::TooMany);
+    let budget = KeyedBudget::<u8>::new(llm_limits());
+    let err = budget.set_limits(1, Limits::single(q)).unwrap_err();
+    assert_eq!(err.kind(), LimitsErrorKind::Mismatch);
+}
+
+#[test]
+fn keys_carry_their_own_quota() {
+    let clock = ManualClock::new();
+    let limiter = KeyedLimiter::builder(Quota::per_second(2).unwrap())
+        .clock(clock)
+        .build();
+    limiter.set_quota("gold", Quota::per_second(5).unwrap());
+    assert_eq!(limiter.check(&"gold", 1).unwrap().remaining(), 4);
+    assert_eq!(limiter.check(&"free", 1).unwrap().remaining(), 1);
+    assert_eq!(
+        limiter.check(&"gold", 5).unwrap_err().kind(),
+        DeniedKind::RateLimited
+    );
+    assert_eq!(
+        limiter.check(&"free", 3).unwrap_err().kind(),
+        DeniedKind::CostExceedsBurst
+    );
+    limiter.clear_quota(&"gold");
+    assert_eq!(limiter.quota_for(&"gold"), Quota::per_second(2).unwrap());
+}
+
+#[tokio::test(start_paused = true)]
+async fn observe_never_grants_more_than_the_server_says_remains() {
+    let clock = ManualClock::new();
+    let budget = Budget::builder(Limits::single("100/min".parse().unwrap()))
+        .clock(clock.clone())
+        .build();
+    budget.check(&[10]).unwrap();
+    // The server has seen more traffic than we sent: 3 remain.
+    let reported = Snapshot::new(100, 3, Duration::from_secs(40));
+    budget.observe(0, &reported).await.unwrap();
+    for _ in 0..3 {
+        budget.check(&[1]).unwrap();
+    }
+    assert_eq!(
+        budget.check(&[1]).unwrap_err().kind(),
+        DeniedKind::RateLimited
+    );
+
+    // A report of more room than we know of changes nothing.
+    let before = budget.snapshot().await.unwrap();
+    budget
+        .observe(0, &Snapshot::new(100, 100, Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(budget.snapshot().await.unwrap(), before);
+
+    // The server's limit changed: the rate is re-learnt, same period.
+    clock.advance(Duration::from_secs(60));
+    budget
+        .observe(0, &Snapshot::new(60, 60, Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(budget.current_limits().quota(0), &"60/min".parse().unwrap());
+    for _ in 0..60 {
+        budget.check(&[1]).unwrap();
+    }
+    let denied = budget.check(&[1]).unwrap_err();
+    assert_eq!(denied.retry_after(), Some(Duration::from_secs(1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pause_holds_every_waiter_and_releases_them_paced() {
+    let budget = Arc::new(Budget::new(Limits::single("10/s".parse().unwrap())));
+    budget.check(&[10]).unwrap();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let budget = Arc::clone(&budget);
+        tasks.push(tokio::spawn(async move {
+            budget.acquire(&[1]).await.unwrap();
+            start.elapsed()
+        }));
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(budget.waiting(), 5);
+    // A 429 with Retry-After: 2 s.
+    budget.pause_for(Duration::from_secs(2)).await.unwrap();
+    // A caller arriving during the pause goes after those waiting.
+    let late = {
+        let budget = Arc::clone(&budget);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            budget.acquire(&[1]).await.unwrap();
+            start.elapsed()
+        })
+    };
+    let mut times = Vec::new();
+    for task in tasks {
+        times.push(task.await.unwrap());
+    }
+    let late = late.await.unwrap();
+    // Before the pause they were due at 100, 200, ... 500 ms; each moves
+    // back by the 2 s pause, still 100 ms apart.
+    let expected: Vec<Duration> = (1..=5)
+        .map(|i| Duration::from_millis(2_000 + 100 * i))
+        .collect();
+    assert_eq!(times, expected);
+    assert_eq!(late, Duration::from_millis(2_600));
+    assert_eq!(budget.stats().pauses, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pause_on_a_full_limit_lets_callers_out_one_by_one() {
+    let limiter = Arc::new(KeyedLimiter::new("10/s".parse().unwrap()));
+    limiter
+        .pause_for(&"api", Duration::from_secs(1))
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let limiter = Arc::clone(&limiter);
+            tokio::spawn(async move {
+                limiter.acquire(&"api", 1).await.unwrap();
+                start.elapsed().as_millis()
+            })
+        })
+        .collect();
+    let mut times = Vec::new();
+    for task in tasks {
+        times.push(task.await.unwrap());
+    }
+    times.sort_unstable();
+    assert_eq!(times, [1_000, 1_100, 1_200, 1_300]);
+    // Another key is not paused.
+    assert!(limiter.try_acquire(&"other", 1).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_waiter_gives_its_reservation_back() {
+    let budget = Budget::new(llm_limits());
+    budget.check(&[1, 30_000, 0]).unwrap();
+    let waiter = budget.acquire(&[1, 3_000, 0]);
+    let timed_out = tokio::time::timeout(Duration::from_secs(1), waiter).await;
+    assert!(timed_out.is_err());
+    assert_eq!(budget.waiting(), 0);
+    // 1 s refilled 500 tokens; the 3,000 reserved came back.
+    let snapshot = budget.snapshot().await.unwrap();
+    assert_eq!(snapshot[1].remaining(), 500);
+}
+
+#[test]
+fn a_flood_of_keys_stays_under_the_cap_and_spares_an_idle_key() {
+    let clock = ManualClock::new();
+    let limiter = KeyedLimiter::builder("100/min burst 10".parse().unwrap())
+        .max_keys(10_000)
+        .clock(clock.clone())
+        .build();
+    // A well-behaved key spends a little, then goes quiet.
+    limiter.check(&u64::MAX, 3).unwrap();
+    for key in 0..1_000_000u64 {
+        limiter.check(&key, 1).unwrap();
+        if key % 10_000 == 0 {
+            clock.advance(Duration::from_millis(1));
+            assert!(limiter.stats().entries <= 10_000);
+        }
+    }
+    let stats = limiter.stats();
+    assert!(stats.entries <= 10_000, "{stats:?}");
+    assert!(stats.evictions > 900_000, "{stats:?}");
+    assert_eq!(stats.admitted, 1_000_001);
+    // The quiet key lost nothing it had: 7 left, or all 10 if forgotten.
+    let left = limiter.check(&u64::MAX, 0).unwrap().remaining();
+    assert!(left >= 7, "{left}");
+    // A key never seen has its whole burst.
+    assert_eq!(limiter.check(&(u64::MAX - 1), 10).unwrap().remaining(), 0);
+}
+
+#[test]
+fn full_keys_are_dropped_without_loss() {
+    let clock = ManualClock::new();
+    let limiter = KeyedLimiter::builder("10/s".parse().unwrap())
+        .max_keys(1_000)
+        .clock(clock.clone())
+        .build();
+    for round in 0..50u64 {
+        for key in 0..1_000u64 {
+            limiter.check(&(round * 1_000 + key), 1).unwrap();
+        }
+        // Every key is full again a second later.
+        clock.advance(Duration::from_secs(1));
+    }
+    let stats = limiter.stats();
+    assert_eq!(stats.evictions, 0, "{stats:?}");
+    assert!(stats.entries <= 1_000);
+}
+
+/// Admission times and costs per dimension, checked against
+/// `burst + t / interval` over every interval between two admissions.
+fn assert_bound(admitted: &[(u64, u64)], quota: &Quota, extra: impl Fn(u64, u64) -> u64) {
+    let interval = quota.replenish_interval().as_nanos() as u64;
+    let mut admitted = admitted.to_vec();
+    admitted.sort_unstable();
+    for i in 0..admitted.len() {
+        let mut sum = 0;
+        for j in i..admitted.len() {
+            sum += admitted[j].1;
+            let (a, b) = (admitted[i].0, admitted[j].0);
+            let bound = quota.burst_size() + (b - a) / interval + extra(a, b);
+            assert!(
+                sum <= bound,
+                "{sum} admitted in [{a}, {b}] ns, bound {bound}"
+            );
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Advance(u64),
+    Decide { costs: [u64; 3], max_wait: u64 },
+    GiveBackLast,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (0u64..400).prop_map(Step::Advance),
+        (
+            [0u64..4, 0u64..9, 0u64..7],
+            prop_oneof![Just(0u64), 0u64..1_500]
+        )
+            .prop_map(|(costs, max_wait)| Step::Decide { costs, max_wait }),
+        Just(Step::GiveBackLast),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Every dimension of a budget stays within its bound, with
+    /// reservations and give-backs mixed in.
+    #[test]
+    fn every_dimension_keeps_its_bound(steps in proptest::collection::vec(step(), 1..120)) {
+        let quotas: Vec<Quota> = vec![
+            "4/40ns".parse().unwrap(),
+            "8/240ns burst 10".parse().unwrap(),
+            "6/300ns burst 7".parse().unwrap(),
+        ];
+        let clock = ManualClock::new();
+        clock.set(1_000);
+        let store = MemoryStore::new(1, 3, clock.clone());
+        // (due, costs) of every admission; give-backs remove them.
+        let mut admitted: Vec<(u64, [u64; 3])> = Vec::new();
+        let mut pending: Vec<usize> = Vec::new();
+        for step in steps {
+            let now = clock.now();
+            match step {
+                Step::Advance(ns) => clock.advance(Duration::from_nanos(ns)),
+                Step::Decide { costs, max_wait } => {
+                    match store.decide_now(&(), &quotas, &costs, Duration::from_nanos(max_wait)) {
+                        Decision::Admit { wait, .. } => {
+                            let due = now + wait.as_nanos() as u64;
+                            if due > now { pending.push(admitted.len()); }
+                            admitted.push((due, costs));
+                        }
+                        Decision::Deny { dimension, snapshot } => {
+                            let wait = snapshot.retry_after().unwrap().as_nanos() as u64;
+                            prop_assert!(wait > max_wait);
+                            prop_assert!(costs[dimension] > 0);
+                        }
+                        Decision::Never { dimension, .. } => {
+                            prop_assert!(costs[dimension] > quotas[dimension].burst_size());
+                        }
+                        other => prop_assert!(false, "{other:?}"),
+                    }
+                }
+                Step::GiveBackLast => {
+                    if let Some(i) = pending.pop() {
+                        if admitted[i].0 > now {
+                            let (_, costs) = admitted.remove(i);
+                            <MemoryStore<ManualClock> as Store<()>>::give_back(&store, &(), &quotas, &costs);
+                            pending.retain(|&p| p < i);
+                        }
+                    }
+                }
+            }
+        }
+        for (d, quota) in quotas.iter().enumerate() {
+            let per_dim: Vec<(u64, u64)> = admitted.iter().map(|(t, c)| (*t, c[d])).filter(|(_, c)| *c > 0).collect();
+            assert_bound(&per_dim, quota, |_, _| 0);
+        }
+    }
+
+    /// Keys keep their bound under eviction: a key admits at most
+    /// `burst + t / interval`, plus `burst` for each eviction in the
+    /// interval.
+    #[test]
+    fn keys_keep_their_bound_under_eviction(
+        ops in proptest::collection::vec((0u64..12, 1u64..4, 0u64..50), 1..300)
+    ) {
+        let quota: Quota = "5/100ns".parse().unwrap();
+        let clock = ManualClock::new();
+        clock.set(1_000);
+        let store = MemoryStore::new(4, 1, clock.clone());
+        let mut admitted: Vec<Vec<(u64, u64)>> = vec![Vec::new(); 12];
+        // (time, evictions so far) after each operation.
+        let mut evictions: Vec<(u64, u64)> = Vec::new();
+        for (key, cost, advance) in ops {
+            clock.advance(Duration::from_nanos(advance));
+            let now = clock.now();
+            if let Decision::Admit { .. } = store.decide_now(&key, &[quota], &[cost], Duration::ZERO) {
+                admitted[key as usize].push((now, cost));
+            }
+            let held = store.stats_now();
+            prop_assert!(held.entries <= 4);
+            evictions.push((now, held.evictions));
+        }
+        let evicted_between = |a: u64, b: u64| {
+            let before = evictions.iter().filter(|(t, _)| *t < a).map(|(_, e)| *e).max().unwrap_or(0);
+            let upto = evictions.iter().filter(|(t, _)| *t <= b).map(|(_, e)| *e).max().unwrap_or(0);
+            upto - before
+        };
+        for list in &admitted {
+            assert_bound(list, &quota, |a, b| quota.burst_size() * evicted_between(a, b));
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn adjust_changes_only_what_it_names() {
+    let clock = ManualClock::new();
+    let store = MemoryStore::new(10, 3, clock.clone());
+    let limits = llm_limits();
+    let key = "k";
+    let read = || -> Vec<u64> {
+        store
+            .snapshot_now(&key, limits.quotas())
+            .iter()
+            .map(Snapshot::remaining)
+            .collect()
+    };
+    store.adjust_now(
+        &key,
+        limits.quotas(),
+        &[Change::Keep, Change::Charge(100), Change::AtMost(7)],
+    );
+    assert_eq!(read(), [500, 29_900, 7]);
+    store.adjust_now(
+        &key,
+        limits.quotas(),
+        &[Change::Keep, Change::Refund(50), Change::Keep],
+    );
+    assert_eq!(read(), [500, 29_950, 7]);
+    store.adjust_now(
+        &key,
+        limits.quotas(),
+        &[
+            Change::HoldFor(Duration::from_secs(1)),
+            Change::Keep,
+            Change::Keep,
+        ],
+    );
+    // Held: nothing for a second, then one.
+    assert_eq!(read()[0], 0);
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(read()[0], 1);
+}
