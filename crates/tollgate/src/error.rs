@@ -58,6 +58,9 @@ pub enum DeniedKind {
     /// is unreachable, say); [`std::error::Error::source`] tells why.
     /// Nothing is known to have been spent.
     StoreFailed,
+    /// Every permit of a concurrency limit is held, and none came free
+    /// within the wait allowed.
+    Busy,
 }
 
 impl Denied {
@@ -120,7 +123,8 @@ impl Denied {
             DeniedKind::CostExceedsBurst
             | DeniedKind::NoRuntime
             | DeniedKind::WrongDimensions
-            | DeniedKind::StoreFailed => None,
+            | DeniedKind::StoreFailed
+            | DeniedKind::Busy => None,
         }
     }
 }
@@ -168,6 +172,11 @@ impl fmt::Display for Denied {
                 "{} costs were given for a budget of {limit} dimensions; \
                  pass one cost per dimension, in the order they were defined",
                 self.cost
+            ),
+            DeniedKind::Busy => write!(
+                f,
+                "all {limit} places of the concurrency limit are taken; \
+                 wait longer, or retry later"
             ),
             DeniedKind::StoreFailed => {
                 f.write_str("the rate limit's store failed")?;

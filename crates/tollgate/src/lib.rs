@@ -69,6 +69,7 @@
 mod algorithm;
 mod budget;
 mod clock;
+mod concurrency;
 mod error;
 mod limiter;
 mod quota;
@@ -81,6 +82,10 @@ pub use budget::{
     DEFAULT_MAX_KEYS, MAX_DIMENSIONS,
 };
 pub use clock::{Clock, DefaultClock, FastClock, ManualClock, TokioClock};
+pub use concurrency::{
+    AdaptiveLimit, AdaptivePermit, Aimd, ConcurrencyError, ConcurrencyLimit, ConcurrencyStats,
+    Permit, MAX_PERMITS,
+};
 pub use error::{Denied, DeniedKind};
 pub use limiter::{Acquire, Builder, RateLimiter};
 pub use quota::{Quota, QuotaError, QuotaErrorKind};
