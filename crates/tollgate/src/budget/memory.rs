@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::limits::MAX_DIMENSIONS;
 use super::store::{Change, Decision, Store, StoreStats};
-use super::table::{Slot, Table};
+use super::table::Table;
 use crate::algorithm::{Gcra, Outcome, StateMachine};
 use crate::snapshot::duration_to_nanos;
 use crate::{Clock, DefaultClock, Quota, Snapshot};
@@ -24,8 +24,10 @@ const FULL_LOAD: (usize, usize) = (9, 10);
 const ENTRIES_PER_SHARD: usize = 1024;
 const MAX_SHARDS: usize = 64;
 /// At the cap, one sweep frees this share of a shard, so that its cost
-/// (a few passes over the shard) is spread over many insertions.
-const EVICT_SHARE: usize = 8;
+/// (two passes over the shard) is spread over many insertions.
+const EVICT_SHARE: usize = 32;
+/// TATs sampled to find the eviction threshold.
+const SAMPLE: usize = 256;
 /// Derives the fingerprints of a key's other dimensions from the first. The
 /// shard bits are masked out, so all of a key's dimensions share a shard and
 /// one lock covers a decision.
@@ -53,7 +55,8 @@ const DIMENSION_MIX: u64 = 0x9E37_79B9_7F4A_7C15;
 ///   nothing (a missing entry reads as full) and is dropped whenever its
 ///   shard is swept: before a table grows, and when it is at its cap.
 /// - **Lossy eviction.** A shard at its cap with no full entry evicts the
-///   entries closest to full (an eighth of the shard at a time), and
+///   entries closest to full (about a thirty-second of the shard at a time,
+///   chosen from an even sample of its entries), and
 ///   counts them in [`StoreStats::evictions`]. A key evicted while not full
 ///   starts again from full: it may admit up to its unpaid debt again (at
 ///   most its burst, plus any reservations it held). So over any interval
@@ -390,32 +393,43 @@ impl Shard {
             }
         } else if slots == 0 || self.table.len() > limit.saturating_sub(limit / 4) {
             // Grow, unless the sweep freed a quarter.
-            let mut entries: Vec<Slot> = self.table.entries().collect();
-            entries.sort_unstable_by_key(|s| s.fp);
             let target = slots.saturating_mul(2).max(16).min(largest);
-            self.table = Table::from_sorted(target, &entries);
+            self.table = if slots == 0 {
+                Table::with_slots(target)
+            } else {
+                self.table.resized(target)
+            };
         }
     }
 
-    /// Evicts the `count` entries with the earliest TATs: those closest to
-    /// full, which forget the least.
+    /// Evicts about `count` entries with the earliest TATs: those closest
+    /// to full, which forget the least. The threshold is read from an even
+    /// sample of the shard, so that a sweep allocates nothing.
     fn evict_closest_to_full(&mut self, count: usize) {
-        let mut tats: Vec<u64> = self.table.entries().map(|s| s.tat).collect();
-        let Some(nth) = count.checked_sub(1) else {
-            return;
-        };
-        if nth >= tats.len() {
+        let len = self.table.len();
+        if count == 0 || len == 0 {
             return;
         }
-        let (_, &mut threshold, _) = tats.select_nth_unstable(nth);
-        // Every entry below the threshold goes, and as many at it as needed.
-        let below = tats.iter().filter(|&&t| t < threshold).count();
-        let mut ties = count.saturating_sub(below);
+        let mut sample = [0u64; SAMPLE];
+        let step = (len / SAMPLE).max(1);
+        let mut taken = 0;
+        for (slot, tat) in sample
+            .iter_mut()
+            .zip(self.table.entries().step_by(step).map(|s| s.tat))
+        {
+            *slot = tat;
+            taken += 1;
+        }
+        let sample = sample.get_mut(..taken).unwrap_or(&mut []);
+        // The sample's quantile at count / len; at least the smallest.
+        let nth = (count.saturating_mul(taken) / len).min(taken.saturating_sub(1));
+        let Some(&mut threshold) = sample.select_nth_unstable(nth).1.into() else {
+            return;
+        };
+        let mut budget = count;
         let evicted = self.table.retain(|s| {
-            if s.tat < threshold {
-                false
-            } else if s.tat == threshold && ties > 0 {
-                ties = ties.saturating_sub(1);
+            if s.tat <= threshold && budget > 0 {
+                budget = budget.saturating_sub(1);
                 false
             } else {
                 true

@@ -155,25 +155,12 @@ impl Table {
         self.slots.iter().copied().filter(|s| s.tat != 0)
     }
 
-    /// A table of `n` slots holding `entries`, which are sorted by
-    /// fingerprint and so by home slot: each goes to its home or just after
-    /// the one before, in one pass.
-    pub(crate) fn from_sorted(n: usize, entries: &[Slot]) -> Self {
-        let mut table = Self::with_slots(n);
-        let mut write = 0;
-        let mut wrapped = Vec::new();
-        for &entry in entries {
-            let at = table.home(entry.fp).max(write);
-            if at >= n {
-                wrapped.push(entry);
-                continue;
-            }
-            table.slots[at] = entry;
-            table.len += 1;
-            write = at + 1;
-        }
-        // The few that ran past the end wrap around, in Robin Hood order.
-        for entry in wrapped {
+    /// The same entries in a table of `n` slots (more than `len`). Tables
+    /// grow at most to 90% load, where Robin Hood insertion is cheap; the
+    /// only allocation is the new table.
+    pub(crate) fn resized(&self, n: usize) -> Self {
+        let mut table = Self::with_slots(n.max(self.len + 1));
+        for entry in self.entries() {
             table.insert_new(entry.fp, entry.tat);
         }
         table
@@ -278,9 +265,9 @@ mod tests {
                         }
                     }
                     Op::Grow(more) => {
-                        let mut entries: Vec<Slot> = table.entries().collect();
-                        entries.sort_unstable_by_key(|s| s.fp);
-                        table = Table::from_sorted(table.slots() + more, &entries);
+                        if table.len() < table.slots() {
+                            table = table.resized(table.len() + 1 + more);
+                        }
                     }
                 }
                 prop_assert_eq!(table.len(), model.len());
