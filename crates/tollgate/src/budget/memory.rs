@@ -412,17 +412,18 @@ impl Shard {
         }
         let mut sample = [0u64; SAMPLE];
         let step = (len / SAMPLE).max(1);
-        let mut taken = 0;
+        let mut taken: usize = 0;
         for (slot, tat) in sample
             .iter_mut()
             .zip(self.table.entries().step_by(step).map(|s| s.tat))
         {
             *slot = tat;
-            taken += 1;
+            taken = taken.saturating_add(1);
         }
         let sample = sample.get_mut(..taken).unwrap_or(&mut []);
         // The sample's quantile at count / len; at least the smallest.
-        let nth = (count.saturating_mul(taken) / len).min(taken.saturating_sub(1));
+        let nth = (count.saturating_mul(taken).checked_div(len).unwrap_or(0))
+            .min(taken.saturating_sub(1));
         let Some(&mut threshold) = sample.select_nth_unstable(nth).1.into() else {
             return;
         };
