@@ -174,6 +174,9 @@ impl<C: Clock> MemoryStore<C> {
         costs: &[u64],
         max_wait: Duration,
     ) -> Decision {
+        if let ([quota], [cost]) = (limits, costs) {
+            return self.decide_one(key, quota, *cost, max_wait);
+        }
         let n = limits.len().min(costs.len()).min(MAX_DIMENSIONS);
         let (limits, costs) = (
             limits.get(..n).unwrap_or(&[]),
@@ -194,6 +197,51 @@ impl<C: Clock> MemoryStore<C> {
             _ => shard.denied = shard.denied.saturating_add(1),
         }
         decision
+    }
+
+    /// One dimension: the keyed limiter's path, with no arrays to fill.
+    #[inline]
+    fn decide_one<K: Hash + ?Sized>(
+        &self,
+        key: &K,
+        quota: &Quota,
+        cost: u64,
+        max_wait: Duration,
+    ) -> Decision {
+        let fp = self.hasher.hash_one(key);
+        let gcra = Gcra::new(quota);
+        let mut shard = self.shard(fp);
+        let now = self.clock.now();
+        let index = shard.table.find(fp);
+        let tat = index.map_or(0, |at| shard.table.tat_at(at));
+        // One dimension is admitted when it is due by its own reckoning, so
+        // GCRA's own transition is the whole decision.
+        match gcra.decide(&tat, now, cost, duration_to_nanos(max_wait)) {
+            Outcome::Admit { state, due } => {
+                if state != tat {
+                    shard.write(index, fp, state, now, self.max_per_shard);
+                }
+                shard.admitted = shard.admitted.saturating_add(1);
+                Decision::Admit {
+                    wait: Duration::from_nanos(due.saturating_sub(now)),
+                    snapshot: gcra.snapshot(&state, due.max(now)),
+                }
+            }
+            Outcome::Deny { retry_after } => {
+                shard.denied = shard.denied.saturating_add(1);
+                Decision::Deny {
+                    dimension: 0,
+                    snapshot: gcra.snapshot(&tat, now).retry_after_nanos(retry_after),
+                }
+            }
+            Outcome::Never => {
+                shard.denied = shard.denied.saturating_add(1);
+                Decision::Never {
+                    dimension: 0,
+                    snapshot: gcra.snapshot(&tat, now),
+                }
+            }
+        }
     }
 
     /// [`Store::adjust`], synchronously.
