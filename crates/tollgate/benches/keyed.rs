@@ -11,6 +11,7 @@
 
 #![allow(missing_docs)] // criterion_group! generates an undocumented function.
 
+use std::hash::Hash;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::num::NonZeroU32;
@@ -29,7 +30,7 @@ fn tollgate_keyed<K>() -> KeyedLimiter<K> {
     KeyedLimiter::new(Quota::per_second(u64::from(OPEN)).unwrap())
 }
 
-fn governor_keyed<K: std::hash::Hash + Eq + Clone>() -> governor::DefaultKeyedRateLimiter<K> {
+fn governor_keyed<K: Hash + Eq + Clone>() -> governor::DefaultKeyedRateLimiter<K> {
     governor::RateLimiter::keyed(governor::Quota::per_second(NonZeroU32::new(OPEN).unwrap()))
 }
 
@@ -40,7 +41,7 @@ fn tollgate_live<K>() -> KeyedLimiter<K> {
     KeyedLimiter::new(Quota::per_hour(1_000).unwrap())
 }
 
-fn governor_live<K: std::hash::Hash + Eq + Clone>() -> governor::DefaultKeyedRateLimiter<K> {
+fn governor_live<K: Hash + Eq + Clone>() -> governor::DefaultKeyedRateLimiter<K> {
     governor::RateLimiter::keyed(governor::Quota::per_hour(NonZeroU32::new(1_000).unwrap()))
 }
 
@@ -150,44 +151,40 @@ fn rss() -> u64 {
     pages * 4096
 }
 
+/// Fills a tollgate limiter with a million keys: "bytes entries evicted".
+fn fill_tollgate<K: Hash + Eq + Clone>(key: impl Fn(u64) -> K, before: u64) -> String {
+    let limiter = tollgate_live::<K>();
+    (0..KEYS).for_each(|i| drop(limiter.check(&key(i), 1)));
+    let stats = limiter.stats();
+    format!(
+        "{:.1} {} {}",
+        per_key(before),
+        stats.entries,
+        stats.evictions
+    )
+}
+
+/// Fills a governor limiter with a million keys, reported the same way.
+fn fill_governor<K: Hash + Eq + Clone>(key: impl Fn(u64) -> K, before: u64) -> String {
+    let limiter = governor_live::<K>();
+    (0..KEYS).for_each(|i| drop(limiter.check_key(&key(i))));
+    format!("{:.1} {} 0", per_key(before), limiter.len())
+}
+
+/// Growth of the resident set since `before`, per key.
+fn per_key(before: u64) -> f64 {
+    rss().saturating_sub(before) as f64 / KEYS as f64
+}
+
 /// In a fresh child: fills one limiter with a million keys and prints the
 /// growth of the resident set per key.
 fn measure(which: &str) {
     let before = rss();
-    let per_key = |after: u64| (after.saturating_sub(before)) as f64 / KEYS as f64;
     let report = match which {
-        "tollgate-u64" => {
-            let l = tollgate_live::<u64>();
-            (0..KEYS).for_each(|i| drop(l.check(&key(i), 1)));
-            let stats = l.stats();
-            format!(
-                "{:.1} {} {}",
-                per_key(rss()),
-                stats.entries,
-                stats.evictions
-            )
-        }
-        "governor-u64" => {
-            let l = governor_live::<u64>();
-            (0..KEYS).for_each(|i| drop(l.check_key(&key(i))));
-            format!("{:.1} {} 0", per_key(rss()), l.len())
-        }
-        "tollgate-ip" => {
-            let l = tollgate_live::<IpAddr>();
-            (0..KEYS).for_each(|i| drop(l.check(&ip(i), 1)));
-            let stats = l.stats();
-            format!(
-                "{:.1} {} {}",
-                per_key(rss()),
-                stats.entries,
-                stats.evictions
-            )
-        }
-        "governor-ip" => {
-            let l = governor_live::<IpAddr>();
-            (0..KEYS).for_each(|i| drop(l.check_key(&ip(i))));
-            format!("{:.1} {} 0", per_key(rss()), l.len())
-        }
+        "tollgate-u64" => fill_tollgate(key, before),
+        "governor-u64" => fill_governor(key, before),
+        "tollgate-ip" => fill_tollgate(ip, before),
+        "governor-ip" => fill_governor(ip, before),
         other => format!("unknown {other}"),
     };
     println!("{report}");

@@ -157,7 +157,9 @@ where
             .pop()
             .unwrap_or_else(|| Snapshot::new(0, 0, Duration::ZERO)))
     }
+}
 
+impl<K: Hash + Eq + Clone, S: Store<K>> KeyedLimiter<K, S> {
     /// What the limiter and its store count.
     pub fn stats(&self) -> Stats {
         self.inner.stats()

@@ -564,6 +564,15 @@ where
             .map_err(|e| store_failed(&limits, &[], e))
     }
 
+    async fn adjust(&self, key: &K, limits: &Limits, changes: &[Change]) -> Result<(), Denied> {
+        self.store
+            .adjust(key, limits.quotas(), changes)
+            .await
+            .map_err(|e| store_failed(limits, &[], e))
+    }
+}
+
+impl<K: Hash + Eq + Clone, S: Store<K>> KeyedBudget<K, S> {
     /// What the limiter and its store count.
     pub fn stats(&self) -> Stats {
         let store = self.store.stats();
@@ -577,13 +586,6 @@ where
             evictions: store.evictions,
             pauses: self.pauses.count(),
         }
-    }
-
-    async fn adjust(&self, key: &K, limits: &Limits, changes: &[Change]) -> Result<(), Denied> {
-        self.store
-            .adjust(key, limits.quotas(), changes)
-            .await
-            .map_err(|e| store_failed(limits, &[], e))
     }
 }
 
