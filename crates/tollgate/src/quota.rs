@@ -42,14 +42,6 @@ pub struct Quota {
 }
 
 impl Quota {
-    /// One per second, burst one: a placeholder that is always valid.
-    pub(crate) const ONE_PER_SECOND: Self = Self {
-        count: 1,
-        period_ns: 1_000_000_000,
-        burst: 1,
-        interval_ns: 1_000_000_000,
-    };
-
     /// `count` units per `period`, with a burst of `count`.
     ///
     /// The replenish interval (`period / count`) is rounded **up** to whole

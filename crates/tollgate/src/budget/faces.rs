@@ -80,9 +80,7 @@ impl<K: Hash + Eq + Clone, C: Clock> KeyedLimiter<K, MemoryStore<C>> {
     /// Admits `cost` for `key` now, or denies it without spending.
     #[inline]
     pub fn check(&self, key: &K, cost: u64) -> Result<Snapshot, Denied> {
-        self.inner
-            .check(key, &[cost])
-            .map(|grant| *grant.snapshot())
+        self.inner.check_snapshot(key, &[cost])
     }
 }
 

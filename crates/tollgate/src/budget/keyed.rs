@@ -376,6 +376,14 @@ impl<K: Hash + Eq + Clone, C: Clock> KeyedBudget<K, MemoryStore<C>> {
     /// spending anything.
     #[inline]
     pub fn check(&self, key: &K, costs: &[u64]) -> Result<Grant, Denied> {
+        self.check_snapshot(key, costs)
+            .map(|snapshot| Self::grant(costs, snapshot))
+    }
+
+    /// [`check`](Self::check), answering the tightest dimension's snapshot
+    /// only: what a keyed limiter returns, with no grant to build.
+    #[inline]
+    pub(crate) fn check_snapshot(&self, key: &K, costs: &[u64]) -> Result<Snapshot, Denied> {
         let limits = self.limits_ref(key);
         if costs.len() != limits.len() {
             return Err(Self::wrong_dimensions(&limits, costs));
@@ -384,7 +392,7 @@ impl<K: Hash + Eq + Clone, C: Clock> KeyedBudget<K, MemoryStore<C>> {
             .store
             .decide_now(key, limits.quotas(), costs, Duration::ZERO)
         {
-            Decision::Admit { snapshot, .. } => Ok(Self::grant(costs, snapshot)),
+            Decision::Admit { snapshot, .. } => Ok(snapshot),
             decision => Err(Self::denied(&limits, costs, decision)),
         }
     }

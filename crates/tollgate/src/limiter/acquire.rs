@@ -81,11 +81,10 @@ impl<C: Clock> Future for Acquire<'_, C> {
                     armed_for,
                 } => {
                     let now = limiter.clock.now();
-                    let due = limiter.due(reservation.id, cx.waker());
-                    if due <= now {
-                        let snapshot = reservation.complete(now);
+                    let Some(due) = limiter.take_if_due(reservation.id, now, cx.waker()) else {
+                        let snapshot = reservation.taken(now);
                         return this.finish(Ok(snapshot));
-                    }
+                    };
                     if *armed_for != Some(due) {
                         if tokio::runtime::Handle::try_current().is_err() {
                             let snapshot = limiter.snapshot();

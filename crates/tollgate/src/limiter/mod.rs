@@ -176,12 +176,12 @@ impl<C: Clock> RateLimiter<C> {
         let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
         loop {
             let now = self.clock.now();
-            let due = self.due(reservation.id, &waker);
-            if due <= now {
-                return Ok(reservation.complete(now));
+            match self.take_if_due(reservation.id, now, &waker) {
+                None => return Ok(reservation.taken(now)),
+                Some(due) => self
+                    .clock
+                    .wait_blocking(Duration::from_nanos(due.saturating_sub(now))),
             }
-            self.clock
-                .wait_blocking(Duration::from_nanos(due.saturating_sub(now)));
         }
     }
 
@@ -243,10 +243,13 @@ impl<C: Clock> RateLimiter<C> {
         }))
     }
 
-    /// When reservation `id` is due; `waker` hears when it moves up.
-    fn due(&self, id: u64, waker: &Waker) -> u64 {
-        // A reservation leaves the queue only through its own guard.
-        self.lock_waiters().due(id, waker).unwrap_or(0)
+    /// `None` once reservation `id` is due by `now` (it has left the queue,
+    /// with its slot taken); else when it is due, and `waker` hears when it
+    /// moves up.
+    fn take_if_due(&self, id: u64, now: u64, waker: &Waker) -> Option<u64> {
+        // A reservation leaves the queue only through its own guard, so it
+        // is there until this takes it.
+        self.lock_waiters().take_if_due(id, now, waker)
     }
 
     fn give_back(&self, id: u64) {
@@ -282,11 +285,10 @@ struct Reservation<'a, C: Clock> {
 }
 
 impl<C: Clock> Reservation<'_, C> {
-    /// Leaves the queue with the slot taken; the guard no longer gives it
-    /// back.
-    fn complete(&mut self, now: u64) -> Snapshot {
+    /// The slot was taken (it left the queue in `take_if_due`); the guard
+    /// no longer gives it back.
+    fn taken(&mut self, now: u64) -> Snapshot {
         self.active = false;
-        self.limiter.lock_waiters().remove(self.id);
         self.limiter.engine.snapshot(now)
     }
 }

@@ -34,10 +34,15 @@ impl Waiters {
         id
     }
 
-    /// The instant reservation `id` is due, registering `waker` to hear when
-    /// it moves up.
-    pub(crate) fn due(&mut self, id: u64, waker: &Waker) -> Option<u64> {
+    /// Takes reservation `id` out of the queue if it is due by `now`
+    /// (answering `None`), or else answers when it is due, registering
+    /// `waker` to hear when it moves up.
+    pub(crate) fn take_if_due(&mut self, id: u64, now: u64, waker: &Waker) -> Option<u64> {
         let entry = self.entries.get_mut(&id)?;
+        if entry.due <= now {
+            self.entries.remove(&id);
+            return None;
+        }
         match &entry.waker {
             Some(known) if known.will_wake(waker) => {}
             _ => entry.waker = Some(waker.clone()),
