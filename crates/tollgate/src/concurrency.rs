@@ -14,30 +14,69 @@ use crate::{Denied, DeniedKind, Snapshot};
 /// The most permits a limit may have (Tokio's semaphore's bound).
 pub const MAX_PERMITS: usize = Semaphore::MAX_PERMITS;
 
-/// A bad concurrency limit: zero, or more than [`MAX_PERMITS`].
+/// A concurrency limit that cannot be built; the message says which bound
+/// or step is wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConcurrencyError {
-    asked: usize,
+    message: String,
 }
 
 impl fmt::Display for ConcurrencyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "a concurrency limit must be between 1 and {MAX_PERMITS}, not {}",
-            self.asked
-        )
+        f.write_str(&self.message)
     }
 }
 
 impl std::error::Error for ConcurrencyError {}
 
-fn validate(n: usize) -> Result<usize, ConcurrencyError> {
+fn invalid(message: String) -> ConcurrencyError {
+    ConcurrencyError { message }
+}
+
+fn validate(what: &str, n: usize) -> Result<usize, ConcurrencyError> {
     if n == 0 || n > MAX_PERMITS {
-        Err(ConcurrencyError { asked: n })
+        Err(invalid(format!(
+            "{what} must be between 1 and {MAX_PERMITS}, not {n}"
+        )))
     } else {
         Ok(n)
     }
+}
+
+/// Waits at most `max_wait` for a permit, counting what happens: `None`
+/// when none came in time.
+async fn wait_for_permit(
+    semaphore: &Arc<Semaphore>,
+    counts: &Counts,
+    max_wait: Duration,
+) -> Option<OwnedSemaphorePermit> {
+    let permit = match Arc::clone(semaphore).try_acquire_owned() {
+        Ok(permit) => Some(permit),
+        Err(TryAcquireError::NoPermits | TryAcquireError::Closed) if max_wait.is_zero() => None,
+        Err(_) => {
+            let start = Instant::now();
+            let acquire = Arc::clone(semaphore).acquire_owned();
+            // The semaphores here are never closed: an error is a timeout.
+            let permit = match start.checked_add(max_wait) {
+                Some(deadline) => tokio::time::timeout_at(deadline, acquire)
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
+                None => acquire.await.ok(),
+            };
+            if permit.is_some() {
+                counts.waited(start);
+            }
+            permit
+        }
+    };
+    let counter = if permit.is_some() {
+        &counts.admitted
+    } else {
+        &counts.denied
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    permit
 }
 
 /// Counts shared by both limits.
@@ -146,9 +185,9 @@ impl fmt::Debug for Permit {
 }
 
 impl ConcurrencyLimit {
-    /// At most `limit` at once.
+    /// At most `limit` at once; an error unless `1 ≤ limit ≤ MAX_PERMITS`.
     pub fn new(limit: usize) -> Result<Self, ConcurrencyError> {
-        let limit = validate(limit)?;
+        let limit = validate("a concurrency limit", limit)?;
         Ok(Self {
             inner: Arc::new(FixedInner {
                 semaphore: Arc::new(Semaphore::new(limit)),
@@ -160,17 +199,11 @@ impl ConcurrencyLimit {
 
     /// Waits for a place, behind everyone who asked before.
     pub async fn acquire(&self) -> Permit {
-        match self.acquire_within(Duration::MAX).await {
-            Ok(permit) => permit,
-            // The semaphore is never closed and the wait is unbounded.
-            Err(_) => self.acquire_unbounded().await,
-        }
-    }
-
-    async fn acquire_unbounded(&self) -> Permit {
         loop {
-            if let Ok(permit) = Arc::clone(&self.inner.semaphore).acquire_owned().await {
-                return Permit { _permit: permit };
+            // An unbounded wait on a semaphore that is never closed always
+            // ends with a permit; the loop only keeps this total.
+            if let Ok(permit) = self.acquire_within(Duration::MAX).await {
+                return permit;
             }
         }
     }
@@ -178,50 +211,27 @@ impl ConcurrencyLimit {
     /// Waits at most `max_wait` for a place; gives up with a
     /// [`DeniedKind::Busy`] denial, holding nothing.
     pub async fn acquire_within(&self, max_wait: Duration) -> Result<Permit, Denied> {
-        let counts = &self.inner.counts;
-        if let Some(permit) = self.try_acquire_quietly() {
-            return Ok(permit);
-        }
-        let start = Instant::now();
-        let semaphore = Arc::clone(&self.inner.semaphore);
-        let acquired = match start.checked_add(max_wait) {
-            Some(deadline) => tokio::time::timeout_at(deadline, semaphore.acquire_owned()).await,
-            None => Ok(semaphore.acquire_owned().await),
-        };
-        match acquired {
-            Ok(Ok(permit)) => {
-                counts.waited(start);
-                counts.admitted.fetch_add(1, Ordering::Relaxed);
-                Ok(Permit { _permit: permit })
-            }
-            _ => {
-                counts.denied.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(
-                    limit = self.inner.limit,
-                    "concurrency limit: gave up waiting"
-                );
-                Err(busy(self.inner.limit))
+        let inner = &self.inner;
+        match wait_for_permit(&inner.semaphore, &inner.counts, max_wait).await {
+            Some(permit) => Ok(Permit { _permit: permit }),
+            None => {
+                tracing::debug!(limit = inner.limit, "concurrency limit: gave up waiting");
+                Err(busy(inner.limit))
             }
         }
     }
 
     /// A place now, or `None` when all are taken (or others wait for one).
     pub fn try_acquire(&self) -> Option<Permit> {
-        let permit = self.try_acquire_quietly();
-        if permit.is_none() {
-            self.inner.counts.denied.fetch_add(1, Ordering::Relaxed);
-        }
-        permit
-    }
-
-    fn try_acquire_quietly(&self) -> Option<Permit> {
-        match Arc::clone(&self.inner.semaphore).try_acquire_owned() {
-            Ok(permit) => {
-                self.inner.counts.admitted.fetch_add(1, Ordering::Relaxed);
-                Some(Permit { _permit: permit })
-            }
-            Err(TryAcquireError::NoPermits | TryAcquireError::Closed) => None,
-        }
+        let inner = &self.inner;
+        let permit = Arc::clone(&inner.semaphore).try_acquire_owned().ok();
+        let counter = if permit.is_some() {
+            &inner.counts.admitted
+        } else {
+            &inner.counts.denied
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        permit.map(|permit| Permit { _permit: permit })
     }
 
     /// The limit.
@@ -350,14 +360,23 @@ impl AdaptiveLimit {
             increase,
             decrease,
         } = config;
-        validate(min)?;
-        validate(max)?;
-        validate(initial)?;
+        validate("min", min)?;
+        validate("max", max)?;
+        validate("initial", initial)?;
         if !(min <= initial && initial <= max) {
-            return Err(ConcurrencyError { asked: initial });
+            return Err(invalid(format!(
+                "an adaptive limit needs min ≤ initial ≤ max, not {min} ≤ {initial} ≤ {max}"
+            )));
         }
-        if !(increase.is_finite() && increase > 0.0 && decrease > 0.0 && decrease < 1.0) {
-            return Err(ConcurrencyError { asked: 0 });
+        if !(increase.is_finite() && increase > 0.0) {
+            return Err(invalid(format!(
+                "the additive increase must be a positive number, not {increase}"
+            )));
+        }
+        if !(decrease > 0.0 && decrease < 1.0) {
+            return Err(invalid(format!(
+                "the multiplicative decrease must lie strictly between 0 and 1, not {decrease}"
+            )));
         }
         Ok(Self {
             inner: Arc::new(AdaptiveInner {
@@ -387,39 +406,18 @@ impl AdaptiveLimit {
     /// Waits at most `max_wait` for a place.
     pub async fn acquire_within(&self, max_wait: Duration) -> Result<AdaptivePermit, Denied> {
         let inner = &self.inner;
-        let start = Instant::now();
-        let semaphore = Arc::clone(&inner.semaphore);
-        let acquired = match Arc::clone(&semaphore).try_acquire_owned() {
-            Ok(permit) => Ok(Ok(permit)),
-            Err(_) => {
-                let result = match start.checked_add(max_wait) {
-                    Some(deadline) => {
-                        tokio::time::timeout_at(deadline, semaphore.acquire_owned()).await
-                    }
-                    None => Ok(semaphore.acquire_owned().await),
-                };
-                inner.counts.waited(start);
-                result
-            }
+        let Some(permit) = wait_for_permit(&inner.semaphore, &inner.counts, max_wait).await else {
+            return Err(busy(self.limit()));
         };
-        match acquired {
-            Ok(Ok(permit)) => {
-                inner.counts.admitted.fetch_add(1, Ordering::Relaxed);
-                let mut state = inner.lock();
-                state.in_flight = state.in_flight.saturating_add(1);
-                let in_use = state.in_flight.saturating_mul(2) >= state.limit(&inner.config);
-                Ok(AdaptivePermit {
-                    permit: Some(permit),
-                    limit: Arc::clone(inner),
-                    generation: state.generation,
-                    in_use,
-                })
-            }
-            _ => {
-                inner.counts.denied.fetch_add(1, Ordering::Relaxed);
-                Err(busy(self.limit()))
-            }
-        }
+        let mut state = inner.lock();
+        state.in_flight = state.in_flight.saturating_add(1);
+        let in_use = state.in_flight.saturating_mul(2) >= state.limit(&inner.config);
+        Ok(AdaptivePermit {
+            permit: Some(permit),
+            limit: Arc::clone(inner),
+            generation: state.generation,
+            in_use,
+        })
     }
 
     /// The limit now.

@@ -52,7 +52,8 @@ pub enum DeniedKind {
     /// to wait on. Nothing was spent.
     NoRuntime,
     /// The number of costs does not match the number of dimensions of the
-    /// budget: pass one cost per dimension, in the order they were defined.
+    /// budget (pass one cost per dimension, in the order they were
+    /// defined), or a dimension's index is past the last one.
     WrongDimensions,
     /// The store that holds the limit's state failed (a network store that
     /// is unreachable, say); [`std::error::Error::source`] tells why.
@@ -167,12 +168,19 @@ impl fmt::Display for Denied {
                  at once; raise the quota's burst or split the work",
                 self.cost
             ),
-            DeniedKind::WrongDimensions => write!(
-                f,
-                "{} costs were given for a budget of {limit} dimensions; \
-                 pass one cost per dimension, in the order they were defined",
-                self.cost
-            ),
+            DeniedKind::WrongDimensions => match self.dimension() {
+                Some(index) => write!(
+                    f,
+                    "the budget has no dimension {index}: its {limit} dimensions are \
+                     numbered from 0, in the order they were defined"
+                ),
+                None => write!(
+                    f,
+                    "{} costs were given for a budget of {limit} dimensions; \
+                     pass one cost per dimension, in the order they were defined",
+                    self.cost
+                ),
+            },
             DeniedKind::Busy => write!(
                 f,
                 "all {limit} places of the concurrency limit are taken; \

@@ -480,3 +480,18 @@ async fn adjust_changes_only_what_it_names() {
     clock.advance(Duration::from_secs(1));
     assert_eq!(read()[0], 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn observing_a_dimension_the_budget_lacks_says_so() {
+    let budget = Budget::new(llm_limits());
+    let denied = budget
+        .observe(5, &Snapshot::new(10, 1, Duration::ZERO))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.kind(), DeniedKind::WrongDimensions);
+    assert_eq!(
+        denied.to_string(),
+        "the budget has no dimension 5: its 3 dimensions are numbered from 0, \
+         in the order they were defined"
+    );
+}

@@ -210,7 +210,8 @@ impl Budget<MemoryStore> {
         Self::builder(limits).build()
     }
 
-    /// A builder, to choose the clock.
+    /// A builder, to choose the clock. (A budget has one key, so the
+    /// builder's `max_keys` changes nothing here.)
     pub fn builder(limits: Limits) -> KeyedBuilder<Self> {
         KeyedBuilder::new(limits).max_keys(1)
     }

@@ -368,6 +368,14 @@ impl<K: Hash + Eq + Clone, S> KeyedBudget<K, S> {
         let snapshot = Snapshot::from_count(limits.len() as u64, 0, 0);
         Denied::new(DeniedKind::WrongDimensions, costs.len() as u64, snapshot)
     }
+
+    /// A dimension's index that the budget does not have.
+    #[cold]
+    fn no_such_dimension(limits: &Limits, index: usize) -> Denied {
+        let snapshot = Snapshot::from_count(limits.len() as u64, 0, 0);
+        Denied::new(DeniedKind::WrongDimensions, 0, snapshot)
+            .in_dimension(&Arc::from(index.to_string()))
+    }
 }
 
 /// The synchronous, non-waiting path of the in-memory store.
@@ -430,7 +438,7 @@ where
         if costs.len() != limits.len() {
             return Err(Self::wrong_dimensions(&limits, costs));
         }
-        let seen = self.pauses.generation();
+        let mut seen = self.pauses.generation();
         let decision = self
             .store
             .decide(key, limits.quotas(), costs, max_wait)
@@ -462,7 +470,6 @@ where
         let _waiting = Decrement(&self.waiting);
         let start = Instant::now();
         let mut deadline = start.checked_add(wait).unwrap_or(start);
-        let mut seen = seen;
         loop {
             tokio::time::sleep_until(deadline).await;
             let now_seen = self.pauses.generation();
@@ -519,7 +526,7 @@ where
     ) -> Result<(), Denied> {
         let mut limits = self.limits_for(key);
         if dimension >= limits.len() {
-            return Err(Self::wrong_dimensions(&limits, &[0; MAX_DIMENSIONS + 1]));
+            return Err(Self::no_such_dimension(&limits, dimension));
         }
         let quota = *limits.quota(dimension);
         let limit = snapshot.limit();

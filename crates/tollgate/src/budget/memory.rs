@@ -109,6 +109,9 @@ impl Dims<'_> {
 
 impl<C: Clock> MemoryStore<C> {
     /// A store holding at most `max_keys × dimensions` entries, on `clock`.
+    ///
+    /// Give each limiter a store of its own (the builders do): two limiters
+    /// on one store would share the state of equal keys.
     pub fn new(max_keys: usize, dimensions: usize, clock: C) -> Self {
         let max_entries = max_keys
             .saturating_mul(dimensions.clamp(1, MAX_DIMENSIONS))
