@@ -71,6 +71,7 @@ mod budget;
 mod clock;
 mod concurrency;
 mod error;
+pub mod headers;
 mod limiter;
 mod quota;
 mod snapshot;

@@ -1,0 +1,144 @@
+//! The response future shared by the layers.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use crate::response::{Hold, ResponseBody};
+
+/// A wait for admission, ending in what the request holds once admitted or
+/// in the answer to its rejection.
+pub(crate) type Wait<H> = Pin<Box<dyn Future<Output = Result<H, Response<Bytes>>> + Send>>;
+
+pin_project! {
+    /// The response future of [`RateLimit`](crate::RateLimit) and
+    /// [`ConcurrencyLimit`](crate::ConcurrencyLimit): the inner service's
+    /// future (after a wait, in wait mode), or a rejection's answer.
+    pub struct ResponseFuture<S, B, H>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        state: State<S, B, H>,
+        hold: Option<H>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, B, H>
+    where
+        S: Service<Request<B>>,
+    {
+        Called { #[pin] future: S::Future },
+        Waiting { wait: Wait<H>, service: Option<S>, request: Option<Request<B>> },
+        Rejected { response: Option<Response<Bytes>> },
+    }
+}
+
+impl<S, B, H> ResponseFuture<S, B, H>
+where
+    S: Service<Request<B>>,
+{
+    pub(crate) fn called(future: S::Future, hold: H) -> Self {
+        Self {
+            state: State::Called { future },
+            hold: Some(hold),
+        }
+    }
+
+    pub(crate) fn waiting(wait: Wait<H>, service: S, request: Request<B>) -> Self {
+        Self {
+            state: State::Waiting {
+                wait,
+                service: Some(service),
+                request: Some(request),
+            },
+            hold: None,
+        }
+    }
+
+    pub(crate) fn rejected(response: Response<Bytes>) -> Self {
+        Self {
+            state: State::Rejected {
+                response: Some(response),
+            },
+            hold: None,
+        }
+    }
+}
+
+impl<S, B, H> fmt::Debug for ResponseFuture<S, B, H>
+where
+    S: Service<Request<B>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Called { .. } => "called",
+            State::Waiting { .. } => "waiting",
+            State::Rejected { .. } => "rejected",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl<S, B, H, ResB> Future for ResponseFuture<S, B, H>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+    H: Hold,
+{
+    type Output = Result<Response<ResponseBody<ResB>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Called { future } => {
+                    let response = ready!(future.poll(cx))?;
+                    let (mut parts, body) = response.into_parts();
+                    if let Some(hold) = this.hold.take() {
+                        hold.finish(&mut parts.headers);
+                    }
+                    let body = ResponseBody::service(body);
+                    return Poll::Ready(Ok(Response::from_parts(parts, body)));
+                }
+                StateProj::Waiting {
+                    wait,
+                    service,
+                    request,
+                } => match ready!(wait.as_mut().poll(cx)) {
+                    Ok(hold) => {
+                        *this.hold = Some(hold);
+                        let (Some(mut service), Some(request)) = (service.take(), request.take())
+                        else {
+                            unreachable!("a waiting response future holds its request")
+                        };
+                        // The service was made ready by `poll_ready` before
+                        // the request was taken in.
+                        let future = service.call(request);
+                        this.state.set(State::Called { future });
+                    }
+                    Err(response) => return Poll::Ready(Ok(rejected_body(response))),
+                },
+                StateProj::Rejected { response } => {
+                    let response = response
+                        .take()
+                        .expect("a rejection's response future polled after it completed");
+                    return Poll::Ready(Ok(rejected_body(response)));
+                }
+            }
+        }
+    }
+}
+
+fn rejected_body<B>(response: Response<Bytes>) -> Response<ResponseBody<B>> {
+    response.map(ResponseBody::rejection)
+}

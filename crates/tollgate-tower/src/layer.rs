@@ -1,0 +1,556 @@
+//! The rate-limit layer.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use tollgate::headers::PolicyName;
+use tollgate::{Clock, DefaultClock, Denied, DeniedKind, KeyedLimiter, MemoryStore, Quota};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::future::ResponseFuture;
+use crate::key::{Global, KeyError, KeyErrorKind, KeyExtractor, KeyFn};
+use crate::response::{
+    is_grpc, Admitted, DefaultRejector, HeaderStyle, RejectFn, Rejection, RejectionKind, Rejector,
+};
+use crate::{ConfigError, Key};
+
+/// The limiter a [`RateLimitLayer`] decides with: one quota per key, in
+/// memory. Reach it through [`RateLimitLayer::limiter`] to read its
+/// statistics or to give a key a quota of its own (a paid tier, say).
+pub type LayerLimiter = KeyedLimiter<Key, MemoryStore<Arc<dyn Clock>>>;
+
+/// The default maximum key length, in bytes.
+pub const DEFAULT_MAX_KEY_LEN: usize = 256;
+
+/// What to do with a request from which no key can be read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MissingKey {
+    /// Reject it: 400 when the request lacks the key (or its key is too
+    /// long), 500 when the server gave no peer address.
+    #[default]
+    Reject,
+    /// Count it against one shared key, as a global limit would.
+    Global,
+}
+
+/// A request's cost: how many units of the limit it spends.
+///
+/// [`One`] (the default) charges 1 a request; a [`CostFn`] charges what a
+/// closure says (by route, by declared body size).
+pub trait RequestCost<B>: Send + Sync + 'static {
+    /// The cost of one request.
+    fn cost(&self, request: &Request<B>) -> u64;
+}
+
+/// Every request costs 1.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct One;
+
+impl<B> RequestCost<B> for One {
+    #[inline]
+    fn cost(&self, _: &Request<B>) -> u64 {
+        1
+    }
+}
+
+/// A closure as a [`RequestCost`].
+#[derive(Clone)]
+pub struct CostFn<F>(F);
+
+impl<F> fmt::Debug for CostFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CostFn")
+    }
+}
+
+impl<B, F> RequestCost<B> for CostFn<F>
+where
+    F: Fn(&Request<B>) -> u64 + Send + Sync + 'static,
+{
+    fn cost(&self, request: &Request<B>) -> u64 {
+        (self.0)(request)
+    }
+}
+
+struct Shared<K, C, R> {
+    limiter: LayerLimiter,
+    key: K,
+    cost: C,
+    rejector: R,
+    max_wait: Option<Duration>,
+    style: HeaderStyle,
+    missing_key: MissingKey,
+    max_key_len: usize,
+}
+
+/// Rate-limits the requests of the service it wraps.
+///
+/// Each request is counted against its key's quota when the service is
+/// *called* (`poll_ready` only asks the inner service). A request within
+/// the limit goes through, and its response carries the `RateLimit-Policy`
+/// and `RateLimit` fields. One over the limit is answered at once with 429
+/// Too Many Requests, `Retry-After` (whole seconds, rounded up, never 0) and
+/// the same fields; a gRPC call with HTTP 200 and `grpc-status: 8`
+/// (RESOURCE_EXHAUSTED). In wait mode ([`RateLimitBuilder::wait_up_to`]) a
+/// request whose turn comes within the bound waits for it instead.
+///
+/// Every clone of the layer, and every service it makes, shares one
+/// limiter.
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use axum::{routing::get, Router};
+/// use tollgate::Quota;
+/// use tollgate_tower::{PeerIp, RateLimitLayer};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let per_ip = RateLimitLayer::builder(Quota::per_minute(60)?)
+///     .key(PeerIp::new())
+///     .build()?;
+/// let app = Router::new()
+///     .route("/", get(|| async { "hello" }))
+///     .layer(per_ip);
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// // The peer's address reaches the layer through connect info.
+/// let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>());
+/// # drop(serve);
+/// # Ok(())
+/// # }
+/// ```
+pub struct RateLimitLayer<K = Global, C = One, R = DefaultRejector> {
+    shared: Arc<Shared<K, C, R>>,
+}
+
+impl<K, C, R> Clone for RateLimitLayer<K, C, R> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<K, C, R> fmt::Debug for RateLimitLayer<K, C, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitLayer")
+            .field("quota", self.shared.limiter.quota())
+            .field("max_wait", &self.shared.max_wait)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RateLimitLayer {
+    /// One global limit of the given quota, rejecting at once.
+    pub fn new(quota: Quota) -> Self {
+        Self::from_builder(RateLimitBuilder::new(quota))
+    }
+
+    /// A layer configured step by step.
+    pub fn builder(quota: Quota) -> RateLimitBuilder {
+        RateLimitBuilder::new(quota)
+    }
+}
+
+impl<K, C, R> RateLimitLayer<K, C, R> {
+    fn from_builder(builder: RateLimitBuilder<K, C, R>) -> Self {
+        let clock = builder
+            .clock
+            .unwrap_or_else(|| Arc::new(DefaultClock::new()) as Arc<dyn Clock>);
+        let limiter = KeyedLimiter::builder(builder.quota)
+            .max_keys(builder.max_keys)
+            .clock(clock)
+            .build();
+        let style = HeaderStyle::new(
+            builder.policy_name,
+            &builder.quota,
+            builder.on_success,
+            builder.legacy,
+        );
+        Self {
+            shared: Arc::new(Shared {
+                limiter,
+                key: builder.key,
+                cost: builder.cost,
+                rejector: builder.rejector,
+                max_wait: builder.max_wait,
+                style,
+                missing_key: builder.missing_key,
+                max_key_len: builder.max_key_len,
+            }),
+        }
+    }
+
+    /// The limiter every clone shares: its [`stats`](KeyedLimiter::stats),
+    /// or [`set_quota`](KeyedLimiter::set_quota) for a key of its own.
+    pub fn limiter(&self) -> &LayerLimiter {
+        &self.shared.limiter
+    }
+}
+
+impl<S, K, C, R> Layer<S> for RateLimitLayer<K, C, R> {
+    type Service = RateLimit<S, K, C, R>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit {
+            inner,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// Configures a [`RateLimitLayer`].
+pub struct RateLimitBuilder<K = Global, C = One, R = DefaultRejector> {
+    quota: Quota,
+    key: K,
+    cost: C,
+    rejector: R,
+    max_wait: Option<Duration>,
+    policy_name: PolicyName,
+    name_error: Option<ConfigError>,
+    on_success: bool,
+    legacy: bool,
+    missing_key: MissingKey,
+    max_key_len: usize,
+    max_keys: usize,
+    clock: Option<Arc<dyn Clock>>,
+}
+
+impl<K: fmt::Debug, C: fmt::Debug, R: fmt::Debug> fmt::Debug for RateLimitBuilder<K, C, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitBuilder")
+            .field("quota", &self.quota)
+            .field("key", &self.key)
+            .field("cost", &self.cost)
+            .field("rejector", &self.rejector)
+            .field("max_wait", &self.max_wait)
+            .field("policy_name", &self.policy_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RateLimitBuilder {
+    fn new(quota: Quota) -> Self {
+        Self {
+            quota,
+            key: Global,
+            cost: One,
+            rejector: DefaultRejector,
+            max_wait: None,
+            policy_name: PolicyName::default(),
+            name_error: None,
+            on_success: true,
+            legacy: false,
+            missing_key: MissingKey::Reject,
+            max_key_len: DEFAULT_MAX_KEY_LEN,
+            max_keys: tollgate::DEFAULT_MAX_KEYS,
+            clock: None,
+        }
+    }
+}
+
+impl<K, C, R> RateLimitBuilder<K, C, R> {
+    fn with<K2, C2, R2>(
+        self,
+        swap: impl FnOnce(K, C, R) -> (K2, C2, R2),
+    ) -> RateLimitBuilder<K2, C2, R2> {
+        let (key, cost, rejector) = swap(self.key, self.cost, self.rejector);
+        RateLimitBuilder {
+            quota: self.quota,
+            key,
+            cost,
+            rejector,
+            max_wait: self.max_wait,
+            policy_name: self.policy_name,
+            name_error: self.name_error,
+            on_success: self.on_success,
+            legacy: self.legacy,
+            missing_key: self.missing_key,
+            max_key_len: self.max_key_len,
+            max_keys: self.max_keys,
+            clock: self.clock,
+        }
+    }
+
+    /// What requests are counted against (default: [`Global`], one key).
+    pub fn key<K2>(self, key: K2) -> RateLimitBuilder<K2, C, R> {
+        self.with(|_, cost, rejector| (key, cost, rejector))
+    }
+
+    /// Keys requests by a closure; `None` means the request has no key.
+    pub fn key_fn<F>(self, f: F) -> RateLimitBuilder<KeyFn<F>, C, R> {
+        self.with(|_, cost, rejector| (KeyFn::new(f), cost, rejector))
+    }
+
+    /// What a request costs (default: [`One`]).
+    pub fn cost<C2>(self, cost: C2) -> RateLimitBuilder<K, C2, R> {
+        self.with(|key, _, rejector| (key, cost, rejector))
+    }
+
+    /// Costs requests by a closure (by route, by `content-length`...).
+    pub fn cost_fn<F>(self, f: F) -> RateLimitBuilder<K, CostFn<F>, R> {
+        self.with(|key, _, rejector| (key, CostFn(f), rejector))
+    }
+
+    /// Answers rejections with the given [`Rejector`].
+    pub fn rejector<R2>(self, rejector: R2) -> RateLimitBuilder<K, C, R2> {
+        self.with(|key, cost, _| (key, cost, rejector))
+    }
+
+    /// Answers rejections with a closure; the layer adds `Retry-After` and
+    /// the `RateLimit` fields to its response where it set none.
+    pub fn reject_with<F>(self, f: F) -> RateLimitBuilder<K, C, RejectFn<F>>
+    where
+        F: Fn(&Rejection) -> Response<Bytes> + Send + Sync + 'static,
+    {
+        self.with(|key, cost, _| (key, cost, RejectFn(f)))
+    }
+
+    /// Wait mode: a request whose turn comes within `max_wait` waits for
+    /// it (in line, first come first served) instead of being rejected;
+    /// one whose turn is further away is rejected at once.
+    #[must_use]
+    pub fn wait_up_to(mut self, max_wait: Duration) -> Self {
+        self.max_wait = Some(max_wait);
+        self
+    }
+
+    /// The policy's name in the `RateLimit` fields (default `"default"`):
+    /// printable ASCII, 1 to 64 characters.
+    #[must_use]
+    pub fn policy_name(mut self, name: &str) -> Self {
+        match PolicyName::new(name) {
+            Ok(name) => self.policy_name = name,
+            Err(e) => self.name_error = Some(ConfigError::new(e.to_string())),
+        }
+        self
+    }
+
+    /// Whether admitted responses carry the `RateLimit` fields (default:
+    /// yes). Rejections always carry them.
+    #[must_use]
+    pub fn headers_on_success(mut self, on: bool) -> Self {
+        self.on_success = on;
+        self
+    }
+
+    /// Whether to add the legacy `X-RateLimit-Limit`, `-Remaining` and
+    /// `-Reset` (delta seconds) headers (default: no).
+    #[must_use]
+    pub fn legacy_headers(mut self, on: bool) -> Self {
+        self.legacy = on;
+        self
+    }
+
+    /// What to do with a request that has no key (default: reject it).
+    #[must_use]
+    pub fn on_missing_key(mut self, missing: MissingKey) -> Self {
+        self.missing_key = missing;
+        self
+    }
+
+    /// The longest key accepted, in bytes (default
+    /// [`DEFAULT_MAX_KEY_LEN`]); a longer key counts as missing.
+    #[must_use]
+    pub fn max_key_len(mut self, bytes: usize) -> Self {
+        self.max_key_len = bytes;
+        self
+    }
+
+    /// The most keys held at once (default [`tollgate::DEFAULT_MAX_KEYS`]);
+    /// past it, the keys closest to full are forgotten first.
+    #[must_use]
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys;
+        self
+    }
+
+    /// The limiter's clock (default: the [`DefaultClock`]); a
+    /// [`ManualClock`](tollgate::ManualClock) makes tests exact.
+    #[must_use]
+    pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// The layer, or what is wrong with its configuration.
+    pub fn build(mut self) -> Result<RateLimitLayer<K, C, R>, ConfigError> {
+        if let Some(error) = self.name_error.take() {
+            return Err(error);
+        }
+        if self.max_keys == 0 {
+            return Err(ConfigError::new("max_keys must be at least 1"));
+        }
+        Ok(RateLimitLayer::from_builder(self))
+    }
+}
+
+/// A service rate-limited by a [`RateLimitLayer`].
+pub struct RateLimit<S, K = Global, C = One, R = DefaultRejector> {
+    inner: S,
+    shared: Arc<Shared<K, C, R>>,
+}
+
+impl<S: Clone, K, C, R> Clone for RateLimit<S, K, C, R> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S: fmt::Debug, K, C, R> fmt::Debug for RateLimit<S, K, C, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("inner", &self.inner)
+            .field("quota", self.shared.limiter.quota())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, K, C, R> RateLimit<S, K, C, R> {
+    /// The limiter every clone shares.
+    pub fn limiter(&self) -> &LayerLimiter {
+        &self.shared.limiter
+    }
+}
+
+impl<K, C, R: Rejector> Shared<K, C, R> {
+    fn reject(&self, rejection: Rejection) -> Response<Bytes> {
+        let mut response = self.rejector.reject(&rejection);
+        self.style
+            .write_rejection(&rejection, response.headers_mut());
+        response.extensions_mut().insert(rejection);
+        response
+    }
+
+    fn denied(&self, denied: &Denied, key: Key, grpc: bool) -> Response<Bytes> {
+        let rejection = match denied.kind() {
+            DeniedKind::RateLimited => Rejection::new(
+                RejectionKind::RateLimited,
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many requests: the rate limit is reached",
+            ),
+            DeniedKind::CostExceedsBurst => Rejection::new(
+                RejectionKind::CostTooLarge,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "this request costs {}, more than the limit of {} ever admits at once",
+                    denied.cost(),
+                    denied.snapshot().limit()
+                ),
+            ),
+            _ => {
+                tracing::warn!(%denied, "rate limiter unavailable");
+                Rejection::new(
+                    RejectionKind::Unavailable,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the rate limiter is unavailable",
+                )
+            }
+        };
+        self.reject(rejection.grpc(grpc).key(key).snapshot(*denied.snapshot()))
+    }
+}
+
+/// Reads a request's key, or the answer to a request that has none.
+pub(crate) fn read_key<B, K: KeyExtractor<B>>(
+    extractor: &K,
+    request: &Request<B>,
+    max_len: usize,
+    missing: MissingKey,
+) -> Result<Key, KeyError> {
+    let read = extractor.extract(request).and_then(|key| {
+        if key.len() > max_len {
+            Err(KeyError::new(
+                KeyErrorKind::TooLong,
+                format!(
+                    "the rate-limit key is {} bytes long; at most {max_len} are accepted",
+                    key.len()
+                ),
+            ))
+        } else {
+            Ok(key)
+        }
+    });
+    match (read, missing) {
+        (Ok(key), _) => Ok(key),
+        (Err(_), MissingKey::Global) => Ok(Key::global()),
+        (Err(e), MissingKey::Reject) => Err(e),
+    }
+}
+
+pub(crate) fn no_key(error: &KeyError, grpc: bool) -> Rejection {
+    if error.kind() == KeyErrorKind::NoPeerAddress {
+        tracing::error!(%error, "no rate-limit key");
+    } else {
+        tracing::debug!(%error, "no rate-limit key");
+    }
+    Rejection::new(RejectionKind::NoKey, error.status(), error.to_string()).grpc(grpc)
+}
+
+impl<S, K, C, R, ReqB, ResB> Service<Request<ReqB>> for RateLimit<S, K, C, R>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    K: KeyExtractor<ReqB>,
+    C: RequestCost<ReqB>,
+    R: Rejector,
+    ReqB: Send + 'static,
+{
+    type Response = Response<crate::ResponseBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqB, Admitted>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+        let shared = &*self.shared;
+        let grpc = is_grpc(&request);
+        let key = match read_key(
+            &shared.key,
+            &request,
+            shared.max_key_len,
+            shared.missing_key,
+        ) {
+            Ok(key) => key,
+            Err(error) => {
+                return ResponseFuture::rejected(shared.reject(no_key(&error, grpc)));
+            }
+        };
+        let cost = shared.cost.cost(&request);
+        let denied = match shared.limiter.check(&key, cost) {
+            Ok(snapshot) => {
+                let admitted = shared.style.admitted(&snapshot);
+                return ResponseFuture::called(self.inner.call(request), admitted);
+            }
+            Err(denied) => denied,
+        };
+        let within = match (shared.max_wait, denied.retry_after()) {
+            (Some(max), Some(wait)) => wait <= max,
+            _ => false,
+        };
+        if !within {
+            tracing::debug!(%key, cost, "rate limited");
+            return ResponseFuture::rejected(shared.denied(&denied, key, grpc));
+        }
+        // Wait mode: take the service that is ready, leave a clone.
+        let ready = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, ready);
+        let shared = Arc::clone(&self.shared);
+        let max = shared.max_wait.unwrap_or_default();
+        let wait = Box::pin(async move {
+            match shared.limiter.acquire_within(&key, cost, max).await {
+                Ok(snapshot) => Ok(shared.style.admitted(&snapshot)),
+                Err(denied) => Err(shared.denied(&denied, key, grpc)),
+            }
+        });
+        ResponseFuture::waiting(wait, ready, request)
+    }
+}

@@ -1,0 +1,111 @@
+//! Rate limiting for tower servers: axum, tonic and hyper.
+//!
+//! [`RateLimitLayer`] limits requests per key (client IP, API key, anything
+//! a closure reads) or globally, and answers those over the limit with 429
+//! Too Many Requests, a `Retry-After` in whole seconds and the IETF
+//! `RateLimit-Policy` / `RateLimit` fields; gRPC calls get
+//! `grpc-status: 8` (RESOURCE_EXHAUSTED) instead. In wait mode it shapes
+//! traffic: a request whose turn comes soon enough waits for it.
+//! [`ConcurrencyLimitLayer`] bounds the requests in flight, globally or per
+//! key.
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use axum::{routing::{get, post}, Router};
+//! use tollgate::Quota;
+//! use tollgate_tower::{ClientIp, HeaderKey, RateLimitLayer};
+//!
+//! # fn app() -> Result<(), Box<dyn std::error::Error>> {
+//! // 100 requests a minute per client, seen through our load balancers.
+//! let per_client = RateLimitLayer::builder(Quota::per_minute(100)?)
+//!     .key(ClientIp::trusting(["10.0.0.0/8"])?)
+//!     .build()?;
+//! // 10 expensive calls a minute per API key, on one route only.
+//! let per_key = RateLimitLayer::builder(Quota::per_minute(10)?)
+//!     .key(HeaderKey::new("x-api-key")?)
+//!     .policy_name("reports")
+//!     .build()?;
+//!
+//! let app: Router = Router::new()
+//!     .route("/reports", post(|| async { "queued" }).route_layer(per_key))
+//!     .route("/", get(|| async { "hello" }))
+//!     .layer(per_client);
+//! // Serve with `app.into_make_service_with_connect_info::<SocketAddr>()`
+//! // so that the layer sees each connection's peer.
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Headers
+//!
+//! ```text
+//! HTTP/1.1 429 Too Many Requests
+//! retry-after: 12
+//! ratelimit-policy: "default";q=5;w=60
+//! ratelimit: "default";r=0;t=60
+//! ```
+//!
+//! `q` is the quota per window `w` (seconds), `r` what remains and `t` the
+//! seconds until the limit is full again; see [`tollgate::headers`]. The
+//! legacy `X-RateLimit-Limit` / `-Remaining` / `-Reset` trio is optional.
+//!
+//! # Keys
+//!
+//! See the [`key`] module. Behind a proxy, use [`ClientIp`] with the
+//! proxies' addresses: the forwarding headers are believed only through
+//! them, so a client cannot pick its own key by sending a forged
+//! `X-Forwarded-For`.
+//!
+//! # Features
+//!
+//! - `axum`: read the peer address from axum's `ConnectInfo<SocketAddr>`.
+//! - `tonic`: read the peer address from tonic's `TcpConnectInfo`.
+//!
+//! Without them, a peer address is read from a [`SocketAddr`](std::net::SocketAddr)
+//! in the request's extensions.
+
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+use std::fmt;
+
+mod concurrency;
+mod future;
+pub mod key;
+mod layer;
+mod response;
+
+pub use concurrency::{ConcurrencyBuilder, ConcurrencyLimit, ConcurrencyLimitLayer, InFlight};
+pub use future::ResponseFuture;
+pub use key::{
+    ClientIp, ForwardedHeader, Global, HeaderKey, IpGrouping, Key, KeyError, KeyErrorKind,
+    KeyExtractor, KeyFn, PeerIp,
+};
+pub use layer::{
+    CostFn, LayerLimiter, MissingKey, One, RateLimit, RateLimitBuilder, RateLimitLayer,
+    RequestCost, DEFAULT_MAX_KEY_LEN,
+};
+pub use response::{
+    Admitted, DefaultRejector, Hold, RejectFn, Rejection, RejectionKind, Rejector, ResponseBody,
+};
+
+/// A layer configured with values it cannot work with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}

@@ -1,0 +1,482 @@
+//! What a rejected request is answered with, and the headers every answer
+//! carries.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tollgate::headers::{self, PolicyName};
+use tollgate::{Quota, Snapshot};
+
+use crate::Key;
+
+/// Why a request was not let through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RejectionKind {
+    /// The key's rate limit has no room (or, in wait mode, not within the
+    /// wait allowed). Answered 429 with `Retry-After`.
+    RateLimited,
+    /// The request's cost is larger than the limit's burst: it can never be
+    /// admitted, so waiting would not help. Answered 413 without
+    /// `Retry-After`.
+    CostTooLarge,
+    /// No key could be read from the request (see
+    /// [`KeyError`](crate::KeyError)); answered 400, or 500 when the server
+    /// gave no peer address.
+    NoKey,
+    /// Every concurrency permit is taken (within the wait allowed).
+    /// Answered 503 for a global limit, 429 for a per-key one.
+    TooManyInFlight,
+    /// The limiter's store failed; answered 503.
+    Unavailable,
+}
+
+/// A request the layer did not let through: why, with what the limit looked
+/// like. The layer hands it to the [`Rejector`] and places a copy in the
+/// response's extensions.
+///
+/// ```
+/// use http::StatusCode;
+/// use tollgate_tower::{Rejection, RejectionKind};
+///
+/// # fn check(response: http::Response<axum::body::Body>) {
+/// if let Some(rejection) = response.extensions().get::<Rejection>() {
+///     assert_eq!(rejection.kind(), RejectionKind::RateLimited);
+///     assert_eq!(rejection.status(), StatusCode::TOO_MANY_REQUESTS);
+/// }
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Rejection {
+    kind: RejectionKind,
+    status: StatusCode,
+    grpc: bool,
+    message: Cow<'static, str>,
+    key: Option<Key>,
+    snapshot: Option<Snapshot>,
+    retry_after: Option<Duration>,
+}
+
+impl Rejection {
+    pub(crate) fn new(
+        kind: RejectionKind,
+        status: StatusCode,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Self {
+            kind,
+            status,
+            grpc: false,
+            message: message.into(),
+            key: None,
+            snapshot: None,
+            retry_after: None,
+        }
+    }
+
+    pub(crate) fn grpc(mut self, grpc: bool) -> Self {
+        self.grpc = grpc;
+        self
+    }
+
+    pub(crate) fn key(mut self, key: Key) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    pub(crate) fn snapshot(mut self, snapshot: Snapshot) -> Self {
+        self.retry_after = snapshot.retry_after();
+        self.snapshot = Some(snapshot);
+        self
+    }
+
+    /// Why the request was rejected.
+    pub const fn kind(&self) -> RejectionKind {
+        self.kind
+    }
+
+    /// The HTTP status of the default answer (a gRPC request is answered
+    /// 200 with a `grpc-status` instead).
+    pub const fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// Whether the request was a gRPC call (`content-type: application/grpc…`).
+    pub const fn is_grpc(&self) -> bool {
+        self.grpc
+    }
+
+    /// What went wrong, for the client and the log.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The key the request was counted against, when one was read.
+    pub const fn request_key(&self) -> Option<&Key> {
+        self.key.as_ref()
+    }
+
+    /// The limit as the decision saw it, for a rate-limit rejection.
+    pub const fn limit_snapshot(&self) -> Option<&Snapshot> {
+        self.snapshot.as_ref()
+    }
+
+    /// How long until the same request would be admitted, when waiting
+    /// helps.
+    pub const fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// The gRPC status code of the default answer: 8 (RESOURCE_EXHAUSTED)
+    /// for a limit, 3 (INVALID_ARGUMENT) or 13 (INTERNAL) for a missing
+    /// key, 14 (UNAVAILABLE) for a failed store.
+    pub fn grpc_code(&self) -> u8 {
+        match self.kind {
+            RejectionKind::RateLimited
+            | RejectionKind::CostTooLarge
+            | RejectionKind::TooManyInFlight => 8,
+            RejectionKind::NoKey if self.status.is_server_error() => 13,
+            RejectionKind::NoKey => 3,
+            RejectionKind::Unavailable => 14,
+        }
+    }
+
+    /// The default answer: for HTTP, the status with the message as a
+    /// plain-text body; for gRPC, a trailers-only answer (HTTP 200,
+    /// `grpc-status`, `grpc-message` and, when waiting helps,
+    /// `grpc-retry-pushback-ms`). The layer adds `Retry-After` and the
+    /// `RateLimit` fields afterwards.
+    pub fn default_response(&self) -> Response<Bytes> {
+        let mut response = Response::new(Bytes::new());
+        if !self.grpc {
+            *response.status_mut() = self.status;
+        }
+        let headers = response.headers_mut();
+        if self.grpc {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            headers.insert(
+                HeaderName::from_static("grpc-status"),
+                HeaderValue::from(u16::from(self.grpc_code())),
+            );
+            if let Ok(message) = HeaderValue::try_from(percent_encode(&self.message)) {
+                headers.insert(HeaderName::from_static("grpc-message"), message);
+            }
+            if let Some(wait) = self.retry_after {
+                let millis = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+                headers.insert(
+                    HeaderName::from_static("grpc-retry-pushback-ms"),
+                    HeaderValue::from(millis.max(1)),
+                );
+            }
+        } else {
+            headers.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            *response.body_mut() = Bytes::from(format!("{}\n", self.message));
+        }
+        response
+    }
+}
+
+/// gRPC's percent-encoding of `grpc-message`: every byte outside printable
+/// ASCII, and `%` itself.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// Builds the answer to a rejected request.
+///
+/// The layer then adds what the rejection knows and the answer lacks:
+/// `Retry-After`, the `RateLimit` fields, and the [`Rejection`] itself in
+/// the extensions. A closure `Fn(&Rejection) -> http::Response<Bytes>` is a
+/// rejector (set it with the builders' `reject_with`).
+pub trait Rejector: Send + Sync + 'static {
+    /// The answer to one rejected request.
+    fn reject(&self, rejection: &Rejection) -> Response<Bytes>;
+}
+
+/// [`Rejection::default_response`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DefaultRejector;
+
+impl Rejector for DefaultRejector {
+    fn reject(&self, rejection: &Rejection) -> Response<Bytes> {
+        rejection.default_response()
+    }
+}
+
+/// A closure as a [`Rejector`].
+#[derive(Clone)]
+pub struct RejectFn<F>(pub(crate) F);
+
+impl<F> fmt::Debug for RejectFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RejectFn")
+    }
+}
+
+impl<F> Rejector for RejectFn<F>
+where
+    F: Fn(&Rejection) -> Response<Bytes> + Send + Sync + 'static,
+{
+    fn reject(&self, rejection: &Rejection) -> Response<Bytes> {
+        (self.0)(rejection)
+    }
+}
+
+/// Whether a request is a gRPC call.
+pub(crate) fn is_grpc<B>(request: &Request<B>) -> bool {
+    request
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+pub(crate) const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+pub(crate) const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+/// Which rate-limit headers the layer writes, and their fixed parts.
+#[derive(Clone, Debug)]
+pub(crate) struct HeaderStyle {
+    pub(crate) name: PolicyName,
+    policy: HeaderValue,
+    pub(crate) on_success: bool,
+    pub(crate) legacy: bool,
+}
+
+impl HeaderStyle {
+    pub(crate) fn new(name: PolicyName, quota: &Quota, on_success: bool, legacy: bool) -> Self {
+        // A policy name is printable ASCII and numbers are digits: always a
+        // valid header value.
+        let policy = HeaderValue::try_from(headers::policy(&name, quota))
+            .unwrap_or_else(|_| HeaderValue::from_static("\"default\""));
+        Self {
+            name,
+            policy,
+            on_success,
+            legacy,
+        }
+    }
+
+    /// The headers of an admitted request, to add to its response.
+    pub(crate) fn admitted(&self, snapshot: &Snapshot) -> Admitted {
+        if !self.on_success {
+            return Admitted { fields: None };
+        }
+        Admitted {
+            fields: Some(Box::new(self.fields(snapshot))),
+        }
+    }
+
+    fn fields(&self, snapshot: &Snapshot) -> Fields {
+        let rate_limit = HeaderValue::try_from(headers::rate_limit(&self.name, snapshot)).ok();
+        let legacy = self.legacy.then(|| {
+            [
+                HeaderValue::from(snapshot.limit()),
+                HeaderValue::from(snapshot.remaining()),
+                HeaderValue::from(headers::ceil_secs(snapshot.reset_after())),
+            ]
+        });
+        Fields {
+            policy: self.policy.clone(),
+            rate_limit,
+            legacy,
+        }
+    }
+
+    /// Adds the headers a rejection carries, leaving those the rejector set.
+    pub(crate) fn write_rejection(&self, rejection: &Rejection, headers: &mut HeaderMap) {
+        if let Some(wait) = rejection.retry_after {
+            headers
+                .entry(RETRY_AFTER)
+                .or_insert_with(|| HeaderValue::from(headers::retry_after_secs(wait)));
+        }
+        if let Some(snapshot) = &rejection.snapshot {
+            self.fields(snapshot).write(headers);
+        }
+    }
+}
+
+struct Fields {
+    policy: HeaderValue,
+    rate_limit: Option<HeaderValue>,
+    legacy: Option<[HeaderValue; 3]>,
+}
+
+impl Fields {
+    fn write(self, headers: &mut HeaderMap) {
+        headers.entry(RATELIMIT_POLICY).or_insert(self.policy);
+        if let Some(value) = self.rate_limit {
+            headers.entry(RATELIMIT).or_insert(value);
+        }
+        if let Some([limit, remaining, reset]) = self.legacy {
+            headers.entry(X_LIMIT).or_insert(limit);
+            headers.entry(X_REMAINING).or_insert(remaining);
+            headers.entry(X_RESET).or_insert(reset);
+        }
+    }
+}
+
+/// What an admitted request carries to its response: the `RateLimit`
+/// fields of its decision, when the layer writes them on success.
+pub struct Admitted {
+    fields: Option<Box<Fields>>,
+}
+
+impl fmt::Debug for Admitted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admitted")
+            .field("headers", &self.fields.is_some())
+            .finish()
+    }
+}
+
+/// What a let-through request holds until its response is ready.
+pub trait Hold: Send + 'static {
+    /// Called with the inner service's response; the hold is dropped after.
+    fn finish(self, headers: &mut HeaderMap);
+}
+
+impl Hold for Admitted {
+    fn finish(self, headers: &mut HeaderMap) {
+        if let Some(fields) = self.fields {
+            fields.write(headers);
+        }
+    }
+}
+
+pin_project! {
+    /// The body of a response through the layers: the inner service's body,
+    /// or the rejection's.
+    pub struct ResponseBody<B> {
+        #[pin]
+        inner: Inner<B>,
+    }
+}
+
+pin_project! {
+    #[project = InnerProj]
+    enum Inner<B> {
+        Service { #[pin] body: B },
+        Rejection { data: Option<Bytes> },
+    }
+}
+
+impl<B> ResponseBody<B> {
+    pub(crate) fn service(body: B) -> Self {
+        Self {
+            inner: Inner::Service { body },
+        }
+    }
+
+    pub(crate) fn rejection(data: Bytes) -> Self {
+        Self {
+            inner: Inner::Rejection {
+                data: (!data.is_empty()).then_some(data),
+            },
+        }
+    }
+}
+
+impl<B: fmt::Debug> fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.inner {
+            Inner::Service { body } => f.debug_tuple("ResponseBody").field(body).finish(),
+            Inner::Rejection { data } => f.debug_tuple("ResponseBody").field(data).finish(),
+        }
+    }
+}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body,
+    B::Data: From<Bytes>,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        match self.project().inner.project() {
+            InnerProj::Service { body } => body.poll_frame(cx),
+            InnerProj::Rejection { data } => {
+                Poll::Ready(data.take().map(|d| Ok(Frame::data(B::Data::from(d)))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Service { body } => body.is_end_stream(),
+            Inner::Rejection { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Service { body } => body.size_hint(),
+            Inner::Rejection { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_messages_are_percent_encoded() {
+        assert_eq!(
+            percent_encode("rate limited: 50% used"),
+            "rate limited: 50%25 used"
+        );
+        assert_eq!(percent_encode("é\n"), "%C3%A9%0A");
+    }
+
+    #[test]
+    fn default_answers() {
+        let rejection = Rejection::new(
+            RejectionKind::RateLimited,
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many requests",
+        )
+        .snapshot(
+            Snapshot::new(5, 0, Duration::from_secs(60))
+                .with_retry_after(Duration::from_millis(11_500)),
+        );
+        let http = rejection.default_response();
+        assert_eq!(http.status(), 429);
+        assert_eq!(http.body(), "too many requests\n");
+
+        let grpc = rejection.clone().grpc(true).default_response();
+        assert_eq!(grpc.status(), 200);
+        assert_eq!(grpc.headers()["grpc-status"], "8");
+        assert_eq!(grpc.headers()["grpc-message"], "too many requests");
+        assert_eq!(grpc.headers()["grpc-retry-pushback-ms"], "11500");
+        assert!(grpc.body().is_empty());
+    }
+}
