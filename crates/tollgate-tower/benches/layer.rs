@@ -1,1 +1,259 @@
-fn main() {}
+//! The rate-limit layer's cost, against tower's `RateLimit` and
+//! tower_governor, in one run:
+//!
+//! - `layer_overhead`: one request through a tower service stack, polled
+//!   by hand (no runtime, no I/O), for the bare service and each layer.
+//!   Each layer's overhead is its time less the bare service's.
+//! - `http_hello`: requests a second of a hello-world axum app on loopback,
+//!   served by one runtime thread and driven by 16 keep-alive connections
+//!   from another, with and without the layer.
+//!
+//! ```text
+//! cargo bench -p tollgate-tower --bench layer
+//! ```
+//!
+//! Every limiter is set so that nothing is ever denied: this measures the
+//! cost of letting a request through, which is what every request pays.
+
+#![allow(missing_docs)] // criterion_group! generates an undocumented function.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::routing::get;
+use axum::Router;
+use criterion::{criterion_group, Criterion, Throughput};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use tollgate::Quota;
+use tollgate_tower::{PeerIp, RateLimitLayer};
+use tower::{service_fn, Layer, Service};
+use tower_governor::governor::GovernorConfigBuilder;
+use tower_governor::key_extractor::{GlobalKeyExtractor, PeerIpKeyExtractor};
+use tower_governor::GovernorLayer;
+
+const OPEN: u64 = 1_000_000_000;
+
+fn open_quota() -> Quota {
+    Quota::per_second(OPEN).unwrap()
+}
+
+fn request() -> Request<Body> {
+    let mut request = Request::new(Body::empty());
+    request
+        .extensions_mut()
+        .insert(SocketAddr::from(([192, 0, 2, 7], 40_000)));
+    request
+}
+
+/// Drives one request through the service; every service here is ready at
+/// once and answers at once.
+fn call<S, B>(service: &mut S) -> Response<B>
+where
+    S: Service<Request<Body>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    match service.poll_ready(&mut cx) {
+        Poll::Ready(Ok(())) => {}
+        _ => panic!("the service is not ready"),
+    }
+    let mut future = pin!(service.call(request()));
+    match future.as_mut().poll(&mut cx) {
+        Poll::Ready(Ok(response)) => response,
+        _ => panic!("the service did not answer at once"),
+    }
+}
+
+fn bare() -> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone {
+    service_fn(|_: Request<Body>| async { Ok::<_, Infallible>(Response::new(Body::empty())) })
+}
+
+fn overhead(c: &mut Criterion) {
+    // tower's RateLimit makes its timer on creation: it needs a runtime.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _entered = runtime.enter();
+
+    let mut group = c.benchmark_group("layer_overhead");
+    group.bench_function("bare", |b| {
+        let mut service = bare();
+        b.iter(|| black_box(call(&mut service)));
+    });
+    group.bench_function("tower_limit_global", |b| {
+        let mut service =
+            tower::limit::RateLimitLayer::new(OPEN, Duration::from_secs(1)).layer(bare());
+        b.iter(|| black_box(call(&mut service)));
+    });
+    group.bench_function("tower_governor_global", |b| {
+        let config = GovernorConfigBuilder::default()
+            .per_nanosecond(1)
+            .burst_size(1_000_000)
+            .key_extractor(GlobalKeyExtractor)
+            .finish()
+            .unwrap();
+        let mut service = GovernorLayer::new(Arc::new(config)).layer(bare());
+        b.iter(|| black_box(call(&mut service)));
+    });
+    group.bench_function("tower_governor_per_ip", |b| {
+        let config = GovernorConfigBuilder::default()
+            .per_nanosecond(1)
+            .burst_size(1_000_000)
+            .key_extractor(PeerIpKeyExtractor)
+            .finish()
+            .unwrap();
+        let mut service = GovernorLayer::new(Arc::new(config)).layer(bare());
+        b.iter(|| black_box(call(&mut service)));
+    });
+    group.bench_function("tower_governor_per_ip_headers", |b| {
+        let mut service = GovernorLayer::new(Arc::new(
+            GovernorConfigBuilder::default()
+                .per_nanosecond(1)
+                .burst_size(1_000_000)
+                .use_headers()
+                .finish()
+                .unwrap(),
+        ))
+        .layer(bare());
+        b.iter(|| black_box(call(&mut service)));
+    });
+    for (name, per_ip, headers) in [
+        ("tollgate_global", false, false),
+        ("tollgate_per_ip", true, false),
+        ("tollgate_global_headers", false, true),
+        ("tollgate_per_ip_headers", true, true),
+    ] {
+        group.bench_function(name, |b| {
+            let builder = RateLimitLayer::builder(open_quota()).headers_on_success(headers);
+            if per_ip {
+                let mut service = builder.key(PeerIp::new()).build().unwrap().layer(bare());
+                b.iter(|| black_box(call(&mut service)));
+            } else {
+                let mut service = builder.build().unwrap().layer(bare());
+                b.iter(|| black_box(call(&mut service)));
+            }
+        });
+    }
+    group.finish();
+}
+
+const CONNECTIONS: u64 = 16;
+
+/// Serves the app on one runtime thread; returns its address and runtime.
+fn serve(app: Router) -> (SocketAddr, tokio::runtime::Runtime) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    runtime.spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    (addr, runtime)
+}
+
+/// Sends `total` requests over the connections, each one after another on
+/// its connection; returns the time taken.
+async fn drive(addr: SocketAddr, total: u64) -> Duration {
+    let mut senders = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        senders.push(sender);
+    }
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, mut sender) in senders.into_iter().enumerate() {
+        let share = total / CONNECTIONS + u64::from((i as u64) < total % CONNECTIONS);
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..share {
+                sender.ready().await.unwrap();
+                let request = Request::get("/")
+                    .header("host", "bench")
+                    .body(Empty::new())
+                    .unwrap();
+                let response = sender.send_request(request).await.unwrap();
+                assert!(response.status().is_success());
+                response.into_body().collect().await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    start.elapsed()
+}
+
+fn http(c: &mut Criterion) {
+    let hello = || Router::new().route("/", get(|| async { "hello, world" }));
+    let client = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("http_hello");
+    group.throughput(Throughput::Elements(1));
+    group.measurement_time(Duration::from_secs(10));
+    let apps: [(&str, Router); 3] = [
+        ("bare", hello()),
+        (
+            "tollgate_per_ip_headers",
+            hello().layer(
+                RateLimitLayer::builder(open_quota())
+                    .key(PeerIp::new())
+                    .build()
+                    .unwrap(),
+            ),
+        ),
+        (
+            "tower_governor_per_ip",
+            hello().layer(GovernorLayer::new(Arc::new(
+                GovernorConfigBuilder::default()
+                    .per_nanosecond(1)
+                    .burst_size(1_000_000)
+                    .finish()
+                    .unwrap(),
+            ))),
+        ),
+    ];
+    for (name, app) in apps {
+        let (addr, server) = serve(app);
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| client.block_on(drive(addr, iters)));
+        });
+        drop(server);
+    }
+    group.finish();
+}
+
+criterion_group!(benches, overhead, http);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -1,0 +1,367 @@
+//! The layers in real servers on loopback, hit over TCP by real clients.
+//!
+//! The limiters run on a `ManualClock`, so every header value is exact
+//! however slowly the machine runs; nothing here sleeps.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{mpsc, Semaphore};
+use tollgate::{ManualClock, Quota};
+use tollgate_tower::{ClientIp, ConcurrencyLimitLayer, PeerIp, RateLimitLayer};
+
+/// Serves the app on a free loopback port, with connect info.
+async fn serve(app: Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    addr
+}
+
+/// One keep-alive HTTP/1.1 connection from a chosen loopback address.
+struct Client {
+    sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} header in {:?}", self.headers))
+            .to_str()
+            .unwrap()
+    }
+}
+
+impl Client {
+    async fn connect(from: &str, to: SocketAddr) -> Self {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket
+            .bind(SocketAddr::new(from.parse::<IpAddr>().unwrap(), 0))
+            .unwrap();
+        let stream = socket.connect(to).await.unwrap();
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        Self { sender }
+    }
+
+    async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Answer {
+        let mut request = Request::get(path).header("host", "test");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        self.sender.ready().await.unwrap();
+        let response = self
+            .sender
+            .send_request(request.body(Empty::new()).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8(body.to_vec()).unwrap(),
+        }
+    }
+}
+
+fn hello() -> Router {
+    Router::new().route("/", get(|| async { "hello" }))
+}
+
+#[tokio::test]
+async fn per_ip_limit_answers_exact_counts_and_headers() {
+    let clock = ManualClock::new();
+    let layer = RateLimitLayer::builder(Quota::per_minute(5).unwrap())
+        .key(PeerIp::new())
+        .legacy_headers(true)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let addr = serve(hello().layer(layer.clone())).await;
+
+    let mut a = Client::connect("127.0.0.1", addr).await;
+    let mut statuses = Vec::new();
+    for i in 0..8u64 {
+        let answer = a.get("/", &[]).await;
+        statuses.push(answer.status.as_u16());
+        assert_eq!(answer.header("ratelimit-policy"), r#""default";q=5;w=60"#);
+        assert_eq!(answer.header("x-ratelimit-limit"), "5");
+        if i < 5 {
+            // Each admission leaves one less and pushes "full again" 12 s out.
+            assert_eq!(answer.body, "hello");
+            let used = i + 1;
+            assert_eq!(
+                answer.header("ratelimit"),
+                format!("\"default\";r={};t={}", 5 - used, 12 * used)
+            );
+            assert_eq!(
+                answer.header("x-ratelimit-remaining"),
+                (5 - used).to_string()
+            );
+            assert_eq!(answer.header("x-ratelimit-reset"), (12 * used).to_string());
+            assert!(answer.headers.get("retry-after").is_none());
+        } else {
+            assert_eq!(answer.header("retry-after"), "12");
+            assert_eq!(answer.header("ratelimit"), r#""default";r=0;t=60"#);
+            assert_eq!(answer.header("x-ratelimit-remaining"), "0");
+            assert_eq!(answer.header("content-type"), "text/plain; charset=utf-8");
+            assert!(
+                answer.body.starts_with("too many requests"),
+                "{}",
+                answer.body
+            );
+        }
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429]);
+
+    // Retry-After rounds up, and is never 0 while limited.
+    clock.advance(Duration::from_millis(500));
+    assert_eq!(a.get("/", &[]).await.header("retry-after"), "12");
+    clock.advance(Duration::from_millis(11_499));
+    let answer = a.get("/", &[]).await;
+    assert_eq!(answer.status, 429);
+    assert_eq!(answer.header("retry-after"), "1");
+    clock.advance(Duration::from_millis(1));
+    let answer = a.get("/", &[]).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("ratelimit"), r#""default";r=0;t=60"#);
+
+    // Another address has a bucket of its own.
+    let mut b = Client::connect("127.0.0.2", addr).await;
+    let answer = b.get("/", &[]).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("ratelimit"), r#""default";r=4;t=12"#);
+
+    let stats = layer.limiter().stats();
+    assert_eq!((stats.admitted, stats.denied), (7, 5));
+}
+
+#[tokio::test]
+async fn forwarded_for_is_believed_only_through_trusted_proxies() {
+    let layer = RateLimitLayer::builder(Quota::per_minute(3).unwrap())
+        .key(ClientIp::trusting(["127.0.0.2"]).unwrap())
+        .clock(ManualClock::new())
+        .build()
+        .unwrap();
+    let addr = serve(hello().layer(layer)).await;
+
+    // An untrusted peer rotating X-Forwarded-For stays in its own bucket.
+    let mut direct = Client::connect("127.0.0.1", addr).await;
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let spoof = format!("203.0.113.{i}");
+        statuses.push(
+            direct
+                .get("/", &[("x-forwarded-for", &spoof)])
+                .await
+                .status
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429, 429]);
+
+    // Through the trusted proxy, the client it names is keyed; spoofed
+    // entries left of it change nothing.
+    let mut proxy = Client::connect("127.0.0.2", addr).await;
+    let mut statuses = Vec::new();
+    for i in 0..5 {
+        let chain = format!("10.9.9.{i}, 198.51.100.7");
+        statuses.push(
+            proxy
+                .get("/", &[("x-forwarded-for", &chain)])
+                .await
+                .status
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    // Another client behind the same proxy has its own bucket, and the
+    // proxy's own traffic is not counted against either.
+    let other = proxy.get("/", &[("x-forwarded-for", "198.51.100.8")]).await;
+    assert_eq!(other.status, 200);
+    assert_eq!(other.header("ratelimit"), r#""default";r=2;t=20"#);
+}
+
+#[tokio::test]
+async fn clones_of_the_layer_share_one_limit() {
+    let layer = RateLimitLayer::builder(Quota::per_minute(4).unwrap())
+        .clock(ManualClock::new())
+        .build()
+        .unwrap();
+    // Two servers, each with its own clone of the layer.
+    let first = serve(hello().layer(layer.clone())).await;
+    let second = serve(hello().layer(layer.clone())).await;
+    let mut a = Client::connect("127.0.0.1", first).await;
+    let mut b = Client::connect("127.0.0.1", second).await;
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(a.get("/", &[]).await.status.as_u16());
+        statuses.push(b.get("/", &[]).await.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 429, 429]);
+    assert_eq!(layer.limiter().stats().admitted, 4);
+}
+
+#[tokio::test]
+async fn tonic_clients_see_resource_exhausted() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let layer = RateLimitLayer::builder(Quota::per_minute(2).unwrap())
+        .key(PeerIp::new())
+        .clock(ManualClock::new())
+        .build()
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(layer)
+            .add_service(health)
+            .serve_with_incoming(incoming),
+    );
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    for _ in 0..2 {
+        let reply = client
+            .check(HealthCheckRequest::default())
+            .await
+            .expect("within the limit");
+        let ratelimit = reply.metadata().get("ratelimit").unwrap();
+        assert!(ratelimit.to_str().unwrap().starts_with("\"default\";r="));
+    }
+    let status = client
+        .check(HealthCheckRequest::default())
+        .await
+        .expect_err("over the limit");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        status.message().starts_with("too many requests"),
+        "{}",
+        status.message()
+    );
+    let metadata = status.metadata();
+    assert_eq!(metadata.get("retry-after").unwrap(), "30");
+    assert_eq!(metadata.get("grpc-retry-pushback-ms").unwrap(), "30000");
+    assert_eq!(metadata.get("ratelimit").unwrap(), r#""default";r=0;t=60"#);
+}
+
+/// A handler that tells when it starts and finishes only when let go.
+fn gated() -> (Router, mpsc::UnboundedReceiver<()>, Arc<Semaphore>) {
+    let (entered, started) = mpsc::unbounded_channel();
+    let gate = Arc::new(Semaphore::new(0));
+    let handler_gate = Arc::clone(&gate);
+    let app = Router::new().route(
+        "/",
+        get(move || {
+            let entered = entered.clone();
+            let gate = Arc::clone(&handler_gate);
+            async move {
+                entered.send(()).unwrap();
+                gate.acquire().await.unwrap().forget();
+                "done"
+            }
+        }),
+    );
+    (app, started, gate)
+}
+
+#[tokio::test]
+async fn concurrency_limit_counts_requests_in_flight_not_connections() {
+    let (app, mut started, gate) = gated();
+    let layer = ConcurrencyLimitLayer::new(2).unwrap();
+    let addr = serve(app.layer(layer.clone())).await;
+
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(Client::connect("127.0.0.1", addr).await);
+    }
+    let mut third = clients.pop().unwrap();
+    let mut running = Vec::new();
+    for mut client in clients {
+        running.push(tokio::spawn(async move {
+            let answer = client.get("/", &[]).await;
+            (client, answer.status)
+        }));
+        started.recv().await.unwrap();
+    }
+    assert_eq!(layer.in_flight(), 2);
+    let busy = third.get("/", &[]).await;
+    assert_eq!(busy.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(busy.headers.get("retry-after").is_none());
+
+    gate.add_permits(2);
+    let mut idle = Vec::new();
+    for task in running {
+        let (client, status) = task.await.unwrap();
+        assert_eq!(status, 200);
+        idle.push(client);
+    }
+    // Both connections are still open, idle: they hold no permit.
+    assert_eq!(layer.in_flight(), 0);
+    gate.add_permits(1);
+    assert_eq!(third.get("/", &[]).await.status, 200);
+    gate.add_permits(1);
+    assert_eq!(idle[0].get("/", &[]).await.status, 200);
+}
+
+#[tokio::test]
+async fn per_key_concurrency_limit() {
+    let (app, mut started, gate) = gated();
+    let layer = ConcurrencyLimitLayer::builder(1)
+        .key(PeerIp::new())
+        .build()
+        .unwrap();
+    let addr = serve(app.layer(layer.clone())).await;
+
+    let mut first = Client::connect("127.0.0.1", addr).await;
+    let running = tokio::spawn(async move { first.get("/", &[]).await.status });
+    started.recv().await.unwrap();
+
+    let mut same_ip = Client::connect("127.0.0.1", addr).await;
+    let answer = same_ip.get("/", &[]).await;
+    assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(answer.body.contains("in flight"), "{}", answer.body);
+
+    let mut other_ip = Client::connect("127.0.0.3", addr).await;
+    let other = tokio::spawn(async move { other_ip.get("/", &[]).await.status });
+    started.recv().await.unwrap();
+    assert_eq!(layer.in_flight(), 2);
+
+    gate.add_permits(2);
+    assert_eq!(running.await.unwrap(), 200);
+    assert_eq!(other.await.unwrap(), 200);
+    assert_eq!(layer.in_flight(), 0);
+}
