@@ -37,9 +37,16 @@ pin_project! {
         S: Service<Request<B>>,
     {
         Called { #[pin] future: S::Future },
-        Waiting { wait: Wait<H>, service: Option<S>, request: Option<Request<B>> },
-        Rejected { response: Option<Response<Bytes>> },
+        // The rare states are boxed, so that the common one stays small.
+        Waiting { waiting: Option<Box<Waiting<S, B, H>>> },
+        Rejected { response: Option<Box<Response<Bytes>>> },
     }
+}
+
+struct Waiting<S, B, H> {
+    wait: Wait<H>,
+    service: S,
+    request: Request<B>,
 }
 
 impl<S, B, H> ResponseFuture<S, B, H>
@@ -56,9 +63,11 @@ where
     pub(crate) fn waiting(wait: Wait<H>, service: S, request: Request<B>) -> Self {
         Self {
             state: State::Waiting {
-                wait,
-                service: Some(service),
-                request: Some(request),
+                waiting: Some(Box::new(Waiting {
+                    wait,
+                    service,
+                    request,
+                })),
             },
             hold: None,
         }
@@ -67,7 +76,7 @@ where
     pub(crate) fn rejected(response: Response<Bytes>) -> Self {
         Self {
             state: State::Rejected {
-                response: Some(response),
+                response: Some(Box::new(response)),
             },
             hold: None,
         }
@@ -97,6 +106,7 @@ where
 {
     type Output = Result<Response<ResponseBody<ResB>>, S::Error>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
@@ -110,29 +120,35 @@ where
                     let body = ResponseBody::service(body);
                     return Poll::Ready(Ok(Response::from_parts(parts, body)));
                 }
-                StateProj::Waiting {
-                    wait,
-                    service,
-                    request,
-                } => match ready!(wait.as_mut().poll(cx)) {
-                    Ok(hold) => {
-                        *this.hold = Some(hold);
-                        let (Some(mut service), Some(request)) = (service.take(), request.take())
-                        else {
-                            unreachable!("a waiting response future holds its request")
-                        };
-                        // The service was made ready by `poll_ready` before
-                        // the request was taken in.
-                        let future = service.call(request);
-                        this.state.set(State::Called { future });
+                StateProj::Waiting { waiting } => {
+                    let state = waiting
+                        .as_mut()
+                        .expect("a response future polled after it completed");
+                    let outcome = ready!(state.wait.as_mut().poll(cx));
+                    let Some(state) = waiting.take() else {
+                        unreachable!("the waiting state was just read")
+                    };
+                    let Waiting {
+                        mut service,
+                        request,
+                        ..
+                    } = *state;
+                    match outcome {
+                        Ok(hold) => {
+                            *this.hold = Some(hold);
+                            // The service was made ready by `poll_ready`
+                            // before the request was taken in.
+                            let future = service.call(request);
+                            this.state.set(State::Called { future });
+                        }
+                        Err(response) => return Poll::Ready(Ok(rejected_body(response))),
                     }
-                    Err(response) => return Poll::Ready(Ok(rejected_body(response))),
-                },
+                }
                 StateProj::Rejected { response } => {
                     let response = response
                         .take()
-                        .expect("a rejection's response future polled after it completed");
-                    return Poll::Ready(Ok(rejected_body(response)));
+                        .expect("a response future polled after it completed");
+                    return Poll::Ready(Ok(rejected_body(*response)));
                 }
             }
         }

@@ -17,6 +17,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
@@ -39,10 +40,10 @@ use crate::ConfigError;
 /// assert_eq!(by_api_key.len(), 7);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Key(Repr);
 
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq)]
 enum Repr {
     Global,
     Ip(IpAddr),
@@ -84,6 +85,20 @@ impl Key {
         match self.0 {
             Repr::Ip(ip) => Some(ip),
             _ => None,
+        }
+    }
+}
+
+impl Hash for Key {
+    /// One write for an address or a number: every request hashes its key.
+    /// Keys of different kinds may hash alike; they never compare equal.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        match &self.0 {
+            Repr::Global => state.write_u8(0),
+            Repr::Ip(IpAddr::V4(v4)) => state.write_u32(u32::from(*v4)),
+            Repr::Ip(IpAddr::V6(v6)) => state.write_u128(u128::from(*v6)),
+            Repr::Number(n) => state.write_u64(*n),
+            Repr::Bytes(bytes) => state.write(bytes),
         }
     }
 }

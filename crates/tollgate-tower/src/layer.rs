@@ -8,7 +8,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use tollgate::headers::PolicyName;
-use tollgate::{Clock, DefaultClock, Denied, DeniedKind, KeyedLimiter, MemoryStore, Quota};
+use tollgate::{
+    Clock, DefaultClock, Denied, DeniedKind, KeyedLimiter, MemoryStore, Quota, RateLimiter,
+    Snapshot,
+};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -19,10 +22,85 @@ use crate::response::{
 };
 use crate::{ConfigError, Key};
 
-/// The limiter a [`RateLimitLayer`] decides with: one quota per key, in
-/// memory. Reach it through [`RateLimitLayer::limiter`] to read its
-/// statistics or to give a key a quota of its own (a paid tier, say).
-pub type LayerLimiter = KeyedLimiter<Key, MemoryStore<Arc<dyn Clock>>>;
+/// The keyed limiter of a [`RateLimitLayer`]: one quota per key, in memory.
+pub type KeyedLayerLimiter = KeyedLimiter<Key, MemoryStore<Arc<dyn Clock>>>;
+
+/// The limiter of a [`RateLimitLayer`] keyed by [`Global`]: one limit.
+pub type GlobalLayerLimiter = RateLimiter<Arc<dyn Clock>>;
+
+/// The limiter a [`RateLimitLayer`] decides with, as
+/// [`RateLimitLayer::limiter`] lends it: read its statistics or snapshot,
+/// or give a key a quota of its own (a paid tier, say).
+///
+/// A layer keyed by [`Global`] has one limit and needs no keys: it uses
+/// the core's direct limiter, a lock-free `check` of a few nanoseconds.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum LayerLimiter<'a> {
+    /// Per key (every extractor but [`Global`]).
+    Keyed(&'a KeyedLayerLimiter),
+    /// One global limit.
+    Global(&'a GlobalLayerLimiter),
+}
+
+impl<'a> LayerLimiter<'a> {
+    /// The keyed limiter, for a layer with keys.
+    pub fn keyed(self) -> Option<&'a KeyedLayerLimiter> {
+        match self {
+            Self::Keyed(limiter) => Some(limiter),
+            Self::Global(_) => None,
+        }
+    }
+
+    /// The global limiter, for a layer keyed by [`Global`].
+    pub fn global(self) -> Option<&'a GlobalLayerLimiter> {
+        match self {
+            Self::Global(limiter) => Some(limiter),
+            Self::Keyed(_) => None,
+        }
+    }
+}
+
+enum Limiter {
+    Keyed(KeyedLayerLimiter),
+    Global(GlobalLayerLimiter),
+}
+
+impl Limiter {
+    #[inline]
+    fn check(&self, key: &Key, cost: u64) -> Result<Snapshot, Denied> {
+        match self {
+            Self::Global(limiter) => limiter.check(cost),
+            Self::Keyed(limiter) => limiter.check(key, cost),
+        }
+    }
+
+    async fn acquire_within(
+        &self,
+        key: &Key,
+        cost: u64,
+        max: Duration,
+    ) -> Result<Snapshot, Denied> {
+        match self {
+            Self::Global(limiter) => limiter.acquire_within(cost, max).await,
+            Self::Keyed(limiter) => limiter.acquire_within(key, cost, max).await,
+        }
+    }
+
+    fn quota(&self) -> &Quota {
+        match self {
+            Self::Global(limiter) => limiter.quota(),
+            Self::Keyed(limiter) => limiter.quota(),
+        }
+    }
+
+    fn lend(&self) -> LayerLimiter<'_> {
+        match self {
+            Self::Global(limiter) => LayerLimiter::Global(limiter),
+            Self::Keyed(limiter) => LayerLimiter::Keyed(limiter),
+        }
+    }
+}
 
 /// The default maximum key length, in bytes.
 pub const DEFAULT_MAX_KEY_LEN: usize = 256;
@@ -79,7 +157,7 @@ where
 }
 
 struct Shared<K, C, R> {
-    limiter: LayerLimiter,
+    limiter: Limiter,
     key: K,
     cost: C,
     rejector: R,
@@ -156,15 +234,22 @@ impl RateLimitLayer {
     }
 }
 
-impl<K, C, R> RateLimitLayer<K, C, R> {
+impl<K: 'static, C, R> RateLimitLayer<K, C, R> {
     fn from_builder(builder: RateLimitBuilder<K, C, R>) -> Self {
         let clock = builder
             .clock
             .unwrap_or_else(|| Arc::new(DefaultClock::new()) as Arc<dyn Clock>);
-        let limiter = KeyedLimiter::builder(builder.quota)
-            .max_keys(builder.max_keys)
-            .clock(clock)
-            .build();
+        let global = std::any::TypeId::of::<K>() == std::any::TypeId::of::<Global>();
+        let limiter = if global {
+            Limiter::Global(RateLimiter::builder(builder.quota).clock(clock).build())
+        } else {
+            Limiter::Keyed(
+                KeyedLimiter::builder(builder.quota)
+                    .max_keys(builder.max_keys)
+                    .clock(clock)
+                    .build(),
+            )
+        };
         let style = HeaderStyle::new(
             builder.policy_name,
             &builder.quota,
@@ -184,11 +269,14 @@ impl<K, C, R> RateLimitLayer<K, C, R> {
             }),
         }
     }
+}
 
-    /// The limiter every clone shares: its [`stats`](KeyedLimiter::stats),
-    /// or [`set_quota`](KeyedLimiter::set_quota) for a key of its own.
-    pub fn limiter(&self) -> &LayerLimiter {
-        &self.shared.limiter
+impl<K, C, R> RateLimitLayer<K, C, R> {
+    /// The limiter every clone shares: its
+    /// [`stats`](KeyedLimiter::stats), or
+    /// [`set_quota`](KeyedLimiter::set_quota) for a key of its own.
+    pub fn limiter(&self) -> LayerLimiter<'_> {
+        self.shared.limiter.lend()
     }
 }
 
@@ -378,7 +466,10 @@ impl<K, C, R> RateLimitBuilder<K, C, R> {
     }
 
     /// The layer, or what is wrong with its configuration.
-    pub fn build(mut self) -> Result<RateLimitLayer<K, C, R>, ConfigError> {
+    pub fn build(mut self) -> Result<RateLimitLayer<K, C, R>, ConfigError>
+    where
+        K: 'static,
+    {
         if let Some(error) = self.name_error.take() {
             return Err(error);
         }
@@ -415,8 +506,8 @@ impl<S: fmt::Debug, K, C, R> fmt::Debug for RateLimit<S, K, C, R> {
 
 impl<S, K, C, R> RateLimit<S, K, C, R> {
     /// The limiter every clone shares.
-    pub fn limiter(&self) -> &LayerLimiter {
-        &self.shared.limiter
+    pub fn limiter(&self) -> LayerLimiter<'_> {
+        self.shared.limiter.lend()
     }
 }
 
@@ -459,6 +550,7 @@ impl<K, C, R: Rejector> Shared<K, C, R> {
 }
 
 /// Reads a request's key, or the answer to a request that has none.
+#[inline]
 pub(crate) fn read_key<B, K: KeyExtractor<B>>(
     extractor: &K,
     request: &Request<B>,
@@ -532,6 +624,7 @@ where
             }
             Err(denied) => denied,
         };
+        let grpc = is_grpc(&request);
         let within = match (shared.max_wait, denied.retry_after()) {
             (Some(max), Some(wait)) => wait <= max,
             _ => false,

@@ -81,8 +81,8 @@ pub use key::{
     KeyExtractor, KeyFn, PeerIp,
 };
 pub use layer::{
-    CostFn, LayerLimiter, MissingKey, One, RateLimit, RateLimitBuilder, RateLimitLayer,
-    RequestCost, DEFAULT_MAX_KEY_LEN,
+    CostFn, GlobalLayerLimiter, KeyedLayerLimiter, LayerLimiter, MissingKey, One, RateLimit,
+    RateLimitBuilder, RateLimitLayer, RequestCost, DEFAULT_MAX_KEY_LEN,
 };
 pub use response::{
     Admitted, DefaultRejector, Hold, RejectFn, Rejection, RejectionKind, Rejector, ResponseBody,

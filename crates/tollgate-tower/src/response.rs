@@ -259,17 +259,17 @@ const X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 #[derive(Clone, Debug)]
 pub(crate) struct HeaderStyle {
     pub(crate) name: PolicyName,
-    policy: HeaderValue,
+    /// The `RateLimit-Policy` item. Copied into each response rather than
+    /// shared: a shared value's reference count would be one cache line
+    /// that every core writes on every request.
+    policy: Box<str>,
     pub(crate) on_success: bool,
     pub(crate) legacy: bool,
 }
 
 impl HeaderStyle {
     pub(crate) fn new(name: PolicyName, quota: &Quota, on_success: bool, legacy: bool) -> Self {
-        // A policy name is printable ASCII and numbers are digits: always a
-        // valid header value.
-        let policy = HeaderValue::try_from(headers::policy(&name, quota))
-            .unwrap_or_else(|_| HeaderValue::from_static("\"default\""));
+        let policy = headers::policy(&name, quota).into_boxed_str();
         Self {
             name,
             policy,
@@ -279,16 +279,17 @@ impl HeaderStyle {
     }
 
     /// The headers of an admitted request, to add to its response.
+    #[inline]
     pub(crate) fn admitted(&self, snapshot: &Snapshot) -> Admitted {
-        if !self.on_success {
-            return Admitted { fields: None };
-        }
         Admitted {
-            fields: Some(Box::new(self.fields(snapshot))),
+            fields: self.on_success.then(|| Box::new(self.fields(snapshot))),
         }
     }
 
     fn fields(&self, snapshot: &Snapshot) -> Fields {
+        // A policy name is printable ASCII and the rest digits and
+        // punctuation: both are always valid header values.
+        let policy = HeaderValue::from_bytes(self.policy.as_bytes()).ok();
         let rate_limit = HeaderValue::try_from(headers::rate_limit(&self.name, snapshot)).ok();
         let legacy = self.legacy.then(|| {
             [
@@ -298,7 +299,7 @@ impl HeaderStyle {
             ]
         });
         Fields {
-            policy: self.policy.clone(),
+            policy,
             rate_limit,
             legacy,
         }
@@ -312,34 +313,42 @@ impl HeaderStyle {
                 .or_insert_with(|| HeaderValue::from(headers::retry_after_secs(wait)));
         }
         if let Some(snapshot) = &rejection.snapshot {
-            self.fields(snapshot).write(headers);
+            let fields = self.fields(snapshot);
+            if let Some(policy) = fields.policy {
+                headers.entry(RATELIMIT_POLICY).or_insert(policy);
+            }
+            if let Some(value) = fields.rate_limit {
+                headers.entry(RATELIMIT).or_insert(value);
+            }
+            if let Some(legacy) = fields.legacy {
+                write_legacy(legacy, headers);
+            }
         }
     }
 }
 
+fn write_legacy([limit, remaining, reset]: [HeaderValue; 3], headers: &mut HeaderMap) {
+    headers.entry(X_LIMIT).or_insert(limit);
+    headers.entry(X_REMAINING).or_insert(remaining);
+    headers.entry(X_RESET).or_insert(reset);
+}
+
 struct Fields {
-    policy: HeaderValue,
+    policy: Option<HeaderValue>,
     rate_limit: Option<HeaderValue>,
     legacy: Option<[HeaderValue; 3]>,
 }
 
-impl Fields {
-    fn write(self, headers: &mut HeaderMap) {
-        headers.entry(RATELIMIT_POLICY).or_insert(self.policy);
-        if let Some(value) = self.rate_limit {
-            headers.entry(RATELIMIT).or_insert(value);
-        }
-        if let Some([limit, remaining, reset]) = self.legacy {
-            headers.entry(X_LIMIT).or_insert(limit);
-            headers.entry(X_REMAINING).or_insert(remaining);
-            headers.entry(X_RESET).or_insert(reset);
-        }
-    }
-}
-
 /// What an admitted request carries to its response: the `RateLimit`
 /// fields of its decision, when the layer writes them on success.
+///
+/// They are *appended*: behind two layers (a per-route limit inside a
+/// global one, say) a response lists both policies, as the fields' list
+/// syntax allows. The legacy `X-RateLimit-*` headers, which hold one value,
+/// keep the innermost layer's.
 pub struct Admitted {
+    /// Boxed: the response future carries this, and with the fields off it
+    /// should cost one word.
     fields: Option<Box<Fields>>,
 }
 
@@ -358,9 +367,20 @@ pub trait Hold: Send + 'static {
 }
 
 impl Hold for Admitted {
+    #[inline]
     fn finish(self, headers: &mut HeaderMap) {
-        if let Some(fields) = self.fields {
-            fields.write(headers);
+        let Some(fields) = self.fields else {
+            return;
+        };
+        let fields = *fields;
+        if let Some(policy) = fields.policy {
+            headers.append(RATELIMIT_POLICY, policy);
+        }
+        if let Some(value) = fields.rate_limit {
+            headers.append(RATELIMIT, value);
+        }
+        if let Some(legacy) = fields.legacy {
+            write_legacy(legacy, headers);
         }
     }
 }

@@ -32,7 +32,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -172,25 +172,63 @@ pub fn quota_window(quota: &Quota) -> (u64, u64) {
 /// The `RateLimit-Policy` item for a quota: `"name";q=100;w=60`.
 pub fn policy(name: &PolicyName, quota: &Quota) -> String {
     let (q, w) = quota_window(quota);
-    let mut out = String::with_capacity(name.quoted.len().saturating_add(24));
-    out.push_str(&name.quoted);
-    // Writing to a String cannot fail.
-    let _ = write!(out, ";q={q};w={w}");
-    out
+    item(name, (";q=", q), (";w=", w))
 }
 
 /// The `RateLimit` item for a decision: `"name";r=42;t=35`, with `t` the
 /// whole seconds (rounded up) until the limit is full again.
+///
+/// Servers write one on every response, so it is written without the
+/// formatting machinery, into a string of exactly its length.
 pub fn rate_limit(name: &PolicyName, snapshot: &Snapshot) -> String {
-    let mut out = String::with_capacity(name.quoted.len().saturating_add(24));
+    let t = ceil_secs(snapshot.reset_after());
+    item(name, (";r=", snapshot.remaining()), (";t=", t))
+}
+
+/// `"name";a=1;b=2`, allocated once at its exact length.
+fn item(name: &PolicyName, a: (&str, u64), b: (&str, u64)) -> String {
+    let len = name
+        .quoted
+        .len()
+        .saturating_add(a.0.len())
+        .saturating_add(b.0.len())
+        .saturating_add(digits(a.1))
+        .saturating_add(digits(b.1));
+    let mut out = String::with_capacity(len);
     out.push_str(&name.quoted);
-    let _ = write!(
-        out,
-        ";r={};t={}",
-        snapshot.remaining(),
-        ceil_secs(snapshot.reset_after())
-    );
+    for (label, n) in [a, b] {
+        out.push_str(label);
+        push_u64(&mut out, n);
+    }
     out
+}
+
+fn digits(n: u64) -> usize {
+    n.checked_ilog10()
+        .and_then(|log| usize::try_from(log).ok())
+        .map_or(1, |log| log.saturating_add(1))
+}
+
+// At most 20 digits of a u64: the index stays in the buffer, and `n / 10`
+// and `n % 10` cannot overflow.
+#[allow(clippy::arithmetic_side_effects)]
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        // n % 10 < 10: the cast cannot truncate.
+        #[allow(clippy::cast_possible_truncation)]
+        let digit = (n % 10) as u8;
+        buf[at] = b'0' + digit;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &byte in &buf[at..] {
+        out.push(char::from(byte));
+    }
 }
 
 #[cfg(test)]
@@ -216,6 +254,19 @@ mod tests {
         assert!(PolicyName::new(&"x".repeat(65)).is_err());
         assert!(PolicyName::new("é").is_err());
         assert_eq!(PolicyName::default().as_str(), "default");
+    }
+
+    #[test]
+    fn items_are_written_at_their_exact_length() {
+        let name = PolicyName::default();
+        for (remaining, reset_ms) in [(0, 0), (9, 1), (10, 10_000), (u64::MAX, u64::MAX)] {
+            let snapshot = Snapshot::new(u64::MAX, remaining, Duration::from_millis(reset_ms));
+            let item = rate_limit(&name, &snapshot);
+            // A snapshot holds at most u64::MAX ns (584 years).
+            let t = ceil_secs(Duration::from_millis(reset_ms)).min(18_446_744_074);
+            assert_eq!(item, format!("\"default\";r={remaining};t={t}"));
+            assert_eq!(item.len(), item.capacity());
+        }
     }
 
     #[test]
