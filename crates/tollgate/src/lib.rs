@@ -91,7 +91,3 @@ pub use error::{Denied, DeniedKind};
 pub use limiter::{Acquire, Builder, RateLimiter};
 pub use quota::{Quota, QuotaError, QuotaErrorKind};
 pub use snapshot::Snapshot;
-
-#[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
-struct ReadmeDoctests;
