@@ -7,7 +7,8 @@
 //!   layer's overhead is its time less the bare service's.
 //! - `http_hello`: requests a second of a hello-world axum app on loopback,
 //!   served by one runtime thread and driven by 16 keep-alive connections
-//!   from another, with and without the layer.
+//!   from another, with and without the layer (the bare app first and
+//!   last, to show the drift within the run).
 //!
 //! ```text
 //! cargo bench -p tollgate-tower --bench layer
@@ -263,7 +264,9 @@ fn http(c: &mut Criterion) {
     let mut group = c.benchmark_group("http_hello");
     group.throughput(Throughput::Elements(1));
     group.measurement_time(Duration::from_secs(10));
-    let apps: [(&str, Router); 3] = [
+    // The bare app runs first and last: the two rows show how far the
+    // figures drift within one run (warm-up, the other core's load).
+    let apps: [(&str, Router); 4] = [
         ("bare", hello()),
         (
             "tollgate_per_ip_headers",
@@ -284,6 +287,7 @@ fn http(c: &mut Criterion) {
                     .unwrap(),
             ))),
         ),
+        ("bare_again", hello()),
     ];
     for (name, app) in apps {
         let (addr, server) = serve(app);
