@@ -31,7 +31,9 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::routing::get;
 use axum::Router;
-use criterion::{criterion_group, BatchSize, Criterion, Throughput};
+use criterion::{criterion_group, BatchSize, Bencher, Criterion, Throughput};
+use governor::clock::QuantaInstant;
+use governor::middleware::NoOpMiddleware;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
@@ -40,7 +42,7 @@ use tollgate::Quota;
 use tollgate_tower::{PeerIp, RateLimitLayer};
 use tower::{service_fn, Layer, Service};
 use tower_governor::governor::GovernorConfigBuilder;
-use tower_governor::key_extractor::{GlobalKeyExtractor, PeerIpKeyExtractor};
+use tower_governor::key_extractor::{GlobalKeyExtractor, KeyExtractor, PeerIpKeyExtractor};
 use tower_governor::GovernorLayer;
 
 const OPEN: u64 = 1_000_000_000;
@@ -81,6 +83,27 @@ where
 }
 
 /// A handler's answer, with the one header every real answer has.
+/// Times one request through the service; requests are made outside the
+/// timing, responses dropped inside it.
+fn time<S, B>(b: &mut Bencher<'_>, service: &mut S)
+where
+    S: Service<Request<Body>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+{
+    b.iter_batched(request, |r| drop(call(service, r)), BatchSize::SmallInput);
+}
+
+/// tower_governor, open: one request a nanosecond, bursts of a million.
+fn governor<K: KeyExtractor>(key: K) -> GovernorLayer<K, NoOpMiddleware<QuantaInstant>, Body> {
+    let config = GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(1_000_000)
+        .key_extractor(key)
+        .finish()
+        .unwrap();
+    GovernorLayer::new(Arc::new(config))
+}
+
 fn bare() -> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone {
     service_fn(|_: Request<Body>| async {
         let mut response = Response::new(Body::empty());
@@ -105,49 +128,19 @@ fn overhead(c: &mut Criterion) {
     let mut group = c.benchmark_group("layer_overhead");
     group.bench_function("bare", |b| {
         let mut service = bare();
-        b.iter_batched(
-            request,
-            |r| drop(call(&mut service, r)),
-            BatchSize::SmallInput,
-        );
+        time(b, &mut service);
     });
     group.bench_function("tower_limit_global", |b| {
         let _entered = runtime.enter();
         let mut service =
             tower::limit::RateLimitLayer::new(OPEN, Duration::from_secs(1)).layer(bare());
-        b.iter_batched(
-            request,
-            |r| drop(call(&mut service, r)),
-            BatchSize::SmallInput,
-        );
+        time(b, &mut service);
     });
     group.bench_function("tower_governor_global", |b| {
-        let config = GovernorConfigBuilder::default()
-            .per_nanosecond(1)
-            .burst_size(1_000_000)
-            .key_extractor(GlobalKeyExtractor)
-            .finish()
-            .unwrap();
-        let mut service = GovernorLayer::new(Arc::new(config)).layer(bare());
-        b.iter_batched(
-            request,
-            |r| drop(call(&mut service, r)),
-            BatchSize::SmallInput,
-        );
+        time(b, &mut governor(GlobalKeyExtractor).layer(bare()));
     });
     group.bench_function("tower_governor_per_ip", |b| {
-        let config = GovernorConfigBuilder::default()
-            .per_nanosecond(1)
-            .burst_size(1_000_000)
-            .key_extractor(PeerIpKeyExtractor)
-            .finish()
-            .unwrap();
-        let mut service = GovernorLayer::new(Arc::new(config)).layer(bare());
-        b.iter_batched(
-            request,
-            |r| drop(call(&mut service, r)),
-            BatchSize::SmallInput,
-        );
+        time(b, &mut governor(PeerIpKeyExtractor).layer(bare()));
     });
     group.bench_function("tower_governor_per_ip_headers", |b| {
         let mut service = GovernorLayer::new(Arc::new(
@@ -159,11 +152,7 @@ fn overhead(c: &mut Criterion) {
                 .unwrap(),
         ))
         .layer(bare());
-        b.iter_batched(
-            request,
-            |r| drop(call(&mut service, r)),
-            BatchSize::SmallInput,
-        );
+        time(b, &mut service);
     });
     for (name, per_ip, headers) in [
         ("tollgate_global", false, false),
@@ -174,19 +163,12 @@ fn overhead(c: &mut Criterion) {
         group.bench_function(name, |b| {
             let builder = RateLimitLayer::builder(open_quota()).headers_on_success(headers);
             if per_ip {
-                let mut service = builder.key(PeerIp::new()).build().unwrap().layer(bare());
-                b.iter_batched(
-                    request,
-                    |r| drop(call(&mut service, r)),
-                    BatchSize::SmallInput,
+                time(
+                    b,
+                    &mut builder.key(PeerIp::new()).build().unwrap().layer(bare()),
                 );
             } else {
-                let mut service = builder.build().unwrap().layer(bare());
-                b.iter_batched(
-                    request,
-                    |r| drop(call(&mut service, r)),
-                    BatchSize::SmallInput,
-                );
+                time(b, &mut builder.build().unwrap().layer(bare()));
             }
         });
     }
@@ -279,13 +261,7 @@ fn http(c: &mut Criterion) {
         ),
         (
             "tower_governor_per_ip",
-            hello().layer(GovernorLayer::new(Arc::new(
-                GovernorConfigBuilder::default()
-                    .per_nanosecond(1)
-                    .burst_size(1_000_000)
-                    .finish()
-                    .unwrap(),
-            ))),
+            hello().layer(governor(PeerIpKeyExtractor)),
         ),
         ("bare_again", hello()),
     ];

@@ -699,6 +699,38 @@ mod tests {
         assert!(IpGrouping::new(32, 129).is_err());
     }
 
+    proptest::proptest! {
+        /// Whatever bytes a client puts in the forwarding headers, reading
+        /// them never panics, and the key is the trusted peer or an address
+        /// that appears in the header.
+        #[test]
+        fn hostile_forwarding_headers(
+            xff in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..64), 0..4),
+            forwarded in proptest::collection::vec(proptest::num::u8::ANY, 0..128),
+            text in "[0-9a-f:.,\\[\\] ;=\"forunkw_]{0,80}",
+        ) {
+            let mut request = request("10.0.0.1:1", &[]);
+            for value in xff.iter().map(Vec::as_slice).chain([text.as_bytes()]) {
+                if let Ok(value) = http::HeaderValue::from_bytes(value) {
+                    request.headers_mut().append("x-forwarded-for", value);
+                }
+            }
+            if let Ok(value) = http::HeaderValue::from_bytes(&forwarded) {
+                request.headers_mut().append(FORWARDED, value);
+            }
+            for header in [ForwardedHeader::XForwardedFor, ForwardedHeader::Forwarded] {
+                let key = ClientIp::trusting(["10.0.0.0/8"]).unwrap().header(header);
+                let ip = key.extract(&request).unwrap().ip().unwrap();
+                let peer: IpAddr = "10.0.0.1".parse().unwrap();
+                let seen = ip == peer || request.headers().iter().any(|(_, v)| {
+                    String::from_utf8_lossy(v.as_bytes()).contains(&ip.to_string())
+                        || ip.is_ipv6()
+                });
+                proptest::prop_assert!(seen, "{ip} is neither the peer nor in the headers");
+            }
+        }
+    }
+
     #[test]
     fn peer_and_header_keys() {
         let r = request("[::ffff:192.0.2.3]:5", &[]);

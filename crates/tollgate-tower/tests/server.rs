@@ -162,6 +162,43 @@ async fn per_ip_limit_answers_exact_counts_and_headers() {
 }
 
 #[tokio::test]
+async fn a_stricter_limit_on_one_route_lists_both_policies() {
+    let clock = ManualClock::new();
+    let strict = RateLimitLayer::builder(Quota::per_minute(1).unwrap())
+        .key(PeerIp::new())
+        .policy_name("strict")
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let per_ip = RateLimitLayer::builder(Quota::per_minute(10).unwrap())
+        .key(PeerIp::new())
+        .clock(clock)
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/strict", get(|| async { "strict" }).route_layer(strict))
+        .route("/", get(|| async { "hello" }))
+        .layer(per_ip);
+    let addr = serve(app).await;
+    let mut client = Client::connect("127.0.0.1", addr).await;
+
+    let first = client.get("/strict", &[]).await;
+    assert_eq!(first.status, 200);
+    let items: Vec<_> = first.headers.get_all("ratelimit").iter().collect();
+    assert_eq!(items, [r#""strict";r=0;t=60"#, r#""default";r=9;t=6"#]);
+    let policies: Vec<_> = first.headers.get_all("ratelimit-policy").iter().collect();
+    assert_eq!(policies, [r#""strict";q=1;w=60"#, r#""default";q=10;w=60"#]);
+
+    let second = client.get("/strict", &[]).await;
+    assert_eq!(second.status, 429);
+    assert_eq!(second.header("retry-after"), "60");
+    // Other routes are under the outer limit only.
+    let other = client.get("/", &[]).await;
+    assert_eq!(other.status, 200);
+    assert_eq!(other.header("ratelimit"), r#""default";r=7;t=18"#);
+}
+
+#[tokio::test]
 async fn forwarded_for_is_believed_only_through_trusted_proxies() {
     let layer = RateLimitLayer::builder(Quota::per_minute(3).unwrap())
         .key(ClientIp::trusting(["127.0.0.2"]).unwrap())
