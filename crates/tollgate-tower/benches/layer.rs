@@ -5,6 +5,8 @@
 //!   by hand (no runtime, no I/O), for the bare service and each layer.
 //!   Requests are made outside the timing, responses dropped inside it. Each
 //!   layer's overhead is its time less the bare service's.
+//! - `layer_parts`: the key extraction and the keyed decision alone, and
+//!   governor's keyed decision, to show what the per-IP path is made of.
 //! - `http_hello`: requests a second of a hello-world axum app on loopback,
 //!   served by one runtime thread and driven by 16 keep-alive connections
 //!   from another, with and without the layer (the bare app first and
@@ -21,7 +23,8 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::hint::black_box;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -39,10 +42,12 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use tollgate::Quota;
-use tollgate_tower::{PeerIp, RateLimitLayer};
+use tollgate_tower::{Key, KeyExtractor, PeerIp, RateLimitLayer};
 use tower::{service_fn, Layer, Service};
 use tower_governor::governor::GovernorConfigBuilder;
-use tower_governor::key_extractor::{GlobalKeyExtractor, KeyExtractor, PeerIpKeyExtractor};
+use tower_governor::key_extractor::{
+    GlobalKeyExtractor, KeyExtractor as GovernorKey, PeerIpKeyExtractor,
+};
 use tower_governor::GovernorLayer;
 
 const OPEN: u64 = 1_000_000_000;
@@ -94,7 +99,7 @@ where
 }
 
 /// tower_governor, open: one request a nanosecond, bursts of a million.
-fn governor<K: KeyExtractor>(key: K) -> GovernorLayer<K, NoOpMiddleware<QuantaInstant>, Body> {
+fn governor<K: GovernorKey>(key: K) -> GovernorLayer<K, NoOpMiddleware<QuantaInstant>, Body> {
     let config = GovernorConfigBuilder::default()
         .per_nanosecond(1)
         .burst_size(1_000_000)
@@ -172,6 +177,33 @@ fn overhead(c: &mut Criterion) {
             }
         });
     }
+    group.finish();
+}
+
+/// The parts of the per-IP path, apart: what the layer cannot go below.
+fn parts(c: &mut Criterion) {
+    let mut group = c.benchmark_group("layer_parts");
+    let request = request();
+    let peer_ip = PeerIp::new();
+    group.bench_function("extract_peer_ip", |b| {
+        b.iter(|| black_box(peer_ip.extract(black_box(&request)).is_ok()));
+    });
+    let layer = RateLimitLayer::builder(open_quota())
+        .key(PeerIp::new())
+        .build()
+        .unwrap();
+    let limiter = layer.limiter().keyed().unwrap();
+    let key = Key::from(IpAddr::from([192, 0, 2, 7]));
+    group.bench_function("keyed_check", |b| {
+        b.iter(|| black_box(limiter.check(black_box(&key), 1).is_ok()));
+    });
+    let governor = governor::RateLimiter::keyed(governor::Quota::per_second(
+        std::num::NonZeroU32::new(1_000_000_000).unwrap(),
+    ));
+    let ip = IpAddr::from([192, 0, 2, 7]);
+    group.bench_function("governor_keyed_check", |b| {
+        b.iter(|| black_box(governor.check_key(black_box(&ip)).is_ok()));
+    });
     group.finish();
 }
 
@@ -275,7 +307,7 @@ fn http(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, overhead, http);
+criterion_group!(benches, overhead, parts, http);
 
 fn main() {
     benches();
