@@ -1,4 +1,5 @@
-//! Rate-limit header values, written as servers send them.
+//! Rate-limit header values: written as servers send them, and read as
+//! providers send them ([`parse`]).
 //!
 //! One module for both faces, so that what the server layer writes is
 //! exactly what the client middleware reads. It deals in header *values*
@@ -37,6 +38,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::{Quota, Snapshot};
+
+mod parse;
+
+pub use parse::{parse, Policy, RateLimitHeaders, Reading};
 
 const NANOS_PER_SEC: u128 = 1_000_000_000;
 

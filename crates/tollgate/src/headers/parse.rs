@@ -1,0 +1,539 @@
+//! Reading rate-limit headers, as providers send them.
+//!
+//! The arithmetic here works on values bounded by their digits (at most 20
+//! digits parsed as `u128`, twelve digits of fraction, four-digit years),
+//! so it cannot overflow; what could is checked.
+#![allow(clippy::arithmetic_side_effects)]
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What one dimension's headers say: each part `None` when absent or
+/// malformed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reading {
+    /// The limit (`x-ratelimit-limit-requests`, say).
+    pub limit: Option<u64>,
+    /// What remains of it now.
+    pub remaining: Option<u64>,
+    /// How long from the response until the limit is full again.
+    pub reset: Option<Duration>,
+}
+
+impl Reading {
+    /// Whether nothing was read.
+    pub fn is_empty(&self) -> bool {
+        self.limit.is_none() && self.remaining.is_none() && self.reset.is_none()
+    }
+}
+
+/// One IETF quota policy (`RateLimit-Policy`), with what `RateLimit` says
+/// of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// The policy's name.
+    pub name: String,
+    /// Units per window (`q`); `None` for a policy that `RateLimit` names
+    /// but `RateLimit-Policy` does not.
+    pub quota: Option<u64>,
+    /// The window (`w`).
+    pub window: Option<Duration>,
+    /// Units remaining (`r`).
+    pub remaining: Option<u64>,
+    /// Until the quota resets (`t`).
+    pub reset: Option<Duration>,
+}
+
+/// Everything a response's rate-limit headers say.
+///
+/// Read by [`parse`]; whatever is absent or malformed is `None` (or left out
+/// of `policies`): never an error, never a panic.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RateLimitHeaders {
+    /// Requests: `x-ratelimit-*-requests`, `anthropic-ratelimit-requests-*`,
+    /// and the legacy `X-RateLimit-*` / `RateLimit-*` trio.
+    pub requests: Reading,
+    /// Tokens, input and output together (`x-ratelimit-*-tokens`,
+    /// `anthropic-ratelimit-tokens-*`).
+    pub tokens: Reading,
+    /// Input tokens (`anthropic-ratelimit-input-tokens-*`).
+    pub input_tokens: Reading,
+    /// Output tokens (`anthropic-ratelimit-output-tokens-*`).
+    pub output_tokens: Reading,
+    /// The server's wait hint: `retry-after-ms` if usable, else
+    /// `Retry-After` (seconds or HTTP-date; the longest of several).
+    pub retry_after: Option<Duration>,
+    /// `x-should-retry`: `Some(false)` means do not retry.
+    pub should_retry: Option<bool>,
+    /// IETF policies, in the order `RateLimit-Policy` lists them.
+    pub policies: Vec<Policy>,
+}
+
+/// Reads the rate-limit headers of a response.
+///
+/// `headers` are the response's (name, value) pairs in order; names are
+/// matched without regard to case, and a name may repeat. Absolute times
+/// (RFC 3339 resets, HTTP-dates, epoch seconds and milliseconds) are
+/// measured against the response's `Date` header when it has a valid one,
+/// else against `received_at`.
+///
+/// - Durations: Go style (`6m0s`, `12ms`, `2m59.56s`, `1h2m3.5s`), or bare
+///   seconds (`55`, `1.5`). A bare `0` is Azure's "unknown" and is ignored;
+///   `0s` is zero. Signs, spaces, upper-case units and two dots make a
+///   value malformed.
+/// - Repeated values: the smallest limit and remaining, the longest reset
+///   and `Retry-After`.
+/// - A reset in the past is zero; a `Retry-After` date in the past gives no
+///   hint.
+/// - Legacy resets: delta seconds, or epoch seconds (from 10^9) or epoch
+///   milliseconds (from 10^12).
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use tollgate::headers::parse;
+///
+/// let headers = [
+///     ("x-ratelimit-limit-tokens", &b"150000"[..]),
+///     ("x-ratelimit-remaining-tokens", b"149984"),
+///     ("x-ratelimit-reset-tokens", b"6m0s"),
+///     ("retry-after", b"garbage"),
+/// ];
+/// let read = parse(headers, SystemTime::now());
+/// assert_eq!(read.tokens.remaining, Some(149_984));
+/// assert_eq!(read.tokens.reset, Some(Duration::from_secs(360)));
+/// assert_eq!(read.retry_after, None);
+/// ```
+pub fn parse<'a, I>(headers: I, received_at: SystemTime) -> RateLimitHeaders
+where
+    I: IntoIterator<Item = (&'a str, &'a [u8])>,
+{
+    let headers: Vec<(&str, &str)> = headers
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, std::str::from_utf8(value).ok()?.trim())))
+        .collect();
+    let now = headers
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("date"))
+        .find_map(|(_, value)| httpdate::parse_http_date(value).ok())
+        .unwrap_or(received_at);
+
+    let mut out = RateLimitHeaders::default();
+    let mut retry_after_ms: Option<Duration> = None;
+    let mut retry_after: Option<Duration> = None;
+    let mut policy_items = Vec::new();
+    let mut status_items = Vec::new();
+
+    for &(name, value) in &headers {
+        let lower = name.to_ascii_lowercase();
+        let lower = lower.as_str();
+        if let Some(rest) = lower.strip_prefix("x-ratelimit-") {
+            openai(&mut out, rest, value, now);
+        } else if let Some(rest) = lower.strip_prefix("anthropic-ratelimit-") {
+            anthropic(&mut out, rest, value, now);
+        } else if let Some(rest) = lower.strip_prefix("ratelimit-") {
+            match rest {
+                "policy" => policy_items.extend(sf_list(value)),
+                // The legacy trio of earlier drafts.
+                "limit" => min(&mut out.requests.limit, count(value)),
+                "remaining" => min(&mut out.requests.remaining, count(value)),
+                "reset" => max(&mut out.requests.reset, legacy_reset(value, now)),
+                _ => {}
+            }
+        } else {
+            match lower {
+                "ratelimit" => status_items.extend(sf_list(value)),
+                "retry-after" => max(&mut retry_after, retry_after_value(value, now)),
+                "retry-after-ms" => max(&mut retry_after_ms, millis(value)),
+                "x-should-retry" => match value {
+                    "true" => out.should_retry = Some(true),
+                    "false" => out.should_retry = Some(false),
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+    }
+    out.retry_after = retry_after_ms.or(retry_after);
+    out.policies = policies(policy_items, status_items);
+    out
+}
+
+/// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`, and the legacy
+/// `x-ratelimit-{limit,remaining,reset}` for requests.
+fn openai(out: &mut RateLimitHeaders, rest: &str, value: &str, now: SystemTime) {
+    let (field, dimension) = match rest.split_once('-') {
+        Some((field, "requests")) => (field, &mut out.requests),
+        Some((field, "tokens")) => (field, &mut out.tokens),
+        Some(_) => return,
+        None => {
+            // Legacy X-RateLimit-Limit / -Remaining / -Reset.
+            match rest {
+                "limit" => min(&mut out.requests.limit, count(value)),
+                "remaining" => min(&mut out.requests.remaining, count(value)),
+                "reset" => max(&mut out.requests.reset, legacy_reset(value, now)),
+                _ => {}
+            }
+            return;
+        }
+    };
+    match field {
+        "limit" => min(&mut dimension.limit, count(value)),
+        "remaining" => min(&mut dimension.remaining, count(value)),
+        "reset" => max(&mut dimension.reset, go_duration(value)),
+        _ => {}
+    }
+}
+
+/// `anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,remaining,reset}`.
+fn anthropic(out: &mut RateLimitHeaders, rest: &str, value: &str, now: SystemTime) {
+    let Some((dimension, field)) = rest.rsplit_once('-') else {
+        return;
+    };
+    let dimension = match dimension {
+        "requests" => &mut out.requests,
+        "tokens" => &mut out.tokens,
+        "input-tokens" => &mut out.input_tokens,
+        "output-tokens" => &mut out.output_tokens,
+        _ => return,
+    };
+    match field {
+        "limit" => min(&mut dimension.limit, count(value)),
+        "remaining" => min(&mut dimension.remaining, count(value)),
+        "reset" => {
+            let reset = rfc3339(value).map(|at| until(at, now).unwrap_or(Duration::ZERO));
+            max(&mut dimension.reset, reset);
+        }
+        _ => {}
+    }
+}
+
+fn min<T: Ord + Copy>(slot: &mut Option<T>, value: Option<T>) {
+    if let Some(value) = value {
+        *slot = Some(slot.map_or(value, |old| old.min(value)));
+    }
+}
+
+fn max<T: Ord + Copy>(slot: &mut Option<T>, value: Option<T>) {
+    if let Some(value) = value {
+        *slot = Some(slot.map_or(value, |old| old.max(value)));
+    }
+}
+
+/// A non-negative integer of ASCII digits that fits a `u64`.
+fn count(value: &str) -> Option<u64> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse().ok()
+}
+
+/// `digits[.digits]` as a number of `unit`s, exactly (no float rounding);
+/// `None` if malformed or past `u64::MAX` nanoseconds.
+fn decimal(value: &str, unit: Duration) -> Option<Duration> {
+    let (whole, fraction) = value.split_once('.').unwrap_or((value, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if (whole.is_empty() && fraction.is_empty())
+        || !digits(whole)
+        || !digits(fraction)
+        || (value.contains('.') && fraction.is_empty())
+        || whole.len() > 20
+    {
+        return None;
+    }
+    let unit_ns = unit.as_nanos();
+    let whole: u128 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    // Digits past the twelfth are below a nanosecond for any unit here.
+    let (mut numerator, mut scale) = (0u128, 1u128);
+    for b in fraction.bytes().take(12) {
+        numerator = numerator * 10 + u128::from(b - b'0');
+        scale *= 10;
+    }
+    let nanos = whole
+        .checked_mul(unit_ns)?
+        .checked_add(unit_ns * numerator / scale)?;
+    u64::try_from(nanos).ok().map(Duration::from_nanos)
+}
+
+/// A Go duration (`1h2m3.5s`, `12ms`) or bare seconds (`55`); a bare zero
+/// is ignored (Azure's "unknown").
+fn go_duration(value: &str) -> Option<Duration> {
+    if value.is_empty() {
+        return None;
+    }
+    if value.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        let seconds = decimal(value, Duration::from_secs(1))?;
+        return (!seconds.is_zero()).then_some(seconds);
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = value;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if number_len == 0 {
+            return None;
+        }
+        let (number, after) = rest.split_at(number_len);
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_len);
+        let unit = match unit {
+            "h" => Duration::from_secs(3600),
+            "m" => Duration::from_secs(60),
+            "s" => Duration::from_secs(1),
+            "ms" => Duration::from_millis(1),
+            "us" | "µs" => Duration::from_micros(1),
+            "ns" => Duration::from_nanos(1),
+            _ => return None,
+        };
+        total = total.checked_add(decimal(number, unit)?)?;
+        rest = after;
+    }
+    Some(total)
+}
+
+/// Milliseconds, whole or fractional (`retry-after-ms`).
+fn millis(value: &str) -> Option<Duration> {
+    decimal(value, Duration::from_millis(1))
+}
+
+/// `Retry-After`: delta seconds (whole or fractional) or an HTTP-date; a
+/// date in the past gives no hint.
+fn retry_after_value(value: &str, now: SystemTime) -> Option<Duration> {
+    if value
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_digit() || b == b'.')
+    {
+        return decimal(value, Duration::from_secs(1));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    until(at, now).filter(|wait| !wait.is_zero())
+}
+
+/// A legacy reset: delta seconds, epoch seconds, or epoch milliseconds.
+fn legacy_reset(value: &str, now: SystemTime) -> Option<Duration> {
+    let n = count(value)?;
+    let at = if n >= 1_000_000_000_000 {
+        UNIX_EPOCH.checked_add(Duration::from_millis(n))?
+    } else if n >= 1_000_000_000 {
+        UNIX_EPOCH.checked_add(Duration::from_secs(n))?
+    } else {
+        return Some(Duration::from_secs(n));
+    };
+    Some(until(at, now).unwrap_or(Duration::ZERO))
+}
+
+/// How long from `now` until `at`; `None` if `at` is past.
+fn until(at: SystemTime, now: SystemTime) -> Option<Duration> {
+    at.duration_since(now).ok()
+}
+
+/// An RFC 3339 date-time: `2025-02-24T22:25:47Z`, `…47.250Z`, `…47+01:00`.
+fn rfc3339(value: &str) -> Option<SystemTime> {
+    let b = value.as_bytes();
+    if b.len() < 20 || b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') {
+        return None;
+    }
+    if !matches!(b.get(10), Some(b'T' | b't' | b' ')) || b.get(13) != Some(&b':') {
+        return None;
+    }
+    if b.get(16) != Some(&b':') {
+        return None;
+    }
+    let num = |range: std::ops::Range<usize>| -> Option<u32> {
+        let s = value.get(range)?;
+        if !s.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        s.parse().ok()
+    };
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
+        return None;
+    }
+    if hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let mut rest = value.get(19..)?;
+    let mut nanos = Duration::ZERO;
+    if let Some(fraction) = rest.strip_prefix('.') {
+        let len = fraction
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(fraction.len());
+        nanos = decimal(
+            &format!("0.{}", fraction.get(..len)?),
+            Duration::from_secs(1),
+        )?;
+        rest = fraction.get(len..)?;
+    }
+    let offset_secs: i64 = match rest {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = match rest.as_bytes().first()? {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let tz = rest.get(1..)?;
+            let (h, m) = tz.split_once(':')?;
+            if h.len() != 2 || m.len() != 2 {
+                return None;
+            }
+            let (h, m): (i64, i64) = (count(h)?.try_into().ok()?, count(m)?.try_into().ok()?);
+            if h > 23 || m > 59 {
+                return None;
+            }
+            sign * (h * 3600 + m * 60)
+        }
+    };
+    let days = days_from_civil(i64::from(year), month, day);
+    let local = days * 86_400 + i64::from(hour) * 3600 + i64::from(minute) * 60 + i64::from(second);
+    let utc = u64::try_from(local - offset_secs).ok()?;
+    UNIX_EPOCH
+        .checked_add(Duration::from_secs(utc))?
+        .checked_add(nanos)
+}
+
+fn days_in_month(year: u32, month: u32) -> u32 {
+    match month {
+        4 | 6 | 9 | 11 => 30,
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
+/// algorithm).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year - era * 400;
+    let month = i64::from(month);
+    let doy = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// A Structured Field item of a list: a name (a string, or a token) and its
+/// integer parameters.
+struct Item {
+    name: Option<String>,
+    params: Vec<(String, Option<i64>)>,
+}
+
+/// Splits a Structured Field list into items. Only what the rate-limit
+/// fields use is read: string or token names and integer parameters;
+/// other parameter values read as `None`.
+fn sf_list(value: &str) -> Vec<Item> {
+    let mut items = Vec::new();
+    for member in split_outside_quotes(value, ',') {
+        let mut parts = split_outside_quotes(member.trim(), ';').into_iter();
+        let Some(head) = parts.next() else { continue };
+        let head = head.trim();
+        let name = head
+            .strip_prefix('"')
+            .and_then(|s| s.strip_suffix('"'))
+            .map(|s| s.replace("\\\"", "\"").replace("\\\\", "\\"));
+        let params = parts
+            .filter_map(|param| {
+                let (key, value) = param.trim().split_once('=')?;
+                let value = value.trim();
+                let number = if value.len() <= 15 {
+                    let digits = value.strip_prefix('-').unwrap_or(value);
+                    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+                        .then(|| value.parse().ok())
+                        .flatten()
+                } else {
+                    None
+                };
+                Some((key.trim().to_owned(), number))
+            })
+            .collect();
+        items.push(Item { name, params });
+    }
+    items
+}
+
+fn split_outside_quotes(value: &str, separator: char) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut quoted = false;
+    let mut escaped = false;
+    let mut start = 0;
+    for (i, c) in value.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            c if c == separator && !quoted => {
+                parts.push(&value[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    parts.push(&value[start..]);
+    parts
+}
+
+impl Item {
+    /// A parameter as a non-negative integer: `Err` when present but not one.
+    fn count(&self, key: &str) -> Result<Option<u64>, ()> {
+        match self.params.iter().rev().find(|(k, _)| k == key) {
+            None => Ok(None),
+            Some((_, Some(n))) => u64::try_from(*n).map(Some).map_err(|_| ()),
+            Some((_, None)) => Err(()),
+        }
+    }
+}
+
+/// Joins `RateLimit-Policy` items with the `RateLimit` items of the same
+/// name. Items whose name is not a string, or with a malformed number, are
+/// left out.
+fn policies(policy_items: Vec<Item>, status_items: Vec<Item>) -> Vec<Policy> {
+    let mut policies: Vec<Policy> = Vec::new();
+    for item in policy_items {
+        let Some(name) = item.name.clone() else {
+            continue;
+        };
+        let (Ok(quota), Ok(window)) = (item.count("q"), item.count("w")) else {
+            continue;
+        };
+        policies.push(Policy {
+            name,
+            quota,
+            window: window.map(Duration::from_secs),
+            remaining: None,
+            reset: None,
+        });
+    }
+    for item in status_items {
+        let Some(name) = item.name.clone() else {
+            continue;
+        };
+        let (Ok(remaining), Ok(reset)) = (item.count("r"), item.count("t")) else {
+            continue;
+        };
+        let reset = reset.map(Duration::from_secs);
+        match policies.iter_mut().find(|p| p.name == name) {
+            Some(policy) => {
+                policy.remaining = remaining;
+                policy.reset = reset;
+            }
+            None => policies.push(Policy {
+                name,
+                quota: None,
+                window: None,
+                remaining,
+                reset,
+            }),
+        }
+    }
+    policies
+}
