@@ -1,0 +1,202 @@
+//! The four dimensions a call spends, and the quotas they are paced by.
+
+use std::time::Duration;
+
+use tollgate::headers::RateLimitHeaders;
+use tollgate::{Limits, Quota};
+
+/// Requests, then tokens (input and output together), input tokens and
+/// output tokens: the order of every cost array.
+pub(crate) const DIMENSIONS: [&str; 4] = ["requests", "tokens", "input_tokens", "output_tokens"];
+pub(crate) const REQUESTS: usize = 0;
+
+/// A limit of a dimension nobody set or told us: effectively none.
+const OPEN: u64 = 1_000_000_000;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// Per-minute limits of a provider, as its documentation or your account
+/// page gives them. Those left `None` are learnt from the response headers.
+///
+/// ```
+/// use tollgate_reqwest::ProviderLimits;
+///
+/// let tier_one = ProviderLimits::new()
+///     .requests_per_minute(500)
+///     .input_tokens_per_minute(30_000)
+///     .output_tokens_per_minute(8_000);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProviderLimits {
+    per_minute: [Option<u64>; 4],
+}
+
+impl ProviderLimits {
+    /// No limits: everything is learnt from the headers.
+    pub const fn new() -> Self {
+        Self {
+            per_minute: [None; 4],
+        }
+    }
+
+    /// Requests per minute (RPM).
+    #[must_use]
+    pub const fn requests_per_minute(mut self, n: u64) -> Self {
+        self.per_minute[0] = Some(n);
+        self
+    }
+
+    /// Tokens per minute, input and output together (OpenAI's TPM).
+    #[must_use]
+    pub const fn tokens_per_minute(mut self, n: u64) -> Self {
+        self.per_minute[1] = Some(n);
+        self
+    }
+
+    /// Input tokens per minute (Anthropic's ITPM).
+    #[must_use]
+    pub const fn input_tokens_per_minute(mut self, n: u64) -> Self {
+        self.per_minute[2] = Some(n);
+        self
+    }
+
+    /// Output tokens per minute (Anthropic's OTPM).
+    #[must_use]
+    pub const fn output_tokens_per_minute(mut self, n: u64) -> Self {
+        self.per_minute[3] = Some(n);
+        self
+    }
+
+    /// Whether any limit is set.
+    pub fn is_empty(&self) -> bool {
+        self.per_minute.iter().all(Option::is_none)
+    }
+
+    pub(crate) fn with(mut self, dimension: usize, per_minute: u64) -> Self {
+        if let Some(slot) = self.per_minute.get_mut(dimension) {
+            *slot = Some(per_minute);
+        }
+        self
+    }
+
+    pub(crate) fn get(&self, dimension: usize) -> Option<u64> {
+        self.per_minute.get(dimension).copied().flatten()
+    }
+
+    /// The per-minute limits a response's headers state.
+    pub(crate) fn from_headers(read: &RateLimitHeaders) -> Self {
+        let mut limits = Self::new();
+        let readings = [
+            read.requests,
+            read.tokens,
+            read.input_tokens,
+            read.output_tokens,
+        ];
+        for (slot, reading) in limits.per_minute.iter_mut().zip(readings) {
+            *slot = reading.limit.filter(|&n| n > 0);
+        }
+        // IETF policies name no dimension: the first complete one is taken
+        // for requests, when nothing else said what requests are limited to.
+        if limits.per_minute[REQUESTS].is_none() {
+            limits.per_minute[REQUESTS] = read.policies.iter().find_map(|p| {
+                let (quota, window) = (p.quota?, p.window?);
+                let secs = window.as_secs();
+                (secs > 0 && quota > 0).then(|| quota.saturating_mul(60) / secs)
+            });
+        }
+        limits
+    }
+
+    /// Per dimension, the stricter of the two.
+    pub(crate) fn stricter(&self, other: &Self) -> Self {
+        let mut out = *self;
+        for (slot, theirs) in out.per_minute.iter_mut().zip(other.per_minute) {
+            *slot = match (*slot, theirs) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        out
+    }
+}
+
+/// How the middleware paces a per-minute limit: at `1 - headroom` of it,
+/// one step at a time, so that a provider that enforces the minute in
+/// slices of a second sees no burst.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Pacing {
+    pub(crate) headroom: f64,
+}
+
+impl Pacing {
+    /// The quota a per-minute limit is paced at. The burst is a twentieth
+    /// of a second's worth (at least 1): calls leave evenly spaced; a call
+    /// that costs more than the burst takes it and owes the rest, which
+    /// moves the callers behind it back.
+    pub(crate) fn quota(&self, per_minute: Option<u64>) -> Quota {
+        let Some(limit) = per_minute else {
+            return open();
+        };
+        // An f64 holds the counts that matter here exactly enough.
+        #[allow(
+            clippy::cast_precision_loss,
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss
+        )]
+        let paced = ((limit as f64) * (1.0 - self.headroom)).floor().max(1.0) as u64;
+        let burst = (paced / 60 / 20).max(1);
+        Quota::new(paced, MINUTE)
+            .and_then(|q| q.burst(burst))
+            .unwrap_or_else(|_| open())
+    }
+
+    pub(crate) fn limits(&self, per_minute: &ProviderLimits) -> Limits {
+        let mut builder = Limits::builder();
+        for (dimension, name) in DIMENSIONS.iter().enumerate() {
+            builder = builder.dimension(*name, self.quota(per_minute.get(dimension)));
+        }
+        // Four distinct names and valid quotas: this cannot fail.
+        builder.build().unwrap_or_else(|_| open_limits())
+    }
+}
+
+fn open() -> Quota {
+    Quota::per_second(OPEN).expect("a billion a second is a valid quota")
+}
+
+fn open_limits() -> Limits {
+    Limits::single(open())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paced_quotas() {
+        let pacing = Pacing { headroom: 0.05 };
+        let requests = pacing.quota(Some(600));
+        assert_eq!((requests.count(), requests.burst_size()), (570, 1));
+        assert_eq!(
+            requests.replenish_interval(),
+            Duration::from_nanos(105_263_158)
+        );
+        let tokens = pacing.quota(Some(60_000));
+        assert_eq!((tokens.count(), tokens.burst_size()), (57_000, 47));
+        let tiny = pacing.quota(Some(1));
+        assert_eq!((tiny.count(), tiny.burst_size()), (1, 1));
+        assert_eq!(pacing.quota(None).burst_size(), OPEN);
+    }
+
+    #[test]
+    fn stricter_per_dimension() {
+        let configured = ProviderLimits::new().requests_per_minute(100);
+        let learnt = ProviderLimits::new()
+            .requests_per_minute(500)
+            .tokens_per_minute(10_000);
+        let both = configured.stricter(&learnt);
+        assert_eq!(both.get(0), Some(100));
+        assert_eq!(both.get(1), Some(10_000));
+        assert_eq!(both.get(2), None);
+    }
+}

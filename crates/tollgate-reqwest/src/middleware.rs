@@ -1,0 +1,609 @@
+//! The middleware.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use http::{Extensions, StatusCode};
+use reqwest::{Request, Response};
+use reqwest_middleware::{Middleware, Next};
+use serde_json::Value;
+use tollgate::headers::RateLimitHeaders;
+use tollgate::{DeniedKind, Grant, KeyedBudget, Snapshot};
+
+use crate::estimate::{DefaultEstimator, TokenEstimator};
+use crate::limits::{Pacing, ProviderLimits, DIMENSIONS};
+use crate::{RetryLater, TooLarge, Usage};
+
+/// What a budget is kept per: the provider's endpoint and, when the JSON
+/// body names one, the model.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    scheme: String,
+    host: String,
+    port: u16,
+    model: Option<String>,
+}
+
+impl Endpoint {
+    /// The scheme, host and port of the URL, with the model.
+    pub fn new(url: &reqwest::Url, model: Option<&str>) -> Self {
+        Self {
+            scheme: url.scheme().to_owned(),
+            host: url.host_str().unwrap_or_default().to_owned(),
+            port: url.port_or_known_default().unwrap_or(0),
+            // A model name longer than this is no model's: it is cut, so a
+            // hostile body cannot grow the key without end.
+            model: model.map(|m| m.chars().take(128).collect()),
+        }
+    }
+
+    /// The model, when the body names one.
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}:{}", self.scheme, self.host, self.port)?;
+        if let Some(model) = &self.model {
+            write!(f, " ({model})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Keeps the calls of a `reqwest_middleware` client under an LLM
+/// provider's limits, per endpoint and model.
+///
+/// - **Budgets** of requests, tokens, input tokens and output tokens per
+///   minute, shared by every clone of the client. A call reserves 1 request
+///   and its estimated tokens before it is sent, in line with the others.
+/// - **Learnt limits**: with none configured, the first call to an endpoint
+///   goes alone; its response's headers (`x-ratelimit-*`,
+///   `anthropic-ratelimit-*`, IETF `RateLimit`) set the limits, and every
+///   later response keeps them current. Configured limits apply where they
+///   are stricter. Calls are paced at 95% of a limit (see
+///   [`Builder::headroom`]), evenly spaced, never in a burst.
+/// - **429, 503 and 529** pause the endpoint's budget for every caller, for
+///   the wait the provider asks (`retry-after-ms`, `Retry-After`, the
+///   exhausted limit's reset, else jittered exponential back-off), then the
+///   call is retried while attempts and the retry budget last and its body
+///   can be cloned. `x-should-retry: false` is obeyed. A wait above
+///   [`Builder::max_wait`] returns [`RetryLater`] at once.
+/// - **Usage**: a [`Usage`] handle in the response's extensions settles the
+///   estimate with the real token counts.
+///
+/// ```
+/// use reqwest_middleware::ClientBuilder;
+/// use tollgate_reqwest::RateLimitMiddleware;
+///
+/// let client = ClientBuilder::new(reqwest::Client::new())
+///     .with(RateLimitMiddleware::new())
+///     .build();
+/// ```
+#[derive(Clone)]
+pub struct RateLimitMiddleware {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for RateLimitMiddleware {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitMiddleware")
+            .field("configured", &self.shared.configured)
+            .field("max_attempts", &self.shared.max_attempts)
+            .field("max_wait", &self.shared.max_wait)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) budget: KeyedBudget<Endpoint>,
+    configured: ProviderLimits,
+    pacing: Pacing,
+    endpoints: Mutex<HashMap<Endpoint, Arc<EndpointState>>>,
+    estimator: Box<dyn TokenEstimator>,
+    max_attempts: u32,
+    max_wait: Duration,
+    backoff_base: Duration,
+    backoff_cap: Duration,
+    retry_ratio: f64,
+    calls: AtomicU64,
+    retries: AtomicU64,
+}
+
+/// What is known of one endpoint.
+#[derive(Default)]
+struct EndpointState {
+    /// Held by the one call that goes alone until the limits are known.
+    probe: tokio::sync::Mutex<()>,
+    learnt: AtomicBool,
+    /// The per-minute limits the headers stated, merged over responses.
+    heard: Mutex<ProviderLimits>,
+    /// The limits in force: the configured ones, or stricter learnt ones.
+    in_force: Mutex<Option<ProviderLimits>>,
+}
+
+/// The most endpoints remembered; past it, the table is cleared (the
+/// budgets' own state is bounded by the core's key cap).
+const MAX_ENDPOINTS: usize = 10_000;
+
+/// Configures a [`RateLimitMiddleware`].
+pub struct Builder {
+    configured: ProviderLimits,
+    headroom: f64,
+    estimator: Box<dyn TokenEstimator>,
+    max_attempts: u32,
+    max_wait: Duration,
+    backoff_base: Duration,
+    backoff_cap: Duration,
+    retry_ratio: f64,
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("configured", &self.configured)
+            .field("headroom", &self.headroom)
+            .field("max_attempts", &self.max_attempts)
+            .field("max_wait", &self.max_wait)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self {
+            configured: ProviderLimits::new(),
+            headroom: 0.05,
+            estimator: Box::new(DefaultEstimator),
+            max_attempts: 4,
+            max_wait: Duration::from_secs(300),
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(60),
+            retry_ratio: 0.2,
+        }
+    }
+}
+
+impl Builder {
+    /// Limits known in advance (per endpoint and model); those left out are
+    /// learnt from the headers, and learnt ones apply where stricter.
+    #[must_use]
+    pub fn limits(mut self, limits: ProviderLimits) -> Self {
+        self.configured = limits;
+        self
+    }
+
+    /// The share of each limit left unused (default 0.05): calls are paced
+    /// at 95% of it, so that a provider that counts in slices of a second
+    /// never sees more than its slice. Clamped to 0 to 0.9.
+    #[must_use]
+    pub fn headroom(mut self, headroom: f64) -> Self {
+        self.headroom = if headroom.is_finite() {
+            headroom.clamp(0.0, 0.9)
+        } else {
+            0.05
+        };
+        self
+    }
+
+    /// How a call's tokens are guessed before it is sent (default:
+    /// [`DefaultEstimator`]).
+    #[must_use]
+    pub fn estimator(mut self, estimator: impl TokenEstimator) -> Self {
+        self.estimator = Box::new(estimator);
+        self
+    }
+
+    /// Attempts per call, the first included (default 4; at least 1).
+    #[must_use]
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// The longest wait the middleware holds a call for, for the provider
+    /// or for the local limit (default 5 minutes); a longer one returns
+    /// [`RetryLater`] at once.
+    #[must_use]
+    pub fn max_wait(mut self, max_wait: Duration) -> Self {
+        self.max_wait = max_wait;
+        self
+    }
+
+    /// The back-off when the provider gives no wait: `base × 2^(attempt-1)`,
+    /// at most `cap`, jittered between half and all of it (default 1 s and
+    /// 60 s).
+    #[must_use]
+    pub fn backoff(mut self, base: Duration, cap: Duration) -> Self {
+        self.backoff_base = base;
+        self.backoff_cap = cap.max(base);
+        self
+    }
+
+    /// Retries allowed, as a share of calls made (default 0.2, plus 10):
+    /// when a provider fails everything, the client does not triple its
+    /// load with retries.
+    #[must_use]
+    pub fn retry_ratio(mut self, ratio: f64) -> Self {
+        self.retry_ratio = if ratio.is_finite() {
+            ratio.max(0.0)
+        } else {
+            0.2
+        };
+        self
+    }
+
+    /// The middleware.
+    pub fn build(self) -> RateLimitMiddleware {
+        let pacing = Pacing {
+            headroom: self.headroom,
+        };
+        let budget = KeyedBudget::builder(pacing.limits(&self.configured)).build();
+        RateLimitMiddleware {
+            shared: Arc::new(Shared {
+                budget,
+                configured: self.configured,
+                pacing,
+                endpoints: Mutex::new(HashMap::new()),
+                estimator: self.estimator,
+                max_attempts: self.max_attempts,
+                max_wait: self.max_wait,
+                backoff_base: self.backoff_base,
+                backoff_cap: self.backoff_cap,
+                retry_ratio: self.retry_ratio,
+                calls: AtomicU64::new(0),
+                retries: AtomicU64::new(0),
+            }),
+        }
+    }
+}
+
+impl Default for RateLimitMiddleware {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RateLimitMiddleware {
+    /// Learns every limit from the headers, with the defaults.
+    pub fn new() -> Self {
+        Builder::default().build()
+    }
+
+    /// A middleware configured step by step.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// The per-minute limits in force for an endpoint, once known.
+    pub fn limits_for(&self, endpoint: &Endpoint) -> Option<ProviderLimits> {
+        let endpoints = self.shared.lock_endpoints();
+        let state = endpoints.get(endpoint)?;
+        let in_force = *state
+            .in_force
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        in_force
+    }
+
+    /// The budget every clone shares, keyed by endpoint: its statistics and
+    /// snapshots.
+    pub fn budget(&self) -> &KeyedBudget<Endpoint> {
+        &self.shared.budget
+    }
+}
+
+#[async_trait::async_trait]
+impl Middleware for RateLimitMiddleware {
+    async fn handle(
+        &self,
+        request: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        Arc::clone(&self.shared)
+            .call(request, extensions, next)
+            .await
+    }
+}
+
+fn retryable(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 429 | 503 | 529)
+}
+
+impl Shared {
+    fn lock_endpoints(&self) -> std::sync::MutexGuard<'_, HashMap<Endpoint, Arc<EndpointState>>> {
+        self.endpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn state(&self, key: &Endpoint) -> Arc<EndpointState> {
+        let mut endpoints = self.lock_endpoints();
+        if endpoints.len() >= MAX_ENDPOINTS && !endpoints.contains_key(key) {
+            endpoints.clear();
+        }
+        Arc::clone(endpoints.entry(key.clone()).or_default())
+    }
+
+    async fn call(
+        self: Arc<Self>,
+        request: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        let body: Option<Value> = request
+            .body()
+            .and_then(reqwest::Body::as_bytes)
+            .and_then(|bytes| serde_json::from_slice(bytes).ok())
+            .filter(Value::is_object);
+        let model = body
+            .as_ref()
+            .and_then(|b| b.get("model"))
+            .and_then(Value::as_str);
+        let key = Endpoint::new(request.url(), model);
+        let estimate = body
+            .as_ref()
+            .map(|b| self.estimator.estimate(b))
+            .unwrap_or_default();
+        let costs = [
+            1,
+            estimate.input_tokens.saturating_add(estimate.output_tokens),
+            estimate.input_tokens,
+            estimate.output_tokens,
+        ];
+        let state = self.state(&key);
+        self.calls.fetch_add(1, Ordering::Relaxed);
+
+        let mut original = Some(request);
+        let mut attempt: u32 = 0;
+        loop {
+            attempt = attempt.saturating_add(1);
+            let clone = original.as_ref().and_then(Request::try_clone);
+            let (sending, can_retry) = match clone {
+                Some(clone) => (clone, true),
+                None => match original.take() {
+                    Some(request) => (request, false),
+                    None => unreachable!("the request is kept until it cannot be cloned"),
+                },
+            };
+
+            // Until an endpoint's limits are known, its calls go one by one.
+            let probe = if self.configured.is_empty() && !state.learnt.load(Ordering::Acquire) {
+                let guard = state.probe.lock().await;
+                (!state.learnt.load(Ordering::Acquire)).then_some(guard)
+            } else {
+                None
+            };
+
+            let (grant, charged) = self.admit(&key, &costs).await?;
+            let result = next.clone().run(sending, extensions).await;
+            let mut response = match result {
+                Ok(response) => response,
+                Err(error) => {
+                    // Not known to have reached the provider: give it back.
+                    let _ = self.budget.settle(&key, grant, &[0; 4]).await;
+                    return Err(error);
+                }
+            };
+            let read = tollgate::headers::parse(
+                response
+                    .headers()
+                    .iter()
+                    .map(|(name, value)| (name.as_str(), value.as_bytes())),
+                SystemTime::now(),
+            );
+            self.learn(&key, &state, &read).await;
+            state.learnt.store(true, Ordering::Release);
+            drop(probe);
+
+            let status = response.status();
+            if !retryable(status) {
+                // The estimate stays charged until the caller reports usage.
+                response.extensions_mut().insert(Usage::new(
+                    Arc::clone(&self),
+                    key,
+                    grant,
+                    charged,
+                    estimate,
+                ));
+                return Ok(response);
+            }
+
+            // Refused: nothing was spent at the provider. What was reserved
+            // is given back; the rest of a large estimate, charged at
+            // admission, stays (the pause below empties the budget anyway).
+            let _ = self.budget.settle(&key, grant, &[0; 4]).await;
+            if read.should_retry == Some(false) {
+                tracing::info!(%key, %status, "the provider says not to retry");
+                return Ok(response);
+            }
+            let wait = self.wait_for(&read, attempt);
+            let _ = self.budget.pause_for(&key, wait).await;
+            tracing::info!(%key, %status, ?wait, attempt, "paused every caller of the endpoint");
+            if wait > self.max_wait {
+                return Err(reqwest_middleware::Error::middleware(RetryLater::new(
+                    wait,
+                    Some(status),
+                    self.max_wait,
+                )));
+            }
+            if !can_retry || attempt >= self.max_attempts || !self.take_retry() {
+                return Ok(response);
+            }
+        }
+    }
+
+    /// Waits for the call's turn; reserves what fits the bursts, and charges
+    /// the rest as soon as the call is admitted. Returns the grant and what
+    /// was charged in all (the whole estimate).
+    async fn admit(
+        &self,
+        key: &Endpoint,
+        costs: &[u64; 4],
+    ) -> reqwest_middleware::Result<(Grant, [u64; 4])> {
+        let limits = self.budget.limits_for(key);
+        let mut reserved = *costs;
+        for (dimension, cost) in reserved.iter_mut().enumerate() {
+            let quota = limits.quota(dimension);
+            // A cost over a whole minute's limit never fits.
+            if *cost > quota.count() && quota.period() <= Duration::from_secs(60) {
+                return Err(reqwest_middleware::Error::middleware(TooLarge {
+                    dimension: DIMENSIONS[dimension].to_owned(),
+                    cost: *cost,
+                }));
+            }
+            *cost = (*cost).min(quota.burst_size());
+        }
+        match self
+            .budget
+            .acquire_within(key, &reserved, self.max_wait)
+            .await
+        {
+            Ok(grant) => {
+                if reserved != *costs {
+                    // Charge the rest of the estimate now: the callers
+                    // behind this one move back at once.
+                    let _ = self.budget.settle(key, grant, costs).await;
+                }
+                Ok((grant, *costs))
+            }
+            Err(denied) if denied.kind() == DeniedKind::RateLimited => {
+                Err(reqwest_middleware::Error::middleware(RetryLater::new(
+                    denied.retry_after().unwrap_or(self.max_wait),
+                    None,
+                    self.max_wait,
+                )))
+            }
+            Err(denied) => Err(reqwest_middleware::Error::middleware(denied)),
+        }
+    }
+
+    /// Takes what a response's headers say: the limits (learnt where none
+    /// is configured, or where stricter) and what remains of them.
+    async fn learn(&self, key: &Endpoint, state: &EndpointState, read: &RateLimitHeaders) {
+        let stated = ProviderLimits::from_headers(read);
+        let in_force = {
+            let mut heard = state.heard.lock().unwrap_or_else(PoisonError::into_inner);
+            *heard = heard.merged_with(&stated);
+            self.configured.stricter(&heard)
+        };
+        let changed = {
+            let mut current = state
+                .in_force
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let changed = *current != Some(in_force);
+            *current = Some(in_force);
+            changed
+        };
+        if changed && !stated.is_empty() {
+            tracing::info!(%key, limits = ?in_force, "rate limits learnt from the response headers");
+            let _ = self
+                .budget
+                .set_limits(key.clone(), self.pacing.limits(&in_force));
+        }
+        let limits = self.budget.limits_for(key);
+        let readings = [
+            read.requests,
+            read.tokens,
+            read.input_tokens,
+            read.output_tokens,
+        ];
+        for (dimension, reading) in readings.iter().enumerate() {
+            let Some(remaining) = reading.remaining else {
+                continue;
+            };
+            let burst = limits.quota(dimension).burst_size();
+            let snapshot = Snapshot::new(burst, remaining, Duration::ZERO);
+            let _ = self.budget.observe(key, dimension, &snapshot).await;
+        }
+    }
+
+    /// The wait a refusal asks for, by precedence: `retry-after-ms`, then
+    /// `Retry-After` (both in `read.retry_after`), then the reset of an
+    /// exhausted limit, then jittered exponential back-off.
+    fn wait_for(&self, read: &RateLimitHeaders, attempt: u32) -> Duration {
+        if let Some(wait) = read.retry_after {
+            return wait;
+        }
+        let readings = [
+            read.requests,
+            read.tokens,
+            read.input_tokens,
+            read.output_tokens,
+        ];
+        let exhausted = readings
+            .iter()
+            .filter(|r| r.remaining == Some(0))
+            .filter_map(|r| r.reset)
+            .max();
+        if let Some(reset) = exhausted.filter(|r| !r.is_zero()) {
+            return reset;
+        }
+        let exponent = attempt.saturating_sub(1).min(30);
+        let full = self
+            .backoff_base
+            .saturating_mul(1u32 << exponent)
+            .min(self.backoff_cap);
+        // Between half and all of it, so that callers refused together do
+        // not come back together.
+        full.mul_f64(0.5 + fastrand::f64() * 0.5)
+    }
+
+    /// Takes one retry from the retry budget: 10, plus a share of calls.
+    fn take_retry(&self) -> bool {
+        let calls = self.calls.load(Ordering::Relaxed);
+        #[allow(
+            clippy::cast_precision_loss,
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss
+        )]
+        let allowed = 10 + (calls as f64 * self.retry_ratio) as u64;
+        let taken = self.retries.fetch_add(1, Ordering::Relaxed);
+        if taken < allowed {
+            true
+        } else {
+            self.retries.fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!("the retry budget is spent: a refused call is returned as it is");
+            false
+        }
+    }
+
+    /// Settles a call's usage: `used` per dimension against what was charged.
+    pub(crate) async fn settle_usage(
+        &self,
+        key: &Endpoint,
+        grant: Grant,
+        charged: [u64; 4],
+        used: [u64; 4],
+    ) {
+        // `settle` compares with the grant's own reservation; translate the
+        // change against what was charged into one against the grant.
+        let mut actual = [0u64; 4];
+        for (i, slot) in actual.iter_mut().enumerate() {
+            let reserved = grant.costs().get(i).copied().unwrap_or(0);
+            let delta = i128::from(used[i]) - i128::from(charged[i]);
+            *slot = u64::try_from((i128::from(reserved) + delta).max(0)).unwrap_or(u64::MAX);
+        }
+        let _ = self.budget.settle(key, grant, &actual).await;
+    }
+}
+
+impl ProviderLimits {
+    /// These limits, with those `newer` states replacing them.
+    pub(crate) fn merged_with(&self, newer: &Self) -> Self {
+        let mut out = *self;
+        for dimension in 0..DIMENSIONS.len() {
+            if let Some(n) = newer.get(dimension) {
+                out = out.with(dimension, n);
+            }
+        }
+        out
+    }
+}
