@@ -130,10 +130,9 @@ pub(crate) struct Pacing {
 
 impl Pacing {
     /// The quota a per-minute limit is paced at. The burst is a twentieth
-    /// of a second's worth (at least 1): calls leave evenly spaced; a call
-    /// that costs more than the burst takes it and owes the rest, which
-    /// moves the callers behind it back.
-    pub(crate) fn quota(&self, per_minute: Option<u64>) -> Quota {
+    /// of a second's worth, or `min_burst` (the largest call) if more, and
+    /// at least 1: calls leave evenly spaced.
+    pub(crate) fn quota(&self, per_minute: Option<u64>, min_burst: u64) -> Quota {
         let Some(limit) = per_minute else {
             return open();
         };
@@ -144,16 +143,17 @@ impl Pacing {
             clippy::cast_sign_loss
         )]
         let paced = ((limit as f64) * (1.0 - self.headroom)).floor().max(1.0) as u64;
-        let burst = (paced / 60 / 20).max(1);
+        let burst = (paced / 60 / 20).max(min_burst).clamp(1, paced);
         Quota::new(paced, MINUTE)
             .and_then(|q| q.burst(burst))
             .unwrap_or_else(|_| open())
     }
 
-    pub(crate) fn limits(&self, per_minute: &ProviderLimits) -> Limits {
+    pub(crate) fn limits(&self, per_minute: &ProviderLimits, bursts: &[u64; 4]) -> Limits {
         let mut builder = Limits::builder();
         for (dimension, name) in DIMENSIONS.iter().enumerate() {
-            builder = builder.dimension(*name, self.quota(per_minute.get(dimension)));
+            let quota = self.quota(per_minute.get(dimension), bursts[dimension]);
+            builder = builder.dimension(*name, quota);
         }
         // Four distinct names and valid quotas: this cannot fail.
         builder.build().unwrap_or_else(|_| open_limits())
@@ -175,17 +175,20 @@ mod tests {
     #[test]
     fn paced_quotas() {
         let pacing = Pacing { headroom: 0.05 };
-        let requests = pacing.quota(Some(600));
+        let requests = pacing.quota(Some(600), 1);
         assert_eq!((requests.count(), requests.burst_size()), (570, 1));
         assert_eq!(
             requests.replenish_interval(),
             Duration::from_nanos(105_263_158)
         );
-        let tokens = pacing.quota(Some(60_000));
+        let tokens = pacing.quota(Some(60_000), 0);
         assert_eq!((tokens.count(), tokens.burst_size()), (57_000, 47));
-        let tiny = pacing.quota(Some(1));
+        let tiny = pacing.quota(Some(1), 0);
         assert_eq!((tiny.count(), tiny.burst_size()), (1, 1));
-        assert_eq!(pacing.quota(None).burst_size(), OPEN);
+        assert_eq!(pacing.quota(None, 5).burst_size(), OPEN);
+        // A burst holds the largest call, but never more than the limit.
+        assert_eq!(pacing.quota(Some(60_000), 400).burst_size(), 400);
+        assert_eq!(pacing.quota(Some(100), 400).burst_size(), 95);
     }
 
     #[test]

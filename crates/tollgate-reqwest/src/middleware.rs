@@ -125,6 +125,9 @@ struct EndpointState {
     heard: Mutex<ProviderLimits>,
     /// The limits in force: the configured ones, or stricter learnt ones.
     in_force: Mutex<Option<ProviderLimits>>,
+    /// Per dimension, the largest cost of a call: each burst holds at
+    /// least that much.
+    bursts: Mutex<[u64; 4]>,
 }
 
 /// The most endpoints remembered; past it, the table is cleared (the
@@ -243,7 +246,7 @@ impl Builder {
         let pacing = Pacing {
             headroom: self.headroom,
         };
-        let budget = KeyedBudget::builder(pacing.limits(&self.configured)).build();
+        let budget = KeyedBudget::builder(pacing.limits(&self.configured, &[0; 4])).build();
         RateLimitMiddleware {
             shared: Arc::new(Shared {
                 budget,
@@ -381,7 +384,7 @@ impl Shared {
                 None
             };
 
-            let (grant, charged) = self.admit(&key, &costs).await?;
+            let grant = self.admit(&key, &state, &costs).await?;
             let result = next.clone().run(sending, extensions).await;
             let mut response = match result {
                 Ok(response) => response,
@@ -409,15 +412,12 @@ impl Shared {
                     Arc::clone(&self),
                     key,
                     grant,
-                    charged,
                     estimate,
                 ));
                 return Ok(response);
             }
 
-            // Refused: nothing was spent at the provider. What was reserved
-            // is given back; the rest of a large estimate, charged at
-            // admission, stays (the pause below empties the budget anyway).
+            // Refused: nothing was spent at the provider.
             let _ = self.budget.settle(&key, grant, &[0; 4]).await;
             if read.should_retry == Some(false) {
                 tracing::info!(%key, %status, "the provider says not to retry");
@@ -439,40 +439,45 @@ impl Shared {
         }
     }
 
-    /// Waits for the call's turn; reserves what fits the bursts, and charges
-    /// the rest as soon as the call is admitted. Returns the grant and what
-    /// was charged in all (the whole estimate).
+    /// Waits for the call's turn and reserves its whole estimate. A cost
+    /// larger than a dimension's burst first raises that burst to it (a
+    /// burst never holds less than the largest call), so the reservations
+    /// queued behind are spaced by what each call really costs.
     async fn admit(
         &self,
         key: &Endpoint,
+        state: &EndpointState,
         costs: &[u64; 4],
-    ) -> reqwest_middleware::Result<(Grant, [u64; 4])> {
+    ) -> reqwest_middleware::Result<Grant> {
         let limits = self.budget.limits_for(key);
-        let mut reserved = *costs;
-        for (dimension, cost) in reserved.iter_mut().enumerate() {
+        let mut raise = false;
+        for (dimension, &cost) in costs.iter().enumerate() {
             let quota = limits.quota(dimension);
             // A cost over a whole minute's limit never fits.
-            if *cost > quota.count() && quota.period() <= Duration::from_secs(60) {
+            if cost > quota.count() && quota.period() <= Duration::from_secs(60) {
                 return Err(reqwest_middleware::Error::middleware(TooLarge {
                     dimension: DIMENSIONS[dimension].to_owned(),
-                    cost: *cost,
+                    cost,
                 }));
             }
-            *cost = (*cost).min(quota.burst_size());
+            raise |= cost > quota.burst_size();
         }
-        match self
-            .budget
-            .acquire_within(key, &reserved, self.max_wait)
-            .await
-        {
-            Ok(grant) => {
-                if reserved != *costs {
-                    // Charge the rest of the estimate now: the callers
-                    // behind this one move back at once.
-                    let _ = self.budget.settle(key, grant, costs).await;
+        if raise {
+            let in_force = {
+                let mut bursts = state.bursts.lock().unwrap_or_else(PoisonError::into_inner);
+                for (burst, &cost) in bursts.iter_mut().zip(costs) {
+                    *burst = (*burst).max(cost);
                 }
-                Ok((grant, *costs))
-            }
+                (*state
+                    .in_force
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner))
+                .unwrap_or(self.configured)
+            };
+            self.apply(key, state, &in_force);
+        }
+        match self.budget.acquire_within(key, costs, self.max_wait).await {
+            Ok(grant) => Ok(grant),
             Err(denied) if denied.kind() == DeniedKind::RateLimited => {
                 Err(reqwest_middleware::Error::middleware(RetryLater::new(
                     denied.retry_after().unwrap_or(self.max_wait),
@@ -482,6 +487,14 @@ impl Shared {
             }
             Err(denied) => Err(reqwest_middleware::Error::middleware(denied)),
         }
+    }
+
+    /// Puts per-minute limits in force for an endpoint, with its bursts.
+    fn apply(&self, key: &Endpoint, state: &EndpointState, in_force: &ProviderLimits) {
+        let bursts = *state.bursts.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = self
+            .budget
+            .set_limits(key.clone(), self.pacing.limits(in_force, &bursts));
     }
 
     /// Takes what a response's headers say: the limits (learnt where none
@@ -504,9 +517,7 @@ impl Shared {
         };
         if changed && !stated.is_empty() {
             tracing::info!(%key, limits = ?in_force, "rate limits learnt from the response headers");
-            let _ = self
-                .budget
-                .set_limits(key.clone(), self.pacing.limits(&in_force));
+            self.apply(key, state, &in_force);
         }
         let limits = self.budget.limits_for(key);
         let readings = [
@@ -575,23 +586,9 @@ impl Shared {
         }
     }
 
-    /// Settles a call's usage: `used` per dimension against what was charged.
-    pub(crate) async fn settle_usage(
-        &self,
-        key: &Endpoint,
-        grant: Grant,
-        charged: [u64; 4],
-        used: [u64; 4],
-    ) {
-        // `settle` compares with the grant's own reservation; translate the
-        // change against what was charged into one against the grant.
-        let mut actual = [0u64; 4];
-        for (i, slot) in actual.iter_mut().enumerate() {
-            let reserved = grant.costs().get(i).copied().unwrap_or(0);
-            let delta = i128::from(used[i]) - i128::from(charged[i]);
-            *slot = u64::try_from((i128::from(reserved) + delta).max(0)).unwrap_or(u64::MAX);
-        }
-        let _ = self.budget.settle(key, grant, &actual).await;
+    /// Settles a call's usage with what it really used.
+    pub(crate) async fn settle_usage(&self, key: &Endpoint, grant: Grant, used: [u64; 4]) {
+        let _ = self.budget.settle(key, grant, &used).await;
     }
 }
 

@@ -43,7 +43,6 @@ struct Inner {
     shared: Arc<Shared>,
     key: Endpoint,
     grant: Grant,
-    charged: [u64; 4],
     estimate: Estimate,
     reported: AtomicBool,
 }
@@ -63,7 +62,6 @@ impl Usage {
         shared: Arc<Shared>,
         key: Endpoint,
         grant: Grant,
-        charged: [u64; 4],
         estimate: Estimate,
     ) -> Self {
         Self {
@@ -71,7 +69,6 @@ impl Usage {
                 shared,
                 key,
                 grant,
-                charged,
                 estimate,
                 reported: AtomicBool::new(false),
             }),
@@ -104,7 +101,7 @@ impl Usage {
         let inner = &self.inner;
         inner
             .shared
-            .settle_usage(&inner.key, inner.grant, inner.charged, used)
+            .settle_usage(&inner.key, inner.grant, used)
             .await;
         true
     }

@@ -1,0 +1,290 @@
+//! A mock LLM provider on loopback: an OpenAI-compatible chat completions
+//! endpoint that enforces requests and tokens per minute the way providers
+//! do, in slices of one second (a 600 RPM limit admits 10 in any second of
+//! the clock), and answers with OpenAI, Anthropic or IETF rate-limit
+//! headers. Time is Tokio's, so it runs on paused time.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Style {
+    OpenAi,
+    Anthropic,
+    Ietf,
+}
+
+#[derive(Default, Debug, Clone, Copy)]
+pub(crate) struct Counts {
+    pub(crate) ok: u64,
+    pub(crate) limited: u64,
+}
+
+pub(crate) struct Mock {
+    rpm: u64,
+    tpm: u64,
+    style: Style,
+    latency: Duration,
+    start: Instant,
+    /// The wall-clock time the mock's clock started at, for `Date` and
+    /// absolute resets.
+    epoch: SystemTime,
+    state: Mutex<Windows>,
+}
+
+#[derive(Default)]
+struct Windows {
+    second: u64,
+    requests_this_second: u64,
+    tokens_this_second: u64,
+    /// (when, tokens) of every admitted request in the last minute.
+    minute: VecDeque<(Instant, u64)>,
+    counts: Counts,
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+impl Mock {
+    pub(crate) fn counts(&self) -> Counts {
+        self.state.lock().unwrap().counts
+    }
+
+    /// Requests a second the limits allow, for requests costing `tokens`.
+    pub(crate) fn allowed_rate(&self, tokens: u64) -> f64 {
+        let by_requests = self.rpm as f64 / 60.0;
+        let by_tokens = self.tpm as f64 / 60.0 / tokens as f64;
+        by_requests.min(by_tokens)
+    }
+
+    /// What the provider counts, as OpenAI documents it: the messages'
+    /// text (a token per 4 bytes, rounded up) plus 4 tokens per message
+    /// for its role and framing; and `max_tokens` of output (which the
+    /// mock always writes in full).
+    pub(crate) fn tokens_of(body: &Value) -> (u64, u64) {
+        let messages = body["messages"].as_array().cloned().unwrap_or_default();
+        let text: usize = messages
+            .iter()
+            .filter_map(|m| m["content"].as_str())
+            .map(str::len)
+            .sum();
+        let prompt = (text as u64).div_ceil(4) + 4 * messages.len() as u64;
+        let output = body["max_tokens"].as_u64().unwrap_or(16);
+        (prompt, output)
+    }
+}
+
+pub(crate) async fn start(
+    rpm: u64,
+    tpm: u64,
+    style: Style,
+    latency: Duration,
+) -> (SocketAddr, Arc<Mock>) {
+    let mock = Arc::new(Mock {
+        rpm,
+        tpm,
+        style,
+        latency,
+        start: Instant::now(),
+        epoch: SystemTime::UNIX_EPOCH + Duration::from_secs(1_750_000_000),
+        state: Mutex::new(Windows::default()),
+    });
+    let app = Router::new()
+        .route("/v1/chat/completions", post(complete))
+        .with_state(Arc::clone(&mock));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, mock)
+}
+
+async fn complete(State(mock): State<Arc<Mock>>, Json(body): Json<Value>) -> Response {
+    let (prompt, output) = Mock::tokens_of(&body);
+    let cost = prompt + output;
+    let now = Instant::now();
+    let elapsed = now - mock.start;
+    let (admitted, headers) = {
+        let mut state = mock.state.lock().unwrap();
+        let second = elapsed.as_secs();
+        if second != state.second {
+            state.second = second;
+            state.requests_this_second = 0;
+            state.tokens_this_second = 0;
+        }
+        while state
+            .minute
+            .front()
+            .is_some_and(|(at, _)| now - *at >= Duration::from_secs(60))
+        {
+            state.minute.pop_front();
+        }
+        let admitted = state.requests_this_second < mock.rpm / 60
+            && state.tokens_this_second + cost <= mock.tpm / 60;
+        if admitted {
+            state.requests_this_second += 1;
+            state.tokens_this_second += cost;
+            state.minute.push_back((now, cost));
+            state.counts.ok += 1;
+            state.first.get_or_insert(now);
+            state.last = Some(now);
+        } else {
+            state.counts.limited += 1;
+        }
+        let used_requests = state.minute.len() as u64;
+        let used_tokens: u64 = state.minute.iter().map(|(_, t)| t).sum();
+        // Until the oldest admission leaves the minute.
+        let reset = state
+            .minute
+            .front()
+            .map(|(at, _)| Duration::from_secs(60).saturating_sub(now - *at))
+            .unwrap_or_default();
+        let until_next_second = Duration::from_secs(second + 1) - elapsed;
+        (
+            admitted,
+            mock.headers(
+                used_requests,
+                used_tokens,
+                reset,
+                until_next_second,
+                elapsed,
+                admitted,
+            ),
+        )
+    };
+    if !admitted {
+        let mut response = (
+            StatusCode::TOO_MANY_REQUESTS,
+            Json(json!({"error": {"type": "rate_limit_exceeded"}})),
+        )
+            .into_response();
+        response.headers_mut().extend(headers);
+        return response;
+    }
+    tokio::time::sleep(mock.latency).await;
+    let mut response = Json(json!({
+        "id": "chatcmpl-mock",
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": output, "total_tokens": prompt + output}
+    }))
+    .into_response();
+    response.headers_mut().extend(headers);
+    response
+}
+
+impl Mock {
+    fn headers(
+        &self,
+        used_requests: u64,
+        used_tokens: u64,
+        reset: Duration,
+        until_next_second: Duration,
+        elapsed: Duration,
+        admitted: bool,
+    ) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let mut put = |name: &str, value: String| {
+            headers.append(
+                HeaderName::try_from(name).unwrap(),
+                HeaderValue::try_from(value).unwrap(),
+            );
+        };
+        let remaining_requests = self.rpm.saturating_sub(used_requests);
+        let remaining_tokens = self.tpm.saturating_sub(used_tokens);
+        let now = self.epoch + elapsed;
+        put("date", httpdate::fmt_http_date(now));
+        match self.style {
+            Style::OpenAi => {
+                put("x-ratelimit-limit-requests", self.rpm.to_string());
+                put(
+                    "x-ratelimit-remaining-requests",
+                    remaining_requests.to_string(),
+                );
+                put(
+                    "x-ratelimit-reset-requests",
+                    format!("{}ms", reset.as_millis()),
+                );
+                put("x-ratelimit-limit-tokens", self.tpm.to_string());
+                put("x-ratelimit-remaining-tokens", remaining_tokens.to_string());
+                put(
+                    "x-ratelimit-reset-tokens",
+                    format!("{:.3}s", reset.as_secs_f64()),
+                );
+            }
+            Style::Anthropic => {
+                let at = rfc3339(now + reset);
+                put("anthropic-ratelimit-requests-limit", self.rpm.to_string());
+                put(
+                    "anthropic-ratelimit-requests-remaining",
+                    remaining_requests.to_string(),
+                );
+                put("anthropic-ratelimit-requests-reset", at.clone());
+                put("anthropic-ratelimit-tokens-limit", self.tpm.to_string());
+                put(
+                    "anthropic-ratelimit-tokens-remaining",
+                    remaining_tokens.to_string(),
+                );
+                put("anthropic-ratelimit-tokens-reset", at);
+            }
+            Style::Ietf => {
+                put(
+                    "ratelimit-policy",
+                    format!("\"rpm\";q={};w=60, \"tpm\";q={};w=60", self.rpm, self.tpm),
+                );
+                put(
+                    "ratelimit",
+                    format!(
+                        "\"rpm\";r={remaining_requests};t={}, \"tpm\";r={remaining_tokens};t={}",
+                        reset.as_secs().max(1),
+                        reset.as_secs().max(1)
+                    ),
+                );
+            }
+        }
+        if !admitted {
+            // The slice frees at the next second.
+            put(
+                "retry-after-ms",
+                until_next_second.as_millis().max(1).to_string(),
+            );
+            put(
+                "retry-after",
+                until_next_second.as_secs().max(1).to_string(),
+            );
+        }
+        headers
+    }
+}
+
+/// `2025-06-15T14:13:20.000Z`.
+fn rfc3339(at: SystemTime) -> String {
+    let since = at.duration_since(SystemTime::UNIX_EPOCH).unwrap();
+    let secs = since.as_secs() as i64;
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil from days (H. Hinnant).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        since.subsec_millis()
+    )
+}

@@ -1,0 +1,135 @@
+//! The middleware against a real mock provider on loopback, on Tokio's
+//! paused clock: 200 concurrent calls, none lost, few refused, close to
+//! the rate the provider allows.
+
+mod mock;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mock::Style;
+use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+use tollgate_reqwest::{RateLimitMiddleware, Usage};
+
+const CALLS: usize = 200;
+
+fn body() -> Value {
+    json!({
+        "model": "mock-1",
+        "max_tokens": 60,
+        "messages": [{"role": "user", "content": "Hello, please count to three."}]
+    })
+}
+
+async fn call(client: &ClientWithMiddleware, url: &str) -> Result<u16, String> {
+    let response = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body().to_string())
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let usage = response.extensions().get::<Usage>().cloned();
+    let bytes = response.bytes().await.map_err(|e| e.to_string())?;
+    if status == 200 {
+        let body: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+        let usage = usage.ok_or("an admitted response carries a Usage handle")?;
+        assert!(usage.report_body(&body).await);
+    }
+    Ok(status)
+}
+
+struct Measured {
+    answered: usize,
+    attempts: u64,
+    refused: u64,
+    share_of_allowed: f64,
+}
+
+async fn two_hundred_calls(style: Style, rpm: u64, tpm: u64) -> Measured {
+    let (addr, mock) = mock::start(rpm, tpm, style, Duration::from_millis(120)).await;
+    let middleware = RateLimitMiddleware::new();
+    let client = Arc::new(
+        ClientBuilder::new(reqwest::Client::new())
+            .with(middleware)
+            .build(),
+    );
+    let url = Arc::new(format!("http://{addr}/v1/chat/completions"));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CALLS {
+        let (client, url) = (Arc::clone(&client), Arc::clone(&url));
+        tasks.push(tokio::spawn(async move { call(&client, &url).await }));
+    }
+    let mut answered = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(200) => answered += 1,
+            other => panic!("a call was lost: {other:?}"),
+        }
+    }
+    let elapsed = start.elapsed();
+    let counts = mock.counts();
+    let (prompt, output) = mock::Mock::tokens_of(&body());
+    let allowed = mock.allowed_rate(prompt + output);
+    let achieved = CALLS as f64 / elapsed.as_secs_f64();
+    Measured {
+        answered,
+        attempts: counts.ok + counts.limited,
+        refused: counts.limited,
+        share_of_allowed: achieved / allowed,
+    }
+}
+
+fn check(style: Style, measured: &Measured) {
+    println!(
+        "{style:?}: {} answered of {CALLS}, {} attempts, {} refused ({:.2}%), {:.1}% of the allowed rate",
+        measured.answered,
+        measured.attempts,
+        measured.refused,
+        100.0 * measured.refused as f64 / measured.attempts as f64,
+        100.0 * measured.share_of_allowed,
+    );
+    assert_eq!(measured.answered, CALLS, "none lost");
+    assert!(
+        measured.refused as f64 <= 0.02 * measured.attempts as f64,
+        "{style:?}: {} of {} attempts refused",
+        measured.refused,
+        measured.attempts
+    );
+    assert!(
+        measured.share_of_allowed >= 0.9,
+        "{style:?}: {:.1}% of the allowed rate",
+        100.0 * measured.share_of_allowed
+    );
+}
+
+/// Requests bind: 600 RPM is 10 calls in any second.
+#[tokio::test(start_paused = true)]
+async fn openai_headers_requests_bind() {
+    let measured = two_hundred_calls(Style::OpenAi, 600, 1_000_000).await;
+    check(Style::OpenAi, &measured);
+}
+
+/// Tokens bind: each call counts 72 tokens; 36,000 TPM is 600 tokens, 8.3
+/// calls, in any second.
+#[tokio::test(start_paused = true)]
+async fn openai_headers_tokens_bind() {
+    let measured = two_hundred_calls(Style::OpenAi, 6_000, 36_000).await;
+    check(Style::OpenAi, &measured);
+}
+
+#[tokio::test(start_paused = true)]
+async fn anthropic_headers() {
+    let measured = two_hundred_calls(Style::Anthropic, 600, 1_000_000).await;
+    check(Style::Anthropic, &measured);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ietf_headers() {
+    let measured = two_hundred_calls(Style::Ietf, 600, 1_000_000).await;
+    check(Style::Ietf, &measured);
+}

@@ -1,0 +1,206 @@
+//! How the middleware answers 429, 503 and 529: against a scripted server on
+//! loopback, on Tokio's paused clock.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing;
+use axum::Router;
+use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
+use tokio::time::Instant;
+use tollgate_reqwest::{ProviderLimits, RateLimitMiddleware, RetryLater};
+
+/// A refusal's status and headers.
+type Refusal = (u16, Vec<(&'static str, &'static str)>);
+
+/// Answers each call with the next scripted refusal, then 200s; records
+/// when each call arrived.
+#[derive(Default)]
+struct Script {
+    refusals: Mutex<VecDeque<Refusal>>,
+    arrivals: Mutex<Vec<Instant>>,
+}
+
+async fn answer(State(script): State<Arc<Script>>) -> Response {
+    script.arrivals.lock().unwrap().push(Instant::now());
+    let next = script.refusals.lock().unwrap().pop_front();
+    match next {
+        Some((status, headers)) => {
+            let mut response = StatusCode::from_u16(status).unwrap().into_response();
+            for (name, value) in headers {
+                response.headers_mut().append(
+                    HeaderName::from_static(name),
+                    HeaderValue::from_static(value),
+                );
+            }
+            response
+        }
+        None => "{}".into_response(),
+    }
+}
+
+async fn serve(refusals: Vec<Refusal>) -> (String, Arc<Script>) {
+    let script = Arc::new(Script::default());
+    *script.refusals.lock().unwrap() = refusals.into();
+    let app = Router::new()
+        .route("/v1/chat/completions", routing::post(answer))
+        .with_state(Arc::clone(&script));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/v1/chat/completions"), script)
+}
+
+fn client(middleware: RateLimitMiddleware) -> ClientWithMiddleware {
+    ClientBuilder::new(reqwest::Client::new())
+        .with(middleware)
+        .build()
+}
+
+async fn post(client: &ClientWithMiddleware, url: &str) -> reqwest_middleware::Result<u16> {
+    let response = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(r#"{"model":"m","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}"#)
+        .send()
+        .await?;
+    Ok(response.status().as_u16())
+}
+
+/// Limits known up front, so that calls are not held for a first answer.
+fn known() -> RateLimitMiddleware {
+    RateLimitMiddleware::builder()
+        .limits(ProviderLimits::new().requests_per_minute(6_000))
+        .build()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_pauses_every_caller_for_the_wait_asked_then_retries() {
+    let (url, script) = serve(vec![(
+        429,
+        vec![("retry-after-ms", "1500"), ("retry-after", "9")],
+    )])
+    .await;
+    let client = Arc::new(client(known()));
+    let start = Instant::now();
+    let first = {
+        let (client, url) = (Arc::clone(&client), url.clone());
+        tokio::spawn(async move { post(&client, &url).await.unwrap() })
+    };
+    // A second caller comes while the first is refused and paused.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = post(&client, &url).await.unwrap();
+    assert_eq!(second, 200);
+    assert_eq!(first.await.unwrap(), 200);
+
+    let arrivals: Vec<Duration> = script
+        .arrivals
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|at| *at - start)
+        .collect();
+    assert_eq!(arrivals.len(), 3, "{arrivals:?}");
+    assert_eq!(arrivals[0], Duration::ZERO);
+    // retry-after-ms wins over Retry-After; nobody is sent before it ends,
+    // and the two callers leave paced (100 RPS at 95%: ~10.5 ms apart).
+    assert!(arrivals[1] >= Duration::from_millis(1500), "{arrivals:?}");
+    assert!(arrivals[2] > arrivals[1], "{arrivals:?}");
+    assert!(arrivals[2] < Duration::from_millis(1600), "{arrivals:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn should_retry_false_is_obeyed() {
+    let (url, script) = serve(vec![(
+        429,
+        vec![("x-should-retry", "false"), ("retry-after", "1")],
+    )])
+    .await;
+    let client = client(known());
+    assert_eq!(post(&client, &url).await.unwrap(), 429);
+    assert_eq!(script.arrivals.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_over_the_ceiling_returns_at_once_with_the_wait() {
+    let (url, _script) = serve(vec![(529, vec![("retry-after", "600")])]).await;
+    let client = client(
+        RateLimitMiddleware::builder()
+            .limits(ProviderLimits::new().requests_per_minute(6_000))
+            .max_wait(Duration::from_secs(60))
+            .build(),
+    );
+    let start = Instant::now();
+    let error = post(&client, &url).await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    let later = RetryLater::from_error(&error).expect("a typed wait");
+    assert_eq!(later.wait(), Duration::from_secs(600));
+    assert_eq!(later.status().map(|s| s.as_u16()), Some(529));
+    assert!(error.to_string().contains("600.0 s"), "{error}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_hints_back_off_grows_with_jitter_until_attempts_run_out() {
+    let refusal = || (503, vec![]);
+    let (url, script) = serve(vec![refusal(), refusal(), refusal(), refusal()]).await;
+    let client = client(
+        RateLimitMiddleware::builder()
+            .limits(ProviderLimits::new().requests_per_minute(6_000))
+            .max_attempts(3)
+            .backoff(Duration::from_secs(1), Duration::from_secs(60))
+            .build(),
+    );
+    let start = Instant::now();
+    // Three attempts, all refused: the last refusal is returned as it is.
+    assert_eq!(post(&client, &url).await.unwrap(), 503);
+    let arrivals: Vec<Duration> = script
+        .arrivals
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|at| *at - start)
+        .collect();
+    assert_eq!(arrivals.len(), 3);
+    let first_gap = arrivals[1] - arrivals[0];
+    let second_gap = arrivals[2] - arrivals[1];
+    // 1 s then 2 s, each jittered to between half and all of it.
+    assert!(
+        (Duration::from_millis(500)..=Duration::from_millis(1_011)).contains(&first_gap),
+        "{arrivals:?}"
+    );
+    assert!(
+        (Duration::from_millis(1_000)..=Duration::from_millis(2_011)).contains(&second_gap),
+        "{arrivals:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_exhausted_limit_waits_for_its_reset() {
+    let (url, script) = serve(vec![(
+        429,
+        vec![
+            ("x-ratelimit-limit-tokens", "10000"),
+            ("x-ratelimit-remaining-tokens", "0"),
+            ("x-ratelimit-reset-tokens", "2.5s"),
+            ("x-ratelimit-remaining-requests", "40"),
+            ("x-ratelimit-reset-requests", "9s"),
+        ],
+    )])
+    .await;
+    let client = client(known());
+    let start = Instant::now();
+    assert_eq!(post(&client, &url).await.unwrap(), 200);
+    let arrivals = script.arrivals.lock().unwrap().clone();
+    assert_eq!(arrivals.len(), 2);
+    // The exhausted dimension's reset, not the other's.
+    let gap = arrivals[1] - start;
+    assert!(
+        (Duration::from_millis(2_500)..Duration::from_millis(2_700)).contains(&gap),
+        "{gap:?}"
+    );
+}
