@@ -110,8 +110,9 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// The README's examples, compiled and run as doctests here, where both
-/// the core and the server layer are at hand.
+/// The README's examples, compiled and run as doctests here, where the
+/// core, the server layer and (as a dev-dependency) the client middleware
+/// are all at hand.
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
