@@ -13,7 +13,7 @@ use axum::routing;
 use axum::Router;
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use tokio::time::Instant;
-use tollgate_reqwest::{ProviderLimits, RateLimitMiddleware, RetryLater};
+use tollgate_reqwest::{ProviderLimits, RateLimitMiddleware, RetryLater, TooLarge, Usage};
 
 /// A refusal's status and headers.
 type Refusal = (u16, Vec<(&'static str, &'static str)>);
@@ -203,4 +203,73 @@ async fn an_exhausted_limit_waits_for_its_reset() {
         (Duration::from_millis(2_500)..Duration::from_millis(2_700)).contains(&gap),
         "{gap:?}"
     );
+}
+
+async fn post_body(
+    client: &ClientWithMiddleware,
+    url: &str,
+    body: &str,
+) -> reqwest_middleware::Result<reqwest::Response> {
+    client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+}
+
+const LARGE: &str = r#"{"model":"m","max_tokens":500,"messages":[{"role":"user","content":"hi"}]}"#;
+
+/// A call estimated at 506 tokens against 1,200 a minute (paced at 1,140,
+/// 19 a second): the next such call waits ~27 s, unless the first reports
+/// that it used 16.
+#[tokio::test(start_paused = true)]
+async fn reported_usage_gives_the_unused_estimate_back() {
+    for report in [false, true] {
+        let (url, script) = serve(vec![]).await;
+        let client = client(
+            RateLimitMiddleware::builder()
+                .limits(ProviderLimits::new().tokens_per_minute(1_200))
+                .build(),
+        );
+        let start = Instant::now();
+        let first = post_body(&client, &url, LARGE).await.unwrap();
+        let usage = first.extensions().get::<Usage>().cloned().unwrap();
+        assert_eq!(usage.estimate().output_tokens, 500);
+        if report {
+            assert!(usage.report(6, 10).await);
+            assert!(
+                !usage.report(6, 10).await,
+                "a second report changes nothing"
+            );
+        }
+        post_body(&client, &url, LARGE).await.unwrap();
+        let arrivals = script.arrivals.lock().unwrap().clone();
+        let second = arrivals[1] - start;
+        if report {
+            assert!(second < Duration::from_secs(1), "{second:?}");
+        } else {
+            assert!(second > Duration::from_secs(26), "{second:?}");
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_larger_than_a_minute_of_tokens_is_refused_at_once() {
+    let (url, script) = serve(vec![]).await;
+    let client = client(
+        RateLimitMiddleware::builder()
+            .limits(ProviderLimits::new().output_tokens_per_minute(100))
+            .build(),
+    );
+    let error = post_body(&client, &url, LARGE).await.unwrap_err();
+    let reqwest_middleware::Error::Middleware(inner) = &error else {
+        panic!("{error}")
+    };
+    let too_large = inner.downcast_ref::<TooLarge>().expect("TooLarge");
+    assert_eq!(
+        (too_large.dimension(), too_large.cost()),
+        ("output_tokens", 500)
+    );
+    assert!(script.arrivals.lock().unwrap().is_empty());
 }
