@@ -94,8 +94,8 @@ impl fmt::Debug for RateLimitMiddleware {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimitMiddleware")
             .field("configured", &self.shared.configured)
-            .field("max_attempts", &self.shared.max_attempts)
-            .field("max_wait", &self.shared.max_wait)
+            .field("max_attempts", &self.shared.settings.max_attempts)
+            .field("max_wait", &self.shared.settings.max_wait)
             .finish_non_exhaustive()
     }
 }
@@ -106,11 +106,7 @@ pub(crate) struct Shared {
     pacing: Pacing,
     endpoints: Mutex<HashMap<Endpoint, Arc<EndpointState>>>,
     estimator: Box<dyn TokenEstimator>,
-    max_attempts: u32,
-    max_wait: Duration,
-    backoff_base: Duration,
-    backoff_cap: Duration,
-    retry_ratio: f64,
+    settings: Settings,
     calls: AtomicU64,
     retries: AtomicU64,
 }
@@ -139,6 +135,12 @@ pub struct Builder {
     configured: ProviderLimits,
     headroom: f64,
     estimator: Box<dyn TokenEstimator>,
+    settings: Settings,
+}
+
+/// How refusals are retried: the builder's choices, kept by the middleware.
+#[derive(Clone, Copy, Debug)]
+struct Settings {
     max_attempts: u32,
     max_wait: Duration,
     backoff_base: Duration,
@@ -151,8 +153,8 @@ impl fmt::Debug for Builder {
         f.debug_struct("Builder")
             .field("configured", &self.configured)
             .field("headroom", &self.headroom)
-            .field("max_attempts", &self.max_attempts)
-            .field("max_wait", &self.max_wait)
+            .field("max_attempts", &self.settings.max_attempts)
+            .field("max_wait", &self.settings.max_wait)
             .finish_non_exhaustive()
     }
 }
@@ -163,11 +165,13 @@ impl Default for Builder {
             configured: ProviderLimits::new(),
             headroom: 0.05,
             estimator: Box::new(DefaultEstimator),
-            max_attempts: 4,
-            max_wait: Duration::from_secs(300),
-            backoff_base: Duration::from_secs(1),
-            backoff_cap: Duration::from_secs(60),
-            retry_ratio: 0.2,
+            settings: Settings {
+                max_attempts: 4,
+                max_wait: Duration::from_secs(300),
+                backoff_base: Duration::from_secs(1),
+                backoff_cap: Duration::from_secs(60),
+                retry_ratio: 0.2,
+            },
         }
     }
 }
@@ -205,7 +209,7 @@ impl Builder {
     /// Attempts per call, the first included (default 4; at least 1).
     #[must_use]
     pub fn max_attempts(mut self, attempts: u32) -> Self {
-        self.max_attempts = attempts.max(1);
+        self.settings.max_attempts = attempts.max(1);
         self
     }
 
@@ -214,7 +218,7 @@ impl Builder {
     /// [`RetryLater`] at once.
     #[must_use]
     pub fn max_wait(mut self, max_wait: Duration) -> Self {
-        self.max_wait = max_wait;
+        self.settings.max_wait = max_wait;
         self
     }
 
@@ -223,8 +227,8 @@ impl Builder {
     /// 60 s).
     #[must_use]
     pub fn backoff(mut self, base: Duration, cap: Duration) -> Self {
-        self.backoff_base = base;
-        self.backoff_cap = cap.max(base);
+        self.settings.backoff_base = base;
+        self.settings.backoff_cap = cap.max(base);
         self
     }
 
@@ -233,7 +237,7 @@ impl Builder {
     /// load with retries.
     #[must_use]
     pub fn retry_ratio(mut self, ratio: f64) -> Self {
-        self.retry_ratio = if ratio.is_finite() {
+        self.settings.retry_ratio = if ratio.is_finite() {
             ratio.max(0.0)
         } else {
             0.2
@@ -254,11 +258,7 @@ impl Builder {
                 pacing,
                 endpoints: Mutex::new(HashMap::new()),
                 estimator: self.estimator,
-                max_attempts: self.max_attempts,
-                max_wait: self.max_wait,
-                backoff_base: self.backoff_base,
-                backoff_cap: self.backoff_cap,
-                retry_ratio: self.retry_ratio,
+                settings: self.settings,
                 calls: AtomicU64::new(0),
                 retries: AtomicU64::new(0),
             }),
@@ -426,14 +426,14 @@ impl Shared {
             let wait = self.wait_for(&read, attempt);
             let _ = self.budget.pause_for(&key, wait).await;
             tracing::info!(%key, %status, ?wait, attempt, "paused every caller of the endpoint");
-            if wait > self.max_wait {
+            if wait > self.settings.max_wait {
                 return Err(reqwest_middleware::Error::middleware(RetryLater::new(
                     wait,
                     Some(status),
-                    self.max_wait,
+                    self.settings.max_wait,
                 )));
             }
-            if !can_retry || attempt >= self.max_attempts || !self.take_retry() {
+            if !can_retry || attempt >= self.settings.max_attempts || !self.take_retry() {
                 return Ok(response);
             }
         }
@@ -476,13 +476,17 @@ impl Shared {
             };
             self.apply(key, state, &in_force);
         }
-        match self.budget.acquire_within(key, costs, self.max_wait).await {
+        match self
+            .budget
+            .acquire_within(key, costs, self.settings.max_wait)
+            .await
+        {
             Ok(grant) => Ok(grant),
             Err(denied) if denied.kind() == DeniedKind::RateLimited => {
                 Err(reqwest_middleware::Error::middleware(RetryLater::new(
-                    denied.retry_after().unwrap_or(self.max_wait),
+                    denied.retry_after().unwrap_or(self.settings.max_wait),
                     None,
-                    self.max_wait,
+                    self.settings.max_wait,
                 )))
             }
             Err(denied) => Err(reqwest_middleware::Error::middleware(denied)),
@@ -559,9 +563,10 @@ impl Shared {
         }
         let exponent = attempt.saturating_sub(1).min(30);
         let full = self
+            .settings
             .backoff_base
             .saturating_mul(1u32 << exponent)
-            .min(self.backoff_cap);
+            .min(self.settings.backoff_cap);
         // Between half and all of it, so that callers refused together do
         // not come back together.
         full.mul_f64(0.5 + fastrand::f64() * 0.5)
@@ -575,7 +580,7 @@ impl Shared {
             clippy::cast_possible_truncation,
             clippy::cast_sign_loss
         )]
-        let allowed = 10 + (calls as f64 * self.retry_ratio) as u64;
+        let allowed = 10 + (calls as f64 * self.settings.retry_ratio) as u64;
         let taken = self.retries.fetch_add(1, Ordering::Relaxed);
         if taken < allowed {
             true

@@ -26,6 +26,18 @@ struct Script {
     arrivals: Mutex<Vec<Instant>>,
 }
 
+impl Script {
+    /// When each call arrived, from `start`.
+    fn since(&self, start: Instant) -> Vec<Duration> {
+        self.arrivals
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|at| *at - start)
+            .collect()
+    }
+}
+
 async fn answer(State(script): State<Arc<Script>>) -> Response {
     script.arrivals.lock().unwrap().push(Instant::now());
     let next = script.refusals.lock().unwrap().pop_front();
@@ -98,13 +110,7 @@ async fn a_429_pauses_every_caller_for_the_wait_asked_then_retries() {
     assert_eq!(second, 200);
     assert_eq!(first.await.unwrap(), 200);
 
-    let arrivals: Vec<Duration> = script
-        .arrivals
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|at| *at - start)
-        .collect();
+    let arrivals = script.since(start);
     assert_eq!(arrivals.len(), 3, "{arrivals:?}");
     assert_eq!(arrivals[0], Duration::ZERO);
     // retry-after-ms wins over Retry-After; nobody is sent before it ends,
@@ -158,13 +164,7 @@ async fn without_hints_back_off_grows_with_jitter_until_attempts_run_out() {
     let start = Instant::now();
     // Three attempts, all refused: the last refusal is returned as it is.
     assert_eq!(post(&client, &url).await.unwrap(), 503);
-    let arrivals: Vec<Duration> = script
-        .arrivals
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|at| *at - start)
-        .collect();
+    let arrivals = script.since(start);
     assert_eq!(arrivals.len(), 3);
     let first_gap = arrivals[1] - arrivals[0];
     let second_gap = arrivals[2] - arrivals[1];
