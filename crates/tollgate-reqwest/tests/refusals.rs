@@ -273,3 +273,22 @@ async fn a_call_larger_than_a_minute_of_tokens_is_refused_at_once() {
     );
     assert!(script.arrivals.lock().unwrap().is_empty());
 }
+
+/// A streamed body cannot be sent twice: its refusal is returned as it is,
+/// though attempts remain (the endpoint is still paused for the others).
+#[tokio::test(start_paused = true)]
+async fn a_streamed_body_is_not_retried() {
+    let (url, script) = serve(vec![(429, vec![("retry-after", "1")])]).await;
+    let client = client(known());
+    let chunks: Vec<Result<&'static [u8], std::io::Error>> = vec![Ok(b"{}")];
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    let response = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert_eq!(script.arrivals.lock().unwrap().len(), 1);
+}
