@@ -65,5 +65,5 @@ mod usage;
 pub use error::{RetryLater, TooLarge};
 pub use estimate::{DefaultEstimator, Estimate, TokenEstimator, DEFAULT_OUTPUT_TOKENS};
 pub use limits::ProviderLimits;
-pub use middleware::{Builder, Endpoint, RateLimitMiddleware};
+pub use middleware::{Attempts, Builder, Endpoint, RateLimitMiddleware};
 pub use usage::Usage;

@@ -17,6 +17,11 @@ use crate::estimate::{DefaultEstimator, TokenEstimator};
 use crate::limits::{Pacing, ProviderLimits, DIMENSIONS};
 use crate::{RetryLater, TooLarge, Usage};
 
+/// How many times a call was sent, the last included: in every response's
+/// extensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attempts(pub u32);
+
 /// What a budget is kept per: the provider's endpoint and, when the JSON
 /// body names one, the model.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -406,6 +411,7 @@ impl Shared {
             drop(probe);
 
             let status = response.status();
+            response.extensions_mut().insert(Attempts(attempt));
             if !retryable(status) {
                 // The estimate stays charged until the caller reports usage.
                 response.extensions_mut().insert(Usage::new(

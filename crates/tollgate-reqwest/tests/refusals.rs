@@ -13,7 +13,9 @@ use axum::routing;
 use axum::Router;
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use tokio::time::Instant;
-use tollgate_reqwest::{ProviderLimits, RateLimitMiddleware, RetryLater, TooLarge, Usage};
+use tollgate_reqwest::{
+    Attempts, ProviderLimits, RateLimitMiddleware, RetryLater, TooLarge, Usage,
+};
 
 /// A refusal's status and headers.
 type Refusal = (u16, Vec<(&'static str, &'static str)>);
@@ -162,8 +164,11 @@ async fn without_hints_back_off_grows_with_jitter_until_attempts_run_out() {
             .build(),
     );
     let start = Instant::now();
-    // Three attempts, all refused: the last refusal is returned as it is.
-    assert_eq!(post(&client, &url).await.unwrap(), 503);
+    // Three attempts, all refused: the last refusal is returned as it is,
+    // and says how many attempts were made.
+    let response = post_body(&client, &url, LARGE).await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.extensions().get::<Attempts>(), Some(&Attempts(3)));
     let arrivals = script.since(start);
     assert_eq!(arrivals.len(), 3);
     let first_gap = arrivals[1] - arrivals[0];
