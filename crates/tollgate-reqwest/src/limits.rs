@@ -67,6 +67,26 @@ impl ProviderLimits {
         self
     }
 
+    /// Requests per minute, if set or stated.
+    pub fn requests(&self) -> Option<u64> {
+        self.per_minute[0]
+    }
+
+    /// Tokens per minute, input and output together.
+    pub fn tokens(&self) -> Option<u64> {
+        self.per_minute[1]
+    }
+
+    /// Input tokens per minute.
+    pub fn input_tokens(&self) -> Option<u64> {
+        self.per_minute[2]
+    }
+
+    /// Output tokens per minute.
+    pub fn output_tokens(&self) -> Option<u64> {
+        self.per_minute[3]
+    }
+
     /// Whether any limit is set.
     pub fn is_empty(&self) -> bool {
         self.per_minute.iter().all(Option::is_none)

@@ -1,0 +1,6 @@
+//! The `tollgate` command's parts, as a library so that its tests (and
+//! anyone) can drive them: [`mock`], [`batch`] and [`simulate`].
+
+pub mod batch;
+pub mod mock;
+pub mod simulate;

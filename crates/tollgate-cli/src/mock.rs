@@ -1,0 +1,375 @@
+//! `tollgate mock`: an OpenAI-compatible provider that enforces requests
+//! and tokens per minute with tollgate-tower, and answers with rate-limit
+//! headers in a provider's style.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::header::{HeaderName, HeaderValue};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use serde_json::{json, Value};
+use tollgate::{Quota, Snapshot};
+use tollgate_tower::{CostFn, Global, RateLimitLayer, Rejection};
+
+/// Which provider's rate-limit headers the mock answers with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Style {
+    /// `x-ratelimit-limit-requests`, `-remaining-`, `-reset-` (Go durations).
+    Openai,
+    /// `anthropic-ratelimit-requests-limit`, `-remaining`, `-reset` (RFC 3339).
+    Anthropic,
+    /// IETF `RateLimit-Policy` and `RateLimit`.
+    Ietf,
+}
+
+/// The mock's settings.
+#[derive(Clone, Debug)]
+pub struct MockConfig {
+    /// Requests per minute.
+    pub rpm: u64,
+    /// Tokens per minute (prompt + `max_tokens`).
+    pub tpm: u64,
+    /// The header style.
+    pub style: Style,
+    /// Milliseconds each answer takes, drawn evenly from the range.
+    pub latency_ms: Range<u64>,
+}
+
+/// The tokens a request counts, as providers count them: prompt text / 4
+/// (rounded up) plus 4 per message, and `max_tokens` (default 16) of output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tokens {
+    /// Prompt tokens.
+    pub prompt: u64,
+    /// Output tokens allowed (and, in the mock, always written).
+    pub output: u64,
+}
+
+impl Tokens {
+    /// Counts a request body.
+    pub fn of(body: &Value) -> Self {
+        let messages = body
+            .get("messages")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let text: u64 = messages
+            .iter()
+            .filter_map(|m| m.get("content").and_then(Value::as_str))
+            .map(|s| s.len() as u64)
+            .sum();
+        let prompt = text.div_ceil(4).saturating_add(4 * messages.len() as u64);
+        let output = body.get("max_tokens").and_then(Value::as_u64).unwrap_or(16);
+        Self { prompt, output }
+    }
+
+    /// What the limit is charged: prompt and output.
+    pub fn total(&self) -> u64 {
+        self.prompt.saturating_add(self.output)
+    }
+}
+
+type TokenCost = fn(&Request) -> u64;
+
+fn token_cost(request: &Request) -> u64 {
+    request
+        .extensions()
+        .get::<Tokens>()
+        .map_or(1, Tokens::total)
+}
+
+struct Limits {
+    config: MockConfig,
+    requests: RateLimitLayer,
+    tokens: RateLimitLayer<Global, CostFn<TokenCost>>,
+    /// Wall-clock time at the mock's start, for `Date` and absolute resets.
+    started: SystemTime,
+    start: tokio::time::Instant,
+}
+
+/// A per-minute limit as providers enforce it: in slices of a second. The
+/// burst is a second's share, refilled continuously.
+fn sliced(per_minute: u64, flag: &str) -> Result<Quota, String> {
+    Quota::new(per_minute, Duration::from_secs(60))
+        .and_then(|q| q.burst((per_minute / 60).max(1)))
+        .map_err(|e| format!("{flag} {per_minute}: {e}"))
+}
+
+/// The mock as an axum app.
+pub fn app(config: MockConfig) -> Result<Router, String> {
+    if config.latency_ms.start > config.latency_ms.end {
+        return Err(format!(
+            "--latency-ms {}..{}: the range is empty",
+            config.latency_ms.start, config.latency_ms.end
+        ));
+    }
+    let ietf = config.style == Style::Ietf;
+    let requests = RateLimitLayer::builder(sliced(config.rpm, "--rpm")?)
+        .policy_name("requests")
+        .headers_on_success(ietf)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let tokens = RateLimitLayer::builder(sliced(config.tpm, "--tpm")?)
+        .policy_name("tokens")
+        .headers_on_success(ietf)
+        .cost_fn(token_cost as TokenCost)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let limits = Arc::new(Limits {
+        config,
+        requests: requests.clone(),
+        tokens: tokens.clone(),
+        started: SystemTime::now(),
+        start: tokio::time::Instant::now(),
+    });
+    Ok(Router::new()
+        .route("/v1/chat/completions", post(complete))
+        .layer(tokens)
+        .layer(requests)
+        .layer(middleware::from_fn_with_state(Arc::clone(&limits), headers))
+        .layer(middleware::from_fn(count_tokens))
+        .with_state(limits))
+}
+
+/// Serves the mock on `port` (0: any free port) of loopback; returns the
+/// address and the server's future.
+pub async fn bind(
+    config: MockConfig,
+    port: u16,
+) -> Result<
+    (
+        SocketAddr,
+        impl std::future::Future<Output = std::io::Result<()>>,
+    ),
+    String,
+> {
+    let app = app(config)?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    Ok((addr, async move { axum::serve(listener, app).await }))
+}
+
+/// Reads the body, counts its tokens into the request's extensions, and
+/// hands the request on. A body that is not a JSON object is answered 400.
+async fn count_tokens(request: Request, next: Next) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, 1 << 20).await {
+        Ok(bytes) => bytes,
+        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "the body is over 1 MiB"),
+    };
+    let Ok(value) = serde_json::from_slice::<Value>(&bytes) else {
+        return error(StatusCode::BAD_REQUEST, "the body is not JSON");
+    };
+    if !value.is_object() {
+        return error(StatusCode::BAD_REQUEST, "the body is not a JSON object");
+    }
+    parts.extensions.insert(Tokens::of(&value));
+    parts.extensions.insert(Arc::new(value));
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    let body = json!({"error": {"message": message, "type": "invalid_request_error"}});
+    json_response(status, &body)
+}
+
+async fn complete(State(limits): State<Arc<Limits>>, request: Request) -> Response {
+    let tokens = request.extensions().get::<Tokens>().copied();
+    let body = request.extensions().get::<Arc<Value>>().cloned();
+    let (Some(tokens), Some(body)) = (tokens, body) else {
+        return error(StatusCode::BAD_REQUEST, "the body is not a JSON object");
+    };
+    let range = &limits.config.latency_ms;
+    let latency = if range.is_empty() {
+        range.start
+    } else {
+        fastrand::u64(range.clone())
+    };
+    tokio::time::sleep(Duration::from_millis(latency)).await;
+    let model = body.get("model").and_then(Value::as_str).unwrap_or("mock");
+    let answer = json!({
+        "id": "chatcmpl-mock",
+        "object": "chat.completion",
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": "ok ".repeat(tokens.output.min(64) as usize).trim_end()},
+            "finish_reason": "stop"
+        }],
+        "usage": {
+            "prompt_tokens": tokens.prompt,
+            "completion_tokens": tokens.output,
+            "total_tokens": tokens.total()
+        }
+    });
+    json_response(StatusCode::OK, &answer)
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// Adds the style's headers to every answer, from the limits' state now.
+async fn headers(State(limits): State<Arc<Limits>>, request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let (Some(requests), Some(tokens)) = (
+        limits.requests.limiter().global().map(|l| l.snapshot()),
+        limits.tokens.limiter().global().map(|l| l.snapshot()),
+    ) else {
+        return response;
+    };
+    let retry_after = response
+        .extensions()
+        .get::<Rejection>()
+        .and_then(Rejection::retry_after);
+    let elapsed = limits.start.elapsed();
+    let now = limits.started + elapsed;
+    let config = &limits.config;
+    let headers = response.headers_mut();
+    put(headers, "date", httpdate::fmt_http_date(now));
+    if let Some(wait) = retry_after {
+        put(
+            headers,
+            "retry-after-ms",
+            wait.as_millis().max(1).to_string(),
+        );
+    }
+    match config.style {
+        Style::Ietf => {}
+        Style::Openai => {
+            headers.remove("ratelimit");
+            headers.remove("ratelimit-policy");
+            openai(headers, "requests", config.rpm, &requests);
+            openai(headers, "tokens", config.tpm, &tokens);
+        }
+        Style::Anthropic => {
+            headers.remove("ratelimit");
+            headers.remove("ratelimit-policy");
+            anthropic(headers, "requests", config.rpm, &requests, now);
+            anthropic(headers, "tokens", config.tpm, &tokens, now);
+        }
+    }
+    response
+}
+
+fn put(headers: &mut HeaderMap, name: &str, value: String) {
+    if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+        headers.insert(name, value);
+    }
+}
+
+/// What remains of the minute: the slice's room, scaled to a minute.
+fn per_minute_remaining(per_minute: u64, snapshot: &Snapshot) -> u64 {
+    let slice = snapshot.limit().max(1);
+    per_minute.saturating_mul(snapshot.remaining()) / slice
+}
+
+fn openai(headers: &mut HeaderMap, what: &str, per_minute: u64, snapshot: &Snapshot) {
+    put(
+        headers,
+        &format!("x-ratelimit-limit-{what}"),
+        per_minute.to_string(),
+    );
+    put(
+        headers,
+        &format!("x-ratelimit-remaining-{what}"),
+        per_minute_remaining(per_minute, snapshot).to_string(),
+    );
+    let reset = snapshot.reset_after();
+    put(
+        headers,
+        &format!("x-ratelimit-reset-{what}"),
+        format!("{}ms", reset.as_millis()),
+    );
+}
+
+fn anthropic(
+    headers: &mut HeaderMap,
+    what: &str,
+    per_minute: u64,
+    snapshot: &Snapshot,
+    now: SystemTime,
+) {
+    put(
+        headers,
+        &format!("anthropic-ratelimit-{what}-limit"),
+        per_minute.to_string(),
+    );
+    put(
+        headers,
+        &format!("anthropic-ratelimit-{what}-remaining"),
+        per_minute_remaining(per_minute, snapshot).to_string(),
+    );
+    put(
+        headers,
+        &format!("anthropic-ratelimit-{what}-reset"),
+        rfc3339(now + snapshot.reset_after()),
+    );
+}
+
+/// `2025-06-15T14:13:20Z`, to the second.
+pub(crate) fn rfc3339(at: SystemTime) -> String {
+    let secs = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rest = secs % 86_400;
+    // Civil from days (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_tokens() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_740_435_947);
+        assert_eq!(rfc3339(at), "2025-02-24T22:25:47Z");
+        let body = json!({"messages": [{"role": "user", "content": "abcdefgh"}], "max_tokens": 10});
+        assert_eq!(
+            Tokens::of(&body),
+            Tokens {
+                prompt: 6,
+                output: 10
+            }
+        );
+        assert_eq!(
+            Tokens::of(&json!({})),
+            Tokens {
+                prompt: 0,
+                output: 16
+            }
+        );
+    }
+}
