@@ -115,14 +115,31 @@ impl ProviderLimits {
         for (slot, reading) in limits.per_minute.iter_mut().zip(readings) {
             *slot = reading.limit.filter(|&n| n > 0);
         }
-        // IETF policies name no dimension: the first complete one is taken
-        // for requests, when nothing else said what requests are limited to.
-        if limits.per_minute[REQUESTS].is_none() {
-            limits.per_minute[REQUESTS] = read.policies.iter().find_map(|p| {
-                let (quota, window) = (p.quota?, p.window?);
-                let secs = window.as_secs();
-                (secs > 0 && quota > 0).then(|| quota.saturating_mul(60) / secs)
-            });
+        // IETF policies: the dimension is read from the policy's name
+        // ("requests", "rpm", "tokens", "tpm", "input_tokens",
+        // "output-tokens"...); a policy of another name counts as requests.
+        // Headers of the dimension's own family take precedence.
+        let mut from_policies = Self::new();
+        for policy in &read.policies {
+            let (Some(quota), Some(window)) = (policy.quota, policy.window) else {
+                continue;
+            };
+            let secs = window.as_secs();
+            if secs == 0 || quota == 0 {
+                continue;
+            }
+            let per_minute = quota.saturating_mul(60) / secs;
+            if per_minute == 0 {
+                // Slower than one a minute (a daily quota): left to the
+                // provider's refusals.
+                continue;
+            }
+            let dimension = policy_dimension(&policy.name);
+            let slot = &mut from_policies.per_minute[dimension];
+            *slot = Some(slot.map_or(per_minute, |old| old.min(per_minute)));
+        }
+        for (slot, from_policy) in limits.per_minute.iter_mut().zip(from_policies.per_minute) {
+            *slot = slot.or(from_policy);
         }
         limits
     }
@@ -137,6 +154,20 @@ impl ProviderLimits {
             };
         }
         out
+    }
+}
+
+/// The dimension an IETF policy's name speaks of.
+fn policy_dimension(name: &str) -> usize {
+    let name = name.to_ascii_lowercase();
+    if name.contains("input") {
+        2
+    } else if name.contains("output") {
+        3
+    } else if name.contains("token") || name == "tpm" {
+        1
+    } else {
+        REQUESTS
     }
 }
 
@@ -209,6 +240,24 @@ mod tests {
         // A burst holds the largest call, but never more than the limit.
         assert_eq!(pacing.quota(Some(60_000), 400).burst_size(), 400);
         assert_eq!(pacing.quota(Some(100), 400).burst_size(), 95);
+    }
+
+    #[test]
+    fn ietf_policies_by_name() {
+        use tollgate::headers::parse;
+        let read = parse(
+            [(
+                "ratelimit-policy",
+                &br#""tokens";q=10000000;w=60, "requests";q=40;w=1, "output-tokens";q=600;w=10, "daily";q=100;w=86400"#[..],
+            )],
+            std::time::SystemTime::now(),
+        );
+        let limits = ProviderLimits::from_headers(&read);
+        // "daily" is slower than one a minute: not paced.
+        assert_eq!(limits.requests(), Some(2_400));
+        assert_eq!(limits.tokens(), Some(10_000_000));
+        assert_eq!(limits.output_tokens(), Some(3_600));
+        assert_eq!(limits.input_tokens(), None);
     }
 
     #[test]
