@@ -319,33 +319,8 @@ fn anthropic(
     put(
         headers,
         &format!("anthropic-ratelimit-{what}-reset"),
-        rfc3339(now + snapshot.reset_after()),
+        tollgate::headers::rfc3339(now + snapshot.reset_after()),
     );
-}
-
-/// `2025-06-15T14:13:20Z`, to the second.
-pub(crate) fn rfc3339(at: SystemTime) -> String {
-    let secs = at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rest = secs % 86_400;
-    // Civil from days (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
 }
 
 #[cfg(test)]
@@ -353,9 +328,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dates_and_tokens() {
-        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_740_435_947);
-        assert_eq!(rfc3339(at), "2025-02-24T22:25:47Z");
+    fn tokens() {
         let body = json!({"messages": [{"role": "user", "content": "abcdefgh"}], "max_tokens": 10});
         assert_eq!(
             Tokens::of(&body),

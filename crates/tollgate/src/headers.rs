@@ -174,6 +174,55 @@ pub fn quota_window(quota: &Quota) -> (u64, u64) {
     (u64::try_from(scaled).unwrap_or(u64::MAX), window)
 }
 
+/// An instant as RFC 3339 in UTC, to the second (`2025-02-24T22:25:47Z`):
+/// how Anthropic writes its resets, and what [`parse`] reads.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_740_435_947);
+/// assert_eq!(tollgate::headers::rfc3339(at), "2025-02-24T22:25:47Z");
+/// ```
+pub fn rfc3339(at: std::time::SystemTime) -> String {
+    let secs = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    let mut out = String::with_capacity(20);
+    for (n, width, sep) in [
+        (year, 4, '-'),
+        (month, 2, '-'),
+        (day, 2, 'T'),
+        (rest / 3600, 2, ':'),
+        (rest % 3600 / 60, 2, ':'),
+        (rest % 60, 2, 'Z'),
+    ] {
+        for _ in digits(n)..width {
+            out.push('0');
+        }
+        push_u64(&mut out, n);
+        out.push(sep);
+    }
+    out
+}
+
+/// The (year, month, day) of a count of days since 1970-01-01, proleptic
+/// Gregorian (H. Hinnant's algorithm), for days after the epoch.
+// Every value is bounded by the days in a u64 of seconds: no overflow.
+#[allow(clippy::arithmetic_side_effects)]
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
 /// The `RateLimit-Policy` item for a quota: `"name";q=100;w=60`.
 pub fn policy(name: &PolicyName, quota: &Quota) -> String {
     let (q, w) = quota_window(quota);

@@ -221,7 +221,7 @@ impl Mock {
                 );
             }
             Style::Anthropic => {
-                let at = rfc3339(now + reset);
+                let at = tollgate::headers::rfc3339(now + reset);
                 put("anthropic-ratelimit-requests-limit", self.rpm.to_string());
                 put(
                     "anthropic-ratelimit-requests-remaining",
@@ -263,28 +263,4 @@ impl Mock {
         }
         headers
     }
-}
-
-/// `2025-06-15T14:13:20.000Z`.
-fn rfc3339(at: SystemTime) -> String {
-    let since = at.duration_since(SystemTime::UNIX_EPOCH).unwrap();
-    let secs = since.as_secs() as i64;
-    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil from days (H. Hinnant).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60,
-        since.subsec_millis()
-    )
 }
