@@ -33,40 +33,7 @@ enum Command {
     /// with the same output to send only the lines without a successful
     /// answer. Ctrl-C stops taking new lines, lets those in flight finish
     /// and writes them.
-    Batch {
-        /// The JSONL of request bodies, one JSON object a line (blank lines
-        /// are skipped; others that are not objects are reported as errors).
-        #[arg(long)]
-        input: PathBuf,
-        /// The JSONL of answers: {"line", "ok", "status", "response" or
-        /// "error", "attempts", "latency_ms"}. Appended to; read first to
-        /// resume.
-        #[arg(long)]
-        output: PathBuf,
-        /// Where each body is POSTed (an OpenAI-compatible
-        /// /v1/chat/completions, say).
-        #[arg(long)]
-        url: String,
-        /// Requests per minute the API allows (else learnt from headers).
-        #[arg(long)]
-        rpm: Option<u64>,
-        /// Tokens per minute the API allows (else learnt from headers).
-        #[arg(long)]
-        tpm: Option<u64>,
-        /// Requests in flight at most.
-        #[arg(long, default_value_t = 64)]
-        max_in_flight: usize,
-        /// Attempts per line (429, 503 and 529 are retried).
-        #[arg(long, default_value_t = 5)]
-        max_attempts: u32,
-        /// The environment variable holding the API key, sent as a bearer
-        /// token (nothing is sent if it is unset).
-        #[arg(long, default_value = "OPENAI_API_KEY")]
-        api_key_env: String,
-        /// No progress bar.
-        #[arg(long)]
-        quiet: bool,
-    },
+    Batch(BatchArgs),
     /// Run an OpenAI-compatible mock provider (POST /v1/chat/completions)
     /// that enforces requests and tokens per minute in one-second slices,
     /// as real providers do, and answers with their rate-limit headers.
@@ -106,6 +73,59 @@ enum Command {
         #[arg(long)]
         plot: Option<PathBuf>,
     },
+}
+
+/// The flags of `tollgate batch`.
+#[derive(clap::Args, Debug)]
+struct BatchArgs {
+    /// The JSONL of request bodies, one JSON object a line (blank lines
+    /// are skipped; others that are not objects are reported as errors).
+    #[arg(long)]
+    input: PathBuf,
+    /// The JSONL of answers: {"line", "ok", "status", "response" or
+    /// "error", "attempts", "latency_ms"}. Appended to; read first to
+    /// resume.
+    #[arg(long)]
+    output: PathBuf,
+    /// Where each body is POSTed (an OpenAI-compatible
+    /// /v1/chat/completions, say).
+    #[arg(long)]
+    url: String,
+    /// Requests per minute the API allows (else learnt from headers).
+    #[arg(long)]
+    rpm: Option<u64>,
+    /// Tokens per minute the API allows (else learnt from headers).
+    #[arg(long)]
+    tpm: Option<u64>,
+    /// Requests in flight at most.
+    #[arg(long, default_value_t = 64)]
+    max_in_flight: usize,
+    /// Attempts per line (429, 503 and 529 are retried).
+    #[arg(long, default_value_t = 5)]
+    max_attempts: u32,
+    /// The environment variable holding the API key, sent as a bearer
+    /// token (nothing is sent if it is unset).
+    #[arg(long, default_value = "OPENAI_API_KEY")]
+    api_key_env: String,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl BatchArgs {
+    fn into_config(self) -> BatchConfig {
+        BatchConfig {
+            input: self.input,
+            output: self.output,
+            url: self.url,
+            rpm: self.rpm,
+            tpm: self.tpm,
+            max_in_flight: self.max_in_flight,
+            max_attempts: self.max_attempts,
+            api_key: std::env::var(&self.api_key_env).ok(),
+            progress: !self.quiet,
+        }
+    }
 }
 
 fn parse_range(text: &str) -> Result<Range<u64>, String> {
@@ -172,28 +192,8 @@ async fn run(command: Command) -> Result<u8, String> {
             }
             Ok(0)
         }
-        Command::Batch {
-            input,
-            output,
-            url,
-            rpm,
-            tpm,
-            max_in_flight,
-            max_attempts,
-            api_key_env,
-            quiet,
-        } => {
-            let config = BatchConfig {
-                input,
-                output,
-                url,
-                rpm,
-                tpm,
-                max_in_flight,
-                max_attempts,
-                api_key: std::env::var(&api_key_env).ok(),
-                progress: !quiet,
-            };
+        Command::Batch(args) => {
+            let config = args.into_config();
             let shutdown = async {
                 if tokio::signal::ctrl_c().await.is_ok() {
                     eprintln!("tollgate: interrupted; finishing the requests in flight");

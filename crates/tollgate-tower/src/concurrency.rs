@@ -15,7 +15,7 @@ use tower_service::Service;
 
 use crate::future::ResponseFuture;
 use crate::key::{Global, KeyExtractor};
-use crate::layer::{no_key, read_key, MissingKey, DEFAULT_MAX_KEY_LEN};
+use crate::layer::{no_key, KeyRules, MissingKey};
 use crate::response::{
     is_grpc, DefaultRejector, Hold, RejectFn, Rejection, RejectionKind, Rejector,
 };
@@ -57,8 +57,7 @@ struct Shared<K, R> {
     key: K,
     rejector: R,
     max_wait: Option<Duration>,
-    missing_key: MissingKey,
-    max_key_len: usize,
+    keys: KeyRules,
 }
 
 enum Slots {
@@ -106,8 +105,7 @@ impl ConcurrencyLimitLayer {
             keyed: false,
             rejector: DefaultRejector,
             max_wait: None,
-            missing_key: MissingKey::Reject,
-            max_key_len: DEFAULT_MAX_KEY_LEN,
+            keys: KeyRules::default(),
         }
     }
 }
@@ -137,8 +135,7 @@ pub struct ConcurrencyBuilder<K = Global, R = DefaultRejector> {
     keyed: bool,
     rejector: R,
     max_wait: Option<Duration>,
-    missing_key: MissingKey,
-    max_key_len: usize,
+    keys: KeyRules,
 }
 
 impl<K, R> fmt::Debug for ConcurrencyBuilder<K, R> {
@@ -160,8 +157,7 @@ impl<K, R> ConcurrencyBuilder<K, R> {
             keyed: true,
             rejector: self.rejector,
             max_wait: self.max_wait,
-            missing_key: self.missing_key,
-            max_key_len: self.max_key_len,
+            keys: self.keys,
         }
     }
 
@@ -176,8 +172,7 @@ impl<K, R> ConcurrencyBuilder<K, R> {
             keyed: self.keyed,
             rejector: RejectFn(f),
             max_wait: self.max_wait,
-            missing_key: self.missing_key,
-            max_key_len: self.max_key_len,
+            keys: self.keys,
         }
     }
 
@@ -191,15 +186,15 @@ impl<K, R> ConcurrencyBuilder<K, R> {
     /// What to do with a request that has no key (default: reject it).
     #[must_use]
     pub fn on_missing_key(mut self, missing: MissingKey) -> Self {
-        self.missing_key = missing;
+        self.keys.missing = missing;
         self
     }
 
     /// The longest key accepted, in bytes (default
-    /// [`DEFAULT_MAX_KEY_LEN`]).
+    /// [`DEFAULT_MAX_KEY_LEN`](crate::DEFAULT_MAX_KEY_LEN)).
     #[must_use]
     pub fn max_key_len(mut self, bytes: usize) -> Self {
-        self.max_key_len = bytes;
+        self.keys.max_len = bytes;
         self
     }
 
@@ -227,8 +222,7 @@ impl<K, R> ConcurrencyBuilder<K, R> {
                 key: self.key,
                 rejector: self.rejector,
                 max_wait: self.max_wait,
-                missing_key: self.missing_key,
-                max_key_len: self.max_key_len,
+                keys: self.keys,
             }),
         })
     }
@@ -379,12 +373,7 @@ where
         let (semaphore, slot) = match &shared.slots {
             Slots::Global(semaphore) => (Arc::clone(semaphore), None),
             Slots::Keyed(keyed) => {
-                let key = match read_key(
-                    &shared.key,
-                    &request,
-                    shared.max_key_len,
-                    shared.missing_key,
-                ) {
+                let key = match shared.keys.read(&shared.key, &request) {
                     Ok(key) => key,
                     Err(error) => {
                         return ResponseFuture::rejected(shared.reject(no_key(&error, grpc)))

@@ -163,8 +163,7 @@ struct Shared<K, C, R> {
     rejector: R,
     max_wait: Option<Duration>,
     style: HeaderStyle,
-    missing_key: MissingKey,
-    max_key_len: usize,
+    keys: KeyRules,
 }
 
 /// Rate-limits the requests of the service it wraps.
@@ -264,8 +263,7 @@ impl<K: 'static, C, R> RateLimitLayer<K, C, R> {
                 rejector: builder.rejector,
                 max_wait: builder.max_wait,
                 style,
-                missing_key: builder.missing_key,
-                max_key_len: builder.max_key_len,
+                keys: builder.keys,
             }),
         }
     }
@@ -302,8 +300,7 @@ pub struct RateLimitBuilder<K = Global, C = One, R = DefaultRejector> {
     name_error: Option<ConfigError>,
     on_success: bool,
     legacy: bool,
-    missing_key: MissingKey,
-    max_key_len: usize,
+    keys: KeyRules,
     max_keys: usize,
     clock: Option<Arc<dyn Clock>>,
 }
@@ -333,8 +330,7 @@ impl RateLimitBuilder {
             name_error: None,
             on_success: true,
             legacy: false,
-            missing_key: MissingKey::Reject,
-            max_key_len: DEFAULT_MAX_KEY_LEN,
+            keys: KeyRules::default(),
             max_keys: tollgate::DEFAULT_MAX_KEYS,
             clock: None,
         }
@@ -357,8 +353,7 @@ impl<K, C, R> RateLimitBuilder<K, C, R> {
             name_error: self.name_error,
             on_success: self.on_success,
             legacy: self.legacy,
-            missing_key: self.missing_key,
-            max_key_len: self.max_key_len,
+            keys: self.keys,
             max_keys: self.max_keys,
             clock: self.clock,
         }
@@ -437,7 +432,7 @@ impl<K, C, R> RateLimitBuilder<K, C, R> {
     /// What to do with a request that has no key (default: reject it).
     #[must_use]
     pub fn on_missing_key(mut self, missing: MissingKey) -> Self {
-        self.missing_key = missing;
+        self.keys.missing = missing;
         self
     }
 
@@ -445,7 +440,7 @@ impl<K, C, R> RateLimitBuilder<K, C, R> {
     /// [`DEFAULT_MAX_KEY_LEN`]); a longer key counts as missing.
     #[must_use]
     pub fn max_key_len(mut self, bytes: usize) -> Self {
-        self.max_key_len = bytes;
+        self.keys.max_len = bytes;
         self
     }
 
@@ -549,31 +544,51 @@ impl<K, C, R: Rejector> Shared<K, C, R> {
     }
 }
 
-/// Reads a request's key, or the answer to a request that has none.
-#[inline]
-pub(crate) fn read_key<B, K: KeyExtractor<B>>(
-    extractor: &K,
-    request: &Request<B>,
-    max_len: usize,
-    missing: MissingKey,
-) -> Result<Key, KeyError> {
-    let read = extractor.extract(request).and_then(|key| {
-        if key.len() > max_len {
-            Err(KeyError::new(
-                KeyErrorKind::TooLong,
-                format!(
-                    "the rate-limit key is {} bytes long; at most {max_len} are accepted",
-                    key.len()
-                ),
-            ))
-        } else {
-            Ok(key)
+/// How the layers read keys: what a request without one gets, and the
+/// longest key accepted.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KeyRules {
+    pub(crate) missing: MissingKey,
+    pub(crate) max_len: usize,
+}
+
+impl Default for KeyRules {
+    fn default() -> Self {
+        Self {
+            missing: MissingKey::Reject,
+            max_len: DEFAULT_MAX_KEY_LEN,
         }
-    });
-    match (read, missing) {
-        (Ok(key), _) => Ok(key),
-        (Err(_), MissingKey::Global) => Ok(Key::global()),
-        (Err(e), MissingKey::Reject) => Err(e),
+    }
+}
+
+impl KeyRules {
+    /// Reads a request's key; a key over the maximum length counts as
+    /// missing, and a missing key is an error or the global key.
+    #[inline]
+    pub(crate) fn read<B, K: KeyExtractor<B>>(
+        &self,
+        extractor: &K,
+        request: &Request<B>,
+    ) -> Result<Key, KeyError> {
+        let read = extractor.extract(request).and_then(|key| {
+            if key.len() > self.max_len {
+                Err(KeyError::new(
+                    KeyErrorKind::TooLong,
+                    format!(
+                        "the rate-limit key is {} bytes long; at most {} are accepted",
+                        key.len(),
+                        self.max_len
+                    ),
+                ))
+            } else {
+                Ok(key)
+            }
+        });
+        match (read, self.missing) {
+            (Ok(key), _) => Ok(key),
+            (Err(_), MissingKey::Global) => Ok(Key::global()),
+            (Err(e), MissingKey::Reject) => Err(e),
+        }
     }
 }
 
@@ -605,12 +620,7 @@ where
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
         let shared = &*self.shared;
         let grpc = is_grpc(&request);
-        let key = match read_key(
-            &shared.key,
-            &request,
-            shared.max_key_len,
-            shared.missing_key,
-        ) {
+        let key = match shared.keys.read(&shared.key, &request) {
             Ok(key) => key,
             Err(error) => {
                 return ResponseFuture::rejected(shared.reject(no_key(&error, grpc)));

@@ -50,8 +50,6 @@ struct Windows {
     /// (when, tokens) of every admitted request in the last minute.
     minute: VecDeque<(Instant, u64)>,
     counts: Counts,
-    first: Option<Instant>,
-    last: Option<Instant>,
 }
 
 impl Mock {
@@ -134,8 +132,6 @@ async fn complete(State(mock): State<Arc<Mock>>, Json(body): Json<Value>) -> Res
             state.tokens_this_second += cost;
             state.minute.push_back((now, cost));
             state.counts.ok += 1;
-            state.first.get_or_insert(now);
-            state.last = Some(now);
         } else {
             state.counts.limited += 1;
         }
