@@ -2,5 +2,6 @@
 //! anyone) can drive them: [`mock`], [`batch`] and [`simulate`].
 
 pub mod batch;
+pub mod cli;
 pub mod mock;
 pub mod simulate;

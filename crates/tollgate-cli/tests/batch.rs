@@ -1,5 +1,6 @@
-//! `tollgate batch` against `tollgate mock`, in process on paused time, and
-//! as processes on the real clock for a run killed half-way and resumed.
+//! `tollgate batch` against `tollgate mock` over loopback, on the real
+//! clock: in process for a whole run and a run stopped by a signal, and as
+//! processes for a run killed half-way and resumed.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -7,7 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tollgate_cli::batch::{self, BatchConfig};
+use tokio::sync::mpsc;
+use tollgate_cli::batch::{self, BatchConfig, Output, Signal};
 use tollgate_cli::mock::{self, MockConfig, Style};
 
 fn scratch(name: &str) -> PathBuf {
@@ -43,7 +45,7 @@ fn write_input(path: &Path, count: usize, bad: &[usize]) {
 /// Every parseable output record, by line number.
 fn records(path: &Path) -> HashMap<u64, Vec<Value>> {
     let mut by_line: HashMap<u64, Vec<Value>> = HashMap::new();
-    for text in std::fs::read_to_string(path).unwrap().lines() {
+    for text in std::fs::read_to_string(path).unwrap_or_default().lines() {
         if let Ok(record) = serde_json::from_str::<Value>(text) {
             by_line
                 .entry(record["line"].as_u64().unwrap())
@@ -58,31 +60,26 @@ fn successes(records: &[Value]) -> usize {
     records.iter().filter(|r| r["ok"] == json!(true)).count()
 }
 
-fn config(input: PathBuf, output: PathBuf, url: String) -> BatchConfig {
-    BatchConfig {
-        input,
-        output,
-        url,
-        rpm: None,
-        tpm: None,
-        max_in_flight: 64,
-        max_attempts: 5,
-        api_key: None,
-        progress: false,
-    }
+fn config(input: PathBuf, output: PathBuf, url: &str) -> BatchConfig {
+    BatchConfig::new(input, Output::File(output), url.parse().unwrap())
 }
 
-#[tokio::test(start_paused = true)]
-async fn three_hundred_lines_at_600_rpm_none_lost_few_refused() {
+/// No signal will come.
+fn no_signals() -> mpsc::UnboundedReceiver<Signal> {
+    mpsc::unbounded_channel().1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_lines_at_6000_rpm_none_lost_few_refused() {
     let dir = scratch("300");
     let (input, output) = (dir.join("in.jsonl"), dir.join("out.jsonl"));
     write_input(&input, 303, &[50, 101, 202]);
     let (addr, serve) = mock::bind(
         MockConfig {
-            rpm: 600,
-            tpm: 1_000_000,
+            rpm: 6_000,
+            tpm: 10_000_000,
             style: Style::Openai,
-            latency_ms: 100..300,
+            latency_ms: 10..30,
         },
         0,
     )
@@ -91,7 +88,7 @@ async fn three_hundred_lines_at_600_rpm_none_lost_few_refused() {
     tokio::spawn(serve);
     let url = format!("http://{addr}/v1/chat/completions");
 
-    let summary = batch::run(config(input, output.clone(), url), std::future::pending())
+    let summary = batch::run(config(input, output.clone(), &url), no_signals())
         .await
         .unwrap();
     println!("{}", summary.report());
@@ -117,32 +114,33 @@ async fn three_hundred_lines_at_600_rpm_none_lost_few_refused() {
             assert_eq!(records[0]["response"]["usage"]["completion_tokens"], 20);
         }
     }
-    // 300 calls at 10 a second: the rate the mock allows, give or take
-    // the first call's answer.
+    // 300 calls at 100 a second at most: the rate the mock allows, less
+    // what a loaded machine costs (the exact pacing is measured in
+    // BENCHMARKS.md).
     let rate = summary.ok as f64 / summary.elapsed.as_secs_f64();
-    assert!(rate >= 9.5, "{rate:.2} calls/s of 10");
+    assert!((70.0..=140.0).contains(&rate), "{rate:.2} calls/s of 100");
     assert_eq!(
         summary.learnt,
         vec![(
             format!("http://{addr} (mock-1)"),
             tollgate_reqwest::ProviderLimits::new()
-                .requests_per_minute(600)
-                .tokens_per_minute(1_000_000)
+                .requests_per_minute(6_000)
+                .tokens_per_minute(10_000_000)
         )]
     );
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_run_resumes_without_answering_a_line_twice() {
     let dir = scratch("interrupted");
     let (input, output) = (dir.join("in.jsonl"), dir.join("out.jsonl"));
     write_input(&input, 120, &[]);
     let (addr, serve) = mock::bind(
         MockConfig {
-            rpm: 600,
-            tpm: 1_000_000,
+            rpm: 1_200,
+            tpm: 10_000_000,
             style: Style::Anthropic,
-            latency_ms: 50..150,
+            latency_ms: 20..60,
         },
         0,
     )
@@ -151,23 +149,31 @@ async fn an_interrupted_run_resumes_without_answering_a_line_twice() {
     tokio::spawn(serve);
     let url = format!("http://{addr}/v1/chat/completions");
 
-    // Ctrl-C after 5 s: what is in flight (at most 8 calls) finishes and
-    // is written.
-    let mut interrupted = config(input.clone(), output.clone(), url.clone());
+    // Ctrl-C once 20 lines are written: what is on the wire (at most 8
+    // calls) finishes and is written; the rest is not sent.
+    let mut interrupted = config(input.clone(), output.clone(), &url);
     interrupted.max_in_flight = 8;
-    let first = batch::run(interrupted, tokio::time::sleep(Duration::from_secs(5)))
-        .await
-        .unwrap();
-    assert!(first.interrupted);
+    let (signal, signals) = mpsc::unbounded_channel();
+    let watched = output.clone();
+    tokio::spawn(async move {
+        while records(&watched).values().count() < 20 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let _ = signal.send(Signal::Interrupt);
+    });
+    let first = batch::run(interrupted, signals).await.unwrap();
+    assert_eq!(first.signal, Some(Signal::Interrupt));
     assert_eq!(first.exit_code(), 130);
     assert!(
-        (40..=70).contains(&first.ok),
+        (20..=40).contains(&first.ok),
         "{} answered before the stop",
         first.ok
     );
     assert_eq!(first.failed, 0);
+    assert_eq!(first.ok + first.left, 120, "every line answered or left");
+    assert_eq!(records(&output).len() as u64, first.ok);
 
-    let second = batch::run(config(input, output.clone(), url), std::future::pending())
+    let second = batch::run(config(input, output.clone(), &url), no_signals())
         .await
         .unwrap();
     assert_eq!(second.already_done, first.ok);
@@ -255,53 +261,4 @@ fn a_killed_run_resumes_without_answering_a_line_twice() {
         assert_eq!(successes(records), 1, "line {line}: {records:?}");
     }
     drop(runtime);
-}
-
-#[tokio::test(start_paused = true)]
-async fn the_mock_refuses_over_its_limits_with_headers() {
-    let (addr, serve) = mock::bind(
-        MockConfig {
-            rpm: 120,
-            tpm: 1_000_000,
-            style: Style::Openai,
-            latency_ms: 0..0,
-        },
-        0,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(serve);
-    let client = reqwest::Client::new();
-    let url = format!("http://{addr}/v1/chat/completions");
-    let body = r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#;
-    let mut statuses = Vec::new();
-    let mut last = None;
-    for _ in 0..3 {
-        let response = client
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        statuses.push(response.status().as_u16());
-        last = Some(response);
-    }
-    // 120 a minute is 2 a second: a burst of 2, then one each 500 ms.
-    assert_eq!(statuses, [200, 200, 429]);
-    let last = last.unwrap();
-    let headers = last.headers();
-    assert_eq!(headers["x-ratelimit-limit-requests"], "120");
-    assert_eq!(headers["x-ratelimit-remaining-requests"], "0");
-    assert_eq!(headers["retry-after"], "1");
-    assert_eq!(headers["retry-after-ms"], "500");
-    assert!(headers.get("ratelimit").is_none(), "OpenAI style only");
-    let bad = client
-        .post(&url)
-        .header("content-type", "application/json")
-        .body("[1]")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bad.status(), 400);
 }

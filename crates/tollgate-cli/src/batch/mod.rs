@@ -1,0 +1,368 @@
+//! `tollgate batch`: every line of a JSONL file sent to an API as fast as
+//! its limits allow, each answer written to an output JSONL as it comes.
+//!
+//! Every answer has been paid for, so none is lost:
+//! - the input is read as lines are sent and the output written as answers
+//!   come (memory stays flat whatever the input's size), each record
+//!   flushed on its own line;
+//! - every record carries the SHA-256 of its input line, and a rerun sends
+//!   exactly the lines whose content has no settled record (see
+//!   [`BatchConfig::output`]);
+//! - every attempt has a timeout, and transport errors and timeouts are
+//!   retried within the attempts;
+//! - a [`Signal`] stops intake at once, drops the lines not yet on the wire
+//!   (those waiting for their turn included), lets those on the wire finish
+//!   within the grace and records them; a second signal quits at once;
+//! - the first failed write stops the run the same way, and the error says
+//!   how many answers could not be saved.
+
+mod config;
+mod line;
+mod resume;
+mod stop;
+mod summary;
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use reqwest_middleware::ClientBuilder;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::time::Instant;
+use tollgate_reqwest::{ProviderLimits, RateLimitMiddleware};
+
+pub use config::{
+    BatchConfig, Output, MAX_ATTEMPTS, MAX_BODY, MAX_DURATION, MAX_IN_FLIGHT, MAX_PER_MINUTE,
+};
+pub use stop::Signal;
+pub use summary::Summary;
+
+use line::{Context, Gate, Line, Outcome};
+use resume::Earlier;
+use stop::{Reason, Stop};
+
+/// Lines read ahead of the requests, and records queued for the writer.
+const QUEUE: usize = 1024;
+
+/// What the input reader saw.
+#[derive(Default)]
+struct Read {
+    lines: u64,
+    already_done: u64,
+    /// Lines read after intake stopped, without a settled record.
+    left: u64,
+    unmatched: u64,
+}
+
+/// What the writer managed.
+struct Written {
+    /// Records that could not be written after the first failure.
+    unsaved: u64,
+}
+
+/// Runs the batch until every line has an outcome or a stop. `signals`
+/// delivers the signals that stop it (the first stops intake, a second
+/// quits at once); a closed channel means none will come.
+///
+/// Returns the summary, or an error (exit 2) when the configuration is out
+/// of range, a file cannot be opened, or the output cannot be written or
+/// the input read to its end: then the message says how many answers were
+/// not saved.
+pub async fn run(
+    config: BatchConfig,
+    mut signals: mpsc::UnboundedReceiver<Signal>,
+) -> Result<Summary, String> {
+    config.check()?;
+    let auth = config.api_key.as_deref().map(config::bearer).transpose()?;
+    let input = File::open(&config.input)
+        .map_err(|e| format!("cannot read {}: {e}", config.input.display()))?;
+    let (earlier, sink): (Earlier, Box<dyn Write + Send>) = match &config.output {
+        Output::File(path) => (Earlier::read(path)?, Box::new(resume::open_output(path)?)),
+        Output::Stdout => (Earlier::default(), Box::new(std::io::stdout())),
+    };
+
+    let mut limits = ProviderLimits::new();
+    if let Some(rpm) = config.rpm {
+        limits = limits.requests_per_minute(rpm);
+    }
+    if let Some(tpm) = config.tpm {
+        limits = limits.tokens_per_minute(tpm);
+    }
+    let middleware = RateLimitMiddleware::builder()
+        .limits(limits)
+        .max_attempts(config.max_attempts)
+        // A batch runs against one known provider for minutes: pace at 98%.
+        .headroom(0.02)
+        .build();
+    let http = reqwest::Client::builder()
+        .timeout(config.timeout)
+        .connect_timeout(config.connect_timeout)
+        .build()
+        .map_err(|e| format!("cannot start the HTTP client: {e}"))?;
+    let stop = Stop::new(config.grace);
+    let client = ClientBuilder::new(http)
+        .with(middleware.clone())
+        .with(Gate { stop: stop.clone() })
+        .build();
+    let context = Arc::new(Context {
+        client,
+        url: config.url.clone(),
+        auth,
+        max_attempts: config.max_attempts,
+        max_body: config.max_body,
+        stop: stop.clone(),
+    });
+
+    let listener = {
+        let stop = stop.clone();
+        let grace = config.grace;
+        tokio::spawn(async move {
+            while let Some(signal) = signals.recv().await {
+                if stop.request(Reason::Signal(signal)) {
+                    eprintln!(
+                        "tollgate: {signal}: no new request is sent; those on the wire may finish within {} (a second signal quits at once)",
+                        humantime::format_duration(grace)
+                    );
+                } else {
+                    eprintln!("tollgate: {signal} again: quitting, after writing what is answered");
+                    stop.quit();
+                }
+            }
+        })
+    };
+
+    let bar = progress_bar(config.progress, &config.input);
+    let start = Instant::now();
+    let (lines_tx, mut lines_rx) = mpsc::channel::<Line>(QUEUE);
+    let reader = {
+        let (stop, bar) = (stop.clone(), bar.clone());
+        tokio::task::spawn_blocking(move || read_input(input, earlier, &lines_tx, &stop, &bar))
+    };
+    let (records_tx, records_rx) = mpsc::channel::<Vec<u8>>(QUEUE);
+    let writer = {
+        let (stop, output) = (stop.clone(), config.output.describe());
+        tokio::task::spawn_blocking(move || write_records(sink, records_rx, &stop, &output))
+    };
+
+    let (outcomes_tx, mut outcomes_rx) = mpsc::channel::<Outcome>(config.max_in_flight);
+    let slots = Arc::new(Semaphore::new(config.max_in_flight));
+    let dispatcher = async {
+        let mut cancelled: u64 = 0;
+        loop {
+            let line = tokio::select! {
+                biased;
+                () = stop.stopped() => break,
+                line = lines_rx.recv() => line,
+            };
+            let Some(line) = line else { break };
+            let permit = tokio::select! {
+                biased;
+                () = stop.stopped() => { cancelled += 1; break }
+                permit = Arc::clone(&slots).acquire_owned() => permit,
+            };
+            let Ok(permit) = permit else { break };
+            let (context, outcomes) = (Arc::clone(&context), outcomes_tx.clone());
+            tokio::spawn(async move {
+                let outcome = line::run(&context, line).await;
+                let _ = outcomes.send(outcome).await;
+                drop(permit);
+            });
+        }
+        // Lines read ahead but not sent: the reader counts those after.
+        lines_rx.close();
+        while lines_rx.try_recv().is_ok() {
+            cancelled += 1;
+        }
+        drop(outcomes_tx);
+        cancelled
+    };
+
+    let mut summary = Summary::default();
+    let mut endpoints = HashSet::new();
+    let collector = async {
+        while let Some(outcome) = outcomes_rx.recv().await {
+            let answer = match outcome {
+                Outcome::Answered(answer) => answer,
+                Outcome::NotSent => {
+                    summary.left += 1;
+                    continue;
+                }
+                Outcome::Abandoned => {
+                    summary.left += 1;
+                    summary.abandoned += 1;
+                    continue;
+                }
+            };
+            let mut text = answer.record.to_string().into_bytes();
+            text.push(b'\n');
+            // The writer runs until this channel closes: it cannot be gone.
+            let _ = records_tx.send(text).await;
+            if answer.ok {
+                summary.ok += 1;
+            } else {
+                summary.failed += 1;
+            }
+            summary.bad_lines += u64::from(answer.bad);
+            summary.refused += answer.refused;
+            summary.retries += answer.retries;
+            if let Some(latency) = answer.latency {
+                summary
+                    .latencies_ms
+                    .push(u32::try_from(latency.as_millis()).unwrap_or(u32::MAX));
+            }
+            if let Some(endpoint) = answer.endpoint {
+                endpoints.insert(endpoint);
+            }
+            bar.inc(1);
+            bar.set_message(format!(
+                "failed {}, refused {}",
+                summary.failed, summary.refused
+            ));
+        }
+        drop(records_tx);
+    };
+    let (cancelled, ()) = tokio::join!(dispatcher, collector);
+    let read = reader
+        .await
+        .map_err(|e| format!("the input reader failed: {e}"))?;
+    let written = writer
+        .await
+        .map_err(|e| format!("the writer failed: {e}"))?;
+    listener.abort();
+    bar.finish_and_clear();
+
+    summary.elapsed = start.elapsed();
+    summary.lines = read.lines;
+    summary.already_done = read.already_done;
+    summary.unmatched = read.unmatched;
+    summary.left += cancelled + read.left;
+    let mut learnt: Vec<_> = endpoints
+        .into_iter()
+        .filter_map(|e| middleware.limits_for(&e).map(|l| (e.to_string(), l)))
+        .collect();
+    learnt.sort_by(|a, b| a.0.cmp(&b.0));
+    summary.learnt = learnt;
+
+    match stop.reason() {
+        None => Ok(summary),
+        Some(Reason::Signal(signal)) => {
+            summary.signal = Some(signal);
+            Ok(summary)
+        }
+        Some(Reason::Write(error)) => Err(format!(
+            "{error}: stopped at the first failed write; {} answered lines could not be saved, {} lines were not sent (of {} answered, {} were saved); run again once the output can be written",
+            written.unsaved,
+            summary.left,
+            summary.ok + summary.failed,
+            (summary.ok + summary.failed).saturating_sub(written.unsaved),
+        )),
+        Some(Reason::Read(error)) => Err(format!(
+            "{error}: stopped taking lines; what was answered is saved ({} answered lines could not be saved); run again once the input can be read",
+            written.unsaved
+        )),
+    }
+}
+
+/// Reads the input line by line as the requests go out, skipping the lines
+/// an earlier run settled. Once intake stops it reads on, only counting the
+/// lines left to send, unless told to quit.
+fn read_input(
+    input: File,
+    mut earlier: Earlier,
+    lines: &mpsc::Sender<Line>,
+    stop: &Stop,
+    bar: &ProgressBar,
+) -> Read {
+    let mut read = Read::default();
+    let mut open = true;
+    let mut number: u64 = 0;
+    for bytes in BufReader::with_capacity(1 << 16, input).split(b'\n') {
+        let bytes = match bytes {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                stop.request(Reason::Read(format!(
+                    "cannot read line {} of the input: {e}",
+                    number + 1
+                )));
+                return read;
+            }
+        };
+        number += 1;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        read.lines += 1;
+        let hash = resume::hash(&bytes);
+        if earlier.take(&hash) {
+            read.already_done += 1;
+            bar.inc(1);
+            continue;
+        }
+        if open {
+            let line = Line {
+                number,
+                hash,
+                bytes,
+            };
+            if lines.blocking_send(line).is_ok() {
+                continue;
+            }
+            open = false;
+        }
+        read.left += 1;
+        if stop.is_quit() {
+            return read;
+        }
+    }
+    read.unmatched = earlier.untaken();
+    read
+}
+
+/// Writes each record as it comes, flushed, so that a crash loses at most
+/// the record being written (which a rerun sends again). The first failure
+/// stops the run; every later record is still tried, and those that fail
+/// too are counted.
+fn write_records(
+    mut sink: Box<dyn Write + Send>,
+    mut records: mpsc::Receiver<Vec<u8>>,
+    stop: &Stop,
+    output: &str,
+) -> Written {
+    let mut unsaved: u64 = 0;
+    while let Some(record) = records.blocking_recv() {
+        if let Err(e) = sink.write_all(&record).and_then(|()| sink.flush()) {
+            unsaved += 1;
+            stop.request(Reason::Write(format!("cannot write {output}: {e}")));
+        }
+    }
+    Written { unsaved }
+}
+
+/// A bar of lines settled (answered, failed, or answered before), sized by
+/// counting the input's lines when it is a regular file.
+fn progress_bar(enabled: bool, input: &Path) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
+    }
+    let len = std::fs::metadata(input)
+        .ok()
+        .filter(std::fs::Metadata::is_file)
+        .and_then(|_| File::open(input).ok())
+        .map(|file| {
+            BufReader::with_capacity(1 << 16, file)
+                .split(b'\n')
+                .map_while(Result::ok)
+                .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+                .count() as u64
+        });
+    let bar = ProgressBar::with_draw_target(len, ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:30} {pos}/{len} done, {msg}, {per_sec}, ETA {eta}")
+    {
+        bar.set_style(style);
+    }
+    bar
+}

@@ -1,0 +1,49 @@
+//! `tollgate mock`'s limits and headers, driven in process (no socket) on
+//! paused time, so every value is exact.
+
+use axum::body::Body;
+use axum::http::Request;
+use tollgate_cli::mock::{self, MockConfig, Style};
+use tower::ServiceExt;
+
+fn request(body: &'static str) -> Request<Body> {
+    Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_mock_refuses_over_its_limits_with_headers() {
+    let app = mock::app(MockConfig {
+        rpm: 120,
+        tpm: 1_000_000,
+        style: Style::Openai,
+        latency_ms: 0..0,
+    })
+    .unwrap();
+    let body = r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#;
+    let mut statuses = Vec::new();
+    let mut last = None;
+    for _ in 0..3 {
+        let response = app.clone().oneshot(request(body)).await.unwrap();
+        statuses.push(response.status().as_u16());
+        last = Some(response);
+    }
+    // 120 a minute is 2 a second: a burst of 2, then one each 500 ms.
+    assert_eq!(statuses, [200, 200, 429]);
+    let last = last.unwrap();
+    let headers = last.headers();
+    assert_eq!(headers["x-ratelimit-limit-requests"], "120");
+    assert_eq!(headers["x-ratelimit-remaining-requests"], "0");
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(headers["retry-after-ms"], "500");
+    assert!(headers.get("ratelimit").is_none(), "OpenAI style only");
+
+    tokio::time::advance(std::time::Duration::from_millis(500)).await;
+    let after = app.clone().oneshot(request(body)).await.unwrap();
+    assert_eq!(after.status(), 200, "a slot again after 500 ms");
+
+    let bad = app.oneshot(request("[1]")).await.unwrap();
+    assert_eq!(bad.status(), 400);
+}
