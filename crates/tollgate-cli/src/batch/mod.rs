@@ -278,19 +278,16 @@ fn read_input(
 ) -> Read {
     let mut read = Read::default();
     let mut open = true;
-    let mut number: u64 = 0;
-    for bytes in BufReader::with_capacity(1 << 16, input).split(b'\n') {
+    for (number, bytes) in (1u64..).zip(BufReader::with_capacity(1 << 16, input).split(b'\n')) {
         let bytes = match bytes {
             Ok(bytes) => bytes,
             Err(e) => {
                 stop.request(Reason::Read(format!(
-                    "cannot read line {} of the input: {e}",
-                    number + 1
+                    "cannot read line {number} of the input: {e}"
                 )));
                 return read;
             }
         };
-        number += 1;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             continue;
         }

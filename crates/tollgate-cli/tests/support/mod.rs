@@ -168,7 +168,12 @@ async fn answer(State(shared): State<Arc<Shared>>, body: String) -> Response {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         "hold" => {
-            let release = shared.release.lock().unwrap().as_ref().map(watch::Sender::subscribe);
+            let release = shared
+                .release
+                .lock()
+                .unwrap()
+                .as_ref()
+                .map(watch::Sender::subscribe);
             if let Some(mut release) = release {
                 let _ = release.wait_for(|released| *released).await;
             }
@@ -183,12 +188,12 @@ async fn answer(State(shared): State<Arc<Shared>>, body: String) -> Response {
         _ => {}
     }
     shared.answered.fetch_add(1, Ordering::SeqCst);
-    axum::Json(json!({
+    let answer = json!({
         "object": "chat.completion",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}],
         "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
-    }))
-    .into_response()
+    });
+    ([("content-type", "application/json")], answer.to_string()).into_response()
 }
 
 /// A body that never ends, 64 KiB a frame.
@@ -209,7 +214,8 @@ impl http_body::Body for Endless {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.announced.map_or_else(SizeHint::new, SizeHint::with_exact)
+        self.announced
+            .map_or_else(SizeHint::new, SizeHint::with_exact)
     }
 }
 
@@ -234,6 +240,14 @@ pub fn batch_command(url: &str, input: &Path, output: &str, extra: &[&str]) -> C
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     command
+}
+
+impl Drop for Batch {
+    /// A test that failed half-way leaves no process behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Batch {
@@ -314,7 +328,10 @@ impl Batch {
             if Instant::now() > deadline {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                panic!("the batch did not exit within {limit:?}; stderr: {:?}", self.seen);
+                panic!(
+                    "the batch did not exit within {limit:?}; stderr: {:?}",
+                    self.seen
+                );
             }
             std::thread::sleep(Duration::from_millis(5));
         };
