@@ -90,15 +90,30 @@ impl Key {
 }
 
 impl Hash for Key {
-    /// One write for an address or a number: every request hashes its key.
-    /// Keys of different kinds may hash alike; they never compare equal.
+    /// A kind tag first, and a byte key's length before its bytes: stores
+    /// tell keys apart by fingerprint only, so two keys of different kinds
+    /// (an IPv4 address and the 4-byte key of its bytes, the global key and
+    /// the key `[0]`) must never feed the hasher the same input.
     fn hash<H: Hasher>(&self, state: &mut H) {
         match &self.0 {
             Repr::Global => state.write_u8(0),
-            Repr::Ip(IpAddr::V4(v4)) => state.write_u32(u32::from(*v4)),
-            Repr::Ip(IpAddr::V6(v6)) => state.write_u128(u128::from(*v6)),
-            Repr::Number(n) => state.write_u64(*n),
-            Repr::Bytes(bytes) => state.write(bytes),
+            Repr::Ip(IpAddr::V4(v4)) => {
+                state.write_u8(1);
+                state.write_u32(u32::from(*v4));
+            }
+            Repr::Ip(IpAddr::V6(v6)) => {
+                state.write_u8(2);
+                state.write_u128(u128::from(*v6));
+            }
+            Repr::Number(n) => {
+                state.write_u8(3);
+                state.write_u64(*n);
+            }
+            Repr::Bytes(bytes) => {
+                state.write_u8(4);
+                state.write_u64(bytes.len() as u64);
+                state.write(bytes);
+            }
         }
     }
 }
