@@ -312,6 +312,54 @@ proptest! {
         drive(&Window::fixed(&quota), &inputs);
         drive(&Window::sliding(&quota), &inputs);
     }
+
+    /// Near the end of time (instants close to `u64::MAX` ns) with quotas
+    /// of a few nanoseconds, every algorithm still answers, and a window
+    /// that can never move on denies rather than loops.
+    #[test]
+    fn instants_near_the_end_of_time_terminate(
+        count in 1u64..4,
+        period_ns in 1u64..8,
+        inputs in prop::collection::vec((0u64..64, 0u64..6, any::<u64>()), 1..40),
+    ) {
+        let Ok(quota) = Quota::new(count, std::time::Duration::from_nanos(period_ns)) else {
+            return Ok(());
+        };
+        fn drive<A: StateMachine>(alg: &A, inputs: &[(u64, u64, u64)]) {
+            let mut state = alg.full();
+            for &(back, cost, max_wait) in inputs {
+                let now = u64::MAX - back;
+                let _ = alg.snapshot(&state, now);
+                if let Outcome::Admit { state: next, .. } = alg.decide(&state, now, cost, max_wait) {
+                    state = next;
+                }
+            }
+        }
+        drive(&Gcra::new(&quota), &inputs);
+        drive(&TokenBucket::new(&quota), &inputs);
+        drive(&LeakyBucket::new(&quota), &inputs);
+        drive(&Window::fixed(&quota), &inputs);
+        drive(&Window::sliding(&quota), &inputs);
+    }
+}
+
+#[test]
+fn a_full_window_at_the_end_of_time_denies() {
+    let quota = Quota::new(1, std::time::Duration::from_nanos(1)).unwrap();
+    for window in [Window::fixed(&quota), Window::sliding(&quota)] {
+        let now = u64::MAX - 1;
+        let Outcome::Admit { state, .. } = window.decide(&window.full(), now, 1, u64::MAX) else {
+            panic!("the first unit fits");
+        };
+        let later = window.decide(&state, u64::MAX, 1, u64::MAX);
+        let state = later.admitted_state().unwrap_or(state);
+        assert_eq!(
+            window.decide(&state, u64::MAX, 1, u64::MAX).without_state(),
+            Outcome::Deny {
+                retry_after: u64::MAX
+            }
+        );
+    }
 }
 
 impl<S: Copy> Outcome<S> {

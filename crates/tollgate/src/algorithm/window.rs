@@ -90,6 +90,11 @@ impl Window {
         instant.checked_div(self.slot_ns).unwrap_or(instant)
     }
 
+    /// The last slot that starts at an instant a u64 can hold.
+    fn last_slot(&self) -> u64 {
+        self.slot_of(u64::MAX)
+    }
+
     fn slot_start(&self, slot: u64) -> u64 {
         slot.saturating_mul(self.slot_ns)
     }
@@ -119,9 +124,19 @@ impl StateMachine for Window {
         let mut next = *state;
         self.advance(&mut next, now_slot);
         // At most `span` moves: after that every count is clear, and the
-        // cost fits an empty window.
+        // cost fits an empty window. At the end of time (the last slot a
+        // u64 of nanoseconds can name) the cursor cannot move: no slot
+        // will ever come, so the cost is denied for as long as can be said.
         while self.used(&next).saturating_add(u128::from(cost)) > u128::from(self.limit) {
-            let slot = next.cursor.saturating_add(1);
+            let Some(slot) = next
+                .cursor
+                .checked_add(1)
+                .filter(|&s| s <= self.last_slot())
+            else {
+                return Outcome::Deny {
+                    retry_after: u64::MAX,
+                };
+            };
             self.advance(&mut next, slot);
         }
         let due = if next.cursor == now_slot {
