@@ -195,6 +195,11 @@ pub enum KeyErrorKind {
     Missing,
     /// The key is longer than the layer's maximum: answered 400.
     TooLong,
+    /// The request carries the key's header more than once, and the
+    /// extractor was not told which copy to take: answered 400, whatever
+    /// the layer does with missing keys (a client must not choose its
+    /// bucket by sending two).
+    Duplicated,
     /// The server gave the request no peer address: it was not served with
     /// connection info (axum's `into_make_service_with_connect_info`, say).
     /// The server's fault, answered 500.
@@ -219,7 +224,9 @@ impl KeyError {
     /// is set to reject it.
     pub const fn status(&self) -> StatusCode {
         match self.kind {
-            KeyErrorKind::Missing | KeyErrorKind::TooLong => StatusCode::BAD_REQUEST,
+            KeyErrorKind::Missing | KeyErrorKind::TooLong | KeyErrorKind::Duplicated => {
+                StatusCode::BAD_REQUEST
+            }
             KeyErrorKind::NoPeerAddress => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -544,20 +551,65 @@ fn parse_node(node: &str) -> Option<IpAddr> {
 #[derive(Clone, Debug)]
 pub struct HeaderKey {
     name: HeaderName,
+    duplicates: Duplicates,
+}
+
+/// What [`HeaderKey`] does with a request that carries its header more
+/// than once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Duplicates {
+    /// Refuse the request (400, or gRPC `INVALID_ARGUMENT`): the default.
+    /// A proxy or an app that authenticates on another copy of the header
+    /// would otherwise let a client choose the bucket it is counted in.
+    #[default]
+    Reject,
+    /// Key by the first copy: only where whatever checks the header reads
+    /// the first copy too.
+    First,
+    /// Key by the last copy: where a trusted proxy appends its own.
+    Last,
 }
 
 impl HeaderKey {
-    /// Keyed by the value of the named header (`"x-api-key"`).
+    /// Keyed by the value of the named header (`"x-api-key"`); a request
+    /// with two copies of it is refused (see [`duplicates`](Self::duplicates)).
     pub fn new(name: &str) -> Result<Self, ConfigError> {
         let name = HeaderName::try_from(name)
             .map_err(|_| ConfigError::new(format!("{name:?} is not a valid header name")))?;
-        Ok(Self { name })
+        Ok(Self {
+            name,
+            duplicates: Duplicates::Reject,
+        })
+    }
+
+    /// What to do with a request that carries the header more than once.
+    #[must_use]
+    pub const fn duplicates(mut self, duplicates: Duplicates) -> Self {
+        self.duplicates = duplicates;
+        self
     }
 }
 
 impl<B> KeyExtractor<B> for HeaderKey {
     fn extract(&self, request: &Request<B>) -> Result<Key, KeyError> {
-        match request.headers().get(&self.name) {
+        let mut values = request.headers().get_all(&self.name).iter();
+        let first = values.next();
+        let chosen = match (self.duplicates, values.next()) {
+            (_, None) => first,
+            (Duplicates::First, Some(_)) => first,
+            (Duplicates::Last, Some(second)) => Some(values.next_back().unwrap_or(second)),
+            (Duplicates::Reject, Some(_)) => {
+                return Err(KeyError::new(
+                    KeyErrorKind::Duplicated,
+                    format!(
+                        "the request carries the {} header more than once",
+                        self.name
+                    ),
+                ))
+            }
+        };
+        match chosen {
             Some(value) if !value.is_empty() => Ok(Key::from(value.as_bytes())),
             _ => Err(KeyError::new(
                 KeyErrorKind::Missing,

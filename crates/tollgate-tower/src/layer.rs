@@ -586,6 +586,7 @@ impl KeyRules {
         });
         match (read, self.missing) {
             (Ok(key), _) => Ok(key),
+            (Err(e), _) if e.kind() == KeyErrorKind::Duplicated => Err(e),
             (Err(_), MissingKey::Global) => Ok(Key::global()),
             (Err(e), MissingKey::Reject) => Err(e),
         }

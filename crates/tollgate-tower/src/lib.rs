@@ -77,8 +77,8 @@ mod response;
 pub use concurrency::{ConcurrencyBuilder, ConcurrencyLimit, ConcurrencyLimitLayer, InFlight};
 pub use future::ResponseFuture;
 pub use key::{
-    ClientIp, ForwardedHeader, Global, HeaderKey, IpGrouping, Key, KeyError, KeyErrorKind,
-    KeyExtractor, KeyFn, PeerIp,
+    ClientIp, Duplicates, ForwardedHeader, Global, HeaderKey, IpGrouping, Key, KeyError,
+    KeyErrorKind, KeyExtractor, KeyFn, PeerIp,
 };
 pub use layer::{
     CostFn, GlobalLayerLimiter, KeyedLayerLimiter, LayerLimiter, MissingKey, One, RateLimit,

@@ -241,12 +241,27 @@ where
     }
 }
 
-/// Whether a request is a gRPC call.
+/// Whether a request is a gRPC call: its media type (parameters aside,
+/// case-insensitively, as media types are) is `application/grpc` or
+/// `application/grpc+` a codec (`+proto`, `+json`).
 pub(crate) fn is_grpc<B>(request: &Request<B>) -> bool {
     request
         .headers()
         .get(CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+        .is_some_and(|v| is_grpc_media_type(v.as_bytes()))
+}
+
+fn is_grpc_media_type(value: &[u8]) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    let media_type = value.split(|&b| b == b';').next().unwrap_or_default();
+    let media_type = media_type.trim_ascii();
+    match media_type.get(..GRPC.len()) {
+        Some(start) if start.eq_ignore_ascii_case(GRPC) => {
+            let rest = &media_type[GRPC.len()..];
+            rest.is_empty() || (rest.len() > 1 && rest[0] == b'+')
+        }
+        _ => false,
+    }
 }
 
 pub(crate) const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -467,6 +482,30 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_is_told_by_the_media_type_alone() {
+        for grpc in [
+            "application/grpc",
+            "APPLICATION/GRPC",
+            "Application/gRPC+proto",
+            "application/grpc+json",
+            "application/grpc; charset=utf-8",
+            " application/grpc ;x=1",
+        ] {
+            assert!(is_grpc_media_type(grpc.as_bytes()), "{grpc}");
+        }
+        for other in [
+            "application/grpcx",
+            "application/grpc+",
+            "application/grpc-web",
+            "application/json",
+            "text/application/grpc",
+            "",
+        ] {
+            assert!(!is_grpc_media_type(other.as_bytes()), "{other}");
+        }
+    }
 
     #[test]
     fn grpc_messages_are_percent_encoded() {

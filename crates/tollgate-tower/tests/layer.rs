@@ -9,7 +9,8 @@ use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
 use tollgate::{ManualClock, Quota};
 use tollgate_tower::{
-    ConcurrencyLimitLayer, HeaderKey, Key, MissingKey, RateLimitLayer, Rejection, RejectionKind,
+    ConcurrencyLimitLayer, Duplicates, HeaderKey, Key, MissingKey, RateLimitLayer, Rejection,
+    RejectionKind,
 };
 use tower::{service_fn, Layer, ServiceExt};
 
@@ -316,4 +317,89 @@ async fn concurrency_wait_mode_serves_in_line_then_gives_up() {
     );
     assert_eq!(layer.in_flight(), 0);
     assert!(ConcurrencyLimitLayer::new(0).is_err());
+}
+
+#[tokio::test]
+async fn a_key_header_sent_twice_is_refused_unless_told_which_copy() {
+    let twice = || {
+        Request::builder()
+            .header("x-api-key", "alice")
+            .header("x-api-key", "mallory")
+            .body(Full::default())
+            .unwrap()
+    };
+    // By default: 400, even where a missing key would fall back to the
+    // global bucket.
+    for missing in [MissingKey::Reject, MissingKey::Global] {
+        let layer = RateLimitLayer::builder(Quota::per_minute(1).unwrap())
+            .key(HeaderKey::new("x-api-key").unwrap())
+            .on_missing_key(missing)
+            .clock(ManualClock::new())
+            .build()
+            .unwrap();
+        let response = layer.layer(service_fn(ok)).oneshot(twice()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{missing:?}");
+        assert_eq!(
+            text(response).await,
+            "the request carries the x-api-key header more than once\n"
+        );
+    }
+    // Told which copy: keyed by it.
+    for (duplicates, spent) in [(Duplicates::First, "alice"), (Duplicates::Last, "mallory")] {
+        let layer = RateLimitLayer::builder(Quota::per_minute(1).unwrap())
+            .key(HeaderKey::new("x-api-key").unwrap().duplicates(duplicates))
+            .clock(ManualClock::new())
+            .build()
+            .unwrap();
+        let service = layer.layer(service_fn(ok));
+        assert_eq!(
+            service.clone().oneshot(twice()).await.unwrap().status(),
+            200
+        );
+        let alone = |key: &str| {
+            Request::builder()
+                .header("x-api-key", key)
+                .body(Full::default())
+                .unwrap()
+        };
+        for key in ["alice", "mallory"] {
+            let status = service.clone().oneshot(alone(key)).await.unwrap().status();
+            let expected = if key == spent { 429 } else { 200 };
+            assert_eq!(status, expected, "{duplicates:?}: {key}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn grpc_is_told_by_its_media_type_in_any_case() {
+    let layer = RateLimitLayer::builder(Quota::per_minute(1).unwrap())
+        .clock(ManualClock::new())
+        .build()
+        .unwrap();
+    let service = layer.layer(service_fn(ok));
+    assert_eq!(service.clone().oneshot(get()).await.unwrap().status(), 200);
+    let with_type = |content_type: &str| {
+        Request::builder()
+            .header("content-type", content_type)
+            .body(Full::default())
+            .unwrap()
+    };
+    for grpc in [
+        "APPLICATION/GRPC",
+        "application/grpc+proto",
+        "application/grpc; x=1",
+    ] {
+        let response = service.clone().oneshot(with_type(grpc)).await.unwrap();
+        assert_eq!(response.status(), 200, "{grpc}: trailers-only gRPC answer");
+        assert_eq!(response.headers()["grpc-status"], "8", "{grpc}");
+    }
+    for http in [
+        "application/grpcx",
+        "application/grpc-web",
+        "application/json",
+    ] {
+        let response = service.clone().oneshot(with_type(http)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS, "{http}");
+        assert!(response.headers().get("grpc-status").is_none(), "{http}");
+    }
 }
