@@ -166,7 +166,7 @@ fn the_url_and_the_key_are_checked_before_anything_is_sent() {
         "not a url",
         "ftp://127.0.0.1/x",
         "http://",
-        "https://api.example.com/v1",
+        "file:///etc/passwd",
     ] {
         let args = [
             "tollgate", "batch", "--input", "i", "--output", "o", "--url", url,
@@ -192,6 +192,28 @@ fn the_url_and_the_key_are_checked_before_anything_is_sent() {
         assert!(message.contains("not UTF-8"), "{message}");
     }
     assert!(with_key("sk-proj-abc123".into()).is_ok());
+    let https = [
+        "tollgate",
+        "batch",
+        "--input",
+        "i",
+        "--output",
+        "o",
+        "--url",
+        "https://api.openai.com/v1/chat/completions",
+    ];
+    assert!(
+        cli::parse(https, no_env).is_ok(),
+        "HTTPS with the default features"
+    );
+    let https = [
+        "tollgate", "batch", "--input", "i", "--output", "o", "--url",
+    ];
+    let https = [&https[..], &["https://api.openai.com/v1/chat/completions"]].concat();
+    assert!(
+        cli::parse(https, no_env).is_ok(),
+        "HTTPS with the default features"
+    );
 }
 
 #[test]

@@ -163,15 +163,17 @@ impl BatchConfig {
     }
 }
 
-/// Only HTTP URLs with a host can be sent to.
+/// Only HTTP(S) URLs with a host can be sent to (HTTPS with the `tls`
+/// feature, on by default).
 pub(crate) fn check_url(url: &Url) -> Result<(), String> {
     match url.scheme() {
         "http" if url.host().is_some() => Ok(()),
-        "https" => Err(format!(
-            "--url {url}: this build speaks plain HTTP only; send through a local HTTP proxy or gateway that holds the TLS connection"
+        "https" if url.host().is_some() && cfg!(feature = "tls") => Ok(()),
+        "https" if url.host().is_some() => Err(format!(
+            "--url {url}: this build has no TLS (built without the `tls` feature); build it with the default features"
         )),
         _ => Err(format!(
-            "--url {url}: give an http:// URL with a host, such as http://127.0.0.1:8000/v1/chat/completions"
+            "--url {url}: give an http:// or https:// URL with a host, such as http://127.0.0.1:8000/v1/chat/completions"
         )),
     }
 }

@@ -172,6 +172,22 @@ fn backoff(failures: u32) -> Duration {
     full.mul_f64(0.5 + fastrand::f64() * 0.5)
 }
 
+/// An error with its causes, `outer: inner: innermost` (reqwest's own
+/// message leaves out why a connection failed).
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -264,7 +280,7 @@ async fn send(context: &Context, line: Line, wire: Wire) -> Outcome {
                         } else {
                             "transport"
                         };
-                        (kind, format!("reading the answer: {error}"))
+                        (kind, format!("reading the answer: {}", chain(&error)))
                     }
                 }
             }
@@ -299,7 +315,10 @@ async fn send(context: &Context, line: Line, wire: Wire) -> Outcome {
                 } else {
                     "transport"
                 };
-                (kind, error.to_string())
+                match &error {
+                    reqwest_middleware::Error::Reqwest(inner) => (kind, chain(inner)),
+                    reqwest_middleware::Error::Middleware(_) => (kind, error.to_string()),
+                }
             }
         };
         // A transport error or a timeout: retried within the attempts,
