@@ -85,43 +85,17 @@ fn batch_flags_out_of_range_are_refused_by_name() {
 
 #[test]
 fn every_flag_at_every_extreme_is_taken_or_refused_without_a_panic() {
+    const BATCH: &[&str] = &["batch", "--input", "i", "--output", "o", "--url", URL];
     let flags: &[(&[&str], &str)] = &[
-        (
-            &["batch", "--input", "i", "--output", "o", "--url", URL],
-            "--rpm",
-        ),
-        (
-            &["batch", "--input", "i", "--output", "o", "--url", URL],
-            "--tpm",
-        ),
-        (
-            &["batch", "--input", "i", "--output", "o", "--url", URL],
-            "--max-in-flight",
-        ),
-        (
-            &["batch", "--input", "i", "--output", "o", "--url", URL],
-            "--max-attempts",
-        ),
-        (
-            &["batch", "--input", "i", "--output", "o", "--url", URL],
-            "--timeout",
-        ),
-        (
-            &["batch", "--input", "i", "--output", "o", "--url", URL],
-            "--connect-timeout",
-        ),
-        (
-            &["batch", "--input", "i", "--output", "o", "--url", URL],
-            "--grace",
-        ),
-        (
-            &["batch", "--input", "i", "--output", "o", "--url", URL],
-            "--max-body",
-        ),
-        (
-            &["batch", "--input", "i", "--output", "o", "--url", URL],
-            "--api-key-env",
-        ),
+        (BATCH, "--rpm"),
+        (BATCH, "--tpm"),
+        (BATCH, "--max-in-flight"),
+        (BATCH, "--max-attempts"),
+        (BATCH, "--timeout"),
+        (BATCH, "--connect-timeout"),
+        (BATCH, "--grace"),
+        (BATCH, "--max-body"),
+        (BATCH, "--api-key-env"),
         (&["batch", "--input", "i", "--output", "o"], "--url"),
         (&["mock"], "--rpm"),
         (&["mock"], "--tpm"),

@@ -296,21 +296,7 @@ proptest! {
         quota in quotas(),
         inputs in prop::collection::vec((any::<u64>(), any::<u64>(), any::<u64>()), 1..40),
     ) {
-        fn drive<A: StateMachine>(alg: &A, inputs: &[(u64, u64, u64)]) {
-            let mut state = alg.full();
-            for &(now, cost, max_wait) in inputs {
-                let _ = alg.snapshot(&state, now).remaining();
-                if let Outcome::Admit { state: next, due } = alg.decide(&state, now, cost, max_wait) {
-                    state = alg.cancel(&next, now, cost, due).0;
-                    state = alg.decide(&state, now, cost, max_wait).admitted_state().unwrap_or(state);
-                }
-            }
-        }
-        drive(&Gcra::new(&quota), &inputs);
-        drive(&TokenBucket::new(&quota), &inputs);
-        drive(&LeakyBucket::new(&quota), &inputs);
-        drive(&Window::fixed(&quota), &inputs);
-        drive(&Window::sliding(&quota), &inputs);
+        drive_all(&quota, &inputs);
     }
 
     /// Near the end of time (instants close to `u64::MAX` ns) with quotas
@@ -325,22 +311,32 @@ proptest! {
         let Ok(quota) = Quota::new(count, std::time::Duration::from_nanos(period_ns)) else {
             return Ok(());
         };
-        fn drive<A: StateMachine>(alg: &A, inputs: &[(u64, u64, u64)]) {
-            let mut state = alg.full();
-            for &(back, cost, max_wait) in inputs {
-                let now = u64::MAX - back;
-                let _ = alg.snapshot(&state, now);
-                if let Outcome::Admit { state: next, .. } = alg.decide(&state, now, cost, max_wait) {
-                    state = next;
-                }
+        let inputs: Vec<_> = inputs.into_iter().map(|(back, cost, max_wait)| (u64::MAX - back, cost, max_wait)).collect();
+        drive_all(&quota, &inputs);
+    }
+}
+
+/// Runs `(now, cost, max_wait)` inputs through every algorithm: snapshot,
+/// decide, give back what was admitted and decide again.
+fn drive_all(quota: &Quota, inputs: &[(u64, u64, u64)]) {
+    fn drive<A: StateMachine>(alg: &A, inputs: &[(u64, u64, u64)]) {
+        let mut state = alg.full();
+        for &(now, cost, max_wait) in inputs {
+            let _ = alg.snapshot(&state, now).remaining();
+            if let Outcome::Admit { state: next, due } = alg.decide(&state, now, cost, max_wait) {
+                state = alg.cancel(&next, now, cost, due).0;
+                state = alg
+                    .decide(&state, now, cost, max_wait)
+                    .admitted_state()
+                    .unwrap_or(state);
             }
         }
-        drive(&Gcra::new(&quota), &inputs);
-        drive(&TokenBucket::new(&quota), &inputs);
-        drive(&LeakyBucket::new(&quota), &inputs);
-        drive(&Window::fixed(&quota), &inputs);
-        drive(&Window::sliding(&quota), &inputs);
     }
+    drive(&Gcra::new(quota), inputs);
+    drive(&TokenBucket::new(quota), inputs);
+    drive(&LeakyBucket::new(quota), inputs);
+    drive(&Window::fixed(quota), inputs);
+    drive(&Window::sliding(quota), inputs);
 }
 
 #[test]
