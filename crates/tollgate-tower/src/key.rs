@@ -14,6 +14,42 @@
 //! address is its own key and IPv6 addresses share a key per /64, the block
 //! one subscriber usually holds. IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`)
 //! count as the IPv4 address they carry.
+//!
+//! A request without a key, with one longer than the layer's
+//! `max_key_len`, or with the key's header twice, is refused or counted
+//! against the global key as [`MissingKey`] says (a header sent twice is
+//! always refused unless [`HeaderKey::duplicates`] picks a copy). Keys of
+//! different kinds never share a limit: what a [`Key`] hashes carries its
+//! kind and length.
+//!
+//! ```
+//! use std::net::{IpAddr, SocketAddr};
+//! use http::Request;
+//! use tollgate_tower::key::{ClientIp, HeaderKey, Key, KeyErrorKind, KeyExtractor};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Behind a load balancer at 10.0.0.2, which appends the client's address.
+//! let client_ip = ClientIp::trusting(["10.0.0.0/8"])?;
+//! let mut request = Request::builder()
+//!     // The leftmost entry is the client's own claim: not believed.
+//!     .header("x-forwarded-for", "6.6.6.6, 203.0.113.9")
+//!     .body(())?;
+//! request
+//!     .extensions_mut()
+//!     .insert(SocketAddr::from(([10, 0, 0, 2], 443)));
+//! let key = client_ip.extract(&request)?;
+//! assert_eq!(key, Key::from("203.0.113.9".parse::<IpAddr>()?));
+//!
+//! // An API key sent twice is refused rather than keyed by either copy.
+//! let twice = Request::builder()
+//!     .header("x-api-key", "alice")
+//!     .header("x-api-key", "mallory")
+//!     .body(())?;
+//! let error = HeaderKey::new("x-api-key")?.extract(&twice).unwrap_err();
+//! assert_eq!(error.kind(), KeyErrorKind::Duplicated);
+//! # Ok(())
+//! # }
+//! ```
 
 use std::borrow::Cow;
 use std::fmt;
@@ -26,7 +62,8 @@ use http::header::{HeaderName, FORWARDED};
 use http::{Request, StatusCode};
 use ipnet::IpNet;
 
-use crate::ConfigError;
+use crate::response::{Rejection, RejectionKind};
+use crate::{ConfigError, ConfigErrorKind};
 
 /// What a request is counted against: one limit's state is kept per key.
 ///
@@ -290,14 +327,16 @@ impl IpGrouping {
     /// Groups by the given prefix lengths (IPv4 0 to 32, IPv6 0 to 128).
     pub fn new(v4_prefix: u8, v6_prefix: u8) -> Result<Self, ConfigError> {
         if v4_prefix > 32 {
-            return Err(ConfigError::new(format!(
-                "an IPv4 prefix is 0 to 32 bits long, not {v4_prefix}"
-            )));
+            return Err(ConfigError::with_kind(
+                ConfigErrorKind::Prefix,
+                format!("an IPv4 prefix is 0 to 32 bits long, not {v4_prefix}"),
+            ));
         }
         if v6_prefix > 128 {
-            return Err(ConfigError::new(format!(
-                "an IPv6 prefix is 0 to 128 bits long, not {v6_prefix}"
-            )));
+            return Err(ConfigError::with_kind(
+                ConfigErrorKind::Prefix,
+                format!("an IPv6 prefix is 0 to 128 bits long, not {v6_prefix}"),
+            ));
         }
         Ok(Self {
             v4: v4_prefix,
@@ -432,10 +471,13 @@ impl ClientIp {
                 Err(_) => match text.parse::<IpAddr>() {
                     Ok(ip) => IpNet::from(ip),
                     Err(_) => {
-                        return Err(ConfigError::new(format!(
-                            "{text:?} is neither an IP address nor a CIDR block \
+                        return Err(ConfigError::with_kind(
+                            ConfigErrorKind::Proxy,
+                            format!(
+                                "{text:?} is neither an IP address nor a CIDR block \
                              (write \"10.0.0.1\" or \"10.0.0.0/8\")"
-                        )))
+                            ),
+                        ))
                     }
                 },
             };
@@ -575,8 +617,12 @@ impl HeaderKey {
     /// Keyed by the value of the named header (`"x-api-key"`); a request
     /// with two copies of it is refused (see [`duplicates`](Self::duplicates)).
     pub fn new(name: &str) -> Result<Self, ConfigError> {
-        let name = HeaderName::try_from(name)
-            .map_err(|_| ConfigError::new(format!("{name:?} is not a valid header name")))?;
+        let name = HeaderName::try_from(name).map_err(|_| {
+            ConfigError::with_kind(
+                ConfigErrorKind::HeaderName,
+                format!("{name:?} is not a valid header name"),
+            )
+        })?;
         Ok(Self {
             name,
             duplicates: Duplicates::Reject,
@@ -663,6 +709,91 @@ where
             )
         })
     }
+}
+
+/// The default maximum key length, in bytes.
+pub const DEFAULT_MAX_KEY_LEN: usize = 256;
+
+/// What to do with a request from which no key can be read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MissingKey {
+    /// Reject it: 400 when the request lacks the key (or its key is too
+    /// long), 500 when the server gave no peer address.
+    #[default]
+    Reject,
+    /// Count it against one shared key, as a global limit would.
+    Global,
+}
+
+/// How the layers read keys: what a request without one gets, and the
+/// longest key accepted.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KeyRules {
+    pub(crate) missing: MissingKey,
+    pub(crate) max_len: usize,
+}
+
+impl Default for KeyRules {
+    fn default() -> Self {
+        Self {
+            missing: MissingKey::Reject,
+            max_len: DEFAULT_MAX_KEY_LEN,
+        }
+    }
+}
+
+impl KeyRules {
+    /// The one rule both layers' builders apply: a key length cap of 0
+    /// would refuse every request.
+    pub(crate) fn check(&self) -> Result<(), ConfigError> {
+        if self.max_len == 0 {
+            return Err(ConfigError::with_kind(
+                ConfigErrorKind::Limit,
+                "max_key_len must be at least 1 byte",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads a request's key; a key over the maximum length counts as
+    /// missing, and a missing key is an error or the global key.
+    #[inline]
+    pub(crate) fn read<B, K: KeyExtractor<B>>(
+        &self,
+        extractor: &K,
+        request: &Request<B>,
+    ) -> Result<Key, KeyError> {
+        let read = extractor.extract(request).and_then(|key| {
+            if key.len() > self.max_len {
+                Err(KeyError::new(
+                    KeyErrorKind::TooLong,
+                    format!(
+                        "the rate-limit key is {} bytes long; at most {} are accepted",
+                        key.len(),
+                        self.max_len
+                    ),
+                ))
+            } else {
+                Ok(key)
+            }
+        });
+        match (read, self.missing) {
+            (Ok(key), _) => Ok(key),
+            (Err(e), _) if e.kind() == KeyErrorKind::Duplicated => Err(e),
+            (Err(_), MissingKey::Global) => Ok(Key::global()),
+            (Err(e), MissingKey::Reject) => Err(e),
+        }
+    }
+}
+
+pub(crate) fn no_key(error: &KeyError, grpc: bool) -> Rejection {
+    if error.kind() == KeyErrorKind::NoPeerAddress {
+        tracing::error!(%error, "no rate-limit key");
+    } else {
+        tracing::debug!(%error, "no rate-limit key");
+    }
+    Rejection::new(RejectionKind::NoKey, error.status(), error.to_string()).grpc(grpc)
 }
 
 #[cfg(test)]

@@ -68,37 +68,63 @@
 
 use std::fmt;
 
-mod concurrency;
+pub mod concurrency;
 mod future;
 pub mod key;
-mod layer;
+pub mod rate_limit;
 mod response;
 
 pub use concurrency::{ConcurrencyBuilder, ConcurrencyLimit, ConcurrencyLimitLayer, InFlight};
 pub use future::ResponseFuture;
 pub use key::{
     ClientIp, Duplicates, ForwardedHeader, Global, HeaderKey, IpGrouping, Key, KeyError,
-    KeyErrorKind, KeyExtractor, KeyFn, PeerIp,
+    KeyErrorKind, KeyExtractor, KeyFn, MissingKey, PeerIp, DEFAULT_MAX_KEY_LEN,
 };
-pub use layer::{
-    CostFn, GlobalLayerLimiter, KeyedLayerLimiter, LayerLimiter, MissingKey, One, RateLimit,
-    RateLimitBuilder, RateLimitLayer, RequestCost, DEFAULT_MAX_KEY_LEN,
+pub use rate_limit::{
+    CostFn, GlobalLayerLimiter, KeyedLayerLimiter, LayerClock, LayerLimiter, One, RateLimit,
+    RateLimitBuilder, RateLimitLayer, RequestCost,
 };
 pub use response::{
     Admitted, DefaultRejector, Hold, RejectFn, Rejection, RejectionKind, Rejector, ResponseBody,
 };
 
-/// A layer configured with values it cannot work with.
+/// A layer configured with values it cannot work with, returned by the
+/// builders' `build` (never a silent clamp) and by the key extractors'
+/// constructors. The message names the value and what is allowed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
+    kind: ConfigErrorKind,
     message: String,
 }
 
+/// The kinds of [`ConfigError`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConfigErrorKind {
+    /// A limit out of range: a concurrency limit of 0, `max_keys(0)`,
+    /// `max_key_len(0)`.
+    Limit,
+    /// A policy name that is not 1 to 64 printable ASCII characters.
+    PolicyName,
+    /// A header name that is not a valid HTTP header name.
+    HeaderName,
+    /// A trusted proxy that is neither an IP address nor a CIDR block.
+    Proxy,
+    /// An IP prefix length beyond the address's bits.
+    Prefix,
+}
+
 impl ConfigError {
-    pub(crate) fn new(message: impl Into<String>) -> Self {
+    pub(crate) fn with_kind(kind: ConfigErrorKind, message: impl Into<String>) -> Self {
         Self {
+            kind,
             message: message.into(),
         }
+    }
+
+    /// What kind of value was wrong.
+    pub const fn kind(&self) -> ConfigErrorKind {
+        self.kind
     }
 }
 

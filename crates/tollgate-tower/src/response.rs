@@ -2,8 +2,10 @@
 //! carries.
 
 use std::borrow::Cow;
+use std::collections::BTreeSet;
 use std::fmt;
 use std::pin::Pin;
+use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -274,17 +276,17 @@ const X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 #[derive(Clone, Debug)]
 pub(crate) struct HeaderStyle {
     pub(crate) name: PolicyName,
-    /// The `RateLimit-Policy` item. Copied into each response rather than
-    /// shared: a shared value's reference count would be one cache line
-    /// that every core writes on every request.
-    policy: Box<str>,
+    /// The `RateLimit-Policy` item, over static bytes: each response clones
+    /// it for free (no allocation, and no reference count, which would be
+    /// one cache line that every core writes on every request).
+    policy: Option<HeaderValue>,
     pub(crate) on_success: bool,
     pub(crate) legacy: bool,
 }
 
 impl HeaderStyle {
     pub(crate) fn new(name: PolicyName, quota: &Quota, on_success: bool, legacy: bool) -> Self {
-        let policy = headers::policy(&name, quota).into_boxed_str();
+        let policy = static_value(&headers::policy(&name, quota));
         Self {
             name,
             policy,
@@ -304,7 +306,7 @@ impl HeaderStyle {
     fn fields(&self, snapshot: &Snapshot) -> Fields {
         // A policy name is printable ASCII and the rest digits and
         // punctuation: both are always valid header values.
-        let policy = HeaderValue::from_bytes(self.policy.as_bytes()).ok();
+        let policy = self.policy.clone();
         let rate_limit = HeaderValue::try_from(headers::rate_limit(&self.name, snapshot)).ok();
         let legacy = self.legacy.then(|| {
             [
@@ -340,6 +342,27 @@ impl HeaderStyle {
             }
         }
     }
+}
+
+/// Policy values interned: one per distinct policy, made when a layer is
+/// built and kept for the life of the process (a program builds few
+/// layers). Past this many distinct values, each layer owns its own.
+const MAX_INTERNED: usize = 1024;
+
+/// A header value over static bytes, so that cloning it costs nothing.
+fn static_value(text: &str) -> Option<HeaderValue> {
+    static INTERNED: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
+    let mut interned = INTERNED.lock().unwrap_or_else(PoisonError::into_inner);
+    let bytes = match interned.get(text) {
+        Some(&known) => Bytes::from_static(known.as_bytes()),
+        None if interned.len() < MAX_INTERNED => {
+            let leaked: &'static str = Box::leak(text.to_owned().into_boxed_str());
+            interned.insert(leaked);
+            Bytes::from_static(leaked.as_bytes())
+        }
+        None => Bytes::copy_from_slice(text.as_bytes()),
+    };
+    HeaderValue::from_maybe_shared(bytes).ok()
 }
 
 fn write_legacy([limit, remaining, reset]: [HeaderValue; 3], headers: &mut HeaderMap) {

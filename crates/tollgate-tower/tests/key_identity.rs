@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use tollgate::{KeyedLimiter, Quota};
 use tollgate_tower::Key;
 
-/// Pairs of keys that once hashed alike.
+/// Pairs of keys of different kinds whose bytes or numbers coincide.
 fn pairs() -> Vec<(Key, Key)> {
     let v4 = Ipv4Addr::new(1, 2, 3, 4);
     let v6 = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
@@ -61,7 +61,7 @@ fn keys_of_different_kinds_feed_the_hasher_different_input() {
 }
 
 #[test]
-fn keys_that_once_collided_have_limits_of_their_own() {
+fn keys_whose_bytes_coincide_have_limits_of_their_own() {
     for (a, b) in pairs() {
         let limiter = KeyedLimiter::<Key>::new(Quota::per_minute(1).unwrap());
         assert!(limiter.check(&a, 1).is_ok());

@@ -9,8 +9,8 @@ use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
 use tollgate::{ManualClock, Quota};
 use tollgate_tower::{
-    ConcurrencyLimitLayer, Duplicates, HeaderKey, Key, MissingKey, RateLimitLayer, Rejection,
-    RejectionKind,
+    ConcurrencyLimitLayer, ConfigErrorKind, Duplicates, HeaderKey, Key, MissingKey, RateLimitLayer,
+    Rejection, RejectionKind,
 };
 use tower::{service_fn, Layer, ServiceExt};
 
@@ -402,4 +402,71 @@ async fn grpc_is_told_by_its_media_type_in_any_case() {
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS, "{http}");
         assert!(response.headers().get("grpc-status").is_none(), "{http}");
     }
+}
+
+#[test]
+fn bad_configuration_is_an_error_at_build_with_its_kind() {
+    let quota = Quota::per_minute(1).unwrap();
+    let kind = |error: tollgate_tower::ConfigError| error.kind();
+    assert_eq!(
+        kind(
+            RateLimitLayer::builder(quota)
+                .max_key_len(0)
+                .build()
+                .unwrap_err()
+        ),
+        ConfigErrorKind::Limit
+    );
+    assert_eq!(
+        kind(
+            RateLimitLayer::builder(quota)
+                .max_keys(0)
+                .build()
+                .unwrap_err()
+        ),
+        ConfigErrorKind::Limit
+    );
+    assert_eq!(
+        kind(
+            RateLimitLayer::builder(quota)
+                .policy_name("")
+                .build()
+                .unwrap_err()
+        ),
+        ConfigErrorKind::PolicyName
+    );
+    assert_eq!(
+        kind(
+            ConcurrencyLimitLayer::builder(1)
+                .max_key_len(0)
+                .build()
+                .unwrap_err()
+        ),
+        ConfigErrorKind::Limit
+    );
+    let zero = ConcurrencyLimitLayer::new(0).unwrap_err();
+    assert_eq!(zero.kind(), ConfigErrorKind::Limit);
+    assert!(zero.to_string().contains('0'), "{zero}");
+    assert_eq!(
+        kind(HeaderKey::new("bad header").unwrap_err()),
+        ConfigErrorKind::HeaderName
+    );
+    assert_eq!(
+        kind(tollgate_tower::ClientIp::trusting(["not a network"]).unwrap_err()),
+        ConfigErrorKind::Proxy
+    );
+}
+
+#[test]
+fn the_services_lend_and_give_back_what_they_wrap() {
+    let layer = RateLimitLayer::new(Quota::per_minute(1).unwrap());
+    let mut limited = layer.layer(String::from("inner"));
+    assert_eq!(limited.get_ref(), "inner");
+    limited.get_mut().push('!');
+    assert_eq!(limited.into_inner(), "inner!");
+    let layer = ConcurrencyLimitLayer::new(1).unwrap();
+    let mut limited = layer.layer(String::from("inner"));
+    assert_eq!(limited.get_ref(), "inner");
+    limited.get_mut().push('!');
+    assert_eq!(limited.into_inner(), "inner!");
 }

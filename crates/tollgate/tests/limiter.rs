@@ -315,7 +315,7 @@ impl NowDuration for ManualClock {
 }
 
 /// A clock near the end of time and a quota of one a nanosecond: every
-/// algorithm answers (the windows once looped here for ever).
+/// algorithm answers, and a window that can never move on denies.
 #[test]
 fn every_algorithm_answers_at_the_end_of_time() {
     for algorithm in ALL {

@@ -1,32 +1,66 @@
-//! The rate-limit layer.
+//! [`RateLimitLayer`] and its builder.
 
 use std::fmt;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::Request;
 use tollgate::headers::PolicyName;
 use tollgate::{
-    Clock, DefaultClock, Denied, DeniedKind, KeyedLimiter, MemoryStore, Quota, RateLimiter,
-    Snapshot,
+    Clock, DefaultClock, Denied, KeyedLimiter, MemoryStore, Quota, RateLimiter, Snapshot,
 };
 use tower_layer::Layer;
-use tower_service::Service;
 
-use crate::future::ResponseFuture;
-use crate::key::{Global, KeyError, KeyErrorKind, KeyExtractor, KeyFn};
-use crate::response::{
-    is_grpc, Admitted, DefaultRejector, HeaderStyle, RejectFn, Rejection, RejectionKind, Rejector,
-};
-use crate::{ConfigError, Key};
+use super::service::RateLimit;
+use crate::key::{Global, KeyFn, KeyRules, MissingKey};
+use crate::response::{DefaultRejector, HeaderStyle, RejectFn, Rejection};
+use crate::{ConfigError, ConfigErrorKind, Key};
+use bytes::Bytes;
+use http::Response;
 
 /// The keyed limiter of a [`RateLimitLayer`]: one quota per key, in memory.
-pub type KeyedLayerLimiter = KeyedLimiter<Key, MemoryStore<Arc<dyn Clock>>>;
+pub type KeyedLayerLimiter = KeyedLimiter<Key, MemoryStore<LayerClock>>;
 
 /// The limiter of a [`RateLimitLayer`] keyed by [`Global`]: one limit.
-pub type GlobalLayerLimiter = RateLimiter<Arc<dyn Clock>>;
+pub type GlobalLayerLimiter = RateLimiter<LayerClock>;
+
+/// The clock of a layer's limiter: the [`DefaultClock`], read without an
+/// indirect call on every request, or the one given to
+/// [`RateLimitBuilder::clock`].
+#[derive(Clone)]
+pub struct LayerClock(ClockKind);
+
+#[derive(Clone)]
+enum ClockKind {
+    Default(DefaultClock),
+    Given(Arc<dyn Clock>),
+}
+
+impl fmt::Debug for LayerClock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            ClockKind::Default(clock) => clock.fmt(f),
+            ClockKind::Given(_) => f.write_str("LayerClock(given)"),
+        }
+    }
+}
+
+impl Clock for LayerClock {
+    #[inline]
+    fn now(&self) -> u64 {
+        match &self.0 {
+            ClockKind::Default(clock) => clock.now(),
+            ClockKind::Given(clock) => clock.now(),
+        }
+    }
+
+    fn wait_blocking(&self, duration: Duration) {
+        match &self.0 {
+            ClockKind::Default(clock) => clock.wait_blocking(duration),
+            ClockKind::Given(clock) => clock.wait_blocking(duration),
+        }
+    }
+}
 
 /// The limiter a [`RateLimitLayer`] decides with, as
 /// [`RateLimitLayer::limiter`] lends it: read its statistics or snapshot,
@@ -61,21 +95,21 @@ impl<'a> LayerLimiter<'a> {
     }
 }
 
-enum Limiter {
+pub(super) enum Limiter {
     Keyed(KeyedLayerLimiter),
     Global(GlobalLayerLimiter),
 }
 
 impl Limiter {
     #[inline]
-    fn check(&self, key: &Key, cost: u64) -> Result<Snapshot, Denied> {
+    pub(super) fn check(&self, key: &Key, cost: u64) -> Result<Snapshot, Denied> {
         match self {
             Self::Global(limiter) => limiter.check(cost),
             Self::Keyed(limiter) => limiter.check(key, cost),
         }
     }
 
-    async fn acquire_within(
+    pub(super) async fn acquire_within(
         &self,
         key: &Key,
         cost: u64,
@@ -87,34 +121,19 @@ impl Limiter {
         }
     }
 
-    fn quota(&self) -> &Quota {
+    pub(super) fn quota(&self) -> &Quota {
         match self {
             Self::Global(limiter) => limiter.quota(),
             Self::Keyed(limiter) => limiter.quota(),
         }
     }
 
-    fn lend(&self) -> LayerLimiter<'_> {
+    pub(super) fn lend(&self) -> LayerLimiter<'_> {
         match self {
             Self::Global(limiter) => LayerLimiter::Global(limiter),
             Self::Keyed(limiter) => LayerLimiter::Keyed(limiter),
         }
     }
-}
-
-/// The default maximum key length, in bytes.
-pub const DEFAULT_MAX_KEY_LEN: usize = 256;
-
-/// What to do with a request from which no key can be read.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum MissingKey {
-    /// Reject it: 400 when the request lacks the key (or its key is too
-    /// long), 500 when the server gave no peer address.
-    #[default]
-    Reject,
-    /// Count it against one shared key, as a global limit would.
-    Global,
 }
 
 /// A request's cost: how many units of the limit it spends.
@@ -156,14 +175,14 @@ where
     }
 }
 
-struct Shared<K, C, R> {
-    limiter: Limiter,
-    key: K,
-    cost: C,
-    rejector: R,
-    max_wait: Option<Duration>,
-    style: HeaderStyle,
-    keys: KeyRules,
+pub(super) struct Shared<K, C, R> {
+    pub(super) limiter: Limiter,
+    pub(super) key: K,
+    pub(super) cost: C,
+    pub(super) rejector: R,
+    pub(super) max_wait: Option<Duration>,
+    pub(super) style: HeaderStyle,
+    pub(super) keys: KeyRules,
 }
 
 /// Rate-limits the requests of the service it wraps.
@@ -235,9 +254,10 @@ impl RateLimitLayer {
 
 impl<K: 'static, C, R> RateLimitLayer<K, C, R> {
     fn from_builder(builder: RateLimitBuilder<K, C, R>) -> Self {
-        let clock = builder
-            .clock
-            .unwrap_or_else(|| Arc::new(DefaultClock::new()) as Arc<dyn Clock>);
+        let clock = LayerClock(match builder.clock {
+            Some(clock) => ClockKind::Given(clock),
+            None => ClockKind::Default(DefaultClock::new()),
+        });
         let global = std::any::TypeId::of::<K>() == std::any::TypeId::of::<Global>();
         let limiter = if global {
             Limiter::Global(RateLimiter::builder(builder.quota).clock(clock).build())
@@ -282,10 +302,7 @@ impl<S, K, C, R> Layer<S> for RateLimitLayer<K, C, R> {
     type Service = RateLimit<S, K, C, R>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimit {
-            inner,
-            shared: Arc::clone(&self.shared),
-        }
+        RateLimit::new(inner, Arc::clone(&self.shared))
     }
 }
 
@@ -379,7 +396,7 @@ impl<K, C, R> RateLimitBuilder<K, C, R> {
         self.with(|key, _, rejector| (key, CostFn(f), rejector))
     }
 
-    /// Answers rejections with the given [`Rejector`].
+    /// Answers rejections with the given [`Rejector`](crate::Rejector).
     pub fn rejector<R2>(self, rejector: R2) -> RateLimitBuilder<K, C, R2> {
         self.with(|key, cost, _| (key, cost, rejector))
     }
@@ -408,7 +425,12 @@ impl<K, C, R> RateLimitBuilder<K, C, R> {
     pub fn policy_name(mut self, name: &str) -> Self {
         match PolicyName::new(name) {
             Ok(name) => self.policy_name = name,
-            Err(e) => self.name_error = Some(ConfigError::new(e.to_string())),
+            Err(e) => {
+                self.name_error = Some(ConfigError::with_kind(
+                    ConfigErrorKind::PolicyName,
+                    e.to_string(),
+                ));
+            }
         }
         self
     }
@@ -437,7 +459,7 @@ impl<K, C, R> RateLimitBuilder<K, C, R> {
     }
 
     /// The longest key accepted, in bytes (default
-    /// [`DEFAULT_MAX_KEY_LEN`]); a longer key counts as missing.
+    /// [`DEFAULT_MAX_KEY_LEN`](crate::DEFAULT_MAX_KEY_LEN)); a longer key counts as missing.
     #[must_use]
     pub fn max_key_len(mut self, bytes: usize) -> Self {
         self.keys.max_len = bytes;
@@ -469,192 +491,12 @@ impl<K, C, R> RateLimitBuilder<K, C, R> {
             return Err(error);
         }
         if self.max_keys == 0 {
-            return Err(ConfigError::new("max_keys must be at least 1"));
+            return Err(ConfigError::with_kind(
+                ConfigErrorKind::Limit,
+                "max_keys must be at least 1",
+            ));
         }
+        self.keys.check()?;
         Ok(RateLimitLayer::from_builder(self))
-    }
-}
-
-/// A service rate-limited by a [`RateLimitLayer`].
-pub struct RateLimit<S, K = Global, C = One, R = DefaultRejector> {
-    inner: S,
-    shared: Arc<Shared<K, C, R>>,
-}
-
-impl<S: Clone, K, C, R> Clone for RateLimit<S, K, C, R> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            shared: Arc::clone(&self.shared),
-        }
-    }
-}
-
-impl<S: fmt::Debug, K, C, R> fmt::Debug for RateLimit<S, K, C, R> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RateLimit")
-            .field("inner", &self.inner)
-            .field("quota", self.shared.limiter.quota())
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S, K, C, R> RateLimit<S, K, C, R> {
-    /// The limiter every clone shares.
-    pub fn limiter(&self) -> LayerLimiter<'_> {
-        self.shared.limiter.lend()
-    }
-}
-
-impl<K, C, R: Rejector> Shared<K, C, R> {
-    fn reject(&self, rejection: Rejection) -> Response<Bytes> {
-        let mut response = self.rejector.reject(&rejection);
-        self.style
-            .write_rejection(&rejection, response.headers_mut());
-        response.extensions_mut().insert(rejection);
-        response
-    }
-
-    fn denied(&self, denied: &Denied, key: Key, grpc: bool) -> Response<Bytes> {
-        let rejection = match denied.kind() {
-            DeniedKind::RateLimited => Rejection::new(
-                RejectionKind::RateLimited,
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many requests: the rate limit is reached",
-            ),
-            DeniedKind::CostExceedsBurst => Rejection::new(
-                RejectionKind::CostTooLarge,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "this request costs {}, more than the limit of {} ever admits at once",
-                    denied.cost(),
-                    denied.snapshot().limit()
-                ),
-            ),
-            _ => {
-                tracing::warn!(%denied, "rate limiter unavailable");
-                Rejection::new(
-                    RejectionKind::Unavailable,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the rate limiter is unavailable",
-                )
-            }
-        };
-        self.reject(rejection.grpc(grpc).key(key).snapshot(*denied.snapshot()))
-    }
-}
-
-/// How the layers read keys: what a request without one gets, and the
-/// longest key accepted.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct KeyRules {
-    pub(crate) missing: MissingKey,
-    pub(crate) max_len: usize,
-}
-
-impl Default for KeyRules {
-    fn default() -> Self {
-        Self {
-            missing: MissingKey::Reject,
-            max_len: DEFAULT_MAX_KEY_LEN,
-        }
-    }
-}
-
-impl KeyRules {
-    /// Reads a request's key; a key over the maximum length counts as
-    /// missing, and a missing key is an error or the global key.
-    #[inline]
-    pub(crate) fn read<B, K: KeyExtractor<B>>(
-        &self,
-        extractor: &K,
-        request: &Request<B>,
-    ) -> Result<Key, KeyError> {
-        let read = extractor.extract(request).and_then(|key| {
-            if key.len() > self.max_len {
-                Err(KeyError::new(
-                    KeyErrorKind::TooLong,
-                    format!(
-                        "the rate-limit key is {} bytes long; at most {} are accepted",
-                        key.len(),
-                        self.max_len
-                    ),
-                ))
-            } else {
-                Ok(key)
-            }
-        });
-        match (read, self.missing) {
-            (Ok(key), _) => Ok(key),
-            (Err(e), _) if e.kind() == KeyErrorKind::Duplicated => Err(e),
-            (Err(_), MissingKey::Global) => Ok(Key::global()),
-            (Err(e), MissingKey::Reject) => Err(e),
-        }
-    }
-}
-
-pub(crate) fn no_key(error: &KeyError, grpc: bool) -> Rejection {
-    if error.kind() == KeyErrorKind::NoPeerAddress {
-        tracing::error!(%error, "no rate-limit key");
-    } else {
-        tracing::debug!(%error, "no rate-limit key");
-    }
-    Rejection::new(RejectionKind::NoKey, error.status(), error.to_string()).grpc(grpc)
-}
-
-impl<S, K, C, R, ReqB, ResB> Service<Request<ReqB>> for RateLimit<S, K, C, R>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
-    K: KeyExtractor<ReqB>,
-    C: RequestCost<ReqB>,
-    R: Rejector,
-    ReqB: Send + 'static,
-{
-    type Response = Response<crate::ResponseBody<ResB>>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S, ReqB, Admitted>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
-        let shared = &*self.shared;
-        let grpc = is_grpc(&request);
-        let key = match shared.keys.read(&shared.key, &request) {
-            Ok(key) => key,
-            Err(error) => {
-                return ResponseFuture::rejected(shared.reject(no_key(&error, grpc)));
-            }
-        };
-        let cost = shared.cost.cost(&request);
-        let denied = match shared.limiter.check(&key, cost) {
-            Ok(snapshot) => {
-                let admitted = shared.style.admitted(&snapshot);
-                return ResponseFuture::called(self.inner.call(request), admitted);
-            }
-            Err(denied) => denied,
-        };
-        let grpc = is_grpc(&request);
-        let within = match (shared.max_wait, denied.retry_after()) {
-            (Some(max), Some(wait)) => wait <= max,
-            _ => false,
-        };
-        if !within {
-            tracing::debug!(%key, cost, "rate limited");
-            return ResponseFuture::rejected(shared.denied(&denied, key, grpc));
-        }
-        // Wait mode: take the service that is ready, leave a clone.
-        let ready = self.inner.clone();
-        let ready = std::mem::replace(&mut self.inner, ready);
-        let shared = Arc::clone(&self.shared);
-        let max = shared.max_wait.unwrap_or_default();
-        let wait = Box::pin(async move {
-            match shared.limiter.acquire_within(&key, cost, max).await {
-                Ok(snapshot) => Ok(shared.style.admitted(&snapshot)),
-                Err(denied) => Err(shared.denied(&denied, key, grpc)),
-            }
-        });
-        ResponseFuture::waiting(wait, ready, request)
     }
 }

@@ -1,0 +1,162 @@
+//! [`RateLimit`], the service a [`RateLimitLayer`](super::RateLimitLayer)
+//! makes.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use tollgate::{Denied, DeniedKind};
+use tower_service::Service;
+
+use super::layer::{LayerLimiter, RequestCost, Shared};
+use super::{One, ResponseFuture};
+use crate::key::{no_key, Global, KeyExtractor};
+use crate::response::{is_grpc, Admitted, DefaultRejector, Rejection, RejectionKind, Rejector};
+use crate::Key;
+
+/// A service rate-limited by a [`RateLimitLayer`](super::RateLimitLayer).
+pub struct RateLimit<S, K = Global, C = One, R = DefaultRejector> {
+    inner: S,
+    shared: Arc<Shared<K, C, R>>,
+}
+
+impl<S: Clone, K, C, R> Clone for RateLimit<S, K, C, R> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S: fmt::Debug, K, C, R> fmt::Debug for RateLimit<S, K, C, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("inner", &self.inner)
+            .field("quota", self.shared.limiter.quota())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, K, C, R> RateLimit<S, K, C, R> {
+    pub(super) fn new(inner: S, shared: Arc<Shared<K, C, R>>) -> Self {
+        Self { inner, shared }
+    }
+
+    /// The limiter every clone shares.
+    pub fn limiter(&self) -> LayerLimiter<'_> {
+        self.shared.limiter.lend()
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The wrapped service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<K, C, R: Rejector> Shared<K, C, R> {
+    pub(super) fn reject(&self, rejection: Rejection) -> Response<Bytes> {
+        let mut response = self.rejector.reject(&rejection);
+        self.style
+            .write_rejection(&rejection, response.headers_mut());
+        response.extensions_mut().insert(rejection);
+        response
+    }
+
+    pub(super) fn denied(&self, denied: &Denied, key: Key, grpc: bool) -> Response<Bytes> {
+        let rejection = match denied.kind() {
+            DeniedKind::RateLimited => Rejection::new(
+                RejectionKind::RateLimited,
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many requests: the rate limit is reached",
+            ),
+            DeniedKind::CostExceedsBurst => Rejection::new(
+                RejectionKind::CostTooLarge,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "this request costs {}, more than the limit of {} ever admits at once",
+                    denied.cost(),
+                    denied.snapshot().limit()
+                ),
+            ),
+            _ => {
+                tracing::warn!(%denied, "rate limiter unavailable");
+                Rejection::new(
+                    RejectionKind::Unavailable,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the rate limiter is unavailable",
+                )
+            }
+        };
+        self.reject(rejection.grpc(grpc).key(key).snapshot(*denied.snapshot()))
+    }
+}
+
+impl<S, K, C, R, ReqB, ResB> Service<Request<ReqB>> for RateLimit<S, K, C, R>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    K: KeyExtractor<ReqB>,
+    C: RequestCost<ReqB>,
+    R: Rejector,
+    ReqB: Send + 'static,
+{
+    type Response = Response<crate::ResponseBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqB, Admitted>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+        let shared = &*self.shared;
+        let key = match shared.keys.read(&shared.key, &request) {
+            Ok(key) => key,
+            Err(error) => {
+                let grpc = is_grpc(&request);
+                return ResponseFuture::rejected(shared.reject(no_key(&error, grpc)));
+            }
+        };
+        let cost = shared.cost.cost(&request);
+        let denied = match shared.limiter.check(&key, cost) {
+            Ok(snapshot) => {
+                let admitted = shared.style.admitted(&snapshot);
+                return ResponseFuture::called(self.inner.call(request), admitted);
+            }
+            Err(denied) => denied,
+        };
+        let grpc = is_grpc(&request);
+        let within = match (shared.max_wait, denied.retry_after()) {
+            (Some(max), Some(wait)) => wait <= max,
+            _ => false,
+        };
+        if !within {
+            tracing::debug!(%key, cost, "rate limited");
+            return ResponseFuture::rejected(shared.denied(&denied, key, grpc));
+        }
+        // Wait mode: take the service that is ready, leave a clone.
+        let ready = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, ready);
+        let shared = Arc::clone(&self.shared);
+        let max = shared.max_wait.unwrap_or_default();
+        let wait = Box::pin(async move {
+            match shared.limiter.acquire_within(&key, cost, max).await {
+                Ok(snapshot) => Ok(shared.style.admitted(&snapshot)),
+                Err(denied) => Err(shared.denied(&denied, key, grpc)),
+            }
+        });
+        ResponseFuture::waiting(wait, ready, request)
+    }
+}
