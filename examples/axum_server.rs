@@ -4,12 +4,24 @@
 //! ```text
 //! cargo run -p tollgate-examples --example axum_server            # a demo, then exit
 //! cargo run -p tollgate-examples --example axum_server -- --serve # keep serving on :3000
+//! cargo run --release -p tollgate-examples --example axum_server -- --load [SECONDS] [CONNECTIONS]
 //! ```
 //!
 //! The demo sends requests to the server over loopback and prints what came
 //! back: the statuses, `Retry-After` and the `RateLimit` fields.
+//!
+//! `--load` shows the layers shaping real traffic: a server whose handler
+//! takes 40 ms, behind a global rate (150 a second, a request waits up to
+//! 50 ms for its slot, else 429) and a global concurrency limit (4 in
+//! flight, so at most 100 a second; a request waits up to 100 ms for its
+//! turn, else 503), loaded over loopback by keep-alive connections for a few
+//! seconds (3 and 48 by default; at most 60 and 256). Each connection sends
+//! its next request as soon as an answer comes, or 50 ms after a refusal. It
+//! prints the status counts, the latency percentiles of each status and the
+//! rate admitted.
 
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use axum::routing::{get, post};
 use axum::Router;
@@ -17,7 +29,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use tollgate::Quota;
-use tollgate_tower::{HeaderKey, PeerIp, RateLimitLayer};
+use tollgate_tower::{ConcurrencyLimitLayer, HeaderKey, PeerIp, RateLimitLayer};
 
 fn app() -> Result<Router, Box<dyn std::error::Error>> {
     // Every route: 60 requests a minute per client address.
@@ -48,7 +60,11 @@ fn app() -> Result<Router, Box<dyn std::error::Error>> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let serve_only = std::env::args().any(|a| a == "--serve");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "--load") {
+        return load(&args[1..]).await;
+    }
+    let serve_only = args.iter().any(|a| a == "--serve");
     let bind = if serve_only {
         "127.0.0.1:3000"
     } else {
@@ -139,4 +155,119 @@ fn show(answer: Answer) {
         header("ratelimit"),
         answer.body
     );
+}
+
+/// The server of `--load`: 40 ms of work a request, 150 a second and at
+/// most 4 at once, both in wait mode with short bounds.
+fn loaded_app() -> Result<Router, Box<dyn std::error::Error>> {
+    let in_flight = ConcurrencyLimitLayer::builder(4)
+        .wait_up_to(Duration::from_millis(100))
+        .build()?;
+    let rate = RateLimitLayer::builder("150/s burst 15".parse()?)
+        .wait_up_to(Duration::from_millis(50))
+        .policy_name("global")
+        .build()?;
+    Ok(Router::new()
+        .route(
+            "/work",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(40)).await;
+                "done"
+            }),
+        )
+        // The rate is decided first, then the request waits for a place.
+        .layer(in_flight)
+        .layer(rate))
+}
+
+async fn load(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    let number = |i: usize, default: u64, max: u64, what: &str| -> Result<u64, String> {
+        match args.get(i) {
+            None => Ok(default),
+            Some(text) => match text.parse::<u64>() {
+                Ok(n) if (1..=max).contains(&n) => Ok(n),
+                _ => Err(format!("{what}: give 1 to {max}, not {text:?}")),
+            },
+        }
+    };
+    let seconds = number(0, 3, 60, "seconds")?;
+    let connections = number(1, 48, 256, "connections")?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = axum::serve(listener, loaded_app()?);
+    tokio::spawn(async move { server.await });
+
+    println!(
+        "{connections} connections for {seconds} s (the next request at once, or 50 ms after a refusal)\n\
+         to a handler of 40 ms behind 150 requests a second (waiting up to 50 ms, else 429)\n\
+         and at most 4 in flight (waiting up to 100 ms, else 503):\n"
+    );
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        tasks.push(tokio::spawn(async move { client(addr, end).await }));
+    }
+    let mut results: Vec<(u16, Duration)> = Vec::new();
+    for task in tasks {
+        results.extend(task.await?.map_err(|e| e.to_string())?);
+    }
+    let mut statuses: Vec<u16> = results.iter().map(|r| r.0).collect();
+    statuses.sort_unstable();
+    statuses.dedup();
+    println!("status  count   share     p50      p90      p99");
+    for status in statuses {
+        let mut latencies: Vec<Duration> = results
+            .iter()
+            .filter(|r| r.0 == status)
+            .map(|r| r.1)
+            .collect();
+        latencies.sort_unstable();
+        let at = |q: f64| {
+            let i = ((latencies.len() - 1) as f64 * q).round() as usize;
+            format!("{:>5.1} ms", latencies[i].as_secs_f64() * 1e3)
+        };
+        println!(
+            "{status}  {:>7}  {:>5.1}%  {}  {}  {}",
+            latencies.len(),
+            100.0 * latencies.len() as f64 / results.len() as f64,
+            at(0.5),
+            at(0.9),
+            at(0.99)
+        );
+    }
+    let admitted = results.iter().filter(|r| r.0 == 200).count();
+    println!(
+        "\n{} requests in {seconds} s; admitted {:.1} a second (the rate allows 150, the\n\
+         concurrency 4 / 40 ms = 100)",
+        results.len(),
+        admitted as f64 / seconds as f64
+    );
+    Ok(())
+}
+
+/// One keep-alive connection sending until `end`: each answer's status and
+/// latency.
+async fn client(
+    addr: SocketAddr,
+    end: Instant,
+) -> Result<Vec<(u16, Duration)>, Box<dyn std::error::Error + Send + Sync>> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let mut out = Vec::new();
+    while Instant::now() < end {
+        let request = http::Request::get("/work")
+            .header("host", "localhost")
+            .body(Empty::<Bytes>::new())?;
+        let started = Instant::now();
+        let response = sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        response.into_body().collect().await?;
+        out.push((status, started.elapsed()));
+        if status != 200 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(out)
 }
