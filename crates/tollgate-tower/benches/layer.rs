@@ -9,8 +9,9 @@
 //!   governor's keyed decision, to show what the per-IP path is made of.
 //! - `http_hello`: requests a second of a hello-world axum app on loopback,
 //!   served by one runtime thread and driven by 16 keep-alive connections
-//!   from another, with and without the layer (the bare app first and
-//!   last, to show the drift within the run).
+//!   from another: bare, with tollgate per IP and with tower_governor per
+//!   IP, in turn, three rounds, so that the machine's drift cancels in the
+//!   mean of each kind.
 //!
 //! ```text
 //! cargo bench -p tollgate-tower --bench layer
@@ -21,73 +22,28 @@
 
 #![allow(missing_docs)] // criterion_group! generates an undocumented function.
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::hint::black_box;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::ConnectInfo;
 use axum::routing::get;
 use axum::Router;
 use criterion::{criterion_group, BatchSize, Bencher, Criterion, Throughput};
-use governor::clock::QuantaInstant;
-use governor::middleware::NoOpMiddleware;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
-use tollgate::Quota;
 use tollgate_tower::{Key, KeyExtractor, PeerIp, RateLimitLayer};
-use tower::{service_fn, Layer, Service};
+use tower::{Layer, Service};
 use tower_governor::governor::GovernorConfigBuilder;
-use tower_governor::key_extractor::{
-    GlobalKeyExtractor, KeyExtractor as GovernorKey, PeerIpKeyExtractor,
-};
+use tower_governor::key_extractor::{GlobalKeyExtractor, PeerIpKeyExtractor};
 use tower_governor::GovernorLayer;
 
-const OPEN: u64 = 1_000_000_000;
+mod common;
+use common::{bare, call, governor, open_quota, request, OPEN};
 
-fn open_quota() -> Quota {
-    Quota::per_second(OPEN).unwrap()
-}
-
-/// A request as axum hands it on: the peer's address in `ConnectInfo`,
-/// where both tollgate's and tower_governor's peer-IP keys read it.
-fn request() -> Request<Body> {
-    let mut request = Request::new(Body::empty());
-    request
-        .extensions_mut()
-        .insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 7], 40_000))));
-    request
-}
-
-/// Drives one request through the service; every service here is ready at
-/// once and answers at once.
-fn call<S, B>(service: &mut S, request: Request<Body>) -> Response<B>
-where
-    S: Service<Request<Body>, Response = Response<B>>,
-    S::Error: std::fmt::Debug,
-{
-    let mut cx = Context::from_waker(Waker::noop());
-    match service.poll_ready(&mut cx) {
-        Poll::Ready(Ok(())) => {}
-        _ => panic!("the service is not ready"),
-    }
-    let mut future = pin!(service.call(request));
-    match future.as_mut().poll(&mut cx) {
-        // Every layer lets every request through to the handler.
-        Poll::Ready(Ok(response)) if response.status().is_success() => response,
-        Poll::Ready(Ok(response)) => panic!("answered {}", response.status()),
-        _ => panic!("the service did not answer at once"),
-    }
-}
-
-/// A handler's answer, with the one header every real answer has.
 /// Times one request through the service; requests are made outside the
 /// timing, responses dropped inside it.
 fn time<S, B>(b: &mut Bencher<'_>, service: &mut S)
@@ -96,28 +52,6 @@ where
     S::Error: std::fmt::Debug,
 {
     b.iter_batched(request, |r| drop(call(service, r)), BatchSize::SmallInput);
-}
-
-/// tower_governor, open: one request a nanosecond, bursts of a million.
-fn governor<K: GovernorKey>(key: K) -> GovernorLayer<K, NoOpMiddleware<QuantaInstant>, Body> {
-    let config = GovernorConfigBuilder::default()
-        .per_nanosecond(1)
-        .burst_size(1_000_000)
-        .key_extractor(key)
-        .finish()
-        .unwrap();
-    GovernorLayer::new(Arc::new(config))
-}
-
-fn bare() -> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone {
-    service_fn(|_: Request<Body>| async {
-        let mut response = Response::new(Body::empty());
-        response.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        Ok::<_, Infallible>(response)
-    })
 }
 
 fn overhead(c: &mut Criterion) {
@@ -277,32 +211,34 @@ fn http(c: &mut Criterion) {
         .unwrap();
     let mut group = c.benchmark_group("http_hello");
     group.throughput(Throughput::Elements(1));
-    group.measurement_time(Duration::from_secs(10));
-    // The bare app runs first and last: the two rows show how far the
-    // figures drift within one run (warm-up, the other core's load).
-    let apps: [(&str, Router); 4] = [
-        ("bare", hello()),
-        (
-            "tollgate_per_ip_headers",
-            hello().layer(
-                RateLimitLayer::builder(open_quota())
-                    .key(PeerIp::new())
-                    .build()
-                    .unwrap(),
+    group.measurement_time(Duration::from_secs(5));
+    // Bare, tollgate and tower_governor in turn, three rounds: the machine's
+    // drift over the run (warm-up, the other core's load) falls on every
+    // kind alike, and the mean of the rounds compares them.
+    for round in 1..=3 {
+        let apps: [(&str, Router); 3] = [
+            ("bare", hello()),
+            (
+                "tollgate_per_ip_headers",
+                hello().layer(
+                    RateLimitLayer::builder(open_quota())
+                        .key(PeerIp::new())
+                        .build()
+                        .unwrap(),
+                ),
             ),
-        ),
-        (
-            "tower_governor_per_ip",
-            hello().layer(governor(PeerIpKeyExtractor)),
-        ),
-        ("bare_again", hello()),
-    ];
-    for (name, app) in apps {
-        let (addr, server) = serve(app);
-        group.bench_function(name, |b| {
-            b.iter_custom(|iters| client.block_on(drive(addr, iters)));
-        });
-        drop(server);
+            (
+                "tower_governor_per_ip",
+                hello().layer(governor(PeerIpKeyExtractor)),
+            ),
+        ];
+        for (name, app) in apps {
+            let (addr, server) = serve(app);
+            group.bench_function(format!("round{round}/{name}"), |b| {
+                b.iter_custom(|iters| client.block_on(drive(addr, iters)));
+            });
+            drop(server);
+        }
     }
     group.finish();
 }

@@ -1,0 +1,82 @@
+//! What the benchmarks share: the open quotas, the request, the bare
+//! service, tower_governor's layer and a call driven by hand.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use governor::clock::QuantaInstant;
+use governor::middleware::NoOpMiddleware;
+use http::{Request, Response};
+use tollgate::Quota;
+use tower::{service_fn, Service};
+use tower_governor::governor::GovernorConfigBuilder;
+use tower_governor::key_extractor::KeyExtractor as GovernorKey;
+use tower_governor::GovernorLayer;
+
+pub const OPEN: u64 = 1_000_000_000;
+
+pub fn open_quota() -> Quota {
+    Quota::per_second(OPEN).unwrap()
+}
+
+/// A request as axum hands it on: the peer's address in `ConnectInfo`,
+/// where both tollgate's and tower_governor's peer-IP keys read it.
+pub fn request() -> Request<Body> {
+    let mut request = Request::new(Body::empty());
+    request
+        .extensions_mut()
+        .insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 7], 40_000))));
+    request
+}
+
+/// Drives one request through the service; every service here is ready at
+/// once and answers at once.
+pub fn call<S, B>(service: &mut S, request: Request<Body>) -> Response<B>
+where
+    S: Service<Request<Body>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    match service.poll_ready(&mut cx) {
+        Poll::Ready(Ok(())) => {}
+        _ => panic!("the service is not ready"),
+    }
+    let mut future = pin!(service.call(request));
+    match future.as_mut().poll(&mut cx) {
+        // Every layer lets every request through to the handler.
+        Poll::Ready(Ok(response)) if response.status().is_success() => response,
+        Poll::Ready(Ok(response)) => panic!("answered {}", response.status()),
+        _ => panic!("the service did not answer at once"),
+    }
+}
+
+/// tower_governor, open: one request a nanosecond, bursts of a million.
+pub fn governor<K: GovernorKey>(key: K) -> GovernorLayer<K, NoOpMiddleware<QuantaInstant>, Body> {
+    let config = GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(1_000_000)
+        .key_extractor(key)
+        .finish()
+        .unwrap();
+    GovernorLayer::new(Arc::new(config))
+}
+
+pub fn bare() -> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone
+{
+    service_fn(|_: Request<Body>| async {
+        let mut response = Response::new(Body::empty());
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        Ok::<_, Infallible>(response)
+    })
+}
