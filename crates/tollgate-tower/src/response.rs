@@ -299,7 +299,11 @@ impl HeaderStyle {
     #[inline]
     pub(crate) fn admitted(&self, snapshot: &Snapshot) -> Admitted {
         Admitted {
-            fields: self.on_success.then(|| Box::new(self.fields(snapshot))),
+            fields: if self.on_success {
+                self.fields(snapshot)
+            } else {
+                Fields::default()
+            },
         }
     }
 
@@ -309,11 +313,11 @@ impl HeaderStyle {
         let policy = self.policy.clone();
         let rate_limit = HeaderValue::try_from(headers::rate_limit(&self.name, snapshot)).ok();
         let legacy = self.legacy.then(|| {
-            [
+            Box::new([
                 HeaderValue::from(snapshot.limit()),
                 HeaderValue::from(snapshot.remaining()),
                 HeaderValue::from(headers::ceil_secs(snapshot.reset_after())),
-            ]
+            ])
         });
         Fields {
             policy,
@@ -338,7 +342,7 @@ impl HeaderStyle {
                 headers.entry(RATELIMIT).or_insert(value);
             }
             if let Some(legacy) = fields.legacy {
-                write_legacy(legacy, headers);
+                write_legacy(*legacy, headers);
             }
         }
     }
@@ -371,10 +375,11 @@ fn write_legacy([limit, remaining, reset]: [HeaderValue; 3], headers: &mut Heade
     headers.entry(X_RESET).or_insert(reset);
 }
 
+#[derive(Default)]
 struct Fields {
     policy: Option<HeaderValue>,
     rate_limit: Option<HeaderValue>,
-    legacy: Option<[HeaderValue; 3]>,
+    legacy: Option<Box<[HeaderValue; 3]>>,
 }
 
 /// What an admitted request carries to its response: the `RateLimit`
@@ -385,15 +390,16 @@ struct Fields {
 /// syntax allows. The legacy `X-RateLimit-*` headers, which hold one value,
 /// keep the innermost layer's.
 pub struct Admitted {
-    /// Boxed: the response future carries this, and with the fields off it
-    /// should cost one word.
-    fields: Option<Box<Fields>>,
+    /// Inline, not boxed: an allocation per request costs more than moving
+    /// the two values with the response future (all `None` with the fields
+    /// off; the legacy trio, rarely on, is boxed).
+    fields: Fields,
 }
 
 impl fmt::Debug for Admitted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Admitted")
-            .field("headers", &self.fields.is_some())
+            .field("headers", &self.fields.rate_limit.is_some())
             .finish()
     }
 }
@@ -407,10 +413,7 @@ pub trait Hold: Send + 'static {
 impl Hold for Admitted {
     #[inline]
     fn finish(self, headers: &mut HeaderMap) {
-        let Some(fields) = self.fields else {
-            return;
-        };
-        let fields = *fields;
+        let fields = self.fields;
         if let Some(policy) = fields.policy {
             headers.append(RATELIMIT_POLICY, policy);
         }
@@ -418,7 +421,7 @@ impl Hold for Admitted {
             headers.append(RATELIMIT, value);
         }
         if let Some(legacy) = fields.legacy {
-            write_legacy(legacy, headers);
+            write_legacy(*legacy, headers);
         }
     }
 }

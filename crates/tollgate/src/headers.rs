@@ -263,26 +263,8 @@ fn digits(n: u64) -> usize {
         .map_or(1, |log| log.saturating_add(1))
 }
 
-// At most 20 digits of a u64: the index stays in the buffer, and `n / 10`
-// and `n % 10` cannot overflow.
-#[allow(clippy::arithmetic_side_effects)]
-fn push_u64(out: &mut String, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        // n % 10 < 10: the cast cannot truncate.
-        #[allow(clippy::cast_possible_truncation)]
-        let digit = (n % 10) as u8;
-        buf[at] = b'0' + digit;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &byte in &buf[at..] {
-        out.push(char::from(byte));
-    }
+fn push_u64(out: &mut String, n: u64) {
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 #[cfg(test)]
