@@ -11,15 +11,12 @@
 #![allow(missing_docs)]
 
 use std::hint::black_box;
-use std::sync::Arc;
 
 use axum::body::Body;
 use http::{Request, Response};
 use tollgate_tower::{PeerIp, RateLimitLayer};
 use tower::{Layer, Service};
-use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::{GlobalKeyExtractor, PeerIpKeyExtractor};
-use tower_governor::GovernorLayer;
 
 mod common;
 use common::{bare, call, governor, open_quota, request};
@@ -63,18 +60,7 @@ fn main() {
         "bare" => run(bare(), n),
         "tower_governor_global" => run(governor(GlobalKeyExtractor).layer(bare()), n),
         "tower_governor_per_ip" => run(governor(PeerIpKeyExtractor).layer(bare()), n),
-        "tower_governor_per_ip_headers" => run(
-            GovernorLayer::new(Arc::new(
-                GovernorConfigBuilder::default()
-                    .per_nanosecond(1)
-                    .burst_size(1_000_000)
-                    .use_headers()
-                    .finish()
-                    .unwrap(),
-            ))
-            .layer(bare()),
-            n,
-        ),
+        "tower_governor_per_ip_headers" => run(common::governor_with_headers().layer(bare()), n),
         "tollgate_global" => run(
             RateLimitLayer::builder(open_quota())
                 .headers_on_success(false)

@@ -24,7 +24,6 @@
 
 use std::hint::black_box;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -37,9 +36,7 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use tollgate_tower::{Key, KeyExtractor, PeerIp, RateLimitLayer};
 use tower::{Layer, Service};
-use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::{GlobalKeyExtractor, PeerIpKeyExtractor};
-use tower_governor::GovernorLayer;
 
 mod common;
 use common::{bare, call, governor, open_quota, request, OPEN};
@@ -82,15 +79,7 @@ fn overhead(c: &mut Criterion) {
         time(b, &mut governor(PeerIpKeyExtractor).layer(bare()));
     });
     group.bench_function("tower_governor_per_ip_headers", |b| {
-        let mut service = GovernorLayer::new(Arc::new(
-            GovernorConfigBuilder::default()
-                .per_nanosecond(1)
-                .burst_size(1_000_000)
-                .use_headers()
-                .finish()
-                .unwrap(),
-        ))
-        .layer(bare());
+        let mut service = common::governor_with_headers().layer(bare());
         time(b, &mut service);
     });
     for (name, per_ip, headers) in [

@@ -80,3 +80,19 @@ pub fn bare() -> impl Service<Request<Body>, Response = Response<Body>, Error = 
         Ok::<_, Infallible>(response)
     })
 }
+
+/// tower_governor, open, keyed by peer IP and writing its `x-ratelimit-*`
+/// headers on every response.
+pub fn governor_with_headers() -> GovernorLayer<
+    tower_governor::key_extractor::PeerIpKeyExtractor,
+    governor::middleware::StateInformationMiddleware,
+    Body,
+> {
+    let config = GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(1_000_000)
+        .use_headers()
+        .finish()
+        .unwrap();
+    GovernorLayer::new(Arc::new(config))
+}
