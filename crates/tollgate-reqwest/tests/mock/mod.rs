@@ -1,11 +1,10 @@
-//! A mock LLM provider on loopback: an OpenAI-compatible chat completions
+//! A mock LLM provider, reached in process: an OpenAI-compatible chat completions
 //! endpoint that enforces requests and tokens per minute the way providers
 //! do, in slices of one second (a 600 RPM limit admits 10 in any second of
 //! the clock), and answers with OpenAI, Anthropic or IETF rate-limit
 //! headers. Time is Tokio's, so it runs on paused time.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -86,7 +85,7 @@ pub(crate) async fn start(
     tpm: u64,
     style: Style,
     latency: Duration,
-) -> (SocketAddr, Arc<Mock>) {
+) -> (String, Arc<Mock>) {
     let mock = Arc::new(Mock {
         rpm,
         tpm,
@@ -99,10 +98,7 @@ pub(crate) async fn start(
     let app = Router::new()
         .route("/v1/chat/completions", post(complete))
         .with_state(Arc::clone(&mock));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (addr, mock)
+    (super::transport::register(app), mock)
 }
 
 async fn complete(State(mock): State<Arc<Mock>>, Json(body): Json<Value>) -> Response {
