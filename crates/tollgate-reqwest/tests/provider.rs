@@ -109,7 +109,7 @@ fn check(style: Style, measured: &Measured, permille: u32) {
 
 /// Requests bind: 600 RPM is 10 calls in any second.
 #[tokio::test(start_paused = true)]
-async fn openai_headers_requests_bind() {
+async fn openai_headers_when_requests_are_the_limit() {
     let measured = two_hundred_calls(Style::OpenAi, 600, 1_000_000).await;
     check(Style::OpenAi, &measured, 949);
 }
@@ -117,7 +117,7 @@ async fn openai_headers_requests_bind() {
 /// Tokens bind: each call counts 72 tokens; 36,000 TPM is 600 tokens, 8.3
 /// calls, in any second.
 #[tokio::test(start_paused = true)]
-async fn openai_headers_tokens_bind() {
+async fn openai_headers_when_tokens_are_the_limit() {
     let measured = two_hundred_calls(Style::OpenAi, 6_000, 36_000).await;
     check(Style::OpenAi, &measured, 938);
 }
