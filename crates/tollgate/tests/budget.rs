@@ -224,6 +224,55 @@ async fn a_pause_holds_every_waiter_and_releases_them_paced() {
     assert_eq!(budget.stats().pauses, 1);
 }
 
+/// 64 callers each see a 429 with `Retry-After: 1` and pause the key at
+/// once: the pauses overlap, so the key is held one second, not 64. A
+/// longer pause later extends the hold to its own end, and the waiters
+/// move back by that extension only.
+#[tokio::test(start_paused = true)]
+async fn concurrent_pauses_take_the_longest_never_the_sum() {
+    let limiter = Arc::new(KeyedLimiter::new("10/s".parse().unwrap()));
+    let start = Instant::now();
+    let pauses: Vec<_> = (0..64)
+        .map(|_| {
+            let limiter = Arc::clone(&limiter);
+            tokio::spawn(async move { limiter.pause_for(&"api", Duration::from_secs(1)).await })
+        })
+        .collect();
+    for pause in pauses {
+        pause.await.unwrap().unwrap();
+    }
+    let first = {
+        let limiter = Arc::clone(&limiter);
+        tokio::spawn(async move {
+            limiter.acquire(&"api", 1).await.unwrap();
+            start.elapsed()
+        })
+    };
+    tokio::task::yield_now().await;
+    // Half a second in, a pause of 2 s: it ends at 2.5 s, extending the
+    // hold by 1.5 s; the waiter, due at 1 s, moves to 2.5 s.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    limiter
+        .pause_for(&"api", Duration::from_secs(2))
+        .await
+        .unwrap();
+    // A shorter one inside it changes nothing.
+    limiter
+        .pause_for(&"api", Duration::from_millis(300))
+        .await
+        .unwrap();
+    let second = {
+        let limiter = Arc::clone(&limiter);
+        tokio::spawn(async move {
+            limiter.acquire(&"api", 1).await.unwrap();
+            start.elapsed()
+        })
+    };
+    assert_eq!(first.await.unwrap(), Duration::from_millis(2_500));
+    assert_eq!(second.await.unwrap(), Duration::from_millis(2_600));
+    assert_eq!(limiter.stats().pauses, 66);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_pause_on_a_full_limit_lets_callers_out_one_by_one() {
     let limiter = Arc::new(KeyedLimiter::new("10/s".parse().unwrap()));

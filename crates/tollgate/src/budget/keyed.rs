@@ -554,6 +554,10 @@ where
     /// Holds every caller of `key` for `hold`: those waiting now and those
     /// that come meanwhile. When it ends they leave one by one at the
     /// quota's rate, never all at once. For a 429's `Retry-After`.
+    ///
+    /// Pauses that overlap take the longest, never the sum: many callers
+    /// refused together and each pausing for `Retry-After: 1` hold the key
+    /// one second.
     pub async fn pause_for(&self, key: &K, hold: Duration) -> Result<(), Denied> {
         let limits = self.limits_ref(key);
         let changes = [Change::HoldFor(hold); MAX_DIMENSIONS];
@@ -655,8 +659,12 @@ struct Pauses<K> {
 
 struct PauseEvent {
     generation: u64,
+    /// How far this pause moved the reservations back: by how much it
+    /// extended the pause in force, not its whole length.
     shift: Duration,
     at: Instant,
+    /// When this pause ends.
+    until: Instant,
 }
 
 impl<K> Default for Pauses<K> {
@@ -682,24 +690,37 @@ impl<K: Hash + Eq + Clone> Pauses<K> {
         self.events.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Records a pause of `key` made (in the store) just now. The generation
-    /// moves only after the store was changed, so a waiter that saw the old
-    /// generation decided before the change and looks for this event.
-    fn record(&self, key: &K, shift: Duration) {
+    /// Records a pause of `key` for `hold`, made (in the store) just now.
+    /// Its shift is by how much it extends the pause in force (pauses over
+    /// pauses take the longest), as the store moves its reservations. The
+    /// generation moves only after the store was changed, so a waiter that
+    /// saw the old generation decided before the change and looks for this
+    /// event.
+    fn record(&self, key: &K, hold: Duration) {
         let now = Instant::now();
+        let until = now.checked_add(hold).unwrap_or(now);
+        self.count.fetch_add(1, Ordering::Relaxed);
         let mut events = self.lock();
         events.retain(|_, list| {
             list.retain(|e| now.saturating_duration_since(e.at) < PAUSE_MEMORY);
             !list.is_empty()
         });
+        let in_force = events
+            .get(key)
+            .and_then(|list| list.iter().map(|e| e.until).max())
+            .map_or(now, |end| end.max(now));
+        let shift = until.saturating_duration_since(in_force);
+        if shift.is_zero() {
+            return;
+        }
         let generation = self.generation.load(Ordering::Relaxed).wrapping_add(1);
         events.entry(key.clone()).or_default().push(PauseEvent {
             generation,
             shift,
             at: now,
+            until,
         });
         self.generation.store(generation, Ordering::Release);
-        self.count.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The pauses of `key` after generation `after`, up to `upto`, added up.

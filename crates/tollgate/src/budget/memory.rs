@@ -1,6 +1,7 @@
 //! The in-memory store: sharded tables of GCRA states, bounded by a cap.
 
 use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
@@ -78,6 +79,10 @@ struct Shard {
     admitted: u64,
     denied: u64,
     evicted: u64,
+    /// Until when each held dimension is paused (by its fingerprint), so
+    /// that a pause over a pause extends it rather than adding to it.
+    /// Only keys with a pause in force are here; ended ones are swept.
+    paused: HashMap<u64, u64>,
 }
 
 /// One key's dimensions: the key's fingerprint is the first dimension's, and
@@ -131,6 +136,7 @@ impl<C: Clock> MemoryStore<C> {
                     admitted: 0,
                     denied: 0,
                     evicted: 0,
+                    paused: HashMap::new(),
                 }))
             })
             .collect();
@@ -221,7 +227,14 @@ impl<C: Clock> MemoryStore<C> {
         for ((gcra, fp), change) in dims.iter().zip(changes) {
             let index = shard.table.find(fp);
             let tat = index.map_or(0, |i| shard.table.tat_at(i));
-            let next = apply(&gcra, tat, now, *change);
+            let next = match *change {
+                Change::HoldFor(hold) => {
+                    let until = now.saturating_add(duration_to_nanos(hold));
+                    let extension = shard.pause(fp, now, until, self.max_per_shard);
+                    hold_until(&gcra, tat, now, until, extension)
+                }
+                change => apply(&gcra, tat, now, change),
+            };
             shard.write(index, fp, next, now, self.max_per_shard);
         }
     }
@@ -271,19 +284,49 @@ fn apply(gcra: &Gcra, tat: u64, now: u64, change: Change) -> u64 {
                 tat.max(floor)
             }
         }
+        // A hold needs the dimension's pause: see `hold_until`.
         Change::HoldFor(hold) => {
-            let hold = duration_to_nanos(hold);
-            let until = now.saturating_add(hold);
-            // Everything moves back by the hold, and the limit is empty when
-            // the hold ends, but for one unit: callers leave one by one.
-            let shifted = tat.max(now).saturating_add(hold);
-            let empty = until.saturating_add(capacity).saturating_sub(interval);
-            shifted.max(empty)
+            let until = now.saturating_add(duration_to_nanos(hold));
+            hold_until(gcra, tat, now, until, until.saturating_sub(now))
         }
     }
 }
 
+/// A pause of one GCRA state until `until`, which extends the pause in
+/// force by `extension`: reservations already made move back by the
+/// extension only (so pauses over pauses take the longest, never the sum),
+/// and the limit is empty when the pause ends but for one unit, so that
+/// callers leave one by one.
+pub(crate) fn hold_until(gcra: &Gcra, tat: u64, now: u64, until: u64, extension: u64) -> u64 {
+    let shifted = tat.max(now).saturating_add(extension);
+    let empty = until
+        .saturating_add(gcra.capacity())
+        .saturating_sub(gcra.interval());
+    shifted.max(empty)
+}
+
+/// Pauses a shard remembers before it sweeps the ended ones.
+const PAUSES_BEFORE_SWEEP: usize = 64;
+
 impl Shard {
+    /// Pauses dimension `fp` until `until`; answers by how much that
+    /// extends the pause in force (0 when one lasts longer already).
+    fn pause(&mut self, fp: u64, now: u64, until: u64, max: usize) -> u64 {
+        let in_force = self.paused.get(&fp).copied().filter(|&t| t > now);
+        let extension = until.saturating_sub(in_force.unwrap_or(now).max(now));
+        if extension > 0 {
+            if self.paused.len() >= PAUSES_BEFORE_SWEEP {
+                self.paused.retain(|_, &mut t| t > now);
+            }
+            // At the cap, a pause is still applied; only its end is not
+            // remembered, so a later pause of that key adds to it.
+            if self.paused.len() < max || self.paused.contains_key(&fp) {
+                self.paused.insert(fp, until);
+            }
+        }
+        extension
+    }
+
     fn count(&mut self, decision: Decision) -> Decision {
         match decision {
             Decision::Admit { .. } => self.admitted = self.admitted.saturating_add(1),

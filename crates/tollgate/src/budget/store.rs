@@ -120,8 +120,11 @@ pub enum Change {
     /// with less room is left alone.
     AtMost(u64),
     /// Admits nothing for this long, then lets callers through one by one
-    /// at the quota's rate: the limit is empty when the hold ends, and
-    /// reservations already made move back by the hold.
+    /// at the quota's rate: the limit is empty when the hold ends. A hold
+    /// is state of the dimension: one that starts while another is in
+    /// force extends it to the later end (concurrent holds take the
+    /// longest, never the sum), and reservations already made move back by
+    /// that extension only.
     HoldFor(Duration),
 }
 
