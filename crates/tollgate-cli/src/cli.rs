@@ -80,8 +80,10 @@ struct BatchArgs {
     /// Requests in flight at most.
     #[arg(long, default_value_t = 64)]
     max_in_flight: usize,
-    /// Attempts per line (429, 503 and 529, transport errors and timeouts
-    /// are retried).
+    /// Attempts per line that may end in an error: a transport error, a
+    /// timeout, 408, 409, 500, 502, 504, or an overload (503, 529). A
+    /// refusal for rate (429) is waited for as asked and retried without
+    /// spending an attempt (up to 100 in a row).
     #[arg(long, default_value_t = 5)]
     max_attempts: u32,
     /// How long one attempt may take, from connecting to the answer's last

@@ -390,3 +390,32 @@ fn the_input_is_sent_as_it_is_read() {
     assert_eq!(status.code(), Some(0), "{stdout}{stderr}");
     assert_eq!(records(&output).len(), 2);
 }
+
+#[test]
+fn a_server_error_is_retried_within_the_attempts_and_a_bad_request_is_not() {
+    let provider = Provider::start();
+    let dir = scratch("flaky");
+    let (input, output) = (dir.join("in.jsonl"), dir.join("out.jsonl"));
+    write_lines(
+        &input,
+        &[line("flaky", 1), line("invalid", 2), line("ok", 3)],
+    );
+    let run = Batch::spawn(batch_command(
+        &provider.url(),
+        &input,
+        output.to_str().unwrap(),
+        &["--max-attempts", "3"],
+    ));
+    let (status, stdout, stderr) = run.finish(BOUND);
+    assert_eq!(status.code(), Some(1), "{stdout}{stderr}");
+    let by_line = by_line(&records(&output));
+    let flaky = &by_line[&1][0];
+    assert_eq!(flaky["ok"], true, "{flaky}");
+    assert_eq!(flaky["attempts"], 2, "one 500, then the answer");
+    let invalid = &by_line[&2][0];
+    assert_eq!(invalid["kind"], "http");
+    assert_eq!(invalid["status"], 400);
+    assert_eq!(invalid["attempts"], 1, "a 400 is final");
+    assert_eq!(by_line[&3][0]["ok"], true);
+    assert_eq!(provider.received(), 4);
+}

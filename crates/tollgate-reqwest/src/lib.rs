@@ -35,8 +35,10 @@
 //! endpoint for the wait the provider asks and retries the call itself.
 //! Put it *inside* (after) `reqwest-retry`'s `RetryTransientMiddleware` in
 //! the chain, and let `reqwest-retry` handle what this one does not:
-//! connection errors and other 5xx. A 429 that this middleware returns
-//! (its attempts or retry budget spent, or `x-should-retry: false`) would
+//! connection errors and other 5xx. A 429 is retried here until the call
+//! succeeds (it spends neither attempts nor the retry budget, which bound
+//! 503 / 529 only); one that this middleware returns (`max_refusals` in a
+//! row, a wait over `max_wait`, or `x-should-retry: false`) would
 //! otherwise be retried again by `reqwest-retry` without the shared pause;
 //! give `reqwest-retry` a strategy that does not retry 429 if that matters.
 //!
@@ -52,7 +54,7 @@
 //! Events are emitted under this crate's target (`tollgate_reqwest`) and
 //! the core's (`tollgate`): `info` when limits are learnt and when an
 //! endpoint is paused after a refusal, `warn` when the retry budget is
-//! spent. `RUST_LOG=tollgate_reqwest=info,tollgate=info` with
+//! spent or a call was refused `max_refusals` times in a row. `RUST_LOG=tollgate_reqwest=info,tollgate=info` with
 //! `tracing-subscriber` shows them; a span around the call (from
 //! `reqwest-tracing`, say) gives them their context.
 

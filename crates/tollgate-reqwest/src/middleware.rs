@@ -147,6 +147,7 @@ pub struct Builder {
 #[derive(Clone, Copy, Debug)]
 struct Settings {
     max_attempts: u32,
+    max_refusals: u32,
     max_wait: Duration,
     backoff_base: Duration,
     backoff_cap: Duration,
@@ -172,6 +173,7 @@ impl Default for Builder {
             estimator: Box::new(DefaultEstimator),
             settings: Settings {
                 max_attempts: 4,
+                max_refusals: 100,
                 max_wait: Duration::from_secs(300),
                 backoff_base: Duration::from_secs(1),
                 backoff_cap: Duration::from_secs(60),
@@ -211,10 +213,26 @@ impl Builder {
         self
     }
 
-    /// Attempts per call, the first included (default 4; at least 1).
+    /// Attempts per call that may end in an overload (503, 529), the first
+    /// included (default 4; at least 1). Refusals for rate (429) do not
+    /// count: see [`max_refusals`](Self::max_refusals).
     #[must_use]
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.settings.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// Refusals for rate (429) of one call, in a row, before it is
+    /// returned as it is (default 100; at least 1). A 429 asks the caller
+    /// to wait, and the wait is taken (the endpoint is paused for everyone,
+    /// then calls leave paced), so such retries spend neither
+    /// [`max_attempts`](Self::max_attempts) nor the retry budget: a call is
+    /// retried until it succeeds, the provider says stop
+    /// (`x-should-retry: false`), the wait asked exceeds
+    /// [`max_wait`](Self::max_wait), or this bound is reached.
+    #[must_use]
+    pub fn max_refusals(mut self, refusals: u32) -> Self {
+        self.settings.max_refusals = refusals.max(1);
         self
     }
 
@@ -370,6 +388,9 @@ impl Shared {
 
         let mut original = Some(request);
         let mut attempt: u32 = 0;
+        // Answers of 503 / 529 (bounded by `max_attempts` and the retry
+        // budget) and of 429 (bounded by `max_refusals`), so far.
+        let (mut overloads, mut refusals) = (0u32, 0u32);
         loop {
             attempt = attempt.saturating_add(1);
             let clone = original.as_ref().and_then(Request::try_clone);
@@ -439,8 +460,22 @@ impl Shared {
                     self.settings.max_wait,
                 )));
             }
-            if !can_retry || attempt >= self.settings.max_attempts || !self.take_retry() {
+            if !can_retry {
                 return Ok(response);
+            }
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                // Refused for rate: the wait asked for was taken; it spends
+                // neither attempts nor the retry budget.
+                refusals = refusals.saturating_add(1);
+                if refusals >= self.settings.max_refusals {
+                    tracing::warn!(%key, refusals, "refused for rate too many times in a row: returned as it is");
+                    return Ok(response);
+                }
+            } else {
+                overloads = overloads.saturating_add(1);
+                if overloads >= self.settings.max_attempts || !self.take_retry() {
+                    return Ok(response);
+                }
             }
         }
     }

@@ -123,6 +123,50 @@ async fn a_429_pauses_every_caller_for_the_wait_asked_then_retries() {
     );
 }
 
+/// Refusals for rate are waited for and retried until the call succeeds:
+/// they spend neither the attempts (2 here) nor the retry budget (none
+/// here), only the bound on refusals in a row.
+#[tokio::test(start_paused = true)]
+async fn refusals_for_rate_are_retried_until_success_whatever_the_attempts() {
+    let refusal = || (429, vec![("retry-after", "1")]);
+    let (url, script) = serve((0..12).map(|_| refusal()).collect()).await;
+    let client = client(
+        RateLimitMiddleware::builder()
+            .limits(ProviderLimits::new().requests_per_minute(6_000))
+            .max_attempts(2)
+            .retry_ratio(0.0)
+            .build(),
+    );
+    let start = Instant::now();
+    let response = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.extensions().get::<Attempts>(), Some(&Attempts(13)));
+    // Each refusal's second is taken (paced, a few ms after it ends).
+    let arrivals = script.since(start);
+    assert_eq!(arrivals.len(), 13);
+    assert!(arrivals
+        .windows(2)
+        .all(|w| w[1] - w[0] >= Duration::from_secs(1)));
+
+    // Bounded all the same: past `max_refusals` in a row, the refusal is
+    // returned as it is.
+    let (url, script) = serve((0..5).map(|_| refusal()).collect()).await;
+    let bounded = self::client(
+        RateLimitMiddleware::builder()
+            .limits(ProviderLimits::new().requests_per_minute(6_000))
+            .max_refusals(3)
+            .build(),
+    );
+    assert_eq!(post(&bounded, &url).await.unwrap(), 429);
+    assert_eq!(script.arrivals.lock().unwrap().len(), 3);
+}
+
 #[tokio::test(start_paused = true)]
 async fn should_retry_false_is_obeyed() {
     let (url, script) = serve(vec![(

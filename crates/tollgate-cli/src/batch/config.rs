@@ -63,8 +63,10 @@ pub struct BatchConfig {
     pub tpm: Option<u64>,
     /// Requests in flight at most.
     pub max_in_flight: usize,
-    /// Attempts per line, the first included: refusals (429, 503, 529),
-    /// transport errors and timeouts are retried within them.
+    /// Attempts per line that may end in an error, the first included:
+    /// transport errors, timeouts, 408 / 409 / 500 / 502 / 504 and
+    /// overloads (503, 529) are retried within them. Refusals for rate
+    /// (429) are waited for and retried without spending them.
     pub max_attempts: u32,
     /// The API key, sent as a bearer token, if any.
     pub api_key: Option<String>,

@@ -163,6 +163,13 @@ async fn read_body(response: &mut Response, cap: u64) -> Result<Vec<u8>, BodyErr
     Ok(body)
 }
 
+/// Answers worth another attempt: 408 (the server timed out), 409 (a
+/// conflict, which providers send when busy), 500, 502 and 504. Refusals
+/// (429, 503, 529) are the rate-limit middleware's to retry.
+fn transient(status: reqwest::StatusCode) -> bool {
+    matches!(status.as_u16(), 408 | 409 | 500 | 502 | 504)
+}
+
 /// A wait before retrying a transport error or a timeout: between half and
 /// all of 500 ms × 2^(n-1), at most 30 s.
 fn backoff(failures: u32) -> Duration {
@@ -230,6 +237,21 @@ async fn send(context: &Context, line: Line, wire: Wire) -> Outcome {
                 refused += u64::from(took.saturating_sub(1))
                     + u64::from(matches!(status.as_u16(), 429 | 503 | 529));
                 let usage = response.extensions().get::<Usage>().cloned();
+                // A timeout, a conflict or a server error is retried like a
+                // transport error, within the attempts; what it reserved of
+                // the limit is given back.
+                if transient(status) && attempts < context.max_attempts {
+                    if let Some(usage) = usage {
+                        usage.report(0, 0).await;
+                    }
+                    drop(response);
+                    if context.stop.is_stopped() {
+                        return Outcome::NotSent;
+                    }
+                    failures += 1;
+                    tokio::time::sleep(backoff(failures)).await;
+                    continue;
+                }
                 let common = json!({
                     "status": status.as_u16(),
                     "attempts": attempts,

@@ -83,7 +83,9 @@ pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 /// A provider on 127.0.0.1 whose every answer is chosen by the body's
 /// `test` field: `ok` (the default) answers at once; `slow` after `ms`;
 /// `hold` once the test releases the held requests; `hang` never;
-/// `flood` streams an endless body; `huge` announces a 10 GiB body.
+/// `flood` streams an endless body; `huge` announces a 10 GiB body;
+/// `flaky` answers 500 the first time a content is seen, then 200;
+/// `invalid` answers 400.
 pub struct Provider {
     pub addr: std::net::SocketAddr,
     shared: Arc<Shared>,
@@ -179,6 +181,26 @@ async fn answer(State(shared): State<Arc<Shared>>, body: String) -> Response {
             }
         }
         "flood" => return Body::new(Endless { announced: None }).into_response(),
+        "flaky" => {
+            let seen = shared
+                .contents
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|c| **c == content)
+                .count();
+            if seen == 1 {
+                return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "try again")
+                    .into_response();
+            }
+        }
+        "invalid" => {
+            return (
+                axum::http::StatusCode::BAD_REQUEST,
+                "{\"error\":\"invalid\"}",
+            )
+                .into_response()
+        }
         "huge" => {
             return Body::new(Endless {
                 announced: Some(10 << 30),
