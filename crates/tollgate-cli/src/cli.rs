@@ -119,7 +119,8 @@ struct MockArgs {
     /// Tokens per minute (prompt tokens plus max_tokens).
     #[arg(long, default_value_t = 100_000)]
     tpm: u64,
-    /// Whose headers to answer with.
+    /// Whose headers to answer with (`bare`: none, only `Retry-After` on a
+    /// refusal).
     #[arg(long, value_enum, default_value_t = Style::Openai)]
     style: Style,
     /// The port on 127.0.0.1 (0: any free one).

@@ -28,6 +28,9 @@ pub enum Style {
     Anthropic,
     /// IETF `RateLimit-Policy` and `RateLimit`.
     Ietf,
+    /// No rate-limit headers at all: a refusal says only `Retry-After`, in
+    /// whole seconds, as many providers do.
+    Bare,
 }
 
 /// The mock's settings.
@@ -243,7 +246,7 @@ async fn headers(State(limits): State<Arc<Limits>>, request: Request, next: Next
     let config = &limits.config;
     let headers = response.headers_mut();
     put(headers, "date", httpdate::fmt_http_date(now));
-    if let Some(wait) = retry_after {
+    if let (Some(wait), false) = (retry_after, config.style == Style::Bare) {
         put(
             headers,
             "retry-after-ms",
@@ -252,6 +255,10 @@ async fn headers(State(limits): State<Arc<Limits>>, request: Request, next: Next
     }
     match config.style {
         Style::Ietf => {}
+        Style::Bare => {
+            headers.remove("ratelimit");
+            headers.remove("ratelimit-policy");
+        }
         Style::Openai => {
             headers.remove("ratelimit");
             headers.remove("ratelimit-policy");

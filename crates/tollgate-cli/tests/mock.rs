@@ -47,3 +47,27 @@ async fn the_mock_refuses_over_its_limits_with_headers() {
     let bad = app.oneshot(request("[1]")).await.unwrap();
     assert_eq!(bad.status(), 400);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_bare_mock_says_only_retry_after() {
+    let app = mock::app(MockConfig {
+        rpm: 60,
+        tpm: 1_000_000,
+        style: Style::Bare,
+        latency_ms: 0..0,
+    })
+    .unwrap();
+    let body = r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#;
+    let ok = app.clone().oneshot(request(body)).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let refused = app.oneshot(request(body)).await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    for (name, _) in refused.headers() {
+        let name = name.as_str();
+        assert!(
+            !name.contains("ratelimit") && name != "retry-after-ms",
+            "{name} in a bare answer"
+        );
+    }
+}
