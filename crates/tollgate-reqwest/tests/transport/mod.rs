@@ -44,6 +44,9 @@ impl Middleware for InProcess {
         _: &mut Extensions,
         _: Next<'_>,
     ) -> reqwest_middleware::Result<reqwest::Response> {
+        // As on a network, a request is not answered within the poll that
+        // sends it: calls sent together reach the provider together.
+        tokio::task::yield_now().await;
         let host = request.url().host_str().unwrap_or_default().to_owned();
         let app = apps()
             .lock()
