@@ -58,6 +58,7 @@
 //! `tracing-subscriber` shows them; a span around the call (from
 //! `reqwest-tracing`, say) gives them their context.
 
+mod adaptive;
 mod error;
 mod estimate;
 mod limits;

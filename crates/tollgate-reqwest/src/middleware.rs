@@ -13,6 +13,7 @@ use serde_json::Value;
 use tollgate::headers::RateLimitHeaders;
 use tollgate::{DeniedKind, Grant, KeyedBudget, Snapshot};
 
+use crate::adaptive::Adaptive;
 use crate::estimate::{DefaultEstimator, TokenEstimator};
 use crate::limits::{Pacing, ProviderLimits, DIMENSIONS};
 use crate::{RetryLater, TooLarge, Usage};
@@ -117,7 +118,6 @@ pub(crate) struct Shared {
 }
 
 /// What is known of one endpoint.
-#[derive(Default)]
 struct EndpointState {
     /// Held by the one call that goes alone until the limits are known.
     probe: tokio::sync::Mutex<()>,
@@ -129,6 +129,29 @@ struct EndpointState {
     /// Per dimension, the largest cost of a call: each burst holds at
     /// least that much.
     bursts: Mutex<[u64; 4]>,
+    /// The request rate learnt from refusals, while the endpoint states
+    /// no request limit and none is configured.
+    adaptive: Mutex<Adaptive>,
+    /// Before the first refusal of such an endpoint: the calls allowed in
+    /// flight, from 2, one more every second answer (TCP's slow start,
+    /// gentler). Closed at the first refusal.
+    window: Arc<tokio::sync::Semaphore>,
+    window_answers: AtomicU64,
+}
+
+impl Default for EndpointState {
+    fn default() -> Self {
+        Self {
+            probe: tokio::sync::Mutex::default(),
+            learnt: AtomicBool::default(),
+            heard: Mutex::default(),
+            in_force: Mutex::default(),
+            bursts: Mutex::default(),
+            adaptive: Mutex::default(),
+            window: Arc::new(tokio::sync::Semaphore::new(2)),
+            window_answers: AtomicU64::new(0),
+        }
+    }
 }
 
 /// The most endpoints remembered; past it, the table is cleared (the
@@ -410,6 +433,12 @@ impl Shared {
                 None
             };
 
+            // While a rate is being learnt from a refusal, calls wait for the
+            // episode's end before taking their turn; before the first
+            // refusal, they go in a window that grows by one with each
+            // answer (see `adaptive`).
+            let window = self.slow_start(&state).await;
+            self.wait_out_episode(&key, &state).await;
             let grant = self.admit(&key, &state, &costs).await?;
             let result = next.clone().run(sending, extensions).await;
             let mut response = match result {
@@ -432,6 +461,22 @@ impl Shared {
             drop(probe);
 
             let status = response.status();
+            self.adapt(&key, &state, status, &read);
+            if let Some(window) = window {
+                // An answer: the window grows by one; a refusal ends the
+                // slow start, a rate being learnt from it.
+                if retryable(status) {
+                    state.window.close();
+                } else {
+                    // One place more every second answer: the window grows
+                    // by half each round trip, so that the round trip that
+                    // first meets the limit overshoots it by little.
+                    if state.window_answers.fetch_add(1, Ordering::Relaxed) % 2 == 1 {
+                        state.window.add_permits(1);
+                    }
+                }
+                drop(window);
+            }
             response.extensions_mut().insert(Attempts(attempt));
             if !retryable(status) {
                 // The estimate stays charged until the caller reports usage.
@@ -534,12 +579,100 @@ impl Shared {
         }
     }
 
-    /// Puts per-minute limits in force for an endpoint, with its bursts.
+    /// Puts per-minute limits in force for an endpoint, with its bursts,
+    /// and its learnt request rate where it states no request limit.
     fn apply(&self, key: &Endpoint, state: &EndpointState, in_force: &ProviderLimits) {
         let bursts = *state.bursts.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut in_force = *in_force;
+        if in_force.requests().is_none() {
+            let learnt = state
+                .adaptive
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .per_minute();
+            if let Some(per_minute) = learnt {
+                in_force = in_force.requests_per_minute(per_minute);
+            }
+        }
         let _ = self
             .budget
-            .set_limits(key.clone(), self.pacing.limits(in_force, &bursts));
+            .set_limits(key.clone(), self.pacing.limits(&in_force, &bursts));
+    }
+
+    /// Where the endpoint's rate is learnt from refusals and none is known
+    /// yet, takes a place in the slow-start window (`None`: no window).
+    async fn slow_start(&self, state: &EndpointState) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if !self.learns_rate(state) || state.window.is_closed() {
+            return None;
+        }
+        // A closed window (the first refusal came) lets everyone through.
+        Arc::clone(&state.window).acquire_owned().await.ok()
+    }
+
+    /// Waits, where the endpoint's rate is learnt from refusals, until the
+    /// refusal episode in force ends.
+    async fn wait_out_episode(&self, key: &Endpoint, state: &EndpointState) {
+        if !self.learns_rate(state) {
+            return;
+        }
+        let end = state
+            .adaptive
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .episode_end(tokio::time::Instant::now());
+        if let Some(end) = end {
+            tracing::debug!(%key, "waiting out a refusal episode");
+            tokio::time::sleep_until(end).await;
+        }
+    }
+
+    /// Whether the endpoint's request rate is learnt from its answers: it
+    /// states no request limit, and none is configured.
+    fn learns_rate(&self, state: &EndpointState) -> bool {
+        self.configured.requests().is_none()
+            && state
+                .heard
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .requests()
+                .is_none()
+    }
+
+    /// Where the endpoint states no request limit (and none is
+    /// configured), learns its rate from the answers: a refusal cuts it, a
+    /// second without one grows it (see the `adaptive` module).
+    fn adapt(
+        &self,
+        key: &Endpoint,
+        state: &EndpointState,
+        status: StatusCode,
+        read: &RateLimitHeaders,
+    ) {
+        if !self.learns_rate(state) {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        let changed = {
+            let mut adaptive = state
+                .adaptive
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if retryable(status) {
+                let hold = read.retry_after.unwrap_or(Duration::from_secs(1));
+                adaptive.refused(now, hold)
+            } else {
+                adaptive.admitted(now)
+            }
+        };
+        if let Some(per_minute) = changed {
+            tracing::debug!(%key, per_minute, "request rate learnt from the answers");
+            let in_force = (*state
+                .in_force
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner))
+            .unwrap_or(self.configured);
+            self.apply(key, state, &in_force);
+        }
     }
 
     /// Takes what a response's headers say: the limits (learnt where none

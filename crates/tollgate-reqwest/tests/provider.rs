@@ -133,3 +133,27 @@ async fn ietf_headers() {
     let measured = two_hundred_calls(Style::Ietf, 600, 1_000_000).await;
     check(Style::Ietf, &measured, 949);
 }
+
+/// No rate-limit headers at all, a refusal saying only `Retry-After`: the
+/// rate is learnt from the refusals alone. The calls go in a window that
+/// grows with each answer until the first refusal; the answers of the
+/// calls admitted with it set the rate, which then grows slowly. Exact on
+/// virtual time: one refusal of 201 attempts, 81.3% of the allowed rate
+/// over these 20 seconds (the slow start's first seconds weigh on a run
+/// this short; BENCHMARKS.md has a longer one).
+#[tokio::test(start_paused = true)]
+async fn no_headers_only_refusals() {
+    let measured = two_hundred_calls(Style::Bare, 600, 1_000_000).await;
+    println!(
+        "Bare: {} answered, {} attempts, {} refused, {:.1}% of the allowed rate",
+        measured.answered,
+        measured.attempts,
+        measured.refused,
+        100.0 * measured.share_of_allowed
+    );
+    assert_eq!(measured.answered, CALLS, "none lost");
+    assert_eq!((measured.attempts, measured.refused), (201, 1));
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let permille = (measured.share_of_allowed * 1000.0).round() as u32;
+    assert_eq!(permille, 813);
+}

@@ -21,6 +21,9 @@ pub(crate) enum Style {
     OpenAi,
     Anthropic,
     Ietf,
+    /// No rate-limit headers; a refusal says only `Retry-After` (whole
+    /// seconds).
+    Bare,
 }
 
 #[derive(Default, Debug, Clone, Copy)]
@@ -227,6 +230,7 @@ impl Mock {
                 );
                 put("anthropic-ratelimit-tokens-reset", at);
             }
+            Style::Bare => {}
             Style::Ietf => {
                 put(
                     "ratelimit-policy",
@@ -242,12 +246,14 @@ impl Mock {
                 );
             }
         }
-        if !admitted {
+        if !admitted && self.style != Style::Bare {
             // The slice frees at the next second.
             put(
                 "retry-after-ms",
                 until_next_second.as_millis().max(1).to_string(),
             );
+        }
+        if !admitted {
             put(
                 "retry-after",
                 until_next_second.as_secs().max(1).to_string(),

@@ -1,0 +1,196 @@
+//! A request rate learnt from refusals alone, for an endpoint that states
+//! no limit of its own: additive increase, multiplicative decrease (AIMD),
+//! as AWS's adaptive retry mode and Netflix's concurrency limits do.
+//!
+//! - Until the first refusal, calls go in a window of calls in flight that
+//!   grows by half each round trip (a gentler TCP slow start; the window
+//!   is the middleware's), so that the first refusal finds few calls sent
+//!   beyond the limit, and no call has reserved a turn at a guessed rate.
+//! - A refusal opens an *episode* as long as the pause it asks for: the
+//!   rate is cut to a share of the most the provider was seen to admit in
+//!   one second, and refusals of calls sent before the cut are not counted
+//!   again. Answers lag the calls, so until the pause ends each answer
+//!   checks the cut again (and sets the first rate, when none was known)
+//!   from the answers come by then.
+//! - Calls wait out the episode before taking their turn, so that they are
+//!   paced at the rate in force when it ends, never at a guess made before
+//!   the answers came.
+//! - Each second without a refusal, the rate grows by a small share of the
+//!   level it was cut to, until the next refusal.
+//!
+//! Calls are paced evenly at the rate: the endpoint's budget carries it as
+//! its request limit.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// After a refusal, the rate becomes this share of the most admitted in a
+/// second lately.
+const CUT: f64 = 0.9;
+/// Each second without a refusal, the rate grows by this share of the
+/// level it was last cut to.
+const GROWTH: f64 = 0.01;
+/// How far back answers are remembered, and how many at most.
+const WINDOW: Duration = Duration::from_secs(3);
+const SAMPLES: usize = 8192;
+/// The lowest rate, a minute.
+const FLOOR: f64 = 1.0;
+
+/// One endpoint's learnt rate.
+#[derive(Debug, Default)]
+pub(crate) struct Adaptive {
+    /// When the last answers that were not refusals came, oldest first.
+    admitted: VecDeque<Instant>,
+    /// The rate in force, requests a minute; none until learnt.
+    rate: Option<f64>,
+    /// The rate the last cut set: growth is a share of it.
+    cycle_floor: f64,
+    /// The end of the refusal episode in force.
+    episode_end: Option<Instant>,
+    /// Whether answers still check the cut (until the episode's end).
+    rechecking: bool,
+    grown_at: Option<Instant>,
+}
+
+impl Adaptive {
+    /// The rate in force, in whole requests a minute, once learnt.
+    pub(crate) fn per_minute(&self) -> Option<u64> {
+        // At least the floor, and far below u64::MAX.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        self.rate.map(|r| r.max(FLOOR) as u64)
+    }
+
+    /// When the episode in force ends, if one is.
+    pub(crate) fn episode_end(&self, now: Instant) -> Option<Instant> {
+        self.episode_end.filter(|&end| end > now)
+    }
+
+    /// An answer that was not a refusal came at `now`. Answers the new
+    /// rate when it changed.
+    pub(crate) fn admitted(&mut self, now: Instant) -> Option<u64> {
+        self.admitted.push_back(now);
+        while self.admitted.len() > SAMPLES
+            || self
+                .admitted
+                .front()
+                .is_some_and(|&t| now.saturating_duration_since(t) > WINDOW)
+        {
+            self.admitted.pop_front();
+        }
+        if self.rechecking {
+            // Answers of calls admitted before the refusal, come since.
+            if self.episode_end.is_none_or(|end| now >= end) {
+                self.rechecking = false;
+            }
+            let seen = (CUT * self.peak_per_minute()).max(FLOOR);
+            if self.rate.is_none_or(|rate| seen > rate) {
+                self.rate = Some(seen);
+                self.cycle_floor = seen;
+                return self.per_minute();
+            }
+        }
+        let rate = self.rate?;
+        let since = now.saturating_duration_since(self.grown_at.unwrap_or(now));
+        if since < Duration::from_secs(1) {
+            return None;
+        }
+        self.rate = Some(rate + GROWTH * self.cycle_floor * since.as_secs_f64());
+        self.grown_at = Some(now);
+        self.per_minute()
+    }
+
+    /// A refusal came at `now`, asking for a pause of `hold`. Answers the
+    /// new rate when it was cut: once per episode.
+    pub(crate) fn refused(&mut self, now: Instant, hold: Duration) -> Option<u64> {
+        if self.episode_end(now).is_some() {
+            return None;
+        }
+        let end = now + hold.max(Duration::from_secs(1));
+        self.episode_end = Some(end);
+        self.rechecking = true;
+        // Growth starts once the episode is over.
+        self.grown_at = Some(end);
+        let rate = self.rate?;
+        let seen = self.peak_per_minute();
+        let cut = (CUT
+            * if seen > 0.0 {
+                seen.min(rate / CUT)
+            } else {
+                rate
+            })
+        .max(FLOOR);
+        self.rate = Some(cut);
+        self.cycle_floor = cut;
+        self.per_minute()
+    }
+
+    /// The most answers remembered within any one second, a minute's worth.
+    fn peak_per_minute(&self) -> f64 {
+        let (mut peak, mut start) = (0usize, 0usize);
+        for (end, &at) in self.admitted.iter().enumerate() {
+            while self
+                .admitted
+                .get(start)
+                .is_some_and(|&first| at.saturating_duration_since(first) >= Duration::from_secs(1))
+            {
+                start += 1;
+            }
+            peak = peak.max(end + 1 - start);
+        }
+        #[allow(clippy::cast_precision_loss)]
+        let peak = peak as f64;
+        peak * 60.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_rate_comes_from_the_answers_of_the_first_episode() {
+        let start = Instant::now();
+        let mut rate = Adaptive::default();
+        assert_eq!(rate.admitted(start), None, "nothing learnt yet");
+        // A refusal before the others admitted with it have answered: no
+        // guess, an episode of a second.
+        assert_eq!(rate.refused(start, Duration::from_secs(1)), None);
+        assert_eq!(
+            rate.episode_end(start),
+            Some(start + Duration::from_secs(1))
+        );
+        // Their answers set the rate as they come: ten in that second,
+        // 540 a minute.
+        for i in 1..10 {
+            let learnt = rate.admitted(start + Duration::from_millis(120 + i));
+            assert_eq!(learnt, Some(54 * (i + 1)));
+        }
+        // After the episode, each second grows it by 1% of 540.
+        assert_eq!(rate.admitted(start + Duration::from_millis(1_500)), None);
+        assert_eq!(rate.admitted(start + Duration::from_secs(2)), Some(545));
+        assert_eq!(rate.admitted(start + Duration::from_secs(4)), Some(556));
+    }
+
+    #[test]
+    fn a_refusal_cuts_to_a_share_of_the_peak_once_per_episode() {
+        let start = Instant::now();
+        let mut rate = Adaptive::default();
+        rate.refused(start, Duration::from_secs(1));
+        for i in 0..10 {
+            rate.admitted(start + Duration::from_millis(100 + 10 * i));
+        }
+        assert_eq!(rate.per_minute(), Some(540));
+        // Later, 10 answers in a second again, then a refusal: 540 again.
+        let later = start + Duration::from_millis(2_500);
+        for i in 0..10 {
+            rate.admitted(later + Duration::from_millis(50 * i));
+        }
+        let refused_at = later + Duration::from_millis(600);
+        assert_eq!(rate.refused(refused_at, Duration::from_secs(1)), Some(540));
+        // Refusals of calls sent before it change nothing.
+        let echo = refused_at + Duration::from_millis(300);
+        assert_eq!(rate.refused(echo, Duration::from_secs(1)), None);
+    }
+}
