@@ -163,7 +163,9 @@ fn a_second_signal_quits_at_once_after_writing_what_is_answered() {
         &provider.url(),
         &input,
         output.to_str().unwrap(),
-        &["--max-in-flight", "4"],
+        // Limits given: four in flight at once (a provider that states no
+        // limits would see the calls ramp up).
+        &["--rpm", "6000", "--max-in-flight", "4"],
     ));
     wait_until("two answered and four held", BOUND, || {
         records(&output).len() == 2 && provider.received() == 6
