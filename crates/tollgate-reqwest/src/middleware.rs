@@ -74,12 +74,21 @@ impl fmt::Display for Endpoint {
 ///   later response keeps them current. Configured limits apply where they
 ///   are stricter. Calls are paced at 95% of a limit (see
 ///   [`Builder::headroom`]), evenly spaced, never in a burst.
+/// - **A learnt rate** where an endpoint states no request limit (and none
+///   is configured): calls ramp up in a window that grows with each answer
+///   until the first refusal; from then on the rate is cut on a refusal to
+///   90% of the most the provider admitted in a second, and grows slowly
+///   while calls succeed (AIMD). Calls wait out each refusal's pause before
+///   taking their turn at the rate then learnt.
 /// - **429, 503 and 529** pause the endpoint's budget for every caller, for
 ///   the wait the provider asks (`retry-after-ms`, `Retry-After`, the
-///   exhausted limit's reset, else jittered exponential back-off), then the
-///   call is retried while attempts and the retry budget last and its body
-///   can be cloned. `x-should-retry: false` is obeyed. A wait above
-///   [`Builder::max_wait`] returns [`RetryLater`] at once.
+///   exhausted limit's reset, else jittered exponential back-off); pauses
+///   that overlap take the longest. The call is then retried if its body
+///   can be cloned: after a 429 until it succeeds (at most
+///   [`Builder::max_refusals`] in a row), after a 503 or 529 while
+///   attempts and the retry budget last. `x-should-retry: false` is
+///   obeyed. A wait above [`Builder::max_wait`] returns [`RetryLater`] at
+///   once.
 /// - **Usage**: a [`Usage`] handle in the response's extensions settles the
 ///   estimate with the real token counts.
 ///
