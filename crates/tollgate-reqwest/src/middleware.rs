@@ -446,8 +446,7 @@ impl Shared {
             // episode's end before taking their turn; before the first
             // refusal, they go in a window that grows by one with each
             // answer (see `adaptive`).
-            let window = self.slow_start(&state).await;
-            self.wait_out_episode(&key, &state).await;
+            let window = self.learning_gate(&key, &state).await;
             let grant = self.admit(&key, &state, &costs).await?;
             let result = next.clone().run(sending, extensions).await;
             let mut response = match result {
@@ -608,22 +607,23 @@ impl Shared {
             .set_limits(key.clone(), self.pacing.limits(&in_force, &bursts));
     }
 
-    /// Where the endpoint's rate is learnt from refusals and none is known
-    /// yet, takes a place in the slow-start window (`None`: no window).
-    async fn slow_start(&self, state: &EndpointState) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        if !self.learns_rate(state) || state.window.is_closed() {
+    /// Where the endpoint's rate is learnt from refusals: takes a place in
+    /// the slow-start window while no rate is known (`None`: no window),
+    /// then waits until the refusal episode in force, if any, ends.
+    async fn learning_gate(
+        &self,
+        key: &Endpoint,
+        state: &EndpointState,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if !self.learns_rate(state) {
             return None;
         }
         // A closed window (the first refusal came) lets everyone through.
-        Arc::clone(&state.window).acquire_owned().await.ok()
-    }
-
-    /// Waits, where the endpoint's rate is learnt from refusals, until the
-    /// refusal episode in force ends.
-    async fn wait_out_episode(&self, key: &Endpoint, state: &EndpointState) {
-        if !self.learns_rate(state) {
-            return;
-        }
+        let place = if state.window.is_closed() {
+            None
+        } else {
+            Arc::clone(&state.window).acquire_owned().await.ok()
+        };
         let end = state
             .adaptive
             .lock()
@@ -633,6 +633,7 @@ impl Shared {
             tracing::debug!(%key, "waiting out a refusal episode");
             tokio::time::sleep_until(end).await;
         }
+        place
     }
 
     /// Whether the endpoint's request rate is learnt from its answers: it

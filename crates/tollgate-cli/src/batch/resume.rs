@@ -57,13 +57,14 @@ pub(crate) struct Earlier {
 impl Earlier {
     /// Takes one settled record of this content, if there is one left.
     pub(crate) fn take(&mut self, hash: &[u8; 32]) -> bool {
-        match self.settled.get_mut(&id(hash)) {
+        let id = id(hash);
+        match self.settled.get_mut(&id) {
             Some(count) if *count > 1 => {
                 *count -= 1;
                 true
             }
             Some(_) => {
-                self.settled.remove(&id(hash));
+                self.settled.remove(&id);
                 true
             }
             None => false,

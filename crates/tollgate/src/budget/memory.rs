@@ -297,7 +297,7 @@ fn apply(gcra: &Gcra, tat: u64, now: u64, change: Change) -> u64 {
 /// extension only (so pauses over pauses take the longest, never the sum),
 /// and the limit is empty when the pause ends but for one unit, so that
 /// callers leave one by one.
-pub(crate) fn hold_until(gcra: &Gcra, tat: u64, now: u64, until: u64, extension: u64) -> u64 {
+fn hold_until(gcra: &Gcra, tat: u64, now: u64, until: u64, extension: u64) -> u64 {
     let shifted = tat.max(now).saturating_add(extension);
     let empty = until
         .saturating_add(gcra.capacity())
