@@ -469,7 +469,7 @@ impl Shared {
             drop(probe);
 
             let status = response.status();
-            self.adapt(&key, &state, status, &read);
+            self.adapt(&key, &state, status, &read).await;
             if let Some(window) = window {
                 // An answer: the window grows by one; a refusal ends the
                 // slow start, a rate being learnt from it.
@@ -543,7 +543,11 @@ impl Shared {
         state: &EndpointState,
         costs: &[u64; 4],
     ) -> reqwest_middleware::Result<Grant> {
-        let limits = self.budget.limits_for(key);
+        let limits = self
+            .budget
+            .limits_for(key)
+            .await
+            .map_err(reqwest_middleware::Error::middleware)?;
         let mut raise = false;
         for (dimension, &cost) in costs.iter().enumerate() {
             let quota = limits.quota(dimension);
@@ -568,7 +572,7 @@ impl Shared {
                     .unwrap_or_else(PoisonError::into_inner))
                 .unwrap_or(self.configured)
             };
-            self.apply(key, state, &in_force);
+            self.apply(key, state, &in_force).await;
         }
         match self
             .budget
@@ -589,7 +593,7 @@ impl Shared {
 
     /// Puts per-minute limits in force for an endpoint, with its bursts,
     /// and its learnt request rate where it states no request limit.
-    fn apply(&self, key: &Endpoint, state: &EndpointState, in_force: &ProviderLimits) {
+    async fn apply(&self, key: &Endpoint, state: &EndpointState, in_force: &ProviderLimits) {
         let bursts = *state.bursts.lock().unwrap_or_else(PoisonError::into_inner);
         let mut in_force = *in_force;
         if in_force.requests().is_none() {
@@ -604,7 +608,8 @@ impl Shared {
         }
         let _ = self
             .budget
-            .set_limits(key.clone(), self.pacing.limits(&in_force, &bursts));
+            .set_limits(key, &self.pacing.limits(&in_force, &bursts))
+            .await;
     }
 
     /// Where the endpoint's rate is learnt from refusals: takes a place in
@@ -651,7 +656,7 @@ impl Shared {
     /// Where the endpoint states no request limit (and none is
     /// configured), learns its rate from the answers: a refusal cuts it, a
     /// second without one grows it (see the `adaptive` module).
-    fn adapt(
+    async fn adapt(
         &self,
         key: &Endpoint,
         state: &EndpointState,
@@ -681,7 +686,7 @@ impl Shared {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner))
             .unwrap_or(self.configured);
-            self.apply(key, state, &in_force);
+            self.apply(key, state, &in_force).await;
         }
     }
 
@@ -705,9 +710,11 @@ impl Shared {
         };
         if changed && !stated.is_empty() {
             tracing::info!(%key, limits = ?in_force, "rate limits learnt from the response headers");
-            self.apply(key, state, &in_force);
+            self.apply(key, state, &in_force).await;
         }
-        let limits = self.budget.limits_for(key);
+        let Ok(limits) = self.budget.limits_for(key).await else {
+            return;
+        };
         let readings = [
             read.requests,
             read.tokens,

@@ -78,10 +78,57 @@ mod snapshot;
 
 pub use algorithm::Algorithm;
 pub use budget::{
-    Budget, Change, Decision, Face, Grant, KeyedBudget, KeyedBuilder, KeyedLimiter, Limits,
-    LimitsBuilder, LimitsError, LimitsErrorKind, MemoryStore, Stats, Store, StoreStats,
-    DEFAULT_MAX_KEYS, MAX_DIMENSIONS,
+    Budget, Face, Grant, KeyedBudget, KeyedBuilder, KeyedLimiter, Limits, LimitsBuilder,
+    LimitsError, LimitsErrorKind, Stats, DEFAULT_MAX_KEYS, MAX_DIMENSIONS,
 };
+pub use store::{MemoryStore, Store};
+
+pub mod store {
+    //! Where keyed limits and budgets keep their state: the [`Store`]
+    //! contract, the in-memory store, the pure transitions every store
+    //! computes, and (with the `conformance` feature) the suite that checks
+    //! a store against the whole contract.
+    //!
+    //! # What a store must do
+    //!
+    //! A store keeps, for every key: each dimension's GCRA state (the TAT,
+    //! which also holds the reservations made), the key's own limits (set
+    //! with [`Change::Limit`], learnt with [`Change::Observe`]) and its
+    //! pause (when it ends, and its extensions added up). It implements
+    //! [`Store`] so that:
+    //!
+    //! - [`Store::decide`] computes [`transition::decide`] over the key's
+    //!   TATs and the limits in force, atomically, and writes nothing on a
+    //!   denial;
+    //! - [`Store::adjust`] applies every [`Change`] as [`transition::apply`],
+    //!   [`transition::learn`], [`transition::pause`] and [`transition::hold`]
+    //!   do, atomically for all of a key's dimensions;
+    //! - [`Store::read`] answers the key's limits in force, snapshots and
+    //!   pause, writing nothing;
+    //! - an entry that is full again (and has no limits of its own) carries
+    //!   nothing and may be forgotten;
+    //! - it reads its own clock, and no input makes it panic or loop.
+    //!
+    //! # Checking a store
+    //!
+    //! With the `conformance` feature, `conformance::run` runs the whole
+    //! contract against a store, given a way to make a fresh one. Add to the
+    //! store's tests:
+    //!
+    //! ```toml
+    //! [dev-dependencies]
+    //! tollgate = { version = "0.1", features = ["conformance"] }
+    //! ```
+    //!
+    //! and call `tollgate::store::conformance::run(|| async { make_store() }).await`
+    //! from a `#[tokio::test]`; it panics with the name of the first check
+    //! that fails.
+
+    #[cfg(feature = "conformance")]
+    pub use crate::budget::conformance;
+    pub use crate::budget::transition;
+    pub use crate::budget::{Admit, Change, Decision, MemoryStore, Store, StoreStats, View};
+}
 pub use clock::{Clock, DefaultClock, FastClock, ManualClock, TokioClock};
 pub use concurrency::{
     AdaptiveLimit, AdaptivePermit, Aimd, ConcurrencyError, ConcurrencyLimit, ConcurrencyStats,

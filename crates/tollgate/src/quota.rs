@@ -42,6 +42,15 @@ pub struct Quota {
 }
 
 impl Quota {
+    /// One unit per nanosecond: a placeholder in arrays of quotas, never
+    /// decided on.
+    pub(crate) const UNIT: Self = Self {
+        count: 1,
+        period_ns: 1,
+        burst: 1,
+        interval_ns: 1,
+    };
+
     /// `count` units per `period`, with a burst of `count`.
     ///
     /// The replenish interval (`period / count`) is rounded **up** to whole

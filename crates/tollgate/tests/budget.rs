@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use tokio::time::Instant;
+use tollgate::store::{Change, Decision};
 use tollgate::{
-    Budget, Change, Clock, Decision, DeniedKind, KeyedBudget, KeyedLimiter, Limits, ManualClock,
-    MemoryStore, Quota, Snapshot, Store,
+    Budget, Clock, DeniedKind, KeyedBudget, KeyedLimiter, Limits, ManualClock, MemoryStore, Quota,
+    Snapshot, Store,
 };
 
 fn llm_limits() -> Limits {
@@ -117,18 +118,30 @@ fn limits_are_validated() {
         many = many.dimension(format!("d{i}"), q);
     }
     assert_eq!(many.build().unwrap_err().kind(), LimitsErrorKind::TooMany);
-    let budget = KeyedBudget::<u8>::new(llm_limits());
-    let err = budget.set_limits(1, Limits::single(q)).unwrap_err();
-    assert_eq!(err.kind(), LimitsErrorKind::Mismatch);
 }
 
-#[test]
-fn keys_carry_their_own_quota() {
+#[tokio::test]
+async fn limits_of_other_dimensions_are_refused() {
+    let q = Quota::per_second(1).unwrap();
+    let budget = KeyedBudget::<u8>::new(llm_limits());
+    let err = budget.set_limits(&1, &Limits::single(q)).await.unwrap_err();
+    assert_eq!(err.kind(), DeniedKind::WrongDimensions);
+}
+
+#[tokio::test]
+async fn keys_carry_their_own_quota() {
     let clock = ManualClock::new();
     let limiter = KeyedLimiter::builder(Quota::per_second(2).unwrap())
         .clock(clock)
         .build();
-    limiter.set_quota("gold", Quota::per_second(5).unwrap());
+    limiter
+        .set_quota(&"gold", Quota::per_second(5).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        limiter.quota_for(&"gold").await.unwrap(),
+        Quota::per_second(5).unwrap()
+    );
     assert_eq!(limiter.check(&"gold", 1).unwrap().remaining(), 4);
     assert_eq!(limiter.check(&"free", 1).unwrap().remaining(), 1);
     assert_eq!(
@@ -139,8 +152,11 @@ fn keys_carry_their_own_quota() {
         limiter.check(&"free", 3).unwrap_err().kind(),
         DeniedKind::CostExceedsBurst
     );
-    limiter.clear_quota(&"gold");
-    assert_eq!(limiter.quota_for(&"gold"), Quota::per_second(2).unwrap());
+    limiter.clear_quota(&"gold").await.unwrap();
+    assert_eq!(
+        limiter.quota_for(&"gold").await.unwrap(),
+        Quota::per_second(2).unwrap()
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -175,7 +191,10 @@ async fn observe_never_grants_more_than_the_server_says_remains() {
         .observe(0, &Snapshot::new(60, 60, Duration::ZERO))
         .await
         .unwrap();
-    assert_eq!(budget.current_limits().quota(0), &"60/min".parse().unwrap());
+    assert_eq!(
+        budget.current_limits().await.unwrap().quota(0),
+        &"60/min".parse().unwrap()
+    );
     for _ in 0..60 {
         budget.check(&[1]).unwrap();
     }
@@ -422,8 +441,8 @@ proptest! {
                 Step::Advance(ns) => clock.advance(Duration::from_nanos(ns)),
                 Step::Decide { costs, max_wait } => {
                     match store.decide_now(&(), &quotas, &costs, Duration::from_nanos(max_wait)) {
-                        Decision::Admit { wait, .. } => {
-                            let due = now + wait.as_nanos() as u64;
+                        Decision::Admit(admit) => {
+                            let due = now + admit.wait.as_nanos() as u64;
                             if due > now { pending.push(admitted.len()); }
                             admitted.push((due, costs));
                         }
@@ -435,7 +454,6 @@ proptest! {
                         Decision::Never { dimension, .. } => {
                             prop_assert!(costs[dimension] > quotas[dimension].burst_size());
                         }
-                        other => prop_assert!(false, "{other:?}"),
                     }
                 }
                 Step::GiveBackLast => {
@@ -472,7 +490,7 @@ proptest! {
         for (key, cost, advance) in ops {
             clock.advance(Duration::from_nanos(advance));
             let now = clock.now();
-            if let Decision::Admit { .. } = store.decide_now(&key, &[quota], &[cost], Duration::ZERO) {
+            if let Decision::Admit(_) = store.decide_now(&key, &[quota], &[cost], Duration::ZERO) {
                 admitted[key as usize].push((now, cost));
             }
             let held = store.stats_now();
@@ -543,4 +561,59 @@ async fn observing_a_dimension_the_budget_lacks_says_so() {
         "the budget has no dimension 5: its 3 dimensions are numbered from 0, \
          in the order they were defined"
     );
+}
+
+/// An estimate of 1,000 tokens settled at 100: the waiter queued behind it
+/// moves forward by the 900 refunded, not waiting for tokens never spent.
+#[tokio::test(start_paused = true)]
+async fn a_refund_moves_the_waiters_forward() {
+    let budget = Arc::new(Budget::new(Limits::single("1000/min".parse().unwrap())));
+    let start = Instant::now();
+    let grant = budget.acquire(&[1_000]).await.unwrap();
+    let waiter = {
+        let budget = Arc::clone(&budget);
+        tokio::spawn(async move {
+            budget.acquire(&[1_000]).await.unwrap();
+            start.elapsed()
+        })
+    };
+    tokio::task::yield_now().await;
+    assert_eq!(budget.waiting(), 1);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    budget.settle(grant, &[100]).await.unwrap();
+    // Due at 60 s; 900 tokens at 60 ms each come back: 6 s.
+    assert_eq!(waiter.await.unwrap(), Duration::from_secs(6));
+    // The limit agrees: the next 1,000 are due 60 s after the waiter's.
+    let denied = budget.check(&[1_000]).unwrap_err();
+    assert_eq!(denied.retry_after(), Some(Duration::from_secs(60)));
+}
+
+/// Three callers queue behind a spent limit; the first goes away: the
+/// other two move up by its slot, and a newcomer queues after them.
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_waiter_moves_those_behind_it_forward() {
+    let limiter = Arc::new(KeyedLimiter::new("1/s".parse().unwrap()));
+    limiter.acquire(&"k", 1).await.unwrap();
+    let start = Instant::now();
+    let spawn = |limiter: &Arc<KeyedLimiter<&'static str>>| {
+        let limiter = Arc::clone(limiter);
+        tokio::spawn(async move {
+            limiter.acquire(&"k", 1).await.unwrap();
+            start.elapsed()
+        })
+    };
+    let first = spawn(&limiter);
+    tokio::task::yield_now().await;
+    let second = spawn(&limiter);
+    tokio::task::yield_now().await;
+    let third = spawn(&limiter);
+    tokio::task::yield_now().await;
+    assert_eq!(limiter.waiting(), 3);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    first.abort();
+    let newcomer = spawn(&limiter);
+    assert_eq!(second.await.unwrap(), Duration::from_secs(1));
+    assert_eq!(third.await.unwrap(), Duration::from_secs(2));
+    assert_eq!(newcomer.await.unwrap(), Duration::from_secs(3));
+    assert_eq!(limiter.waiting(), 0);
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::keyed::{Face, Grant, KeyedBudget, KeyedBuilder, Stats};
-use super::limits::{Limits, LimitsError};
+use super::limits::Limits;
 use super::memory::MemoryStore;
 use super::store::Store;
 use crate::{Clock, Denied, Quota, Snapshot};
@@ -84,30 +84,33 @@ impl<K: Hash + Eq + Clone, C: Clock> KeyedLimiter<K, MemoryStore<C>> {
     }
 }
 
-impl<K: Hash + Eq + Clone, S> KeyedLimiter<K, S> {
-    /// Gives `key` its own quota (a customer's tier, say), kept until
-    /// cleared and outside the store's cap.
-    pub fn set_quota(&self, key: K, quota: Quota) {
-        // One dimension, as the limiter's: this cannot fail.
-        let _ = self.inner.set_limits(key, Limits::single(quota));
-    }
-
-    /// Gives `key` the default quota again.
-    pub fn clear_quota(&self, key: &K) {
-        self.inner.clear_limits(key);
-    }
-
-    /// The quota of `key`.
-    pub fn quota_for(&self, key: &K) -> Quota {
-        *self.inner.limits_for(key).quota(0)
-    }
-}
-
 impl<K, S> KeyedLimiter<K, S>
 where
     K: Hash + Eq + Clone + Send + Sync,
     S: Store<K>,
 {
+    /// Gives `key` its own quota (a customer's tier, say), in the store,
+    /// kept until cleared.
+    pub async fn set_quota(&self, key: &K, quota: Quota) -> Result<(), Denied> {
+        self.inner.set_limits(key, &Limits::single(quota)).await
+    }
+
+    /// Gives `key` the default quota again.
+    pub async fn clear_quota(&self, key: &K) -> Result<(), Denied> {
+        self.inner.clear_limits(key).await
+    }
+
+    /// The quota in force for `key`: its own (set or learnt) or the
+    /// default.
+    pub async fn quota_for(&self, key: &K) -> Result<Quota, Denied> {
+        Ok(*self.inner.limits_for(key).await?.quota(0))
+    }
+
+    /// How long `key` stays paused from now (zero when it is not).
+    pub async fn paused_for(&self, key: &K) -> Result<Duration, Denied> {
+        self.inner.paused_for(key).await
+    }
+
     /// Waits until `cost` is admitted for `key`; see
     /// [`KeyedBudget::acquire`].
     pub async fn acquire(&self, key: &K, cost: u64) -> Result<Snapshot, Denied> {
@@ -253,15 +256,20 @@ impl<C: Clock> Budget<MemoryStore<C>> {
 }
 
 impl<S: Store<()>> Budget<S> {
-    /// The limits now in force: the configured ones, or those learnt by
-    /// [`observe`](Self::observe).
-    pub fn current_limits(&self) -> Limits {
-        self.inner.limits_for(&())
+    /// The limits now in force: the configured ones, or those set or
+    /// learnt by [`observe`](Self::observe), as the store holds them.
+    pub async fn current_limits(&self) -> Result<Limits, Denied> {
+        self.inner.limits_for(&()).await
     }
 
-    /// Replaces the limits (same dimensions, in order).
-    pub fn set_limits(&self, limits: Limits) -> Result<(), LimitsError> {
-        self.inner.set_limits((), limits)
+    /// Replaces the limits (same dimensions, in order), in the store.
+    pub async fn set_limits(&self, limits: &Limits) -> Result<(), Denied> {
+        self.inner.set_limits(&(), limits).await
+    }
+
+    /// How long the budget stays paused from now (zero when it is not).
+    pub async fn paused_for(&self) -> Result<Duration, Denied> {
+        self.inner.paused_for(&()).await
     }
 
     /// Waits until `costs` are admitted; see [`KeyedBudget::acquire`].

@@ -1,25 +1,20 @@
 //! Budgets of several dimensions, per key, over any [`Store`].
 
-use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
 use std::marker::PhantomData;
-use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::limits::{Limits, LimitsError, LimitsErrorKind, MAX_DIMENSIONS};
+use super::limits::{Limits, MAX_DIMENSIONS};
 use super::memory::{MemoryStore, DEFAULT_MAX_KEYS};
-use super::store::{Change, Decision, Store};
+use super::queue::{Queue, Waiter};
+use super::store::{Admit, Change, Decision, Store};
 use crate::snapshot::duration_to_nanos;
 use crate::{Clock, DefaultClock, Denied, DeniedKind, Quota, Snapshot};
-
-/// Pause events are kept at least this long, for waiters that decided just
-/// before a pause and look for it when they wake.
-const PAUSE_MEMORY: Duration = Duration::from_secs(3600);
 
 /// A budget of one or more dimensions for every key: each key (an IP
 /// address, an API key, an endpoint and model) spends from its own
@@ -38,7 +33,11 @@ const PAUSE_MEMORY: Duration = Duration::from_secs(3600);
 /// - A key may carry its own limits ([`set_limits`](Self::set_limits)), and
 ///   limits are learnt from what the other side reports
 ///   ([`observe`](Self::observe)); [`pause_for`](Self::pause_for) holds every
-///   waiter of a key after a 429.
+///   waiter of a key after a 429. All three live in the store, so that
+///   every replica sharing a network store sees them.
+/// - Waiting is first come, first served: a waiter that goes away, or a
+///   grant settled lower than reserved, moves the reservations queued
+///   behind it (in this process) forward.
 ///
 /// Every dimension is a GCRA limit. Waiting acquires sleep on Tokio's
 /// timer.
@@ -70,10 +69,8 @@ const PAUSE_MEMORY: Duration = Duration::from_secs(3600);
 pub struct KeyedBudget<K, S = MemoryStore> {
     store: S,
     limits: Limits,
-    overrides: RwLock<HashMap<K, Limits>>,
-    /// Read on every decision instead of taking the lock above.
-    has_overrides: AtomicBool,
-    pauses: Pauses<K>,
+    queue: Queue<K>,
+    pauses: AtomicU64,
     waits: AtomicU64,
     waited_ns: AtomicU64,
     waiting: AtomicU64,
@@ -157,9 +154,11 @@ impl<F: Face, C: Clock> KeyedBuilder<F, C> {
 /// What an acquire was granted: its costs and the tightest dimension's
 /// snapshot. Hand it to `settle` once the real usage is known.
 #[derive(Clone, Copy, PartialEq, Eq)]
-
 pub struct Grant {
     costs: [u64; MAX_DIMENSIONS],
+    /// Each dimension's replenish interval when it was granted, in
+    /// nanoseconds: how far a refund moves the queue behind it.
+    steps: [u64; MAX_DIMENSIONS],
     len: usize,
     snapshot: Snapshot,
 }
@@ -220,30 +219,14 @@ impl<K> KeyedBudget<K, MemoryStore> {
     }
 }
 
-enum LimitsRef<'a> {
-    Shared(&'a Limits),
-    Own(Limits),
-}
-
-impl Deref for LimitsRef<'_> {
-    type Target = Limits;
-    fn deref(&self) -> &Limits {
-        match self {
-            Self::Shared(limits) => limits,
-            Self::Own(limits) => limits,
-        }
-    }
-}
-
 impl<K, S> KeyedBudget<K, S> {
     /// A budget over `store`.
     pub fn with_store(limits: Limits, store: S) -> Self {
         Self {
             store,
             limits,
-            overrides: RwLock::new(HashMap::new()),
-            has_overrides: AtomicBool::new(false),
-            pauses: Pauses::default(),
+            queue: Queue::default(),
+            pauses: AtomicU64::new(0),
             waits: AtomicU64::new(0),
             waited_ns: AtomicU64::new(0),
             waiting: AtomicU64::new(0),
@@ -259,80 +242,29 @@ impl<K, S> KeyedBudget<K, S> {
     pub fn store(&self) -> &S {
         &self.store
     }
-}
-
-impl<K: Hash + Eq + Clone, S> KeyedBudget<K, S> {
-    /// The limits of `key`: its own, or the default.
-    pub fn limits_for(&self, key: &K) -> Limits {
-        self.limits_ref(key).clone()
-    }
-
-    #[inline]
-    fn limits_ref(&self, key: &K) -> LimitsRef<'_> {
-        if !self.has_overrides.load(Ordering::Relaxed) {
-            return LimitsRef::Shared(&self.limits);
-        }
-        self.read_overrides()
-            .get(key)
-            .cloned()
-            .map_or(LimitsRef::Shared(&self.limits), LimitsRef::Own)
-    }
-
-    fn read_overrides(&self) -> std::sync::RwLockReadGuard<'_, HashMap<K, Limits>> {
-        self.overrides
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Gives `key` its own limits (a customer's tier, say). They must have
-    /// the default limits' dimensions, in the same order.
-    ///
-    /// Per-key limits are kept until cleared, outside the store's cap.
-    pub fn set_limits(&self, key: K, limits: Limits) -> Result<(), LimitsError> {
-        if !limits.same_dimensions(&self.limits) {
-            return Err(LimitsError::new(
-                LimitsErrorKind::Mismatch,
-                format!("{:?}", self.limits),
-            ));
-        }
-        let mut overrides = self
-            .overrides
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        overrides.insert(key, limits);
-        self.has_overrides.store(true, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Gives `key` the default limits again.
-    pub fn clear_limits(&self, key: &K) {
-        let mut overrides = self
-            .overrides
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        overrides.remove(key);
-        self.has_overrides
-            .store(!overrides.is_empty(), Ordering::Relaxed);
-    }
 
     /// Acquires waiting now.
     pub fn waiting(&self) -> usize {
         usize::try_from(self.waiting.load(Ordering::Relaxed)).unwrap_or(usize::MAX)
     }
 
-    fn grant(costs: &[u64], snapshot: Snapshot) -> Grant {
+    fn grant(costs: &[u64], admit: &Admit) -> Grant {
         let mut grant = Grant {
             costs: [0; MAX_DIMENSIONS],
+            steps: [0; MAX_DIMENSIONS],
             len: costs.len().min(MAX_DIMENSIONS),
-            snapshot,
+            snapshot: admit.snapshot,
         };
         for (slot, cost) in grant.costs.iter_mut().zip(costs) {
             *slot = *cost;
         }
+        for (slot, step) in grant.steps.iter_mut().zip(&admit.steps) {
+            *slot = duration_to_nanos(*step);
+        }
         grant
     }
 
-    /// Turns a denial or a wrong number of costs into the error.
+    /// Turns a denial into the error.
     #[cold]
     #[inline(never)]
     fn denied(limits: &Limits, costs: &[u64], decision: Decision) -> Denied {
@@ -345,7 +277,7 @@ impl<K: Hash + Eq + Clone, S> KeyedBudget<K, S> {
                 dimension,
                 snapshot,
             } => (DeniedKind::CostExceedsBurst, dimension, snapshot),
-            Decision::Admit { snapshot, .. } => (DeniedKind::RateLimited, 0, snapshot),
+            Decision::Admit(admit) => (DeniedKind::RateLimited, 0, admit.snapshot),
         };
         let cost = costs.get(dimension).copied().unwrap_or(0);
         let mut denied = Denied::new(kind, cost, snapshot);
@@ -384,24 +316,31 @@ impl<K: Hash + Eq + Clone, C: Clock> KeyedBudget<K, MemoryStore<C>> {
     /// spending anything.
     #[inline]
     pub fn check(&self, key: &K, costs: &[u64]) -> Result<Grant, Denied> {
-        self.check_snapshot(key, costs)
-            .map(|snapshot| Self::grant(costs, snapshot))
+        if costs.len() != self.limits.len() {
+            return Err(Self::wrong_dimensions(&self.limits, costs));
+        }
+        match self
+            .store
+            .decide_now(key, self.limits.quotas(), costs, Duration::ZERO)
+        {
+            Decision::Admit(admit) => Ok(Self::grant(costs, &admit)),
+            decision => Err(Self::denied(&self.limits, costs, decision)),
+        }
     }
 
     /// [`check`](Self::check), answering the tightest dimension's snapshot
     /// only: what a keyed limiter returns, with no grant to build.
     #[inline]
     pub(crate) fn check_snapshot(&self, key: &K, costs: &[u64]) -> Result<Snapshot, Denied> {
-        let limits = self.limits_ref(key);
-        if costs.len() != limits.len() {
-            return Err(Self::wrong_dimensions(&limits, costs));
+        if costs.len() != self.limits.len() {
+            return Err(Self::wrong_dimensions(&self.limits, costs));
         }
         match self
             .store
-            .decide_now(key, limits.quotas(), costs, Duration::ZERO)
+            .decide_now(key, self.limits.quotas(), costs, Duration::ZERO)
         {
-            Decision::Admit { snapshot, .. } => Ok(snapshot),
-            decision => Err(Self::denied(&limits, costs, decision)),
+            Decision::Admit(admit) => Ok(admit.snapshot),
+            decision => Err(Self::denied(&self.limits, costs, decision)),
         }
     }
 }
@@ -414,7 +353,8 @@ where
     /// Waits until `costs` are admitted for `key`.
     ///
     /// The slot is reserved at once, in every dimension; dropping the
-    /// future before it completes gives the reservation back.
+    /// future before it completes gives the reservation back, and moves
+    /// the waiters queued behind it forward.
     pub async fn acquire(&self, key: &K, costs: &[u64]) -> Result<Grant, Denied> {
         self.acquire_within(key, costs, Duration::MAX).await
     }
@@ -427,143 +367,195 @@ where
 
     /// Like [`acquire`](Self::acquire), but fails at once, reserving
     /// nothing, when the slot is more than `max_wait` away. A pause that
-    /// begins while it waits holds it longer.
+    /// begins while it waits holds it longer; a waiter ahead of it going
+    /// away, or a refund, moves it forward.
     pub async fn acquire_within(
         &self,
         key: &K,
         costs: &[u64],
         max_wait: Duration,
     ) -> Result<Grant, Denied> {
-        let limits = self.limits_ref(key);
+        let limits = &self.limits;
         if costs.len() != limits.len() {
-            return Err(Self::wrong_dimensions(&limits, costs));
+            return Err(Self::wrong_dimensions(limits, costs));
         }
-        let mut seen = self.pauses.generation();
         let decision = self
             .store
             .decide(key, limits.quotas(), costs, max_wait)
             .await
-            .map_err(|e| store_failed(&limits, costs, e))?;
-        let (wait, snapshot) = match decision {
-            Decision::Admit { wait, snapshot } => (wait, snapshot),
-            decision => return Err(Self::denied(&limits, costs, decision)),
+            .map_err(|e| store_failed(limits, costs, e))?;
+        let admit = match decision {
+            Decision::Admit(admit) => admit,
+            decision => return Err(Self::denied(limits, costs, decision)),
         };
-        if wait.is_zero() {
-            return Ok(Self::grant(costs, snapshot));
+        let grant = Self::grant(costs, &admit);
+        if admit.wait.is_zero() {
+            return Ok(grant);
         }
-        let guard = GiveBack {
+        let start = Instant::now();
+        let waiter = Waiter::new(start, &admit, costs.len());
+        let mut guard = Leave {
             budget: self,
             key,
-            limits: &limits,
-            costs,
-            armed: true,
+            waiter: &waiter,
+            grant: &grant,
+            admitted: false,
         };
         if tokio::runtime::Handle::try_current().is_err() {
             drop(guard);
             return Err(Denied::new(
                 DeniedKind::NoRuntime,
                 costs.first().copied().unwrap_or(0),
-                snapshot,
+                admit.snapshot,
             ));
         }
+        self.queue.join(key, &waiter);
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let _waiting = Decrement(&self.waiting);
-        let start = Instant::now();
-        let mut deadline = start.checked_add(wait).unwrap_or(start);
         loop {
-            tokio::time::sleep_until(deadline).await;
-            let now_seen = self.pauses.generation();
-            if now_seen == seen {
-                break;
+            let deadline = waiter.deadline();
+            if tokio::time::timeout_at(deadline, waiter.moved())
+                .await
+                .is_ok()
+            {
+                // Moved forward (or back): wait for the new deadline.
+                continue;
             }
-            // A pause began after this reservation was made: it moves back
-            // by the pause, as the reservations made after it did.
-            let extra = self.pauses.shift_since(key, seen, now_seen);
-            seen = now_seen;
-            deadline = deadline.checked_add(extra).unwrap_or(deadline);
+            // Due. A pause that began after the decision (here or in
+            // another process sharing the store) holds it longer.
+            match self.store.read(key, limits.quotas()).await {
+                Ok(view) if view.held > waiter.held() => {
+                    waiter.hold_back(view.held.saturating_sub(waiter.held()));
+                }
+                // The reservation stands; a store that cannot say whether
+                // a pause began does not hold the caller longer.
+                _ => break,
+            }
         }
-        let mut guard = guard;
-        guard.armed = false;
+        guard.admitted = true;
+        drop(guard);
         let waited = duration_to_nanos(start.elapsed());
         self.waits.fetch_add(1, Ordering::Relaxed);
         self.waited_ns.fetch_add(waited, Ordering::Relaxed);
-        Ok(Self::grant(costs, snapshot))
+        Ok(grant)
     }
 
     /// Settles a grant with the real usage, one figure per dimension: what
-    /// was reserved beyond it is refunded, what was used beyond it is
-    /// charged (later callers wait for it).
+    /// was reserved beyond it is refunded (and the waiters queued in this
+    /// process move forward by it), what was used beyond it is charged
+    /// (later callers wait for it).
     pub async fn settle(&self, key: &K, grant: Grant, actual: &[u64]) -> Result<(), Denied> {
-        let limits = self.limits_ref(key);
+        let limits = &self.limits;
         if actual.len() != limits.len() || grant.len != limits.len() {
-            return Err(Self::wrong_dimensions(&limits, actual));
+            return Err(Self::wrong_dimensions(limits, actual));
         }
         let mut changes = [Change::Keep; MAX_DIMENSIONS];
-        for ((change, &reserved), &used) in changes.iter_mut().zip(grant.costs()).zip(actual) {
+        let mut refunds = [0u64; MAX_DIMENSIONS];
+        for (((change, refund), &reserved), &used) in changes
+            .iter_mut()
+            .zip(refunds.iter_mut())
+            .zip(grant.costs())
+            .zip(actual)
+        {
             *change = match used.cmp(&reserved) {
-                std::cmp::Ordering::Less => Change::Refund(reserved.saturating_sub(used)),
+                std::cmp::Ordering::Less => {
+                    *refund = reserved.saturating_sub(used);
+                    Change::Refund(*refund)
+                }
                 std::cmp::Ordering::Greater => Change::Charge(used.saturating_sub(reserved)),
                 std::cmp::Ordering::Equal => Change::Keep,
             };
         }
-        self.adjust(key, &limits, changes.get(..actual.len()).unwrap_or(&[]))
-            .await
+        let n = actual.len();
+        self.adjust(key, changes.get(..n).unwrap_or(&[])).await?;
+        self.queue
+            .refunded(key, refunds.get(..n).unwrap_or(&[]), &grant.steps);
+        Ok(())
     }
 
     /// Takes what the other side reports for one dimension of `key` (from
-    /// its response headers, say) and pulls the local state toward it:
+    /// its response headers, say) and pulls the state in the store toward
+    /// it:
     ///
     /// - the dimension never grants more than `snapshot.remaining()` until
     ///   it has refilled;
-    /// - when `snapshot.limit()` differs from the dimension's burst, the
-    ///   key's quota is re-learnt: the new limit over the same period (a
-    ///   per-key limit, as with [`set_limits`](Self::set_limits)).
+    /// - when `snapshot.limit()` is stated (non-zero) and differs from the
+    ///   burst in force, the key's limit is re-learnt: the new limit over
+    ///   the same period (a per-key limit, as with
+    ///   [`set_limits`](Self::set_limits)).
     pub async fn observe(
         &self,
         key: &K,
         dimension: usize,
         snapshot: &Snapshot,
     ) -> Result<(), Denied> {
-        let mut limits = self.limits_for(key);
+        let limits = &self.limits;
         if dimension >= limits.len() {
-            return Err(Self::no_such_dimension(&limits, dimension));
-        }
-        let quota = *limits.quota(dimension);
-        let limit = snapshot.limit();
-        if limit > 0 && limit != quota.burst_size() {
-            if let Ok(learnt) = Quota::new(limit, quota.period()) {
-                tracing::info!(
-                    dimension = limits.name(dimension),
-                    from = %quota,
-                    to = %learnt,
-                    "learnt a new limit from the other side"
-                );
-                limits = limits.with_quota(dimension, learnt);
-                // Same dimensions, so this cannot fail.
-                let _ = self.set_limits(key.clone(), limits.clone());
-            }
+            return Err(Self::no_such_dimension(limits, dimension));
         }
         let mut changes = [Change::Keep; MAX_DIMENSIONS];
         if let Some(change) = changes.get_mut(dimension) {
-            *change = Change::AtMost(snapshot.remaining());
+            *change = Change::Observe {
+                limit: snapshot.limit(),
+                remaining: snapshot.remaining(),
+            };
         }
-        self.adjust(key, &limits, changes.get(..limits.len()).unwrap_or(&[]))
+        self.adjust(key, changes.get(..limits.len()).unwrap_or(&[]))
             .await
     }
 
-    /// Holds every caller of `key` for `hold`: those waiting now and those
-    /// that come meanwhile. When it ends they leave one by one at the
-    /// quota's rate, never all at once. For a 429's `Retry-After`.
+    /// Gives `key` its own limits (a customer's tier, say), in the store.
+    /// They must have the default limits' dimensions, in the same order.
+    ///
+    /// Per-key limits are kept until cleared (in the in-memory store,
+    /// outside its cap of keys; see the store for how long it keeps them).
+    pub async fn set_limits(&self, key: &K, limits: &Limits) -> Result<(), Denied> {
+        if !limits.same_dimensions(&self.limits) {
+            let zeros = [0u64; MAX_DIMENSIONS];
+            let asked = zeros.get(..limits.len()).unwrap_or(&zeros);
+            return Err(Self::wrong_dimensions(&self.limits, asked));
+        }
+        let mut changes = [Change::Keep; MAX_DIMENSIONS];
+        for (change, quota) in changes.iter_mut().zip(limits.quotas()) {
+            *change = Change::Limit(*quota);
+        }
+        self.adjust(key, changes.get(..limits.len()).unwrap_or(&[]))
+            .await
+    }
+
+    /// Gives `key` the default limits again.
+    pub async fn clear_limits(&self, key: &K) -> Result<(), Denied> {
+        let changes = [Change::Unlimit; MAX_DIMENSIONS];
+        self.adjust(key, changes.get(..self.limits.len()).unwrap_or(&[]))
+            .await
+    }
+
+    /// The limits in force for `key`, as the store holds them: its own
+    /// (set or learnt), or the default.
+    pub async fn limits_for(&self, key: &K) -> Result<Limits, Denied> {
+        let view = self.read(key).await?;
+        let mut limits = self.limits.clone();
+        for (i, quota) in view.limits.iter().enumerate() {
+            if quota != limits.quota(i) {
+                limits = limits.with_quota(i, *quota);
+            }
+        }
+        Ok(limits)
+    }
+
+    /// Holds every caller of `key` for `hold`: those waiting now (here and
+    /// in every process sharing the store) and those that come meanwhile.
+    /// When it ends they leave one by one at the quota's rate, never all at
+    /// once. For a 429's `Retry-After`.
     ///
     /// Pauses that overlap take the longest, never the sum: many callers
     /// refused together and each pausing for `Retry-After: 1` hold the key
     /// one second.
     pub async fn pause_for(&self, key: &K, hold: Duration) -> Result<(), Denied> {
-        let limits = self.limits_ref(key);
         let changes = [Change::HoldFor(hold); MAX_DIMENSIONS];
-        self.adjust(key, &limits, changes.get(..limits.len()).unwrap_or(&[]))
+        self.adjust(key, changes.get(..self.limits.len()).unwrap_or(&[]))
             .await?;
-        self.pauses.record(key, hold);
+        self.pauses.fetch_add(1, Ordering::Relaxed);
         tracing::info!(hold = ?hold, "paused every caller of a key");
         Ok(())
     }
@@ -576,18 +568,26 @@ where
 
     /// Every dimension of `key` now, spending nothing.
     pub async fn snapshot(&self, key: &K) -> Result<Vec<Snapshot>, Denied> {
-        let limits = self.limits_ref(key);
-        self.store
-            .snapshot(key, limits.quotas())
-            .await
-            .map_err(|e| store_failed(&limits, &[], e))
+        Ok(self.read(key).await?.snapshots)
     }
 
-    async fn adjust(&self, key: &K, limits: &Limits, changes: &[Change]) -> Result<(), Denied> {
+    /// How long `key` stays paused from now (zero when it is not).
+    pub async fn paused_for(&self, key: &K) -> Result<Duration, Denied> {
+        Ok(self.read(key).await?.paused_for)
+    }
+
+    async fn read(&self, key: &K) -> Result<super::store::View, Denied> {
         self.store
-            .adjust(key, limits.quotas(), changes)
+            .read(key, self.limits.quotas())
             .await
-            .map_err(|e| store_failed(limits, &[], e))
+            .map_err(|e| store_failed(&self.limits, &[], e))
+    }
+
+    async fn adjust(&self, key: &K, changes: &[Change]) -> Result<(), Denied> {
+        self.store
+            .adjust(key, self.limits.quotas(), changes)
+            .await
+            .map_err(|e| store_failed(&self.limits, &[], e))
     }
 }
 
@@ -603,7 +603,7 @@ impl<K: Hash + Eq + Clone, S: Store<K>> KeyedBudget<K, S> {
             waiting: self.waiting.load(Ordering::Relaxed),
             entries: store.entries,
             evictions: store.evictions,
-            pauses: self.pauses.count(),
+            pauses: self.pauses.load(Ordering::Relaxed),
         }
     }
 }
@@ -622,22 +622,27 @@ fn store_failed<E: std::error::Error + Send + Sync + 'static>(
     )
 }
 
-/// Gives a reservation back if its waiter goes away before it is due.
-struct GiveBack<'a, K, S: Store<K>> {
+/// Takes a waiter out of its key's queue; if it goes away before it is
+/// due, gives its reservation back and moves those behind it forward.
+struct Leave<'a, K: Hash + Eq + Clone, S: Store<K>> {
     budget: &'a KeyedBudget<K, S>,
     key: &'a K,
-    limits: &'a Limits,
-    costs: &'a [u64],
-    armed: bool,
+    waiter: &'a Arc<Waiter>,
+    grant: &'a Grant,
+    admitted: bool,
 }
 
-impl<K, S: Store<K>> Drop for GiveBack<'_, K, S> {
+impl<K: Hash + Eq + Clone, S: Store<K>> Drop for Leave<'_, K, S> {
     fn drop(&mut self) {
-        if self.armed {
-            self.budget
-                .store
-                .give_back(self.key, self.limits.quotas(), self.costs);
+        let queue = &self.budget.queue;
+        if self.admitted {
+            queue.leave(self.key, self.waiter);
+            return;
         }
+        self.budget
+            .store
+            .give_back(self.key, self.budget.limits.quotas(), self.grant.costs());
+        queue.cancelled(self.key, self.waiter, self.grant.costs(), &self.grant.steps);
     }
 }
 
@@ -646,91 +651,6 @@ struct Decrement<'a>(&'a AtomicU64);
 impl Drop for Decrement<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Pauses, remembered so that waiters that reserved before one can move
-/// back by it.
-struct Pauses<K> {
-    generation: AtomicU64,
-    events: Mutex<HashMap<K, Vec<PauseEvent>>>,
-    count: AtomicU64,
-}
-
-struct PauseEvent {
-    generation: u64,
-    /// How far this pause moved the reservations back: by how much it
-    /// extended the pause in force, not its whole length.
-    shift: Duration,
-    at: Instant,
-    /// When this pause ends.
-    until: Instant,
-}
-
-impl<K> Default for Pauses<K> {
-    fn default() -> Self {
-        Self {
-            generation: AtomicU64::new(0),
-            events: Mutex::new(HashMap::new()),
-            count: AtomicU64::new(0),
-        }
-    }
-}
-
-impl<K: Hash + Eq + Clone> Pauses<K> {
-    fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
-    fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    fn lock(&self) -> MutexGuard<'_, HashMap<K, Vec<PauseEvent>>> {
-        self.events.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Records a pause of `key` for `hold`, made (in the store) just now.
-    /// Its shift is by how much it extends the pause in force (pauses over
-    /// pauses take the longest), as the store moves its reservations. The
-    /// generation moves only after the store was changed, so a waiter that
-    /// saw the old generation decided before the change and looks for this
-    /// event.
-    fn record(&self, key: &K, hold: Duration) {
-        let now = Instant::now();
-        let until = now.checked_add(hold).unwrap_or(now);
-        self.count.fetch_add(1, Ordering::Relaxed);
-        let mut events = self.lock();
-        events.retain(|_, list| {
-            list.retain(|e| now.saturating_duration_since(e.at) < PAUSE_MEMORY);
-            !list.is_empty()
-        });
-        let in_force = events
-            .get(key)
-            .and_then(|list| list.iter().map(|e| e.until).max())
-            .map_or(now, |end| end.max(now));
-        let shift = until.saturating_duration_since(in_force);
-        if shift.is_zero() {
-            return;
-        }
-        let generation = self.generation.load(Ordering::Relaxed).wrapping_add(1);
-        events.entry(key.clone()).or_default().push(PauseEvent {
-            generation,
-            shift,
-            at: now,
-            until,
-        });
-        self.generation.store(generation, Ordering::Release);
-    }
-
-    /// The pauses of `key` after generation `after`, up to `upto`, added up.
-    fn shift_since(&self, key: &K, after: u64, upto: u64) -> Duration {
-        let events = self.lock();
-        events.get(key).map_or(Duration::ZERO, |list| {
-            list.iter()
-                .filter(|e| e.generation > after && e.generation <= upto)
-                .fold(Duration::ZERO, |sum, e| sum.saturating_add(e.shift))
-        })
     }
 }
 

@@ -9,8 +9,9 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use super::limits::MAX_DIMENSIONS;
-use super::store::{Change, Decision, Store, StoreStats};
+use super::store::{Admit, Change, Decision, Store, StoreStats, View};
 use super::table::Table;
+use super::transition;
 use crate::algorithm::{Gcra, Outcome, StateMachine};
 use crate::snapshot::duration_to_nanos;
 use crate::{Clock, DefaultClock, Quota, Snapshot};
@@ -79,36 +80,54 @@ struct Shard {
     admitted: u64,
     denied: u64,
     evicted: u64,
-    /// Until when each held dimension is paused (by its fingerprint), so
-    /// that a pause over a pause extends it rather than adding to it.
-    /// Only keys with a pause in force are here; ended ones are swept.
-    paused: HashMap<u64, u64>,
+    /// What keys hold beyond their TATs (their own limits, their pause), by
+    /// the key's fingerprint. Only such keys are here: the common path
+    /// checks that the map is empty and reads nothing more.
+    extras: HashMap<u64, Extra>,
+    /// The size at which `extras` is next swept of entries that carry
+    /// nothing.
+    sweep_at: usize,
+    /// The store's shard bits, which every dimension of a key shares.
+    shard_mask: u64,
 }
+
+/// A key's state beyond its TATs.
+#[derive(Clone, Copy, Default)]
+struct Extra {
+    /// Its own limits, per dimension.
+    limits: [Option<Quota>; MAX_DIMENSIONS],
+    /// When its pause ends (0: never paused).
+    until: u64,
+    /// Its pause extensions, added up.
+    held: u64,
+    /// Its dimensions, for the sweep to find its TATs.
+    dims: u8,
+}
+
+impl Extra {
+    fn has_limits(&self) -> bool {
+        self.limits.iter().any(Option::is_some)
+    }
+}
+
+/// Extras a shard holds before it first sweeps them.
+const EXTRAS_BEFORE_SWEEP: usize = 64;
 
 /// One key's dimensions: the key's fingerprint is the first dimension's, and
 /// derives the others'.
 #[derive(Clone, Copy)]
-struct Dims<'a> {
+struct Dims {
     fp: u64,
     shard_mask: u64,
-    limits: &'a [Quota],
+    len: usize,
 }
 
-impl Dims<'_> {
+impl Dims {
     /// Dimension `i`'s fingerprint: the shard bits stay the key's, so all of
     /// a key's dimensions share a shard and one lock covers a decision.
     #[inline]
     fn fp(&self, i: usize) -> u64 {
         self.fp ^ ((i as u64).wrapping_mul(DIMENSION_MIX) & !self.shard_mask)
-    }
-
-    /// Each dimension's GCRA and fingerprint.
-    #[inline]
-    fn iter(&self) -> impl Iterator<Item = (Gcra, u64)> + '_ {
-        self.limits
-            .iter()
-            .enumerate()
-            .map(|(i, quota)| (Gcra::new(quota), self.fp(i)))
     }
 }
 
@@ -129,6 +148,7 @@ impl<C: Clock> MemoryStore<C> {
             .checked_div(shards)
             .unwrap_or(max_entries)
             .max(1);
+        let shard_mask = (shards as u64).wrapping_sub(1);
         let shards = (0..shards)
             .map(|_| {
                 Padded(Mutex::new(Shard {
@@ -136,7 +156,9 @@ impl<C: Clock> MemoryStore<C> {
                     admitted: 0,
                     denied: 0,
                     evicted: 0,
-                    paused: HashMap::new(),
+                    extras: HashMap::new(),
+                    sweep_at: EXTRAS_BEFORE_SWEEP,
+                    shard_mask,
                 }))
             })
             .collect();
@@ -176,11 +198,11 @@ impl<C: Clock> MemoryStore<C> {
 
     /// The key's dimensions, at most [`MAX_DIMENSIONS`] of them.
     #[inline]
-    fn dims<'a, K: Hash + ?Sized>(&self, key: &K, limits: &'a [Quota]) -> Dims<'a> {
+    fn dims<K: Hash + ?Sized>(&self, key: &K, len: usize) -> Dims {
         Dims {
             fp: self.hasher.hash_one(key),
             shard_mask: (self.shards.len() as u64).wrapping_sub(1),
-            limits: limits.get(..MAX_DIMENSIONS).unwrap_or(limits),
+            len: len.min(MAX_DIMENSIONS),
         }
     }
 
@@ -194,62 +216,122 @@ impl<C: Clock> MemoryStore<C> {
         max_wait: Duration,
     ) -> Decision {
         let max_wait = duration_to_nanos(max_wait);
-        if let ([quota], [cost]) = (limits, costs) {
-            // A keyed limiter's path, measured at 40% cheaper than the
-            // general one's loops: one hash, one lock, one GCRA step.
-            let fp = self.hasher.hash_one(key);
-            let mut shard = self.shard(fp);
+        let dims = self.dims(key, limits.len().min(costs.len()));
+        let mut shard = self.shard(dims.fp);
+        if shard.extras.is_empty() {
+            if let ([quota], [cost]) = (limits, costs) {
+                // A keyed limiter's path, measured at 40% cheaper than the
+                // general one's loops: one hash, one lock, one GCRA step.
+                let now = self.clock.now();
+                let decision =
+                    shard.decide_one(quota, dims.fp, *cost, now, max_wait, self.max_per_shard);
+                return shard.count(decision);
+            }
             let now = self.clock.now();
-            let decision = shard.decide_one(
-                &Gcra::new(quota),
-                fp,
-                *cost,
-                now,
-                max_wait,
-                self.max_per_shard,
-            );
+            let decision = shard.decide(dims, limits, costs, now, max_wait, 0, self.max_per_shard);
             return shard.count(decision);
         }
-        let n = limits.len().min(costs.len());
-        let dims = self.dims(key, limits.get(..n).unwrap_or(limits));
-        let costs = costs.get(..dims.limits.len()).unwrap_or(costs);
-        let mut shard = self.shard(dims.fp);
+        let (quotas, extra) = shard.in_force(&dims, limits);
+        let quotas = quotas.get(..dims.len).unwrap_or(&[]);
         let now = self.clock.now();
-        let decision = shard.decide(dims, costs, now, max_wait, self.max_per_shard);
+        let decision = shard.decide(
+            dims,
+            quotas,
+            costs,
+            now,
+            max_wait,
+            extra.held,
+            self.max_per_shard,
+        );
         shard.count(decision)
     }
 
     /// [`Store::adjust`], synchronously.
     pub fn adjust_now<K: Hash + ?Sized>(&self, key: &K, limits: &[Quota], changes: &[Change]) {
-        let dims = self.dims(key, limits);
+        let dims = self.dims(key, limits.len().min(changes.len()));
         let mut shard = self.shard(dims.fp);
         let now = self.clock.now();
-        for ((gcra, fp), change) in dims.iter().zip(changes) {
-            let index = shard.table.find(fp);
-            let tat = index.map_or(0, |i| shard.table.tat_at(i));
-            let next = match *change {
-                Change::HoldFor(hold) => {
-                    let until = now.saturating_add(duration_to_nanos(hold));
-                    let extension = shard.pause(fp, now, until, self.max_per_shard);
-                    hold_until(&gcra, tat, now, until, extension)
-                }
-                change => apply(&gcra, tat, now, change),
+        let (mut quotas, mut extra) = shard.in_force(&dims, limits);
+        let longest = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::HoldFor(hold) => Some(duration_to_nanos(*hold)),
+                _ => None,
+            })
+            .max();
+        let (until, extension) = match longest {
+            Some(hold) => transition::pause(extra.until, now, hold),
+            None => (extra.until, 0),
+        };
+        for (i, &change) in changes.iter().enumerate().take(dims.len) {
+            let (Some(quota), Some(own), Some(&default)) =
+                (quotas.get_mut(i), extra.limits.get_mut(i), limits.get(i))
+            else {
+                break;
             };
-            shard.write(index, fp, next, now, self.max_per_shard);
+            match change {
+                Change::Limit(q) => {
+                    *own = Some(q);
+                    *quota = q;
+                }
+                Change::Unlimit => {
+                    *own = None;
+                    *quota = default;
+                }
+                Change::Observe { limit, .. } => {
+                    if let Some(learnt) = transition::learn(quota, limit) {
+                        *own = Some(learnt);
+                        *quota = learnt;
+                    }
+                }
+                _ => {}
+            }
+            let fp = dims.fp(i);
+            let index = shard.table.find(fp);
+            let tat = index.map_or(0, |at| shard.table.tat_at(at));
+            let next = match change {
+                Change::HoldFor(_) => transition::hold(tat, quota, now, until, extension),
+                change => transition::apply(tat, quota, now, change),
+            };
+            if next != tat {
+                shard.write(index, fp, next, now, self.max_per_shard);
+            }
+        }
+        extra.until = until;
+        extra.held = extra.held.saturating_add(extension);
+        extra.dims = u8::try_from(dims.len).unwrap_or(u8::MAX);
+        shard.keep_extra(dims.fp, extra, now, self.max_per_shard);
+    }
+
+    /// [`Store::read`], synchronously.
+    pub fn read_now<K: Hash + ?Sized>(&self, key: &K, limits: &[Quota]) -> View {
+        let dims = self.dims(key, limits.len());
+        let shard = self.shard(dims.fp);
+        let now = self.clock.now();
+        let (quotas, extra) = shard.in_force(&dims, limits);
+        let quotas = quotas.get(..dims.len).unwrap_or(&[]);
+        let snapshots = quotas
+            .iter()
+            .enumerate()
+            .map(|(i, quota)| {
+                let tat = shard
+                    .table
+                    .find(dims.fp(i))
+                    .map_or(0, |at| shard.table.tat_at(at));
+                transition::snapshot(tat, quota, now)
+            })
+            .collect();
+        View {
+            limits: quotas.to_vec(),
+            snapshots,
+            paused_for: Duration::from_nanos(extra.until.saturating_sub(now)),
+            held: Duration::from_nanos(extra.held),
         }
     }
 
-    /// [`Store::snapshot`], synchronously.
+    /// Every dimension of `key` as it stands now, spending nothing.
     pub fn snapshot_now<K: Hash + ?Sized>(&self, key: &K, limits: &[Quota]) -> Vec<Snapshot> {
-        let dims = self.dims(key, limits);
-        let shard = self.shard(dims.fp);
-        let now = self.clock.now();
-        dims.iter()
-            .map(|(gcra, fp)| {
-                let tat = shard.table.find(fp).map_or(0, |i| shard.table.tat_at(i));
-                gcra.snapshot(&tat, now)
-            })
-            .collect()
+        self.read_now(key, limits).snapshots
     }
 
     /// What the store counts, summed over its shards.
@@ -266,70 +348,68 @@ impl<C: Clock> MemoryStore<C> {
     }
 }
 
-/// One change to one GCRA state; answers the new TAT.
-fn apply(gcra: &Gcra, tat: u64, now: u64, change: Change) -> u64 {
-    let (interval, capacity) = (gcra.interval(), gcra.capacity());
-    match change {
-        Change::Keep => tat,
-        Change::Charge(n) => tat.max(now).saturating_add(n.saturating_mul(interval)),
-        Change::Refund(n) => tat.saturating_sub(n.saturating_mul(interval)),
-        Change::AtMost(n) => {
-            // Room now is `capacity - debt`; at most n units of it may stay.
-            let floor = now
-                .saturating_add(capacity)
-                .saturating_sub(n.saturating_mul(interval));
-            if n >= gcra.burst() {
-                tat
-            } else {
-                tat.max(floor)
+impl Shard {
+    /// The limits in force for a key (its own where it has them, else
+    /// `defaults`), and what it holds beyond its TATs.
+    #[inline]
+    fn in_force(&self, dims: &Dims, defaults: &[Quota]) -> ([Quota; MAX_DIMENSIONS], Extra) {
+        let mut quotas = [Quota::UNIT; MAX_DIMENSIONS];
+        for (slot, quota) in quotas.iter_mut().zip(defaults) {
+            *slot = *quota;
+        }
+        let extra = self.extras.get(&dims.fp).copied().unwrap_or_default();
+        for (slot, own) in quotas.iter_mut().zip(&extra.limits) {
+            if let Some(own) = own {
+                *slot = *own;
             }
         }
-        // A hold needs the dimension's pause: see `hold_until`.
-        Change::HoldFor(hold) => {
-            let until = now.saturating_add(duration_to_nanos(hold));
-            hold_until(gcra, tat, now, until, until.saturating_sub(now))
+        (quotas, extra)
+    }
+
+    /// Keeps a key's extra state while it carries something: its own
+    /// limits, a pause in force, or pause extensions that waiters may still
+    /// look for (while any of its dimensions is not full).
+    fn keep_extra(&mut self, fp: u64, extra: Extra, now: u64, max: usize) {
+        let carries = extra.has_limits() || extra.until > now || extra.held > 0;
+        if !carries {
+            self.extras.remove(&fp);
+            return;
+        }
+        if self.extras.contains_key(&fp) {
+            self.extras.insert(fp, extra);
+            return;
+        }
+        if self.extras.len() >= self.sweep_at {
+            self.sweep_extras(now);
+        }
+        // At the cap, a key's own limits are still kept (they are few and
+        // set on purpose); a pause is still applied to the TATs, only its
+        // end is not remembered, so a later pause of that key adds to it.
+        if extra.has_limits() || self.extras.len() < max {
+            self.extras.insert(fp, extra);
         }
     }
-}
 
-/// A pause of one GCRA state until `until`, which extends the pause in
-/// force by `extension`: reservations already made move back by the
-/// extension only (so pauses over pauses take the longest, never the sum),
-/// and the limit is empty when the pause ends but for one unit, so that
-/// callers leave one by one.
-fn hold_until(gcra: &Gcra, tat: u64, now: u64, until: u64, extension: u64) -> u64 {
-    let shifted = tat.max(now).saturating_add(extension);
-    let empty = until
-        .saturating_add(gcra.capacity())
-        .saturating_sub(gcra.interval());
-    shifted.max(empty)
-}
-
-/// Pauses a shard remembers before it sweeps the ended ones.
-const PAUSES_BEFORE_SWEEP: usize = 64;
-
-impl Shard {
-    /// Pauses dimension `fp` until `until`; answers by how much that
-    /// extends the pause in force (0 when one lasts longer already).
-    fn pause(&mut self, fp: u64, now: u64, until: u64, max: usize) -> u64 {
-        let in_force = self.paused.get(&fp).copied().filter(|&t| t > now);
-        let extension = until.saturating_sub(in_force.unwrap_or(now).max(now));
-        if extension > 0 {
-            if self.paused.len() >= PAUSES_BEFORE_SWEEP {
-                self.paused.retain(|_, &mut t| t > now);
-            }
-            // At the cap, a pause is still applied; only its end is not
-            // remembered, so a later pause of that key adds to it.
-            if self.paused.len() < max || self.paused.contains_key(&fp) {
-                self.paused.insert(fp, until);
-            }
-        }
-        extension
+    /// Drops the extras that carry nothing any more: no limits of their
+    /// own, their pause over, and every dimension full (so no reservation
+    /// is left to look for a pause).
+    fn sweep_extras(&mut self, now: u64) {
+        let table = &self.table;
+        let shard_mask = self.shard_mask;
+        let mask_free = |fp: u64, dims: u8| {
+            (0..usize::from(dims)).all(|i| {
+                let dim_fp = fp ^ ((i as u64).wrapping_mul(DIMENSION_MIX) & !shard_mask);
+                table.find(dim_fp).is_none_or(|at| table.tat_at(at) <= now)
+            })
+        };
+        self.extras
+            .retain(|&fp, e| e.has_limits() || e.until > now || !mask_free(fp, e.dims));
+        self.sweep_at = self.extras.len().saturating_mul(2).max(EXTRAS_BEFORE_SWEEP);
     }
 
     fn count(&mut self, decision: Decision) -> Decision {
         match decision {
-            Decision::Admit { .. } => self.admitted = self.admitted.saturating_add(1),
+            Decision::Admit(_) => self.admitted = self.admitted.saturating_add(1),
             _ => self.denied = self.denied.saturating_add(1),
         }
         decision
@@ -340,13 +420,14 @@ impl Shard {
     #[inline]
     fn decide_one(
         &mut self,
-        gcra: &Gcra,
+        quota: &Quota,
         fp: u64,
         cost: u64,
         now: u64,
         max_wait: u64,
         max: usize,
     ) -> Decision {
+        let gcra = Gcra::new(quota);
         let index = self.table.find(fp);
         let tat = index.map_or(0, |at| self.table.tat_at(at));
         match gcra.decide(&tat, now, cost, max_wait) {
@@ -354,10 +435,12 @@ impl Shard {
                 if state != tat {
                     self.write(index, fp, state, now, max);
                 }
-                Decision::Admit {
-                    wait: Duration::from_nanos(due.saturating_sub(now)),
-                    snapshot: gcra.snapshot(&state, due.max(now)),
-                }
+                let wait = Duration::from_nanos(due.saturating_sub(now));
+                let mut admit = Admit::now(gcra.snapshot(&state, due.max(now)));
+                admit.wait = wait;
+                admit.dues[0] = wait;
+                admit.steps[0] = Duration::from_nanos(gcra.interval());
+                Decision::Admit(admit)
             }
             Outcome::Deny { retry_after } => Decision::Deny {
                 dimension: 0,
@@ -371,77 +454,47 @@ impl Shard {
     }
 
     /// Admits `costs` in every dimension at the latest instant any of them
-    /// allows, or denies and changes nothing.
+    /// allows, or denies and changes nothing: [`transition::decide`] over
+    /// the key's entries.
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     fn decide(
         &mut self,
-        dims: Dims<'_>,
+        dims: Dims,
+        quotas: &[Quota],
         costs: &[u64],
         now: u64,
         max_wait: u64,
+        held: u64,
         max: usize,
     ) -> Decision {
-        let mut found = [(None, 0u64); MAX_DIMENSIONS];
-        // The instant every dimension admits: the latest of their earliest.
-        let mut due = now;
-        let mut blocking = None;
-        for (i, ((gcra, fp), &cost)) in dims.iter().zip(costs).enumerate() {
-            let index = self.table.find(fp);
-            let tat = index.map_or(0, |at| self.table.tat_at(at));
-            found[i] = (index, tat);
-            match gcra.decide(&tat, now, cost, u64::MAX) {
-                Outcome::Admit { due: at, .. } if at > due => {
-                    due = at;
-                    blocking = Some((i, gcra));
-                }
-                Outcome::Never => {
-                    return Decision::Never {
-                        dimension: i,
-                        snapshot: gcra.snapshot(&tat, now),
-                    }
-                }
-                // Admitted no later than `due`; never denied with an
-                // unbounded wait.
-                Outcome::Admit { .. } | Outcome::Deny { .. } => {}
-            }
+        let n = dims.len.min(quotas.len()).min(costs.len());
+        let mut found = [None; MAX_DIMENSIONS];
+        let mut tats = [0u64; MAX_DIMENSIONS];
+        for (i, (index, tat)) in found.iter_mut().zip(tats.iter_mut()).enumerate().take(n) {
+            *index = self.table.find(dims.fp(i));
+            *tat = index.map_or(0, |at| self.table.tat_at(at));
         }
-        let wait = due.saturating_sub(now);
-        if let Some((dimension, gcra)) = blocking.filter(|_| wait > max_wait) {
-            return Decision::Deny {
-                dimension,
-                snapshot: gcra
-                    .snapshot(&found[dimension].1, now)
-                    .retry_after_nanos(wait),
-            };
-        }
-        // Admit in every dimension at `due`, so that no dimension counts an
-        // admission earlier than it happens. Entries found are updated
-        // first: making room for a new one may move them.
-        let mut tightest: Option<Snapshot> = None;
-        for (((gcra, _), &cost), (index, tat)) in dims.iter().zip(costs).zip(found.iter_mut()) {
-            if cost != 0 {
-                *tat = (*tat)
-                    .max(due)
-                    .saturating_add(cost.saturating_mul(gcra.interval()));
-                if let Some(at) = *index {
-                    self.table.set_tat(at, *tat);
+        let before = tats;
+        let tats = tats.get_mut(..n).unwrap_or(&mut []);
+        let decision = transition::decide(tats, quotas, costs, now, max_wait, held);
+        if let Decision::Admit(_) = decision {
+            // Entries found are updated first: making room for a new one
+            // may move them.
+            for ((&index, &tat), &old) in found.iter().zip(tats.iter()).zip(&before) {
+                if let (Some(at), true) = (index, tat != old) {
+                    self.table.set_tat(at, tat);
                 }
             }
-            let snapshot = gcra.snapshot(tat, due);
-            tightest = Some(match tightest {
-                Some(t) if !tighter(&snapshot, &t) => t,
-                _ => snapshot,
-            });
-        }
-        for (((_, fp), &cost), &(index, tat)) in dims.iter().zip(costs).zip(&found) {
-            if index.is_none() && cost != 0 {
-                self.write(None, fp, tat, now, max);
+            for (i, ((&index, &tat), &old)) in
+                found.iter().zip(tats.iter()).zip(&before).enumerate()
+            {
+                if index.is_none() && tat != old {
+                    self.write(None, dims.fp(i), tat, now, max);
+                }
             }
         }
-        Decision::Admit {
-            wait: Duration::from_nanos(wait),
-            snapshot: tightest.unwrap_or_else(|| Snapshot::from_count(0, 0, 0)),
-        }
+        decision
     }
 
     /// Stores `tat` for `fp` (at `index`, when known), dropping entries that
@@ -542,14 +595,6 @@ fn largest_slots(max: usize) -> usize {
         .max(max.saturating_add(1))
 }
 
-/// Whether `a` has less room than `b`, relative to their limits.
-fn tighter(a: &Snapshot, b: &Snapshot) -> bool {
-    let ratio = |x: &Snapshot, y: &Snapshot| {
-        u128::from(x.remaining()).saturating_mul(u128::from(y.limit()))
-    };
-    ratio(a, b) < ratio(b, a)
-}
-
 impl<K: Hash + ?Sized, C: Clock> Store<K> for MemoryStore<C> {
     type Error = Infallible;
 
@@ -573,12 +618,12 @@ impl<K: Hash + ?Sized, C: Clock> Store<K> for MemoryStore<C> {
         std::future::ready(Ok(()))
     }
 
-    fn snapshot(
+    fn read(
         &self,
         key: &K,
         limits: &[Quota],
-    ) -> impl std::future::Future<Output = Result<Vec<Snapshot>, Infallible>> + Send {
-        std::future::ready(Ok(self.snapshot_now(key, limits)))
+    ) -> impl std::future::Future<Output = Result<View, Infallible>> + Send {
+        std::future::ready(Ok(self.read_now(key, limits)))
     }
 
     fn give_back(&self, key: &K, limits: &[Quota], costs: &[u64]) {

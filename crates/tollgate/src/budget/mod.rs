@@ -1,14 +1,18 @@
 //! Budgets of several dimensions and keyed limiters, over a [`Store`].
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod faces;
 mod keyed;
 mod limits;
 mod memory;
+mod queue;
 mod store;
 mod table;
+pub mod transition;
 
 pub use faces::{Budget, KeyedLimiter};
 pub use keyed::{Face, Grant, KeyedBudget, KeyedBuilder, Stats};
 pub use limits::{Limits, LimitsBuilder, LimitsError, LimitsErrorKind, MAX_DIMENSIONS};
 pub use memory::{MemoryStore, DEFAULT_MAX_KEYS};
-pub use store::{Change, Decision, Store, StoreStats};
+pub use store::{Admit, Change, Decision, Store, StoreStats, View};

@@ -3,21 +3,32 @@
 use std::future::Future;
 use std::time::Duration;
 
+use super::limits::MAX_DIMENSIONS;
 use crate::{Quota, Snapshot};
 
 /// The state of every key's budget, behind one atomic, asynchronous
-/// operation: check-and-update all of a key's dimensions at once.
+/// operation per call: check-and-update all of a key's dimensions at once.
 ///
 /// [`MemoryStore`](crate::MemoryStore) is the default; a network store
 /// (Redis, say) implements the same trait, so that one limit spans many
-/// replicas. The contract, which every implementation keeps:
+/// replicas. Everything replicas must agree on lives in the store: each
+/// dimension's GCRA state (reservations included), the key's own limits
+/// (set with [`Change::Limit`] or learnt with [`Change::Observe`]), and its
+/// pause. The contract, which every implementation keeps and which
+/// [`conformance`](crate::store::conformance) checks:
 ///
 /// - **Atomic, all or nothing.** [`decide`](Self::decide) admits the costs in
-///   every dimension or in none; a denial changes nothing.
-/// - **GCRA.** Each dimension is a GCRA limit of its [`Quota`]. An admission
-///   that has to wait (a reservation) is admitted in every dimension at the
-///   instant it is due, so no dimension ever exceeds `burst + t / interval`
-///   in any interval of length `t`.
+///   every dimension or in none; a denial writes nothing.
+/// - **The transitions of [`transition`](crate::store::transition).** A
+///   store computes exactly what those pure functions compute (a network
+///   store may round instants to its clock's resolution, never in the
+///   caller's favour).
+/// - **Limits.** `limits` is the limiter's default for each dimension; a
+///   key with limits of its own in the store is decided by those instead.
+/// - **Pauses are state of the key.** A pause that starts while another is
+///   in force extends it to the later end; reservations already made move
+///   back by that extension only, and the store counts every extension in
+///   the key's [`View::held`], so that waiters anywhere can learn of it.
 /// - **The store's clock.** The store reads its own clock (the process's,
 ///   or the server's `TIME`); every instant crosses the trait as a duration
 ///   from now, so clocks of different machines never meet.
@@ -26,18 +37,18 @@ use crate::{Quota, Snapshot};
 ///   turns it into a [`Denied`](crate::Denied) of kind
 ///   [`StoreFailed`](crate::DeniedKind::StoreFailed). A store that would
 ///   rather fail open decides so itself.
-///
-/// The limits travel with every call, so a key's quota can change from one
-/// call to the next (per-key quotas, limits learnt from a server).
+/// - **Any input.** No key, cost, quota or instant makes a store panic or
+///   loop; costs beyond a burst are [`Decision::Never`].
 pub trait Store<K: ?Sized>: Send + Sync {
     /// Why an operation failed.
     type Error: std::error::Error + Send + Sync + 'static;
 
-    /// Admits `costs[i]` in dimension `i` of `limits` for `key`, all at
-    /// once, or reserves the earliest instant at most `max_wait` away when
-    /// they all fit, or denies and changes nothing.
+    /// Admits `costs[i]` in dimension `i` for `key`, all at once, or
+    /// reserves the earliest instant at most `max_wait` away when they all
+    /// fit, or denies and writes nothing.
     ///
-    /// `costs` has one entry per dimension (the limiter checks this).
+    /// `costs` has one entry per entry of `limits` (the limiter checks
+    /// this), at most [`MAX_DIMENSIONS`].
     fn decide(
         &self,
         key: &K,
@@ -46,8 +57,7 @@ pub trait Store<K: ?Sized>: Send + Sync {
         max_wait: Duration,
     ) -> impl Future<Output = Result<Decision, Self::Error>> + Send;
 
-    /// Applies one change per dimension to `key`'s state (settling a
-    /// reservation, learning from a server, pausing).
+    /// Applies one change per dimension to `key`'s state, at once.
     fn adjust(
         &self,
         key: &K,
@@ -55,17 +65,17 @@ pub trait Store<K: ?Sized>: Send + Sync {
         changes: &[Change],
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
-    /// Every dimension of `key` as it stands now, spending nothing.
-    fn snapshot(
+    /// `key` as it stands now, spending nothing: each dimension's limit in
+    /// force and snapshot, and its pause.
+    fn read(
         &self,
         key: &K,
         limits: &[Quota],
-    ) -> impl Future<Output = Result<Vec<Snapshot>, Self::Error>> + Send;
+    ) -> impl Future<Output = Result<View, Self::Error>> + Send;
 
     /// Gives back `costs` reserved by a waiter that went away before its
-    /// slot was due. It must not block: a network store queues it or
-    /// spawns it, and a failure to give back only leaves the limit stricter
-    /// for a while.
+    /// slot was due. It must not block: a network store spawns it, and a
+    /// failure to give back only leaves the limit stricter for a while.
     fn give_back(&self, key: &K, limits: &[Quota], costs: &[u64]);
 
     /// What the store counts, where it counts it.
@@ -76,18 +86,11 @@ pub trait Store<K: ?Sized>: Send + Sync {
 
 /// What a store decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Decision {
     /// Admitted in every dimension: at once when `wait` is zero, or else
-    /// reserved for `wait` from now. `snapshot` is the dimension with the
-    /// least room left, as it will be when the reservation is due.
-    Admit {
-        /// How long until the reservation is due.
-        wait: Duration,
-        /// The tightest dimension, after the admission.
-        snapshot: Snapshot,
-    },
-    /// Not within the allowed wait. Nothing was spent.
+    /// reserved for `wait` from now.
+    Admit(Admit),
+    /// Not within the allowed wait. Nothing was written.
     Deny {
         /// The dimension that blocked: the one furthest from fitting.
         dimension: usize,
@@ -104,9 +107,42 @@ pub enum Decision {
     },
 }
 
-/// A change to one dimension of a key's state, outside a decision.
+/// An admission: when it is due, and where it sits in each dimension, so
+/// that a waiter can move up when a reservation ahead of it goes away.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
+pub struct Admit {
+    /// How long until the reservation is due (the latest of `dues`).
+    pub wait: Duration,
+    /// The dimension with the least room left, as it will be when the
+    /// reservation is due.
+    pub snapshot: Snapshot,
+    /// The key's [`View::held`] when it was decided.
+    pub held: Duration,
+    /// Per dimension, from now: when that dimension alone would admit this
+    /// cost, given the reservations ahead of it.
+    pub dues: [Duration; MAX_DIMENSIONS],
+    /// Per dimension: the replenish interval of the limit that decided (a
+    /// unit's width in the queue).
+    pub steps: [Duration; MAX_DIMENSIONS],
+}
+
+impl Admit {
+    /// An admission at once, with no position to keep: what a store answers
+    /// when it admits without queueing.
+    pub fn now(snapshot: Snapshot) -> Self {
+        Self {
+            wait: Duration::ZERO,
+            snapshot,
+            held: Duration::ZERO,
+            dues: [Duration::ZERO; MAX_DIMENSIONS],
+            steps: [Duration::ZERO; MAX_DIMENSIONS],
+        }
+    }
+}
+
+/// A change to one dimension of a key's state, outside a decision. A store
+/// handles every variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Change {
     /// Leaves the dimension alone.
     Keep,
@@ -119,13 +155,44 @@ pub enum Change {
     /// At most `n` units remain now (what the other side reports); a limit
     /// with less room is left alone.
     AtMost(u64),
+    /// What the other side reports: its limit and what remains of it. A
+    /// `limit` other than the burst in force becomes the key's own limit
+    /// for the dimension (that count over the same period, see
+    /// [`transition::learn`](crate::store::transition::learn)); then as
+    /// [`AtMost`](Self::AtMost)`(remaining)`.
+    Observe {
+        /// The limit the other side states (0: not stated).
+        limit: u64,
+        /// What remains of it.
+        remaining: u64,
+    },
+    /// The key's own limit for this dimension, in place of the default.
+    Limit(Quota),
+    /// The default limit again for this dimension.
+    Unlimit,
     /// Admits nothing for this long, then lets callers through one by one
     /// at the quota's rate: the limit is empty when the hold ends. A hold
-    /// is state of the dimension: one that starts while another is in
-    /// force extends it to the later end (concurrent holds take the
-    /// longest, never the sum), and reservations already made move back by
-    /// that extension only.
+    /// is state of the key: one that starts while another is in force
+    /// extends it to the later end (concurrent holds take the longest,
+    /// never the sum), and reservations already made move back by that
+    /// extension only. The key's holds are one: give every dimension the
+    /// same `HoldFor`.
     HoldFor(Duration),
+}
+
+/// A key as it stands: the result of [`Store::read`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct View {
+    /// Per dimension, the limit in force: the key's own or the default.
+    pub limits: Vec<Quota>,
+    /// Per dimension, as it stands now.
+    pub snapshots: Vec<Snapshot>,
+    /// The key's pause, from now (zero when none is in force).
+    pub paused_for: Duration,
+    /// Every extension of the key's pause, added up since the key's state
+    /// was last empty: a waiter that reads more here than at its decision
+    /// was held back by the difference.
+    pub held: Duration,
 }
 
 /// Counts a store keeps.
@@ -143,4 +210,16 @@ pub struct StoreStats {
     /// of keys. Each such eviction can let its key admit up to that
     /// entry's unpaid debt more (see [`MemoryStore`](crate::MemoryStore)).
     pub evictions: u64,
+}
+
+impl StoreStats {
+    /// Counts, for a store outside this crate.
+    pub fn new(admitted: u64, denied: u64, entries: u64, evictions: u64) -> Self {
+        Self {
+            admitted,
+            denied,
+            entries,
+            evictions,
+        }
+    }
 }

@@ -1,0 +1,241 @@
+//! The waiters of each key in this process, so that a waiter that goes
+//! away, or a grant settled lower than reserved, moves the reservations
+//! queued behind it forward.
+//!
+//! A waiter knows where it sits in each dimension: when that dimension
+//! alone would admit it (its `due`). The store's TAT already moved when a
+//! reservation was given back or refunded; this moves the waiters that were
+//! queued behind it by the same amount, and wakes them.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::limits::MAX_DIMENSIONS;
+use super::store::Admit;
+
+/// Every waiting acquire of a limiter, by key.
+pub(crate) struct Queue<K> {
+    waiters: Mutex<HashMap<K, Vec<Arc<Waiter>>>>,
+    /// Waiters in the queue, read without the lock.
+    len: AtomicUsize,
+}
+
+/// One waiting acquire.
+pub(crate) struct Waiter {
+    position: Mutex<Position>,
+    notify: Notify,
+}
+
+#[derive(Clone, Copy)]
+struct Position {
+    /// Per dimension, when that dimension alone admits this waiter.
+    dues: [Instant; MAX_DIMENSIONS],
+    len: usize,
+    /// The key's pause extensions this waiter accounts for. Dues minus
+    /// `held` compare waiters that decided on either side of a pause.
+    held: Duration,
+}
+
+impl Position {
+    /// Whether `self` sits behind `other` in dimension `d`.
+    fn behind(&self, other: &Self, d: usize) -> bool {
+        let (Some(&mine), Some(&theirs)) = (self.dues.get(d), other.dues.get(d)) else {
+            return false;
+        };
+        // mine - self.held > theirs - other.held, without subtracting.
+        match (mine.checked_add(other.held), theirs.checked_add(self.held)) {
+            (Some(a), Some(b)) => a > b,
+            _ => false,
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.dues.get(..self.len)?.iter().copied().max()
+    }
+}
+
+impl Waiter {
+    /// A waiter admitted by `admit`, decided at `now`, for `len` dimensions.
+    pub(crate) fn new(now: Instant, admit: &Admit, len: usize) -> Arc<Self> {
+        let mut dues = [now; MAX_DIMENSIONS];
+        for (due, wait) in dues.iter_mut().zip(&admit.dues) {
+            *due = now.checked_add(*wait).unwrap_or(now);
+        }
+        let wait_until = now.checked_add(admit.wait).unwrap_or(now);
+        let len = len.clamp(1, MAX_DIMENSIONS);
+        // The admission's wait is the latest due; a store that answered
+        // no positions (or less) puts every dimension at the wait.
+        let latest = dues.iter().take(len).copied().max().unwrap_or(now);
+        if latest < wait_until {
+            for due in dues.iter_mut().take(len) {
+                *due = wait_until;
+            }
+        }
+        Arc::new(Self {
+            position: Mutex::new(Position {
+                dues,
+                len,
+                held: admit.held,
+            }),
+            notify: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Position> {
+        self.position.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// When every dimension admits this waiter.
+    pub(crate) fn deadline(&self) -> Instant {
+        let position = *self.lock();
+        position.deadline().unwrap_or_else(Instant::now)
+    }
+
+    /// The key's pause extensions this waiter accounts for.
+    pub(crate) fn held(&self) -> Duration {
+        self.lock().held
+    }
+
+    /// Holds this waiter back by a pause that began after its decision,
+    /// which extended the key's pause by `extension`.
+    pub(crate) fn hold_back(&self, extension: Duration) {
+        let mut position = self.lock();
+        let len = position.len;
+        for due in position.dues.iter_mut().take(len) {
+            *due = due.checked_add(extension).unwrap_or(*due);
+        }
+        position.held = position.held.saturating_add(extension);
+    }
+
+    /// Resolves when the waiter was moved forward (or at once, if it was
+    /// moved since the last call).
+    pub(crate) async fn moved(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Moves dimension `d` forward by `by`; answers whether it moved.
+    fn move_up(position: &mut Position, d: usize, by: Duration) -> bool {
+        let Some(due) = position.dues.get_mut(d) else {
+            return false;
+        };
+        match due.checked_sub(by) {
+            Some(earlier) if !by.is_zero() => {
+                *due = earlier;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+impl<K> Default for Queue<K> {
+    fn default() -> Self {
+        Self {
+            waiters: Mutex::new(HashMap::new()),
+            len: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone> Queue<K> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<K, Vec<Arc<Waiter>>>> {
+        self.waiters.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waiters queued now, in every key.
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// Queues `waiter` for `key`.
+    pub(crate) fn join(&self, key: &K, waiter: &Arc<Waiter>) {
+        let mut waiters = self.lock();
+        waiters
+            .entry(key.clone())
+            .or_default()
+            .push(Arc::clone(waiter));
+        self.len.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes `waiter` out of `key`'s queue: it was admitted.
+    pub(crate) fn leave(&self, key: &K, waiter: &Arc<Waiter>) {
+        let mut waiters = self.lock();
+        Self::remove(&mut waiters, key, waiter, &self.len);
+    }
+
+    fn remove(
+        waiters: &mut HashMap<K, Vec<Arc<Waiter>>>,
+        key: &K,
+        waiter: &Arc<Waiter>,
+        len: &AtomicUsize,
+    ) {
+        if let Some(list) = waiters.get_mut(key) {
+            if let Some(at) = list.iter().position(|w| Arc::ptr_eq(w, waiter)) {
+                list.swap_remove(at);
+                len.fetch_sub(1, Ordering::Relaxed);
+            }
+            if list.is_empty() {
+                waiters.remove(key);
+            }
+        }
+    }
+
+    /// Takes `waiter` out of `key`'s queue, its reservation of `costs`
+    /// (at `steps` nanoseconds a unit) given back: every waiter behind it
+    /// in a dimension moves forward there by what it had reserved.
+    pub(crate) fn cancelled(&self, key: &K, waiter: &Arc<Waiter>, costs: &[u64], steps: &[u64]) {
+        let mut waiters = self.lock();
+        Self::remove(&mut waiters, key, waiter, &self.len);
+        let Some(list) = waiters.get(key) else {
+            return;
+        };
+        let gone = *waiter.lock();
+        for other in list {
+            let mut position = other.lock();
+            let mut moved = false;
+            for (d, (&cost, &step)) in costs.iter().zip(steps).enumerate() {
+                if cost != 0 && position.behind(&gone, d) {
+                    let by = Duration::from_nanos(cost.saturating_mul(step));
+                    moved |= Waiter::move_up(&mut position, d, by);
+                }
+            }
+            drop(position);
+            if moved {
+                other.notify.notify_one();
+            }
+        }
+    }
+
+    /// Moves every waiter of `key` forward by `refunds` (at `steps`
+    /// nanoseconds a unit): a grant admitted before them all was settled
+    /// lower than it reserved.
+    pub(crate) fn refunded(&self, key: &K, refunds: &[u64], steps: &[u64]) {
+        if self.len() == 0 {
+            return;
+        }
+        let waiters = self.lock();
+        let Some(list) = waiters.get(key) else {
+            return;
+        };
+        for other in list {
+            let mut position = other.lock();
+            let mut moved = false;
+            for (d, (&refund, &step)) in refunds.iter().zip(steps).enumerate() {
+                if refund != 0 {
+                    let by = Duration::from_nanos(refund.saturating_mul(step));
+                    moved |= Waiter::move_up(&mut position, d, by);
+                }
+            }
+            drop(position);
+            if moved {
+                other.notify.notify_one();
+            }
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The transitions every [`Store`](crate::Store) computes: pure functions,
+//! `now` in, state out, so that another store (a Lua script in Redis, say)
+//! can reproduce them exactly and be checked against them.
+//!
+//! A key's state is, per dimension, a GCRA **theoretical arrival time**
+//! (TAT, in nanoseconds on the store's clock; 0 or any instant at or before
+//! now means "full"), and, per key, the instant its pause ends and the
+//! sum of its pause extensions (`held`). Arithmetic saturates: no input
+//! panics or loops.
+//!
+//! ```
+//! use tollgate::store::transition;
+//! use tollgate::store::Decision;
+//! use tollgate::Quota;
+//!
+//! let quota = Quota::per_second(2)?; // one unit every 500 ms, burst 2
+//! let mut tats = [0u64];
+//! let now = 1_000_000_000;
+//! for _ in 0..2 {
+//!     let decision = transition::decide(&mut tats, &[quota], &[1], now, 0, 0);
+//!     assert!(matches!(decision, Decision::Admit(_)));
+//! }
+//! // The burst is spent: the third waits 500 ms, or is denied without one.
+//! let decision = transition::decide(&mut tats, &[quota], &[1], now, 0, 0);
+//! assert!(matches!(decision, Decision::Deny { dimension: 0, .. }));
+//! assert_eq!(tats, [2_000_000_000]); // a denial writes nothing
+//! # Ok::<(), tollgate::QuotaError>(())
+//! ```
+
+use std::time::Duration;
+
+use super::limits::MAX_DIMENSIONS;
+use super::store::{Admit, Change, Decision};
+use crate::algorithm::{Gcra, Outcome, StateMachine};
+use crate::snapshot::duration_to_nanos;
+use crate::{Quota, Snapshot};
+
+/// Decides `costs` against `quotas` at `now`, over the TATs of a key's
+/// dimensions (one per quota): admits in every dimension at the latest
+/// instant any of them allows, if that is at most `max_wait` nanoseconds
+/// away, writing the new TATs into `tats`; or denies, writing nothing.
+///
+/// Every dimension is charged at the same instant (the admission's), so
+/// that no dimension counts an admission before it happens. A cost of 0
+/// in a dimension reads it without spending; a cost over a dimension's
+/// burst is [`Decision::Never`]. `held` is the key's pause count, copied
+/// into the answer.
+pub fn decide(
+    tats: &mut [u64],
+    quotas: &[Quota],
+    costs: &[u64],
+    now: u64,
+    max_wait: u64,
+    held: u64,
+) -> Decision {
+    let n = tats
+        .len()
+        .min(quotas.len())
+        .min(costs.len())
+        .min(MAX_DIMENSIONS);
+    let mut admit = Admit::now(Snapshot::from_count(0, 0, 0));
+    admit.held = Duration::from_nanos(held);
+    // The instant every dimension admits: the latest of their earliest.
+    let mut due = now;
+    let mut blocking = None;
+    for i in 0..n {
+        let (Some(quota), Some(&tat), Some(&cost)) = (quotas.get(i), tats.get(i), costs.get(i))
+        else {
+            break;
+        };
+        let gcra = Gcra::new(quota);
+        admit.steps[i] = Duration::from_nanos(gcra.interval());
+        match gcra.decide(&tat, now, cost, u64::MAX) {
+            Outcome::Admit { due: at, .. } => {
+                admit.dues[i] = Duration::from_nanos(at.saturating_sub(now));
+                if at > due {
+                    due = at;
+                    blocking = Some(i);
+                }
+            }
+            Outcome::Never => {
+                return Decision::Never {
+                    dimension: i,
+                    snapshot: gcra.snapshot(&tat, now),
+                }
+            }
+            // Never denied with an unbounded wait.
+            Outcome::Deny { .. } => {}
+        }
+    }
+    let wait = due.saturating_sub(now);
+    if let Some(dimension) = blocking.filter(|_| wait > max_wait) {
+        let (quota, tat) = (quotas.get(dimension), tats.get(dimension));
+        if let (Some(quota), Some(tat)) = (quota, tat) {
+            return Decision::Deny {
+                dimension,
+                snapshot: Gcra::new(quota).snapshot(tat, now).retry_after_nanos(wait),
+            };
+        }
+    }
+    let mut tightest: Option<Snapshot> = None;
+    for ((tat, quota), &cost) in tats.iter_mut().zip(quotas).zip(costs).take(n) {
+        let gcra = Gcra::new(quota);
+        if cost != 0 {
+            *tat = (*tat)
+                .max(due)
+                .saturating_add(cost.saturating_mul(gcra.interval()));
+        }
+        let snapshot = gcra.snapshot(tat, due);
+        tightest = Some(match tightest {
+            Some(t) if !tighter(&snapshot, &t) => t,
+            _ => snapshot,
+        });
+    }
+    admit.wait = Duration::from_nanos(wait);
+    admit.snapshot = tightest.unwrap_or_else(|| Snapshot::from_count(0, 0, 0));
+    Decision::Admit(admit)
+}
+
+/// Whether `a` has less room than `b`, relative to their limits.
+pub(crate) fn tighter(a: &Snapshot, b: &Snapshot) -> bool {
+    let ratio = |x: &Snapshot, y: &Snapshot| {
+        u128::from(x.remaining()).saturating_mul(u128::from(y.limit()))
+    };
+    ratio(a, b) < ratio(b, a)
+}
+
+/// One dimension's TAT after `change` at `now`, under `quota` (the limit in
+/// force after the change: for [`Change::Observe`], the learnt one).
+///
+/// [`Change::HoldFor`] is the key's, not the dimension's: see [`pause`]
+/// and [`hold`]; here it and the limit changes leave the TAT alone.
+pub fn apply(tat: u64, quota: &Quota, now: u64, change: Change) -> u64 {
+    let gcra = Gcra::new(quota);
+    let (interval, capacity) = (gcra.interval(), gcra.capacity());
+    match change {
+        Change::Keep | Change::Limit(_) | Change::Unlimit | Change::HoldFor(_) => tat,
+        Change::Charge(n) => tat.max(now).saturating_add(n.saturating_mul(interval)),
+        Change::Refund(n) => tat.saturating_sub(n.saturating_mul(interval)),
+        Change::AtMost(n) | Change::Observe { remaining: n, .. } => {
+            // Room now is `capacity - debt`; at most n units of it may stay.
+            let floor = now
+                .saturating_add(capacity)
+                .saturating_sub(n.saturating_mul(interval));
+            if n >= gcra.burst() {
+                tat
+            } else {
+                tat.max(floor)
+            }
+        }
+    }
+}
+
+/// The limit learnt from what the other side states: `limit` over the
+/// period of `quota` (the limit in force), when it is stated (non-zero),
+/// differs from the burst in force, and makes a valid quota.
+pub fn learn(quota: &Quota, limit: u64) -> Option<Quota> {
+    if limit == 0 || limit == quota.burst_size() {
+        return None;
+    }
+    Quota::new(limit, quota.period()).ok()
+}
+
+/// A key's pause that ends at `paused_until` (0: none), asked at `now` to
+/// hold for `hold` nanoseconds more: answers the new end and by how much it
+/// extends the pause in force (0 when one lasts longer already). Pauses
+/// take the longest, never the sum.
+pub fn pause(paused_until: u64, now: u64, hold: u64) -> (u64, u64) {
+    let until = now.saturating_add(hold);
+    let in_force = paused_until.max(now);
+    let extension = until.saturating_sub(in_force);
+    (in_force.max(until), extension)
+}
+
+/// One dimension's TAT when its key's pause now ends at `until`, having
+/// been extended by `extension`: reservations already made move back by the
+/// extension only, and the limit is empty when the pause ends but for one
+/// unit, so that callers leave one by one.
+pub fn hold(tat: u64, quota: &Quota, now: u64, until: u64, extension: u64) -> u64 {
+    let gcra = Gcra::new(quota);
+    let shifted = tat.max(now).saturating_add(extension);
+    let empty = until
+        .saturating_add(gcra.capacity())
+        .saturating_sub(gcra.interval());
+    shifted.max(empty)
+}
+
+/// One dimension at `now`, spending nothing.
+pub fn snapshot(tat: u64, quota: &Quota, now: u64) -> Snapshot {
+    Gcra::new(quota).snapshot(&tat, now)
+}
+
+/// A duration in the nanoseconds the transitions count in (saturating).
+pub fn nanos(duration: Duration) -> u64 {
+    duration_to_nanos(duration)
+}

@@ -1,0 +1,78 @@
+//! The store contract, checked against the in-memory store and against a
+//! store that answers late (a stand-in for a network store).
+
+use std::time::Duration;
+
+use tollgate::store::{conformance, Change, Decision, MemoryStore, Store, StoreStats, View};
+use tollgate::{DefaultClock, Quota};
+
+#[tokio::test(start_paused = true)]
+async fn memory_store_keeps_the_contract() {
+    conformance::run(|| async { MemoryStore::new(10_000, 2, DefaultClock::new()) }).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_small_memory_store_keeps_the_contract() {
+    // Each check uses a handful of keys: no eviction at 64 keys.
+    conformance::run(|| async { MemoryStore::new(64, 2, DefaultClock::new()) }).await;
+}
+
+/// Forwards to a [`MemoryStore`] after a delay, as a store across a
+/// network would.
+struct Late {
+    inner: MemoryStore,
+    delay: Duration,
+}
+
+impl Store<String> for Late {
+    type Error = std::convert::Infallible;
+
+    async fn decide(
+        &self,
+        key: &String,
+        limits: &[Quota],
+        costs: &[u64],
+        max_wait: Duration,
+    ) -> Result<Decision, Self::Error> {
+        tokio::time::sleep(self.delay).await;
+        Ok(self.inner.decide_now(key, limits, costs, max_wait))
+    }
+
+    async fn adjust(
+        &self,
+        key: &String,
+        limits: &[Quota],
+        changes: &[Change],
+    ) -> Result<(), Self::Error> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.adjust_now(key, limits, changes);
+        Ok(())
+    }
+
+    async fn read(&self, key: &String, limits: &[Quota]) -> Result<View, Self::Error> {
+        tokio::time::sleep(self.delay).await;
+        Ok(self.inner.read_now(key, limits))
+    }
+
+    fn give_back(&self, key: &String, limits: &[Quota], costs: &[u64]) {
+        Store::give_back(&self.inner, key, limits, costs);
+    }
+
+    fn stats(&self) -> StoreStats {
+        self.inner.stats_now()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_store_keeps_the_contract_within_its_delay() {
+    let delay = Duration::from_millis(1);
+    conformance::Suite::new(|| async move {
+        Late {
+            inner: MemoryStore::new(10_000, 2, DefaultClock::new()),
+            delay,
+        }
+    })
+    .slack(Duration::from_millis(100))
+    .run()
+    .await;
+}
