@@ -1,0 +1,919 @@
+//! One rate limit across a fleet: tollgate's [`Store`] over Redis.
+//!
+//! A [`RedisStore`] keeps every key's budget in Redis and decides with one
+//! Lua script per operation, atomically, on Redis' own clock (`TIME`): two
+//! replicas of a server, or ten workers calling one provider, spend from
+//! one limit. Everything the core's store contract holds lives there:
+//! each dimension's GCRA state (reservations included), the key's own and
+//! learnt limits, and its pause.
+//!
+//! ```no_run
+//! use tollgate::{KeyedLimiter, Quota};
+//! use tollgate_redis::RedisStore;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = RedisStore::builder("redis://127.0.0.1:6379/")
+//!     .prefix("api")
+//!     .connect()
+//!     .await?;
+//! let limiter = KeyedLimiter::with_store(Quota::per_minute(100)?, store);
+//! limiter.acquire(&"203.0.113.7".to_owned(), 1).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # In Redis
+//!
+//! - **One round trip per decision**: `EVALSHA`, and `EVAL` once when
+//!   Redis answers `NOSCRIPT` (after a restart or `SCRIPT FLUSH`). The
+//!   connection is multiplexed: many callers share it, pipelined.
+//! - **Redis' clock**: every instant is read by the script from `TIME`; no
+//!   client clock takes part in a decision. Instants are integer
+//!   microseconds (exact in Lua's numbers). A quota's replenish interval
+//!   is rounded **up** to whole microseconds, so a limit faster than one
+//!   unit a microsecond admits at most one a microsecond there.
+//! - **Keys**: a limiter key is hashed (SHA-256 of the prefix and of what
+//!   its `Hash` writes, 128 bits kept), so a hostile key can neither pick a
+//!   slot nor reach another prefix, and every Redis key is short. Its state
+//!   is `PREFIX:{HASH}` and its own limits `PREFIX:{HASH}:l`: one hash tag,
+//!   so a budget's dimensions and limits share a Cluster slot and every key
+//!   is passed in `KEYS[]`. Processes sharing a limit must hash keys the
+//!   same way: the same key type, on the same platform.
+//! - **TTL on every key written**: the state expires when the limit is
+//!   full again and the pause is over (it carries nothing then); own and
+//!   learnt limits expire [`limits_ttl`](Builder::limits_ttl) after they
+//!   were last set (default a day). A denial writes nothing.
+//! - **`FLUSHALL`** (or a Redis that lost its data) forgets what was
+//!   spent: each key starts full again, so a key may admit up to one burst
+//!   more than its limit across the loss. Nothing fails.
+//!
+//! # Faults
+//!
+//! Every call is bounded by a [`timeout`](Builder::timeout) (default
+//! 50 ms). After [`breaker_failures`](Builder::breaker_failures)
+//! consecutive failures (default 5) the circuit opens: calls do not go to
+//! Redis for [`breaker_cool_down`](Builder::breaker_cool_down) (default 1 s),
+//! then one call probes it and closes the circuit if it succeeds. While
+//! Redis fails, [`Fault::FailOpen`] (the default) decides with an
+//! in-memory store of the same limits in this process, and
+//! [`Fault::FailClosed`] denies with a store failure (which the tower layer
+//! answers 503 with `Retry-After`). One log line per change of state: a
+//! `warn` when Redis starts failing, an `info` when it is back.
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, RedisError};
+use sha2::{Digest, Sha256};
+use tollgate::store::{transition, Admit, Change, Decision, Store, StoreStats, View};
+use tollgate::{DefaultClock, MemoryStore, Quota, Snapshot, MAX_DIMENSIONS};
+
+const DECIDE: &str = include_str!("lua/decide.lua");
+const ADJUST: &str = include_str!("lua/adjust.lua");
+const READ: &str = include_str!("lua/read.lua");
+
+/// The longest prefix a store takes.
+pub const MAX_PREFIX_LEN: usize = 64;
+
+/// What a store does while Redis fails.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fault {
+    /// Decide with an in-memory store of the same limits, in this process:
+    /// each process then admits up to the whole limit on its own.
+    #[default]
+    FailOpen,
+    /// Deny every call (a store failure) until Redis answers again.
+    FailClosed,
+}
+
+/// Builds a [`RedisStore`].
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `connect` is called"]
+pub struct Builder {
+    url: String,
+    prefix: String,
+    timeout: Duration,
+    fault: Fault,
+    breaker_failures: u32,
+    breaker_cool_down: Duration,
+    limits_ttl: Duration,
+    max_keys: usize,
+}
+
+impl Builder {
+    /// The prefix of every Redis key this store writes (default
+    /// `tollgate`): one per limiter, so that limiters sharing a Redis do
+    /// not share keys. At most [`MAX_PREFIX_LEN`] bytes, without `{` or `}`.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The longest a call to Redis may take, connecting included (default
+    /// 50 ms); past it the call counts as failed.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// What to do while Redis fails (default [`Fault::FailOpen`]).
+    pub fn fault(mut self, fault: Fault) -> Self {
+        self.fault = fault;
+        self
+    }
+
+    /// Consecutive failures that open the circuit (default 5).
+    pub fn breaker_failures(mut self, failures: u32) -> Self {
+        self.breaker_failures = failures;
+        self
+    }
+
+    /// How long an open circuit keeps calls away from Redis before one
+    /// probes it (default 1 s).
+    pub fn breaker_cool_down(mut self, cool_down: Duration) -> Self {
+        self.breaker_cool_down = cool_down;
+        self
+    }
+
+    /// How long a key's own or learnt limits stay in Redis after they were
+    /// last set (default 24 h).
+    pub fn limits_ttl(mut self, ttl: Duration) -> Self {
+        self.limits_ttl = ttl;
+        self
+    }
+
+    /// The most keys the in-memory store used while failing open holds
+    /// (default 100,000).
+    pub fn fallback_max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys;
+        self
+    }
+
+    /// Checks the settings and connects. Fails when a setting is out of
+    /// range or Redis cannot be reached within the timeout (so that a
+    /// wrong URL shows at start-up, not as a fleet failing open).
+    pub async fn connect(self) -> Result<RedisStore, StoreError> {
+        let Self {
+            url,
+            prefix,
+            timeout,
+            fault,
+            breaker_failures,
+            breaker_cool_down,
+            limits_ttl,
+            max_keys,
+        } = self;
+        if prefix.is_empty() || prefix.len() > MAX_PREFIX_LEN || prefix.contains(['{', '}']) {
+            return Err(StoreError::config(format!(
+                "invalid key prefix {prefix:?}: 1 to {MAX_PREFIX_LEN} bytes, without braces"
+            )));
+        }
+        if timeout.is_zero() || timeout > Duration::from_secs(60) {
+            return Err(StoreError::config(format!(
+                "invalid timeout {timeout:?}: more than zero, at most 60 s"
+            )));
+        }
+        if breaker_failures == 0 {
+            return Err(StoreError::config(
+                "breaker_failures must be at least 1".to_owned(),
+            ));
+        }
+        if limits_ttl < Duration::from_secs(1) {
+            return Err(StoreError::config(format!(
+                "invalid limits_ttl {limits_ttl:?}: at least 1 s"
+            )));
+        }
+        let client = redis::Client::open(url.as_str())
+            .map_err(|e| StoreError::config(format!("invalid Redis URL {url:?}: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(timeout.max(Duration::from_millis(250)))
+            .set_response_timeout(timeout)
+            .set_number_of_retries(1)
+            .set_max_delay(100);
+        let conn = tokio::time::timeout(
+            timeout.max(Duration::from_secs(2)),
+            ConnectionManager::new_with_config(client, config),
+        )
+        .await
+        .map_err(|_| StoreError::new(ErrorKindOf::Timeout, format!("connecting to {url}")))?
+        .map_err(|e| StoreError::redis(&e))?;
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                conn,
+                timeout,
+                fault,
+                breaker: Breaker::new(breaker_failures, breaker_cool_down),
+                limits_ttl_ms: u64::try_from(limits_ttl.as_millis()).unwrap_or(u64::MAX),
+                fallback: MemoryStore::new(max_keys.max(1), MAX_DIMENSIONS, DefaultClock::new()),
+                counts: Counts::default(),
+                sha: Shas::new(),
+            }),
+            prefix: Arc::from(prefix),
+        })
+    }
+}
+
+/// A [`Store`] in Redis: one limit for every process that shares it.
+///
+/// Cloning is cheap and shares the connection;
+/// [`with_prefix`](Self::with_prefix) gives another limiter its own keys
+/// over the same connection.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+    prefix: Arc<str>,
+}
+
+struct Inner {
+    conn: ConnectionManager,
+    timeout: Duration,
+    fault: Fault,
+    breaker: Breaker,
+    limits_ttl_ms: u64,
+    fallback: MemoryStore,
+    counts: Counts,
+    sha: Shas,
+}
+
+#[derive(Default)]
+struct Counts {
+    admitted: AtomicU64,
+    denied: AtomicU64,
+    failures: AtomicU64,
+    fallbacks: AtomicU64,
+    reloads: AtomicU64,
+}
+
+struct Shas {
+    decide: String,
+    adjust: String,
+    read: String,
+}
+
+impl Shas {
+    fn new() -> Self {
+        Self {
+            decide: sha1_hex(DECIDE),
+            adjust: sha1_hex(ADJUST),
+            read: sha1_hex(READ),
+        }
+    }
+}
+
+fn sha1_hex(code: &str) -> String {
+    redis::Script::new(code).get_hash().to_owned()
+}
+
+/// What a [`RedisStore`] counts beyond [`StoreStats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisStats {
+    /// Calls to Redis that failed or timed out.
+    pub failures: u64,
+    /// Calls decided in this process because Redis failed (failing open).
+    pub fallbacks: u64,
+    /// Scripts sent again after Redis answered `NOSCRIPT`.
+    pub reloads: u64,
+    /// Whether the circuit is open now.
+    pub open: bool,
+}
+
+impl RedisStore {
+    /// A builder for a store at `url` (`redis://host:port/db`).
+    pub fn builder(url: impl Into<String>) -> Builder {
+        Builder {
+            url: url.into(),
+            prefix: "tollgate".to_owned(),
+            timeout: Duration::from_millis(50),
+            fault: Fault::FailOpen,
+            breaker_failures: 5,
+            breaker_cool_down: Duration::from_secs(1),
+            limits_ttl: Duration::from_secs(24 * 3600),
+            max_keys: 100_000,
+        }
+    }
+
+    /// A store at `url` with the default settings.
+    pub async fn connect(url: impl Into<String>) -> Result<Self, StoreError> {
+        Self::builder(url).connect().await
+    }
+
+    /// The same connection and settings, with keys under another prefix
+    /// (checked as [`Builder::prefix`]).
+    pub fn with_prefix(&self, prefix: &str) -> Result<Self, StoreError> {
+        if prefix.is_empty() || prefix.len() > MAX_PREFIX_LEN || prefix.contains(['{', '}']) {
+            return Err(StoreError::config(format!(
+                "invalid key prefix {prefix:?}: 1 to {MAX_PREFIX_LEN} bytes, without braces"
+            )));
+        }
+        Ok(Self {
+            inner: Arc::clone(&self.inner),
+            prefix: Arc::from(prefix),
+        })
+    }
+
+    /// The prefix of this store's keys.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// What the store counts of Redis.
+    pub fn redis_stats(&self) -> RedisStats {
+        let c = &self.inner.counts;
+        RedisStats {
+            failures: c.failures.load(Ordering::Relaxed),
+            fallbacks: c.fallbacks.load(Ordering::Relaxed),
+            reloads: c.reloads.load(Ordering::Relaxed),
+            open: self.inner.breaker.is_open(),
+        }
+    }
+
+    /// The Redis keys of a limiter key: its state and its own limits.
+    pub fn redis_keys<K: Hash + ?Sized>(&self, key: &K) -> [String; 2] {
+        let mut hasher = Sha(Sha256::new());
+        hasher.0.update((self.prefix.len() as u64).to_le_bytes());
+        hasher.0.update(self.prefix.as_bytes());
+        key.hash(&mut hasher);
+        let digest = hasher.0.finalize();
+        let mut hex = String::with_capacity(32);
+        for byte in digest.iter().take(16) {
+            hex.push_str(&format!("{byte:02x}"));
+        }
+        [
+            format!("{}:{{{hex}}}", self.prefix),
+            format!("{}:{{{hex}}}:l", self.prefix),
+        ]
+    }
+
+    /// Runs one script: `EVALSHA`, then `EVAL` on `NOSCRIPT`; bounded by
+    /// the timeout, and kept from Redis while the circuit is open.
+    async fn call(
+        &self,
+        script: Script,
+        keys: &[String; 2],
+        args: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let inner = &self.inner;
+        if !inner.breaker.allow() {
+            return Err(StoreError::new(
+                ErrorKindOf::Open,
+                "the circuit is open after repeated failures".to_owned(),
+            ));
+        }
+        let result = tokio::time::timeout(inner.timeout, self.eval(script, keys, args)).await;
+        let result = match result {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(e)) => Err(StoreError::redis(&e)),
+            Err(_) => Err(StoreError::new(
+                ErrorKindOf::Timeout,
+                format!("no answer within {:?}", inner.timeout),
+            )),
+        };
+        match &result {
+            Ok(_) => inner.breaker.success(),
+            Err(e) => {
+                inner.counts.failures.fetch_add(1, Ordering::Relaxed);
+                inner.breaker.failure(e);
+            }
+        }
+        result
+    }
+
+    async fn eval(
+        &self,
+        script: Script,
+        keys: &[String; 2],
+        args: &[String],
+    ) -> Result<Vec<String>, RedisError> {
+        let (code, sha) = match script {
+            Script::Decide => (DECIDE, &self.inner.sha.decide),
+            Script::Adjust => (ADJUST, &self.inner.sha.adjust),
+            Script::Read => (READ, &self.inner.sha.read),
+        };
+        let mut conn = self.inner.conn.clone();
+        let reply = redis::cmd("EVALSHA")
+            .arg(sha)
+            .arg(2)
+            .arg(keys)
+            .arg(args)
+            .query_async(&mut conn)
+            .await;
+        match reply {
+            Err(e) if e.kind() == ErrorKind::NoScriptError => {
+                self.inner.counts.reloads.fetch_add(1, Ordering::Relaxed);
+                redis::cmd("EVAL")
+                    .arg(code)
+                    .arg(2)
+                    .arg(keys)
+                    .arg(args)
+                    .query_async(&mut conn)
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    fn count(&self, decision: &Decision) {
+        let counts = &self.inner.counts;
+        match decision {
+            Decision::Admit(_) => counts.admitted.fetch_add(1, Ordering::Relaxed),
+            _ => counts.denied.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    /// Whether to decide locally after `error`, or answer it.
+    fn fall_back(&self, error: StoreError) -> Result<(), StoreError> {
+        match self.inner.fault {
+            Fault::FailOpen => {
+                self.inner.counts.fallbacks.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Fault::FailClosed => Err(error),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Script {
+    Decide,
+    Adjust,
+    Read,
+}
+
+/// Feeds what a key's `Hash` writes into SHA-256.
+struct Sha(Sha256);
+
+impl Hasher for Sha {
+    fn finish(&self) -> u64 {
+        0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
+/// The longest interval the scripts take, in microseconds (142 years):
+/// sums of instants stay exact in Lua's numbers.
+const MAX_INTERVAL_US: u128 = 1 << 52;
+
+/// A quota as the scripts take it: interval in microseconds (rounded up),
+/// burst, period in microseconds (rounded up) and in nanoseconds.
+fn script_quota(quota: &Quota) -> [String; 4] {
+    let interval_ns = quota.replenish_interval().as_nanos();
+    let period_ns = quota.period().as_nanos();
+    [
+        interval_ns
+            .div_ceil(1000)
+            .clamp(1, MAX_INTERVAL_US)
+            .to_string(),
+        quota.burst_size().to_string(),
+        period_ns.div_ceil(1000).max(1).to_string(),
+        period_ns.to_string(),
+    ]
+}
+
+/// A quota's text in Redis: `count period_ns burst`.
+fn quota_text(quota: &Quota) -> String {
+    format!(
+        "{} {} {}",
+        quota.count(),
+        quota.period().as_nanos(),
+        quota.burst_size()
+    )
+}
+
+fn parse_quota(text: &str) -> Option<Quota> {
+    let mut parts = text.split(' ').map(str::parse::<u64>);
+    let (Some(Ok(count)), Some(Ok(period)), Some(Ok(burst)), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    Quota::new(count, Duration::from_nanos(period))
+        .and_then(|q| q.burst(burst))
+        .ok()
+}
+
+fn micros(d: Duration) -> String {
+    d.as_micros().min(1 << 52).to_string()
+}
+
+/// A reply's field as a number.
+fn number(reply: &[String], at: usize) -> Result<u64, StoreError> {
+    reply
+        .get(at)
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or_else(|| StoreError::reply(reply))
+}
+
+fn us_to_ns(us: u64) -> u64 {
+    us.saturating_mul(1000)
+}
+
+impl<K: Hash + ?Sized + Sync> Store<K> for RedisStore {
+    type Error = StoreError;
+
+    async fn decide(
+        &self,
+        key: &K,
+        limits: &[Quota],
+        costs: &[u64],
+        max_wait: Duration,
+    ) -> Result<Decision, StoreError> {
+        let n = limits.len().min(costs.len()).min(MAX_DIMENSIONS);
+        let mut args = Vec::with_capacity(2 + 3 * n);
+        args.push(n.to_string());
+        args.push(micros(max_wait));
+        for (quota, cost) in limits.iter().zip(costs).take(n) {
+            let [interval, burst, _, _] = script_quota(quota);
+            args.push(interval);
+            args.push(burst);
+            args.push(cost.to_string());
+        }
+        let keys = self.redis_keys(key);
+        match self.call(Script::Decide, &keys, &args).await {
+            Ok(reply) => {
+                let decision = parse_decision(&reply, limits, n)?;
+                self.count(&decision);
+                Ok(decision)
+            }
+            Err(e) => {
+                self.fall_back(e)?;
+                let decision = self
+                    .inner
+                    .fallback
+                    .decide_now(&keys[0], limits, costs, max_wait);
+                self.count(&decision);
+                Ok(decision)
+            }
+        }
+    }
+
+    async fn adjust(
+        &self,
+        key: &K,
+        limits: &[Quota],
+        changes: &[Change],
+    ) -> Result<(), StoreError> {
+        self.adjust_at(&self.redis_keys(key), limits, changes).await
+    }
+
+    async fn read(&self, key: &K, limits: &[Quota]) -> Result<View, StoreError> {
+        let n = limits.len().min(MAX_DIMENSIONS);
+        let keys = self.redis_keys(key);
+        match self.call(Script::Read, &keys, &[n.to_string()]).await {
+            Ok(reply) => parse_view(&reply, limits, n),
+            Err(e) => {
+                self.fall_back(e)?;
+                Ok(self.inner.fallback.read_now(&keys[0], limits))
+            }
+        }
+    }
+
+    fn give_back(&self, key: &K, limits: &[Quota], costs: &[u64]) {
+        let mut changes = [Change::Keep; MAX_DIMENSIONS];
+        for (change, &cost) in changes.iter_mut().zip(costs) {
+            *change = Change::Refund(cost);
+        }
+        let n = costs.len().min(MAX_DIMENSIONS);
+        let changes = changes.get(..n).unwrap_or(&[]).to_vec();
+        let limits = limits.to_vec();
+        let store = self.clone();
+        let keys = self.redis_keys(key);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        // Given back in the background: a failure only leaves the limit
+        // stricter until the reservation would have been due.
+        runtime.spawn(async move {
+            let _ = store.adjust_at(&keys, &limits, &changes).await;
+        });
+    }
+
+    fn stats(&self) -> StoreStats {
+        let c = &self.inner.counts;
+        StoreStats::new(
+            c.admitted.load(Ordering::Relaxed),
+            c.denied.load(Ordering::Relaxed),
+            0,
+            0,
+        )
+    }
+}
+
+impl RedisStore {
+    /// [`Store::adjust`] at a key's Redis keys.
+    async fn adjust_at(
+        &self,
+        keys: &[String; 2],
+        limits: &[Quota],
+        changes: &[Change],
+    ) -> Result<(), StoreError> {
+        let n = limits.len().min(changes.len()).min(MAX_DIMENSIONS);
+        let mut args = Vec::with_capacity(2 + 9 * n);
+        args.push(n.to_string());
+        args.push(self.inner.limits_ttl_ms.to_string());
+        for (quota, change) in limits.iter().zip(changes).take(n) {
+            args.extend(script_quota(quota));
+            let (kind, values): (&str, [String; 4]) = match *change {
+                Change::Keep => ("k", Default::default()),
+                Change::Charge(c) => (
+                    "c",
+                    [c.to_string(), String::new(), String::new(), String::new()],
+                ),
+                Change::Refund(c) => (
+                    "r",
+                    [c.to_string(), String::new(), String::new(), String::new()],
+                ),
+                Change::AtMost(c) => (
+                    "a",
+                    [c.to_string(), String::new(), String::new(), String::new()],
+                ),
+                Change::Observe { limit, remaining } => (
+                    "o",
+                    [
+                        limit.to_string(),
+                        remaining.to_string(),
+                        String::new(),
+                        String::new(),
+                    ],
+                ),
+                Change::Limit(own) => {
+                    let [interval, burst, period_us, _] = script_quota(&own);
+                    ("l", [interval, burst, quota_text(&own), period_us])
+                }
+                Change::Unlimit => ("u", Default::default()),
+                Change::HoldFor(hold) => (
+                    "h",
+                    [micros(hold), String::new(), String::new(), String::new()],
+                ),
+            };
+            args.push(kind.to_owned());
+            args.extend(
+                values
+                    .into_iter()
+                    .map(|v| if v.is_empty() { "0".to_owned() } else { v }),
+            );
+        }
+        match self.call(Script::Adjust, keys, &args).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.fall_back(e)?;
+                self.inner.fallback.adjust_now(&keys[0], limits, changes);
+                Ok(())
+            }
+        }
+    }
+}
+
+fn quotas_in_force(reply_text: &str, default: &Quota) -> Quota {
+    if reply_text.is_empty() {
+        *default
+    } else {
+        parse_quota(reply_text).unwrap_or(*default)
+    }
+}
+
+fn parse_decision(reply: &[String], limits: &[Quota], n: usize) -> Result<Decision, StoreError> {
+    if reply.len() < 5 + 4 * n {
+        return Err(StoreError::reply(reply));
+    }
+    let code = reply.first().map(String::as_str).unwrap_or_default();
+    let dimension = usize::try_from(number(reply, 1)?).unwrap_or(0);
+    let wait = us_to_ns(number(reply, 2)?);
+    let now = us_to_ns(number(reply, 3)?);
+    let held = us_to_ns(number(reply, 4)?);
+    let mut tats = [0u64; MAX_DIMENSIONS];
+    let mut quotas = [None; MAX_DIMENSIONS];
+    let mut admit = Admit::now(Snapshot::new(0, 0, Duration::ZERO));
+    admit.held = Duration::from_nanos(held);
+    admit.wait = Duration::from_nanos(wait);
+    for i in 0..n {
+        let base = 5 + 4 * i;
+        tats[i] = us_to_ns(number(reply, base)?);
+        admit.dues[i] = Duration::from_nanos(us_to_ns(number(reply, base + 1)?));
+        admit.steps[i] = Duration::from_nanos(us_to_ns(number(reply, base + 2)?));
+        let default = limits.get(i).ok_or_else(|| StoreError::reply(reply))?;
+        quotas[i] = Some(quotas_in_force(
+            reply.get(base + 3).map_or("", String::as_str),
+            default,
+        ));
+    }
+    let snapshot_of = |i: usize, at: u64| -> Snapshot {
+        match quotas.get(i).copied().flatten() {
+            Some(quota) => transition::snapshot(tats.get(i).copied().unwrap_or(0), &quota, at),
+            None => Snapshot::new(0, 0, Duration::ZERO),
+        }
+    };
+    match code {
+        "never" => Ok(Decision::Never {
+            dimension,
+            snapshot: snapshot_of(dimension, now),
+        }),
+        "deny" => Ok(Decision::Deny {
+            dimension,
+            snapshot: snapshot_of(dimension, now).with_retry_after(Duration::from_nanos(wait)),
+        }),
+        "admit" => {
+            let due = now.saturating_add(wait);
+            let mut tightest: Option<Snapshot> = None;
+            for i in 0..n {
+                let snapshot = snapshot_of(i, due);
+                tightest = Some(match tightest {
+                    Some(t) if !tighter(&snapshot, &t) => t,
+                    _ => snapshot,
+                });
+            }
+            admit.snapshot = tightest.unwrap_or(admit.snapshot);
+            Ok(Decision::Admit(admit))
+        }
+        _ => Err(StoreError::reply(reply)),
+    }
+}
+
+fn tighter(a: &Snapshot, b: &Snapshot) -> bool {
+    let ratio = |x: &Snapshot, y: &Snapshot| {
+        u128::from(x.remaining()).saturating_mul(u128::from(y.limit()))
+    };
+    ratio(a, b) < ratio(b, a)
+}
+
+fn parse_view(reply: &[String], limits: &[Quota], n: usize) -> Result<View, StoreError> {
+    if reply.len() < 3 + 2 * n {
+        return Err(StoreError::reply(reply));
+    }
+    let now = us_to_ns(number(reply, 0)?);
+    let until = us_to_ns(number(reply, 1)?);
+    let held = us_to_ns(number(reply, 2)?);
+    let mut view = View {
+        limits: Vec::with_capacity(n),
+        snapshots: Vec::with_capacity(n),
+        paused_for: Duration::from_nanos(until.saturating_sub(now)),
+        held: Duration::from_nanos(held),
+    };
+    for (i, default) in limits.iter().enumerate().take(n) {
+        let tat = us_to_ns(number(reply, 3 + 2 * i)?);
+        let quota = quotas_in_force(reply.get(4 + 2 * i).map_or("", String::as_str), default);
+        view.snapshots.push(transition::snapshot(tat, &quota, now));
+        view.limits.push(quota);
+    }
+    Ok(view)
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.inner.timeout)
+            .field("fault", &self.inner.fault)
+            .field("stats", &self.redis_stats())
+            .finish()
+    }
+}
+
+/// Why a call to Redis failed.
+#[derive(Clone, Debug)]
+pub struct StoreError {
+    kind: ErrorKindOf,
+    message: String,
+}
+
+/// The kinds of [`StoreError`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKindOf {
+    /// A setting or URL is invalid.
+    Config,
+    /// Redis did not answer within the timeout.
+    Timeout,
+    /// The circuit is open: Redis failed repeatedly, and is not asked
+    /// until the cool-down ends.
+    Open,
+    /// Redis answered with an error, or the connection failed.
+    Redis,
+    /// Redis answered something the scripts never reply.
+    Reply,
+}
+
+impl StoreError {
+    fn new(kind: ErrorKindOf, message: String) -> Self {
+        Self { kind, message }
+    }
+
+    fn config(message: String) -> Self {
+        Self::new(ErrorKindOf::Config, message)
+    }
+
+    fn redis(error: &RedisError) -> Self {
+        Self::new(ErrorKindOf::Redis, error.to_string())
+    }
+
+    fn reply(reply: &[String]) -> Self {
+        let mut shown = format!("{reply:?}");
+        shown.truncate(200);
+        Self::new(ErrorKindOf::Reply, format!("unexpected reply {shown}"))
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> ErrorKindOf {
+        self.kind
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.kind {
+            ErrorKindOf::Config => "invalid Redis store settings",
+            ErrorKindOf::Timeout => "Redis timed out",
+            ErrorKindOf::Open => "Redis is failing",
+            ErrorKindOf::Redis => "Redis failed",
+            ErrorKindOf::Reply => "Redis answered unexpectedly",
+        };
+        write!(f, "{what}: {}", self.message)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+const CLOSED: u8 = 0;
+const OPEN: u8 = 1;
+const PROBING: u8 = 2;
+
+/// Opens after `threshold` consecutive failures; after `cool_down` lets
+/// one call probe; closes on a success.
+struct Breaker {
+    state: AtomicU8,
+    failures: AtomicU32,
+    threshold: u32,
+    cool_down: Duration,
+    opened: Mutex<Instant>,
+    /// Whether the last call failed: one log line per change.
+    failing: AtomicBool,
+}
+
+impl Breaker {
+    fn new(threshold: u32, cool_down: Duration) -> Self {
+        Self {
+            state: AtomicU8::new(CLOSED),
+            failures: AtomicU32::new(0),
+            threshold,
+            cool_down,
+            opened: Mutex::new(Instant::now()),
+            failing: AtomicBool::new(false),
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        self.state.load(Ordering::Relaxed) != CLOSED
+    }
+
+    fn allow(&self) -> bool {
+        match self.state.load(Ordering::Acquire) {
+            CLOSED => true,
+            OPEN => {
+                let opened = *self.opened.lock().unwrap_or_else(PoisonError::into_inner);
+                opened.elapsed() >= self.cool_down
+                    && self
+                        .state
+                        .compare_exchange(OPEN, PROBING, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+            }
+            _ => false,
+        }
+    }
+
+    fn success(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+        if self.state.swap(CLOSED, Ordering::AcqRel) != CLOSED
+            || self.failing.swap(false, Ordering::Relaxed)
+        {
+            tracing::info!("Redis answers again: the rate limit store is back");
+        }
+    }
+
+    fn failure(&self, error: &StoreError) {
+        let failures = self
+            .failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        if !self.failing.swap(true, Ordering::Relaxed) {
+            tracing::warn!(%error, "the Redis rate limit store is failing");
+        }
+        let state = self.state.load(Ordering::Acquire);
+        if state == PROBING || (state == CLOSED && failures >= self.threshold) {
+            *self.opened.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+            if self.state.swap(OPEN, Ordering::AcqRel) == CLOSED {
+                tracing::warn!(
+                    failures,
+                    cool_down = ?self.cool_down,
+                    "the Redis rate limit store keeps failing: circuit open"
+                );
+            }
+        }
+    }
+}
