@@ -375,8 +375,8 @@ impl Shard {
             self.extras.remove(&fp);
             return;
         }
-        if self.extras.contains_key(&fp) {
-            self.extras.insert(fp, extra);
+        if let Some(slot) = self.extras.get_mut(&fp) {
+            *slot = extra;
             return;
         }
         if self.extras.len() >= self.sweep_at {

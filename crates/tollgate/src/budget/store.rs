@@ -85,6 +85,9 @@ pub trait Store<K: ?Sized>: Send + Sync {
 }
 
 /// What a store decided.
+// An admission carries each dimension's position; boxing it would
+// allocate on every decision of the hot path.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
     /// Admitted in every dimension: at once when `wait` is zero, or else
