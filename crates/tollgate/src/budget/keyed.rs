@@ -199,7 +199,7 @@ pub struct Stats {
     /// Acquires waiting now.
     pub waiting: u64,
     /// Entries the store holds: one per key and dimension that is not full
-    /// (see [`StoreStats::entries`](crate::StoreStats::entries)).
+    /// (see [`StoreStats::entries`](crate::store::StoreStats::entries)).
     pub entries: u64,
     /// Entries evicted while not full, at the cap.
     pub evictions: u64,
