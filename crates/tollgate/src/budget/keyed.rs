@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::limits::{Limits, MAX_DIMENSIONS};
-use super::memory::{MemoryStore, DEFAULT_MAX_KEYS};
+use super::memory::{MemoryStore, Refused, DEFAULT_MAX_KEYS};
 use super::queue::{Queue, Waiter};
 use super::store::{Admit, Change, Decision, Store};
 use crate::snapshot::duration_to_nanos;
@@ -332,6 +332,23 @@ impl<K: Hash + Eq + Clone, C: Clock> KeyedBudget<K, MemoryStore<C>> {
     /// only: what a keyed limiter returns, with no grant to build.
     #[inline]
     pub(crate) fn check_snapshot(&self, key: &K, costs: &[u64]) -> Result<Snapshot, Denied> {
+        if let ([quota], [cost]) = (self.limits.quotas(), costs) {
+            if let Some(result) = self.store.check_one(key, quota, *cost) {
+                return result.map_err(|refused| {
+                    let decision = match refused {
+                        Refused::Deny(snapshot) => Decision::Deny {
+                            dimension: 0,
+                            snapshot,
+                        },
+                        Refused::Never(snapshot) => Decision::Never {
+                            dimension: 0,
+                            snapshot,
+                        },
+                    };
+                    Self::denied(&self.limits, costs, decision)
+                });
+            }
+        }
         if costs.len() != self.limits.len() {
             return Err(Self::wrong_dimensions(&self.limits, costs));
         }

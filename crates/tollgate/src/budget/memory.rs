@@ -110,6 +110,14 @@ impl Extra {
     }
 }
 
+/// Why [`MemoryStore::check_one`] refused.
+pub(crate) enum Refused {
+    /// Not now.
+    Deny(Snapshot),
+    /// The cost exceeds the burst.
+    Never(Snapshot),
+}
+
 /// Extras a shard holds before it first sweeps them.
 const EXTRAS_BEFORE_SWEEP: usize = 64;
 
@@ -244,6 +252,47 @@ impl<C: Clock> MemoryStore<C> {
             self.max_per_shard,
         );
         shard.count(decision)
+    }
+
+    /// A check of one dimension, answering no more than a snapshot: the
+    /// keyed limiter's hot path, which builds no [`Admit`]. `None` when the
+    /// store holds limits or pauses of its own for some key of the shard
+    /// (the general path decides then).
+    #[inline]
+    pub(crate) fn check_one<K: Hash + ?Sized>(
+        &self,
+        key: &K,
+        quota: &Quota,
+        cost: u64,
+    ) -> Option<Result<Snapshot, Refused>> {
+        let fp = self.hasher.hash_one(key);
+        let mut shard = self.shard(fp);
+        if !shard.extras.is_empty() {
+            return None;
+        }
+        let gcra = Gcra::new(quota);
+        let index = shard.table.find(fp);
+        let tat = index.map_or(0, |at| shard.table.tat_at(at));
+        let now = self.clock.now();
+        Some(match gcra.decide(&tat, now, cost, 0) {
+            Outcome::Admit { state, due } => {
+                if state != tat {
+                    shard.write(index, fp, state, now, self.max_per_shard);
+                }
+                shard.admitted = shard.admitted.saturating_add(1);
+                Ok(gcra.snapshot(&state, due.max(now)))
+            }
+            Outcome::Deny { retry_after } => {
+                shard.denied = shard.denied.saturating_add(1);
+                Err(Refused::Deny(
+                    gcra.snapshot(&tat, now).retry_after_nanos(retry_after),
+                ))
+            }
+            Outcome::Never => {
+                shard.denied = shard.denied.saturating_add(1);
+                Err(Refused::Never(gcra.snapshot(&tat, now)))
+            }
+        })
     }
 
     /// [`Store::adjust`], synchronously.
