@@ -82,7 +82,7 @@ pub use key::{
 };
 pub use rate_limit::{
     CostFn, GlobalLayerLimiter, KeyedLayerLimiter, LayerClock, LayerLimiter, One, RateLimit,
-    RateLimitBuilder, RateLimitLayer, RequestCost,
+    RateLimitBuilder, RateLimitLayer, RequestCost, StoredLimiter,
 };
 pub use response::{
     Admitted, DefaultRejector, Hold, RejectFn, Rejection, RejectionKind, Rejector, ResponseBody,

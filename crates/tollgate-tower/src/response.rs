@@ -100,6 +100,12 @@ impl Rejection {
         self
     }
 
+    /// When to try again, where the snapshot does not say.
+    pub(crate) fn retry_after_or(mut self, wait: Duration) -> Self {
+        self.retry_after.get_or_insert(wait);
+        self
+    }
+
     /// Why the request was rejected.
     pub const fn kind(&self) -> RejectionKind {
         self.kind

@@ -1,13 +1,16 @@
 //! [`RateLimitLayer`] and its builder.
 
+use std::any::Any;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::Request;
 use tollgate::headers::PolicyName;
 use tollgate::{
-    Clock, DefaultClock, Denied, KeyedLimiter, MemoryStore, Quota, RateLimiter, Snapshot,
+    Clock, DefaultClock, Denied, KeyedLimiter, MemoryStore, Quota, RateLimiter, Snapshot, Store,
 };
 use tower_layer::Layer;
 
@@ -75,6 +78,9 @@ pub enum LayerLimiter<'a> {
     Keyed(&'a KeyedLayerLimiter),
     /// One global limit.
     Global(&'a GlobalLayerLimiter),
+    /// Over the store given to [`RateLimitBuilder::store`]: see
+    /// [`stored`](Self::stored).
+    Stored(&'a dyn StoredLimiter),
 }
 
 impl<'a> LayerLimiter<'a> {
@@ -82,7 +88,7 @@ impl<'a> LayerLimiter<'a> {
     pub fn keyed(self) -> Option<&'a KeyedLayerLimiter> {
         match self {
             Self::Keyed(limiter) => Some(limiter),
-            Self::Global(_) => None,
+            _ => None,
         }
     }
 
@@ -90,22 +96,87 @@ impl<'a> LayerLimiter<'a> {
     pub fn global(self) -> Option<&'a GlobalLayerLimiter> {
         match self {
             Self::Global(limiter) => Some(limiter),
-            Self::Keyed(_) => None,
+            _ => None,
         }
+    }
+
+    /// The keyed limiter over the store `S` given to
+    /// [`RateLimitBuilder::store`] (every key, [`Global`]'s included, is
+    /// decided there).
+    pub fn stored<S: Store<Key> + 'static>(self) -> Option<&'a KeyedLimiter<Key, S>> {
+        match self {
+            Self::Stored(limiter) => limiter.as_any().downcast_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// A keyed limiter over a store of the user's (Redis, say), as a layer
+/// holds it: its decisions are made in the response future, since the
+/// store answers asynchronously.
+pub trait StoredLimiter: Send + Sync + fmt::Debug {
+    /// The quota every key has unless the store holds its own.
+    fn quota(&self) -> &Quota;
+
+    /// Admits `cost` for `key`, waiting at most `max_wait`.
+    fn acquire_within<'a>(
+        &'a self,
+        key: &'a Key,
+        cost: u64,
+        max_wait: Duration,
+    ) -> Pin<Box<dyn Future<Output = Result<Snapshot, Denied>> + Send + 'a>>;
+
+    /// The limiter itself, for [`LayerLimiter::stored`].
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl<S> StoredLimiter for KeyedLimiter<Key, S>
+where
+    S: Store<Key> + fmt::Debug + 'static,
+{
+    fn quota(&self) -> &Quota {
+        KeyedLimiter::quota(self)
+    }
+
+    fn acquire_within<'a>(
+        &'a self,
+        key: &'a Key,
+        cost: u64,
+        max_wait: Duration,
+    ) -> Pin<Box<dyn Future<Output = Result<Snapshot, Denied>> + Send + 'a>> {
+        Box::pin(KeyedLimiter::acquire_within(self, key, cost, max_wait))
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
     }
 }
 
 pub(super) enum Limiter {
     Keyed(KeyedLayerLimiter),
     Global(GlobalLayerLimiter),
+    Stored(Arc<dyn StoredLimiter>),
+}
+
+/// What a synchronous check answers.
+pub(super) enum Checked {
+    Admitted(Snapshot),
+    Denied(Denied),
+    /// The store decides asynchronously: in the response future.
+    Later,
 }
 
 impl Limiter {
     #[inline]
-    pub(super) fn check(&self, key: &Key, cost: u64) -> Result<Snapshot, Denied> {
-        match self {
+    pub(super) fn check(&self, key: &Key, cost: u64) -> Checked {
+        let result = match self {
             Self::Global(limiter) => limiter.check(cost),
             Self::Keyed(limiter) => limiter.check(key, cost),
+            Self::Stored(_) => return Checked::Later,
+        };
+        match result {
+            Ok(snapshot) => Checked::Admitted(snapshot),
+            Err(denied) => Checked::Denied(denied),
         }
     }
 
@@ -118,6 +189,7 @@ impl Limiter {
         match self {
             Self::Global(limiter) => limiter.acquire_within(cost, max).await,
             Self::Keyed(limiter) => limiter.acquire_within(key, cost, max).await,
+            Self::Stored(limiter) => limiter.acquire_within(key, cost, max).await,
         }
     }
 
@@ -125,6 +197,7 @@ impl Limiter {
         match self {
             Self::Global(limiter) => limiter.quota(),
             Self::Keyed(limiter) => limiter.quota(),
+            Self::Stored(limiter) => limiter.quota(),
         }
     }
 
@@ -132,6 +205,7 @@ impl Limiter {
         match self {
             Self::Global(limiter) => LayerLimiter::Global(limiter),
             Self::Keyed(limiter) => LayerLimiter::Keyed(limiter),
+            Self::Stored(limiter) => LayerLimiter::Stored(&**limiter),
         }
     }
 }
@@ -259,7 +333,9 @@ impl<K: 'static, C, R> RateLimitLayer<K, C, R> {
             None => ClockKind::Default(DefaultClock::new()),
         });
         let global = std::any::TypeId::of::<K>() == std::any::TypeId::of::<Global>();
-        let limiter = if global {
+        let limiter = if let Some(stored) = builder.stored {
+            Limiter::Stored(stored)
+        } else if global {
             Limiter::Global(RateLimiter::builder(builder.quota).clock(clock).build())
         } else {
             Limiter::Keyed(
@@ -320,6 +396,7 @@ pub struct RateLimitBuilder<K = Global, C = One, R = DefaultRejector> {
     keys: KeyRules,
     max_keys: usize,
     clock: Option<Arc<dyn Clock>>,
+    stored: Option<Arc<dyn StoredLimiter>>,
 }
 
 impl<K: fmt::Debug, C: fmt::Debug, R: fmt::Debug> fmt::Debug for RateLimitBuilder<K, C, R> {
@@ -350,6 +427,7 @@ impl RateLimitBuilder {
             keys: KeyRules::default(),
             max_keys: tollgate::DEFAULT_MAX_KEYS,
             clock: None,
+            stored: None,
         }
     }
 }
@@ -373,6 +451,7 @@ impl<K, C, R> RateLimitBuilder<K, C, R> {
             keys: self.keys,
             max_keys: self.max_keys,
             clock: self.clock,
+            stored: self.stored,
         }
     }
 
@@ -479,6 +558,21 @@ impl<K, C, R> RateLimitBuilder<K, C, R> {
     #[must_use]
     pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
         self.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// Keeps the limit in `store` instead of in this process: a
+    /// `tollgate_redis::RedisStore`, say, so that every replica of the
+    /// service sharing it spends from one limit. Each decision is then made
+    /// in the response future, one round trip to the store; a store that
+    /// fails (and does not fail open) is answered 503 with `Retry-After`.
+    /// The layer's [`clock`](Self::clock) and
+    /// [`max_keys`](Self::max_keys) do not apply: the store has its own.
+    pub fn store<S>(mut self, store: S) -> Self
+    where
+        S: Store<Key> + fmt::Debug + 'static,
+    {
+        self.stored = Some(Arc::new(KeyedLimiter::with_store(self.quota, store)));
         self
     }
 

@@ -67,6 +67,6 @@ mod service;
 pub use crate::future::ResponseFuture;
 pub use layer::{
     CostFn, GlobalLayerLimiter, KeyedLayerLimiter, LayerClock, LayerLimiter, One, RateLimitBuilder,
-    RateLimitLayer, RequestCost,
+    RateLimitLayer, RequestCost, StoredLimiter,
 };
 pub use service::RateLimit;

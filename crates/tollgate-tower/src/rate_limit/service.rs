@@ -10,7 +10,7 @@ use http::{Request, Response, StatusCode};
 use tollgate::{Denied, DeniedKind};
 use tower_service::Service;
 
-use super::layer::{LayerLimiter, RequestCost, Shared};
+use super::layer::{Checked, LayerLimiter, RequestCost, Shared};
 use super::{One, ResponseFuture};
 use crate::key::{no_key, Global, KeyExtractor};
 use crate::response::{is_grpc, Admitted, DefaultRejector, Rejection, RejectionKind, Rejector};
@@ -100,7 +100,15 @@ impl<K, C, R: Rejector> Shared<K, C, R> {
                 )
             }
         };
-        self.reject(rejection.grpc(grpc).key(key).snapshot(*denied.snapshot()))
+        let rejection = rejection.grpc(grpc).key(key).snapshot(*denied.snapshot());
+        let rejection = if rejection.kind() == RejectionKind::Unavailable {
+            // A store that failed: try again in a second (the store's
+            // circuit breaker decides when it is asked again).
+            rejection.retry_after_or(std::time::Duration::from_secs(1))
+        } else {
+            rejection
+        };
+        self.reject(rejection)
     }
 }
 
@@ -130,21 +138,25 @@ where
             }
         };
         let cost = shared.cost.cost(&request);
-        let denied = match shared.limiter.check(&key, cost) {
-            Ok(snapshot) => {
+        let grpc;
+        match shared.limiter.check(&key, cost) {
+            Checked::Admitted(snapshot) => {
                 let admitted = shared.style.admitted(&snapshot);
                 return ResponseFuture::called(self.inner.call(request), admitted);
             }
-            Err(denied) => denied,
-        };
-        let grpc = is_grpc(&request);
-        let within = match (shared.max_wait, denied.retry_after()) {
-            (Some(max), Some(wait)) => wait <= max,
-            _ => false,
-        };
-        if !within {
-            tracing::debug!(%key, cost, "rate limited");
-            return ResponseFuture::rejected(shared.denied(&denied, key, grpc));
+            Checked::Denied(denied) => {
+                grpc = is_grpc(&request);
+                let within = match (shared.max_wait, denied.retry_after()) {
+                    (Some(max), Some(wait)) => wait <= max,
+                    _ => false,
+                };
+                if !within {
+                    tracing::debug!(%key, cost, "rate limited");
+                    return ResponseFuture::rejected(shared.denied(&denied, key, grpc));
+                }
+            }
+            // A store of the user's: decided in the response future.
+            Checked::Later => grpc = is_grpc(&request),
         }
         // Wait mode: take the service that is ready, leave a clone.
         let ready = self.inner.clone();

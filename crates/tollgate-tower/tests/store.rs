@@ -1,0 +1,166 @@
+//! The layer over a store of the user's: a store that answers late (as a
+//! network store does) gives the same answers as the in-memory limiter,
+//! decided in the response future. On Tokio's paused clock, in process.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use tollgate::store::{Change, Decision, Store, StoreStats, View};
+use tollgate::{DefaultClock, DeniedKind, MemoryStore, Quota};
+use tollgate_tower::{HeaderKey, Key, RateLimitLayer, RejectionKind};
+use tower::{service_fn, Layer, ServiceExt};
+
+type Body = Full<Bytes>;
+
+async fn ok(_: Request<Body>) -> Result<Response<Body>, Infallible> {
+    Ok(Response::new(Full::new(Bytes::from_static(b"ok"))))
+}
+
+fn request(key: &str) -> Request<Body> {
+    Request::builder()
+        .header("x-api-key", key)
+        .body(Full::default())
+        .unwrap()
+}
+
+/// Forwards to a [`MemoryStore`] after a delay; `fail` makes it fail.
+#[derive(Debug)]
+struct Late {
+    inner: MemoryStore,
+    delay: Duration,
+    fail: bool,
+}
+
+#[derive(Debug)]
+struct Down;
+
+impl std::fmt::Display for Down {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the store is down")
+    }
+}
+
+impl std::error::Error for Down {}
+
+impl Store<Key> for Late {
+    type Error = Down;
+
+    async fn decide(
+        &self,
+        key: &Key,
+        limits: &[Quota],
+        costs: &[u64],
+        max_wait: Duration,
+    ) -> Result<Decision, Down> {
+        tokio::time::sleep(self.delay).await;
+        if self.fail {
+            return Err(Down);
+        }
+        Ok(self.inner.decide_now(key, limits, costs, max_wait))
+    }
+
+    async fn adjust(&self, key: &Key, limits: &[Quota], changes: &[Change]) -> Result<(), Down> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.adjust_now(key, limits, changes);
+        Ok(())
+    }
+
+    async fn read(&self, key: &Key, limits: &[Quota]) -> Result<View, Down> {
+        tokio::time::sleep(self.delay).await;
+        Ok(self.inner.read_now(key, limits))
+    }
+
+    fn give_back(&self, key: &Key, limits: &[Quota], costs: &[u64]) {
+        Store::give_back(&self.inner, key, limits, costs);
+    }
+
+    fn stats(&self) -> StoreStats {
+        self.inner.stats_now()
+    }
+}
+
+fn late(fail: bool) -> Late {
+    Late {
+        inner: MemoryStore::new(1_000, 1, DefaultClock::new()),
+        delay: Duration::from_millis(3),
+        fail,
+    }
+}
+
+/// What a response says: status, and the headers a client reads.
+async fn answers(layer: RateLimitLayer<HeaderKey>) -> Vec<(u16, String, String)> {
+    let service = layer.layer(service_fn(ok));
+    let mut seen = Vec::new();
+    for key in ["a", "a", "a", "b", "a", "b"] {
+        let response = service.clone().oneshot(request(key)).await.unwrap();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default()
+        };
+        seen.push((
+            response.status().as_u16(),
+            header("ratelimit"),
+            header("retry-after"),
+        ));
+    }
+    seen
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_store_gives_the_same_answers_as_memory() {
+    let quota: Quota = "2/min".parse().unwrap();
+    let builder = || RateLimitLayer::builder(quota).key(HeaderKey::new("x-api-key").unwrap());
+    let in_memory = answers(builder().build().unwrap()).await;
+    let stored = answers(builder().store(late(false)).build().unwrap()).await;
+    assert_eq!(stored, in_memory);
+    let statuses: Vec<u16> = stored.iter().map(|(s, _, _)| *s).collect();
+    assert_eq!(statuses, [200, 200, 429, 200, 429, 200]);
+    assert_eq!(stored[2].2, "30");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_layer_reaches_its_store_limiter() {
+    let layer = RateLimitLayer::builder("2/min".parse().unwrap())
+        .key(HeaderKey::new("x-api-key").unwrap())
+        .store(late(false))
+        .build()
+        .unwrap();
+    let limiter = layer.limiter().stored::<Late>().unwrap();
+    limiter
+        .set_quota(&Key::from("gold"), "5/min".parse().unwrap())
+        .await
+        .unwrap();
+    let service = layer.layer(service_fn(ok));
+    for _ in 0..5 {
+        let response = service.clone().oneshot(request("gold")).await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let response = service.clone().oneshot(request("gold")).await.unwrap();
+    assert_eq!(response.status(), 429);
+    assert!(layer.limiter().keyed().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_store_is_answered_503_with_retry_after() {
+    let layer = RateLimitLayer::builder("2/min".parse().unwrap())
+        .key(HeaderKey::new("x-api-key").unwrap())
+        .store(late(true))
+        .build()
+        .unwrap();
+    let service = layer.layer(service_fn(ok));
+    let response = service.oneshot(request("a")).await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let rejection = response
+        .extensions()
+        .get::<tollgate_tower::Rejection>()
+        .unwrap();
+    assert_eq!(rejection.kind(), RejectionKind::Unavailable);
+    let _ = DeniedKind::StoreFailed;
+}
