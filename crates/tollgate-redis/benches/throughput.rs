@@ -7,9 +7,6 @@
 //!
 //! `cargo bench -p tollgate-redis --bench throughput` (needs redis-server).
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,7 +69,7 @@ where
     }
 }
 
-fn evalsha_calls(server: &support::RedisServer) -> u64 {
+fn evalsha_calls(server: &tollgate_redis::testing::RedisServer) -> u64 {
     let info = server.cli(&["INFO", "commandstats"]);
     info.lines()
         .find(|l| l.starts_with("cmdstat_evalsha:"))
@@ -92,7 +89,7 @@ fn main() {
 }
 
 async fn run() {
-    let server = support::RedisServer::start();
+    let server = tollgate_redis::testing::RedisServer::start();
     let client = redis::Client::open(server.url()).expect("client");
     let conn = ConnectionManager::new(client).await.expect("connect");
     let store = RedisStore::builder(server.url())

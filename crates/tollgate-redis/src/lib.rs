@@ -72,6 +72,9 @@ use sha2::{Digest, Sha256};
 use tollgate::store::{transition, Admit, Change, Decision, Store, StoreStats, View};
 use tollgate::{DefaultClock, MemoryStore, Quota, Snapshot, MAX_DIMENSIONS};
 
+#[cfg(feature = "testing")]
+pub mod testing;
+
 const DECIDE: &str = include_str!("lua/decide.lua");
 const ADJUST: &str = include_str!("lua/adjust.lua");
 const READ: &str = include_str!("lua/read.lua");

@@ -1,13 +1,11 @@
 //! `RedisStore` against the core's store contract, on a real
 //! `redis-server` and Redis' clock.
 
-mod support;
-
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use support::RedisServer;
 use tollgate::store::conformance::Suite;
+use tollgate_redis::testing::RedisServer;
 use tollgate_redis::RedisStore;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

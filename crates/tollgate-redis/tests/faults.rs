@@ -2,13 +2,11 @@
 //! killed, restarted, flushed and slowed under them. On the real clock:
 //! every bound is generous, none decides a result by sleeping.
 
-mod support;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::RedisServer;
 use tollgate::{DeniedKind, KeyedLimiter, Quota};
+use tollgate_redis::testing::RedisServer;
 use tollgate_redis::{Fault, RedisStore};
 
 const TIMEOUT: Duration = Duration::from_millis(50);
@@ -177,7 +175,7 @@ async fn a_slowed_redis_costs_at_most_the_timeout() {
     let limiter = limiter(store.clone());
     limiter.try_acquire(&"k".to_owned(), 1).await.unwrap();
     let mut sleeper = Command::new("redis-cli")
-        .args(["-p", &server.port.to_string(), "DEBUG", "SLEEP", "1"])
+        .args(["-p", &server.port().to_string(), "DEBUG", "SLEEP", "1"])
         .stdout(Stdio::null())
         .spawn()
         .unwrap();

@@ -1,16 +1,29 @@
-//! A real `redis-server` for the tests: on a free loopback port, in a
-//! temporary directory, stopped when dropped.
+//! A real `redis-server` for tests: on a free loopback port, in a
+//! temporary directory, stopped when dropped. With the `testing` feature.
+//!
+//! ```no_run
+//! use tollgate_redis::testing::RedisServer;
+//!
+//! let server = RedisServer::start();
+//! let url = server.url(); // redis://127.0.0.1:PORT/
+//! # drop(url);
+//! ```
+//!
+//! It panics (failing the test) when `redis-server` is not installed:
+//! a test that needs Redis never passes without it.
 
-#![allow(dead_code)]
+#![allow(clippy::panic, clippy::expect_used)]
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub(crate) struct RedisServer {
+/// A `redis-server` process of the test's own.
+#[derive(Debug)]
+pub struct RedisServer {
     child: Option<Child>,
-    pub(crate) port: u16,
+    port: u16,
     dir: PathBuf,
 }
 
@@ -20,9 +33,9 @@ fn free_port() -> u16 {
 }
 
 impl RedisServer {
-    /// Starts `redis-server` and waits until it answers. Fails the test
-    /// when `redis-server` is missing: `.ci/run` installs it.
-    pub(crate) fn start() -> Self {
+    /// Starts `redis-server` and waits until it answers. Panics when
+    /// `redis-server` is missing or does not start.
+    pub fn start() -> Self {
         let port = free_port();
         let dir =
             std::env::temp_dir().join(format!("tollgate-redis-{}-{port}", std::process::id()));
@@ -72,12 +85,18 @@ impl RedisServer {
         }
     }
 
-    pub(crate) fn url(&self) -> String {
+    /// Its port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its URL, `redis://127.0.0.1:PORT/`.
+    pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
     /// Kills the server (its data is gone).
-    pub(crate) fn kill(&mut self) {
+    pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -85,13 +104,13 @@ impl RedisServer {
     }
 
     /// Starts it again on the same port, empty.
-    pub(crate) fn restart(&mut self) {
+    pub fn restart(&mut self) {
         self.kill();
         self.spawn();
     }
 
     /// Runs `redis-cli` against the server.
-    pub(crate) fn cli(&self, args: &[&str]) -> String {
+    pub fn cli(&self, args: &[&str]) -> String {
         let output = Command::new("redis-cli")
             .args(["-p", &self.port.to_string()])
             .args(args)
