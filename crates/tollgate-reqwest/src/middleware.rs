@@ -11,7 +11,7 @@ use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 use serde_json::Value;
 use tollgate::headers::RateLimitHeaders;
-use tollgate::{DeniedKind, Grant, KeyedBudget, Snapshot};
+use tollgate::{DeniedKind, Grant, KeyedBudget, MemoryStore, Snapshot, Store};
 
 use crate::adaptive::Adaptive;
 use crate::estimate::{DefaultEstimator, TokenEstimator};
@@ -100,12 +100,19 @@ impl fmt::Display for Endpoint {
 ///     .with(RateLimitMiddleware::new())
 ///     .build();
 /// ```
-#[derive(Clone)]
-pub struct RateLimitMiddleware {
-    shared: Arc<Shared>,
+pub struct RateLimitMiddleware<S = MemoryStore> {
+    shared: Arc<Shared<S>>,
 }
 
-impl fmt::Debug for RateLimitMiddleware {
+impl<S> Clone for RateLimitMiddleware<S> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S> fmt::Debug for RateLimitMiddleware<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimitMiddleware")
             .field("configured", &self.shared.configured)
@@ -115,8 +122,8 @@ impl fmt::Debug for RateLimitMiddleware {
     }
 }
 
-pub(crate) struct Shared {
-    pub(crate) budget: KeyedBudget<Endpoint>,
+pub(crate) struct Shared<S = MemoryStore> {
+    pub(crate) budget: KeyedBudget<Endpoint, S>,
     configured: ProviderLimits,
     pacing: Pacing,
     endpoints: Mutex<HashMap<Endpoint, Arc<EndpointState>>>,
@@ -300,12 +307,28 @@ impl Builder {
         self
     }
 
-    /// The middleware.
+    /// The middleware, its budgets in this process.
     pub fn build(self) -> RateLimitMiddleware {
-        let pacing = Pacing {
+        let limits = self.pacing().limits(&self.configured, &[0; 4]);
+        self.finish(KeyedBudget::builder(limits).build())
+    }
+
+    /// The middleware, its budgets, learnt limits and pauses in `store`:
+    /// a `tollgate_redis::RedisStore`, say, so that every process calling
+    /// the provider with it stays under the one limit together.
+    pub fn build_with_store<S: Store<Endpoint>>(self, store: S) -> RateLimitMiddleware<S> {
+        let limits = self.pacing().limits(&self.configured, &[0; 4]);
+        self.finish(KeyedBudget::with_store(limits, store))
+    }
+
+    fn pacing(&self) -> Pacing {
+        Pacing {
             headroom: self.headroom,
-        };
-        let budget = KeyedBudget::builder(pacing.limits(&self.configured, &[0; 4])).build();
+        }
+    }
+
+    fn finish<S>(self, budget: KeyedBudget<Endpoint, S>) -> RateLimitMiddleware<S> {
+        let pacing = self.pacing();
         RateLimitMiddleware {
             shared: Arc::new(Shared {
                 budget,
@@ -337,7 +360,9 @@ impl RateLimitMiddleware {
     pub fn builder() -> Builder {
         Builder::default()
     }
+}
 
+impl<S> RateLimitMiddleware<S> {
     /// The per-minute limits in force for an endpoint, once known.
     pub fn limits_for(&self, endpoint: &Endpoint) -> Option<ProviderLimits> {
         let endpoints = self.shared.lock_endpoints();
@@ -351,13 +376,13 @@ impl RateLimitMiddleware {
 
     /// The budget every clone shares, keyed by endpoint: its statistics and
     /// snapshots.
-    pub fn budget(&self) -> &KeyedBudget<Endpoint> {
+    pub fn budget(&self) -> &KeyedBudget<Endpoint, S> {
         &self.shared.budget
     }
 }
 
 #[async_trait::async_trait]
-impl Middleware for RateLimitMiddleware {
+impl<S: Store<Endpoint> + 'static> Middleware for RateLimitMiddleware<S> {
     async fn handle(
         &self,
         request: Request,
@@ -374,7 +399,7 @@ fn retryable(status: StatusCode) -> bool {
     matches!(status.as_u16(), 429 | 503 | 529)
 }
 
-impl Shared {
+impl<S> Shared<S> {
     fn lock_endpoints(&self) -> std::sync::MutexGuard<'_, HashMap<Endpoint, Arc<EndpointState>>> {
         self.endpoints
             .lock()
@@ -388,7 +413,9 @@ impl Shared {
         }
         Arc::clone(endpoints.entry(key.clone()).or_default())
     }
+}
 
+impl<S: Store<Endpoint> + 'static> Shared<S> {
     async fn call(
         self: Arc<Self>,
         request: Request,
@@ -489,7 +516,7 @@ impl Shared {
             if !retryable(status) {
                 // The estimate stays charged until the caller reports usage.
                 response.extensions_mut().insert(Usage::new(
-                    Arc::clone(&self),
+                    Arc::clone(&self) as Arc<dyn SettleUsage>,
                     key,
                     grant,
                     estimate,
@@ -781,10 +808,29 @@ impl Shared {
             false
         }
     }
+}
 
-    /// Settles a call's usage with what it really used.
-    pub(crate) async fn settle_usage(&self, key: &Endpoint, grant: Grant, used: [u64; 4]) {
-        let _ = self.budget.settle(key, grant, &used).await;
+/// Settles a call's usage with what it really used: what a [`Usage`]
+/// holds, whatever the store.
+pub(crate) trait SettleUsage: Send + Sync {
+    fn settle_usage<'a>(
+        &'a self,
+        key: &'a Endpoint,
+        grant: Grant,
+        used: [u64; 4],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+}
+
+impl<S: Store<Endpoint>> SettleUsage for Shared<S> {
+    fn settle_usage<'a>(
+        &'a self,
+        key: &'a Endpoint,
+        grant: Grant,
+        used: [u64; 4],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            let _ = self.budget.settle(key, grant, &used).await;
+        })
     }
 }
 

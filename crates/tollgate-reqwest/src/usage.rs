@@ -8,7 +8,7 @@ use serde_json::Value;
 use tollgate::Grant;
 
 use crate::estimate::Estimate;
-use crate::middleware::{Endpoint, Shared};
+use crate::middleware::{Endpoint, SettleUsage};
 
 /// A handle, in each admitted response's extensions, to settle the call's
 /// token estimate with the real usage, once the body is read.
@@ -40,7 +40,7 @@ pub struct Usage {
 }
 
 struct Inner {
-    shared: Arc<Shared>,
+    shared: Arc<dyn SettleUsage>,
     key: Endpoint,
     grant: Grant,
     estimate: Estimate,
@@ -59,7 +59,7 @@ impl fmt::Debug for Usage {
 
 impl Usage {
     pub(crate) fn new(
-        shared: Arc<Shared>,
+        shared: Arc<dyn SettleUsage>,
         key: Endpoint,
         grant: Grant,
         estimate: Estimate,

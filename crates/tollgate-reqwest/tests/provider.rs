@@ -52,8 +52,16 @@ struct Measured {
 }
 
 async fn two_hundred_calls(style: Style, rpm: u64, tpm: u64) -> Measured {
+    two_hundred_calls_with(style, rpm, tpm, RateLimitMiddleware::new()).await
+}
+
+async fn two_hundred_calls_with(
+    style: Style,
+    rpm: u64,
+    tpm: u64,
+    middleware: impl reqwest_middleware::Middleware,
+) -> Measured {
     let (base, mock) = mock::start(rpm, tpm, style, Duration::from_millis(120)).await;
-    let middleware = RateLimitMiddleware::new();
     let client = Arc::new(transport::client(middleware));
     let url = Arc::new(format!("{base}/v1/chat/completions"));
     let start = Instant::now();
@@ -157,4 +165,70 @@ async fn no_headers_only_refusals() {
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let permille = (measured.share_of_allowed * 1000.0).round() as u32;
     assert_eq!(permille, 813);
+}
+
+/// Forwards to a [`MemoryStore`] after a delay, as a network store would.
+struct Late(tollgate::MemoryStore);
+
+const LATE: Duration = Duration::from_millis(1);
+
+impl<K: std::hash::Hash + Sync> tollgate::Store<K> for Late {
+    type Error = std::convert::Infallible;
+
+    async fn decide(
+        &self,
+        key: &K,
+        limits: &[tollgate::Quota],
+        costs: &[u64],
+        max_wait: Duration,
+    ) -> Result<tollgate::store::Decision, Self::Error> {
+        tokio::time::sleep(LATE).await;
+        Ok(self.0.decide_now(key, limits, costs, max_wait))
+    }
+
+    async fn adjust(
+        &self,
+        key: &K,
+        limits: &[tollgate::Quota],
+        changes: &[tollgate::store::Change],
+    ) -> Result<(), Self::Error> {
+        tokio::time::sleep(LATE).await;
+        self.0.adjust_now(key, limits, changes);
+        Ok(())
+    }
+
+    async fn read(
+        &self,
+        key: &K,
+        limits: &[tollgate::Quota],
+    ) -> Result<tollgate::store::View, Self::Error> {
+        tokio::time::sleep(LATE).await;
+        Ok(self.0.read_now(key, limits))
+    }
+
+    fn give_back(&self, key: &K, limits: &[tollgate::Quota], costs: &[u64]) {
+        tollgate::Store::give_back(&self.0, key, limits, costs);
+    }
+}
+
+/// The same 200 calls with the budgets in a store that answers a
+/// millisecond late: the same answers (none lost, none refused, one
+/// attempt each), at nearly the same rate.
+#[tokio::test(start_paused = true)]
+async fn over_a_store_that_answers_late() {
+    let store = Late(tollgate::MemoryStore::new(
+        1_000,
+        4,
+        tollgate::DefaultClock::new(),
+    ));
+    let middleware = RateLimitMiddleware::builder().build_with_store(store);
+    let measured = two_hundred_calls_with(Style::OpenAi, 600, 1_000_000, middleware).await;
+    assert_eq!(measured.answered, CALLS);
+    assert_eq!(measured.refused, 0);
+    assert_eq!(measured.attempts, CALLS as u64);
+    assert!(
+        measured.share_of_allowed > 0.9,
+        "{:.3} of the allowed rate",
+        measured.share_of_allowed
+    );
 }
