@@ -108,6 +108,22 @@ struct BatchArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Keep the budgets, learnt limits and pauses in Redis
+    /// (`redis://host:6379/`), so that several batches calling one
+    /// provider with one key share its limit.
+    #[arg(long)]
+    redis: Option<String>,
+}
+
+/// Where a mock listens and keeps its limits.
+#[derive(Debug)]
+pub struct MockPlace {
+    /// The port on 127.0.0.1.
+    pub port: u16,
+    /// Redis for the limits, if any.
+    pub redis: Option<String>,
+    /// Whether other mocks may listen on the same port.
+    pub reuse_port: bool,
 }
 
 /// The flags of `tollgate mock`.
@@ -129,6 +145,14 @@ struct MockArgs {
     /// Milliseconds an answer takes, drawn from A..B.
     #[arg(long, default_value = "100..300", value_parser = parse_range)]
     latency_ms: Range<u64>,
+    /// Enforce the limits in Redis (`redis://host:6379/`), so that several
+    /// mock instances enforce one limit together.
+    #[arg(long)]
+    redis: Option<String>,
+    /// Let several mocks listen on the same --port (SO_REUSEPORT): the
+    /// kernel spreads connections among them, as a load balancer would.
+    #[arg(long)]
+    reuse_port: bool,
 }
 
 /// The flags of `tollgate simulate`.
@@ -155,7 +179,7 @@ pub enum Job {
     /// `tollgate batch`.
     Batch(Box<BatchConfig>),
     /// `tollgate mock`, on a port of 127.0.0.1.
-    Mock(MockConfig, u16),
+    Mock(MockConfig, MockPlace),
     /// `tollgate simulate`.
     Simulate(SimulateArgs),
 }
@@ -200,8 +224,16 @@ where
                 tpm: args.tpm,
                 style: args.style,
                 latency_ms: args.latency_ms,
+                store: None,
             };
-            Job::Mock(config, args.port)
+            Job::Mock(
+                config,
+                MockPlace {
+                    port: args.port,
+                    redis: args.redis,
+                    reuse_port: args.reuse_port,
+                },
+            )
         }
         Command::Simulate(args) => {
             if !(1..=MAX_JOBS).contains(&args.jobs) {
@@ -243,6 +275,7 @@ fn batch_config(
     config.grace = args.grace;
     config.max_body = args.max_body;
     config.progress = !args.quiet;
+    config.redis = args.redis;
     config
         .check()
         .map_err(|e| match e.strip_prefix("the API key") {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tollgate_cli::batch::{self, BatchConfig, Output, Signal};
-use tollgate_cli::cli::{self, ArgsError, Job, SimulateArgs};
+use tollgate_cli::cli::{self, ArgsError, Job, MockPlace, SimulateArgs};
 use tollgate_cli::mock::{self, MockConfig};
 use tollgate_cli::simulate;
 
@@ -23,8 +23,8 @@ fn main() -> ExitCode {
     let result = match job {
         Job::Simulate(args) => run_simulate(args),
         Job::Batch(config) => multi_thread().and_then(|rt| rt.block_on(run_batch(*config))),
-        Job::Mock(config, port) => {
-            multi_thread().and_then(|rt| rt.block_on(run_mock(config, port)))
+        Job::Mock(config, place) => {
+            multi_thread().and_then(|rt| rt.block_on(run_mock(config, place)))
         }
     };
     match result {
@@ -43,9 +43,12 @@ fn multi_thread() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("cannot start the runtime: {e}"))
 }
 
-async fn run_mock(config: MockConfig, port: u16) -> Result<u8, String> {
+async fn run_mock(mut config: MockConfig, place: MockPlace) -> Result<u8, String> {
+    if let Some(url) = &place.redis {
+        config.store = Some(mock::connect(url).await?);
+    }
     let (rpm, tpm, style) = (config.rpm, config.tpm, config.style);
-    let (addr, serve) = mock::bind(config, port).await?;
+    let (addr, serve) = mock::bind_with(config, place.port, place.reuse_port).await?;
     println!(
         "mock provider listening on http://{addr}/v1/chat/completions ({rpm} requests/min, {tpm} tokens/min, {style:?} headers); Ctrl-C stops it"
     );

@@ -17,7 +17,8 @@ use axum::routing::post;
 use axum::Router;
 use serde_json::{json, Value};
 use tollgate::{Quota, Snapshot};
-use tollgate_tower::{CostFn, Global, RateLimitLayer, Rejection};
+use tollgate_redis::RedisStore;
+use tollgate_tower::{CostFn, Global, Key, LayerLimiter, RateLimitLayer, Rejection};
 
 /// Which provider's rate-limit headers the mock answers with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -44,6 +45,19 @@ pub struct MockConfig {
     pub style: Style,
     /// Milliseconds each answer takes, drawn evenly from the range.
     pub latency_ms: Range<u64>,
+    /// Where the limits are enforced: in this process (`None`), or in
+    /// Redis, so that several mocks enforce one limit together.
+    pub store: Option<RedisStore>,
+}
+
+/// Connects to the Redis at `url` for [`MockConfig::store`].
+pub async fn connect(url: &str) -> Result<RedisStore, String> {
+    RedisStore::builder(url)
+        .prefix("tollgate-mock")
+        .timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .map_err(|e| format!("--redis {url}: {e}"))
 }
 
 /// The tokens a request counts, as providers count them: prompt text / 4
@@ -115,17 +129,24 @@ pub fn app(config: MockConfig) -> Result<Router, String> {
         ));
     }
     let ietf = config.style == Style::Ietf;
-    let requests = RateLimitLayer::builder(sliced(config.rpm, "--rpm")?)
+    let mut requests = RateLimitLayer::builder(sliced(config.rpm, "--rpm")?)
         .policy_name("requests")
-        .headers_on_success(ietf)
-        .build()
-        .map_err(|e| e.to_string())?;
-    let tokens = RateLimitLayer::builder(sliced(config.tpm, "--tpm")?)
+        .headers_on_success(ietf);
+    let mut tokens = RateLimitLayer::builder(sliced(config.tpm, "--tpm")?)
         .policy_name("tokens")
         .headers_on_success(ietf)
-        .cost_fn(token_cost as TokenCost)
-        .build()
-        .map_err(|e| e.to_string())?;
+        .cost_fn(token_cost as TokenCost);
+    if let Some(store) = &config.store {
+        let prefixed = |name: &str| {
+            store
+                .with_prefix(&format!("{}-{name}", store.prefix()))
+                .map_err(|e| e.to_string())
+        };
+        requests = requests.store(prefixed("requests")?);
+        tokens = tokens.store(prefixed("tokens")?);
+    }
+    let requests = requests.build().map_err(|e| e.to_string())?;
+    let tokens = tokens.build().map_err(|e| e.to_string())?;
     let limits = Arc::new(Limits {
         config,
         requests: requests.clone(),
@@ -154,10 +175,38 @@ pub async fn bind(
     ),
     String,
 > {
+    bind_with(config, port, false).await
+}
+
+/// [`bind`], and with `reuse_port` several mocks may listen on one port
+/// (`SO_REUSEPORT`, on Unix): the kernel spreads the connections among
+/// them, as a load balancer spreads them among a provider's replicas.
+/// With [`MockConfig::store`] in one Redis, they enforce one limit.
+pub async fn bind_with(
+    config: MockConfig,
+    port: u16,
+    reuse_port: bool,
+) -> Result<
+    (
+        SocketAddr,
+        impl std::future::Future<Output = std::io::Result<()>>,
+    ),
+    String,
+> {
     let app = app(config)?;
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
+    let cannot = |e: std::io::Error| format!("cannot listen on 127.0.0.1:{port}: {e}");
+    let socket = tokio::net::TcpSocket::new_v4().map_err(cannot)?;
+    socket.set_reuseaddr(true).map_err(cannot)?;
+    if reuse_port {
+        #[cfg(unix)]
+        socket.set_reuseport(true).map_err(cannot)?;
+        #[cfg(not(unix))]
+        return Err("--reuse-port needs a Unix system".to_owned());
+    }
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], port)))
+        .map_err(cannot)?;
+    let listener = socket.listen(1024).map_err(cannot)?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     Ok((addr, async move { axum::serve(listener, app).await }))
 }
@@ -229,11 +278,20 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
 }
 
 /// Adds the style's headers to every answer, from the limits' state now.
+/// A limit as it stands, wherever it is kept.
+async fn snapshot(limiter: LayerLimiter<'_>) -> Option<Snapshot> {
+    match limiter {
+        LayerLimiter::Global(limiter) => Some(limiter.snapshot()),
+        LayerLimiter::Stored(limiter) => limiter.snapshot(&Key::global()).await.ok(),
+        _ => None,
+    }
+}
+
 async fn headers(State(limits): State<Arc<Limits>>, request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let (Some(requests), Some(tokens)) = (
-        limits.requests.limiter().global().map(|l| l.snapshot()),
-        limits.tokens.limiter().global().map(|l| l.snapshot()),
+        snapshot(limits.requests.limiter()).await,
+        snapshot(limits.tokens.limiter()).await,
     ) else {
         return response;
     };

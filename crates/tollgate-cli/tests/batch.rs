@@ -80,6 +80,7 @@ async fn three_hundred_lines_at_6000_rpm_none_lost_few_refused() {
             tpm: 10_000_000,
             style: Style::Openai,
             latency_ms: 10..30,
+            store: None,
         },
         0,
     )
@@ -141,6 +142,7 @@ async fn an_interrupted_run_resumes_without_answering_a_line_twice() {
             tpm: 10_000_000,
             style: Style::Anthropic,
             latency_ms: 20..60,
+            store: None,
         },
         0,
     )
@@ -204,6 +206,7 @@ fn a_killed_run_resumes_without_answering_a_line_twice() {
                 tpm: 10_000_000,
                 style: Style::Ietf,
                 latency_ms: 20..60,
+                store: None,
             },
             0,
         )

@@ -20,6 +20,7 @@ async fn the_mock_refuses_over_its_limits_with_headers() {
         tpm: 1_000_000,
         style: Style::Openai,
         latency_ms: 0..0,
+        store: None,
     })
     .unwrap();
     let body = r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#;
@@ -55,6 +56,7 @@ async fn the_bare_mock_says_only_retry_after() {
         tpm: 1_000_000,
         style: Style::Bare,
         latency_ms: 0..0,
+        store: None,
     })
     .unwrap();
     let body = r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#;

@@ -82,6 +82,8 @@ pub struct BatchConfig {
     pub max_body: u64,
     /// Whether to draw a progress bar (on a terminal).
     pub progress: bool,
+    /// Redis, to share the budgets with other batches (`redis://…`).
+    pub redis: Option<String>,
 }
 
 impl BatchConfig {
@@ -103,6 +105,7 @@ impl BatchConfig {
             grace: Duration::from_secs(30),
             max_body: 64 << 20,
             progress: false,
+            redis: None,
         }
     }
 

@@ -30,9 +30,12 @@ use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use reqwest_middleware::ClientBuilder;
+use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
-use tollgate_reqwest::{ProviderLimits, RateLimitMiddleware};
+
+use tollgate_redis::RedisStore;
+use tollgate_reqwest::{Endpoint, ProviderLimits, RateLimitMiddleware};
 
 pub use config::{
     BatchConfig, Output, MAX_ATTEMPTS, MAX_BODY, MAX_DURATION, MAX_IN_FLIGHT, MAX_PER_MINUTE,
@@ -56,6 +59,9 @@ struct Read {
     left: u64,
     unmatched: u64,
 }
+
+/// The limits the middleware learnt for an endpoint, whatever its store.
+type LimitsOf = Box<dyn Fn(&Endpoint) -> Option<ProviderLimits> + Send>;
 
 /// What the writer managed.
 struct Written {
@@ -91,22 +97,42 @@ pub async fn run(
     if let Some(tpm) = config.tpm {
         limits = limits.tokens_per_minute(tpm);
     }
-    let middleware = RateLimitMiddleware::builder()
+    let builder = RateLimitMiddleware::builder()
         .limits(limits)
         .max_attempts(config.max_attempts)
         // A batch runs against one known provider for minutes: pace at 98%.
-        .headroom(0.02)
-        .build();
+        .headroom(0.02);
     let http = reqwest::Client::builder()
         .timeout(config.timeout)
         .connect_timeout(config.connect_timeout)
         .build()
         .map_err(|e| format!("cannot start the HTTP client: {e}"))?;
     let stop = Stop::new(config.grace);
-    let client = ClientBuilder::new(http)
-        .with(middleware.clone())
-        .with(Gate { stop: stop.clone() })
-        .build();
+    let client = ClientBuilder::new(http);
+    // The limits learnt, read at the end for the summary.
+    let (client, learnt_limits): (_, LimitsOf) = match &config.redis {
+        None => {
+            let middleware = builder.build();
+            (
+                client.with(middleware.clone()),
+                Box::new(move |e| middleware.limits_for(e)),
+            )
+        }
+        Some(url) => {
+            let store = RedisStore::builder(url.as_str())
+                .prefix("tollgate-batch")
+                .timeout(Duration::from_millis(500))
+                .connect()
+                .await
+                .map_err(|e| format!("--redis {url}: {e}"))?;
+            let middleware = builder.build_with_store(store);
+            (
+                client.with(middleware.clone()),
+                Box::new(move |e| middleware.limits_for(e)),
+            )
+        }
+    };
+    let client = client.with(Gate { stop: stop.clone() }).build();
     let context = Arc::new(Context {
         client,
         url: config.url.clone(),
@@ -241,7 +267,7 @@ pub async fn run(
     summary.left += cancelled + read.left;
     let mut learnt: Vec<_> = endpoints
         .into_iter()
-        .filter_map(|e| middleware.limits_for(&e).map(|l| (e.to_string(), l)))
+        .filter_map(|e| learnt_limits(&e).map(|l| (e.to_string(), l)))
         .collect();
     learnt.sort_by(|a, b| a.0.cmp(&b.0));
     summary.learnt = learnt;

@@ -126,6 +126,12 @@ pub trait StoredLimiter: Send + Sync + fmt::Debug {
         max_wait: Duration,
     ) -> Pin<Box<dyn Future<Output = Result<Snapshot, Denied>> + Send + 'a>>;
 
+    /// `key`'s limit now, spending nothing.
+    fn snapshot<'a>(
+        &'a self,
+        key: &'a Key,
+    ) -> Pin<Box<dyn Future<Output = Result<Snapshot, Denied>> + Send + 'a>>;
+
     /// The limiter itself, for [`LayerLimiter::stored`].
     fn as_any(&self) -> &dyn Any;
 }
@@ -145,6 +151,13 @@ where
         max_wait: Duration,
     ) -> Pin<Box<dyn Future<Output = Result<Snapshot, Denied>> + Send + 'a>> {
         Box::pin(KeyedLimiter::acquire_within(self, key, cost, max_wait))
+    }
+
+    fn snapshot<'a>(
+        &'a self,
+        key: &'a Key,
+    ) -> Pin<Box<dyn Future<Output = Result<Snapshot, Denied>> + Send + 'a>> {
+        Box::pin(KeyedLimiter::snapshot(self, key))
     }
 
     fn as_any(&self) -> &dyn Any {
