@@ -204,7 +204,9 @@ impl Builder {
         )
         .await
         .map_err(|_| StoreError::new(ErrorKindOf::Timeout, format!("connecting to {url}")))?
-        .map_err(|e| StoreError::redis(&e))?;
+        .map_err(|e| {
+            StoreError::new(ErrorKindOf::Redis, format!("cannot connect to {url}: {e}"))
+        })?;
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 conn,
