@@ -99,6 +99,8 @@ pub enum Fault {
 #[must_use = "a builder does nothing until `connect` is called"]
 pub struct Builder {
     url: String,
+    /// Redis Cluster: its nodes (the first reachable one tells the rest).
+    nodes: Vec<String>,
     prefix: String,
     timeout: Duration,
     fault: Fault,
@@ -163,6 +165,7 @@ impl Builder {
     pub async fn connect(self) -> Result<RedisStore, StoreError> {
         let Self {
             url,
+            nodes,
             prefix,
             timeout,
             fault,
@@ -191,22 +194,45 @@ impl Builder {
                 "invalid limits_ttl {limits_ttl:?}: at least 1 s"
             )));
         }
-        let client = redis::Client::open(url.as_str())
-            .map_err(|e| StoreError::config(format!("invalid Redis URL {url:?}: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(timeout.max(Duration::from_millis(250)))
-            .set_response_timeout(timeout)
-            .set_number_of_retries(1)
-            .set_max_delay(100);
-        let conn = tokio::time::timeout(
-            timeout.max(Duration::from_secs(2)),
-            ConnectionManager::new_with_config(client, config),
-        )
-        .await
-        .map_err(|_| StoreError::new(ErrorKindOf::Timeout, format!("connecting to {url}")))?
-        .map_err(|e| {
-            StoreError::new(ErrorKindOf::Redis, format!("cannot connect to {url}: {e}"))
-        })?;
+        let conn = if nodes.is_empty() {
+            let client = redis::Client::open(url.as_str())
+                .map_err(|e| StoreError::config(format!("invalid Redis URL {url:?}: {e}")))?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(timeout.max(Duration::from_millis(250)))
+                .set_response_timeout(timeout)
+                .set_number_of_retries(1)
+                .set_max_delay(100);
+            let manager = tokio::time::timeout(
+                timeout.max(Duration::from_secs(2)),
+                ConnectionManager::new_with_config(client, config),
+            )
+            .await
+            .map_err(|_| StoreError::new(ErrorKindOf::Timeout, format!("connecting to {url}")))?
+            .map_err(|e| {
+                StoreError::new(ErrorKindOf::Redis, format!("cannot connect to {url}: {e}"))
+            })?;
+            Conn::One(manager)
+        } else {
+            let shown = nodes.join(", ");
+            let client = redis::cluster::ClusterClientBuilder::new(nodes)
+                .connection_timeout(timeout.max(Duration::from_millis(250)))
+                .response_timeout(timeout)
+                .build()
+                .map_err(|e| StoreError::config(format!("invalid Redis Cluster {shown}: {e}")))?;
+            let cluster = tokio::time::timeout(
+                timeout.max(Duration::from_secs(2)),
+                client.get_async_connection(),
+            )
+            .await
+            .map_err(|_| StoreError::new(ErrorKindOf::Timeout, format!("connecting to {shown}")))?
+            .map_err(|e| {
+                StoreError::new(
+                    ErrorKindOf::Redis,
+                    format!("cannot connect to {shown}: {e}"),
+                )
+            })?;
+            Conn::Cluster(cluster)
+        };
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 conn,
@@ -234,8 +260,16 @@ pub struct RedisStore {
     prefix: Arc<str>,
 }
 
+/// One Redis, or a Redis Cluster (which follows `MOVED` and `ASK` by
+/// itself): both multiplexed.
+#[derive(Clone)]
+enum Conn {
+    One(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
 struct Inner {
-    conn: ConnectionManager,
+    conn: Conn,
     timeout: Duration,
     fault: Fault,
     breaker: Breaker,
@@ -293,6 +327,7 @@ impl RedisStore {
     pub fn builder(url: impl Into<String>) -> Builder {
         Builder {
             url: url.into(),
+            nodes: Vec::new(),
             prefix: "tollgate".to_owned(),
             timeout: Duration::from_millis(50),
             fault: Fault::FailOpen,
@@ -301,6 +336,20 @@ impl RedisStore {
             limits_ttl: Duration::from_secs(24 * 3600),
             max_keys: 100_000,
         }
+    }
+
+    /// A builder for a store in a Redis Cluster, given some of its nodes
+    /// (`redis://host:port/`): every key of a limiter key shares one hash
+    /// tag, so a budget's dimensions stay in one slot, and the client
+    /// follows `MOVED` and `ASK` when slots move.
+    pub fn cluster_builder<I, S>(nodes: I) -> Builder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut builder = Self::builder(String::new());
+        builder.nodes = nodes.into_iter().map(Into::into).collect();
+        builder
     }
 
     /// A store at `url` with the default settings.
@@ -400,13 +449,26 @@ impl RedisStore {
             Script::Adjust => (ADJUST, &self.inner.sha.adjust),
             Script::Read => (READ, &self.inner.sha.read),
         };
-        let mut conn = self.inner.conn.clone();
+        match self.inner.conn.clone() {
+            Conn::One(mut conn) => self.eval_on(&mut conn, code, sha, keys, args).await,
+            Conn::Cluster(mut conn) => self.eval_on(&mut conn, code, sha, keys, args).await,
+        }
+    }
+
+    async fn eval_on<C: redis::aio::ConnectionLike>(
+        &self,
+        conn: &mut C,
+        code: &str,
+        sha: &str,
+        keys: &[String; 2],
+        args: &[String],
+    ) -> Result<Vec<String>, RedisError> {
         let reply = redis::cmd("EVALSHA")
             .arg(sha)
             .arg(2)
             .arg(keys)
             .arg(args)
-            .query_async(&mut conn)
+            .query_async(conn)
             .await;
         match reply {
             Err(e) if e.kind() == ErrorKind::NoScriptError => {
@@ -416,7 +478,7 @@ impl RedisStore {
                     .arg(2)
                     .arg(keys)
                     .arg(args)
-                    .query_async(&mut conn)
+                    .query_async(conn)
                     .await
             }
             other => other,

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub struct RedisServer {
     child: Option<Child>,
+    extra: Vec<String>,
     port: u16,
     dir: PathBuf,
 }
@@ -36,12 +37,17 @@ impl RedisServer {
     /// Starts `redis-server` and waits until it answers. Panics when
     /// `redis-server` is missing or does not start.
     pub fn start() -> Self {
-        let port = free_port();
+        Self::start_with(free_port(), &[])
+    }
+
+    /// Starts `redis-server` on `port` with more arguments.
+    fn start_with(port: u16, extra: &[&str]) -> Self {
         let dir =
             std::env::temp_dir().join(format!("tollgate-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temporary directory");
         let mut server = Self {
             child: None,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             port,
             dir,
         };
@@ -63,6 +69,7 @@ impl RedisServer {
                 "--enable-debug-command",
                 "local",
             ])
+            .args(&self.extra)
             .current_dir(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -124,5 +131,106 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A port for a cluster node: its bus (the port + 10000) must be free too.
+fn free_cluster_port() -> u16 {
+    for _ in 0..1000 {
+        let port = free_port();
+        if port < 50_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port pair for a cluster node");
+}
+
+/// A Redis Cluster of the test's own: masters on loopback ports, made
+/// with `redis-cli --cluster create`, stopped when dropped.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts `masters` nodes (at least 3) and joins them into a cluster,
+    /// waiting until every node says the cluster is ok.
+    pub fn start(masters: usize) -> Self {
+        let nodes: Vec<RedisServer> = (0..masters.max(3))
+            .map(|_| {
+                RedisServer::start_with(
+                    free_cluster_port(),
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "5000",
+                    ],
+                )
+            })
+            .collect();
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let output = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        let cluster = Self { nodes };
+        cluster.wait_ok();
+        cluster
+    }
+
+    fn wait_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for node in &self.nodes {
+            while !node.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+                assert!(Instant::now() < deadline, "the cluster did not become ok");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// The nodes' URLs.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// Node `i`.
+    pub fn node(&self, i: usize) -> &RedisServer {
+        &self.nodes[i]
+    }
+
+    /// Moves `slots` slots, with their keys, from node `from` to node `to`
+    /// (`redis-cli --cluster reshard`): clients that knew the old owner
+    /// get `MOVED`.
+    pub fn reshard(&self, from: usize, to: usize, slots: usize) {
+        let id = |i: usize| self.nodes[i].cli(&["CLUSTER", "MYID"]);
+        let output = Command::new("redis-cli")
+            .args([
+                "--cluster",
+                "reshard",
+                &format!("127.0.0.1:{}", self.nodes[from].port),
+            ])
+            .args(["--cluster-from", &id(from), "--cluster-to", &id(to)])
+            .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
+            .output()
+            .expect("run redis-cli --cluster reshard");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster reshard failed: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        self.wait_ok();
     }
 }
