@@ -69,6 +69,18 @@ where
     }
 }
 
+/// Redis' own CPU time so far (user + system), in seconds.
+fn server_cpu(server: &tollgate_redis::testing::RedisServer) -> f64 {
+    let info = server.cli(&["INFO", "cpu"]);
+    let field = |name: &str| -> f64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    field("used_cpu_user:") + field("used_cpu_sys:")
+}
+
 fn evalsha_calls(server: &tollgate_redis::testing::RedisServer) -> u64 {
     let info = server.cli(&["INFO", "commandstats"]);
     info.lines()
@@ -146,6 +158,7 @@ async fn run() {
             let s = store.clone();
             let limits: Vec<Quota> = limits.to_vec();
             let before = evalsha_calls(&server);
+            let cpu = server_cpu(&server);
             let row = measure(name, callers, move |i| {
                 let s = s.clone();
                 let limits = limits.clone();
@@ -161,7 +174,13 @@ async fn run() {
             })
             .await;
             let calls = evalsha_calls(&server) - before;
-            println!("{}: {calls} EVALSHA for {} decisions", row.name, OPS + 200);
+            let cpu = server_cpu(&server) - cpu;
+            println!(
+                "{}: {calls} EVALSHA for {} decisions, {:.1} µs of Redis CPU each",
+                row.name,
+                OPS + 200,
+                cpu * 1e6 / calls as f64
+            );
             rows.push(row);
         }
     }

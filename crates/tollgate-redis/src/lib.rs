@@ -411,7 +411,7 @@ impl RedisStore {
         script: Script,
         keys: &[String; 2],
         args: &[String],
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Vec<redis::Value>, StoreError> {
         let inner = &self.inner;
         if !inner.breaker.allow() {
             return Err(StoreError::new(
@@ -443,7 +443,7 @@ impl RedisStore {
         script: Script,
         keys: &[String; 2],
         args: &[String],
-    ) -> Result<Vec<String>, RedisError> {
+    ) -> Result<Vec<redis::Value>, RedisError> {
         let (code, sha) = match script {
             Script::Decide => (DECIDE, &self.inner.sha.decide),
             Script::Adjust => (ADJUST, &self.inner.sha.adjust),
@@ -462,7 +462,7 @@ impl RedisStore {
         sha: &str,
         keys: &[String; 2],
         args: &[String],
-    ) -> Result<Vec<String>, RedisError> {
+    ) -> Result<Vec<redis::Value>, RedisError> {
         let reply = redis::cmd("EVALSHA")
             .arg(sha)
             .arg(2)
@@ -605,7 +605,7 @@ impl<K: Hash + ?Sized + Sync> Store<K> for RedisStore {
         let keys = self.redis_keys(key);
         match self.call(Script::Decide, &keys, &args).await {
             Ok(reply) => {
-                let decision = parse_decision(&reply, limits, n)?;
+                let decision = parse_decision(&texts(reply), limits, n)?;
                 self.count(&decision);
                 Ok(decision)
             }
@@ -634,7 +634,7 @@ impl<K: Hash + ?Sized + Sync> Store<K> for RedisStore {
         let n = limits.len().min(MAX_DIMENSIONS);
         let keys = self.redis_keys(key);
         match self.call(Script::Read, &keys, &[n.to_string()]).await {
-            Ok(reply) => parse_view(&reply, limits, n),
+            Ok(reply) => parse_view(&texts(reply), limits, n),
             Err(e) => {
                 self.fall_back(e)?;
                 Ok(self.inner.fallback.read_now(&keys[0], limits))
@@ -736,6 +736,20 @@ impl RedisStore {
             }
         }
     }
+}
+
+/// A script's reply as text: integers and strings alike.
+fn texts(reply: Vec<redis::Value>) -> Vec<String> {
+    reply
+        .into_iter()
+        .map(|value| match value {
+            redis::Value::Int(n) => n.to_string(),
+            redis::Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            redis::Value::SimpleString(text) => text,
+            redis::Value::Okay => "OK".to_owned(),
+            _ => String::new(),
+        })
+        .collect()
 }
 
 fn quotas_in_force(reply_text: &str, default: &Quota) -> Quota {

@@ -4,21 +4,28 @@
 -- KEYS[2]: the key's own limits (i<i>: interval, b<i>: burst, q<i>: text).
 -- ARGV: n, max_wait, then per dimension: interval, burst, cost.
 -- A denial writes nothing. Redis' clock decides; no client clock.
-local function fmt(x) return string.format('%.0f', x) end
+-- Numbers go to Redis and back as numbers: integers below 2^53, which
+-- Redis writes in full and replies as integers.
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = t[1] * 1000000 + t[2]
 local far = now + 4503599627370496
 local n = tonumber(ARGV[1])
 local max_wait = tonumber(ARGV[2])
-local sf, lf = {'u', 'h'}, {}
-for i = 1, n do
-  sf[#sf + 1] = 't' .. i
-  lf[#lf + 1] = 'i' .. i
-  lf[#lf + 1] = 'b' .. i
-  lf[#lf + 1] = 'q' .. i
+local s, l
+if n == 1 then
+  s = redis.call('HMGET', KEYS[1], 'u', 'h', 't1')
+  l = redis.call('HMGET', KEYS[2], 'i1', 'b1', 'q1')
+else
+  local sf, lf = {'u', 'h'}, {}
+  for i = 1, n do
+    sf[#sf + 1] = 't' .. i
+    lf[#lf + 1] = 'i' .. i
+    lf[#lf + 1] = 'b' .. i
+    lf[#lf + 1] = 'q' .. i
+  end
+  s = redis.call('HMGET', KEYS[1], unpack(sf))
+  l = redis.call('HMGET', KEYS[2], unpack(lf))
 end
-local s = redis.call('HMGET', KEYS[1], unpack(sf))
-local l = redis.call('HMGET', KEYS[2], unpack(lf))
 local paused = tonumber(s[1]) or 0
 local held = tonumber(s[2]) or 0
 local iv, bu, co, tat, q, dues = {}, {}, {}, {}, {}, {}
@@ -37,11 +44,11 @@ for i = 1, n do
   dues[i] = 0
 end
 local function reply(code, dim, wait)
-  local r = {code, tostring(dim), fmt(wait), fmt(now), fmt(held)}
+  local r = {code, dim, wait, now, held}
   for i = 1, n do
-    r[#r + 1] = fmt(tat[i])
-    r[#r + 1] = fmt(dues[i])
-    r[#r + 1] = fmt(iv[i])
+    r[#r + 1] = tat[i]
+    r[#r + 1] = dues[i]
+    r[#r + 1] = iv[i]
     r[#r + 1] = q[i]
   end
   return r
@@ -68,12 +75,12 @@ for i = 1, n do
   if co[i] > 0 then
     tat[i] = math.min(math.max(tat[i], due) + co[i] * iv[i], far)
     set[#set + 1] = 't' .. i
-    set[#set + 1] = fmt(tat[i])
+    set[#set + 1] = tat[i]
   end
   keep = math.max(keep, tat[i])
 end
 if #set > 0 then
   redis.call('HSET', KEYS[1], unpack(set))
-  redis.call('PEXPIREAT', KEYS[1], fmt(math.ceil(keep / 1000) + 1))
+  redis.call('PEXPIREAT', KEYS[1], math.floor(keep / 1000) + 2)
 end
 return reply('admit', 0, wait)
