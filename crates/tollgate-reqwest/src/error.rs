@@ -41,7 +41,8 @@ impl RetryLater {
         }
     }
 
-    /// How long the provider (or the local limit) asks to wait.
+    /// How long the provider (or the local limit) asks to wait;
+    /// `Duration::MAX` when it asked for more than can be represented.
     pub const fn wait(&self) -> Duration {
         self.wait
     }
@@ -66,6 +67,13 @@ impl fmt::Display for RetryLater {
         match self.status {
             Some(status) => write!(f, "the provider answered {status} and asks for a wait of ")?,
             None => write!(f, "the rate limit would hold this call for ")?,
+        }
+        if self.wait == Duration::MAX {
+            return write!(
+                f,
+                "longer than can be counted (beyond the ceiling of {:.1} s): retry later",
+                self.ceiling.as_secs_f64()
+            );
         }
         write!(
             f,

@@ -61,6 +61,7 @@
 mod adaptive;
 mod error;
 mod estimate;
+mod hint;
 mod limits;
 mod middleware;
 mod usage;

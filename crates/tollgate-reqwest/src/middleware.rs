@@ -15,6 +15,7 @@ use tollgate::{DeniedKind, Grant, KeyedBudget, MemoryStore, Snapshot, Store};
 
 use crate::adaptive::Adaptive;
 use crate::estimate::{DefaultEstimator, TokenEstimator};
+use crate::hint;
 use crate::limits::{Pacing, ProviderLimits, DIMENSIONS};
 use crate::{RetryLater, TooLarge, Usage};
 
@@ -530,8 +531,22 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
                 tracing::info!(%key, %status, "the provider says not to retry");
                 return Ok(response);
             }
-            let wait = self.wait_for(&read, attempt);
-            let _ = self.budget.pause_for(&key, wait).await;
+            // Without a hint in the headers, the body may hold one.
+            let (response, body_hint) = if read.retry_after.is_none() && !read.retry_after_too_long
+            {
+                hint::read(response).await
+            } else {
+                (response, None)
+            };
+            let wait = self.wait_for(&read, body_hint, attempt);
+            // A wait too long to count pauses the others for the ceiling
+            // only: this call returns at once, they learn it for themselves.
+            let pause = if wait == Duration::MAX {
+                self.settings.max_wait
+            } else {
+                wait
+            };
+            let _ = self.budget.pause_for(&key, pause).await;
             tracing::info!(%key, %status, ?wait, attempt, "paused every caller of the endpoint");
             if wait > self.settings.max_wait {
                 return Err(reqwest_middleware::Error::middleware(RetryLater::new(
@@ -759,10 +774,17 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
     }
 
     /// The wait a refusal asks for, by precedence: `retry-after-ms`, then
-    /// `Retry-After` (both in `read.retry_after`), then the reset of an
+    /// `Retry-After` (both in `read.retry_after`; one too long to count is
+    /// `Duration::MAX`), then a hint in the body, then the reset of an
     /// exhausted limit, then jittered exponential back-off.
-    fn wait_for(&self, read: &RateLimitHeaders, attempt: u32) -> Duration {
+    fn wait_for(&self, read: &RateLimitHeaders, body: Option<Duration>, attempt: u32) -> Duration {
         if let Some(wait) = read.retry_after {
+            return wait;
+        }
+        if read.retry_after_too_long {
+            return Duration::MAX;
+        }
+        if let Some(wait) = body {
             return wait;
         }
         let readings = [

@@ -46,8 +46,14 @@ async fn answer(State(script): State<Arc<Script>>) -> Response {
     let next = script.refusals.lock().unwrap().pop_front();
     match next {
         Some((status, headers)) => {
-            let mut response = StatusCode::from_u16(status).unwrap().into_response();
-            for (name, value) in headers {
+            // `x-test-body` is the refusal's body, not a header.
+            let body = headers
+                .iter()
+                .find(|(name, _)| *name == "x-test-body")
+                .map_or("", |(_, body)| *body);
+            let mut response =
+                (StatusCode::from_u16(status).unwrap(), body.to_owned()).into_response();
+            for (name, value) in headers.into_iter().filter(|(n, _)| *n != "x-test-body") {
                 response.headers_mut().append(
                     HeaderName::from_static(name),
                     HeaderValue::from_static(value),
@@ -339,4 +345,113 @@ async fn a_streamed_body_is_not_retried() {
         .unwrap();
     assert_eq!(response.status(), 429);
     assert_eq!(script.arrivals.lock().unwrap().len(), 1);
+}
+
+/// A provider that says how long to wait only in its body: OpenAI's
+/// message, Google's `RetryInfo`. The call waits exactly that long.
+#[tokio::test(start_paused = true)]
+async fn a_wait_in_the_body_is_taken_when_the_headers_say_none() {
+    let openai = r#"{"error":{"message":"Rate limit reached for gpt-4o on requests per min (RPM): Limit 3, Used 3, Requested 1. Please try again in 1.25s.","type":"requests","code":"rate_limit_exceeded"}}"#;
+    let google = r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"7s"}]}}"#;
+    let (url, script) = serve(vec![
+        (429, vec![("x-test-body", openai)]),
+        (429, vec![("x-test-body", google)]),
+    ])
+    .await;
+    let client = client(known());
+    let start = Instant::now();
+    assert_eq!(post(&client, &url).await.unwrap(), 200);
+    let arrivals = script.since(start);
+    // Refused at 0, retried when 1.25 s were over (paced: +1 ms), refused
+    // again, retried 7 s later.
+    assert_eq!(arrivals.len(), 3, "{arrivals:?}");
+    assert_eq!(arrivals[1], Duration::from_millis(1_251), "{arrivals:?}");
+    assert_eq!(
+        arrivals[2] - arrivals[1],
+        Duration::from_millis(7_001),
+        "{arrivals:?}"
+    );
+}
+
+/// A refusal returned to the caller keeps its body whole, though the
+/// middleware read it for a hint.
+#[tokio::test(start_paused = true)]
+async fn a_refusal_read_for_a_hint_keeps_its_body() {
+    let body = r#"{"error":{"message":"Please try again in 900s."}}"#;
+    let (url, _script) = serve(vec![(429, vec![("x-test-body", body)])]).await;
+    let client = client(
+        RateLimitMiddleware::builder()
+            .limits(ProviderLimits::new().requests_per_minute(6_000))
+            .max_wait(Duration::from_secs(60))
+            .build(),
+    );
+    let error = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap_err();
+    let later = RetryLater::from_error(&error).unwrap();
+    assert_eq!(later.wait(), Duration::from_secs(900));
+    // With no retry at all, the refusal itself comes back, body and all
+    // (read for a hint that it does not hold).
+    let body = r#"{"error":{"message":"The engine is overloaded.","type":"server_error"}}"#;
+    let (url, _script) = serve(vec![(503, vec![("x-test-body", body)])]).await;
+    let client = self::client(
+        RateLimitMiddleware::builder()
+            .limits(ProviderLimits::new().requests_per_minute(6_000))
+            .max_attempts(1)
+            .build(),
+    );
+    let response = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(
+        response.url().as_str().ends_with("/v1/chat/completions"),
+        "{}",
+        response.url()
+    );
+    assert_eq!(response.text().await.unwrap(), body);
+}
+
+/// A `Retry-After` too large to count asks for longer than any wait: the
+/// call returns at once as "retry later", and the others are paused for
+/// the ceiling, not forever.
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_too_large_to_count_is_longer_than_the_ceiling() {
+    let (url, _script) = serve(vec![(
+        429,
+        vec![("retry-after", "99999999999999999999999999999999999")],
+    )])
+    .await;
+    let middleware = RateLimitMiddleware::builder()
+        .limits(ProviderLimits::new().requests_per_minute(6_000))
+        .max_wait(Duration::from_secs(60))
+        .build();
+    let budget_view = middleware.clone();
+    let client = client(middleware);
+    let start = Instant::now();
+    let error = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    let later = RetryLater::from_error(&error).unwrap();
+    assert_eq!(later.wait(), Duration::MAX);
+    assert!(
+        later.to_string().contains("longer than can be counted"),
+        "{later}"
+    );
+    let endpoint = tollgate_reqwest::Endpoint::new(&url.parse().unwrap(), None);
+    let paused = budget_view.budget().paused_for(&endpoint).await.unwrap();
+    assert_eq!(paused, Duration::from_secs(60));
 }

@@ -201,3 +201,30 @@ proptest! {
         }
     }
 }
+
+/// A `Retry-After` too large to count is no hint (as the vectors say), but
+/// is flagged: the server asks for longer than any wait.
+#[test]
+fn a_retry_after_too_large_to_count_is_flagged() {
+    use std::time::{Duration, SystemTime};
+    use tollgate::headers::parse;
+    let now = SystemTime::now();
+    let read = parse(
+        [("retry-after", &b"99999999999999999999999999999999999"[..])],
+        now,
+    );
+    assert_eq!(read.retry_after, None);
+    assert!(read.retry_after_too_long);
+    let read = parse([("retry-after-ms", &b"99999999999999999999999"[..])], now);
+    assert!(read.retry_after_too_long);
+    // Leading zeros are no overflow.
+    let read = parse([("retry-after", &b"0000000000000000000000000030"[..])], now);
+    assert_eq!(read.retry_after, Some(Duration::from_secs(30)));
+    assert!(!read.retry_after_too_long);
+    // Malformed values are neither.
+    for value in [&b"-5"[..], b"1e9", b"soon", b"1.", b""] {
+        let read = parse([("retry-after", value)], now);
+        assert_eq!(read.retry_after, None);
+        assert!(!read.retry_after_too_long, "{value:?}");
+    }
+}

@@ -67,9 +67,16 @@ impl Middleware for InProcess {
         let response = app.oneshot(builder.body(body).unwrap()).await.unwrap();
         let (parts, body) = response.into_parts();
         let bytes = body.collect().await.unwrap().to_bytes();
-        Ok(reqwest::Response::from(http::Response::from_parts(
-            parts, bytes,
-        )))
+        // As reqwest's own responses do, it carries the URL it answers.
+        let mut response = http::Response::from_parts(parts, bytes);
+        let url =
+            reqwest::ResponseBuilderExt::url(http::Response::builder(), request.url().clone())
+                .body(())
+                .unwrap();
+        response
+            .extensions_mut()
+            .extend(url.into_parts().0.extensions);
+        Ok(reqwest::Response::from(response))
     }
 }
 

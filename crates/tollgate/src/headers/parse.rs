@@ -62,6 +62,11 @@ pub struct RateLimitHeaders {
     /// The server's wait hint: `retry-after-ms` if usable, else
     /// `Retry-After` (seconds or HTTP-date; the longest of several).
     pub retry_after: Option<Duration>,
+    /// A `Retry-After` or `retry-after-ms` that is a well-formed number too
+    /// large to represent (more than 584 years): no hint in
+    /// [`retry_after`](Self::retry_after), but the server asks for a wait
+    /// longer than any a client would make.
+    pub retry_after_too_long: bool,
     /// `x-should-retry`: `Some(false)` means do not retry.
     pub should_retry: Option<bool>,
     /// IETF policies, in the order `RateLimit-Policy` lists them.
@@ -141,8 +146,14 @@ where
         } else {
             match lower {
                 "ratelimit" => status_items.extend(sf_list(value)),
-                "retry-after" => max(&mut retry_after, retry_after_value(value, now)),
-                "retry-after-ms" => max(&mut retry_after_ms, millis(value)),
+                "retry-after" => {
+                    out.retry_after_too_long |= too_long(value, Duration::from_secs(1));
+                    max(&mut retry_after, retry_after_value(value, now));
+                }
+                "retry-after-ms" => {
+                    out.retry_after_too_long |= too_long(value, Duration::from_millis(1));
+                    max(&mut retry_after_ms, millis(value));
+                }
                 "x-should-retry" => match value {
                     "true" => out.should_retry = Some(true),
                     "false" => out.should_retry = Some(false),
@@ -235,8 +246,12 @@ fn decimal(value: &str, unit: Duration) -> Option<Duration> {
         || !digits(whole)
         || !digits(fraction)
         || (value.contains('.') && fraction.is_empty())
-        || whole.len() > 20
     {
+        return None;
+    }
+    // Leading zeros say nothing; past 20 digits no count fits.
+    let whole = whole.trim_start_matches('0');
+    if whole.len() > 20 {
         return None;
     }
     let unit_ns = unit.as_nanos();
@@ -255,6 +270,18 @@ fn decimal(value: &str, unit: Duration) -> Option<Duration> {
         .checked_mul(unit_ns)?
         .checked_add(unit_ns * numerator / scale)?;
     u64::try_from(nanos).ok().map(Duration::from_nanos)
+}
+
+/// Whether `value` is a well-formed decimal number of `unit`s too large
+/// for a [`Duration`] of `u64` nanoseconds.
+fn too_long(value: &str, unit: Duration) -> bool {
+    let (whole, fraction) = value.split_once('.').unwrap_or((value, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    let well_formed = !whole.is_empty()
+        && digits(whole)
+        && digits(fraction)
+        && !(value.contains('.') && fraction.is_empty());
+    well_formed && decimal(value, unit).is_none()
 }
 
 /// A Go duration (`1h2m3.5s`, `12ms`) or bare seconds (`55`); a bare zero

@@ -1,0 +1,190 @@
+//! Wait hints in a refusal's body, for providers that put none in the
+//! headers: Google's `RetryInfo` (`"retryDelay": "26s"`) and messages such
+//! as OpenAI's "Please try again in 5.289s" (or "in 20ms", "in 1m30s").
+
+use std::time::Duration;
+
+use reqwest::{Response, ResponseBuilderExt};
+use serde_json::Value;
+
+/// The largest body read for a hint. A larger one (or one of unknown
+/// length) is left unread, so that a refusal handed back to the caller
+/// keeps its whole body.
+pub(crate) const MAX_BODY: u64 = 64 * 1024;
+
+/// Reads a refusal's body for a wait hint and hands back an equal
+/// response (status, version, URL, headers, extensions and body).
+pub(crate) async fn read(mut response: Response) -> (Response, Option<Duration>) {
+    if response.content_length().is_none_or(|n| n > MAX_BODY) {
+        return (response, None);
+    }
+    let status = response.status();
+    let version = response.version();
+    let url = response.url().clone();
+    let headers = std::mem::take(response.headers_mut());
+    let extensions = std::mem::take(response.extensions_mut());
+    let Ok(bytes) = response.bytes().await else {
+        // The body could not be read: there is nothing to hand back either.
+        let mut empty = http::Response::new(Vec::new());
+        *empty.status_mut() = status;
+        *empty.headers_mut() = headers;
+        return (Response::from(empty), None);
+    };
+    let hint = in_body(&bytes);
+    let mut builder = http::Response::builder().status(status).version(version);
+    if let Some(slot) = builder.headers_mut() {
+        *slot = headers;
+    }
+    if let Some(slot) = builder.extensions_mut() {
+        *slot = extensions;
+    }
+    // After the extensions, which it is kept in.
+    let builder = builder.url(url);
+    match builder.body(bytes.to_vec()) {
+        Ok(rebuilt) => (Response::from(rebuilt), hint),
+        Err(_) => (Response::from(http::Response::new(bytes.to_vec())), hint),
+    }
+}
+
+/// A wait hint in a body: a JSON `retryDelay` anywhere, or a message
+/// saying "try again in …".
+pub(crate) fn in_body(bytes: &[u8]) -> Option<Duration> {
+    if let Ok(json) = serde_json::from_slice::<Value>(bytes) {
+        if let Some(wait) = find_retry_delay(&json, 0) {
+            return Some(wait);
+        }
+    }
+    let text = std::str::from_utf8(bytes).ok()?;
+    let lower = text.to_ascii_lowercase();
+    let at = lower.find("try again in ")?;
+    let rest = text.get(at + "try again in ".len()..)?;
+    duration_prefix(rest)
+}
+
+/// `retryDelay` in a JSON value, searched at most a few levels deep.
+fn find_retry_delay(value: &Value, depth: usize) -> Option<Duration> {
+    if depth > 6 {
+        return None;
+    }
+    match value {
+        Value::Object(map) => {
+            if let Some(delay) = map.get("retryDelay").and_then(Value::as_str) {
+                if let Some(wait) = duration_prefix(delay) {
+                    return Some(wait);
+                }
+            }
+            map.values().find_map(|v| find_retry_delay(v, depth + 1))
+        }
+        Value::Array(items) => items.iter().find_map(|v| find_retry_delay(v, depth + 1)),
+        _ => None,
+    }
+}
+
+/// A duration at the start of `text`: numbers (with a fraction) each
+/// followed by `h`, `m`, `s` or `ms` (`5.289s`, `20ms`, `1m30s`, `26s`).
+fn duration_prefix(text: &str) -> Option<Duration> {
+    let bytes = text.as_bytes();
+    let mut at = 0;
+    let mut total = Duration::ZERO;
+    let mut any = false;
+    loop {
+        let start = at;
+        let digits = |mut at: usize| {
+            while bytes.get(at).is_some_and(u8::is_ascii_digit) {
+                at += 1;
+            }
+            at
+        };
+        at = digits(at);
+        if at == start {
+            break;
+        }
+        // A fraction is a dot followed by digits; a lone dot ends a sentence.
+        if bytes.get(at) == Some(&b'.') && bytes.get(at + 1).is_some_and(u8::is_ascii_digit) {
+            at = digits(at + 1);
+        }
+        let Some(number) = text.get(start..at).and_then(|n| n.parse::<f64>().ok()) else {
+            break;
+        };
+        let rest = text.get(at..)?;
+        let lower = rest.to_ascii_lowercase();
+        let word = [
+            (" milliseconds", 0.001),
+            (" millisecond", 0.001),
+            (" seconds", 1.0),
+            (" second", 1.0),
+            (" minutes", 60.0),
+            (" minute", 60.0),
+            (" hours", 3600.0),
+            (" hour", 3600.0),
+        ]
+        .into_iter()
+        .find(|(name, _)| lower.starts_with(name));
+        let (unit, len) = if let Some((name, unit)) = word {
+            (unit, name.len())
+        } else if rest.starts_with("ms") {
+            (0.001, 2)
+        } else if rest.starts_with('s') {
+            (1.0, 1)
+        } else if rest.starts_with('m') {
+            (60.0, 1)
+        } else if rest.starts_with('h') {
+            (3600.0, 1)
+        } else {
+            break;
+        };
+        let seconds = number * unit;
+        if !seconds.is_finite() || !(0.0..=1e9).contains(&seconds) {
+            return None;
+        }
+        total = total.saturating_add(Duration::from_secs_f64(seconds));
+        any = true;
+        at += len;
+    }
+    any.then_some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_body;
+    use std::time::Duration;
+
+    #[test]
+    fn reads_the_hints_providers_send() {
+        let google = br#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[
+            {"@type":"type.googleapis.com/google.rpc.QuotaFailure"},
+            {"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"26s"}]}}"#;
+        assert_eq!(in_body(google), Some(Duration::from_secs(26)));
+        let openai = br#"{"error":{"message":"Rate limit reached for gpt-4o in organization org-x on tokens per min (TPM): Limit 30000, Used 29000, Requested 1500. Please try again in 5.289s. Visit https://platform.openai.com/account/rate-limits to learn more.","type":"tokens","code":"rate_limit_exceeded"}}"#;
+        assert_eq!(in_body(openai), Some(Duration::from_millis(5_289)));
+        assert_eq!(
+            in_body(b"Too many requests. Try again in 20ms"),
+            Some(Duration::from_millis(20))
+        );
+        assert_eq!(
+            in_body(b"please try again in 1m30s."),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            in_body(br#"{"retryDelay":"1.5s"}"#),
+            Some(Duration::from_millis(1_500))
+        );
+        assert_eq!(
+            in_body(b"Rate limit exceeded. Try again in 2 seconds."),
+            Some(Duration::from_secs(2))
+        );
+    }
+
+    #[test]
+    fn says_nothing_when_the_body_does_not() {
+        assert_eq!(in_body(b""), None);
+        assert_eq!(in_body(b"{}"), None);
+        assert_eq!(in_body(b"rate limited"), None);
+        assert_eq!(in_body(b"try again in a while"), None);
+        assert_eq!(in_body(br#"{"retryDelay":"soon"}"#), None);
+        assert_eq!(in_body(b"try again in 1e999s"), None);
+        assert_eq!(in_body(&[0xff, 0xfe, 0x00]), None);
+        // Absurd: beyond 30 years is no hint.
+        assert_eq!(in_body(b"try again in 99999999999999999999s"), None);
+    }
+}
