@@ -147,9 +147,10 @@ async fn ietf_headers() {
 /// rate is learnt from the refusals alone. The calls go in a window that
 /// grows with each answer until the first refusal; the answers of the
 /// calls admitted with it set the rate, which then grows slowly. Exact on
-/// virtual time: one refusal of 201 attempts, 81.3% of the allowed rate
+/// virtual time: one refusal of 201 attempts, 87.7% of the allowed rate
 /// over these 20 seconds (the slow start's first seconds weigh on a run
-/// this short; BENCHMARKS.md has a longer one).
+/// this short; BENCHMARKS.md has a longer one). Each rise of the learnt
+/// rate re-spaces the calls already queued.
 #[tokio::test(start_paused = true)]
 async fn no_headers_only_refusals() {
     let measured = two_hundred_calls(Style::Bare, 600, 1_000_000).await;
@@ -164,7 +165,7 @@ async fn no_headers_only_refusals() {
     assert_eq!((measured.attempts, measured.refused), (201, 1));
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let permille = (measured.share_of_allowed * 1000.0).round() as u32;
-    assert_eq!(permille, 813);
+    assert_eq!(permille, 877);
 }
 
 /// Forwards to a [`MemoryStore`] after a delay, as a network store would.

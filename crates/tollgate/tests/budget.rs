@@ -617,3 +617,45 @@ async fn a_cancelled_waiter_moves_those_behind_it_forward() {
     assert_eq!(newcomer.await.unwrap(), Duration::from_secs(3));
     assert_eq!(limiter.waiting(), 0);
 }
+
+/// A raised limit re-spaces the waiters already queued at the new rate; a
+/// lowered one pushes them back.
+#[tokio::test(start_paused = true)]
+async fn a_changed_limit_re_spaces_the_queue() {
+    let limiter = Arc::new(KeyedLimiter::new("1/s".parse().unwrap()));
+    limiter.acquire(&"k", 1).await.unwrap();
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let limiter = Arc::clone(&limiter);
+            tokio::spawn(async move {
+                limiter.acquire(&"k", 1).await.unwrap();
+                start.elapsed()
+            })
+        })
+        .collect();
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(limiter.waiting(), 4);
+    // Due at 1, 2, 3, 4 s; at 0.5 s the limit doubles: what is left of
+    // each wait halves.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    limiter
+        .set_quota(&"k", "2/s".parse().unwrap())
+        .await
+        .unwrap();
+    let mut times = Vec::new();
+    for task in tasks {
+        times.push(task.await.unwrap());
+    }
+    times.sort();
+    assert_eq!(times, [750, 1_250, 1_750, 2_250].map(Duration::from_millis));
+    // Lowered again to 1/s: a newcomer queues behind what is spent.
+    limiter
+        .set_quota(&"k", "1/s".parse().unwrap())
+        .await
+        .unwrap();
+    let denied = limiter.check(&"k", 1).unwrap_err();
+    assert!(denied.retry_after().unwrap() > Duration::ZERO);
+}

@@ -24,7 +24,7 @@ local l = redis.call('HMGET', KEYS[2], unpack(lf))
 local paused = tonumber(s[1]) or 0
 local held = tonumber(s[2]) or 0
 local iv, bu, pus, pns, tat, kind, v = {}, {}, {}, {}, {}, {}, {}
-local own_set, own_del = {}, {}
+local own_set, own_del, rescaled = {}, {}, {}
 local longest = -1
 for i = 1, n do
   local a = 3 + 9 * (i - 1)
@@ -42,6 +42,7 @@ for i = 1, n do
   kind[i] = ARGV[a + 4]
   v[i] = {ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8]}
   tat[i] = tonumber(s[2 + i]) or 0
+  local before = iv[i]
   local k = kind[i]
   if k == 'l' then
     iv[i] = tonumber(v[i][1])
@@ -73,6 +74,12 @@ for i = 1, n do
   elseif k == 'h' then
     longest = math.max(longest, tonumber(v[i][1]))
   end
+  -- A changed limit re-spaces what is spent at the new interval.
+  -- (Not from a limit of a million a second or more, which never binds:
+  -- its debt is where the other dimensions put its admissions.)
+  if iv[i] ~= before and tat[i] > now and before > 1 then
+    rescaled[i] = now + math.floor((tat[i] - now) * iv[i] / before)
+  end
 end
 if #own_set > 0 then
   redis.call('HSET', KEYS[2], unpack(own_set))
@@ -87,7 +94,7 @@ if longest >= 0 then
 end
 local set, keep = {}, until_
 for i = 1, n do
-  local k, x = kind[i], tat[i]
+  local k, x = kind[i], rescaled[i] or tat[i]
   if k == 'c' then
     x = math.min(math.max(x, now) + tonumber(v[i][1]) * iv[i], far)
   elseif k == 'r' then

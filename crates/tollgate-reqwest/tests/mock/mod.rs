@@ -3,6 +3,9 @@
 //! do, in slices of one second (a 600 RPM limit admits 10 in any second of
 //! the clock), and answers with OpenAI, Anthropic or IETF rate-limit
 //! headers. Time is Tokio's, so it runs on paused time.
+//!
+//! Shared by several test files, each using part of it.
+#![allow(dead_code)]
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -33,7 +36,8 @@ pub(crate) struct Counts {
 }
 
 pub(crate) struct Mock {
-    rpm: u64,
+    /// Requests a minute: the provider may change it mid-run.
+    rpm: std::sync::atomic::AtomicU64,
     tpm: u64,
     style: Style,
     latency: Duration,
@@ -55,13 +59,23 @@ struct Windows {
 }
 
 impl Mock {
+    /// Requests a minute, now.
+    pub(crate) fn rpm(&self) -> u64 {
+        self.rpm.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Changes the requests a minute, as a provider changing a tier does.
+    pub(crate) fn set_rpm(&self, rpm: u64) {
+        self.rpm.store(rpm, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub(crate) fn counts(&self) -> Counts {
         self.state.lock().unwrap().counts
     }
 
     /// Requests a second the limits allow, for requests costing `tokens`.
     pub(crate) fn allowed_rate(&self, tokens: u64) -> f64 {
-        let by_requests = self.rpm as f64 / 60.0;
+        let by_requests = self.rpm() as f64 / 60.0;
         let by_tokens = self.tpm as f64 / 60.0 / tokens as f64;
         by_requests.min(by_tokens)
     }
@@ -90,7 +104,7 @@ pub(crate) async fn start(
     latency: Duration,
 ) -> (String, Arc<Mock>) {
     let mock = Arc::new(Mock {
-        rpm,
+        rpm: std::sync::atomic::AtomicU64::new(rpm),
         tpm,
         style,
         latency,
@@ -124,7 +138,7 @@ async fn complete(State(mock): State<Arc<Mock>>, Json(body): Json<Value>) -> Res
         {
             state.minute.pop_front();
         }
-        let admitted = state.requests_this_second < mock.rpm / 60
+        let admitted = state.requests_this_second < mock.rpm() / 60
             && state.tokens_this_second + cost <= mock.tpm / 60;
         if admitted {
             state.requests_this_second += 1;
@@ -193,13 +207,13 @@ impl Mock {
                 HeaderValue::try_from(value).unwrap(),
             );
         };
-        let remaining_requests = self.rpm.saturating_sub(used_requests);
+        let remaining_requests = self.rpm().saturating_sub(used_requests);
         let remaining_tokens = self.tpm.saturating_sub(used_tokens);
         let now = self.epoch + elapsed;
         put("date", httpdate::fmt_http_date(now));
         match self.style {
             Style::OpenAi => {
-                put("x-ratelimit-limit-requests", self.rpm.to_string());
+                put("x-ratelimit-limit-requests", self.rpm().to_string());
                 put(
                     "x-ratelimit-remaining-requests",
                     remaining_requests.to_string(),
@@ -217,7 +231,7 @@ impl Mock {
             }
             Style::Anthropic => {
                 let at = tollgate::headers::rfc3339(now + reset);
-                put("anthropic-ratelimit-requests-limit", self.rpm.to_string());
+                put("anthropic-ratelimit-requests-limit", self.rpm().to_string());
                 put(
                     "anthropic-ratelimit-requests-remaining",
                     remaining_requests.to_string(),
@@ -234,7 +248,7 @@ impl Mock {
             Style::Ietf => {
                 put(
                     "ratelimit-policy",
-                    format!("\"rpm\";q={};w=60, \"tpm\";q={};w=60", self.rpm, self.tpm),
+                    format!("\"rpm\";q={};w=60, \"tpm\";q={};w=60", self.rpm(), self.tpm),
                 );
                 put(
                     "ratelimit",

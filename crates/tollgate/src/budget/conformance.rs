@@ -127,6 +127,13 @@ where
         Check::new("per-key limits", (self.make)().await, slack)
             .per_key_limits()
             .await;
+        Check::new(
+            "a changed limit keeps what is spent",
+            (self.make)().await,
+            slack,
+        )
+        .changed_limit()
+        .await;
         Check::new("concurrent pauses", (self.make)().await, slack)
             .concurrent_pauses()
             .await;
@@ -458,18 +465,22 @@ impl<S: Store<String> + 'static> Check<S> {
             view.snapshots[0].remaining(),
             12,
         );
-        // Lowered: 8 of 20 spent is 2 of 5 spent.
+        // Lowered: the 8 spent stay spent, 3 beyond the new limit of 5.
         self.adjust("o", &q, &observe(5, 5)).await;
         let view = self.read("o", &q).await;
         self.equal("lowered limit", view.limits.clone(), vec![per_hour(5)]);
         self.equal(
             "remaining under the lowered limit",
             view.snapshots[0].remaining(),
-            3,
+            0,
         );
-        self.admit("o", &q, &[3]).await;
         let (_, snapshot) = self.deny("o", &q, &[1], Duration::ZERO).await;
         self.equal("limit of a denial", snapshot.limit(), 5);
+        self.near(
+            "retry_after with 8 spent of 5",
+            snapshot.retry_after().unwrap_or_default(),
+            secs(2880),
+        );
         self.adjust("o", &q, &[Change::Unlimit]).await;
         self.equal(
             "limit after Unlimit",
@@ -499,6 +510,47 @@ impl<S: Store<String> + 'static> Check<S> {
         self.adjust("k3", &q, &[Change::Limit(per_hour(1))]).await;
         self.admit("k3", &q, &[1]).await;
         self.deny("k3", &q, &[1], Duration::ZERO).await;
+    }
+
+    async fn changed_limit(&self) {
+        let q = [per_hour(10)];
+        self.admit("c", &q, &[10]).await;
+        // 10 spent of 20: 10 remain.
+        self.adjust("c", &q, &[Change::Limit(per_hour(20))]).await;
+        self.equal(
+            "remaining once raised",
+            self.remaining("c", &q).await,
+            vec![10],
+        );
+        // 10 spent of 5: none remain, and 5 more must refill first.
+        self.adjust("c", &q, &[Change::Limit(per_hour(5))]).await;
+        let (_, snapshot) = self.deny("c", &q, &[1], Duration::ZERO).await;
+        self.near(
+            "retry_after once lowered",
+            snapshot.retry_after().unwrap_or_default(),
+            secs(4320),
+        );
+        // Back to 10 an hour: 10 spent of 10.
+        self.adjust("c", &q, &[Change::Unlimit]).await;
+        let (_, snapshot) = self.deny("c", &q, &[1], Duration::ZERO).await;
+        self.near(
+            "retry_after at the default again",
+            snapshot.retry_after().unwrap_or_default(),
+            secs(360),
+        );
+        // Reservations are re-spaced too.
+        self.admit("c2", &q, &[10]).await;
+        let queued = self.reserve("c2", &q, &[1]).await;
+        self.near("a reservation at 10 an hour", queued.wait, secs(360));
+        self.adjust("c2", &q, &[Change::Limit(per_hour(20))]).await;
+        let next = self.reserve("c2", &q, &[1]).await;
+        // 11 spent of 20 at 180 s each: the next is due at once.
+        self.near("the next once raised", next.wait, Duration::ZERO);
+        self.equal(
+            "remaining once raised",
+            self.remaining("c2", &q).await,
+            vec![8],
+        );
     }
 
     async fn concurrent_pauses(&self) {

@@ -523,6 +523,10 @@ where
 
     /// Gives `key` its own limits (a customer's tier, say), in the store.
     /// They must have the default limits' dimensions, in the same order.
+    /// What the key has spent stays spent, counted in units, and what is
+    /// reserved is re-spaced at the new rate: a raised limit brings the
+    /// waiters queued in this process closer, a lowered one pushes them
+    /// back.
     ///
     /// Per-key limits are kept until cleared (in the in-memory store,
     /// outside its cap of keys; see the store for how long it keeps them).
@@ -537,14 +541,18 @@ where
             *change = Change::Limit(*quota);
         }
         self.adjust(key, changes.get(..limits.len()).unwrap_or(&[]))
-            .await
+            .await?;
+        self.queue.rescaled(key, &intervals(limits));
+        Ok(())
     }
 
     /// Gives `key` the default limits again.
     pub async fn clear_limits(&self, key: &K) -> Result<(), Denied> {
         let changes = [Change::Unlimit; MAX_DIMENSIONS];
         self.adjust(key, changes.get(..self.limits.len()).unwrap_or(&[]))
-            .await
+            .await?;
+        self.queue.rescaled(key, &intervals(&self.limits));
+        Ok(())
     }
 
     /// The limits in force for `key`, as the store holds them: its own
@@ -623,6 +631,15 @@ impl<K: Hash + Eq + Clone, S: Store<K>> KeyedBudget<K, S> {
             pauses: self.pauses.load(Ordering::Relaxed),
         }
     }
+}
+
+/// Each dimension's replenish interval, in nanoseconds.
+fn intervals(limits: &Limits) -> [u64; MAX_DIMENSIONS] {
+    let mut out = [0u64; MAX_DIMENSIONS];
+    for (slot, quota) in out.iter_mut().zip(limits.quotas()) {
+        *slot = duration_to_nanos(quota.replenish_interval());
+    }
+    out
 }
 
 fn store_failed<E: std::error::Error + Send + Sync + 'static>(

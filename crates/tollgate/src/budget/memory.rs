@@ -318,6 +318,7 @@ impl<C: Clock> MemoryStore<C> {
             else {
                 break;
             };
+            let before = *quota;
             match change {
                 Change::Limit(q) => {
                     *own = Some(q);
@@ -337,12 +338,13 @@ impl<C: Clock> MemoryStore<C> {
             }
             let fp = dims.fp(i);
             let index = shard.table.find(fp);
-            let tat = index.map_or(0, |at| shard.table.tat_at(at));
+            let found = index.map_or(0, |at| shard.table.tat_at(at));
+            let tat = transition::rescale(found, &before, quota, now);
             let next = match change {
                 Change::HoldFor(_) => transition::hold(tat, quota, now, until, extension),
                 change => transition::apply(tat, quota, now, change),
             };
-            if next != tat {
+            if next != found {
                 shard.write(index, fp, next, now, self.max_per_shard);
             }
         }

@@ -36,6 +36,8 @@ pub(crate) struct Waiter {
 struct Position {
     /// Per dimension, when that dimension alone admits this waiter.
     dues: [Instant; MAX_DIMENSIONS],
+    /// Per dimension, the interval (ns) its position is counted in.
+    steps: [u64; MAX_DIMENSIONS],
     len: usize,
     /// The key's pause extensions this waiter accounts for. Dues minus
     /// `held` compare waiters that decided on either side of a pause.
@@ -58,6 +60,57 @@ impl Position {
     fn deadline(&self) -> Option<Instant> {
         self.dues.get(..self.len)?.iter().copied().max()
     }
+
+    /// Re-spaces the position at new intervals; answers whether it moved.
+    fn rescale(&mut self, now: Instant, intervals: &[u64]) -> bool {
+        let Some(before) = self.deadline() else {
+            return false;
+        };
+        let len = self.len;
+        let mut binding = Vec::with_capacity(len);
+        let mut changed = false;
+        for d in 0..len {
+            let (Some(&due), Some(&step), Some(&to)) =
+                (self.dues.get(d), self.steps.get(d), intervals.get(d))
+            else {
+                break;
+            };
+            binding.push(due == before);
+            if to == 0 || step <= super::transition::RESCALE_FROM_NS || to == step {
+                continue;
+            }
+            let ahead = due.saturating_duration_since(now).as_nanos();
+            let scaled = ahead
+                .saturating_mul(u128::from(to))
+                .checked_div(u128::from(step))
+                .unwrap_or(ahead);
+            let scaled = Duration::from_nanos(u64::try_from(scaled).unwrap_or(u64::MAX));
+            if let (Some(slot), Some(new_due)) = (self.dues.get_mut(d), now.checked_add(scaled)) {
+                changed |= *slot != new_due;
+                *slot = new_due;
+            }
+            if let Some(slot) = self.steps.get_mut(d) {
+                *slot = to;
+            }
+        }
+        if !changed {
+            return false;
+        }
+        // Where the binding dimensions now put it.
+        let latest = binding
+            .iter()
+            .zip(&self.dues)
+            .filter(|(binds, _)| **binds)
+            .map(|(_, due)| *due)
+            .max()
+            .unwrap_or(before);
+        for (binds, due) in binding.iter().zip(self.dues.iter_mut()) {
+            if !binds {
+                *due = (*due).min(latest);
+            }
+        }
+        true
+    }
 }
 
 impl Waiter {
@@ -77,9 +130,14 @@ impl Waiter {
                 *due = wait_until;
             }
         }
+        let mut steps = [0u64; MAX_DIMENSIONS];
+        for (step, given) in steps.iter_mut().zip(&admit.steps) {
+            *step = u64::try_from(given.as_nanos()).unwrap_or(u64::MAX);
+        }
         Arc::new(Self {
             position: Mutex::new(Position {
                 dues,
+                steps,
                 len,
                 held: admit.held,
             }),
@@ -207,6 +265,32 @@ impl<K: Hash + Eq + Clone> Queue<K> {
             }
             drop(position);
             if moved {
+                other.notify.notify_one();
+            }
+        }
+    }
+
+    /// Re-spaces every waiter of `key` at new intervals (ns, per
+    /// dimension; 0 leaves a dimension alone): the key's limits changed,
+    /// and the store re-spaced what is spent the same way.
+    ///
+    /// A waiter's position in a dimension that did not bind it is where
+    /// the waiters ahead of it were admitted (every dimension is charged
+    /// at the admission's instant), so it follows the dimensions that bind:
+    /// it never holds the waiter later than they do.
+    pub(crate) fn rescaled(&self, key: &K, intervals: &[u64]) {
+        if self.len() == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let waiters = self.lock();
+        let Some(list) = waiters.get(key) else {
+            return;
+        };
+        for other in list {
+            let mut position = other.lock();
+            if position.rescale(now, intervals) {
+                drop(position);
                 other.notify.notify_one();
             }
         }

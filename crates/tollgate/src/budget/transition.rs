@@ -151,6 +151,30 @@ pub fn apply(tat: u64, quota: &Quota, now: u64, change: Change) -> u64 {
     }
 }
 
+/// The fastest interval whose debt [`rescale`] counts in units: a limit
+/// of a million a second or more never binds, and its debt is where the
+/// other dimensions put its admissions, not what it spent.
+pub const RESCALE_FROM_NS: u64 = 1_000;
+
+/// One dimension's TAT when its limit changes from `old` to `new` at
+/// `now`: what is spent (and reserved) stays spent, counted in units, so
+/// the debt ahead of `now` is re-spaced at the new interval. A raised
+/// limit brings the queued reservations closer; a lowered one pushes them
+/// back. A full dimension stays full, and one whose old interval is at
+/// most [`RESCALE_FROM_NS`] keeps its TAT.
+pub fn rescale(tat: u64, old: &Quota, new: &Quota, now: u64) -> u64 {
+    let (from, to) = (old.interval_ns(), new.interval_ns());
+    if tat <= now || from == to || from <= RESCALE_FROM_NS {
+        return tat;
+    }
+    let debt = u128::from(tat.saturating_sub(now));
+    let scaled = debt
+        .saturating_mul(u128::from(to))
+        .checked_div(u128::from(from))
+        .unwrap_or(debt);
+    now.saturating_add(u64::try_from(scaled).unwrap_or(u64::MAX))
+}
+
 /// The limit learnt from what the other side states: `limit` over the
 /// period of `quota` (the limit in force), when it is stated (non-zero),
 /// differs from the burst in force, and makes a valid quota.
