@@ -74,7 +74,9 @@ impl fmt::Display for Endpoint {
 ///   `anthropic-ratelimit-*`, IETF `RateLimit`) set the limits, and every
 ///   later response keeps them current. Configured limits apply where they
 ///   are stricter. Calls are paced at 95% of a limit (see
-///   [`Builder::headroom`]), evenly spaced, never in a burst.
+///   [`Builder::headroom`]), evenly spaced, never in a burst. A limit the
+///   provider raises or lowers is followed at once, the calls already
+///   waiting re-spaced at the new rate.
 /// - **A learnt rate** where an endpoint states no request limit (and none
 ///   is configured): calls ramp up in a window that grows with each answer
 ///   until the first refusal; from then on the rate is cut on a refusal to
@@ -82,14 +84,17 @@ impl fmt::Display for Endpoint {
 ///   while calls succeed (AIMD). Calls wait out each refusal's pause before
 ///   taking their turn at the rate then learnt.
 /// - **429, 503 and 529** pause the endpoint's budget for every caller, for
-///   the wait the provider asks (`retry-after-ms`, `Retry-After`, the
+///   the wait the provider asks (`retry-after-ms`, `Retry-After`, a wait in
+///   the body — Google's `retryDelay`, "Please try again in 5.289s" — the
 ///   exhausted limit's reset, else jittered exponential back-off); pauses
 ///   that overlap take the longest. The call is then retried if its body
 ///   can be cloned: after a 429 until it succeeds (at most
 ///   [`Builder::max_refusals`] in a row), after a 503 or 529 while
 ///   attempts and the retry budget last. `x-should-retry: false` is
-///   obeyed. A wait above [`Builder::max_wait`] returns [`RetryLater`] at
-///   once.
+///   obeyed. A wait above [`Builder::max_wait`] (or a `Retry-After` too
+///   large to count) returns [`RetryLater`] at once.
+/// - **Any store**: [`Builder::build_with_store`] keeps the budgets, learnt
+///   limits and pauses in a store shared by several processes (Redis).
 /// - **Usage**: a [`Usage`] handle in the response's extensions settles the
 ///   estimate with the real token counts.
 ///
