@@ -20,10 +20,13 @@ async fn budgets_across_slots_and_a_move() {
         .connect()
         .await
         .expect("connect to the cluster");
+    // Per day: nothing refills while the test runs, however long a loaded
+    // machine makes the resharding take.
+    let day = Duration::from_secs(86_400);
     let limits = Limits::builder()
-        .dimension("requests", Quota::per_hour(5).unwrap())
-        .dimension("input", Quota::per_hour(50).unwrap())
-        .dimension("output", Quota::per_hour(500).unwrap())
+        .dimension("requests", Quota::new(5, day).unwrap())
+        .dimension("input", Quota::new(50, day).unwrap())
+        .dimension("output", Quota::new(500, day).unwrap())
         .build()
         .unwrap();
     let budget = KeyedBudget::with_store(limits, store.clone());
