@@ -101,8 +101,9 @@ pub mod store {
     //!   TATs and the limits in force, atomically, and writes nothing on a
     //!   denial;
     //! - [`Store::adjust`] applies every [`Change`] as [`transition::apply`],
-    //!   [`transition::learn`], [`transition::pause`] and [`transition::hold`]
-    //!   do, atomically for all of a key's dimensions;
+    //!   [`transition::learn`], [`transition::rescale`] (a limit that
+    //!   changes), [`transition::pause`] and [`transition::hold`] do,
+    //!   atomically for all of a key's dimensions;
     //! - [`Store::read`] answers the key's limits in force, snapshots and
     //!   pause, writing nothing;
     //! - an entry that is full again (and has no limits of its own) carries
