@@ -1,0 +1,236 @@
+//! Quota efficiency: for each kind of provider, how close to its allowed
+//! rate the middleware runs, how many attempts are refused, and how many
+//! calls are lost. Every provider is the tests' in-process mock (no
+//! socket), every run on Tokio's paused clock: the figures are the same
+//! run after run.
+//!
+//! `cargo bench -p tollgate-reqwest --bench efficiency`
+
+#[path = "../tests/mock/mod.rs"]
+mod mock;
+#[path = "../tests/transport/mod.rs"]
+mod transport;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mock::{Mock, Style};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+use tollgate_reqwest::{RateLimitMiddleware, Usage};
+
+fn body(max_tokens: u64) -> Value {
+    json!({
+        "model": "mock-1",
+        "max_tokens": max_tokens,
+        "messages": [{"role": "user", "content": "Hello, please count to three."}]
+    })
+}
+
+struct Row {
+    provider: String,
+    calls: usize,
+    answered: usize,
+    attempts: u64,
+    refused: u64,
+    share: f64,
+}
+
+struct Scenario {
+    name: &'static str,
+    style: Style,
+    rpm: u64,
+    tpm: u64,
+    max_tokens: u64,
+    clients: usize,
+    calls_per_client: usize,
+    /// The requests a minute become this, 10 s in.
+    change_to: Option<u64>,
+}
+
+async fn run(s: &Scenario, headroom: f64) -> Row {
+    let (base, mock) = mock::start(s.rpm, s.tpm, s.style, Duration::from_millis(120)).await;
+    let url = Arc::new(format!("{base}/v1/chat/completions"));
+    let payload = Arc::new(body(s.max_tokens).to_string());
+    let start = Instant::now();
+    if let Some(to) = s.change_to {
+        let mock = Arc::clone(&mock);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            mock.set_rpm(to);
+        });
+    }
+    let mut tasks = Vec::new();
+    for _ in 0..s.clients {
+        let client = Arc::new(transport::client(
+            RateLimitMiddleware::builder().headroom(headroom).build(),
+        ));
+        for _ in 0..s.calls_per_client {
+            let (client, url, payload) =
+                (Arc::clone(&client), Arc::clone(&url), Arc::clone(&payload));
+            tasks.push(tokio::spawn(async move {
+                let response = client
+                    .post(url.as_str())
+                    .header("content-type", "application/json")
+                    .body(payload.to_string())
+                    .send()
+                    .await
+                    .ok()?;
+                let ok = response.status() == 200;
+                let usage = response.extensions().get::<Usage>().cloned();
+                let bytes = response.bytes().await.ok()?;
+                if let (true, Some(usage)) = (ok, usage) {
+                    let value: Value = serde_json::from_slice(&bytes).ok()?;
+                    usage.report_body(&value).await;
+                }
+                ok.then_some(())
+            }));
+        }
+    }
+    let mut answered = 0;
+    for task in tasks {
+        if let Ok(Some(())) = task.await {
+            answered += 1;
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let counts = mock.counts();
+    let (prompt, output) = Mock::tokens_of(&body(s.max_tokens));
+    // The allowed rate over the run: before and after a change, weighted.
+    let allowed = match s.change_to {
+        None => mock.allowed_rate(prompt + output),
+        Some(to) => {
+            let before = (s.rpm as f64 / 60.0) * 10.0;
+            let after = (to as f64 / 60.0) * (elapsed - 10.0).max(0.0);
+            (before + after) / elapsed
+        }
+    };
+    let calls = s.clients * s.calls_per_client;
+    Row {
+        provider: s.name.to_owned(),
+        calls,
+        answered,
+        attempts: counts.ok + counts.limited,
+        refused: counts.limited,
+        share: calls as f64 / elapsed / allowed,
+    }
+}
+
+fn main() {
+    let scenarios = [
+        Scenario {
+            name: "OpenAI headers, requests bind",
+            style: Style::OpenAi,
+            rpm: 600,
+            tpm: 1_000_000,
+            max_tokens: 60,
+            clients: 1,
+            calls_per_client: 400,
+            change_to: None,
+        },
+        Scenario {
+            name: "OpenAI headers, tokens bind",
+            style: Style::OpenAi,
+            rpm: 6_000,
+            tpm: 36_000,
+            max_tokens: 60,
+            clients: 1,
+            calls_per_client: 400,
+            change_to: None,
+        },
+        Scenario {
+            name: "Anthropic headers",
+            style: Style::Anthropic,
+            rpm: 600,
+            tpm: 1_000_000,
+            max_tokens: 60,
+            clients: 1,
+            calls_per_client: 400,
+            change_to: None,
+        },
+        Scenario {
+            name: "IETF RateLimit headers",
+            style: Style::Ietf,
+            rpm: 600,
+            tpm: 1_000_000,
+            max_tokens: 60,
+            clients: 1,
+            calls_per_client: 400,
+            change_to: None,
+        },
+        Scenario {
+            name: "no headers, Retry-After only",
+            style: Style::Bare,
+            rpm: 600,
+            tpm: 1_000_000,
+            max_tokens: 60,
+            clients: 1,
+            calls_per_client: 400,
+            change_to: None,
+        },
+        Scenario {
+            name: "limit raised mid-run (600 to 1,200 rpm)",
+            style: Style::OpenAi,
+            rpm: 600,
+            tpm: 100_000_000,
+            max_tokens: 60,
+            clients: 1,
+            calls_per_client: 400,
+            change_to: Some(1_200),
+        },
+        Scenario {
+            name: "limit lowered mid-run (1,200 to 600 rpm)",
+            style: Style::OpenAi,
+            rpm: 1_200,
+            tpm: 100_000_000,
+            max_tokens: 60,
+            clients: 1,
+            calls_per_client: 400,
+            change_to: Some(600),
+        },
+        Scenario {
+            name: "2 clients, one key, no shared store",
+            style: Style::OpenAi,
+            rpm: 600,
+            tpm: 1_000_000,
+            max_tokens: 60,
+            clients: 2,
+            calls_per_client: 200,
+            change_to: None,
+        },
+        Scenario {
+            name: "4 clients, one key, no shared store",
+            style: Style::OpenAi,
+            rpm: 600,
+            tpm: 1_000_000,
+            max_tokens: 60,
+            clients: 4,
+            calls_per_client: 100,
+            change_to: None,
+        },
+    ];
+    println!("| provider | calls | lost | of the allowed rate | attempts refused |");
+    println!("|---|---:|---:|---:|---:|");
+    // The middleware's default headroom (5%), then the batch's (2%).
+    for headroom in [0.05, 0.02] {
+        for scenario in &scenarios {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .expect("runtime");
+            let row = runtime.block_on(run(scenario, headroom));
+            println!(
+                "| {}, {:.0}% headroom | {} | {} | {:.1}% | {} of {} ({:.2}%) |",
+                row.provider,
+                100.0 * headroom,
+                row.calls,
+                row.calls - row.answered,
+                100.0 * row.share,
+                row.refused,
+                row.attempts,
+                100.0 * row.refused as f64 / row.attempts.max(1) as f64
+            );
+        }
+    }
+}
