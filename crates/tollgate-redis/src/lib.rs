@@ -43,6 +43,8 @@
 //!   full again and the pause is over (it carries nothing then); own and
 //!   learnt limits expire [`limits_ttl`](Builder::limits_ttl) after they
 //!   were last set (default a day). A denial writes nothing.
+//! - **Redis Cluster**: [`RedisStore::cluster_builder`] takes some of its
+//!   nodes; the client follows `MOVED` and `ASK` when slots move.
 //! - **`FLUSHALL`** (or a Redis that lost its data) forgets what was
 //!   spent: each key starts full again, so a key may admit up to one burst
 //!   more than its limit across the loss. Nothing fails.
