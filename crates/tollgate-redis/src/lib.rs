@@ -176,11 +176,7 @@ impl Builder {
             limits_ttl,
             max_keys,
         } = self;
-        if prefix.is_empty() || prefix.len() > MAX_PREFIX_LEN || prefix.contains(['{', '}']) {
-            return Err(StoreError::config(format!(
-                "invalid key prefix {prefix:?}: 1 to {MAX_PREFIX_LEN} bytes, without braces"
-            )));
-        }
+        check_prefix(&prefix)?;
         if timeout.is_zero() || timeout > Duration::from_secs(60) {
             return Err(StoreError::config(format!(
                 "invalid timeout {timeout:?}: more than zero, at most 60 s"
@@ -209,9 +205,12 @@ impl Builder {
                 ConnectionManager::new_with_config(client, config),
             )
             .await
-            .map_err(|_| StoreError::new(ErrorKindOf::Timeout, format!("connecting to {url}")))?
+            .map_err(|_| StoreError::new(StoreErrorKind::Timeout, format!("connecting to {url}")))?
             .map_err(|e| {
-                StoreError::new(ErrorKindOf::Redis, format!("cannot connect to {url}: {e}"))
+                StoreError::new(
+                    StoreErrorKind::Redis,
+                    format!("cannot connect to {url}: {e}"),
+                )
             })?;
             Conn::One(manager)
         } else {
@@ -226,10 +225,12 @@ impl Builder {
                 client.get_async_connection(),
             )
             .await
-            .map_err(|_| StoreError::new(ErrorKindOf::Timeout, format!("connecting to {shown}")))?
+            .map_err(|_| {
+                StoreError::new(StoreErrorKind::Timeout, format!("connecting to {shown}"))
+            })?
             .map_err(|e| {
                 StoreError::new(
-                    ErrorKindOf::Redis,
+                    StoreErrorKind::Redis,
                     format!("cannot connect to {shown}: {e}"),
                 )
             })?;
@@ -362,11 +363,7 @@ impl RedisStore {
     /// The same connection and settings, with keys under another prefix
     /// (checked as [`Builder::prefix`]).
     pub fn with_prefix(&self, prefix: &str) -> Result<Self, StoreError> {
-        if prefix.is_empty() || prefix.len() > MAX_PREFIX_LEN || prefix.contains(['{', '}']) {
-            return Err(StoreError::config(format!(
-                "invalid key prefix {prefix:?}: 1 to {MAX_PREFIX_LEN} bytes, without braces"
-            )));
-        }
+        check_prefix(prefix)?;
         Ok(Self {
             inner: Arc::clone(&self.inner),
             prefix: Arc::from(prefix),
@@ -396,9 +393,11 @@ impl RedisStore {
         hasher.0.update(self.prefix.as_bytes());
         key.hash(&mut hasher);
         let digest = hasher.0.finalize();
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut hex = String::with_capacity(32);
         for byte in digest.iter().take(16) {
-            hex.push_str(&format!("{byte:02x}"));
+            hex.push(char::from(HEX[usize::from(byte >> 4)]));
+            hex.push(char::from(HEX[usize::from(byte & 0xf)]));
         }
         [
             format!("{}:{{{hex}}}", self.prefix),
@@ -417,7 +416,7 @@ impl RedisStore {
         let inner = &self.inner;
         if !inner.breaker.allow() {
             return Err(StoreError::new(
-                ErrorKindOf::Open,
+                StoreErrorKind::Open,
                 "the circuit is open after repeated failures".to_owned(),
             ));
         }
@@ -426,7 +425,7 @@ impl RedisStore {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(e)) => Err(StoreError::redis(&e)),
             Err(_) => Err(StoreError::new(
-                ErrorKindOf::Timeout,
+                StoreErrorKind::Timeout,
                 format!("no answer within {:?}", inner.timeout),
             )),
         };
@@ -529,6 +528,17 @@ impl Hasher for Sha {
 /// The longest interval the scripts take, in microseconds (142 years):
 /// sums of instants stay exact in Lua's numbers.
 const MAX_INTERVAL_US: u128 = 1 << 52;
+
+/// A key prefix: 1 to [`MAX_PREFIX_LEN`] bytes, without the braces of a
+/// Cluster hash tag.
+fn check_prefix(prefix: &str) -> Result<(), StoreError> {
+    if prefix.is_empty() || prefix.len() > MAX_PREFIX_LEN || prefix.contains(['{', '}']) {
+        return Err(StoreError::config(format!(
+            "invalid key prefix {prefix:?}: 1 to {MAX_PREFIX_LEN} bytes, without braces"
+        )));
+    }
+    Ok(())
+}
 
 /// A quota as the scripts take it: interval in microseconds (rounded up),
 /// burst, period in microseconds (rounded up) and in nanoseconds.
@@ -808,7 +818,7 @@ fn parse_decision(reply: &[String], limits: &[Quota], n: usize) -> Result<Decisi
             for i in 0..n {
                 let snapshot = snapshot_of(i, due);
                 tightest = Some(match tightest {
-                    Some(t) if !tighter(&snapshot, &t) => t,
+                    Some(t) if !transition::tighter(&snapshot, &t) => t,
                     _ => snapshot,
                 });
             }
@@ -817,13 +827,6 @@ fn parse_decision(reply: &[String], limits: &[Quota], n: usize) -> Result<Decisi
         }
         _ => Err(StoreError::reply(reply)),
     }
-}
-
-fn tighter(a: &Snapshot, b: &Snapshot) -> bool {
-    let ratio = |x: &Snapshot, y: &Snapshot| {
-        u128::from(x.remaining()).saturating_mul(u128::from(y.limit()))
-    };
-    ratio(a, b) < ratio(b, a)
 }
 
 fn parse_view(reply: &[String], limits: &[Quota], n: usize) -> Result<View, StoreError> {
@@ -862,14 +865,14 @@ impl fmt::Debug for RedisStore {
 /// Why a call to Redis failed.
 #[derive(Clone, Debug)]
 pub struct StoreError {
-    kind: ErrorKindOf,
+    kind: StoreErrorKind,
     message: String,
 }
 
 /// The kinds of [`StoreError`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum ErrorKindOf {
+pub enum StoreErrorKind {
     /// A setting or URL is invalid.
     Config,
     /// Redis did not answer within the timeout.
@@ -884,26 +887,26 @@ pub enum ErrorKindOf {
 }
 
 impl StoreError {
-    fn new(kind: ErrorKindOf, message: String) -> Self {
+    fn new(kind: StoreErrorKind, message: String) -> Self {
         Self { kind, message }
     }
 
     fn config(message: String) -> Self {
-        Self::new(ErrorKindOf::Config, message)
+        Self::new(StoreErrorKind::Config, message)
     }
 
     fn redis(error: &RedisError) -> Self {
-        Self::new(ErrorKindOf::Redis, error.to_string())
+        Self::new(StoreErrorKind::Redis, error.to_string())
     }
 
     fn reply(reply: &[String]) -> Self {
         let mut shown = format!("{reply:?}");
         shown.truncate(200);
-        Self::new(ErrorKindOf::Reply, format!("unexpected reply {shown}"))
+        Self::new(StoreErrorKind::Reply, format!("unexpected reply {shown}"))
     }
 
     /// What went wrong.
-    pub fn kind(&self) -> ErrorKindOf {
+    pub fn kind(&self) -> StoreErrorKind {
         self.kind
     }
 }
@@ -911,11 +914,11 @@ impl StoreError {
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let what = match self.kind {
-            ErrorKindOf::Config => "invalid Redis store settings",
-            ErrorKindOf::Timeout => "Redis timed out",
-            ErrorKindOf::Open => "Redis is failing",
-            ErrorKindOf::Redis => "Redis failed",
-            ErrorKindOf::Reply => "Redis answered unexpectedly",
+            StoreErrorKind::Config => "invalid Redis store settings",
+            StoreErrorKind::Timeout => "Redis timed out",
+            StoreErrorKind::Open => "Redis is failing",
+            StoreErrorKind::Redis => "Redis failed",
+            StoreErrorKind::Reply => "Redis answered unexpectedly",
         };
         write!(f, "{what}: {}", self.message)
     }

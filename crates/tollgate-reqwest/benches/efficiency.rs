@@ -36,22 +36,45 @@ struct Row {
     share: f64,
 }
 
+/// Calls in every scenario, shared among its clients.
+const CALLS: usize = 400;
+/// The `max_tokens` of every call.
+const MAX_TOKENS: u64 = 60;
+
 struct Scenario {
     name: &'static str,
     style: Style,
     rpm: u64,
     tpm: u64,
-    max_tokens: u64,
     clients: usize,
-    calls_per_client: usize,
     /// The requests a minute become this, 10 s in.
     change_to: Option<u64>,
+}
+
+impl Scenario {
+    fn new(
+        name: &'static str,
+        style: Style,
+        rpm: u64,
+        tpm: u64,
+        clients: usize,
+        change_to: Option<u64>,
+    ) -> Self {
+        Self {
+            name,
+            style,
+            rpm,
+            tpm,
+            clients,
+            change_to,
+        }
+    }
 }
 
 async fn run(s: &Scenario, headroom: f64) -> Row {
     let (base, mock) = mock::start(s.rpm, s.tpm, s.style, Duration::from_millis(120)).await;
     let url = Arc::new(format!("{base}/v1/chat/completions"));
-    let payload = Arc::new(body(s.max_tokens).to_string());
+    let payload = Arc::new(body(MAX_TOKENS).to_string());
     let start = Instant::now();
     if let Some(to) = s.change_to {
         let mock = Arc::clone(&mock);
@@ -65,7 +88,7 @@ async fn run(s: &Scenario, headroom: f64) -> Row {
         let client = Arc::new(transport::client(
             RateLimitMiddleware::builder().headroom(headroom).build(),
         ));
-        for _ in 0..s.calls_per_client {
+        for _ in 0..CALLS / s.clients {
             let (client, url, payload) =
                 (Arc::clone(&client), Arc::clone(&url), Arc::clone(&payload));
             tasks.push(tokio::spawn(async move {
@@ -95,7 +118,7 @@ async fn run(s: &Scenario, headroom: f64) -> Row {
     }
     let elapsed = start.elapsed().as_secs_f64();
     let counts = mock.counts();
-    let (prompt, output) = Mock::tokens_of(&body(s.max_tokens));
+    let (prompt, output) = Mock::tokens_of(&body(MAX_TOKENS));
     // The allowed rate over the run: before and after a change, weighted.
     let allowed = match s.change_to {
         None => mock.allowed_rate(prompt + output),
@@ -105,7 +128,7 @@ async fn run(s: &Scenario, headroom: f64) -> Row {
             (before + after) / elapsed
         }
     };
-    let calls = s.clients * s.calls_per_client;
+    let calls = CALLS / s.clients * s.clients;
     Row {
         provider: s.name.to_owned(),
         calls,
@@ -117,97 +140,50 @@ async fn run(s: &Scenario, headroom: f64) -> Row {
 }
 
 fn main() {
+    let one = |name, style, rpm, tpm| Scenario::new(name, style, rpm, tpm, 1, None);
     let scenarios = [
-        Scenario {
-            name: "OpenAI headers, requests bind",
-            style: Style::OpenAi,
-            rpm: 600,
-            tpm: 1_000_000,
-            max_tokens: 60,
-            clients: 1,
-            calls_per_client: 400,
-            change_to: None,
-        },
-        Scenario {
-            name: "OpenAI headers, tokens bind",
-            style: Style::OpenAi,
-            rpm: 6_000,
-            tpm: 36_000,
-            max_tokens: 60,
-            clients: 1,
-            calls_per_client: 400,
-            change_to: None,
-        },
-        Scenario {
-            name: "Anthropic headers",
-            style: Style::Anthropic,
-            rpm: 600,
-            tpm: 1_000_000,
-            max_tokens: 60,
-            clients: 1,
-            calls_per_client: 400,
-            change_to: None,
-        },
-        Scenario {
-            name: "IETF RateLimit headers",
-            style: Style::Ietf,
-            rpm: 600,
-            tpm: 1_000_000,
-            max_tokens: 60,
-            clients: 1,
-            calls_per_client: 400,
-            change_to: None,
-        },
-        Scenario {
-            name: "no headers, Retry-After only",
-            style: Style::Bare,
-            rpm: 600,
-            tpm: 1_000_000,
-            max_tokens: 60,
-            clients: 1,
-            calls_per_client: 400,
-            change_to: None,
-        },
-        Scenario {
-            name: "limit raised mid-run (600 to 1,200 rpm)",
-            style: Style::OpenAi,
-            rpm: 600,
-            tpm: 100_000_000,
-            max_tokens: 60,
-            clients: 1,
-            calls_per_client: 400,
-            change_to: Some(1_200),
-        },
-        Scenario {
-            name: "limit lowered mid-run (1,200 to 600 rpm)",
-            style: Style::OpenAi,
-            rpm: 1_200,
-            tpm: 100_000_000,
-            max_tokens: 60,
-            clients: 1,
-            calls_per_client: 400,
-            change_to: Some(600),
-        },
-        Scenario {
-            name: "2 clients, one key, no shared store",
-            style: Style::OpenAi,
-            rpm: 600,
-            tpm: 1_000_000,
-            max_tokens: 60,
-            clients: 2,
-            calls_per_client: 200,
-            change_to: None,
-        },
-        Scenario {
-            name: "4 clients, one key, no shared store",
-            style: Style::OpenAi,
-            rpm: 600,
-            tpm: 1_000_000,
-            max_tokens: 60,
-            clients: 4,
-            calls_per_client: 100,
-            change_to: None,
-        },
+        one(
+            "OpenAI headers, requests bind",
+            Style::OpenAi,
+            600,
+            1_000_000,
+        ),
+        one("OpenAI headers, tokens bind", Style::OpenAi, 6_000, 36_000),
+        one("Anthropic headers", Style::Anthropic, 600, 1_000_000),
+        one("IETF RateLimit headers", Style::Ietf, 600, 1_000_000),
+        one("no headers, Retry-After only", Style::Bare, 600, 1_000_000),
+        Scenario::new(
+            "limit raised mid-run (600 to 1,200 rpm)",
+            Style::OpenAi,
+            600,
+            100_000_000,
+            1,
+            Some(1_200),
+        ),
+        Scenario::new(
+            "limit lowered mid-run (1,200 to 600 rpm)",
+            Style::OpenAi,
+            1_200,
+            100_000_000,
+            1,
+            Some(600),
+        ),
+        Scenario::new(
+            "2 clients, one key, no shared store",
+            Style::OpenAi,
+            600,
+            1_000_000,
+            2,
+            None,
+        ),
+        Scenario::new(
+            "4 clients, one key, no shared store",
+            Style::OpenAi,
+            600,
+            1_000_000,
+            4,
+            None,
+        ),
     ];
     println!("| provider | calls | lost | of the allowed rate | attempts refused |");
     println!("|---|---:|---:|---:|---:|");

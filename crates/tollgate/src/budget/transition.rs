@@ -117,8 +117,9 @@ pub fn decide(
     Decision::Admit(admit)
 }
 
-/// Whether `a` has less room than `b`, relative to their limits.
-pub(crate) fn tighter(a: &Snapshot, b: &Snapshot) -> bool {
+/// Whether `a` has less room than `b`, relative to their limits: how
+/// [`decide`] picks the tightest dimension's snapshot of an admission.
+pub fn tighter(a: &Snapshot, b: &Snapshot) -> bool {
     let ratio = |x: &Snapshot, y: &Snapshot| {
         u128::from(x.remaining()).saturating_mul(u128::from(y.limit()))
     };
