@@ -24,25 +24,35 @@
 //!
 //! # In Redis
 //!
-//! - **One round trip per decision**: `EVALSHA`, and `EVAL` once when
-//!   Redis answers `NOSCRIPT` (after a restart or `SCRIPT FLUSH`). The
-//!   connection is multiplexed: many callers share it, pipelined.
+//! - **At most one round trip per decision**: `EVALSHA`, and `EVAL` once
+//!   when Redis answers `NOSCRIPT` (after a restart or `SCRIPT FLUSH`).
+//!   The connection is multiplexed: many callers share it, pipelined. On
+//!   a single Redis, decisions that come together share one script call
+//!   (up to 128, decided in turn at one instant, as if one after the
+//!   other; a caller alone is sent at once, nothing waits for company):
+//!   Redis runs one script at a time, and a call costs more than the
+//!   decision it carries. A key the script cannot read fails alone. In a
+//!   Cluster every decision is a call of its own (a call's keys must share
+//!   a slot).
 //! - **Redis' clock**: every instant is read by the script from `TIME`; no
 //!   client clock takes part in a decision. Instants are integer
 //!   microseconds (exact in Lua's numbers). A quota's replenish interval
 //!   is rounded **up** to whole microseconds, so a limit faster than one
-//!   unit a microsecond admits at most one a microsecond there.
+//!   unit a microsecond admits at most one a microsecond there; bursts and
+//!   costs above 2^52 are taken as 2^52 (a cost over its burst stays over).
 //! - **Keys**: a limiter key is hashed (SHA-256 of the prefix and of what
 //!   its `Hash` writes, 128 bits kept), so a hostile key can neither pick a
-//!   slot nor reach another prefix, and every Redis key is short. Its state
-//!   is `PREFIX:{HASH}` and its own limits `PREFIX:{HASH}:l`: one hash tag,
-//!   so a budget's dimensions and limits share a Cluster slot and every key
-//!   is passed in `KEYS[]`. Processes sharing a limit must hash keys the
-//!   same way: the same key type, on the same platform.
-//! - **TTL on every key written**: the state expires when the limit is
-//!   full again and the pause is over (it carries nothing then); own and
-//!   learnt limits expire [`limits_ttl`](Builder::limits_ttl) after they
-//!   were last set (default a day). A denial writes nothing.
+//!   slot nor reach another prefix, and every Redis key is short. All of a
+//!   key lives in one Redis string, `PREFIX:{HASH}`
+//!   ([`redis_key`](RedisStore::redis_key)): each dimension's state, its
+//!   own and learnt limits and its pause, as MessagePack (one read and one
+//!   write a decision). Processes sharing a limit must hash keys the same
+//!   way: the same key type, on the same platform.
+//! - **TTL on every key written**: a key expires when its limit is full
+//!   again and its pause is over (it carries nothing then) or, when it has
+//!   own or learnt limits, [`limits_ttl`](Builder::limits_ttl) after the
+//!   last was set (default a day) if that is later. A denial writes
+//!   nothing.
 //! - **Redis Cluster**: [`RedisStore::cluster_builder`] takes some of its
 //!   nodes; the client follows `MOVED` and `ASK` when slots move.
 //! - **`FLUSHALL`** (or a Redis that lost its data) forgets what was
@@ -63,17 +73,21 @@
 //! `warn` when Redis starts failing, an `info` when it is back.
 
 use std::fmt;
+use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, RedisError};
+use redis::RedisError;
 use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
 use tollgate::store::{transition, Admit, Change, Decision, Store, StoreStats, View};
 use tollgate::{DefaultClock, MemoryStore, Quota, Snapshot, MAX_DIMENSIONS};
 
+mod batch;
+mod msgpack;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -236,16 +250,28 @@ impl Builder {
             })?;
             Conn::Cluster(cluster)
         };
+        let counts = Counts::default();
+        let sha = Shas::new();
+        let batcher = match &conn {
+            Conn::One(manager) => Some(batch::spawn(
+                manager.clone(),
+                sha.decide.clone(),
+                Arc::clone(&counts.reloads),
+                timeout,
+            )),
+            Conn::Cluster(_) => None,
+        };
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 conn,
+                batcher,
                 timeout,
                 fault,
                 breaker: Breaker::new(breaker_failures, breaker_cool_down),
                 limits_ttl_ms: u64::try_from(limits_ttl.as_millis()).unwrap_or(u64::MAX),
                 fallback: MemoryStore::new(max_keys.max(1), MAX_DIMENSIONS, DefaultClock::new()),
-                counts: Counts::default(),
-                sha: Shas::new(),
+                counts,
+                sha,
             }),
             prefix: Arc::from(prefix),
         })
@@ -273,6 +299,8 @@ enum Conn {
 
 struct Inner {
     conn: Conn,
+    /// Sends decisions in batches (a single Redis only).
+    batcher: Option<mpsc::UnboundedSender<batch::Job>>,
     timeout: Duration,
     fault: Fault,
     breaker: Breaker,
@@ -288,7 +316,7 @@ struct Counts {
     denied: AtomicU64,
     failures: AtomicU64,
     fallbacks: AtomicU64,
-    reloads: AtomicU64,
+    reloads: Arc<AtomicU64>,
 }
 
 struct Shas {
@@ -386,23 +414,24 @@ impl RedisStore {
         }
     }
 
-    /// The Redis keys of a limiter key: its state and its own limits.
-    pub fn redis_keys<K: Hash + ?Sized>(&self, key: &K) -> [String; 2] {
+    /// The Redis key of a limiter key: `PREFIX:{HASH}`, which holds its
+    /// state, its own and learnt limits and its pause.
+    pub fn redis_key<K: Hash + ?Sized>(&self, key: &K) -> String {
         let mut hasher = Sha(Sha256::new());
         hasher.0.update((self.prefix.len() as u64).to_le_bytes());
         hasher.0.update(self.prefix.as_bytes());
         key.hash(&mut hasher);
         let digest = hasher.0.finalize();
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut hex = String::with_capacity(32);
+        let mut redis_key = String::with_capacity(self.prefix.len() + 35);
+        redis_key.push_str(&self.prefix);
+        redis_key.push_str(":{");
         for byte in digest.iter().take(16) {
-            hex.push(char::from(HEX[usize::from(byte >> 4)]));
-            hex.push(char::from(HEX[usize::from(byte & 0xf)]));
+            redis_key.push(char::from(HEX[usize::from(byte >> 4)]));
+            redis_key.push(char::from(HEX[usize::from(byte & 0xf)]));
         }
-        [
-            format!("{}:{{{hex}}}", self.prefix),
-            format!("{}:{{{hex}}}:l", self.prefix),
-        ]
+        redis_key.push('}');
+        redis_key
     }
 
     /// Runs one script: `EVALSHA`, then `EVAL` on `NOSCRIPT`; bounded by
@@ -410,9 +439,23 @@ impl RedisStore {
     async fn call(
         &self,
         script: Script,
-        keys: &[String; 2],
+        key: &str,
         args: &[String],
     ) -> Result<Vec<redis::Value>, StoreError> {
+        self.guard(async {
+            self.eval(script, key, args)
+                .await
+                .map_err(|e| StoreError::redis(&e))
+        })
+        .await
+    }
+
+    /// Runs a call to Redis unless the circuit is open, bounded by the
+    /// timeout; counts its failure or success.
+    async fn guard<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         let inner = &self.inner;
         if !inner.breaker.allow() {
             return Err(StoreError::new(
@@ -420,10 +463,8 @@ impl RedisStore {
                 "the circuit is open after repeated failures".to_owned(),
             ));
         }
-        let result = tokio::time::timeout(inner.timeout, self.eval(script, keys, args)).await;
-        let result = match result {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(e)) => Err(StoreError::redis(&e)),
+        let result = match tokio::time::timeout(inner.timeout, call).await {
+            Ok(result) => result,
             Err(_) => Err(StoreError::new(
                 StoreErrorKind::Timeout,
                 format!("no answer within {:?}", inner.timeout),
@@ -439,51 +480,66 @@ impl RedisStore {
         result
     }
 
-    async fn eval(
+    async fn eval<A: redis::ToRedisArgs + Sync>(
         &self,
         script: Script,
-        keys: &[String; 2],
-        args: &[String],
+        key: &str,
+        args: A,
     ) -> Result<Vec<redis::Value>, RedisError> {
         let (code, sha) = match script {
             Script::Decide => (DECIDE, &self.inner.sha.decide),
             Script::Adjust => (ADJUST, &self.inner.sha.adjust),
             Script::Read => (READ, &self.inner.sha.read),
         };
+        let reloads = &self.inner.counts.reloads;
         match self.inner.conn.clone() {
-            Conn::One(mut conn) => self.eval_on(&mut conn, code, sha, keys, args).await,
-            Conn::Cluster(mut conn) => self.eval_on(&mut conn, code, sha, keys, args).await,
+            Conn::One(mut conn) => {
+                batch::eval_script(&mut conn, code, sha, key, args, reloads).await
+            }
+            Conn::Cluster(mut conn) => {
+                batch::eval_script(&mut conn, code, sha, key, args, reloads).await
+            }
         }
     }
 
-    async fn eval_on<C: redis::aio::ConnectionLike>(
+    /// One decision's share of the decide script's reply: in a batch on a
+    /// single Redis, in a call of its own in a Cluster.
+    async fn decide_remote(
         &self,
-        conn: &mut C,
-        code: &str,
-        sha: &str,
-        keys: &[String; 2],
-        args: &[String],
-    ) -> Result<Vec<redis::Value>, RedisError> {
-        let reply = redis::cmd("EVALSHA")
-            .arg(sha)
-            .arg(2)
-            .arg(keys)
-            .arg(args)
-            .query_async(conn)
-            .await;
-        match reply {
-            Err(e) if e.kind() == ErrorKind::NoScriptError => {
-                self.inner.counts.reloads.fetch_add(1, Ordering::Relaxed);
-                redis::cmd("EVAL")
-                    .arg(code)
-                    .arg(2)
-                    .arg(keys)
-                    .arg(args)
-                    .query_async(conn)
-                    .await
-            }
-            other => other,
+        key: String,
+        args: Vec<u8>,
+        dimensions: usize,
+    ) -> Result<Vec<redis::Value>, StoreError> {
+        let stopped = || {
+            StoreError::new(
+                StoreErrorKind::Redis,
+                "the store's connection task has stopped (its runtime ended)".to_owned(),
+            )
+        };
+        if let Some(batcher) = &self.inner.batcher {
+            let (reply, answer) = oneshot::channel();
+            batcher
+                .send(batch::Job {
+                    key,
+                    args,
+                    dimensions,
+                    reply,
+                })
+                .map_err(|_| stopped())?;
+            return answer.await.map_err(|_| stopped())?;
         }
+        let values = self
+            .eval(Script::Decide, &key, &args[..])
+            .await
+            .map_err(|e| StoreError::redis(&e))?;
+        batch::split(values, &[dimensions])
+            .pop()
+            .unwrap_or_else(|| {
+                Err(StoreError::new(
+                    StoreErrorKind::Reply,
+                    "no reply".to_owned(),
+                ))
+            })
     }
 
     fn count(&self, decision: &Decision) {
@@ -525,6 +581,10 @@ impl Hasher for Sha {
     }
 }
 
+/// The largest burst or cost the decide script takes (larger ones are
+/// cut down to it; see [`Store::decide`] for [`RedisStore`]).
+const MAX_SCRIPT_COUNT: u64 = 1 << 52;
+
 /// The longest interval the scripts take, in microseconds (142 years):
 /// sums of instants stay exact in Lua's numbers.
 const MAX_INTERVAL_US: u128 = 1 << 52;
@@ -543,13 +603,9 @@ fn check_prefix(prefix: &str) -> Result<(), StoreError> {
 /// A quota as the scripts take it: interval in microseconds (rounded up),
 /// burst, period in microseconds (rounded up) and in nanoseconds.
 fn script_quota(quota: &Quota) -> [String; 4] {
-    let interval_ns = quota.replenish_interval().as_nanos();
     let period_ns = quota.period().as_nanos();
     [
-        interval_ns
-            .div_ceil(1000)
-            .clamp(1, MAX_INTERVAL_US)
-            .to_string(),
+        interval_us(quota).to_string(),
         quota.burst_size().to_string(),
         period_ns.div_ceil(1000).max(1).to_string(),
         period_ns.to_string(),
@@ -578,8 +634,18 @@ fn parse_quota(text: &str) -> Option<Quota> {
         .ok()
 }
 
-fn micros(d: Duration) -> String {
-    d.as_micros().min(1 << 52).to_string()
+/// A quota's replenish interval in whole microseconds, rounded up.
+fn interval_us(quota: &Quota) -> u64 {
+    let us = quota
+        .replenish_interval()
+        .as_nanos()
+        .div_ceil(1000)
+        .clamp(1, MAX_INTERVAL_US);
+    u64::try_from(us).unwrap_or(1 << 52)
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros().min(1 << 52)).unwrap_or(1 << 52)
 }
 
 /// A reply's field as a number.
@@ -605,19 +671,29 @@ impl<K: Hash + ?Sized + Sync> Store<K> for RedisStore {
         max_wait: Duration,
     ) -> Result<Decision, StoreError> {
         let n = limits.len().min(costs.len()).min(MAX_DIMENSIONS);
-        let mut args = Vec::with_capacity(2 + 3 * n);
-        args.push(n.to_string());
-        args.push(micros(max_wait));
-        for (quota, cost) in limits.iter().zip(costs).take(n) {
-            let [interval, burst, _, _] = script_quota(quota);
-            args.push(interval);
-            args.push(burst);
-            args.push(cost.to_string());
+        let mut args = Vec::with_capacity(8 + 20 * n);
+        msgpack::put_uint(&mut args, n as u64);
+        msgpack::put_uint(&mut args, micros(max_wait));
+        for (quota, &cost) in limits.iter().zip(costs).take(n) {
+            // Exact in Lua's numbers: a burst of more than 2^52 is taken
+            // as 2^52, and a cost stays above it when it was above it.
+            let burst = quota.burst_size();
+            let cost = if cost <= burst {
+                cost.min(MAX_SCRIPT_COUNT)
+            } else {
+                cost.min(2 * MAX_SCRIPT_COUNT)
+            };
+            msgpack::put_uint(&mut args, interval_us(quota));
+            msgpack::put_uint(&mut args, burst.min(MAX_SCRIPT_COUNT));
+            msgpack::put_uint(&mut args, cost);
         }
-        let keys = self.redis_keys(key);
-        match self.call(Script::Decide, &keys, &args).await {
-            Ok(reply) => {
-                let decision = parse_decision(&texts(reply), limits, n)?;
+        let key = self.redis_key(key);
+        let reply = self
+            .guard(self.decide_remote(key.clone(), args, n))
+            .await
+            .and_then(|reply| parse_decision(&reply, limits, n));
+        match reply {
+            Ok(decision) => {
                 self.count(&decision);
                 Ok(decision)
             }
@@ -626,7 +702,7 @@ impl<K: Hash + ?Sized + Sync> Store<K> for RedisStore {
                 let decision = self
                     .inner
                     .fallback
-                    .decide_now(&keys[0], limits, costs, max_wait);
+                    .decide_now(&key, limits, costs, max_wait);
                 self.count(&decision);
                 Ok(decision)
             }
@@ -639,17 +715,17 @@ impl<K: Hash + ?Sized + Sync> Store<K> for RedisStore {
         limits: &[Quota],
         changes: &[Change],
     ) -> Result<(), StoreError> {
-        self.adjust_at(&self.redis_keys(key), limits, changes).await
+        self.adjust_at(&self.redis_key(key), limits, changes).await
     }
 
     async fn read(&self, key: &K, limits: &[Quota]) -> Result<View, StoreError> {
         let n = limits.len().min(MAX_DIMENSIONS);
-        let keys = self.redis_keys(key);
-        match self.call(Script::Read, &keys, &[n.to_string()]).await {
+        let key = self.redis_key(key);
+        match self.call(Script::Read, &key, &[n.to_string()]).await {
             Ok(reply) => parse_view(&texts(reply), limits, n),
             Err(e) => {
                 self.fall_back(e)?;
-                Ok(self.inner.fallback.read_now(&keys[0], limits))
+                Ok(self.inner.fallback.read_now(&key, limits))
             }
         }
     }
@@ -663,14 +739,14 @@ impl<K: Hash + ?Sized + Sync> Store<K> for RedisStore {
         let changes = changes.get(..n).unwrap_or(&[]).to_vec();
         let limits = limits.to_vec();
         let store = self.clone();
-        let keys = self.redis_keys(key);
+        let redis_key = self.redis_key(key);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         // Given back in the background: a failure only leaves the limit
         // stricter until the reservation would have been due.
         runtime.spawn(async move {
-            let _ = store.adjust_at(&keys, &limits, &changes).await;
+            let _ = store.adjust_at(&redis_key, &limits, &changes).await;
         });
     }
 
@@ -689,7 +765,7 @@ impl RedisStore {
     /// [`Store::adjust`] at a key's Redis keys.
     async fn adjust_at(
         &self,
-        keys: &[String; 2],
+        key: &str,
         limits: &[Quota],
         changes: &[Change],
     ) -> Result<(), StoreError> {
@@ -729,7 +805,12 @@ impl RedisStore {
                 Change::Unlimit => ("u", Default::default()),
                 Change::HoldFor(hold) => (
                     "h",
-                    [micros(hold), String::new(), String::new(), String::new()],
+                    [
+                        micros(hold).to_string(),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                    ],
                 ),
             };
             args.push(kind.to_owned());
@@ -739,11 +820,11 @@ impl RedisStore {
                     .map(|v| if v.is_empty() { "0".to_owned() } else { v }),
             );
         }
-        match self.call(Script::Adjust, keys, &args).await {
+        match self.call(Script::Adjust, key, &args).await {
             Ok(_) => Ok(()),
             Err(e) => {
                 self.fall_back(e)?;
-                self.inner.fallback.adjust_now(&keys[0], limits, changes);
+                self.inner.fallback.adjust_now(key, limits, changes);
                 Ok(())
             }
         }
@@ -772,15 +853,46 @@ fn quotas_in_force(reply_text: &str, default: &Quota) -> Quota {
     }
 }
 
-fn parse_decision(reply: &[String], limits: &[Quota], n: usize) -> Result<Decision, StoreError> {
-    if reply.len() < 5 + 4 * n {
-        return Err(StoreError::reply(reply));
+/// A reply's integer field.
+fn int(reply: &[redis::Value], at: usize) -> Result<u64, StoreError> {
+    match reply.get(at) {
+        Some(redis::Value::Int(n)) => u64::try_from(*n).ok(),
+        Some(redis::Value::BulkString(b)) => {
+            std::str::from_utf8(b).ok().and_then(|t| t.parse().ok())
+        }
+        _ => None,
     }
-    let code = reply.first().map(String::as_str).unwrap_or_default();
-    let dimension = usize::try_from(number(reply, 1)?).unwrap_or(0);
-    let wait = us_to_ns(number(reply, 2)?);
-    let now = us_to_ns(number(reply, 3)?);
-    let held = us_to_ns(number(reply, 4)?);
+    .ok_or_else(|| StoreError::values(reply))
+}
+
+/// A reply's text field ('' for anything else).
+fn text(reply: &[redis::Value], at: usize) -> &str {
+    match reply.get(at) {
+        Some(redis::Value::BulkString(b)) => std::str::from_utf8(b).unwrap_or(""),
+        Some(redis::Value::SimpleString(t)) => t,
+        _ => "",
+    }
+}
+
+/// The decide script's codes (3, a key it could not read, is taken
+/// apart by `batch::split`).
+const ADMIT: u64 = 0;
+const DENY: u64 = 1;
+const NEVER: u64 = 2;
+
+fn parse_decision(
+    reply: &[redis::Value],
+    limits: &[Quota],
+    n: usize,
+) -> Result<Decision, StoreError> {
+    if reply.len() < 5 + 4 * n {
+        return Err(StoreError::values(reply));
+    }
+    let code = int(reply, 0)?;
+    let dimension = usize::try_from(int(reply, 1)?).unwrap_or(0);
+    let wait = us_to_ns(int(reply, 2)?);
+    let now = us_to_ns(int(reply, 3)?);
+    let held = us_to_ns(int(reply, 4)?);
     let mut tats = [0u64; MAX_DIMENSIONS];
     let mut quotas = [None; MAX_DIMENSIONS];
     let mut admit = Admit::now(Snapshot::new(0, 0, Duration::ZERO));
@@ -788,14 +900,11 @@ fn parse_decision(reply: &[String], limits: &[Quota], n: usize) -> Result<Decisi
     admit.wait = Duration::from_nanos(wait);
     for i in 0..n {
         let base = 5 + 4 * i;
-        tats[i] = us_to_ns(number(reply, base)?);
-        admit.dues[i] = Duration::from_nanos(us_to_ns(number(reply, base + 1)?));
-        admit.steps[i] = Duration::from_nanos(us_to_ns(number(reply, base + 2)?));
-        let default = limits.get(i).ok_or_else(|| StoreError::reply(reply))?;
-        quotas[i] = Some(quotas_in_force(
-            reply.get(base + 3).map_or("", String::as_str),
-            default,
-        ));
+        tats[i] = us_to_ns(int(reply, base)?);
+        admit.dues[i] = Duration::from_nanos(us_to_ns(int(reply, base + 1)?));
+        admit.steps[i] = Duration::from_nanos(us_to_ns(int(reply, base + 2)?));
+        let default = limits.get(i).ok_or_else(|| StoreError::values(reply))?;
+        quotas[i] = Some(quotas_in_force(text(reply, base + 3), default));
     }
     let snapshot_of = |i: usize, at: u64| -> Snapshot {
         match quotas.get(i).copied().flatten() {
@@ -804,15 +913,15 @@ fn parse_decision(reply: &[String], limits: &[Quota], n: usize) -> Result<Decisi
         }
     };
     match code {
-        "never" => Ok(Decision::Never {
+        NEVER => Ok(Decision::Never {
             dimension,
             snapshot: snapshot_of(dimension, now),
         }),
-        "deny" => Ok(Decision::Deny {
+        DENY => Ok(Decision::Deny {
             dimension,
             snapshot: snapshot_of(dimension, now).with_retry_after(Duration::from_nanos(wait)),
         }),
-        "admit" => {
+        ADMIT => {
             let due = now.saturating_add(wait);
             let mut tightest: Option<Snapshot> = None;
             for i in 0..n {
@@ -825,7 +934,7 @@ fn parse_decision(reply: &[String], limits: &[Quota], n: usize) -> Result<Decisi
             admit.snapshot = tightest.unwrap_or(admit.snapshot);
             Ok(Decision::Admit(admit))
         }
-        _ => Err(StoreError::reply(reply)),
+        _ => Err(StoreError::values(reply)),
     }
 }
 
@@ -897,6 +1006,12 @@ impl StoreError {
 
     fn redis(error: &RedisError) -> Self {
         Self::new(StoreErrorKind::Redis, error.to_string())
+    }
+
+    fn values(reply: &[redis::Value]) -> Self {
+        let mut shown = format!("{reply:?}");
+        shown.truncate(200);
+        Self::new(StoreErrorKind::Reply, format!("unexpected reply {shown}"))
     }
 
     fn reply(reply: &[String]) -> Self {

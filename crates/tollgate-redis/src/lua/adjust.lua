@@ -1,38 +1,47 @@
 -- tollgate: change one key's state (settle, learn, limit, pause).
--- KEYS[1]: the key's state; KEYS[2]: its own limits (see decide.lua).
+-- KEYS[1]: the key's state (its layout in decide.lua).
 -- ARGV: n, limits_ttl_ms, then per dimension nine values: interval,
 -- burst, period_us, period_ns (text), kind, v1, v2, v3, v4.
 -- Kinds: k keep, c charge v1, r refund v1, a at most v1, o observe
 -- (limit v1, remaining v2), l limit (interval v1, burst v2, text v3,
 -- period_us v4), u unlimit, h hold v1 microseconds.
-local function fmt(x) return string.format('%.0f', x) end
-local t = redis.call('TIME')
+local call, pack, unpackmp = redis.call, cmsgpack.pack, cmsgpack.unpack
+local t = call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local far = now + 4503599627370496
 local n = tonumber(ARGV[1])
-local ttl = tonumber(ARGV[2])
-local sf, lf = {'u', 'h'}, {}
-for i = 1, n do
-  sf[#sf + 1] = 't' .. i
-  lf[#lf + 1] = 'i' .. i
-  lf[#lf + 1] = 'b' .. i
-  lf[#lf + 1] = 'p' .. i
-  lf[#lf + 1] = 'n' .. i
+local ttl = tonumber(ARGV[2]) * 1000
+local v0 = call('GET', KEYS[1])
+local s
+if v0 then s = {unpackmp(v0)} else s = {0, 0, 0, 0} end
+local stored = s[4]
+local own = s[3] > now
+for i = 1, stored do
+  if not own then
+    -- Own limits that ran out are dropped.
+    local o = 5 * i
+    s[o + 1], s[o + 2], s[o + 3], s[o + 4] = 0, 0, 0, ''
+  end
 end
-local s = redis.call('HMGET', KEYS[1], unpack(sf))
-local l = redis.call('HMGET', KEYS[2], unpack(lf))
-local paused = tonumber(s[1]) or 0
-local held = tonumber(s[2]) or 0
+if not own then s[3] = 0 end
+for i = stored + 1, n do
+  local o = 5 * i
+  s[o], s[o + 1], s[o + 2], s[o + 3], s[o + 4] = 0, 0, 0, 0, ''
+end
+if n > stored then s[4] = n end
+local paused = s[1]
+local held = s[2]
 local iv, bu, pus, pns, tat, kind, v = {}, {}, {}, {}, {}, {}, {}
-local own_set, own_del, rescaled = {}, {}, {}
+local rescaled, set_own = {}, false
 local longest = -1
 for i = 1, n do
   local a = 3 + 9 * (i - 1)
-  if l[4 * i - 3] then
-    iv[i] = tonumber(l[4 * i - 3])
-    bu[i] = tonumber(l[4 * i - 2])
-    pus[i] = tonumber(l[4 * i - 1])
-    pns[i] = l[4 * i]
+  local o = 5 * i
+  if s[o + 1] > 0 then
+    iv[i] = s[o + 1]
+    bu[i] = s[o + 2]
+    pus[i] = s[o + 3]
+    pns[i] = string.match(s[o + 4], '^%d+ (%d+) %d+$') or ARGV[a + 3]
   else
     iv[i] = tonumber(ARGV[a])
     bu[i] = tonumber(ARGV[a + 1])
@@ -41,35 +50,29 @@ for i = 1, n do
   end
   kind[i] = ARGV[a + 4]
   v[i] = {ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8]}
-  tat[i] = tonumber(s[2 + i]) or 0
+  tat[i] = s[o]
   local before = iv[i]
   local k = kind[i]
   if k == 'l' then
     iv[i] = tonumber(v[i][1])
     bu[i] = tonumber(v[i][2])
     pus[i] = tonumber(v[i][4])
-    local text = v[i][3]
-    pns[i] = string.match(text, '^%d+ (%d+) %d+$') or pns[i]
-    for _, f in ipairs({'i', fmt(iv[i]), 'b', fmt(bu[i]), 'q', text, 'p', fmt(pus[i]), 'n', pns[i]}) do
-      own_set[#own_set + 1] = f
-    end
-    for j = #own_set - 9, #own_set, 2 do own_set[j] = own_set[j] .. i end
+    s[o + 1], s[o + 2], s[o + 3], s[o + 4] = iv[i], bu[i], pus[i], v[i][3]
+    set_own = true
   elseif k == 'u' then
     iv[i] = tonumber(ARGV[a])
     bu[i] = tonumber(ARGV[a + 1])
     pus[i] = tonumber(ARGV[a + 2])
     pns[i] = ARGV[a + 3]
-    for _, f in ipairs({'i', 'b', 'q', 'p', 'n'}) do own_del[#own_del + 1] = f .. i end
+    s[o + 1], s[o + 2], s[o + 3], s[o + 4] = 0, 0, 0, ''
   elseif k == 'o' then
     local limit = tonumber(v[i][1])
     if limit > 0 and limit ~= bu[i] and limit <= pus[i] * 1000 then
       iv[i] = math.ceil(pus[i] / limit)
       bu[i] = limit
       local text = v[i][1] .. ' ' .. pns[i] .. ' ' .. v[i][1]
-      for _, f in ipairs({'i', fmt(iv[i]), 'b', fmt(bu[i]), 'q', text, 'p', fmt(pus[i]), 'n', pns[i]}) do
-        own_set[#own_set + 1] = f
-      end
-      for j = #own_set - 9, #own_set, 2 do own_set[j] = own_set[j] .. i end
+      s[o + 1], s[o + 2], s[o + 3], s[o + 4] = iv[i], bu[i], pus[i], text
+      set_own = true
     end
   elseif k == 'h' then
     longest = math.max(longest, tonumber(v[i][1]))
@@ -81,18 +84,23 @@ for i = 1, n do
     rescaled[i] = now + math.floor((tat[i] - now) * iv[i] / before)
   end
 end
-if #own_set > 0 then
-  redis.call('HSET', KEYS[2], unpack(own_set))
-  redis.call('PEXPIRE', KEYS[2], ttl)
+-- Own limits last limits_ttl from the last one set.
+local any_own = false
+for i = 1, s[4] do
+  if s[5 * i + 1] > 0 then any_own = true end
 end
-if #own_del > 0 then redis.call('HDEL', KEYS[2], unpack(own_del)) end
+if set_own then
+  s[3] = now + ttl
+elseif not any_own then
+  s[3] = 0
+end
 local until_, ext = paused, 0
 if longest >= 0 then
   local in_force = math.max(paused, now)
   until_ = math.min(math.max(in_force, now + longest), far)
   ext = until_ - in_force
 end
-local set, keep = {}, until_
+local keep = until_
 for i = 1, n do
   local k, x = kind[i], rescaled[i] or tat[i]
   if k == 'c' then
@@ -105,26 +113,23 @@ for i = 1, n do
   elseif k == 'h' then
     x = math.min(math.max(math.max(x, now) + ext, until_ + bu[i] * iv[i] - iv[i]), far)
   end
-  if x ~= tat[i] then
-    tat[i] = x
-    set[#set + 1] = 't' .. i
-    set[#set + 1] = fmt(x)
-  end
-  keep = math.max(keep, tat[i])
+  tat[i] = x
+  s[5 * i] = x
 end
+for i = 1, s[4] do keep = math.max(keep, s[5 * i]) end
 if ext > 0 then
   held = held + ext
-  set[#set + 1] = 'u'
-  set[#set + 1] = fmt(until_)
-  set[#set + 1] = 'h'
-  set[#set + 1] = fmt(held)
+  s[1] = until_
+  s[2] = held
 end
-if #set > 0 then
-  if keep > now then
-    redis.call('HSET', KEYS[1], unpack(set))
-    redis.call('PEXPIREAT', KEYS[1], fmt(math.ceil(keep / 1000) + 1))
-  else
-    redis.call('DEL', KEYS[1])
+if s[3] > keep then keep = s[3] end
+if keep > now then
+  local packed = pack(unpack(s, 1, 4 + 5 * s[4]))
+  -- Nothing changed, nothing written.
+  if packed ~= v0 then
+    call('SET', KEYS[1], packed, 'PXAT', math.ceil(keep / 1000) + 1)
   end
+elseif v0 then
+  call('DEL', KEYS[1])
 end
 return 'ok'

@@ -1,86 +1,128 @@
--- tollgate: decide costs for one key, all dimensions at once (GCRA).
--- KEYS[1]: the key's state (t<i>: TAT per dimension, u: pause end,
---          h: pause extensions added up), integer microseconds.
--- KEYS[2]: the key's own limits (i<i>: interval, b<i>: burst, q<i>: text).
--- ARGV: n, max_wait, then per dimension: interval, burst, cost.
--- A denial writes nothing. Redis' clock decides; no client clock.
--- Numbers go to Redis and back as numbers: integers below 2^53, which
--- Redis writes in full and replies as integers.
-local t = redis.call('TIME')
+-- tollgate: decide costs for one or more keys, each for all its
+-- dimensions at once (GCRA), in turn, at one instant of Redis' clock.
+--
+-- A key's state is one string, MessagePack values one after the other:
+--   u (pause end), h (pause extensions added up), e (end of its own
+--   limits; 0 for none), n (dimensions stored), then per dimension
+--   t (TAT), and its own limit: i (interval; 0 for none), b (burst),
+--   p (period), q (text: 'count period_ns burst'; '' for none).
+-- Instants and intervals are integer microseconds: exact in Lua's
+-- numbers, and packed as integers.
+--
+-- KEYS: one per decision, the key's state.
+-- ARGV: one MessagePack string per decision: n, max_wait, then per
+--   dimension interval, burst, cost.
+-- Replies one MessagePack string: per decision its code (0 admit, 1 deny,
+--   2 never), blocking dimension, wait, now, pause extensions, then per
+--   dimension TAT, due, interval in force, own limit text ('' for none);
+--   or code 3 and a message when that key could not be read (the other
+--   decisions go on).
+-- A denial writes nothing. Tables are reused from one decision to the
+-- next: Lua in Redis is quick only with few allocations.
+local call, pack, unpackmp, unpack, pcall = redis.call, cmsgpack.pack, cmsgpack.unpack, unpack, pcall
+local t = call('TIME')
 local now = t[1] * 1000000 + t[2]
 local far = now + 4503599627370496
-local n = tonumber(ARGV[1])
-local max_wait = tonumber(ARGV[2])
-local s, l
-if n == 1 then
-  s = redis.call('HMGET', KEYS[1], 'u', 'h', 't1')
-  l = redis.call('HMGET', KEYS[2], 'i1', 'b1', 'q1')
-else
-  local sf, lf = {'u', 'h'}, {}
+local iv, bu, co, tat, dues, q = {}, {}, {}, {}, {}, {}
+local r, w = {}, 0
+
+local function decide(key, blob)
+  local a = {unpackmp(blob)}
+  local n, max_wait = a[1], a[2]
+  local v = call('GET', key)
+  local s
+  if v then s = {unpackmp(v)} else s = {0, 0, 0, 0} end
+  local stored = s[4]
+  local own = s[3] > now
+  for i = stored + 1, n do
+    local o = 5 * i
+    s[o], s[o + 1], s[o + 2], s[o + 3], s[o + 4] = 0, 0, 0, 0, ''
+  end
+  if n > stored then s[4] = n end
   for i = 1, n do
-    sf[#sf + 1] = 't' .. i
-    lf[#lf + 1] = 'i' .. i
-    lf[#lf + 1] = 'b' .. i
-    lf[#lf + 1] = 'q' .. i
+    local b, o = 3 * i, 5 * i
+    tat[i] = s[o]
+    if own and s[o + 1] > 0 then
+      iv[i], bu[i], q[i] = s[o + 1], s[o + 2], s[o + 4]
+    else
+      iv[i], bu[i], q[i] = a[b], a[b + 1], ''
+    end
+    co[i] = a[b + 2]
+    dues[i] = 0
   end
-  s = redis.call('HMGET', KEYS[1], unpack(sf))
-  l = redis.call('HMGET', KEYS[2], unpack(lf))
-end
-local paused = tonumber(s[1]) or 0
-local held = tonumber(s[2]) or 0
-local iv, bu, co, tat, q, dues = {}, {}, {}, {}, {}, {}
-for i = 1, n do
-  if l[3 * i - 2] then
-    iv[i] = tonumber(l[3 * i - 2])
-    bu[i] = tonumber(l[3 * i - 1])
-    q[i] = l[3 * i]
-  else
-    iv[i] = tonumber(ARGV[3 * i])
-    bu[i] = tonumber(ARGV[3 * i + 1])
-    q[i] = ''
-  end
-  co[i] = tonumber(ARGV[3 * i + 2])
-  tat[i] = tonumber(s[2 + i]) or 0
-  dues[i] = 0
-end
-local function reply(code, dim, wait)
-  local r = {code, dim, wait, now, held}
+  local code, dim, due = 0, 0, now
   for i = 1, n do
-    r[#r + 1] = tat[i]
-    r[#r + 1] = dues[i]
-    r[#r + 1] = iv[i]
-    r[#r + 1] = q[i]
+    if co[i] > bu[i] then
+      code, dim = 2, i - 1
+      break
+    end
+    local d = now
+    if co[i] > 0 then
+      -- From now, so that sums stay small and exact.
+      local e = tat[i] - now
+      if e < 0 then e = 0 end
+      e = e + (co[i] - bu[i]) * iv[i]
+      if e > 0 then d = now + e end
+    end
+    dues[i] = d - now
+    if d > due then
+      due = d
+      dim = i - 1
+    end
   end
-  return r
-end
-local due, blocking = now, 0
-for i = 1, n do
-  if co[i] > bu[i] then return reply('never', i - 1, 0) end
-  local d = now
-  if co[i] > 0 then
-    -- From now, so that sums stay small and exact.
-    local e = math.max(tat[i] - now, 0) + co[i] * iv[i] - bu[i] * iv[i]
-    if e > 0 then d = now + e end
+  local wait = 0
+  if code == 0 then
+    wait = due - now
+    if wait > max_wait then
+      code = 1
+    else
+      dim = 0
+      local written, keep = false, s[1]
+      for i = 1, n do
+        if co[i] > 0 then
+          local x = tat[i]
+          if x < due then x = due end
+          x = x + co[i] * iv[i]
+          if x > far then x = far end
+          tat[i] = x
+          s[5 * i] = x
+          written = true
+        end
+        if tat[i] > keep then keep = tat[i] end
+      end
+      if written then
+        if own then
+          if s[3] > keep then keep = s[3] end
+        elseif s[3] ~= 0 then
+          -- Own limits that ran out are dropped.
+          s[3] = 0
+          for i = 1, s[4] do
+            local o = 5 * i
+            s[o + 1], s[o + 2], s[o + 3], s[o + 4] = 0, 0, 0, ''
+          end
+        end
+        for i = n + 1, s[4] do
+          if s[5 * i] > keep then keep = s[5 * i] end
+        end
+        keep = keep / 1000
+        call('SET', key, pack(unpack(s, 1, 4 + 5 * s[4])), 'PXAT', keep - keep % 1 + 2)
+      end
+    end
   end
-  dues[i] = d - now
-  if d > due then
-    due = d
-    blocking = i
+  r[w + 1], r[w + 2], r[w + 3], r[w + 4], r[w + 5] = code, dim, wait, now, s[2]
+  w = w + 5
+  for i = 1, n do
+    r[w + 1], r[w + 2], r[w + 3], r[w + 4] = tat[i], dues[i], iv[i], q[i]
+    w = w + 4
   end
 end
-local wait = due - now
-if blocking > 0 and wait > max_wait then return reply('deny', blocking - 1, wait) end
-local set, keep = {}, paused
-for i = 1, n do
-  if co[i] > 0 then
-    tat[i] = math.min(math.max(tat[i], due) + co[i] * iv[i], far)
-    set[#set + 1] = 't' .. i
-    set[#set + 1] = tat[i]
+
+for d = 1, #KEYS do
+  local start = w
+  local ok, err = pcall(decide, KEYS[d], ARGV[d])
+  if not ok then
+    r[start + 1], r[start + 2] = 3, tostring(type(err) == 'table' and err.err or err)
+    w = start + 2
   end
-  keep = math.max(keep, tat[i])
 end
-if #set > 0 then
-  redis.call('HSET', KEYS[1], unpack(set))
-  redis.call('PEXPIREAT', KEYS[1], math.floor(keep / 1000) + 2)
-end
-return reply('admit', 0, wait)
+return pack(unpack(r, 1, w))

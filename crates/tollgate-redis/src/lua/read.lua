@@ -1,21 +1,22 @@
 -- tollgate: one key as it stands, writing nothing.
--- KEYS[1]: the key's state; KEYS[2]: its own limits (see decide.lua).
+-- KEYS[1]: the key's state (its layout in decide.lua).
 -- ARGV: n. Replies now, pause end, pause extensions, then per dimension
 -- its TAT and its own limit's text ('' for none).
-local function fmt(x) return string.format('%.0f', x) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local n = tonumber(ARGV[1])
-local sf, lf = {'u', 'h'}, {}
+local v = redis.call('GET', KEYS[1])
+local s
+if v then s = {cmsgpack.unpack(v)} else s = {0, 0, 0, 0} end
+local own = s[3] > now
+local r = {now, s[1], s[2]}
 for i = 1, n do
-  sf[#sf + 1] = 't' .. i
-  lf[#lf + 1] = 'q' .. i
-end
-local s = redis.call('HMGET', KEYS[1], unpack(sf))
-local l = redis.call('HMGET', KEYS[2], unpack(lf))
-local r = {fmt(now), fmt(tonumber(s[1]) or 0), fmt(tonumber(s[2]) or 0)}
-for i = 1, n do
-  r[#r + 1] = fmt(tonumber(s[2 + i]) or 0)
-  r[#r + 1] = l[i] or ''
+  if i <= s[4] then
+    r[#r + 1] = s[5 * i]
+    r[#r + 1] = own and s[5 * i + 1] > 0 and s[5 * i + 4] or ''
+  else
+    r[#r + 1] = 0
+    r[#r + 1] = ''
+  end
 end
 return r

@@ -1,0 +1,209 @@
+//! Many callers' decisions in one script call.
+//!
+//! Redis runs one script at a time, and a script call costs more than the
+//! decision it carries (parsing the call, setting up Lua, replying). So
+//! when several callers decide at once on one connection, their decisions
+//! go to Redis together: the decide script takes any number of keys and
+//! decides them in turn, at one instant of Redis' clock, as if they had
+//! come one after the other. A caller alone is sent at once (nothing
+//! waits for company); callers that come while [`IN_FLIGHT`] calls are
+//! on their way go in the next one.
+//!
+//! Only for a single Redis: in a Cluster the keys of one script call must
+//! share a slot, so there every decision is a call of its own.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::{ErrorKind, RedisError, Value};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::{msgpack, StoreError, StoreErrorKind, DECIDE};
+
+/// Decisions in one script call at most.
+pub(crate) const MAX_BATCH: usize = 128;
+/// Script calls on their way at once.
+const IN_FLIGHT: usize = 2;
+
+/// One caller's decision: its Redis key, its arguments packed (`n`,
+/// `max_wait`, then per dimension interval, burst, cost), and where its
+/// share of the reply goes.
+pub(crate) struct Job {
+    pub key: String,
+    pub args: Vec<u8>,
+    pub dimensions: usize,
+    pub reply: oneshot::Sender<Result<Vec<Value>, StoreError>>,
+}
+
+/// Starts the task that sends jobs in batches; it ends when the returned
+/// sender (and every clone) is dropped.
+pub(crate) fn spawn(
+    conn: ConnectionManager,
+    sha: String,
+    reloads: Arc<AtomicU64>,
+    timeout: Duration,
+) -> mpsc::UnboundedSender<Job> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+    let sha: Arc<str> = Arc::from(sha);
+    tokio::spawn(async move {
+        let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+        loop {
+            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                return;
+            };
+            let Some(first) = rx.recv().await else {
+                return;
+            };
+            let mut jobs = Vec::with_capacity(8);
+            jobs.push(first);
+            while jobs.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            let mut conn = conn.clone();
+            let sha = Arc::clone(&sha);
+            let reloads = Arc::clone(&reloads);
+            tokio::spawn(async move {
+                send(&mut conn, &sha, &reloads, timeout, jobs).await;
+                drop(slot);
+            });
+        }
+    });
+    tx
+}
+
+/// Sends one batch and hands each caller its share of the reply (or the
+/// error, when the call failed as a whole).
+async fn send(
+    conn: &mut ConnectionManager,
+    sha: &str,
+    reloads: &AtomicU64,
+    timeout: Duration,
+    mut jobs: Vec<Job>,
+) {
+    // A caller that gave up (its timeout passed while it waited in line)
+    // decided without Redis: its decision is not sent after it.
+    jobs.retain(|job| !job.reply.is_closed());
+    if jobs.is_empty() {
+        return;
+    }
+    let mut keys = Vec::with_capacity(jobs.len());
+    let mut args = Vec::with_capacity(jobs.len());
+    for job in &mut jobs {
+        keys.push(std::mem::take(&mut job.key));
+        args.push(std::mem::take(&mut job.args));
+    }
+    let reply = tokio::time::timeout(
+        timeout,
+        eval_script(conn, DECIDE, sha, &keys[..], &args[..], reloads),
+    )
+    .await;
+    match reply {
+        Ok(Ok(values)) => {
+            let dimensions: Vec<usize> = jobs.iter().map(|j| j.dimensions).collect();
+            let shares = split(values, &dimensions);
+            for (job, share) in jobs.into_iter().zip(shares) {
+                let _ = job.reply.send(share);
+            }
+        }
+        Ok(Err(e)) => {
+            let error = StoreError::redis(&e);
+            for job in jobs {
+                let _ = job.reply.send(Err(error.clone()));
+            }
+        }
+        Err(_) => {
+            let error = StoreError::new(
+                StoreErrorKind::Timeout,
+                format!("no answer within {timeout:?}"),
+            );
+            for job in jobs {
+                let _ = job.reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+/// Runs a script by its SHA-1, and sends it whole once when Redis answers
+/// `NOSCRIPT` (after a restart or `SCRIPT FLUSH`).
+pub(crate) async fn eval_script<C, K, A>(
+    conn: &mut C,
+    code: &str,
+    sha: &str,
+    keys: K,
+    args: A,
+    reloads: &AtomicU64,
+) -> Result<Vec<Value>, RedisError>
+where
+    C: redis::aio::ConnectionLike,
+    K: redis::ToRedisArgs,
+    A: redis::ToRedisArgs,
+{
+    let count = keys.num_of_args();
+    let reply = redis::cmd("EVALSHA")
+        .arg(sha)
+        .arg(count)
+        .arg(&keys)
+        .arg(&args)
+        .query_async(conn)
+        .await;
+    match reply {
+        Err(e) if e.kind() == ErrorKind::NoScriptError => {
+            reloads.fetch_add(1, Ordering::Relaxed);
+            redis::cmd("EVAL")
+                .arg(code)
+                .arg(count)
+                .arg(&keys)
+                .arg(&args)
+                .query_async(conn)
+                .await
+        }
+        other => other,
+    }
+}
+
+/// Unpacks the decide script's reply, one packed string: per decision
+/// its code (3 and a message when the script could not read that key),
+/// then four values and four a dimension.
+pub(crate) fn split(
+    reply: Vec<Value>,
+    dimensions: &[usize],
+) -> Vec<Result<Vec<Value>, StoreError>> {
+    let values = match reply.as_slice() {
+        [Value::BulkString(packed)] => msgpack::values(packed),
+        _ => None,
+    };
+    let Some(values) = values else {
+        let mut shown = format!("{reply:?}");
+        shown.truncate(200);
+        let error = StoreError::new(StoreErrorKind::Reply, format!("unexpected reply {shown}"));
+        return dimensions.iter().map(|_| Err(error.clone())).collect();
+    };
+    let mut values = values.into_iter();
+    dimensions
+        .iter()
+        .map(|&n| match values.next() {
+            Some(Value::Int(3)) => Err(StoreError::new(
+                StoreErrorKind::Redis,
+                match values.next() {
+                    Some(Value::BulkString(m)) => String::from_utf8_lossy(&m).into_owned(),
+                    _ => "the script failed".to_owned(),
+                },
+            )),
+            Some(code) => {
+                let mut share = Vec::with_capacity(5 + 4 * n);
+                share.push(code);
+                share.extend(values.by_ref().take(4 + 4 * n));
+                Ok(share)
+            }
+            None => Err(StoreError::new(
+                StoreErrorKind::Reply,
+                "a decision is missing from the reply".to_owned(),
+            )),
+        })
+        .collect()
+}
