@@ -12,7 +12,7 @@
 //! Only for a single Redis: in a Cluster the keys of one script call must
 //! share a slot, so there every decision is a call of its own.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,50 +30,131 @@ const IN_FLIGHT: usize = 2;
 /// One caller's decision: its Redis key, its arguments packed (`n`,
 /// `max_wait`, then per dimension interval, burst, cost), and where its
 /// share of the reply goes.
-pub(crate) struct Job {
-    pub key: String,
-    pub args: Vec<u8>,
-    pub dimensions: usize,
-    pub reply: oneshot::Sender<Result<Vec<Value>, StoreError>>,
+struct Job {
+    key: String,
+    args: Vec<u8>,
+    dimensions: usize,
+    reply: oneshot::Sender<Result<Vec<Value>, StoreError>>,
 }
 
-/// Starts the task that sends jobs in batches; it ends when the returned
-/// sender (and every clone) is dropped.
-pub(crate) fn spawn(
+/// Sends decisions to one Redis: a caller that finds a call free and no
+/// one waiting sends its own at once; the others wait in line, and a task
+/// sends the line in one call as soon as a call is free.
+pub(crate) struct Batcher {
+    line: mpsc::UnboundedSender<Job>,
+    /// Decisions in line, not yet taken by the task.
+    waiting: Arc<AtomicUsize>,
+    /// Script calls on their way.
+    slots: Arc<Semaphore>,
     conn: ConnectionManager,
-    sha: String,
+    sha: Arc<str>,
     reloads: Arc<AtomicU64>,
-    timeout: Duration,
-) -> mpsc::UnboundedSender<Job> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
-    let sha: Arc<str> = Arc::from(sha);
-    tokio::spawn(async move {
+}
+
+impl Batcher {
+    /// A batcher, and its task, which ends when the batcher is dropped.
+    pub(crate) fn new(
+        conn: ConnectionManager,
+        sha: String,
+        reloads: Arc<AtomicU64>,
+        timeout: Duration,
+    ) -> Self {
+        let (line, mut rx) = mpsc::unbounded_channel::<Job>();
+        let sha: Arc<str> = Arc::from(sha);
         let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-        loop {
-            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-                return;
-            };
-            let Some(first) = rx.recv().await else {
-                return;
-            };
-            let mut jobs = Vec::with_capacity(8);
-            jobs.push(first);
-            while jobs.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let task = (
+            conn.clone(),
+            Arc::clone(&sha),
+            Arc::clone(&reloads),
+            Arc::clone(&slots),
+            Arc::clone(&waiting),
+        );
+        tokio::spawn(async move {
+            let (conn, sha, reloads, slots, waiting) = task;
+            while let Some(first) = rx.recv().await {
+                let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                    return;
+                };
+                let mut jobs = Vec::with_capacity(8);
+                jobs.push(first);
+                while jobs.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(job) => jobs.push(job),
+                        Err(_) => break,
+                    }
                 }
+                waiting.fetch_sub(jobs.len(), Ordering::Relaxed);
+                let mut conn = conn.clone();
+                let sha = Arc::clone(&sha);
+                let reloads = Arc::clone(&reloads);
+                tokio::spawn(async move {
+                    send(&mut conn, &sha, &reloads, timeout, jobs).await;
+                    drop(slot);
+                });
             }
-            let mut conn = conn.clone();
-            let sha = Arc::clone(&sha);
-            let reloads = Arc::clone(&reloads);
-            tokio::spawn(async move {
-                send(&mut conn, &sha, &reloads, timeout, jobs).await;
-                drop(slot);
-            });
+        });
+        Self {
+            line,
+            waiting,
+            slots,
+            conn,
+            sha,
+            reloads,
         }
-    });
-    tx
+    }
+
+    /// One decision's share of the reply.
+    pub(crate) async fn decide(
+        &self,
+        key: String,
+        args: Vec<u8>,
+        dimensions: usize,
+    ) -> Result<Vec<Value>, StoreError> {
+        if self.waiting.load(Ordering::Relaxed) == 0 {
+            if let Ok(_slot) = Arc::clone(&self.slots).try_acquire_owned() {
+                let mut conn = self.conn.clone();
+                let reply = eval_script(
+                    &mut conn,
+                    DECIDE,
+                    &self.sha,
+                    &[key][..],
+                    &[args][..],
+                    &self.reloads,
+                )
+                .await
+                .map_err(|e| StoreError::redis(&e))?;
+                return split(reply, &[dimensions]).pop().unwrap_or_else(|| {
+                    Err(StoreError::new(
+                        StoreErrorKind::Reply,
+                        "no reply".to_owned(),
+                    ))
+                });
+            }
+        }
+        let stopped = || {
+            StoreError::new(
+                StoreErrorKind::Redis,
+                "the store's connection task has stopped (its runtime ended)".to_owned(),
+            )
+        };
+        let (reply, answer) = oneshot::channel();
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        if self
+            .line
+            .send(Job {
+                key,
+                args,
+                dimensions,
+                reply,
+            })
+            .is_err()
+        {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(stopped());
+        }
+        answer.await.map_err(|_| stopped())?
+    }
 }
 
 /// Sends one batch and hands each caller its share of the reply (or the

@@ -82,7 +82,6 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::RedisError;
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, oneshot};
 use tollgate::store::{transition, Admit, Change, Decision, Store, StoreStats, View};
 use tollgate::{DefaultClock, MemoryStore, Quota, Snapshot, MAX_DIMENSIONS};
 
@@ -253,7 +252,7 @@ impl Builder {
         let counts = Counts::default();
         let sha = Shas::new();
         let batcher = match &conn {
-            Conn::One(manager) => Some(batch::spawn(
+            Conn::One(manager) => Some(batch::Batcher::new(
                 manager.clone(),
                 sha.decide.clone(),
                 Arc::clone(&counts.reloads),
@@ -300,7 +299,7 @@ enum Conn {
 struct Inner {
     conn: Conn,
     /// Sends decisions in batches (a single Redis only).
-    batcher: Option<mpsc::UnboundedSender<batch::Job>>,
+    batcher: Option<batch::Batcher>,
     timeout: Duration,
     fault: Fault,
     breaker: Breaker,
@@ -510,23 +509,8 @@ impl RedisStore {
         args: Vec<u8>,
         dimensions: usize,
     ) -> Result<Vec<redis::Value>, StoreError> {
-        let stopped = || {
-            StoreError::new(
-                StoreErrorKind::Redis,
-                "the store's connection task has stopped (its runtime ended)".to_owned(),
-            )
-        };
         if let Some(batcher) = &self.inner.batcher {
-            let (reply, answer) = oneshot::channel();
-            batcher
-                .send(batch::Job {
-                    key,
-                    args,
-                    dimensions,
-                    reply,
-                })
-                .map_err(|_| stopped())?;
-            return answer.await.map_err(|_| stopped())?;
+            return batcher.decide(key, args, dimensions).await;
         }
         let values = self
             .eval(Script::Decide, &key, &args[..])
