@@ -185,11 +185,22 @@ fn main() {
             None,
         ),
     ];
+    // `cargo bench ... --bench efficiency -- WORDS`: only the rows whose
+    // name holds WORDS.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let only = only.join(" ");
     println!("| provider | calls | lost | of the allowed rate | attempts refused |");
     println!("|---|---:|---:|---:|---:|");
     // The middleware's default headroom (5%), then the batch's (2%).
     for headroom in [0.05, 0.02] {
         for scenario in &scenarios {
+            let name = format!("{}, {:.0}% headroom", scenario.name, 100.0 * headroom);
+            if !name.contains(only.as_str()) {
+                continue;
+            }
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_time()
                 .start_paused(true)

@@ -64,6 +64,7 @@ mod estimate;
 mod hint;
 mod limits;
 mod middleware;
+mod share;
 mod usage;
 
 pub use error::{RetryLater, TooLarge};

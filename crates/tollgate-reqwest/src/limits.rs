@@ -99,6 +99,26 @@ impl ProviderLimits {
         self
     }
 
+    /// Every limit times `share` (at least 1), for a process that spends
+    /// a share of them.
+    pub(crate) fn scaled(&self, share: f64) -> Self {
+        if share >= 1.0 {
+            return *self;
+        }
+        let mut scaled = *self;
+        for slot in scaled.per_minute.iter_mut().flatten() {
+            // Below the limit, which is far below 2^53.
+            #[allow(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                clippy::cast_precision_loss
+            )]
+            let part = (*slot as f64 * share) as u64;
+            *slot = part.max(1);
+        }
+        scaled
+    }
+
     pub(crate) fn get(&self, dimension: usize) -> Option<u64> {
         self.per_minute.get(dimension).copied().flatten()
     }

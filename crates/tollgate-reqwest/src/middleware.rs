@@ -17,6 +17,7 @@ use crate::adaptive::Adaptive;
 use crate::estimate::{DefaultEstimator, TokenEstimator};
 use crate::hint;
 use crate::limits::{Pacing, ProviderLimits, DIMENSIONS};
+use crate::share::Share;
 use crate::{RetryLater, TooLarge, Usage};
 
 /// How many times a call was sent, the last included: in every response's
@@ -137,6 +138,9 @@ pub(crate) struct Shared<S = MemoryStore> {
     settings: Settings,
     calls: AtomicU64,
     retries: AtomicU64,
+    /// Whether each endpoint's share is read from `remaining` (see the
+    /// `share` module): with the in-memory store only.
+    finds_share: bool,
 }
 
 /// What is known of one endpoint.
@@ -154,6 +158,9 @@ struct EndpointState {
     /// The request rate learnt from refusals, while the endpoint states
     /// no request limit and none is configured.
     adaptive: Mutex<Adaptive>,
+    /// This process's share of the endpoint's limits, which other clients
+    /// may spend from too.
+    share: Mutex<Share>,
     /// Before the first refusal of such an endpoint: the calls allowed in
     /// flight, from 2, one more every second answer (TCP's slow start,
     /// gentler). Closed at the first refusal.
@@ -170,6 +177,7 @@ impl Default for EndpointState {
             in_force: Mutex::default(),
             bursts: Mutex::default(),
             adaptive: Mutex::default(),
+            share: Mutex::default(),
             window: Arc::new(tokio::sync::Semaphore::new(2)),
             window_answers: AtomicU64::new(0),
         }
@@ -316,7 +324,7 @@ impl Builder {
     /// The middleware, its budgets in this process.
     pub fn build(self) -> RateLimitMiddleware {
         let limits = self.pacing().limits(&self.configured, &[0; 4]);
-        self.finish(KeyedBudget::builder(limits).build())
+        self.finish(KeyedBudget::builder(limits).build(), true)
     }
 
     /// The middleware, its budgets, learnt limits and pauses in `store`:
@@ -324,7 +332,9 @@ impl Builder {
     /// the provider with it stays under the one limit together.
     pub fn build_with_store<S: Store<Endpoint>>(self, store: S) -> RateLimitMiddleware<S> {
         let limits = self.pacing().limits(&self.configured, &[0; 4]);
-        self.finish(KeyedBudget::with_store(limits, store))
+        // Processes sharing the store spend from one budget: none needs to
+        // find its share.
+        self.finish(KeyedBudget::with_store(limits, store), false)
     }
 
     fn pacing(&self) -> Pacing {
@@ -333,7 +343,11 @@ impl Builder {
         }
     }
 
-    fn finish<S>(self, budget: KeyedBudget<Endpoint, S>) -> RateLimitMiddleware<S> {
+    fn finish<S>(
+        self,
+        budget: KeyedBudget<Endpoint, S>,
+        finds_share: bool,
+    ) -> RateLimitMiddleware<S> {
         let pacing = self.pacing();
         RateLimitMiddleware {
             shared: Arc::new(Shared {
@@ -345,6 +359,7 @@ impl Builder {
                 settings: self.settings,
                 calls: AtomicU64::new(0),
                 retries: AtomicU64::new(0),
+                finds_share,
             }),
         }
     }
@@ -503,6 +518,7 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
 
             let status = response.status();
             self.adapt(&key, &state, status, &read).await;
+            self.find_share(&key, &state, status, &read).await;
             if let Some(window) = window {
                 // An answer: the window grows by one; a refusal ends the
                 // slow start, a rate being learnt from it.
@@ -642,7 +658,12 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
     /// and its learnt request rate where it states no request limit.
     async fn apply(&self, key: &Endpoint, state: &EndpointState, in_force: &ProviderLimits) {
         let bursts = *state.bursts.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut in_force = *in_force;
+        let share = state
+            .share
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get();
+        let mut in_force = in_force.scaled(share);
         if in_force.requests().is_none() {
             let learnt = state
                 .adaptive
@@ -728,6 +749,44 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
         };
         if let Some(per_minute) = changed {
             tracing::debug!(%key, per_minute, "request rate learnt from the answers");
+            let in_force = (*state
+                .in_force
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner))
+            .unwrap_or(self.configured);
+            self.apply(key, state, &in_force).await;
+        }
+    }
+
+    /// Reads this process's share of the endpoint's limits from how the
+    /// provider's `remaining` falls against what it spent here (see the
+    /// `share` module), and paces at that share.
+    async fn find_share(
+        &self,
+        key: &Endpoint,
+        state: &EndpointState,
+        status: StatusCode,
+        read: &RateLimitHeaders,
+    ) {
+        if !self.finds_share || self.learns_rate(state) {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        let changed = {
+            let mut share = state.share.lock().unwrap_or_else(PoisonError::into_inner);
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                let hold = read.retry_after.unwrap_or(Duration::from_secs(1));
+                share.refused(now, hold)
+            } else if retryable(status) {
+                None
+            } else {
+                read.requests
+                    .remaining
+                    .and_then(|remaining| share.answered(now, read.requests.limit, remaining))
+            }
+        };
+        if let Some(share) = changed {
+            tracing::info!(%key, share, "other clients spend from this limit: pacing at a share of it");
             let in_force = (*state
                 .in_force
                 .lock()

@@ -233,3 +233,62 @@ async fn over_a_store_that_answers_late() {
         measured.share_of_allowed
     );
 }
+
+/// Two processes calling one key, each with its own middleware and no
+/// store between them: each reads its share from how the provider's
+/// `remaining` falls against what it spent itself, and paces at it.
+/// (Each paced at the whole limit before: 16% of attempts refused.)
+async fn processes_on_one_key(processes: usize) -> Measured {
+    let (base, mock) = mock::start(600, 1_000_000, Style::OpenAi, Duration::from_millis(120)).await;
+    let url = Arc::new(format!("{base}/v1/chat/completions"));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..processes {
+        let client = Arc::new(transport::client(RateLimitMiddleware::new()));
+        for _ in 0..CALLS / processes {
+            let (client, url) = (Arc::clone(&client), Arc::clone(&url));
+            tasks.push(tokio::spawn(async move { call(&client, &url).await }));
+        }
+    }
+    let mut answered = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(200) => answered += 1,
+            other => panic!("a call was lost: {other:?}"),
+        }
+    }
+    let counts = mock.counts();
+    let (prompt, output) = mock::Mock::tokens_of(&body());
+    let achieved = CALLS as f64 / start.elapsed().as_secs_f64();
+    Measured {
+        answered,
+        attempts: counts.ok + counts.limited,
+        refused: counts.limited,
+        share_of_allowed: achieved / mock.allowed_rate(prompt + output),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_processes_on_one_key_find_their_share() {
+    let measured = processes_on_one_key(2).await;
+    println!(
+        "2 processes: {} answered, {} attempts, {} refused, {:.1}% of the allowed rate",
+        measured.answered,
+        measured.attempts,
+        measured.refused,
+        100.0 * measured.share_of_allowed
+    );
+    assert_eq!(measured.answered, CALLS, "none lost");
+    // The goal: at most 2% of attempts refused.
+    assert!(
+        measured.refused * 50 <= measured.attempts,
+        "{} of {} refused",
+        measured.refused,
+        measured.attempts
+    );
+    assert!(
+        measured.share_of_allowed > 0.8,
+        "{:.3}",
+        measured.share_of_allowed
+    );
+}
