@@ -756,12 +756,7 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
         };
         if let Some(per_minute) = changed {
             tracing::debug!(%key, per_minute, "request rate learnt from the answers");
-            let in_force = (*state
-                .in_force
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner))
-            .unwrap_or(self.configured);
-            self.apply(key, state, &in_force).await;
+            self.reapply(key, state).await;
         }
     }
 
@@ -794,13 +789,19 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
         };
         if let Some(share) = changed {
             tracing::info!(%key, share, "other clients spend from this limit: pacing at a share of it");
-            let in_force = (*state
-                .in_force
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner))
-            .unwrap_or(self.configured);
-            self.apply(key, state, &in_force).await;
+            self.reapply(key, state).await;
         }
+    }
+
+    /// Puts the limits in force again, after what shapes them (the learnt
+    /// rate, the share) changed.
+    async fn reapply(&self, key: &Endpoint, state: &EndpointState) {
+        let in_force = (*state
+            .in_force
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner))
+        .unwrap_or(self.configured);
+        self.apply(key, state, &in_force).await;
     }
 
     /// Takes what a response's headers say: the limits (learnt where none

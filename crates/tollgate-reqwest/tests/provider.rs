@@ -61,14 +61,28 @@ async fn two_hundred_calls_with(
     tpm: u64,
     middleware: impl reqwest_middleware::Middleware,
 ) -> Measured {
+    calls_from(style, rpm, tpm, vec![transport::client(middleware)]).await
+}
+
+/// `CALLS` calls shared among `clients` (each with a middleware of its
+/// own, as separate processes have), all at once.
+async fn calls_from(
+    style: Style,
+    rpm: u64,
+    tpm: u64,
+    clients: Vec<ClientWithMiddleware>,
+) -> Measured {
     let (base, mock) = mock::start(rpm, tpm, style, Duration::from_millis(120)).await;
-    let client = Arc::new(transport::client(middleware));
     let url = Arc::new(format!("{base}/v1/chat/completions"));
     let start = Instant::now();
+    let per_client = CALLS / clients.len();
     let mut tasks = Vec::new();
-    for _ in 0..CALLS {
-        let (client, url) = (Arc::clone(&client), Arc::clone(&url));
-        tasks.push(tokio::spawn(async move { call(&client, &url).await }));
+    for client in clients {
+        let client = Arc::new(client);
+        for _ in 0..per_client {
+            let (client, url) = (Arc::clone(&client), Arc::clone(&url));
+            tasks.push(tokio::spawn(async move { call(&client, &url).await }));
+        }
     }
     let mut answered = 0;
     for task in tasks {
@@ -234,43 +248,16 @@ async fn over_a_store_that_answers_late() {
     );
 }
 
-/// Two processes calling one key, each with its own middleware and no
-/// store between them: each reads its share from how the provider's
-/// `remaining` falls against what it spent itself, and paces at it.
-/// (Each paced at the whole limit before: 16% of attempts refused.)
-async fn processes_on_one_key(processes: usize) -> Measured {
-    let (base, mock) = mock::start(600, 1_000_000, Style::OpenAi, Duration::from_millis(120)).await;
-    let url = Arc::new(format!("{base}/v1/chat/completions"));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..processes {
-        let client = Arc::new(transport::client(RateLimitMiddleware::new()));
-        for _ in 0..CALLS / processes {
-            let (client, url) = (Arc::clone(&client), Arc::clone(&url));
-            tasks.push(tokio::spawn(async move { call(&client, &url).await }));
-        }
-    }
-    let mut answered = 0;
-    for task in tasks {
-        match task.await.unwrap() {
-            Ok(200) => answered += 1,
-            other => panic!("a call was lost: {other:?}"),
-        }
-    }
-    let counts = mock.counts();
-    let (prompt, output) = mock::Mock::tokens_of(&body());
-    let achieved = CALLS as f64 / start.elapsed().as_secs_f64();
-    Measured {
-        answered,
-        attempts: counts.ok + counts.limited,
-        refused: counts.limited,
-        share_of_allowed: achieved / mock.allowed_rate(prompt + output),
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn two_processes_on_one_key_find_their_share() {
-    let measured = processes_on_one_key(2).await;
+    // Two processes calling one key, each with its own middleware and no
+    // store between them: each reads its share from how the provider's
+    // `remaining` falls against what it spent itself, and paces at it.
+    // (Each paced at the whole limit before: 16% of attempts refused.)
+    let clients = (0..2)
+        .map(|_| transport::client(RateLimitMiddleware::new()))
+        .collect();
+    let measured = calls_from(Style::OpenAi, 600, 1_000_000, clients).await;
     println!(
         "2 processes: {} answered, {} attempts, {} refused, {:.1}% of the allowed rate",
         measured.answered,
