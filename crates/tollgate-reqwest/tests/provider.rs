@@ -157,6 +157,14 @@ async fn ietf_headers() {
     check(Style::Ietf, &measured, 949);
 }
 
+/// Mistral names the window in the header (`x-ratelimit-limit-req-minute`)
+/// and sends no reset: paced as the others.
+#[tokio::test(start_paused = true)]
+async fn mistral_headers() {
+    let measured = two_hundred_calls(Style::Mistral, 600, 1_000_000).await;
+    check(Style::Mistral, &measured, 949);
+}
+
 /// No rate-limit headers at all, a refusal saying only `Retry-After`: the
 /// rate is learnt from the refusals alone. The calls go in a window that
 /// grows with each answer until the first refusal; the answers of the

@@ -24,6 +24,8 @@ pub(crate) enum Style {
     OpenAi,
     Anthropic,
     Ietf,
+    /// Mistral's: the window in the header's name, no reset.
+    Mistral,
     /// No rate-limit headers; a refusal says only `Retry-After` (whole
     /// seconds).
     Bare,
@@ -245,6 +247,18 @@ impl Mock {
                 put("anthropic-ratelimit-tokens-reset", at);
             }
             Style::Bare => {}
+            Style::Mistral => {
+                put("x-ratelimit-limit-req-minute", self.rpm().to_string());
+                put(
+                    "x-ratelimit-remaining-req-minute",
+                    remaining_requests.to_string(),
+                );
+                put("x-ratelimit-limit-tokens-minute", self.tpm.to_string());
+                put(
+                    "x-ratelimit-remaining-tokens-minute",
+                    remaining_tokens.to_string(),
+                );
+            }
             Style::Ietf => {
                 put(
                     "ratelimit-policy",

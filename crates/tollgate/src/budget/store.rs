@@ -15,7 +15,7 @@ use crate::{Quota, Snapshot};
 /// dimension's GCRA state (reservations included), the key's own limits
 /// (set with [`Change::Limit`] or learnt with [`Change::Observe`]), and its
 /// pause. The contract, which every implementation keeps and which
-/// [`conformance`](crate::store::conformance) checks:
+/// `store::conformance` (the `conformance` feature) checks:
 ///
 /// - **Atomic, all or nothing.** [`decide`](Self::decide) admits the costs in
 ///   every dimension or in none; a denial writes nothing.

@@ -91,6 +91,15 @@ pub struct RateLimitHeaders {
 ///   hint.
 /// - Legacy resets: delta seconds, or epoch seconds (from 10^9) or epoch
 ///   milliseconds (from 10^12).
+/// - Dialects: OpenAI's and Groq's `x-ratelimit-*-{requests,tokens}`
+///   (Azure's `x-rate-limit-*` too); Mistral's windows in the name
+///   (`x-ratelimit-*-{req,tokens}-minute`, `x-ratelimitbysize-*-minute`,
+///   older `ratelimitbysize-*`; a month's or a day's limit is not a
+///   minute's and is left out); Together's `x-tokenlimit-*`; Anthropic's
+///   `anthropic-ratelimit-*`; IETF `RateLimit-Policy` / `RateLimit` (draft
+///   10's lists, draft 7's dictionary, the earlier `RateLimit-Limit`
+///   trio); the legacy `X-RateLimit-{Limit,Remaining,Reset}` (GitHub,
+///   OpenRouter).
 ///
 /// ```
 /// use std::time::{Duration, SystemTime};
@@ -130,8 +139,35 @@ where
     for &(name, value) in &headers {
         let lower = name.to_ascii_lowercase();
         let lower = lower.as_str();
-        if let Some(rest) = lower.strip_prefix("x-ratelimit-") {
+        if let Some(rest) = lower
+            .strip_prefix("x-ratelimit-")
+            // Azure writes some with a hyphen more.
+            .or_else(|| lower.strip_prefix("x-rate-limit-"))
+        {
             openai(&mut out, rest, value, now);
+        } else if let Some(rest) = lower.strip_prefix("x-tokenlimit-") {
+            // Together's token limits.
+            match rest {
+                "limit" => min(&mut out.tokens.limit, count(value)),
+                "remaining" => min(&mut out.tokens.remaining, count(value)),
+                _ => {}
+            }
+        } else if let Some(rest) = lower.strip_prefix("x-ratelimitbysize-") {
+            // Mistral's token limits, the window in the name: only the
+            // minute's count as per-minute.
+            match rest {
+                "limit-minute" => min(&mut out.tokens.limit, count(value)),
+                "remaining-minute" => min(&mut out.tokens.remaining, count(value)),
+                _ => {}
+            }
+        } else if let Some(rest) = lower.strip_prefix("ratelimitbysize-") {
+            // Mistral's older token limits: reset in seconds.
+            match rest {
+                "limit" => min(&mut out.tokens.limit, count(value)),
+                "remaining" => min(&mut out.tokens.remaining, count(value)),
+                "reset" => max(&mut out.tokens.reset, legacy_reset(value, now)),
+                _ => {}
+            }
         } else if let Some(rest) = lower.strip_prefix("anthropic-ratelimit-") {
             anthropic(&mut out, rest, value, now);
         } else if let Some(rest) = lower.strip_prefix("ratelimit-") {
@@ -145,7 +181,11 @@ where
             }
         } else {
             match lower {
-                "ratelimit" => status_items.extend(sf_list(value)),
+                // Draft 10 lists named items (`"default";r=50;t=30`);
+                // draft 7 wrote one dictionary (`limit=100, remaining=50,
+                // reset=5`).
+                "ratelimit" if value.starts_with('"') => status_items.extend(sf_list(value)),
+                "ratelimit" => draft7(&mut out, value, now),
                 "retry-after" => {
                     out.retry_after_too_long |= too_long(value, Duration::from_secs(1));
                     max(&mut retry_after, retry_after_value(value, now));
@@ -168,12 +208,14 @@ where
     out
 }
 
-/// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`, and the legacy
+/// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`, Mistral's
+/// `x-ratelimit-{limit,remaining}-{req,tokens}-minute` (a window other than
+/// the minute is not a per-minute limit, and is left out), and the legacy
 /// `x-ratelimit-{limit,remaining,reset}` for requests.
 fn openai(out: &mut RateLimitHeaders, rest: &str, value: &str, now: SystemTime) {
     let (field, dimension) = match rest.split_once('-') {
-        Some((field, "requests")) => (field, &mut out.requests),
-        Some((field, "tokens")) => (field, &mut out.tokens),
+        Some((field, "requests" | "req-minute")) => (field, &mut out.requests),
+        Some((field, "tokens" | "tokens-minute")) => (field, &mut out.tokens),
         Some(_) => return,
         None => {
             // Legacy X-RateLimit-Limit / -Remaining / -Reset.
@@ -214,6 +256,23 @@ fn anthropic(out: &mut RateLimitHeaders, rest: &str, value: &str, now: SystemTim
             max(&mut dimension.reset, reset);
         }
         _ => {}
+    }
+}
+
+/// Draft 7's `RateLimit: limit=100, remaining=50, reset=5`: requests,
+/// reset in delta seconds.
+fn draft7(out: &mut RateLimitHeaders, value: &str, now: SystemTime) {
+    for member in value.split(',') {
+        let Some((key, number)) = member.split_once('=') else {
+            continue;
+        };
+        let number = number.trim();
+        match key.trim() {
+            "limit" => min(&mut out.requests.limit, count(number)),
+            "remaining" => min(&mut out.requests.remaining, count(number)),
+            "reset" => max(&mut out.requests.reset, legacy_reset(number, now)),
+            _ => {}
+        }
     }
 }
 
