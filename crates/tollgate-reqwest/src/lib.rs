@@ -71,4 +71,6 @@ pub use error::{RetryLater, TooLarge};
 pub use estimate::{DefaultEstimator, Estimate, TokenEstimator, DEFAULT_OUTPUT_TOKENS};
 pub use limits::ProviderLimits;
 pub use middleware::{Attempts, Builder, Endpoint, RateLimitMiddleware};
+/// The back-off policies [`Builder::backoff_policy`] takes.
+pub use retry_policies;
 pub use usage::Usage;

@@ -13,6 +13,9 @@ use serde_json::Value;
 use tollgate::headers::RateLimitHeaders;
 use tollgate::{DeniedKind, Grant, KeyedBudget, MemoryStore, Snapshot, Store};
 
+use retry_policies::policies::ExponentialBackoff;
+use retry_policies::{Jitter, RetryDecision, RetryPolicy};
+
 use crate::adaptive::Adaptive;
 use crate::estimate::{DefaultEstimator, TokenEstimator};
 use crate::hint;
@@ -142,6 +145,7 @@ pub(crate) struct Shared<S = MemoryStore> {
     pacing: Pacing,
     endpoints: Mutex<HashMap<Endpoint, Arc<EndpointState>>>,
     estimator: Box<dyn TokenEstimator>,
+    backoff: Box<dyn RetryPolicy + Send + Sync>,
     settings: Settings,
     calls: AtomicU64,
     retries: AtomicU64,
@@ -200,8 +204,23 @@ pub struct Builder {
     configured: ProviderLimits,
     headroom: f64,
     estimator: Box<dyn TokenEstimator>,
+    backoff: Box<dyn RetryPolicy + Send + Sync>,
     settings: Settings,
 }
+
+/// The back-off where the provider gives no wait: `base × 2^(attempt-1)`,
+/// at most `cap`, jittered (`retry-policies`' bounded jitter: between half
+/// of `base` and the whole).
+fn exponential(base: Duration, cap: Duration) -> ExponentialBackoff {
+    ExponentialBackoff::builder()
+        .retry_bounds(base, cap)
+        .jitter(Jitter::Bounded)
+        .base(2)
+        .build_with_max_retries(u32::MAX)
+}
+
+/// The longest back-off step [`Builder::backoff`] takes.
+const MAX_BACKOFF: Duration = Duration::from_secs(24 * 3600);
 
 /// How refusals are retried: the builder's choices, kept by the middleware.
 #[derive(Clone, Copy, Debug)]
@@ -209,8 +228,6 @@ struct Settings {
     max_attempts: u32,
     max_refusals: u32,
     max_wait: Duration,
-    backoff_base: Duration,
-    backoff_cap: Duration,
     retry_ratio: f64,
 }
 
@@ -231,12 +248,11 @@ impl Default for Builder {
             configured: ProviderLimits::new(),
             headroom: 0.05,
             estimator: Box::new(DefaultEstimator),
+            backoff: Box::new(exponential(Duration::from_secs(1), Duration::from_secs(60))),
             settings: Settings {
                 max_attempts: 4,
                 max_refusals: 100,
                 max_wait: Duration::from_secs(300),
-                backoff_base: Duration::from_secs(1),
-                backoff_cap: Duration::from_secs(60),
                 retry_ratio: 0.2,
             },
         }
@@ -306,12 +322,37 @@ impl Builder {
     }
 
     /// The back-off when the provider gives no wait: `base × 2^(attempt-1)`,
-    /// at most `cap`, jittered between half and all of it (default 1 s and
-    /// 60 s).
+    /// at most `cap`, jittered between half of `base` and the whole
+    /// (default 1 s and 60 s; `cap` at least `base`, both at most a day).
     #[must_use]
     pub fn backoff(mut self, base: Duration, cap: Duration) -> Self {
-        self.settings.backoff_base = base;
-        self.settings.backoff_cap = cap.max(base);
+        let cap = cap.min(MAX_BACKOFF);
+        self.backoff = Box::new(exponential(base.min(cap), cap));
+        self
+    }
+
+    /// Any back-off policy of the `retry-policies` crate (or your own
+    /// [`RetryPolicy`]), for when the provider gives no wait: asked with
+    /// the number of attempts made before; `DoNotRetry` returns the
+    /// provider's answer as it is. A wait it gives beyond
+    /// [`max_wait`](Self::max_wait) returns [`RetryLater`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tollgate_reqwest::retry_policies::policies::ExponentialBackoff;
+    /// use tollgate_reqwest::RateLimitMiddleware;
+    ///
+    /// let middleware = RateLimitMiddleware::builder()
+    ///     .backoff_policy(
+    ///         ExponentialBackoff::builder()
+    ///             .retry_bounds(Duration::from_millis(500), Duration::from_secs(8))
+    ///             .build_with_max_retries(5),
+    ///     )
+    ///     .build();
+    /// ```
+    #[must_use]
+    pub fn backoff_policy(mut self, policy: impl RetryPolicy + Send + Sync + 'static) -> Self {
+        self.backoff = Box::new(policy);
         self
     }
 
@@ -363,6 +404,7 @@ impl Builder {
                 pacing,
                 endpoints: Mutex::new(HashMap::new()),
                 estimator: self.estimator,
+                backoff: self.backoff,
                 settings: self.settings,
                 calls: AtomicU64::new(0),
                 retries: AtomicU64::new(0),
@@ -566,7 +608,10 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             } else {
                 (response, None)
             };
-            let wait = self.wait_for(&read, body_hint, attempt);
+            let Some(wait) = self.wait_for(&read, body_hint, attempt) else {
+                tracing::info!(%key, %status, attempt, "the back-off policy gives up: returned as it is");
+                return Ok(response);
+            };
             // A wait too long to count pauses the others for the ceiling
             // only: this call returns at once, they learn it for themselves.
             let pause = if wait == Duration::MAX {
@@ -848,16 +893,21 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
     /// The wait a refusal asks for, by precedence: `retry-after-ms`, then
     /// `Retry-After` (both in `read.retry_after`; one too long to count is
     /// `Duration::MAX`), then a hint in the body, then the reset of an
-    /// exhausted limit, then jittered exponential back-off.
-    fn wait_for(&self, read: &RateLimitHeaders, body: Option<Duration>, attempt: u32) -> Duration {
+    /// exhausted limit, then the back-off policy (`None` when it gives up).
+    fn wait_for(
+        &self,
+        read: &RateLimitHeaders,
+        body: Option<Duration>,
+        attempt: u32,
+    ) -> Option<Duration> {
         if let Some(wait) = read.retry_after {
-            return wait;
+            return Some(wait);
         }
         if read.retry_after_too_long {
-            return Duration::MAX;
+            return Some(Duration::MAX);
         }
         if let Some(wait) = body {
-            return wait;
+            return Some(wait);
         }
         let readings = [
             read.requests,
@@ -871,17 +921,17 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             .filter_map(|r| r.reset)
             .max();
         if let Some(reset) = exhausted.filter(|r| !r.is_zero()) {
-            return reset;
+            return Some(reset);
         }
-        let exponent = attempt.saturating_sub(1).min(30);
-        let full = self
-            .settings
-            .backoff_base
-            .saturating_mul(1u32 << exponent)
-            .min(self.settings.backoff_cap);
-        // Between half and all of it, so that callers refused together do
-        // not come back together.
-        full.mul_f64(0.5 + fastrand::f64() * 0.5)
+        // The back-off policy's, jittered so that callers refused together
+        // do not come back together.
+        let now = SystemTime::now();
+        match self.backoff.should_retry(now, attempt.saturating_sub(1)) {
+            RetryDecision::Retry { execute_after } => {
+                Some(execute_after.duration_since(now).unwrap_or_default())
+            }
+            _ => None,
+        }
     }
 
     /// Takes one retry from the retry budget: 10, plus a share of calls.

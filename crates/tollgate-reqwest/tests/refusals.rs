@@ -224,13 +224,14 @@ async fn without_hints_back_off_grows_with_jitter_until_attempts_run_out() {
     assert_eq!(arrivals.len(), 3);
     let first_gap = arrivals[1] - arrivals[0];
     let second_gap = arrivals[2] - arrivals[1];
-    // 1 s then 2 s, each jittered to between half and all of it.
+    // 1 s then 2 s, each jittered (retry-policies' bounded jitter) to
+    // between half the base and the whole.
     assert!(
         (Duration::from_millis(500)..=Duration::from_millis(1_011)).contains(&first_gap),
         "{arrivals:?}"
     );
     assert!(
-        (Duration::from_millis(1_000)..=Duration::from_millis(2_011)).contains(&second_gap),
+        (Duration::from_millis(500)..=Duration::from_millis(2_011)).contains(&second_gap),
         "{arrivals:?}"
     );
 }
@@ -454,4 +455,56 @@ async fn a_retry_after_too_large_to_count_is_longer_than_the_ceiling() {
     let endpoint = tollgate_reqwest::Endpoint::new(&url.parse().unwrap(), None);
     let paused = budget_view.budget().paused_for(&endpoint).await.unwrap();
     assert_eq!(paused, Duration::from_secs(60));
+}
+
+/// A back-off policy of one's own: a fixed wait, then giving up.
+struct Fixed {
+    wait: Duration,
+    retries: u32,
+}
+
+impl tollgate_reqwest::retry_policies::RetryPolicy for Fixed {
+    fn should_retry(
+        &self,
+        request_start_time: std::time::SystemTime,
+        n_past_retries: u32,
+    ) -> tollgate_reqwest::retry_policies::RetryDecision {
+        use tollgate_reqwest::retry_policies::RetryDecision;
+        if n_past_retries >= self.retries {
+            RetryDecision::DoNotRetry
+        } else {
+            RetryDecision::Retry {
+                execute_after: request_start_time + self.wait,
+            }
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_back_off_policy_of_ones_own_sets_the_wait_and_may_give_up() {
+    let refusal = || (503, vec![]);
+    let (url, script) = serve(vec![refusal(), refusal(), refusal(), refusal()]).await;
+    let client = client(
+        RateLimitMiddleware::builder()
+            .limits(ProviderLimits::new().requests_per_minute(6_000))
+            .max_attempts(10)
+            .backoff_policy(Fixed {
+                wait: Duration::from_secs(3),
+                retries: 1,
+            })
+            .build(),
+    );
+    let start = Instant::now();
+    // One retry after 3 s; then the policy gives up, and the second 503
+    // is returned as it is.
+    let response = post_body(&client, &url, LARGE).await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.extensions().get::<Attempts>(), Some(&Attempts(2)));
+    let arrivals = script.since(start);
+    assert_eq!(arrivals.len(), 2);
+    let gap = arrivals[1] - arrivals[0];
+    assert!(
+        (Duration::from_secs(3)..=Duration::from_millis(3_011)).contains(&gap),
+        "{arrivals:?}"
+    );
 }
