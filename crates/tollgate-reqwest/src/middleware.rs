@@ -159,19 +159,9 @@ struct EndpointState {
     /// Held by the one call that goes alone until the limits are known.
     probe: tokio::sync::Mutex<()>,
     learnt: AtomicBool,
-    /// The per-minute limits the headers stated, merged over responses.
-    heard: Mutex<ProviderLimits>,
-    /// The limits in force: the configured ones, or stricter learnt ones.
-    in_force: Mutex<Option<ProviderLimits>>,
-    /// Per dimension, the largest cost of a call: each burst holds at
-    /// least that much.
-    bursts: Mutex<[u64; 4]>,
-    /// The request rate learnt from refusals, while the endpoint states
-    /// no request limit and none is configured.
-    adaptive: Mutex<Adaptive>,
-    /// This process's share of the endpoint's limits, which other clients
-    /// may spend from too.
-    share: Mutex<Share>,
+    /// What is known of the endpoint, under one lock (never held across
+    /// an await).
+    known: Mutex<Known>,
     /// Before the first refusal of such an endpoint: the calls allowed in
     /// flight, from 2, one more every second answer (TCP's slow start,
     /// gentler). Closed at the first refusal.
@@ -179,16 +169,37 @@ struct EndpointState {
     window_answers: AtomicU64,
 }
 
+/// What is known of one endpoint.
+#[derive(Default)]
+struct Known {
+    /// The per-minute limits the headers stated, merged over responses.
+    heard: ProviderLimits,
+    /// The limits in force: the configured ones, or stricter learnt ones.
+    in_force: Option<ProviderLimits>,
+    /// Per dimension, the largest cost of a call: each burst holds at
+    /// least that much.
+    bursts: [u64; 4],
+    /// The request rate learnt from refusals, while the endpoint states
+    /// no request limit and none is configured.
+    adaptive: Adaptive,
+    /// This process's share of the endpoint's limits, which other clients
+    /// may spend from too.
+    share: Share,
+}
+
+impl EndpointState {
+    fn known(&self) -> std::sync::MutexGuard<'_, Known> {
+        // Every update of `Known` is whole before anything can panic.
+        self.known.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 impl Default for EndpointState {
     fn default() -> Self {
         Self {
             probe: tokio::sync::Mutex::default(),
             learnt: AtomicBool::default(),
-            heard: Mutex::default(),
-            in_force: Mutex::default(),
-            bursts: Mutex::default(),
-            adaptive: Mutex::default(),
-            share: Mutex::default(),
+            known: Mutex::default(),
             window: Arc::new(tokio::sync::Semaphore::new(2)),
             window_answers: AtomicU64::new(0),
         }
@@ -437,10 +448,7 @@ impl<S> RateLimitMiddleware<S> {
     pub fn limits_for(&self, endpoint: &Endpoint) -> Option<ProviderLimits> {
         let endpoints = self.shared.lock_endpoints();
         let state = endpoints.get(endpoint)?;
-        let in_force = *state
-            .in_force
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let in_force = state.known().in_force;
         in_force
     }
 
@@ -677,15 +685,11 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
         }
         if raise {
             let in_force = {
-                let mut bursts = state.bursts.lock().unwrap_or_else(PoisonError::into_inner);
-                for (burst, &cost) in bursts.iter_mut().zip(costs) {
+                let mut known = state.known();
+                for (burst, &cost) in known.bursts.iter_mut().zip(costs) {
                     *burst = (*burst).max(cost);
                 }
-                (*state
-                    .in_force
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner))
-                .unwrap_or(self.configured)
+                known.in_force.unwrap_or(self.configured)
             };
             self.apply(key, state, &in_force).await;
         }
@@ -709,19 +713,12 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
     /// Puts per-minute limits in force for an endpoint, with its bursts,
     /// and its learnt request rate where it states no request limit.
     async fn apply(&self, key: &Endpoint, state: &EndpointState, in_force: &ProviderLimits) {
-        let bursts = *state.bursts.lock().unwrap_or_else(PoisonError::into_inner);
-        let share = state
-            .share
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get();
+        let (bursts, share, learnt) = {
+            let known = state.known();
+            (known.bursts, known.share.get(), known.adaptive.per_minute())
+        };
         let mut in_force = in_force.scaled(share);
         if in_force.requests().is_none() {
-            let learnt = state
-                .adaptive
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .per_minute();
             if let Some(per_minute) = learnt {
                 in_force = in_force.requests_per_minute(per_minute);
             }
@@ -750,9 +747,8 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             Arc::clone(&state.window).acquire_owned().await.ok()
         };
         let end = state
+            .known()
             .adaptive
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
             .episode_end(tokio::time::Instant::now());
         if let Some(end) = end {
             tracing::debug!(%key, "waiting out a refusal episode");
@@ -765,12 +761,7 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
     /// states no request limit, and none is configured.
     fn learns_rate(&self, state: &EndpointState) -> bool {
         self.configured.requests().is_none()
-            && state
-                .heard
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .requests()
-                .is_none()
+            && state.known().heard.requests().is_none()
     }
 
     /// Where the endpoint states no request limit (and none is
@@ -788,10 +779,7 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
         }
         let now = tokio::time::Instant::now();
         let changed = {
-            let mut adaptive = state
-                .adaptive
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let adaptive = &mut state.known().adaptive;
             if retryable(status) {
                 let hold = read.retry_after.unwrap_or(Duration::from_secs(1));
                 adaptive.refused(now, hold)
@@ -820,7 +808,7 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
         }
         let now = tokio::time::Instant::now();
         let changed = {
-            let mut share = state.share.lock().unwrap_or_else(PoisonError::into_inner);
+            let share = &mut state.known().share;
             if status == StatusCode::TOO_MANY_REQUESTS {
                 let hold = read.retry_after.unwrap_or(Duration::from_secs(1));
                 share.refused(now, hold)
@@ -841,11 +829,7 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
     /// Puts the limits in force again, after what shapes them (the learnt
     /// rate, the share) changed.
     async fn reapply(&self, key: &Endpoint, state: &EndpointState) {
-        let in_force = (*state
-            .in_force
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner))
-        .unwrap_or(self.configured);
+        let in_force = state.known().in_force.unwrap_or(self.configured);
         self.apply(key, state, &in_force).await;
     }
 
@@ -853,19 +837,13 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
     /// is configured, or where stricter) and what remains of them.
     async fn learn(&self, key: &Endpoint, state: &EndpointState, read: &RateLimitHeaders) {
         let stated = ProviderLimits::from_headers(read);
-        let in_force = {
-            let mut heard = state.heard.lock().unwrap_or_else(PoisonError::into_inner);
-            *heard = heard.merged_with(&stated);
-            self.configured.stricter(&heard)
-        };
-        let changed = {
-            let mut current = state
-                .in_force
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let changed = *current != Some(in_force);
-            *current = Some(in_force);
-            changed
+        let (in_force, changed) = {
+            let mut known = state.known();
+            known.heard = known.heard.merged_with(&stated);
+            let in_force = self.configured.stricter(&known.heard);
+            let changed = known.in_force != Some(in_force);
+            known.in_force = Some(in_force);
+            (in_force, changed)
         };
         if changed && !stated.is_empty() {
             tracing::info!(%key, limits = ?in_force, "rate limits learnt from the response headers");
