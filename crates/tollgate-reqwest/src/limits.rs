@@ -5,10 +5,50 @@ use std::time::Duration;
 use tollgate::headers::RateLimitHeaders;
 use tollgate::{Limits, Quota};
 
-/// Requests, then tokens (input and output together), input tokens and
-/// output tokens: the order of every cost array.
-pub(crate) const DIMENSIONS: [&str; 4] = ["requests", "tokens", "input_tokens", "output_tokens"];
-pub(crate) const REQUESTS: usize = 0;
+/// The four dimensions a call spends. Their order is that of every cost
+/// array and of the budget's limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dimension {
+    Requests,
+    /// Input and output together (OpenAI's TPM).
+    Tokens,
+    InputTokens,
+    OutputTokens,
+}
+
+impl Dimension {
+    pub(crate) const ALL: [Self; 4] = [
+        Self::Requests,
+        Self::Tokens,
+        Self::InputTokens,
+        Self::OutputTokens,
+    ];
+
+    /// Its place in a cost array and in the budget's limits.
+    pub(crate) const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Its name in the budget's limits and in errors.
+    pub(crate) const fn name(self) -> &'static str {
+        match self {
+            Self::Requests => "requests",
+            Self::Tokens => "tokens",
+            Self::InputTokens => "input_tokens",
+            Self::OutputTokens => "output_tokens",
+        }
+    }
+
+    /// What a response's headers read of it.
+    pub(crate) const fn of(self, read: &RateLimitHeaders) -> tollgate::headers::Reading {
+        match self {
+            Self::Requests => read.requests,
+            Self::Tokens => read.tokens,
+            Self::InputTokens => read.input_tokens,
+            Self::OutputTokens => read.output_tokens,
+        }
+    }
+}
 
 /// A limit of a dimension nobody set or told us: effectively none.
 const OPEN: u64 = 1_000_000_000;
@@ -42,49 +82,49 @@ impl ProviderLimits {
     /// Requests per minute (RPM).
     #[must_use]
     pub const fn requests_per_minute(mut self, n: u64) -> Self {
-        self.per_minute[0] = Some(n);
+        self.per_minute[Dimension::Requests.index()] = Some(n);
         self
     }
 
     /// Tokens per minute, input and output together (OpenAI's TPM).
     #[must_use]
     pub const fn tokens_per_minute(mut self, n: u64) -> Self {
-        self.per_minute[1] = Some(n);
+        self.per_minute[Dimension::Tokens.index()] = Some(n);
         self
     }
 
     /// Input tokens per minute (Anthropic's ITPM).
     #[must_use]
     pub const fn input_tokens_per_minute(mut self, n: u64) -> Self {
-        self.per_minute[2] = Some(n);
+        self.per_minute[Dimension::InputTokens.index()] = Some(n);
         self
     }
 
     /// Output tokens per minute (Anthropic's OTPM).
     #[must_use]
     pub const fn output_tokens_per_minute(mut self, n: u64) -> Self {
-        self.per_minute[3] = Some(n);
+        self.per_minute[Dimension::OutputTokens.index()] = Some(n);
         self
     }
 
     /// Requests per minute, if set or stated.
     pub fn requests(&self) -> Option<u64> {
-        self.per_minute[0]
+        self.per_minute[Dimension::Requests.index()]
     }
 
     /// Tokens per minute, input and output together.
     pub fn tokens(&self) -> Option<u64> {
-        self.per_minute[1]
+        self.per_minute[Dimension::Tokens.index()]
     }
 
     /// Input tokens per minute.
     pub fn input_tokens(&self) -> Option<u64> {
-        self.per_minute[2]
+        self.per_minute[Dimension::InputTokens.index()]
     }
 
     /// Output tokens per minute.
     pub fn output_tokens(&self) -> Option<u64> {
-        self.per_minute[3]
+        self.per_minute[Dimension::OutputTokens.index()]
     }
 
     /// Whether any limit is set.
@@ -92,10 +132,8 @@ impl ProviderLimits {
         self.per_minute.iter().all(Option::is_none)
     }
 
-    pub(crate) fn with(mut self, dimension: usize, per_minute: u64) -> Self {
-        if let Some(slot) = self.per_minute.get_mut(dimension) {
-            *slot = Some(per_minute);
-        }
+    pub(crate) fn with(mut self, dimension: Dimension, per_minute: u64) -> Self {
+        self.per_minute[dimension.index()] = Some(per_minute);
         self
     }
 
@@ -119,21 +157,15 @@ impl ProviderLimits {
         scaled
     }
 
-    pub(crate) fn get(&self, dimension: usize) -> Option<u64> {
-        self.per_minute.get(dimension).copied().flatten()
+    pub(crate) fn get(&self, dimension: Dimension) -> Option<u64> {
+        self.per_minute[dimension.index()]
     }
 
     /// The per-minute limits a response's headers state.
     pub(crate) fn from_headers(read: &RateLimitHeaders) -> Self {
         let mut limits = Self::new();
-        let readings = [
-            read.requests,
-            read.tokens,
-            read.input_tokens,
-            read.output_tokens,
-        ];
-        for (slot, reading) in limits.per_minute.iter_mut().zip(readings) {
-            *slot = reading.limit.filter(|&n| n > 0);
+        for dimension in Dimension::ALL {
+            limits.per_minute[dimension.index()] = dimension.of(read).limit.filter(|&n| n > 0);
         }
         // IETF policies: the dimension is read from the policy's name
         // ("requests", "rpm", "tokens", "tpm", "input_tokens",
@@ -155,7 +187,7 @@ impl ProviderLimits {
                 continue;
             }
             let dimension = policy_dimension(&policy.name);
-            let slot = &mut from_policies.per_minute[dimension];
+            let slot = &mut from_policies.per_minute[dimension.index()];
             *slot = Some(slot.map_or(per_minute, |old| old.min(per_minute)));
         }
         for (slot, from_policy) in limits.per_minute.iter_mut().zip(from_policies.per_minute) {
@@ -178,16 +210,16 @@ impl ProviderLimits {
 }
 
 /// The dimension an IETF policy's name speaks of.
-fn policy_dimension(name: &str) -> usize {
+fn policy_dimension(name: &str) -> Dimension {
     let name = name.to_ascii_lowercase();
     if name.contains("input") {
-        2
+        Dimension::InputTokens
     } else if name.contains("output") {
-        3
+        Dimension::OutputTokens
     } else if name.contains("token") || name == "tpm" {
-        1
+        Dimension::Tokens
     } else {
-        REQUESTS
+        Dimension::Requests
     }
 }
 
@@ -222,9 +254,9 @@ impl Pacing {
 
     pub(crate) fn limits(&self, per_minute: &ProviderLimits, bursts: &[u64; 4]) -> Limits {
         let mut builder = Limits::builder();
-        for (dimension, name) in DIMENSIONS.iter().enumerate() {
-            let quota = self.quota(per_minute.get(dimension), bursts[dimension]);
-            builder = builder.dimension(*name, quota);
+        for dimension in Dimension::ALL {
+            let quota = self.quota(per_minute.get(dimension), bursts[dimension.index()]);
+            builder = builder.dimension(dimension.name(), quota);
         }
         // Four distinct names and valid quotas: this cannot fail.
         builder.build().unwrap_or_else(|_| open_limits())
@@ -287,8 +319,8 @@ mod tests {
             .requests_per_minute(500)
             .tokens_per_minute(10_000);
         let both = configured.stricter(&learnt);
-        assert_eq!(both.get(0), Some(100));
-        assert_eq!(both.get(1), Some(10_000));
-        assert_eq!(both.get(2), None);
+        assert_eq!(both.get(Dimension::Requests), Some(100));
+        assert_eq!(both.get(Dimension::Tokens), Some(10_000));
+        assert_eq!(both.get(Dimension::InputTokens), None);
     }
 }

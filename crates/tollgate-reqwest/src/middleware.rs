@@ -19,7 +19,7 @@ use retry_policies::{Jitter, RetryDecision, RetryPolicy};
 use crate::adaptive::Adaptive;
 use crate::estimate::{DefaultEstimator, TokenEstimator};
 use crate::hint;
-use crate::limits::{Pacing, ProviderLimits, DIMENSIONS};
+use crate::limits::{Dimension, Pacing, ProviderLimits};
 use crate::share::Share;
 use crate::{RetryLater, TooLarge, Usage};
 
@@ -672,12 +672,12 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             .await
             .map_err(reqwest_middleware::Error::middleware)?;
         let mut raise = false;
-        for (dimension, &cost) in costs.iter().enumerate() {
-            let quota = limits.quota(dimension);
+        for (dimension, &cost) in Dimension::ALL.into_iter().zip(costs) {
+            let quota = limits.quota(dimension.index());
             // A cost over a whole minute's limit never fits.
             if cost > quota.count() && quota.period() <= Duration::from_secs(60) {
                 return Err(reqwest_middleware::Error::middleware(TooLarge {
-                    dimension: DIMENSIONS[dimension].to_owned(),
+                    dimension: dimension.name().to_owned(),
                     cost,
                 }));
             }
@@ -760,8 +760,7 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
     /// Whether the endpoint's request rate is learnt from its answers: it
     /// states no request limit, and none is configured.
     fn learns_rate(&self, state: &EndpointState) -> bool {
-        self.configured.requests().is_none()
-            && state.known().heard.requests().is_none()
+        self.configured.requests().is_none() && state.known().heard.requests().is_none()
     }
 
     /// Where the endpoint states no request limit (and none is
@@ -852,19 +851,13 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
         let Ok(limits) = self.budget.limits_for(key).await else {
             return;
         };
-        let readings = [
-            read.requests,
-            read.tokens,
-            read.input_tokens,
-            read.output_tokens,
-        ];
-        for (dimension, reading) in readings.iter().enumerate() {
-            let Some(remaining) = reading.remaining else {
+        for dimension in Dimension::ALL {
+            let Some(remaining) = dimension.of(read).remaining else {
                 continue;
             };
-            let burst = limits.quota(dimension).burst_size();
+            let burst = limits.quota(dimension.index()).burst_size();
             let snapshot = Snapshot::new(burst, remaining, Duration::ZERO);
-            let _ = self.budget.observe(key, dimension, &snapshot).await;
+            let _ = self.budget.observe(key, dimension.index(), &snapshot).await;
         }
     }
 
@@ -887,14 +880,9 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
         if let Some(wait) = body {
             return Some(wait);
         }
-        let readings = [
-            read.requests,
-            read.tokens,
-            read.input_tokens,
-            read.output_tokens,
-        ];
-        let exhausted = readings
+        let exhausted = Dimension::ALL
             .iter()
+            .map(|d| d.of(read))
             .filter(|r| r.remaining == Some(0))
             .filter_map(|r| r.reset)
             .max();
@@ -960,7 +948,7 @@ impl ProviderLimits {
     /// These limits, with those `newer` states replacing them.
     pub(crate) fn merged_with(&self, newer: &Self) -> Self {
         let mut out = *self;
-        for dimension in 0..DIMENSIONS.len() {
+        for dimension in Dimension::ALL {
             if let Some(n) = newer.get(dimension) {
                 out = out.with(dimension, n);
             }
