@@ -59,6 +59,7 @@
 //! `reqwest-tracing`, say) gives them their context.
 
 mod adaptive;
+mod classify;
 mod error;
 mod estimate;
 mod hint;
@@ -67,6 +68,7 @@ mod middleware;
 mod share;
 mod usage;
 
+pub use classify::{Answer, Classify, DefaultClassify};
 pub use error::{RetryLater, TooLarge};
 pub use estimate::{DefaultEstimator, Estimate, TokenEstimator, DEFAULT_OUTPUT_TOKENS};
 pub use limits::ProviderLimits;

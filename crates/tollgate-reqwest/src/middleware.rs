@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use http::{Extensions, StatusCode};
+use http::Extensions;
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 use serde_json::Value;
@@ -17,6 +17,7 @@ use retry_policies::policies::ExponentialBackoff;
 use retry_policies::{Jitter, RetryDecision, RetryPolicy};
 
 use crate::adaptive::Adaptive;
+use crate::classify::{Answer, Classify, DefaultClassify};
 use crate::estimate::{DefaultEstimator, TokenEstimator};
 use crate::hint;
 use crate::limits::{Dimension, Pacing, ProviderLimits};
@@ -146,6 +147,7 @@ pub(crate) struct Shared<S = MemoryStore> {
     endpoints: Mutex<HashMap<Endpoint, Arc<EndpointState>>>,
     estimator: Box<dyn TokenEstimator>,
     backoff: Box<dyn RetryPolicy + Send + Sync>,
+    classify: Box<dyn Classify>,
     settings: Settings,
     calls: AtomicU64,
     retries: AtomicU64,
@@ -216,6 +218,7 @@ pub struct Builder {
     headroom: f64,
     estimator: Box<dyn TokenEstimator>,
     backoff: Box<dyn RetryPolicy + Send + Sync>,
+    classify: Box<dyn Classify>,
     settings: Settings,
 }
 
@@ -260,6 +263,7 @@ impl Default for Builder {
             headroom: 0.05,
             estimator: Box::new(DefaultEstimator),
             backoff: Box::new(exponential(Duration::from_secs(1), Duration::from_secs(60))),
+            classify: Box::new(DefaultClassify),
             settings: Settings {
                 max_attempts: 4,
                 max_refusals: 100,
@@ -367,6 +371,15 @@ impl Builder {
         self
     }
 
+    /// Which statuses are refusals for rate, which say the provider is
+    /// overloaded, and which are final (default: [`DefaultClassify`], 429
+    /// for rate, 503 and 529 overload).
+    #[must_use]
+    pub fn classify(mut self, classify: impl Classify) -> Self {
+        self.classify = Box::new(classify);
+        self
+    }
+
     /// Retries allowed, as a share of calls made (default 0.2, plus 10):
     /// when a provider fails everything, the client does not triple its
     /// load with retries.
@@ -416,6 +429,7 @@ impl Builder {
                 endpoints: Mutex::new(HashMap::new()),
                 estimator: self.estimator,
                 backoff: self.backoff,
+                classify: self.classify,
                 settings: self.settings,
                 calls: AtomicU64::new(0),
                 retries: AtomicU64::new(0),
@@ -471,10 +485,6 @@ impl<S: Store<Endpoint> + 'static> Middleware for RateLimitMiddleware<S> {
             .call(request, extensions, next)
             .await
     }
-}
-
-fn retryable(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 429 | 503 | 529)
 }
 
 impl<S> Shared<S> {
@@ -574,12 +584,13 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             drop(probe);
 
             let status = response.status();
-            self.adapt(&key, &state, status, &read).await;
-            self.find_share(&key, &state, status, &read).await;
+            let answer = self.classify.classify(status);
+            self.adapt(&key, &state, answer, &read).await;
+            self.find_share(&key, &state, answer, &read).await;
             if let Some(window) = window {
                 // An answer: the window grows by one; a refusal ends the
                 // slow start, a rate being learnt from it.
-                if retryable(status) {
+                if answer != Answer::Done {
                     state.window.close();
                 } else {
                     // One place more every second answer: the window grows
@@ -592,7 +603,7 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
                 drop(window);
             }
             response.extensions_mut().insert(Attempts(attempt));
-            if !retryable(status) {
+            if answer == Answer::Done {
                 // The estimate stays charged until the caller reports usage.
                 response.extensions_mut().insert(Usage::new(
                     Arc::clone(&self) as Arc<dyn SettleUsage>,
@@ -639,7 +650,7 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             if !can_retry {
                 return Ok(response);
             }
-            if status == StatusCode::TOO_MANY_REQUESTS {
+            if answer == Answer::RateLimited {
                 // Refused for rate: the wait asked for was taken; it spends
                 // neither attempts nor the retry budget.
                 refusals = refusals.saturating_add(1);
@@ -770,7 +781,7 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
         &self,
         key: &Endpoint,
         state: &EndpointState,
-        status: StatusCode,
+        answer: Answer,
         read: &RateLimitHeaders,
     ) {
         if !self.learns_rate(state) {
@@ -779,7 +790,7 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
         let now = tokio::time::Instant::now();
         let changed = {
             let adaptive = &mut state.known().adaptive;
-            if retryable(status) {
+            if answer != Answer::Done {
                 let hold = read.retry_after.unwrap_or(Duration::from_secs(1));
                 adaptive.refused(now, hold)
             } else {
@@ -799,7 +810,7 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
         &self,
         key: &Endpoint,
         state: &EndpointState,
-        status: StatusCode,
+        answer: Answer,
         read: &RateLimitHeaders,
     ) {
         if !self.finds_share || self.learns_rate(state) {
@@ -808,15 +819,16 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
         let now = tokio::time::Instant::now();
         let changed = {
             let share = &mut state.known().share;
-            if status == StatusCode::TOO_MANY_REQUESTS {
-                let hold = read.retry_after.unwrap_or(Duration::from_secs(1));
-                share.refused(now, hold)
-            } else if retryable(status) {
-                None
-            } else {
-                read.requests
+            match answer {
+                Answer::RateLimited => {
+                    let hold = read.retry_after.unwrap_or(Duration::from_secs(1));
+                    share.refused(now, hold)
+                }
+                Answer::Done => read
+                    .requests
                     .remaining
-                    .and_then(|remaining| share.answered(now, read.requests.limit, remaining))
+                    .and_then(|remaining| share.answered(now, read.requests.limit, remaining)),
+                _ => None,
             }
         };
         if let Some(share) = changed {

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 mod transport;
 
 use tollgate_reqwest::{
-    Attempts, ProviderLimits, RateLimitMiddleware, RetryLater, TooLarge, Usage,
+    Attempts, Classify, ProviderLimits, RateLimitMiddleware, RetryLater, TooLarge, Usage,
 };
 
 /// A refusal's status and headers.
@@ -507,4 +507,41 @@ async fn a_back_off_policy_of_ones_own_sets_the_wait_and_may_give_up() {
         (Duration::from_secs(3)..=Duration::from_millis(3_011)).contains(&gap),
         "{arrivals:?}"
     );
+}
+
+/// A provider that answers its rate limit with 503: classified as a
+/// refusal for rate, its answers are waited for and retried past
+/// `max_attempts` (which bounds overload, not refusals), as 429s are.
+#[tokio::test(start_paused = true)]
+async fn a_classifier_can_make_503_a_refusal_for_rate() {
+    let busy = || (503, vec![("retry-after", "1")]);
+    let builder = || {
+        RateLimitMiddleware::builder()
+            .limits(ProviderLimits::new().requests_per_minute(6_000))
+            .max_attempts(2)
+    };
+    // By default, overload: two attempts, then the 503 as it is.
+    let (url, script) = serve(vec![busy(), busy(), busy(), busy()]).await;
+    let start = Instant::now();
+    let default = client(builder().build());
+    assert_eq!(post(&default, &url).await.unwrap(), 503);
+    assert_eq!(script.since(start).len(), 2);
+    // As a refusal: four refusals waited out, then the 200.
+    let (url, script) = serve(vec![busy(), busy(), busy(), busy()]).await;
+    let start = Instant::now();
+    let classified = client(
+        builder()
+            .classify(|status: http::StatusCode| match status.as_u16() {
+                503 => tollgate_reqwest::Answer::RateLimited,
+                _ => tollgate_reqwest::DefaultClassify.classify(status),
+            })
+            .build(),
+    );
+    assert_eq!(post(&classified, &url).await.unwrap(), 200);
+    let arrivals = script.since(start);
+    assert_eq!(arrivals.len(), 5);
+    // Each after the second asked for.
+    for pair in arrivals.windows(2) {
+        assert!(pair[1] - pair[0] >= Duration::from_secs(1), "{arrivals:?}");
+    }
 }
