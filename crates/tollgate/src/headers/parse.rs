@@ -514,58 +514,38 @@ struct Item {
     params: Vec<(String, Option<i64>)>,
 }
 
-/// Splits a Structured Field list into items. Only what the rate-limit
-/// fields use is read: string or token names and integer parameters;
-/// other parameter values read as `None`.
+/// A Structured Field list (RFC 9651), read with `sfv`: a field that is
+/// not one is ignored whole, as the rate-limit draft asks of malformed
+/// fields. Only what the rate-limit fields use is kept: string names and
+/// integer parameters (other parameter values read as `None`; members
+/// without a string name, and inner lists, have no name).
 fn sf_list(value: &str) -> Vec<Item> {
-    let mut items = Vec::new();
-    for member in split_outside_quotes(value, ',') {
-        let mut parts = split_outside_quotes(member.trim(), ';').into_iter();
-        let Some(head) = parts.next() else { continue };
-        let head = head.trim();
-        let name = head
-            .strip_prefix('"')
-            .and_then(|s| s.strip_suffix('"'))
-            .map(|s| s.replace("\\\"", "\"").replace("\\\\", "\\"));
-        let params = parts
-            .filter_map(|param| {
-                let (key, value) = param.trim().split_once('=')?;
-                let value = value.trim();
-                let number = if value.len() <= 15 {
-                    let digits = value.strip_prefix('-').unwrap_or(value);
-                    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
-                        .then(|| value.parse().ok())
-                        .flatten()
-                } else {
-                    None
-                };
-                Some((key.trim().to_owned(), number))
-            })
-            .collect();
-        items.push(Item { name, params });
-    }
-    items
-}
-
-fn split_outside_quotes(value: &str, separator: char) -> Vec<&str> {
-    let mut parts = Vec::new();
-    let mut quoted = false;
-    let mut escaped = false;
-    let mut start = 0;
-    for (i, c) in value.char_indices() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            c if c == separator && !quoted => {
-                parts.push(&value[start..i]);
-                start = i + c.len_utf8();
-            }
-            _ => {}
-        }
-    }
-    parts.push(&value[start..]);
-    parts
+    let Ok(list) = sfv::Parser::new(value).parse::<sfv::List>() else {
+        return Vec::new();
+    };
+    list.into_iter()
+        .filter_map(|entry| match entry {
+            sfv::ListEntry::Item(item) => Some(item),
+            sfv::ListEntry::InnerList(_) => None,
+        })
+        .map(|item| Item {
+            name: match &item.bare_item {
+                sfv::BareItem::String(name) => Some(name.as_str().to_owned()),
+                _ => None,
+            },
+            params: item
+                .params
+                .iter()
+                .map(|(key, value)| {
+                    let number = match value {
+                        sfv::BareItem::Integer(n) => Some(i64::from(*n)),
+                        _ => None,
+                    };
+                    (key.as_str().to_owned(), number)
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 impl Item {
