@@ -151,6 +151,18 @@ fn main() {
         one("OpenAI headers, tokens bind", Style::OpenAi, 6_000, 36_000),
         one("Anthropic headers", Style::Anthropic, 600, 1_000_000),
         one("IETF RateLimit headers", Style::Ietf, 600, 1_000_000),
+        one(
+            "Mistral headers (window in the name)",
+            Style::Mistral,
+            600,
+            1_000_000,
+        ),
+        one(
+            "remaining only (Azure), Retry-After",
+            Style::RemainingOnly,
+            600,
+            1_000_000,
+        ),
         one("no headers, Retry-After only", Style::Bare, 600, 1_000_000),
         Scenario::new(
             "limit raised mid-run (600 to 1,200 rpm)",

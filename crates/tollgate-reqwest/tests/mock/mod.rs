@@ -26,6 +26,8 @@ pub(crate) enum Style {
     Ietf,
     /// Mistral's: the window in the header's name, no reset.
     Mistral,
+    /// Azure's sparest: what remains, no limit, no reset.
+    RemainingOnly,
     /// No rate-limit headers; a refusal says only `Retry-After` (whole
     /// seconds).
     Bare,
@@ -247,6 +249,13 @@ impl Mock {
                 put("anthropic-ratelimit-tokens-reset", at);
             }
             Style::Bare => {}
+            Style::RemainingOnly => {
+                put(
+                    "x-ratelimit-remaining-requests",
+                    remaining_requests.to_string(),
+                );
+                put("x-ratelimit-remaining-tokens", remaining_tokens.to_string());
+            }
             Style::Mistral => {
                 put("x-ratelimit-limit-req-minute", self.rpm().to_string());
                 put(
