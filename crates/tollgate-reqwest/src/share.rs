@@ -22,6 +22,12 @@
 //!
 //! Only for the in-memory store: processes that share a store spend from
 //! one budget already.
+//!
+//! What it cannot see: where a provider refills continuously and the key
+//! is saturated, `remaining` hovers while everyone spends, and a reading
+//! says little (refill hides the others' spend); then the share holds
+//! where the earlier readings put it, and refusals cut it. A store shared
+//! between the processes (Redis) needs no reading at all.
 
 use std::time::Duration;
 
