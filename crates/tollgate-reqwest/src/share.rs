@@ -24,10 +24,10 @@
 //! one budget already.
 //!
 //! What it cannot see: where a provider refills continuously and the key
-//! is saturated, `remaining` hovers while everyone spends, and a reading
-//! says little (refill hides the others' spend); then the share holds
-//! where the earlier readings put it, and refusals cut it. A store shared
-//! between the processes (Redis) needs no reading at all.
+//! is saturated, `remaining` hovers while everyone spends; a reading where
+//! it fell by less than this process spent is a refill's and is not taken,
+//! so the share holds where the earlier readings put it, and refusals cut
+//! it. A store shared between the processes (Redis) needs no reading.
 
 use std::time::Duration;
 
@@ -48,6 +48,9 @@ const MIN_READING: Duration = Duration::from_millis(100);
 /// At most this many processes starting together are read from the first
 /// answer.
 const STARTING: u64 = 16;
+/// A reading under this (remaining fell by less than this process spent)
+/// is a refill's, and is not taken.
+const HIDDEN: f64 = 0.7;
 /// How far each reading moves the clients seen toward it.
 const SMOOTHING: f64 = 0.5;
 /// Each second without a refusal, the share grows by this part of itself.
@@ -152,7 +155,11 @@ impl Share {
                     }
                     #[allow(clippy::cast_precision_loss)]
                     let reading = fell as f64 / spent_here as f64;
-                    self.read(reading);
+                    // Well under what this process spent itself: a
+                    // refill hid the spending, and says nothing of others.
+                    if reading >= HIDDEN {
+                        self.read(reading);
+                    }
                     self.mark = Some(mark);
                 }
             }
@@ -300,6 +307,32 @@ mod tests {
             assert_eq!(share.answered(at, Some(6_000), 6_000 - 60 * (i + 1)), None);
         }
         assert!((share.get() - 1.0).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn a_refill_that_hides_the_spending_is_no_reading() {
+        let start = Instant::now();
+        let mut share = Share::default();
+        // Two clients seen (the first reading, three answers in)...
+        for i in 0..3u64 {
+            share.answered(
+                start + Duration::from_millis(100 * i),
+                Some(600),
+                600 - 2 * (i + 1),
+            );
+        }
+        assert!((share.get() - 0.5).abs() < 1e-9);
+        // ...then the key saturated, refilled as fast as it is spent:
+        // remaining falls by one every third answer. The share holds.
+        let mut remaining = 594;
+        for i in 0..60u64 {
+            if i % 3 == 0 {
+                remaining -= 1;
+            }
+            let at = start + Duration::from_millis(500 + 100 * i);
+            assert_eq!(share.answered(at, Some(600), remaining), None, "{i}");
+        }
+        assert!((share.get() - 0.5).abs() < 1e-9, "{}", share.get());
     }
 
     #[test]
