@@ -1,10 +1,18 @@
 //! `tollgate mock`: an OpenAI-compatible provider that enforces requests
 //! and tokens per minute with tollgate-tower, and answers with rate-limit
 //! headers in a provider's style.
+//!
+//! Limits are enforced in slices of a second, as providers do; the
+//! headers' `remaining` counts what the last minute admitted (it falls by
+//! one a request, as a provider's does), and their reset is until the
+//! minute is whole again. Mocks sharing a limit through Redis do not see
+//! each other's admissions: there `remaining` is the second's room, scaled
+//! to a minute.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
@@ -110,6 +118,61 @@ struct Limits {
     /// Wall-clock time at the mock's start, for `Date` and absolute resets.
     started: SystemTime,
     start: tokio::time::Instant,
+    /// In one process (no shared store): what the last minute admitted.
+    minute: Option<Mutex<Minute>>,
+}
+
+/// The requests and tokens admitted in the last minute, which is what a
+/// provider's `remaining` counts: it falls by one a request and comes
+/// back as the minute moves on.
+#[derive(Default)]
+struct Minute {
+    admitted: VecDeque<(tokio::time::Instant, u64)>,
+    tokens: u64,
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+impl Minute {
+    fn admit(&mut self, now: tokio::time::Instant, tokens: u64) {
+        self.admitted.push_back((now, tokens));
+        self.tokens = self.tokens.saturating_add(tokens);
+    }
+
+    /// Requests and tokens admitted in the minute before `now`, and how
+    /// long until the newest leaves it (the minute is whole again).
+    fn spent(&mut self, now: tokio::time::Instant) -> (u64, u64, Duration) {
+        while let Some(&(at, tokens)) = self.admitted.front() {
+            if now.saturating_duration_since(at) < MINUTE {
+                break;
+            }
+            self.admitted.pop_front();
+            self.tokens = self.tokens.saturating_sub(tokens);
+        }
+        let full = self.admitted.back().map_or(Duration::ZERO, |&(at, _)| {
+            MINUTE.saturating_sub(now.saturating_duration_since(at))
+        });
+        (self.admitted.len() as u64, self.tokens, full)
+    }
+}
+
+/// What the headers say of a dimension.
+struct Reported {
+    remaining: u64,
+    /// Until the limit is whole again.
+    reset: Duration,
+}
+
+impl Reported {
+    /// With a shared store the other mocks' admissions are not seen here:
+    /// what remains of the second's slice, scaled to a minute.
+    fn of_slice(per_minute: u64, snapshot: &Snapshot) -> Self {
+        let slice = snapshot.limit().max(1);
+        Self {
+            remaining: per_minute.saturating_mul(snapshot.remaining()) / slice,
+            reset: snapshot.reset_after(),
+        }
+    }
 }
 
 /// A per-minute limit as providers enforce it: in slices of a second. The
@@ -147,12 +210,14 @@ pub fn app(config: MockConfig) -> Result<Router, String> {
     }
     let requests = requests.build().map_err(|e| e.to_string())?;
     let tokens = tokens.build().map_err(|e| e.to_string())?;
+    let config_store_absent = config.store.is_none();
     let limits = Arc::new(Limits {
         config,
         requests: requests.clone(),
         tokens: tokens.clone(),
         started: SystemTime::now(),
         start: tokio::time::Instant::now(),
+        minute: config_store_absent.then(|| Mutex::new(Minute::default())),
     });
     Ok(Router::new()
         .route("/v1/chat/completions", post(complete))
@@ -288,6 +353,10 @@ async fn snapshot(limiter: LayerLimiter<'_>) -> Option<Snapshot> {
 }
 
 async fn headers(State(limits): State<Arc<Limits>>, request: Request, next: Next) -> Response {
+    let cost = request
+        .extensions()
+        .get::<Tokens>()
+        .map_or(0, Tokens::total);
     let mut response = next.run(request).await;
     let (Some(requests), Some(tokens)) = (
         snapshot(limits.requests.limiter()).await,
@@ -295,13 +364,36 @@ async fn headers(State(limits): State<Arc<Limits>>, request: Request, next: Next
     ) else {
         return response;
     };
-    let retry_after = response
-        .extensions()
-        .get::<Rejection>()
-        .and_then(Rejection::retry_after);
+    let rejection = response.extensions().get::<Rejection>();
+    let retry_after = rejection.and_then(Rejection::retry_after);
+    let admitted = rejection.is_none() && response.status().is_success();
+    let config = &limits.config;
+    let (requests, tokens) = match &limits.minute {
+        Some(minute) => {
+            let mut minute = minute.lock().unwrap_or_else(PoisonError::into_inner);
+            let at = tokio::time::Instant::now();
+            if admitted {
+                minute.admit(at, cost);
+            }
+            let (spent_requests, spent_tokens, reset) = minute.spent(at);
+            (
+                Reported {
+                    remaining: config.rpm.saturating_sub(spent_requests),
+                    reset,
+                },
+                Reported {
+                    remaining: config.tpm.saturating_sub(spent_tokens),
+                    reset,
+                },
+            )
+        }
+        None => (
+            Reported::of_slice(config.rpm, &requests),
+            Reported::of_slice(config.tpm, &tokens),
+        ),
+    };
     let elapsed = limits.start.elapsed();
     let now = limits.started + elapsed;
-    let config = &limits.config;
     let headers = response.headers_mut();
     put(headers, "date", httpdate::fmt_http_date(now));
     if let (Some(wait), false) = (retry_after, config.style == Style::Bare) {
@@ -339,13 +431,7 @@ fn put(headers: &mut HeaderMap, name: &str, value: String) {
     }
 }
 
-/// What remains of the minute: the slice's room, scaled to a minute.
-fn per_minute_remaining(per_minute: u64, snapshot: &Snapshot) -> u64 {
-    let slice = snapshot.limit().max(1);
-    per_minute.saturating_mul(snapshot.remaining()) / slice
-}
-
-fn openai(headers: &mut HeaderMap, what: &str, per_minute: u64, snapshot: &Snapshot) {
+fn openai(headers: &mut HeaderMap, what: &str, per_minute: u64, reported: &Reported) {
     put(
         headers,
         &format!("x-ratelimit-limit-{what}"),
@@ -354,13 +440,12 @@ fn openai(headers: &mut HeaderMap, what: &str, per_minute: u64, snapshot: &Snaps
     put(
         headers,
         &format!("x-ratelimit-remaining-{what}"),
-        per_minute_remaining(per_minute, snapshot).to_string(),
+        reported.remaining.to_string(),
     );
-    let reset = snapshot.reset_after();
     put(
         headers,
         &format!("x-ratelimit-reset-{what}"),
-        format!("{}ms", reset.as_millis()),
+        format!("{}ms", reported.reset.as_millis()),
     );
 }
 
@@ -368,7 +453,7 @@ fn anthropic(
     headers: &mut HeaderMap,
     what: &str,
     per_minute: u64,
-    snapshot: &Snapshot,
+    reported: &Reported,
     now: SystemTime,
 ) {
     put(
@@ -379,12 +464,12 @@ fn anthropic(
     put(
         headers,
         &format!("anthropic-ratelimit-{what}-remaining"),
-        per_minute_remaining(per_minute, snapshot).to_string(),
+        reported.remaining.to_string(),
     );
     put(
         headers,
         &format!("anthropic-ratelimit-{what}-reset"),
-        tollgate::headers::rfc3339(now + snapshot.reset_after()),
+        tollgate::headers::rfc3339(now + reported.reset),
     );
 }
 

@@ -25,18 +25,24 @@ async fn the_mock_refuses_over_its_limits_with_headers() {
     .unwrap();
     let body = r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#;
     let mut statuses = Vec::new();
+    let mut remaining = Vec::new();
     let mut last = None;
     for _ in 0..3 {
         let response = app.clone().oneshot(request(body)).await.unwrap();
         statuses.push(response.status().as_u16());
+        remaining.push(response.headers()["x-ratelimit-remaining-requests"].clone());
         last = Some(response);
     }
     // 120 a minute is 2 a second: a burst of 2, then one each 500 ms.
     assert_eq!(statuses, [200, 200, 429]);
+    // What remains of the minute falls by one a request admitted (as a
+    // provider's does), not by the refused one.
+    assert_eq!(remaining, ["119", "118", "118"]);
     let last = last.unwrap();
     let headers = last.headers();
     assert_eq!(headers["x-ratelimit-limit-requests"], "120");
-    assert_eq!(headers["x-ratelimit-remaining-requests"], "0");
+    // Whole again when the newest admission leaves the minute.
+    assert_eq!(headers["x-ratelimit-reset-requests"], "60000ms");
     assert_eq!(headers["retry-after"], "1");
     assert_eq!(headers["retry-after-ms"], "500");
     assert!(headers.get("ratelimit").is_none(), "OpenAI style only");
