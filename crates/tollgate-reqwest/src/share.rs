@@ -253,6 +253,18 @@ fn changed(before: f64, after: f64) -> Option<f64> {
 mod tests {
     use super::*;
 
+    /// `answers` answers 100 ms apart from `start`, remaining falling by
+    /// two each: another client spends as much as this one.
+    fn two_alike(share: &mut Share, start: Instant, answers: u64) {
+        for i in 0..answers {
+            share.answered(
+                start + Duration::from_millis(100 * i),
+                Some(600),
+                600 - 2 * (i + 1),
+            );
+        }
+    }
+
     #[test]
     fn a_process_alone_keeps_the_whole_limit() {
         let start = Instant::now();
@@ -314,13 +326,7 @@ mod tests {
         let start = Instant::now();
         let mut share = Share::default();
         // Two clients seen (the first reading, three answers in)...
-        for i in 0..3u64 {
-            share.answered(
-                start + Duration::from_millis(100 * i),
-                Some(600),
-                600 - 2 * (i + 1),
-            );
-        }
+        two_alike(&mut share, start, 3);
         assert!((share.get() - 0.5).abs() < 1e-9);
         // ...then the key saturated, refilled as fast as it is spent:
         // remaining falls by one every third answer. The share holds.
@@ -352,13 +358,7 @@ mod tests {
     fn the_share_grows_back_when_the_others_stop() {
         let start = Instant::now();
         let mut share = Share::default();
-        for i in 0..5u64 {
-            share.answered(
-                start + Duration::from_millis(100 * i),
-                Some(600),
-                600 - 2 * (i + 1),
-            );
-        }
+        two_alike(&mut share, start, 5);
         assert!((share.get() - 0.5).abs() < 1e-9);
         // Alone again: remaining falls by one an answer. Each reading (six
         // answers) halves the way to one client seen. The first straddles
@@ -390,13 +390,7 @@ mod tests {
         let mut share = Share::default();
         // Alone: a refusal changes nothing.
         assert_eq!(share.refused(start, Duration::from_secs(1)), None);
-        for i in 0..5u64 {
-            share.answered(
-                start + Duration::from_millis(100 * i),
-                Some(600),
-                600 - 2 * (i + 1),
-            );
-        }
+        two_alike(&mut share, start, 5);
         let at = start + Duration::from_secs(3);
         assert_eq!(share.refused(at, Duration::from_secs(1)), Some(0.4));
         let echo = at + Duration::from_millis(300);
