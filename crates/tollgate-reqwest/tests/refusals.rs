@@ -90,10 +90,12 @@ async fn post(client: &ClientWithMiddleware, url: &str) -> reqwest_middleware::R
 }
 
 /// Limits known up front, so that calls are not held for a first answer.
+fn paced() -> tollgate_reqwest::Builder {
+    RateLimitMiddleware::builder().limits(ProviderLimits::new().requests_per_minute(6_000))
+}
+
 fn known() -> RateLimitMiddleware {
-    RateLimitMiddleware::builder()
-        .limits(ProviderLimits::new().requests_per_minute(6_000))
-        .build()
+    paced().build()
 }
 
 #[tokio::test(start_paused = true)]
@@ -136,13 +138,7 @@ async fn a_429_pauses_every_caller_for_the_wait_asked_then_retries() {
 async fn refusals_for_rate_are_retried_until_success_whatever_the_attempts() {
     let refusal = || (429, vec![("retry-after", "1")]);
     let (url, script) = serve((0..12).map(|_| refusal()).collect()).await;
-    let client = client(
-        RateLimitMiddleware::builder()
-            .limits(ProviderLimits::new().requests_per_minute(6_000))
-            .max_attempts(2)
-            .retry_ratio(0.0)
-            .build(),
-    );
+    let client = client(paced().max_attempts(2).retry_ratio(0.0).build());
     let start = Instant::now();
     let response = client
         .post(&url)
@@ -163,12 +159,7 @@ async fn refusals_for_rate_are_retried_until_success_whatever_the_attempts() {
     // Bounded all the same: past `max_refusals` in a row, the refusal is
     // returned as it is.
     let (url, script) = serve((0..5).map(|_| refusal()).collect()).await;
-    let bounded = self::client(
-        RateLimitMiddleware::builder()
-            .limits(ProviderLimits::new().requests_per_minute(6_000))
-            .max_refusals(3)
-            .build(),
-    );
+    let bounded = self::client(paced().max_refusals(3).build());
     assert_eq!(post(&bounded, &url).await.unwrap(), 429);
     assert_eq!(script.arrivals.lock().unwrap().len(), 3);
 }
@@ -188,12 +179,7 @@ async fn should_retry_false_is_obeyed() {
 #[tokio::test(start_paused = true)]
 async fn a_wait_over_the_ceiling_returns_at_once_with_the_wait() {
     let (url, _script) = serve(vec![(529, vec![("retry-after", "600")])]).await;
-    let client = client(
-        RateLimitMiddleware::builder()
-            .limits(ProviderLimits::new().requests_per_minute(6_000))
-            .max_wait(Duration::from_secs(60))
-            .build(),
-    );
+    let client = client(paced().max_wait(Duration::from_secs(60)).build());
     let start = Instant::now();
     let error = post(&client, &url).await.unwrap_err();
     assert_eq!(start.elapsed(), Duration::ZERO);
@@ -208,8 +194,7 @@ async fn without_hints_back_off_grows_with_jitter_until_attempts_run_out() {
     let refusal = || (503, vec![]);
     let (url, script) = serve(vec![refusal(), refusal(), refusal(), refusal()]).await;
     let client = client(
-        RateLimitMiddleware::builder()
-            .limits(ProviderLimits::new().requests_per_minute(6_000))
+        paced()
             .max_attempts(3)
             .backoff(Duration::from_secs(1), Duration::from_secs(60))
             .build(),
@@ -380,12 +365,7 @@ async fn a_wait_in_the_body_is_taken_when_the_headers_say_none() {
 async fn a_refusal_read_for_a_hint_keeps_its_body() {
     let body = r#"{"error":{"message":"Please try again in 900s."}}"#;
     let (url, _script) = serve(vec![(429, vec![("x-test-body", body)])]).await;
-    let client = client(
-        RateLimitMiddleware::builder()
-            .limits(ProviderLimits::new().requests_per_minute(6_000))
-            .max_wait(Duration::from_secs(60))
-            .build(),
-    );
+    let client = client(paced().max_wait(Duration::from_secs(60)).build());
     let error = client
         .post(&url)
         .header("content-type", "application/json")
@@ -399,12 +379,7 @@ async fn a_refusal_read_for_a_hint_keeps_its_body() {
     // (read for a hint that it does not hold).
     let body = r#"{"error":{"message":"The engine is overloaded.","type":"server_error"}}"#;
     let (url, _script) = serve(vec![(503, vec![("x-test-body", body)])]).await;
-    let client = self::client(
-        RateLimitMiddleware::builder()
-            .limits(ProviderLimits::new().requests_per_minute(6_000))
-            .max_attempts(1)
-            .build(),
-    );
+    let client = self::client(paced().max_attempts(1).build());
     let response = client
         .post(&url)
         .header("content-type", "application/json")
@@ -485,8 +460,7 @@ async fn a_back_off_policy_of_ones_own_sets_the_wait_and_may_give_up() {
     let refusal = || (503, vec![]);
     let (url, script) = serve(vec![refusal(), refusal(), refusal(), refusal()]).await;
     let client = client(
-        RateLimitMiddleware::builder()
-            .limits(ProviderLimits::new().requests_per_minute(6_000))
+        paced()
             .max_attempts(10)
             .backoff_policy(Fixed {
                 wait: Duration::from_secs(3),
@@ -515,11 +489,7 @@ async fn a_back_off_policy_of_ones_own_sets_the_wait_and_may_give_up() {
 #[tokio::test(start_paused = true)]
 async fn a_classifier_can_make_503_a_refusal_for_rate() {
     let busy = || (503, vec![("retry-after", "1")]);
-    let builder = || {
-        RateLimitMiddleware::builder()
-            .limits(ProviderLimits::new().requests_per_minute(6_000))
-            .max_attempts(2)
-    };
+    let builder = || paced().max_attempts(2);
     // By default, overload: two attempts, then the 503 as it is.
     let (url, script) = serve(vec![busy(), busy(), busy(), busy()]).await;
     let start = Instant::now();
