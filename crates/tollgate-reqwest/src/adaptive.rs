@@ -6,12 +6,14 @@
 //!   grows by half each round trip (a gentler TCP slow start; the window
 //!   is the middleware's), so that the first refusal finds few calls sent
 //!   beyond the limit, and no call has reserved a turn at a guessed rate.
-//! - A refusal opens an *episode* as long as the pause it asks for: the
-//!   rate is cut to a share of the most the provider was seen to admit in
-//!   one second, and refusals of calls sent before the cut are not counted
-//!   again. Answers lag the calls, so until the pause ends each answer
-//!   checks the cut again (and sets the first rate, when none was known)
-//!   from the answers come by then.
+//! - A refusal opens an *episode* as long as the pause it asks for, and
+//!   refusals of calls sent before it are not counted again. The first
+//!   sets the first rate: a share of the most the provider was seen to
+//!   admit in one second, checked again by each answer until the pause
+//!   ends (answers lag the calls). Each later one cuts the rate in force
+//!   by a tenth (or to a share of that busiest second, if lower): a
+//!   second's count holds the provider's burst as well as its rate, and
+//!   learnt again at each refusal it put the rate back over the limit.
 //! - Calls wait out the episode before taking their turn, so that they are
 //!   paced at the rate in force when it ends, never at a guess made before
 //!   the answers came.
@@ -80,7 +82,8 @@ impl Adaptive {
             self.admitted.pop_front();
         }
         if self.rechecking {
-            // Answers of calls admitted before the refusal, come since.
+            // Answers of calls admitted before the first refusal, come
+            // since: the first rate is what they show.
             if self.episode_end.is_none_or(|end| now >= end) {
                 self.rechecking = false;
             }
@@ -109,18 +112,16 @@ impl Adaptive {
         }
         let end = now + hold.max(Duration::from_secs(1));
         self.episode_end = Some(end);
-        self.rechecking = true;
+        // Only the first episode learns from the answers that follow it:
+        // later ones cut the rate in force. (A second's count of answers
+        // holds the provider's burst as well as its rate: learnt again at
+        // each refusal, it put the rate back over the limit each time.)
+        self.rechecking = self.rate.is_none();
         // Growth starts once the episode is over.
         self.grown_at = Some(end);
         let rate = self.rate?;
         let seen = self.peak_per_minute();
-        let cut = (CUT
-            * if seen > 0.0 {
-                seen.min(rate / CUT)
-            } else {
-                rate
-            })
-        .max(FLOOR);
+        let cut = (CUT * if seen > 0.0 { seen.min(rate) } else { rate }).max(FLOOR);
         self.rate = Some(cut);
         self.cycle_floor = cut;
         self.per_minute()
@@ -174,7 +175,7 @@ mod tests {
     }
 
     #[test]
-    fn a_refusal_cuts_to_a_share_of_the_peak_once_per_episode() {
+    fn a_refusal_cuts_the_rate_in_force_once_per_episode() {
         let start = Instant::now();
         let mut rate = Adaptive::default();
         rate.refused(start, Duration::from_secs(1));
@@ -182,15 +183,25 @@ mod tests {
             rate.admitted(start + Duration::from_millis(100 + 10 * i));
         }
         assert_eq!(rate.per_minute(), Some(540));
-        // Later, 10 answers in a second again, then a refusal: 540 again.
+        // Later, 10 answers in a second again (the rate has grown 1% of
+        // 540 a second since the episode's end, to 548), then a refusal:
+        // a tenth off the rate in force, the busiest second (600 a
+        // minute) being above it.
         let later = start + Duration::from_millis(2_500);
         for i in 0..10 {
             rate.admitted(later + Duration::from_millis(50 * i));
         }
         let refused_at = later + Duration::from_millis(600);
-        assert_eq!(rate.refused(refused_at, Duration::from_secs(1)), Some(540));
+        assert_eq!(rate.refused(refused_at, Duration::from_secs(1)), Some(493));
         // Refusals of calls sent before it change nothing.
         let echo = refused_at + Duration::from_millis(300);
         assert_eq!(rate.refused(echo, Duration::from_secs(1)), None);
+        // Nor do the answers that follow: only the first episode learns
+        // from them (a second's count holds the provider's burst too).
+        for i in 0..20 {
+            let at = refused_at + Duration::from_millis(100 + 20 * i);
+            assert_eq!(rate.admitted(at), None);
+        }
+        assert_eq!(rate.per_minute(), Some(493));
     }
 }
