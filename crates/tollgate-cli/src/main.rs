@@ -12,6 +12,7 @@ use tollgate_cli::mock::{self, MockConfig};
 use tollgate_cli::simulate;
 
 fn main() -> ExitCode {
+    logs();
     let job = match cli::parse(std::env::args_os(), |name| std::env::var_os(name)) {
         Ok(job) => job,
         Err(ArgsError::Parse(error)) => error.exit(),
@@ -146,4 +147,24 @@ fn run_simulate(args: SimulateArgs) -> Result<u8, String> {
         println!("chart written to {}", path.display());
     }
     Ok(0)
+}
+
+/// With `RUST_LOG` set (`info`, `tollgate_reqwest=debug,info`...), the
+/// libraries' events go to stderr: limits learnt, pauses, refusals.
+fn logs() {
+    let Some(filter) = std::env::var_os("RUST_LOG") else {
+        return;
+    };
+    let filter = filter.to_string_lossy();
+    match filter.parse::<tracing_subscriber::filter::Targets>() {
+        Ok(targets) => {
+            use tracing_subscriber::layer::SubscriberExt;
+            use tracing_subscriber::util::SubscriberInitExt;
+            let _ = tracing_subscriber::registry()
+                .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+                .with(targets)
+                .try_init();
+        }
+        Err(e) => eprintln!("tollgate: RUST_LOG={filter}: {e} (no logs)"),
+    }
 }
