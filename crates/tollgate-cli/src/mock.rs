@@ -210,14 +210,16 @@ pub fn app(config: MockConfig) -> Result<Router, String> {
     }
     let requests = requests.build().map_err(|e| e.to_string())?;
     let tokens = tokens.build().map_err(|e| e.to_string())?;
-    let config_store_absent = config.store.is_none();
+    // Alone (no store shared with other mocks): this process sees every
+    // admission, and counts the minute itself.
+    let alone = config.store.is_none();
     let limits = Arc::new(Limits {
         config,
         requests: requests.clone(),
         tokens: tokens.clone(),
         started: SystemTime::now(),
         start: tokio::time::Instant::now(),
-        minute: config_store_absent.then(|| Mutex::new(Minute::default())),
+        minute: alone.then(|| Mutex::new(Minute::default())),
     });
     Ok(Router::new()
         .route("/v1/chat/completions", post(complete))

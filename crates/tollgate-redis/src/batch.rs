@@ -124,12 +124,7 @@ impl Batcher {
                 )
                 .await
                 .map_err(|e| StoreError::redis(&e))?;
-                return split(reply, &[dimensions]).pop().unwrap_or_else(|| {
-                    Err(StoreError::new(
-                        StoreErrorKind::Reply,
-                        "no reply".to_owned(),
-                    ))
-                });
+                return split_one(reply, dimensions);
             }
         }
         let stopped = || {
@@ -245,6 +240,16 @@ where
         }
         other => other,
     }
+}
+
+/// The one decision of a call that carried only it.
+pub(crate) fn split_one(reply: Vec<Value>, dimensions: usize) -> Result<Vec<Value>, StoreError> {
+    split(reply, &[dimensions]).pop().unwrap_or_else(|| {
+        Err(StoreError::new(
+            StoreErrorKind::Reply,
+            "no reply".to_owned(),
+        ))
+    })
 }
 
 /// Unpacks the decide script's reply, one packed string: per decision

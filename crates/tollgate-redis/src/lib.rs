@@ -516,14 +516,7 @@ impl RedisStore {
             .eval(Script::Decide, &key, &args[..])
             .await
             .map_err(|e| StoreError::redis(&e))?;
-        batch::split(values, &[dimensions])
-            .pop()
-            .unwrap_or_else(|| {
-                Err(StoreError::new(
-                    StoreErrorKind::Reply,
-                    "no reply".to_owned(),
-                ))
-            })
+        batch::split_one(values, dimensions)
     }
 
     fn count(&self, decision: &Decision) {
