@@ -128,7 +128,10 @@ pub mod store {
     #[cfg(feature = "conformance")]
     pub use crate::budget::conformance;
     pub use crate::budget::transition;
-    pub use crate::budget::{Admit, Change, Decision, MemoryStore, Store, StoreStats, View};
+    pub use crate::budget::{
+        Admit, Change, Decision, DirectStore, DirectStoreError, MemoryStore, Store, StoreStats,
+        SyncStore, View,
+    };
 }
 pub use clock::{Clock, DefaultClock, FastClock, ManualClock, TokioClock};
 pub use concurrency::{
@@ -136,6 +139,6 @@ pub use concurrency::{
     Permit, MAX_PERMITS,
 };
 pub use error::{Denied, DeniedKind};
-pub use limiter::{Acquire, Builder, RateLimiter};
+pub use limiter::{Builder, RateLimiter};
 pub use quota::{Quota, QuotaError, QuotaErrorKind};
 pub use snapshot::Snapshot;

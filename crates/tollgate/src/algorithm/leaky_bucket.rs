@@ -45,6 +45,23 @@ impl LeakyBucket {
     }
 }
 
+impl LeakyBucket {
+    /// The GCRA theoretical arrival time that makes the same decisions as
+    /// `state` from `now` on.
+    pub(crate) fn tat(&self, state: &LeakyState, now: u64) -> u64 {
+        let state = self.drained(state, now);
+        to_u64(u128::from(state.updated).saturating_add(state.level))
+    }
+
+    /// The state that makes the same decisions as `tat` from `now` on.
+    pub(crate) fn from_tat(&self, tat: u64, now: u64) -> LeakyState {
+        LeakyState {
+            level: u128::from(tat.saturating_sub(now)),
+            updated: now,
+        }
+    }
+}
+
 fn to_u64(n: u128) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
 }

@@ -12,9 +12,9 @@ mod token_bucket;
 mod window;
 
 pub(crate) use gcra::Gcra;
-pub(crate) use leaky_bucket::LeakyBucket;
-pub(crate) use token_bucket::TokenBucket;
-pub(crate) use window::Window;
+pub(crate) use leaky_bucket::{LeakyBucket, LeakyState};
+pub(crate) use token_bucket::{TokenBucket, TokenState};
+pub(crate) use window::{Window, WindowState};
 
 use crate::Snapshot;
 

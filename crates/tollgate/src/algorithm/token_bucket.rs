@@ -44,6 +44,27 @@ impl TokenBucket {
     }
 }
 
+impl TokenBucket {
+    /// The GCRA theoretical arrival time that makes the same decisions as
+    /// `state` from `now` on: how a change (a charge, a pause) is applied
+    /// to a bucket exactly as to a TAT.
+    pub(crate) fn tat(&self, state: &TokenState, now: u64) -> u64 {
+        let state = self.refilled(state, now);
+        let tat = i128::from(state.updated)
+            .saturating_add(i128::from(self.capacity))
+            .saturating_sub(state.balance);
+        to_u64(tat)
+    }
+
+    /// The state that makes the same decisions as `tat` from `now` on.
+    pub(crate) fn from_tat(&self, tat: u64, now: u64) -> TokenState {
+        TokenState {
+            balance: i128::from(self.capacity).saturating_sub(i128::from(tat.saturating_sub(now))),
+            updated: now,
+        }
+    }
+}
+
 fn to_u64(n: i128) -> u64 {
     u64::try_from(n.max(0)).unwrap_or(u64::MAX)
 }

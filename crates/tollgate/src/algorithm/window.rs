@@ -100,6 +100,77 @@ impl Window {
     }
 }
 
+/// Changes outside a decision. A window counts units in slots, not a debt,
+/// so a change lands in a slot: never before the cursor's, so that no count
+/// is lowered where a later window could miss it.
+impl Window {
+    /// `n` more units spent now (even beyond the limit).
+    pub(crate) fn charge(&self, state: &WindowState, now: u64, n: u64) -> WindowState {
+        let mut next = *state;
+        self.advance(&mut next, self.slot_of(now));
+        let i = self.index(next.cursor);
+        next.counts[i] = next.counts[i].saturating_add(n);
+        next
+    }
+
+    /// At most `n` units of room left now: the rest is counted spent.
+    pub(crate) fn at_most(&self, state: &WindowState, now: u64, n: u64) -> WindowState {
+        let room = self.snapshot(state, now).remaining();
+        if room <= n {
+            return *state;
+        }
+        self.charge(state, now, room.saturating_sub(n))
+    }
+
+    /// Gives back `n` units of a reservation not yet due: taken from the
+    /// slots from now's on, oldest first, so that no slot later than the
+    /// reservation's own loses a count (the reservation sits at or after
+    /// every slot this lowers).
+    pub(crate) fn give_back(&self, state: &WindowState, now: u64, n: u64) -> WindowState {
+        let mut next = *state;
+        let now_slot = self.slot_of(now);
+        self.advance(&mut next, now_slot);
+        let oldest = next
+            .cursor
+            .saturating_sub((self.span as u64).saturating_sub(1))
+            .max(now_slot);
+        let mut left = n;
+        let mut slot = oldest;
+        while left > 0 && slot <= next.cursor {
+            let i = self.index(slot);
+            let taken = next.counts[i].min(left);
+            next.counts[i] = next.counts[i].saturating_sub(taken);
+            left = left.saturating_sub(taken);
+            slot = slot.saturating_add(1);
+        }
+        next
+    }
+
+    /// The state under `self` of what `old` counted in `state`: the same
+    /// counts when the slots are alike, else everything counted moves to
+    /// now's slot (or the latest reserved one), so that nothing spent is
+    /// forgotten.
+    pub(crate) fn rescaled(&self, old: &Window, state: &WindowState, now: u64) -> WindowState {
+        if old.slot_ns == self.slot_ns && old.span == self.span {
+            return *state;
+        }
+        let mut view = *state;
+        old.advance(&mut view, old.slot_of(now));
+        let used = u64::try_from(old.used(&view)).unwrap_or(u64::MAX);
+        let ahead = view.cursor > old.slot_of(now);
+        let mut next = self.full();
+        let slot = if ahead {
+            self.slot_of(old.slot_start(view.cursor))
+        } else {
+            self.slot_of(now)
+        };
+        self.advance(&mut next, slot);
+        let i = self.index(next.cursor);
+        next.counts[i] = used;
+        next
+    }
+}
+
 impl StateMachine for Window {
     type State = WindowState;
 

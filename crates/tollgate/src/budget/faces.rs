@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::keyed::{Face, Grant, KeyedBudget, KeyedBuilder, Stats};
 use super::limits::Limits;
 use super::memory::MemoryStore;
-use super::store::Store;
+use super::store::{Store, SyncStore};
 use crate::{Clock, Denied, Quota, Snapshot};
 
 /// One quota per key (an IP address, an API key, a user id), with memory
@@ -76,11 +76,18 @@ impl<K, S> KeyedLimiter<K, S> {
     }
 }
 
-impl<K: Hash + Eq + Clone, C: Clock> KeyedLimiter<K, MemoryStore<C>> {
+impl<K: Hash + Eq + Clone, S: SyncStore<K>> KeyedLimiter<K, S> {
     /// Admits `cost` for `key` now, or denies it without spending.
     #[inline]
     pub fn check(&self, key: &K, cost: u64) -> Result<Snapshot, Denied> {
         self.inner.check_snapshot(key, &[cost])
+    }
+
+    /// Blocks the calling thread until `cost` is admitted for `key`; see
+    /// [`KeyedBudget::acquire_blocking`].
+    pub fn acquire_blocking(&self, key: &K, cost: u64) -> Result<Snapshot, Denied> {
+        let grant = self.inner.acquire_blocking(key, &[cost])?;
+        Ok(*grant.snapshot())
     }
 }
 
@@ -133,6 +140,17 @@ where
     pub async fn try_acquire(&self, key: &K, cost: u64) -> Result<Snapshot, Denied> {
         let grant = self.inner.try_acquire(key, &[cost]).await?;
         Ok(*grant.snapshot())
+    }
+
+    /// Settles a cost admitted earlier for `key` with what was really used:
+    /// what was reserved beyond it is refunded (and the waiters behind
+    /// move up), what was used beyond it is charged; see
+    /// [`KeyedBudget::settle`].
+    pub async fn settle(&self, key: &K, reserved: u64, used: u64) -> Result<(), Denied> {
+        let quota = self.quota_for(key).await?;
+        let step = crate::snapshot::duration_to_nanos(quota.replenish_interval());
+        let grant = Grant::new(&[reserved], &[step], Snapshot::from_count(0, 0, 0));
+        self.inner.settle(key, grant, &[used]).await
     }
 
     /// Pulls `key`'s state toward what the other side reports; see
@@ -247,11 +265,17 @@ impl<S> Budget<S> {
     }
 }
 
-impl<C: Clock> Budget<MemoryStore<C>> {
+impl<S: SyncStore<()>> Budget<S> {
     /// Admits `costs` now, one per dimension, or denies without spending.
     #[inline]
     pub fn check(&self, costs: &[u64]) -> Result<Grant, Denied> {
         self.inner.check(&(), costs)
+    }
+
+    /// Blocks the calling thread until `costs` are admitted; see
+    /// [`KeyedBudget::acquire_blocking`].
+    pub fn acquire_blocking(&self, costs: &[u64]) -> Result<Grant, Denied> {
+        self.inner.acquire_blocking(&(), costs)
     }
 }
 

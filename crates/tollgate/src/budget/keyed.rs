@@ -10,9 +10,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::limits::{Limits, MAX_DIMENSIONS};
-use super::memory::{MemoryStore, Refused, DEFAULT_MAX_KEYS};
+use super::memory::{MemoryStore, DEFAULT_MAX_KEYS};
 use super::queue::{Queue, Waiter};
-use super::store::{Admit, Change, Decision, Store};
+use super::store::{Admit, Change, Decision, Store, SyncStore};
 use crate::snapshot::duration_to_nanos;
 use crate::{Clock, DefaultClock, Denied, DeniedKind, Quota, Snapshot};
 
@@ -164,6 +164,23 @@ pub struct Grant {
 }
 
 impl Grant {
+    /// A grant of `costs`, at `steps` nanoseconds a unit.
+    pub(crate) fn new(costs: &[u64], steps: &[u64], snapshot: Snapshot) -> Self {
+        let mut grant = Self {
+            costs: [0; MAX_DIMENSIONS],
+            steps: [0; MAX_DIMENSIONS],
+            len: costs.len().min(MAX_DIMENSIONS),
+            snapshot,
+        };
+        for (slot, cost) in grant.costs.iter_mut().zip(costs) {
+            *slot = *cost;
+        }
+        for (slot, step) in grant.steps.iter_mut().zip(steps) {
+            *slot = *step;
+        }
+        grant
+    }
+
     /// The costs granted, one per dimension.
     pub fn costs(&self) -> &[u64] {
         self.costs.get(..self.len).unwrap_or(&[])
@@ -267,7 +284,7 @@ impl<K, S> KeyedBudget<K, S> {
     /// Turns a denial into the error.
     #[cold]
     #[inline(never)]
-    fn denied(limits: &Limits, costs: &[u64], decision: Decision) -> Denied {
+    pub(crate) fn denied(limits: &Limits, costs: &[u64], decision: Decision) -> Denied {
         let (kind, dimension, snapshot) = match decision {
             Decision::Deny {
                 dimension,
@@ -310,8 +327,8 @@ impl<K, S> KeyedBudget<K, S> {
     }
 }
 
-/// The synchronous, non-waiting path of the in-memory store.
-impl<K: Hash + Eq + Clone, C: Clock> KeyedBudget<K, MemoryStore<C>> {
+/// The synchronous paths of the in-memory stores.
+impl<K: Hash + Eq + Clone, S: SyncStore<K>> KeyedBudget<K, S> {
     /// Admits `costs` for `key` now, in every dimension, or denies without
     /// spending anything.
     #[inline]
@@ -333,32 +350,74 @@ impl<K: Hash + Eq + Clone, C: Clock> KeyedBudget<K, MemoryStore<C>> {
     #[inline]
     pub(crate) fn check_snapshot(&self, key: &K, costs: &[u64]) -> Result<Snapshot, Denied> {
         if let ([quota], [cost]) = (self.limits.quotas(), costs) {
-            if let Some(result) = self.store.check_one(key, quota, *cost) {
-                return result.map_err(|refused| {
-                    let decision = match refused {
-                        Refused::Deny(snapshot) => Decision::Deny {
-                            dimension: 0,
-                            snapshot,
-                        },
-                        Refused::Never(snapshot) => Decision::Never {
-                            dimension: 0,
-                            snapshot,
-                        },
-                    };
-                    Self::denied(&self.limits, costs, decision)
-                });
-            }
+            return self
+                .store
+                .check_one(key, quota, *cost)
+                .map_err(|decision| Self::denied(&self.limits, costs, decision));
         }
-        if costs.len() != self.limits.len() {
-            return Err(Self::wrong_dimensions(&self.limits, costs));
+        self.check(key, costs).map(|grant| grant.snapshot)
+    }
+
+    /// Blocks the calling thread until `costs` are admitted for `key`: the
+    /// synchronous twin of [`acquire`](Self::acquire), in the same queue
+    /// (first come, first served; a waiter that goes away or a refund
+    /// moves it forward; a pause holds it). It waits on the store's clock,
+    /// so a [`ManualClock`](crate::ManualClock) moves instead of sleeping.
+    ///
+    /// Do not call it on an async runtime's thread; await
+    /// [`acquire`](Self::acquire) there.
+    pub fn acquire_blocking(&self, key: &K, costs: &[u64]) -> Result<Grant, Denied> {
+        let limits = &self.limits;
+        if costs.len() != limits.len() {
+            return Err(Self::wrong_dimensions(limits, costs));
         }
-        match self
+        let admit = match self
             .store
-            .decide_now(key, self.limits.quotas(), costs, Duration::ZERO)
+            .decide_now(key, limits.quotas(), costs, Duration::MAX)
         {
-            Decision::Admit(admit) => Ok(admit.snapshot),
-            decision => Err(Self::denied(&self.limits, costs, decision)),
+            Decision::Admit(admit) => admit,
+            decision => return Err(Self::denied(limits, costs, decision)),
+        };
+        let grant = Self::grant(costs, &admit);
+        if admit.wait.is_zero() {
+            return Ok(grant);
         }
+        // Positions are instants; the wait is measured on the store's
+        // clock from the decision on.
+        let start = Instant::now();
+        let start_clock = self.store.now();
+        let waiter = Waiter::blocking(start, &admit, costs.len(), std::thread::current());
+        let mut guard = Leave {
+            budget: self,
+            key,
+            waiter: &waiter,
+            grant: &grant,
+            admitted: false,
+        };
+        self.queue.join(key, &waiter);
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Decrement(&self.waiting);
+        loop {
+            let due = duration_to_nanos(waiter.deadline().saturating_duration_since(start));
+            let elapsed = self.store.now().saturating_sub(start_clock);
+            if elapsed < due {
+                self.store
+                    .wait_blocking(Duration::from_nanos(due.saturating_sub(elapsed)));
+                continue;
+            }
+            let view = self.store.read_now(key, limits.quotas());
+            if view.held > waiter.held() {
+                waiter.hold_back(view.held.saturating_sub(waiter.held()));
+                continue;
+            }
+            break;
+        }
+        guard.admitted = true;
+        drop(guard);
+        let waited = self.store.now().saturating_sub(start_clock);
+        self.waits.fetch_add(1, Ordering::Relaxed);
+        self.waited_ns.fetch_add(waited, Ordering::Relaxed);
+        Ok(grant)
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use super::limits::MAX_DIMENSIONS;
-use super::store::{Admit, Change, Decision, Store, StoreStats, View};
+use super::store::{Admit, Change, Decision, Store, StoreStats, SyncStore, View};
 use super::table::Table;
 use super::transition;
 use crate::algorithm::{Gcra, Outcome, StateMachine};
@@ -687,6 +687,54 @@ impl<K: Hash + ?Sized, C: Clock> Store<K> for MemoryStore<C> {
 
     fn stats(&self) -> StoreStats {
         self.stats_now()
+    }
+}
+
+impl<K: Hash + ?Sized, C: Clock> SyncStore<K> for MemoryStore<C> {
+    #[inline]
+    fn decide_now(&self, key: &K, limits: &[Quota], costs: &[u64], max_wait: Duration) -> Decision {
+        MemoryStore::decide_now(self, key, limits, costs, max_wait)
+    }
+
+    #[inline]
+    fn check_one(&self, key: &K, quota: &Quota, cost: u64) -> Result<Snapshot, Decision> {
+        match MemoryStore::check_one(self, key, quota, cost) {
+            Some(Ok(snapshot)) => Ok(snapshot),
+            Some(Err(Refused::Deny(snapshot))) => Err(Decision::Deny {
+                dimension: 0,
+                snapshot,
+            }),
+            Some(Err(Refused::Never(snapshot))) => Err(Decision::Never {
+                dimension: 0,
+                snapshot,
+            }),
+            None => match MemoryStore::decide_now(
+                self,
+                key,
+                std::slice::from_ref(quota),
+                &[cost],
+                Duration::ZERO,
+            ) {
+                Decision::Admit(admit) => Ok(admit.snapshot),
+                refused => Err(refused),
+            },
+        }
+    }
+
+    fn adjust_now(&self, key: &K, limits: &[Quota], changes: &[Change]) {
+        MemoryStore::adjust_now(self, key, limits, changes);
+    }
+
+    fn read_now(&self, key: &K, limits: &[Quota]) -> View {
+        MemoryStore::read_now(self, key, limits)
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    fn wait_blocking(&self, duration: Duration) {
+        self.clock.wait_blocking(duration);
     }
 }
 

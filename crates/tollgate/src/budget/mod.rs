@@ -2,6 +2,7 @@
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod direct;
 mod faces;
 mod keyed;
 mod limits;
@@ -11,8 +12,9 @@ mod store;
 mod table;
 pub mod transition;
 
+pub use direct::{DirectStore, DirectStoreError};
 pub use faces::{Budget, KeyedLimiter};
 pub use keyed::{Face, Grant, KeyedBudget, KeyedBuilder, Stats};
 pub use limits::{Limits, LimitsBuilder, LimitsError, LimitsErrorKind, MAX_DIMENSIONS};
 pub use memory::{MemoryStore, DEFAULT_MAX_KEYS};
-pub use store::{Admit, Change, Decision, Store, StoreStats, View};
+pub use store::{Admit, Change, Decision, Store, StoreStats, SyncStore, View};

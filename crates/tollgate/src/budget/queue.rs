@@ -30,6 +30,8 @@ pub(crate) struct Queue<K> {
 pub(crate) struct Waiter {
     position: Mutex<Position>,
     notify: Notify,
+    /// The thread of a blocking acquire, unparked when it moves.
+    thread: Option<std::thread::Thread>,
 }
 
 #[derive(Clone, Copy)]
@@ -116,6 +118,25 @@ impl Position {
 impl Waiter {
     /// A waiter admitted by `admit`, decided at `now`, for `len` dimensions.
     pub(crate) fn new(now: Instant, admit: &Admit, len: usize) -> Arc<Self> {
+        Self::with_thread(now, admit, len, None)
+    }
+
+    /// A waiter of a blocking acquire, on `thread`.
+    pub(crate) fn blocking(
+        now: Instant,
+        admit: &Admit,
+        len: usize,
+        thread: std::thread::Thread,
+    ) -> Arc<Self> {
+        Self::with_thread(now, admit, len, Some(thread))
+    }
+
+    fn with_thread(
+        now: Instant,
+        admit: &Admit,
+        len: usize,
+        thread: Option<std::thread::Thread>,
+    ) -> Arc<Self> {
         let mut dues = [now; MAX_DIMENSIONS];
         for (due, wait) in dues.iter_mut().zip(&admit.dues) {
             *due = now.checked_add(*wait).unwrap_or(now);
@@ -142,7 +163,16 @@ impl Waiter {
                 held: admit.held,
             }),
             notify: Notify::new(),
+            thread,
         })
+    }
+
+    /// Tells the waiter it moved.
+    fn wake(&self) {
+        self.notify.notify_one();
+        if let Some(thread) = &self.thread {
+            thread.unpark();
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Position> {
@@ -265,7 +295,7 @@ impl<K: Hash + Eq + Clone> Queue<K> {
             }
             drop(position);
             if moved {
-                other.notify.notify_one();
+                other.wake();
             }
         }
     }
@@ -291,7 +321,7 @@ impl<K: Hash + Eq + Clone> Queue<K> {
             let mut position = other.lock();
             if position.rescale(now, intervals) {
                 drop(position);
-                other.notify.notify_one();
+                other.wake();
             }
         }
     }
@@ -318,7 +348,7 @@ impl<K: Hash + Eq + Clone> Queue<K> {
             }
             drop(position);
             if moved {
-                other.notify.notify_one();
+                other.wake();
             }
         }
     }

@@ -84,6 +84,40 @@ pub trait Store<K: ?Sized>: Send + Sync {
     }
 }
 
+/// A store that decides in this process, without waiting: the in-memory
+/// stores ([`MemoryStore`](crate::MemoryStore),
+/// [`DirectStore`](crate::store::DirectStore)). A limiter over one also
+/// has a synchronous `check` and an `acquire_blocking`. Each method is its
+/// [`Store`] twin, answered at once.
+pub trait SyncStore<K: ?Sized>: Store<K> {
+    /// [`Store::decide`], at once.
+    fn decide_now(&self, key: &K, limits: &[Quota], costs: &[u64], max_wait: Duration) -> Decision;
+
+    /// Admits `cost` in one dimension now, or refuses (a
+    /// [`Decision::Deny`] or [`Decision::Never`]): a limiter's `check`,
+    /// which needs no more than the snapshot. The default asks
+    /// [`decide_now`](Self::decide_now).
+    fn check_one(&self, key: &K, quota: &Quota, cost: u64) -> Result<Snapshot, Decision> {
+        match self.decide_now(key, std::slice::from_ref(quota), &[cost], Duration::ZERO) {
+            Decision::Admit(admit) => Ok(admit.snapshot),
+            refused => Err(refused),
+        }
+    }
+
+    /// [`Store::adjust`], at once.
+    fn adjust_now(&self, key: &K, limits: &[Quota], changes: &[Change]);
+
+    /// [`Store::read`], at once.
+    fn read_now(&self, key: &K, limits: &[Quota]) -> View;
+
+    /// The store's clock, in nanoseconds since its origin.
+    fn now(&self) -> u64;
+
+    /// Blocks the calling thread for up to `duration` on the store's clock
+    /// (see [`Clock::wait_blocking`](crate::Clock::wait_blocking)).
+    fn wait_blocking(&self, duration: Duration);
+}
+
 /// What a store decided.
 // An admission carries each dimension's position; boxing it would
 // allocate on every decision of the hot path.

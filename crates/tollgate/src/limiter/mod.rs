@@ -1,31 +1,33 @@
-//! The direct limiter: one limit shared by every thread and task that holds it.
-
-mod acquire;
-mod engine;
-mod waiters;
+//! The direct limiter: one limit shared by every thread and task that holds
+//! it. It is the engine of every limiter (a [`KeyedBudget`]) over a store
+//! with no key, the [`DirectStore`].
 
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::Waker;
+use std::future::Future;
 use std::time::Duration;
 
-pub use acquire::Acquire;
+use tokio::time::Instant;
 
+use crate::budget::{DirectStore, Grant, KeyedBudget, Limits, Stats};
 use crate::snapshot::duration_to_nanos;
-use crate::{Algorithm, Clock, DefaultClock, Denied, DeniedKind, Quota, Snapshot};
-use engine::Engine;
-use waiters::{ThreadWaker, Waiters};
+use crate::{Algorithm, Clock, DefaultClock, Denied, Quota, Snapshot};
 
-/// One rate limit, shared by reference (put it in an [`Arc`] to share it
-/// between tasks).
+/// One rate limit, shared by reference (put it in an
+/// [`Arc`](std::sync::Arc) to share it between tasks).
 ///
-/// - [`check`](Self::check) admits or denies at once, without waiting;
+/// - [`check`](Self::check) admits or denies at once, without waiting (for
+///   GCRA, without a lock);
 /// - [`acquire`](Self::acquire) reserves the next free slot and sleeps until
 ///   it is due: waiters are served in the order they arrive, with no polling
-///   and no burst at start-up beyond the quota's burst;
+///   and no burst at start-up beyond the quota's burst; a waiter that goes
+///   away, or a reservation settled lower, moves the waiters behind it up;
 /// - [`acquire_within`](Self::acquire_within) does the same but fails at
 ///   once when the slot is further away than a maximum wait;
-/// - [`acquire_blocking`](Self::acquire_blocking) is the synchronous twin.
+/// - [`acquire_blocking`](Self::acquire_blocking) is the synchronous twin;
+/// - [`settle`](Self::settle), [`observe`](Self::observe),
+///   [`pause_for`](Self::pause_for) and [`set_quota`](Self::set_quota) are
+///   those of every limiter ([`KeyedBudget`] documents them), and
+///   [`stats`](Self::stats) counts.
 ///
 /// Every cost is in units of the quota: 1 for a request, or a number of
 /// tokens. A cost larger than the burst can never be admitted and is an
@@ -47,11 +49,7 @@ use waiters::{ThreadWaker, Waiters};
 /// # }
 /// ```
 pub struct RateLimiter<C: Clock = DefaultClock> {
-    engine: Engine,
-    quota: Quota,
-    algorithm: Algorithm,
-    clock: C,
-    waiters: Mutex<Waiters>,
+    inner: KeyedBudget<(), DirectStore<C>>,
 }
 
 impl RateLimiter {
@@ -108,12 +106,9 @@ impl<C: Clock> Builder<C> {
 
     /// The limiter, full: its whole burst is available.
     pub fn build(self) -> RateLimiter<C> {
+        let store = DirectStore::new(self.quota, self.algorithm, self.clock);
         RateLimiter {
-            engine: Engine::new(&self.quota, self.algorithm),
-            quota: self.quota,
-            algorithm: self.algorithm,
-            clock: self.clock,
-            waiters: Mutex::new(Waiters::default()),
+            inner: KeyedBudget::with_store(Limits::single(self.quota), store),
         }
     }
 }
@@ -125,9 +120,9 @@ impl<C: Clock> RateLimiter<C> {
     /// the same cost fits, if nothing else is admitted meanwhile.
     #[inline(always)]
     pub fn check(&self, cost: u64) -> Result<Snapshot, Denied> {
-        self.engine
-            .decide(self.clock.now(), cost, 0)
-            .map(|(_, snapshot)| snapshot)
+        self.inner.store().check(cost).map_err(|decision| {
+            KeyedBudget::<(), DirectStore<C>>::denied(self.limits(), &[cost], decision)
+        })
     }
 
     /// Waits until `cost` is admitted.
@@ -137,8 +132,8 @@ impl<C: Clock> RateLimiter<C> {
     /// the slot back and moves the waiters behind it up. It fails only for
     /// a cost larger than the burst, or when it must wait outside a Tokio
     /// runtime.
-    pub fn acquire(&self, cost: u64) -> Acquire<'_, C> {
-        Acquire::new(self, cost, u64::MAX)
+    pub fn acquire(&self, cost: u64) -> impl Future<Output = Result<Snapshot, Denied>> + Send + '_ {
+        self.acquire_within(cost, Duration::MAX)
     }
 
     /// Like [`acquire`](Self::acquire), but fails at once, reserving
@@ -159,144 +154,135 @@ impl<C: Clock> RateLimiter<C> {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn acquire_within(&self, cost: u64, max_wait: Duration) -> Acquire<'_, C> {
-        Acquire::new(self, cost, duration_to_nanos(max_wait))
+    pub fn acquire_within(
+        &self,
+        cost: u64,
+        max_wait: Duration,
+    ) -> impl Future<Output = Result<Snapshot, Denied>> + Send + '_ {
+        async move {
+            let grant = self.inner.acquire_within(&(), &[cost], max_wait).await?;
+            Ok(*grant.snapshot())
+        }
     }
 
     /// Blocks the calling thread until `cost` is admitted: the synchronous
-    /// twin of [`acquire`](Self::acquire), in the same queue.
+    /// twin of [`acquire`](Self::acquire), in the same queue. It waits on
+    /// the limiter's clock: a [`ManualClock`](crate::ManualClock) moves to
+    /// the slot instead of sleeping.
     ///
     /// Do not call it on an async runtime's thread; await
     /// [`acquire`](Self::acquire) there.
     pub fn acquire_blocking(&self, cost: u64) -> Result<Snapshot, Denied> {
-        let mut reservation = match self.reserve(cost, u64::MAX)? {
-            Ticket::Ready(snapshot) => return Ok(snapshot),
-            Ticket::Wait(reservation) => reservation,
+        let grant = self.inner.acquire_blocking(&(), &[cost])?;
+        Ok(*grant.snapshot())
+    }
+
+    /// Settles a cost admitted earlier with what was really used: what was
+    /// reserved beyond it is refunded (and the waiters behind move up),
+    /// what was used beyond it is charged (later callers wait for it). A
+    /// window cannot tell which of its slots held the cost, so it charges
+    /// but refunds nothing.
+    pub async fn settle(&self, reserved: u64, used: u64) -> Result<(), Denied> {
+        let step = match self.algorithm() {
+            Algorithm::FixedWindow | Algorithm::SlidingWindow => 0,
+            _ => duration_to_nanos(self.current_quota().replenish_interval()),
         };
-        let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
-        loop {
-            let now = self.clock.now();
-            match self.take_if_due(reservation.id, now, &waker) {
-                None => return Ok(reservation.taken(now)),
-                Some(due) => self
-                    .clock
-                    .wait_blocking(Duration::from_nanos(due.saturating_sub(now))),
-            }
-        }
+        let grant = Grant::new(&[reserved], &[step], self.snapshot());
+        self.inner.settle(&(), grant, &[used]).await
+    }
+
+    /// Pulls the limit toward what the other side reports (its response
+    /// headers, say): it never grants more than `snapshot.remaining()`
+    /// until it has refilled, and a stated `limit` other than the burst in
+    /// force becomes this limiter's own (that count over the same period).
+    pub async fn observe(&self, snapshot: &Snapshot) -> Result<(), Denied> {
+        self.inner.observe(&(), 0, snapshot).await
+    }
+
+    /// Holds every caller for `hold`: those waiting now and those that come
+    /// meanwhile; then they leave one by one at the quota's rate. Pauses
+    /// that overlap take the longest, never the sum. For a 429's
+    /// `Retry-After`.
+    pub async fn pause_for(&self, hold: Duration) -> Result<(), Denied> {
+        self.inner.pause_for(&(), hold).await
+    }
+
+    /// [`pause_for`](Self::pause_for) until `until` (on Tokio's clock).
+    pub async fn pause_until(&self, until: Instant) -> Result<(), Denied> {
+        self.inner.pause_until(&(), until).await
+    }
+
+    /// How long the limiter stays paused from now (zero when it is not).
+    pub fn paused_for(&self) -> Duration {
+        self.inner.store().read_now(&[*self.quota()]).paused_for
+    }
+
+    /// Gives the limiter a quota in place of the one it was built with:
+    /// what is spent stays spent, counted in units, and the waiters are
+    /// re-spaced at the new rate.
+    pub async fn set_quota(&self, quota: Quota) -> Result<(), Denied> {
+        self.inner.set_limits(&(), &Limits::single(quota)).await
+    }
+
+    /// The quota the limiter was built with, in force again.
+    pub async fn clear_quota(&self) -> Result<(), Denied> {
+        self.inner.clear_limits(&()).await
+    }
+
+    /// The quota in force: the one set or learnt, or the one it was built
+    /// with.
+    pub fn current_quota(&self) -> Quota {
+        let view = self.inner.store().read_now(&[*self.quota()]);
+        view.limits.first().copied().unwrap_or(*self.quota())
     }
 
     /// The limit now, spending nothing (the same as `check(0)`).
     pub fn snapshot(&self) -> Snapshot {
-        self.engine.snapshot(self.clock.now())
+        self.inner.store().snapshot_now()
     }
 
-    /// The quota this limiter enforces.
+    /// The quota this limiter was built with.
     pub fn quota(&self) -> &Quota {
-        &self.quota
+        self.inner.store().quota()
     }
 
     /// The algorithm this limiter runs.
     pub fn algorithm(&self) -> Algorithm {
-        self.algorithm
+        self.inner.store().algorithm()
     }
 
     /// The clock this limiter reads.
     pub fn clock(&self) -> &C {
-        &self.clock
+        self.inner.store().clock()
     }
 
     /// How many acquires are waiting for their slot.
     pub fn waiting(&self) -> usize {
-        self.lock_waiters().len()
+        self.inner.waiting()
     }
 
-    fn lock_waiters(&self) -> MutexGuard<'_, Waiters> {
-        // Every update of the queue is complete before anything can panic.
-        self.waiters.lock().unwrap_or_else(PoisonError::into_inner)
+    /// What the limiter counts: admissions, denials, waits, pauses.
+    pub fn stats(&self) -> Stats {
+        self.inner.stats()
     }
 
-    /// Admits at once, or reserves a slot at most `max_wait` away.
-    #[inline(always)]
-    fn reserve(&self, cost: u64, max_wait: u64) -> Result<Ticket<'_, C>, Denied> {
-        match self.engine.decide(self.clock.now(), cost, 0) {
-            Ok((_, snapshot)) => Ok(Ticket::Ready(snapshot)),
-            Err(denied) if denied.kind() != DeniedKind::RateLimited || max_wait == 0 => Err(denied),
-            Err(_) => self.reserve_in_queue(cost, max_wait),
-        }
+    /// The engine underneath: a [`KeyedBudget`] with the key `()`.
+    pub fn as_budget(&self) -> &KeyedBudget<(), DirectStore<C>> {
+        &self.inner
     }
 
-    #[inline(never)]
-    fn reserve_in_queue(&self, cost: u64, max_wait: u64) -> Result<Ticket<'_, C>, Denied> {
-        // Reserve under the queue's lock, so that the queue's order is the
-        // order of the reservations.
-        let mut waiters = self.lock_waiters();
-        let now = self.clock.now();
-        let (due, snapshot) = self.engine.decide(now, cost, max_wait)?;
-        if due <= now {
-            return Ok(Ticket::Ready(snapshot));
-        }
-        let id = waiters.insert(due, cost);
-        Ok(Ticket::Wait(Reservation {
-            limiter: self,
-            id,
-            active: true,
-        }))
-    }
-
-    /// `None` once reservation `id` is due by `now` (it has left the queue,
-    /// with its slot taken); else when it is due, and `waker` hears when it
-    /// moves up.
-    fn take_if_due(&self, id: u64, now: u64, waker: &Waker) -> Option<u64> {
-        // A reservation leaves the queue only through its own guard, so it
-        // is there until this takes it.
-        self.lock_waiters().take_if_due(id, now, waker)
-    }
-
-    fn give_back(&self, id: u64) {
-        let mut waiters = self.lock_waiters();
-        if let Some((due, cost)) = waiters.remove(id) {
-            let shift = self.engine.cancel(self.clock.now(), cost, due);
-            waiters.move_up_after(id, shift);
-        }
+    fn limits(&self) -> &Limits {
+        self.inner.limits()
     }
 }
 
 impl<C: Clock> fmt::Debug for RateLimiter<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimiter")
-            .field("quota", &self.quota)
-            .field("algorithm", &self.algorithm)
+            .field("quota", self.quota())
+            .field("algorithm", &self.algorithm())
             .field("snapshot", &self.snapshot())
             .field("waiting", &self.waiting())
             .finish()
-    }
-}
-
-enum Ticket<'a, C: Clock> {
-    Ready(Snapshot),
-    Wait(Reservation<'a, C>),
-}
-
-/// A slot in the queue; dropped before it completes, it gives the slot back.
-struct Reservation<'a, C: Clock> {
-    limiter: &'a RateLimiter<C>,
-    id: u64,
-    active: bool,
-}
-
-impl<C: Clock> Reservation<'_, C> {
-    /// The slot was taken (it left the queue in `take_if_due`); the guard
-    /// no longer gives it back.
-    fn taken(&mut self, now: u64) -> Snapshot {
-        self.active = false;
-        self.limiter.engine.snapshot(now)
-    }
-}
-
-impl<C: Clock> Drop for Reservation<'_, C> {
-    fn drop(&mut self) {
-        if self.active {
-            self.limiter.give_back(self.id);
-        }
     }
 }

@@ -1,0 +1,583 @@
+//! The store of a limiter with no key: one limit's state, lock-free for
+//! GCRA, with the algorithm chosen at construction.
+
+use std::fmt;
+use std::future::{ready, Future};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use super::store::{Admit, Change, Decision, Store, StoreStats, SyncStore, View};
+use super::transition;
+use crate::algorithm::{
+    Algorithm, Gcra, LeakyBucket, LeakyState, Outcome, StateMachine, TokenBucket, TokenState,
+    Window, WindowState,
+};
+use crate::snapshot::duration_to_nanos;
+use crate::{Clock, DefaultClock, Quota, Snapshot};
+
+/// The store of a [`RateLimiter`](crate::RateLimiter): the state of one
+/// limit of one dimension, with no key (every key is the same limit), run
+/// by the [`Algorithm`] it was made with.
+///
+/// It keeps what the keyed stores keep (its state, a limit of its own set
+/// or learnt, its pause) and decides without a lock for GCRA while it has
+/// no limit of its own; the other algorithms hold a short lock. Changes
+/// apply to a bucket exactly as to GCRA (the buckets and GCRA are one limit
+/// written three ways). A window counts units in slots: a charge or an
+/// `AtMost` lands in now's slot, a refund of a settled grant frees nothing
+/// (the window cannot tell which slot held it), a waiter that goes away
+/// gives its units back, and a pause holds every decision until it ends,
+/// when the window admits as it would have.
+///
+/// It holds one dimension: a decision of more is an error.
+pub struct DirectStore<C: Clock = DefaultClock> {
+    /// The limit the lock-free path decides by.
+    gcra: Gcra,
+    quota: Quota,
+    algorithm: Algorithm,
+    /// GCRA's state; the buckets' and windows' are in `locked`.
+    tat: AtomicU64,
+    locked: Option<Mutex<Locked>>,
+    /// Set while the store holds a limit of its own, or runs an algorithm
+    /// other than GCRA: decisions take the general path.
+    special: AtomicBool,
+    /// The limit of its own, set or learnt; also serializes changes.
+    own: Mutex<Option<Quota>>,
+    /// When the pause ends, and its extensions added up.
+    until: AtomicU64,
+    held: AtomicU64,
+    admitted: AtomicU64,
+    denied: AtomicU64,
+    clock: C,
+}
+
+#[derive(Clone, Copy)]
+enum Locked {
+    Token(TokenState),
+    Leaky(LeakyState),
+    Window(WindowState),
+}
+
+/// Why a [`DirectStore`] refused an operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectStoreError {
+    dimensions: usize,
+}
+
+impl fmt::Display for DirectStoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "a direct store holds one dimension, not {}",
+            self.dimensions
+        )
+    }
+}
+
+impl std::error::Error for DirectStoreError {}
+
+impl<C: Clock> DirectStore<C> {
+    /// A full limit of `quota`, run by `algorithm`, on `clock`.
+    pub fn new(quota: Quota, algorithm: Algorithm, clock: C) -> Self {
+        let locked = match algorithm {
+            Algorithm::Gcra => None,
+            Algorithm::TokenBucket => Some(Locked::Token(TokenBucket::new(&quota).full())),
+            Algorithm::LeakyBucket => Some(Locked::Leaky(LeakyBucket::new(&quota).full())),
+            Algorithm::FixedWindow => Some(Locked::Window(Window::fixed(&quota).full())),
+            Algorithm::SlidingWindow => Some(Locked::Window(Window::sliding(&quota).full())),
+        };
+        Self {
+            gcra: Gcra::new(&quota),
+            quota,
+            algorithm,
+            tat: AtomicU64::new(0),
+            special: AtomicBool::new(locked.is_some()),
+            locked: locked.map(Mutex::new),
+            own: Mutex::new(None),
+            until: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+            admitted: AtomicU64::new(0),
+            denied: AtomicU64::new(0),
+            clock,
+        }
+    }
+
+    /// The quota the store was made with.
+    pub fn quota(&self) -> &Quota {
+        &self.quota
+    }
+
+    /// The algorithm that runs the limit.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// The clock the store reads.
+    pub fn clock(&self) -> &C {
+        &self.clock
+    }
+
+    fn own(&self) -> MutexGuard<'_, Option<Quota>> {
+        // Every update under this lock is a single store of a value.
+        self.own.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_state(locked: &Mutex<Locked>) -> MutexGuard<'_, Locked> {
+        // The state is replaced whole.
+        locked.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Admits `cost` now or refuses, answering the limit after it: the
+    /// lock-free path of a limiter's `check`.
+    #[inline(always)]
+    pub(crate) fn check(&self, cost: u64) -> Result<Snapshot, Decision> {
+        if !self.special.load(Ordering::Relaxed) {
+            let now = self.clock.now();
+            // Relaxed: the TAT guards no other memory; the CAS alone
+            // orders the decisions.
+            let mut current = self.tat.load(Ordering::Relaxed);
+            loop {
+                match self.gcra.decide(&current, now, cost, 0) {
+                    Outcome::Admit { state, .. } => {
+                        if state != current {
+                            if let Err(actual) = self.tat.compare_exchange_weak(
+                                current,
+                                state,
+                                Ordering::Relaxed,
+                                Ordering::Relaxed,
+                            ) {
+                                current = actual;
+                                continue;
+                            }
+                        }
+                        self.admitted.fetch_add(1, Ordering::Relaxed);
+                        return Ok(self.gcra.snapshot(&state, now));
+                    }
+                    outcome => return Err(self.refused(&current, now, outcome)),
+                }
+            }
+        }
+        match self.decide_general(self.quota, cost, 0) {
+            Decision::Admit(admit) => Ok(admit.snapshot),
+            refused => Err(refused),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn refused(&self, tat: &u64, now: u64, outcome: Outcome<u64>) -> Decision {
+        self.denied.fetch_add(1, Ordering::Relaxed);
+        match outcome {
+            Outcome::Deny { retry_after } => Decision::Deny {
+                dimension: 0,
+                snapshot: self.gcra.snapshot(tat, now).retry_after_nanos(retry_after),
+            },
+            _ => Decision::Never {
+                dimension: 0,
+                snapshot: self.gcra.snapshot(tat, now),
+            },
+        }
+    }
+
+    /// The quota in force: the store's own, or `default`.
+    fn in_force(&self, default: Quota) -> Quota {
+        if self.special.load(Ordering::Relaxed) {
+            if let Some(own) = *self.own() {
+                return own;
+            }
+        }
+        default
+    }
+
+    #[inline(never)]
+    fn decide_general(&self, default: Quota, cost: u64, max_wait: u64) -> Decision {
+        let quota = self.in_force(default);
+        let held = self.held.load(Ordering::Relaxed);
+        let decision = match &self.locked {
+            None => {
+                let now = self.clock.now();
+                let mut current = self.tat.load(Ordering::Relaxed);
+                loop {
+                    let mut next = current;
+                    let decision = transition::decide(
+                        std::slice::from_mut(&mut next),
+                        &[quota],
+                        &[cost],
+                        now,
+                        max_wait,
+                        held,
+                    );
+                    if next != current {
+                        if let Err(actual) = self.tat.compare_exchange_weak(
+                            current,
+                            next,
+                            Ordering::Relaxed,
+                            Ordering::Relaxed,
+                        ) {
+                            current = actual;
+                            continue;
+                        }
+                    }
+                    break decision;
+                }
+            }
+            Some(locked) => {
+                let mut state = Self::lock_state(locked);
+                let now = self.clock.now();
+                let step = quota.interval_ns();
+                match &mut *state {
+                    Locked::Token(s) => {
+                        let bucket = TokenBucket::new(&quota);
+                        decide_with(&bucket, s, [now, now], cost, max_wait, step)
+                    }
+                    Locked::Leaky(s) => {
+                        let bucket = LeakyBucket::new(&quota);
+                        decide_with(&bucket, s, [now, now], cost, max_wait, step)
+                    }
+                    Locked::Window(s) => {
+                        // A window is held by deciding at the pause's end;
+                        // later reservations keep their slots when one
+                        // goes, so its waiters count no step.
+                        let at = self.until.load(Ordering::Relaxed).max(now);
+                        decide_with(&self.window(&quota), s, [now, at], cost, max_wait, 0)
+                    }
+                }
+            }
+        };
+        let decision = match decision {
+            Decision::Admit(mut admit) => {
+                admit.held = Duration::from_nanos(held);
+                Decision::Admit(admit)
+            }
+            other => other,
+        };
+        self.count(&decision);
+        decision
+    }
+
+    fn count(&self, decision: &Decision) {
+        let counter = match decision {
+            Decision::Admit(_) => &self.admitted,
+            _ => &self.denied,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn window(&self, quota: &Quota) -> Window {
+        match self.algorithm {
+            Algorithm::FixedWindow => Window::fixed(quota),
+            _ => Window::sliding(quota),
+        }
+    }
+
+    /// [`Store::decide`], synchronously.
+    pub fn decide_now(&self, limits: &[Quota], costs: &[u64], max_wait: Duration) -> Decision {
+        let (Some(&quota), Some(&cost)) = (limits.first(), costs.first()) else {
+            return Decision::Never {
+                dimension: 0,
+                snapshot: Snapshot::from_count(0, 0, 0),
+            };
+        };
+        self.decide_general(quota, cost, duration_to_nanos(max_wait))
+    }
+
+    /// [`Store::adjust`], synchronously.
+    pub fn adjust_now(&self, limits: &[Quota], changes: &[Change]) {
+        let (Some(&default), Some(&change)) = (limits.first(), changes.first()) else {
+            return;
+        };
+        let mut own = self.own();
+        let now = self.clock.now();
+        let before = own.unwrap_or(default);
+        let mut after = before;
+        match change {
+            Change::Limit(q) => {
+                *own = Some(q);
+                after = q;
+            }
+            Change::Unlimit => {
+                *own = None;
+                after = default;
+            }
+            Change::Observe { limit, .. } => {
+                if let Some(learnt) = transition::learn(&before, limit) {
+                    *own = Some(learnt);
+                    after = learnt;
+                }
+            }
+            _ => {}
+        }
+        let (until, extension) = match change {
+            Change::HoldFor(hold) => transition::pause(
+                self.until.load(Ordering::Relaxed),
+                now,
+                duration_to_nanos(hold),
+            ),
+            _ => (self.until.load(Ordering::Relaxed), 0),
+        };
+        // The TAT-like change every algorithm but the windows shares.
+        let apply_tat = |tat: u64| {
+            let tat = transition::rescale(tat, &before, &after, now);
+            match change {
+                Change::HoldFor(_) => transition::hold(tat, &after, now, until, extension),
+                change => transition::apply(tat, &after, now, change),
+            }
+        };
+        match &self.locked {
+            None => {
+                let _ = self
+                    .tat
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
+                        Some(apply_tat(tat))
+                    });
+            }
+            Some(locked) => {
+                let mut state = Self::lock_state(locked);
+                *state = match *state {
+                    Locked::Token(s) => {
+                        let tat = apply_tat(TokenBucket::new(&before).tat(&s, now));
+                        Locked::Token(TokenBucket::new(&after).from_tat(tat, now))
+                    }
+                    Locked::Leaky(s) => {
+                        let tat = apply_tat(LeakyBucket::new(&before).tat(&s, now));
+                        Locked::Leaky(LeakyBucket::new(&after).from_tat(tat, now))
+                    }
+                    Locked::Window(s) => {
+                        let window = self.window(&after);
+                        let s = window.rescaled(&self.window(&before), &s, now);
+                        Locked::Window(match change {
+                            Change::Charge(n) => window.charge(&s, now, n),
+                            Change::AtMost(n) | Change::Observe { remaining: n, .. } => {
+                                window.at_most(&s, now, n)
+                            }
+                            _ => s,
+                        })
+                    }
+                };
+            }
+        }
+        self.until.store(until, Ordering::Relaxed);
+        self.held.fetch_add(extension, Ordering::Relaxed);
+        let special = own.is_some() || self.locked.is_some();
+        self.special.store(special, Ordering::Relaxed);
+    }
+
+    /// [`Store::read`], synchronously.
+    pub fn read_now(&self, limits: &[Quota]) -> View {
+        let default = limits.first().copied().unwrap_or(self.quota);
+        let quota = self.in_force(default);
+        let now = self.clock.now();
+        let snapshot = match &self.locked {
+            None => Gcra::new(&quota).snapshot(&self.tat.load(Ordering::Relaxed), now),
+            Some(locked) => match *Self::lock_state(locked) {
+                Locked::Token(s) => TokenBucket::new(&quota).snapshot(&s, now),
+                Locked::Leaky(s) => LeakyBucket::new(&quota).snapshot(&s, now),
+                Locked::Window(s) => self.window(&quota).snapshot(&s, now),
+            },
+        };
+        View {
+            limits: vec![quota],
+            snapshots: vec![snapshot],
+            paused_for: Duration::from_nanos(
+                self.until.load(Ordering::Relaxed).saturating_sub(now),
+            ),
+            held: Duration::from_nanos(self.held.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// The limit now, spending nothing.
+    pub fn snapshot_now(&self) -> Snapshot {
+        let mut view = self.read_now(&[self.quota]);
+        view.snapshots
+            .pop()
+            .unwrap_or_else(|| Snapshot::from_count(0, 0, 0))
+    }
+
+    /// Gives back `cost` reserved by a waiter that went away.
+    pub fn give_back_now(&self, limits: &[Quota], cost: u64) {
+        let default = limits.first().copied().unwrap_or(self.quota);
+        let quota = self.in_force(default);
+        let now = self.clock.now();
+        match &self.locked {
+            None => {
+                let gcra = Gcra::new(&quota);
+                let _ = self
+                    .tat
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
+                        Some(gcra.cancel(&tat, now, cost, now).0)
+                    });
+            }
+            Some(locked) => {
+                let mut state = Self::lock_state(locked);
+                *state = match *state {
+                    Locked::Token(s) => {
+                        Locked::Token(TokenBucket::new(&quota).cancel(&s, now, cost, now).0)
+                    }
+                    Locked::Leaky(s) => {
+                        Locked::Leaky(LeakyBucket::new(&quota).cancel(&s, now, cost, now).0)
+                    }
+                    Locked::Window(s) => {
+                        Locked::Window(self.window(&quota).give_back(&s, now, cost))
+                    }
+                };
+            }
+        }
+    }
+
+    /// What the store counts.
+    pub fn stats_now(&self) -> StoreStats {
+        let full = self.snapshot_now().reset_after().is_zero();
+        StoreStats::new(
+            self.admitted.load(Ordering::Relaxed),
+            self.denied.load(Ordering::Relaxed),
+            u64::from(!full),
+            0,
+        )
+    }
+}
+
+/// Decides with `algorithm` over `state` at `at` (now, or the end of a
+/// pause), answering with waits from `now`; writes the state on an
+/// admission only. `step` is a unit's width in the queue.
+fn decide_with<A: StateMachine>(
+    algorithm: &A,
+    state: &mut A::State,
+    [now, at]: [u64; 2],
+    cost: u64,
+    max_wait: u64,
+    step: u64,
+) -> Decision {
+    let delay = at.saturating_sub(now);
+    let outcome = match max_wait.checked_sub(delay) {
+        Some(left) => algorithm.decide(state, at, cost, left),
+        None => match algorithm.decide(state, at, cost, u64::MAX) {
+            Outcome::Admit { due, .. } => Outcome::Deny {
+                retry_after: due.saturating_sub(at),
+            },
+            outcome => outcome,
+        },
+    };
+    match outcome {
+        Outcome::Admit { state: next, due } => {
+            *state = next;
+            let due = due.max(at);
+            let mut admit = Admit::now(algorithm.snapshot(&next, due));
+            let wait = Duration::from_nanos(due.saturating_sub(now));
+            admit.wait = wait;
+            admit.dues[0] = wait;
+            admit.steps[0] = Duration::from_nanos(step);
+            Decision::Admit(admit)
+        }
+        Outcome::Deny { retry_after } => Decision::Deny {
+            dimension: 0,
+            snapshot: algorithm
+                .snapshot(state, now)
+                .retry_after_nanos(retry_after.saturating_add(delay)),
+        },
+        Outcome::Never => Decision::Never {
+            dimension: 0,
+            snapshot: algorithm.snapshot(state, now),
+        },
+    }
+}
+
+impl<C: Clock, K: ?Sized> Store<K> for DirectStore<C> {
+    type Error = DirectStoreError;
+
+    fn decide(
+        &self,
+        _key: &K,
+        limits: &[Quota],
+        costs: &[u64],
+        max_wait: Duration,
+    ) -> impl Future<Output = Result<Decision, Self::Error>> + Send {
+        ready(one(limits.len().max(costs.len())).map(|()| self.decide_now(limits, costs, max_wait)))
+    }
+
+    fn adjust(
+        &self,
+        _key: &K,
+        limits: &[Quota],
+        changes: &[Change],
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        ready(one(limits.len().max(changes.len())).map(|()| self.adjust_now(limits, changes)))
+    }
+
+    fn read(
+        &self,
+        _key: &K,
+        limits: &[Quota],
+    ) -> impl Future<Output = Result<View, Self::Error>> + Send {
+        ready(one(limits.len()).map(|()| self.read_now(limits)))
+    }
+
+    fn give_back(&self, _key: &K, limits: &[Quota], costs: &[u64]) {
+        if let Some(&cost) = costs.first() {
+            self.give_back_now(limits, cost);
+        }
+    }
+
+    fn stats(&self) -> StoreStats {
+        self.stats_now()
+    }
+}
+
+impl<C: Clock, K: ?Sized> SyncStore<K> for DirectStore<C> {
+    fn decide_now(
+        &self,
+        _key: &K,
+        limits: &[Quota],
+        costs: &[u64],
+        max_wait: Duration,
+    ) -> Decision {
+        DirectStore::decide_now(self, limits, costs, max_wait)
+    }
+
+    #[inline(always)]
+    fn check_one(&self, _key: &K, quota: &Quota, cost: u64) -> Result<Snapshot, Decision> {
+        if *quota == self.quota {
+            return self.check(cost);
+        }
+        match self.decide_general(*quota, cost, 0) {
+            Decision::Admit(admit) => Ok(admit.snapshot),
+            refused => Err(refused),
+        }
+    }
+
+    fn adjust_now(&self, _key: &K, limits: &[Quota], changes: &[Change]) {
+        DirectStore::adjust_now(self, limits, changes);
+    }
+
+    fn read_now(&self, _key: &K, limits: &[Quota]) -> View {
+        DirectStore::read_now(self, limits)
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    fn wait_blocking(&self, duration: Duration) {
+        self.clock.wait_blocking(duration);
+    }
+}
+
+/// One dimension, or the error.
+fn one(dimensions: usize) -> Result<(), DirectStoreError> {
+    if dimensions == 1 {
+        Ok(())
+    } else {
+        Err(DirectStoreError { dimensions })
+    }
+}
+
+impl<C: Clock + fmt::Debug> fmt::Debug for DirectStore<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DirectStore")
+            .field("quota", &self.quota)
+            .field("algorithm", &self.algorithm)
+            .field("snapshot", &self.snapshot_now())
+            .field("clock", &self.clock)
+            .finish()
+    }
+}
