@@ -129,8 +129,8 @@ pub mod store {
     pub use crate::budget::conformance;
     pub use crate::budget::transition;
     pub use crate::budget::{
-        Admit, Change, Decision, DirectStore, DirectStoreError, MemoryStore, Store, StoreStats,
-        SyncStore, View,
+        Admit, Change, Decision, DirectStore, DirectStoreError, MemoryStore, Refusal, Store,
+        StoreStats, SyncStore, View,
     };
 }
 pub use clock::{Clock, DefaultClock, FastClock, ManualClock, TokioClock};

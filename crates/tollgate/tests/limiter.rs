@@ -335,3 +335,214 @@ fn every_algorithm_answers_at_the_end_of_time() {
         let _ = limiter.check(1);
     }
 }
+
+/// What every limiter has, on the direct one: 64 callers refused together
+/// that each pause for one second hold it one second, not 64; then the
+/// waiters leave one by one at the quota's rate, for every algorithm that
+/// paces (the windows admit as their window allows).
+#[tokio::test(start_paused = true)]
+async fn concurrent_pauses_take_the_longest_and_release_paced() {
+    for algorithm in [
+        Algorithm::Gcra,
+        Algorithm::TokenBucket,
+        Algorithm::LeakyBucket,
+    ] {
+        let limiter = Arc::new(
+            RateLimiter::builder(quota("10/s burst 10"))
+                .algorithm(algorithm)
+                .build(),
+        );
+        let start = Instant::now();
+        let pauses: Vec<_> = (0..64)
+            .map(|_| {
+                let limiter = Arc::clone(&limiter);
+                tokio::spawn(async move { limiter.pause_for(Duration::from_secs(1)).await })
+            })
+            .collect();
+        for pause in pauses {
+            pause.await.unwrap().unwrap();
+        }
+        assert_eq!(
+            limiter.paused_for(),
+            Duration::from_secs(1),
+            "{algorithm:?}"
+        );
+        assert_eq!(limiter.stats().pauses, 64);
+        assert_eq!(
+            limiter.check(1).unwrap_err().retry_after(),
+            Some(Duration::from_secs(1)),
+            "{algorithm:?}"
+        );
+        let mut done = Vec::new();
+        for _ in 0..3 {
+            limiter.acquire(1).await.unwrap();
+            done.push(start.elapsed().as_millis());
+        }
+        assert_eq!(done, [1000, 1100, 1200], "{algorithm:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_window_holds_every_decision_until_the_pause_ends() {
+    for algorithm in [Algorithm::FixedWindow, Algorithm::SlidingWindow] {
+        let limiter = RateLimiter::builder(quota("10/s"))
+            .algorithm(algorithm)
+            .build();
+        limiter
+            .pause_for(Duration::from_millis(1500))
+            .await
+            .unwrap();
+        let denied = limiter.check(1).unwrap_err();
+        assert_eq!(denied.retry_after(), Some(Duration::from_millis(1500)));
+        let start = Instant::now();
+        limiter.acquire(1).await.unwrap();
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(1500),
+            "{algorithm:?}"
+        );
+    }
+}
+
+/// A reservation settled lower than reserved moves the waiter behind it
+/// forward; one settled higher pushes later callers back.
+#[tokio::test(start_paused = true)]
+async fn settle_refunds_move_waiters_up_and_charges_push_back() {
+    let limiter = Arc::new(RateLimiter::new(quota("10/s burst 10")));
+    let start = Instant::now();
+    limiter.acquire(10).await.unwrap(); // an estimate of 10
+    let waiter = {
+        let limiter = Arc::clone(&limiter);
+        tokio::spawn(async move {
+            limiter.acquire(5).await.unwrap();
+            start.elapsed()
+        })
+    };
+    tokio::task::yield_now().await;
+    assert_eq!(limiter.waiting(), 1);
+    limiter.settle(10, 2).await.unwrap(); // used 2: 8 come back
+    assert_eq!(waiter.await.unwrap(), Duration::ZERO);
+    // 2 + 5 spent; a charge of 20 more puts the limit 2.7 s in debt.
+    limiter.settle(5, 25).await.unwrap();
+    assert_eq!(
+        limiter.check(1).unwrap_err().retry_after(),
+        Some(Duration::from_millis(1800))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn observe_learns_a_lower_limit_and_set_quota_raises_it() {
+    let limiter = RateLimiter::new(quota("10/s"));
+    limiter
+        .observe(&tollgate::Snapshot::new(5, 0, Duration::from_secs(1)))
+        .await
+        .unwrap();
+    assert_eq!(limiter.current_quota(), quota("5/s"));
+    assert_eq!(
+        limiter.check(1).unwrap_err().retry_after(),
+        Some(Duration::from_millis(200))
+    );
+    limiter.set_quota(quota("100/s")).await.unwrap();
+    assert_eq!(limiter.current_quota(), quota("100/s"));
+    limiter.clear_quota().await.unwrap();
+    assert_eq!(limiter.current_quota(), quota("10/s"));
+}
+
+#[test]
+fn the_direct_limiter_counts() {
+    let limiter = RateLimiter::builder(quota("2/s"))
+        .clock(ManualClock::new())
+        .build();
+    for _ in 0..3 {
+        let _ = limiter.check(1);
+    }
+    limiter.acquire_blocking(1).unwrap();
+    let stats = limiter.stats();
+    assert_eq!((stats.admitted, stats.denied), (3, 1));
+    assert_eq!((stats.waits, stats.waited), (1, Duration::from_millis(500)));
+}
+
+/// The keyed limiter blocks too, in the same queue as its async waiters.
+#[test]
+fn a_keyed_limiter_acquires_blocking_on_a_manual_clock() {
+    let clock = ManualClock::new();
+    let limiter = tollgate::KeyedLimiter::builder(quota("10/s burst 1"))
+        .clock(clock.clone())
+        .build();
+    for i in 0..3u64 {
+        limiter.acquire_blocking(&"a", 1).unwrap();
+        limiter.acquire_blocking(&"b", 1).unwrap();
+        assert_eq!(clock.now_duration(), Duration::from_millis(100 * i));
+    }
+    assert_eq!(
+        limiter.acquire_blocking(&"a", 2).unwrap_err().kind(),
+        DeniedKind::CostExceedsBurst
+    );
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Advance(u64),
+    Check(u64),
+    Settle(u64, u64),
+    Observe(u64, u64),
+    Pause(u64),
+    SetQuota(u64),
+}
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    prop_oneof![
+        (0u64..3_000).prop_map(Op::Advance),
+        (0u64..12).prop_map(Op::Check),
+        ((0u64..12), (0u64..30)).prop_map(|(r, u)| Op::Settle(r, u)),
+        ((0u64..20), (0u64..20)).prop_map(|(l, r)| Op::Observe(l, r)),
+        (0u64..2_000).prop_map(Op::Pause),
+        (1u64..30).prop_map(Op::SetQuota),
+    ]
+}
+
+proptest::proptest! {
+    /// The buckets are GCRA written two other ways, changes included: any
+    /// run of checks, settles, observations, pauses and new quotas gets
+    /// the same answers from all three.
+    #[test]
+    fn the_buckets_answer_as_gcra_through_every_change(ops in proptest::collection::vec(op(), 1..60)) {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let answers: Vec<Vec<String>> = [Algorithm::Gcra, Algorithm::TokenBucket, Algorithm::LeakyBucket]
+            .into_iter()
+            .map(|algorithm| {
+                let clock = ManualClock::new();
+                clock.set(1_000_000_000);
+                let limiter = RateLimiter::builder(quota("10/s"))
+                    .algorithm(algorithm)
+                    .clock(clock.clone())
+                    .build();
+                let mut seen = Vec::new();
+                for op in &ops {
+                    let answer = match *op {
+                        Op::Advance(ms) => {
+                            clock.advance(Duration::from_millis(ms));
+                            continue;
+                        }
+                        Op::Check(cost) => format!("{:?}", limiter.check(cost).map_err(|d| (d.kind(), d.retry_after()))),
+                        Op::Settle(reserved, used) => format!("{:?}", runtime.block_on(limiter.settle(reserved, used)).is_ok()),
+                        Op::Observe(limit, remaining) => {
+                            let snapshot = tollgate::Snapshot::new(limit, remaining, Duration::from_secs(1));
+                            format!("{:?}", runtime.block_on(limiter.observe(&snapshot)).is_ok())
+                        }
+                        Op::Pause(ms) => format!("{:?}", runtime.block_on(limiter.pause_for(Duration::from_millis(ms))).is_ok()),
+                        Op::SetQuota(n) => format!(
+                            "{:?}",
+                            runtime.block_on(limiter.set_quota(Quota::per_second(n).unwrap())).is_ok()
+                        ),
+                    };
+                    seen.push(format!("{answer} {:?}", limiter.snapshot()));
+                }
+                seen
+            })
+            .collect();
+        proptest::prop_assert_eq!(&answers[0], &answers[1]);
+        proptest::prop_assert_eq!(&answers[0], &answers[2]);
+    }
+}

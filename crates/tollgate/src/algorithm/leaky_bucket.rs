@@ -54,7 +54,7 @@ impl LeakyBucket {
     }
 
     /// The state that makes the same decisions as `tat` from `now` on.
-    pub(crate) fn from_tat(&self, tat: u64, now: u64) -> LeakyState {
+    pub(crate) fn at_tat(&self, tat: u64, now: u64) -> LeakyState {
         LeakyState {
             level: u128::from(tat.saturating_sub(now)),
             updated: now,

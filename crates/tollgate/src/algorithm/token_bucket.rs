@@ -57,7 +57,7 @@ impl TokenBucket {
     }
 
     /// The state that makes the same decisions as `tat` from `now` on.
-    pub(crate) fn from_tat(&self, tat: u64, now: u64) -> TokenState {
+    pub(crate) fn at_tat(&self, tat: u64, now: u64) -> TokenState {
         TokenState {
             balance: i128::from(self.capacity).saturating_sub(i128::from(tat.saturating_sub(now))),
             updated: now,

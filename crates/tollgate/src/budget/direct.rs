@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use super::store::{Admit, Change, Decision, Store, StoreStats, SyncStore, View};
+use super::store::{Admit, Change, Decision, Refusal, Store, StoreStats, SyncStore, View};
 use super::transition;
 use crate::algorithm::{
     Algorithm, Gcra, LeakyBucket, LeakyState, Outcome, StateMachine, TokenBucket, TokenState,
@@ -36,8 +36,6 @@ pub struct DirectStore<C: Clock = DefaultClock> {
     gcra: Gcra,
     quota: Quota,
     algorithm: Algorithm,
-    /// GCRA's state; the buckets' and windows' are in `locked`.
-    tat: AtomicU64,
     locked: Option<Mutex<Locked>>,
     /// Set while the store holds a limit of its own, or runs an algorithm
     /// other than GCRA: decisions take the general path.
@@ -47,9 +45,63 @@ pub struct DirectStore<C: Clock = DefaultClock> {
     /// When the pause ends, and its extensions added up.
     until: AtomicU64,
     held: AtomicU64,
-    admitted: AtomicU64,
-    denied: AtomicU64,
+    /// GCRA's state and the counts; the buckets' and windows' states are
+    /// in `locked`.
+    hot: Hot,
+    denied: Denials,
     clock: C,
+}
+
+/// The TAT with the counts of decisions, on a cache line of their own:
+/// a decision that wrote the TAT holds the line, so counting on it costs
+/// no further traffic between cores, and the read-mostly fields beside it
+/// are not invalidated by every decision.
+#[repr(align(128))]
+#[derive(Default)]
+struct Hot {
+    tat: AtomicU64,
+    admitted: AtomicU64,
+}
+
+/// Denials, counted on a stripe per thread: a denial does not write the
+/// TAT, so threads denied at once would otherwise fight over one line.
+#[derive(Default)]
+struct Denials(Box<[Stripe; STRIPES]>);
+
+const STRIPES: usize = 4;
+
+#[repr(align(128))]
+#[derive(Default)]
+struct Stripe(AtomicU64);
+
+thread_local! {
+    static STRIPE: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+/// Threads take stripes in turn as they first count.
+static NEXT_STRIPE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Denials {
+    fn add(&self) {
+        let at = STRIPE.with(|stripe| {
+            let at = stripe.get();
+            if at != usize::MAX {
+                return at;
+            }
+            let at = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % STRIPES;
+            stripe.set(at);
+            at
+        });
+        if let Some(stripe) = self.0.get(at) {
+            stripe.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn sum(&self) -> u64 {
+        self.0
+            .iter()
+            .fold(0, |sum, s| sum.saturating_add(s.0.load(Ordering::Relaxed)))
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -91,14 +143,13 @@ impl<C: Clock> DirectStore<C> {
             gcra: Gcra::new(&quota),
             quota,
             algorithm,
-            tat: AtomicU64::new(0),
             special: AtomicBool::new(locked.is_some()),
             locked: locked.map(Mutex::new),
             own: Mutex::new(None),
             until: AtomicU64::new(0),
             held: AtomicU64::new(0),
-            admitted: AtomicU64::new(0),
-            denied: AtomicU64::new(0),
+            hot: Hot::default(),
+            denied: Denials::default(),
             clock,
         }
     }
@@ -131,17 +182,17 @@ impl<C: Clock> DirectStore<C> {
     /// Admits `cost` now or refuses, answering the limit after it: the
     /// lock-free path of a limiter's `check`.
     #[inline(always)]
-    pub(crate) fn check(&self, cost: u64) -> Result<Snapshot, Decision> {
+    pub(crate) fn check(&self, cost: u64) -> Result<Snapshot, Refusal> {
         if !self.special.load(Ordering::Relaxed) {
             let now = self.clock.now();
             // Relaxed: the TAT guards no other memory; the CAS alone
             // orders the decisions.
-            let mut current = self.tat.load(Ordering::Relaxed);
+            let mut current = self.hot.tat.load(Ordering::Relaxed);
             loop {
                 match self.gcra.decide(&current, now, cost, 0) {
                     Outcome::Admit { state, .. } => {
                         if state != current {
-                            if let Err(actual) = self.tat.compare_exchange_weak(
+                            if let Err(actual) = self.hot.tat.compare_exchange_weak(
                                 current,
                                 state,
                                 Ordering::Relaxed,
@@ -151,32 +202,33 @@ impl<C: Clock> DirectStore<C> {
                                 continue;
                             }
                         }
-                        self.admitted.fetch_add(1, Ordering::Relaxed);
+                        self.hot.admitted.fetch_add(1, Ordering::Relaxed);
                         return Ok(self.gcra.snapshot(&state, now));
                     }
                     outcome => return Err(self.refused(&current, now, outcome)),
                 }
             }
         }
+        self.check_general(cost)
+    }
+
+    #[inline(never)]
+    fn check_general(&self, cost: u64) -> Result<Snapshot, Refusal> {
         match self.decide_general(self.quota, cost, 0) {
             Decision::Admit(admit) => Ok(admit.snapshot),
-            refused => Err(refused),
+            Decision::Deny { snapshot, .. } => Err(Refusal::Deny(snapshot)),
+            Decision::Never { snapshot, .. } => Err(Refusal::Never(snapshot)),
         }
     }
 
-    #[cold]
-    #[inline(never)]
-    fn refused(&self, tat: &u64, now: u64, outcome: Outcome<u64>) -> Decision {
-        self.denied.fetch_add(1, Ordering::Relaxed);
+    #[inline(always)]
+    fn refused(&self, tat: &u64, now: u64, outcome: Outcome<u64>) -> Refusal {
+        self.denied.add();
         match outcome {
-            Outcome::Deny { retry_after } => Decision::Deny {
-                dimension: 0,
-                snapshot: self.gcra.snapshot(tat, now).retry_after_nanos(retry_after),
-            },
-            _ => Decision::Never {
-                dimension: 0,
-                snapshot: self.gcra.snapshot(tat, now),
-            },
+            Outcome::Deny { retry_after } => {
+                Refusal::Deny(self.gcra.snapshot(tat, now).retry_after_nanos(retry_after))
+            }
+            _ => Refusal::Never(self.gcra.snapshot(tat, now)),
         }
     }
 
@@ -197,7 +249,7 @@ impl<C: Clock> DirectStore<C> {
         let decision = match &self.locked {
             None => {
                 let now = self.clock.now();
-                let mut current = self.tat.load(Ordering::Relaxed);
+                let mut current = self.hot.tat.load(Ordering::Relaxed);
                 loop {
                     let mut next = current;
                     let decision = transition::decide(
@@ -209,7 +261,7 @@ impl<C: Clock> DirectStore<C> {
                         held,
                     );
                     if next != current {
-                        if let Err(actual) = self.tat.compare_exchange_weak(
+                        if let Err(actual) = self.hot.tat.compare_exchange_weak(
                             current,
                             next,
                             Ordering::Relaxed,
@@ -257,11 +309,12 @@ impl<C: Clock> DirectStore<C> {
     }
 
     fn count(&self, decision: &Decision) {
-        let counter = match decision {
-            Decision::Admit(_) => &self.admitted,
-            _ => &self.denied,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        match decision {
+            Decision::Admit(_) => {
+                self.hot.admitted.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => self.denied.add(),
+        }
     }
 
     fn window(&self, quota: &Quota) -> Window {
@@ -327,6 +380,7 @@ impl<C: Clock> DirectStore<C> {
         match &self.locked {
             None => {
                 let _ = self
+                    .hot
                     .tat
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
                         Some(apply_tat(tat))
@@ -337,11 +391,11 @@ impl<C: Clock> DirectStore<C> {
                 *state = match *state {
                     Locked::Token(s) => {
                         let tat = apply_tat(TokenBucket::new(&before).tat(&s, now));
-                        Locked::Token(TokenBucket::new(&after).from_tat(tat, now))
+                        Locked::Token(TokenBucket::new(&after).at_tat(tat, now))
                     }
                     Locked::Leaky(s) => {
                         let tat = apply_tat(LeakyBucket::new(&before).tat(&s, now));
-                        Locked::Leaky(LeakyBucket::new(&after).from_tat(tat, now))
+                        Locked::Leaky(LeakyBucket::new(&after).at_tat(tat, now))
                     }
                     Locked::Window(s) => {
                         let window = self.window(&after);
@@ -369,7 +423,7 @@ impl<C: Clock> DirectStore<C> {
         let quota = self.in_force(default);
         let now = self.clock.now();
         let snapshot = match &self.locked {
-            None => Gcra::new(&quota).snapshot(&self.tat.load(Ordering::Relaxed), now),
+            None => Gcra::new(&quota).snapshot(&self.hot.tat.load(Ordering::Relaxed), now),
             Some(locked) => match *Self::lock_state(locked) {
                 Locked::Token(s) => TokenBucket::new(&quota).snapshot(&s, now),
                 Locked::Leaky(s) => LeakyBucket::new(&quota).snapshot(&s, now),
@@ -403,6 +457,7 @@ impl<C: Clock> DirectStore<C> {
             None => {
                 let gcra = Gcra::new(&quota);
                 let _ = self
+                    .hot
                     .tat
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
                         Some(gcra.cancel(&tat, now, cost, now).0)
@@ -428,12 +483,9 @@ impl<C: Clock> DirectStore<C> {
     /// What the store counts.
     pub fn stats_now(&self) -> StoreStats {
         let full = self.snapshot_now().reset_after().is_zero();
-        StoreStats::new(
-            self.admitted.load(Ordering::Relaxed),
-            self.denied.load(Ordering::Relaxed),
-            u64::from(!full),
-            0,
-        )
+        let admitted = self.hot.admitted.load(Ordering::Relaxed);
+        let denied = self.denied.sum();
+        StoreStats::new(admitted, denied, u64::from(!full), 0)
     }
 }
 
@@ -535,13 +587,14 @@ impl<C: Clock, K: ?Sized> SyncStore<K> for DirectStore<C> {
     }
 
     #[inline(always)]
-    fn check_one(&self, _key: &K, quota: &Quota, cost: u64) -> Result<Snapshot, Decision> {
+    fn check_one(&self, _key: &K, quota: &Quota, cost: u64) -> Result<Snapshot, Refusal> {
         if *quota == self.quota {
             return self.check(cost);
         }
         match self.decide_general(*quota, cost, 0) {
             Decision::Admit(admit) => Ok(admit.snapshot),
-            refused => Err(refused),
+            Decision::Deny { snapshot, .. } => Err(Refusal::Deny(snapshot)),
+            Decision::Never { snapshot, .. } => Err(Refusal::Never(snapshot)),
         }
     }
 

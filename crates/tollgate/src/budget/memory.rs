@@ -9,7 +9,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use super::limits::MAX_DIMENSIONS;
-use super::store::{Admit, Change, Decision, Store, StoreStats, SyncStore, View};
+use super::store::{Admit, Change, Decision, Refusal, Store, StoreStats, SyncStore, View};
 use super::table::Table;
 use super::transition;
 use crate::algorithm::{Gcra, Outcome, StateMachine};
@@ -108,14 +108,6 @@ impl Extra {
     fn has_limits(&self) -> bool {
         self.limits.iter().any(Option::is_some)
     }
-}
-
-/// Why [`MemoryStore::check_one`] refused.
-pub(crate) enum Refused {
-    /// Not now.
-    Deny(Snapshot),
-    /// The cost exceeds the burst.
-    Never(Snapshot),
 }
 
 /// Extras a shard holds before it first sweeps them.
@@ -264,7 +256,7 @@ impl<C: Clock> MemoryStore<C> {
         key: &K,
         quota: &Quota,
         cost: u64,
-    ) -> Option<Result<Snapshot, Refused>> {
+    ) -> Option<Result<Snapshot, Refusal>> {
         let fp = self.hasher.hash_one(key);
         let mut shard = self.shard(fp);
         if !shard.extras.is_empty() {
@@ -284,13 +276,13 @@ impl<C: Clock> MemoryStore<C> {
             }
             Outcome::Deny { retry_after } => {
                 shard.denied = shard.denied.saturating_add(1);
-                Err(Refused::Deny(
+                Err(Refusal::Deny(
                     gcra.snapshot(&tat, now).retry_after_nanos(retry_after),
                 ))
             }
             Outcome::Never => {
                 shard.denied = shard.denied.saturating_add(1);
-                Err(Refused::Never(gcra.snapshot(&tat, now)))
+                Err(Refusal::Never(gcra.snapshot(&tat, now)))
             }
         })
     }
@@ -697,17 +689,9 @@ impl<K: Hash + ?Sized, C: Clock> SyncStore<K> for MemoryStore<C> {
     }
 
     #[inline]
-    fn check_one(&self, key: &K, quota: &Quota, cost: u64) -> Result<Snapshot, Decision> {
+    fn check_one(&self, key: &K, quota: &Quota, cost: u64) -> Result<Snapshot, Refusal> {
         match MemoryStore::check_one(self, key, quota, cost) {
-            Some(Ok(snapshot)) => Ok(snapshot),
-            Some(Err(Refused::Deny(snapshot))) => Err(Decision::Deny {
-                dimension: 0,
-                snapshot,
-            }),
-            Some(Err(Refused::Never(snapshot))) => Err(Decision::Never {
-                dimension: 0,
-                snapshot,
-            }),
+            Some(answer) => answer,
             None => match MemoryStore::decide_now(
                 self,
                 key,
@@ -716,7 +700,8 @@ impl<K: Hash + ?Sized, C: Clock> SyncStore<K> for MemoryStore<C> {
                 Duration::ZERO,
             ) {
                 Decision::Admit(admit) => Ok(admit.snapshot),
-                refused => Err(refused),
+                Decision::Deny { snapshot, .. } => Err(Refusal::Deny(snapshot)),
+                Decision::Never { snapshot, .. } => Err(Refusal::Never(snapshot)),
             },
         }
     }

@@ -17,4 +17,4 @@ pub use faces::{Budget, KeyedLimiter};
 pub use keyed::{Face, Grant, KeyedBudget, KeyedBuilder, Stats};
 pub use limits::{Limits, LimitsBuilder, LimitsError, LimitsErrorKind, MAX_DIMENSIONS};
 pub use memory::{MemoryStore, DEFAULT_MAX_KEYS};
-pub use store::{Admit, Change, Decision, Store, StoreStats, SyncStore, View};
+pub use store::{Admit, Change, Decision, Refusal, Store, StoreStats, SyncStore, View};

@@ -93,14 +93,14 @@ pub trait SyncStore<K: ?Sized>: Store<K> {
     /// [`Store::decide`], at once.
     fn decide_now(&self, key: &K, limits: &[Quota], costs: &[u64], max_wait: Duration) -> Decision;
 
-    /// Admits `cost` in one dimension now, or refuses (a
-    /// [`Decision::Deny`] or [`Decision::Never`]): a limiter's `check`,
-    /// which needs no more than the snapshot. The default asks
+    /// Admits `cost` in one dimension now, or refuses: a limiter's
+    /// `check`, which needs no more than the snapshot. The default asks
     /// [`decide_now`](Self::decide_now).
-    fn check_one(&self, key: &K, quota: &Quota, cost: u64) -> Result<Snapshot, Decision> {
+    fn check_one(&self, key: &K, quota: &Quota, cost: u64) -> Result<Snapshot, Refusal> {
         match self.decide_now(key, std::slice::from_ref(quota), &[cost], Duration::ZERO) {
             Decision::Admit(admit) => Ok(admit.snapshot),
-            refused => Err(refused),
+            Decision::Deny { snapshot, .. } => Err(Refusal::Deny(snapshot)),
+            Decision::Never { snapshot, .. } => Err(Refusal::Never(snapshot)),
         }
     }
 
@@ -116,6 +116,16 @@ pub trait SyncStore<K: ?Sized>: Store<K> {
     /// Blocks the calling thread for up to `duration` on the store's clock
     /// (see [`Clock::wait_blocking`](crate::Clock::wait_blocking)).
     fn wait_blocking(&self, duration: Duration);
+}
+
+/// Why a one-dimension check ([`SyncStore::check_one`]) refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not now: the snapshot's [`retry_after`](Snapshot::retry_after) says
+    /// when. Nothing was written.
+    Deny(Snapshot),
+    /// The cost exceeds the burst: no wait admits it.
+    Never(Snapshot),
 }
 
 /// What a store decided.

@@ -10,7 +10,8 @@ use tokio::time::Instant;
 
 use crate::budget::{DirectStore, Grant, KeyedBudget, Limits, Stats};
 use crate::snapshot::duration_to_nanos;
-use crate::{Algorithm, Clock, DefaultClock, Denied, Quota, Snapshot};
+use crate::store::Refusal;
+use crate::{Algorithm, Clock, DefaultClock, Denied, DeniedKind, Quota, Snapshot};
 
 /// One rate limit, shared by reference (put it in an
 /// [`Arc`](std::sync::Arc) to share it between tasks).
@@ -120,9 +121,10 @@ impl<C: Clock> RateLimiter<C> {
     /// the same cost fits, if nothing else is admitted meanwhile.
     #[inline(always)]
     pub fn check(&self, cost: u64) -> Result<Snapshot, Denied> {
-        self.inner.store().check(cost).map_err(|decision| {
-            KeyedBudget::<(), DirectStore<C>>::denied(self.limits(), &[cost], decision)
-        })
+        self.inner
+            .store()
+            .check(cost)
+            .map_err(|why| refused(cost, why))
     }
 
     /// Waits until `cost` is admitted.
@@ -154,6 +156,8 @@ impl<C: Clock> RateLimiter<C> {
     /// # Ok(())
     /// # }
     /// ```
+    // Not an `async fn`: the signature promises `Send`.
+    #[allow(clippy::manual_async_fn)]
     pub fn acquire_within(
         &self,
         cost: u64,
@@ -270,9 +274,14 @@ impl<C: Clock> RateLimiter<C> {
     pub fn as_budget(&self) -> &KeyedBudget<(), DirectStore<C>> {
         &self.inner
     }
+}
 
-    fn limits(&self) -> &Limits {
-        self.inner.limits()
+/// A refusal of `check` as the error: one dimension, nothing to name.
+#[inline(always)]
+fn refused(cost: u64, refused: Refusal) -> Denied {
+    match refused {
+        Refusal::Never(snapshot) => Denied::new(DeniedKind::CostExceedsBurst, cost, snapshot),
+        Refusal::Deny(snapshot) => Denied::new(DeniedKind::RateLimited, cost, snapshot),
     }
 }
 
