@@ -10,8 +10,10 @@
 //! to a minute.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -24,9 +26,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use serde_json::{json, Value};
-use tollgate::{Quota, Snapshot};
+use tollgate::{Quota, Snapshot, Store};
 use tollgate_redis::RedisStore;
-use tollgate_tower::{CostFn, Global, Key, LayerLimiter, RateLimitLayer, Rejection};
+use tollgate_tower::{
+    ConfigError, CostFn, DefaultRejector, Global, Key, One, RateLimitLayer, Rejection,
+};
 
 /// Which provider's rate-limit headers the mock answers with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -111,10 +115,25 @@ fn token_cost(request: &Request) -> u64 {
         .map_or(1, Tokens::total)
 }
 
+/// A layer's global limit as it stands, wherever the layer keeps it.
+trait Standing: Send + Sync {
+    fn snapshot(&self) -> Pin<Box<dyn Future<Output = Option<Snapshot>> + Send + '_>>;
+}
+
+impl<C, S> Standing for RateLimitLayer<Global, C, DefaultRejector, S>
+where
+    C: Send + Sync,
+    S: Store<Key> + 'static,
+{
+    fn snapshot(&self) -> Pin<Box<dyn Future<Output = Option<Snapshot>> + Send + '_>> {
+        Box::pin(async move { self.limiter().snapshot(&Key::global()).await.ok() })
+    }
+}
+
 struct Limits {
     config: MockConfig,
-    requests: RateLimitLayer,
-    tokens: RateLimitLayer<Global, CostFn<TokenCost>>,
+    requests: Box<dyn Standing>,
+    tokens: Box<dyn Standing>,
     /// Wall-clock time at the mock's start, for `Date` and absolute resets.
     started: SystemTime,
     start: tokio::time::Instant,
@@ -192,31 +211,44 @@ pub fn app(config: MockConfig) -> Result<Router, String> {
         ));
     }
     let ietf = config.style == Style::Ietf;
-    let mut requests = RateLimitLayer::builder(sliced(config.rpm, "--rpm")?)
+    let requests = RateLimitLayer::builder(sliced(config.rpm, "--rpm")?)
         .policy_name("requests")
         .headers_on_success(ietf);
-    let mut tokens = RateLimitLayer::builder(sliced(config.tpm, "--tpm")?)
+    let tokens = RateLimitLayer::builder(sliced(config.tpm, "--tpm")?)
         .policy_name("tokens")
         .headers_on_success(ietf)
         .cost_fn(token_cost as TokenCost);
-    if let Some(store) = &config.store {
-        let prefixed = |name: &str| {
-            store
-                .with_prefix(&format!("{}-{name}", store.prefix()))
-                .map_err(|e| e.to_string())
-        };
-        requests = requests.store(prefixed("requests")?);
-        tokens = tokens.store(prefixed("tokens")?);
+    match config.store.clone() {
+        Some(store) => {
+            let prefixed = |name: &str| {
+                store
+                    .with_prefix(&format!("{}-{name}", store.prefix()))
+                    .map_err(|e| e.to_string())
+            };
+            let requests = requests.store(prefixed("requests")?);
+            let tokens = tokens.store(prefixed("tokens")?);
+            router(config, requests.build(), tokens.build())
+        }
+        None => router(config, requests.build(), tokens.build()),
     }
-    let requests = requests.build().map_err(|e| e.to_string())?;
-    let tokens = tokens.build().map_err(|e| e.to_string())?;
+}
+
+/// The mock's routes behind its two layers, over whichever store they keep
+/// their limits in.
+fn router<S: Store<Key> + 'static>(
+    config: MockConfig,
+    requests: Result<RateLimitLayer<Global, One, DefaultRejector, S>, ConfigError>,
+    tokens: Result<RateLimitLayer<Global, CostFn<TokenCost>, DefaultRejector, S>, ConfigError>,
+) -> Result<Router, String> {
+    let requests = requests.map_err(|e| e.to_string())?;
+    let tokens = tokens.map_err(|e| e.to_string())?;
     // Alone (no store shared with other mocks): this process sees every
     // admission, and counts the minute itself.
     let alone = config.store.is_none();
     let limits = Arc::new(Limits {
         config,
-        requests: requests.clone(),
-        tokens: tokens.clone(),
+        requests: Box::new(requests.clone()),
+        tokens: Box::new(tokens.clone()),
         started: SystemTime::now(),
         start: tokio::time::Instant::now(),
         minute: alone.then(|| Mutex::new(Minute::default())),
@@ -345,15 +377,6 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
 }
 
 /// Adds the style's headers to every answer, from the limits' state now.
-/// A limit as it stands, wherever it is kept.
-async fn snapshot(limiter: LayerLimiter<'_>) -> Option<Snapshot> {
-    match limiter {
-        LayerLimiter::Global(limiter) => Some(limiter.snapshot()),
-        LayerLimiter::Stored(limiter) => limiter.snapshot(&Key::global()).await.ok(),
-        _ => None,
-    }
-}
-
 async fn headers(State(limits): State<Arc<Limits>>, request: Request, next: Next) -> Response {
     let cost = request
         .extensions()
@@ -361,8 +384,8 @@ async fn headers(State(limits): State<Arc<Limits>>, request: Request, next: Next
         .map_or(0, Tokens::total);
     let mut response = next.run(request).await;
     let (Some(requests), Some(tokens)) = (
-        snapshot(limits.requests.limiter()).await,
-        snapshot(limits.tokens.limiter()).await,
+        limits.requests.snapshot().await,
+        limits.tokens.snapshot().await,
     ) else {
         return response;
     };

@@ -115,7 +115,7 @@ fn parts(c: &mut Criterion) {
         .key(PeerIp::new())
         .build()
         .unwrap();
-    let limiter = layer.limiter().keyed().unwrap();
+    let limiter = layer.limiter();
     let key = Key::from(IpAddr::from([192, 0, 2, 7]));
     group.bench_function("keyed_check", |b| {
         b.iter(|| black_box(limiter.check(black_box(&key), 1).is_ok()));

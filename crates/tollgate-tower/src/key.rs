@@ -112,6 +112,12 @@ impl Key {
         }
     }
 
+    /// Whether this is the [global key](Self::global).
+    #[inline]
+    pub fn is_global(&self) -> bool {
+        matches!(self.0, Repr::Global)
+    }
+
     /// Whether this is the global key (or an empty byte key).
     pub fn is_empty(&self) -> bool {
         self.len() == 0

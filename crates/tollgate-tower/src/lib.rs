@@ -81,8 +81,7 @@ pub use key::{
     KeyErrorKind, KeyExtractor, KeyFn, MissingKey, PeerIp, DEFAULT_MAX_KEY_LEN,
 };
 pub use rate_limit::{
-    CostFn, GlobalLayerLimiter, KeyedLayerLimiter, LayerClock, LayerLimiter, One, RateLimit,
-    RateLimitBuilder, RateLimitLayer, RequestCost, StoredLimiter,
+    CostFn, LayerClock, LayerStore, One, RateLimit, RateLimitBuilder, RateLimitLayer, RequestCost,
 };
 pub use response::{
     Admitted, DefaultRejector, Hold, RejectFn, Rejection, RejectionKind, Rejector, ResponseBody,

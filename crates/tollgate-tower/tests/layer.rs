@@ -70,7 +70,7 @@ async fn wait_mode_shapes_requests_then_rejects_past_the_bound() {
             (StatusCode::OK, ms(1000)),
         ]
     );
-    assert_eq!(layer.limiter().global().unwrap().waiting(), 0);
+    assert_eq!(layer.limiter().waiting(), 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -84,7 +84,7 @@ async fn a_dropped_waiting_request_gives_its_turn_back() {
     // Waits for its slot at 1 s, but is abandoned.
     let abandoned = tokio::spawn(service.clone().oneshot(get()));
     tokio::task::yield_now().await;
-    assert_eq!(layer.limiter().global().unwrap().waiting(), 1);
+    assert_eq!(layer.limiter().waiting(), 1);
     abandoned.abort();
     let _ = abandoned.await;
     // The next request takes the freed slot at 1 s, not 2 s.

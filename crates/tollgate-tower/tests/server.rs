@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, Semaphore};
 use tollgate::{ManualClock, Quota};
-use tollgate_tower::{ClientIp, ConcurrencyLimitLayer, PeerIp, RateLimitLayer};
+use tollgate_tower::{ClientIp, ConcurrencyLimitLayer, Key, PeerIp, RateLimitLayer};
 
 /// Serves the app on a free loopback port, with connect info.
 async fn serve(app: Router) -> SocketAddr {
@@ -157,7 +157,7 @@ async fn per_ip_limit_answers_exact_counts_and_headers() {
     assert_eq!(answer.status, 200);
     assert_eq!(answer.header("ratelimit"), r#""default";r=4;t=12"#);
 
-    let stats = layer.limiter().keyed().unwrap().stats();
+    let stats = layer.limiter().stats();
     assert_eq!((stats.admitted, stats.denied), (7, 5));
 }
 
@@ -261,8 +261,11 @@ async fn clones_of_the_layer_share_one_limit() {
         statuses.push(b.get("/", &[]).await.status.as_u16());
     }
     assert_eq!(statuses, [200, 200, 200, 200, 429, 429]);
-    let limiter = layer.limiter().global().unwrap();
-    assert_eq!(limiter.snapshot().remaining(), 0);
+    let limiter = layer.limiter();
+    assert_eq!(
+        limiter.snapshot(&Key::global()).await.unwrap().remaining(),
+        0
+    );
 }
 
 #[tokio::test]

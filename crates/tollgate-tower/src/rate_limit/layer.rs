@@ -1,17 +1,15 @@
 //! [`RateLimitLayer`] and its builder.
 
-use std::any::Any;
+use std::convert::Infallible;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
+use std::future::{ready, Future};
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::Request;
 use tollgate::headers::PolicyName;
-use tollgate::{
-    Clock, DefaultClock, Denied, KeyedLimiter, MemoryStore, Quota, RateLimiter, Snapshot, Store,
-};
+use tollgate::store::{Change, Decision, DirectStore, Refusal, StoreStats, SyncStore, View};
+use tollgate::{Clock, DefaultClock, Denied, KeyedLimiter, MemoryStore, Quota, Snapshot, Store};
 use tower_layer::Layer;
 
 use super::service::RateLimit;
@@ -20,12 +18,6 @@ use crate::response::{DefaultRejector, HeaderStyle, RejectFn, Rejection};
 use crate::{ConfigError, ConfigErrorKind, Key};
 use bytes::Bytes;
 use http::Response;
-
-/// The keyed limiter of a [`RateLimitLayer`]: one quota per key, in memory.
-pub type KeyedLayerLimiter = KeyedLimiter<Key, MemoryStore<LayerClock>>;
-
-/// The limiter of a [`RateLimitLayer`] keyed by [`Global`]: one limit.
-pub type GlobalLayerLimiter = RateLimiter<LayerClock>;
 
 /// The clock of a layer's limiter: the [`DefaultClock`], read without an
 /// indirect call on every request, or the one given to
@@ -65,162 +57,152 @@ impl Clock for LayerClock {
     }
 }
 
-/// The limiter a [`RateLimitLayer`] decides with, as
-/// [`RateLimitLayer::limiter`] lends it: read its statistics or snapshot,
-/// or give a key a quota of its own (a paid tier, say).
-///
-/// A layer keyed by [`Global`] has one limit and needs no keys: it uses
-/// the core's direct limiter, a lock-free `check` of a few nanoseconds.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum LayerLimiter<'a> {
-    /// Per key (every extractor but [`Global`]).
-    Keyed(&'a KeyedLayerLimiter),
-    /// One global limit.
-    Global(&'a GlobalLayerLimiter),
-    /// Over the store given to [`RateLimitBuilder::store`]: see
-    /// [`stored`](Self::stored).
-    Stored(&'a dyn StoredLimiter),
+/// The in-memory store of a [`RateLimitLayer`] (its default): every key's
+/// limit in a [`MemoryStore`], and the [global key](Key::global) in a
+/// [`DirectStore`], so that a layer with one limit decides without a lock
+/// and without hashing. Both on the layer's [`LayerClock`].
+pub struct LayerStore {
+    keyed: MemoryStore<LayerClock>,
+    global: DirectStore<LayerClock>,
 }
 
-impl<'a> LayerLimiter<'a> {
-    /// The keyed limiter, for a layer with keys.
-    pub fn keyed(self) -> Option<&'a KeyedLayerLimiter> {
-        match self {
-            Self::Keyed(limiter) => Some(limiter),
-            _ => None,
+impl LayerStore {
+    fn new(quota: Quota, max_keys: usize, clock: LayerClock) -> Self {
+        Self {
+            keyed: MemoryStore::new(max_keys, 1, clock.clone()),
+            global: DirectStore::new(quota, tollgate::Algorithm::Gcra, clock),
         }
     }
 
-    /// The global limiter, for a layer keyed by [`Global`].
-    pub fn global(self) -> Option<&'a GlobalLayerLimiter> {
-        match self {
-            Self::Global(limiter) => Some(limiter),
-            _ => None,
-        }
-    }
-
-    /// The keyed limiter over the store `S` given to
-    /// [`RateLimitBuilder::store`] (every key, [`Global`]'s included, is
-    /// decided there).
-    pub fn stored<S: Store<Key> + 'static>(self) -> Option<&'a KeyedLimiter<Key, S>> {
-        match self {
-            Self::Stored(limiter) => limiter.as_any().downcast_ref(),
-            _ => None,
-        }
+    /// Whether the decision goes to the global limit: the global key, in
+    /// the one dimension a layer has.
+    #[inline(always)]
+    fn global(key: &Key, dimensions: usize) -> bool {
+        dimensions == 1 && key.is_global()
     }
 }
 
-/// A keyed limiter over a store of the user's (Redis, say), as a layer
-/// holds it: its decisions are made in the response future, since the
-/// store answers asynchronously.
-pub trait StoredLimiter: Send + Sync + fmt::Debug {
-    /// The quota every key has unless the store holds its own.
-    fn quota(&self) -> &Quota;
+impl fmt::Debug for LayerStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LayerStore")
+            .field("keyed", &self.keyed)
+            .field("global", &self.global)
+            .finish()
+    }
+}
 
-    /// Admits `cost` for `key`, waiting at most `max_wait`.
-    fn acquire_within<'a>(
-        &'a self,
-        key: &'a Key,
-        cost: u64,
+impl Store<Key> for LayerStore {
+    type Error = Infallible;
+
+    fn decide(
+        &self,
+        key: &Key,
+        limits: &[Quota],
+        costs: &[u64],
         max_wait: Duration,
-    ) -> Pin<Box<dyn Future<Output = Result<Snapshot, Denied>> + Send + 'a>>;
-
-    /// `key`'s limit now, spending nothing.
-    fn snapshot<'a>(
-        &'a self,
-        key: &'a Key,
-    ) -> Pin<Box<dyn Future<Output = Result<Snapshot, Denied>> + Send + 'a>>;
-
-    /// The limiter itself, for [`LayerLimiter::stored`].
-    fn as_any(&self) -> &dyn Any;
-}
-
-impl<S> StoredLimiter for KeyedLimiter<Key, S>
-where
-    S: Store<Key> + fmt::Debug + 'static,
-{
-    fn quota(&self) -> &Quota {
-        KeyedLimiter::quota(self)
+    ) -> impl Future<Output = Result<Decision, Infallible>> + Send {
+        ready(Ok(SyncStore::decide_now(
+            self, key, limits, costs, max_wait,
+        )))
     }
 
-    fn acquire_within<'a>(
-        &'a self,
-        key: &'a Key,
-        cost: u64,
+    fn adjust(
+        &self,
+        key: &Key,
+        limits: &[Quota],
+        changes: &[Change],
+    ) -> impl Future<Output = Result<(), Infallible>> + Send {
+        SyncStore::adjust_now(self, key, limits, changes);
+        ready(Ok(()))
+    }
+
+    fn read(
+        &self,
+        key: &Key,
+        limits: &[Quota],
+    ) -> impl Future<Output = Result<View, Infallible>> + Send {
+        ready(Ok(SyncStore::read_now(self, key, limits)))
+    }
+
+    fn give_back(&self, key: &Key, limits: &[Quota], costs: &[u64]) {
+        if Self::global(key, limits.len()) {
+            Store::give_back(&self.global, key, limits, costs);
+        } else {
+            Store::give_back(&self.keyed, key, limits, costs);
+        }
+    }
+
+    fn stats(&self) -> StoreStats {
+        let (keyed, global) = (self.keyed.stats_now(), self.global.stats_now());
+        StoreStats::new(
+            keyed.admitted.saturating_add(global.admitted),
+            keyed.denied.saturating_add(global.denied),
+            keyed.entries.saturating_add(global.entries),
+            keyed.evictions,
+        )
+    }
+
+    #[inline(always)]
+    fn check_now(&self, key: &Key, quota: &Quota, cost: u64) -> Option<Result<Snapshot, Refusal>> {
+        Some(SyncStore::check_one(self, key, quota, cost))
+    }
+}
+
+impl SyncStore<Key> for LayerStore {
+    fn decide_now(
+        &self,
+        key: &Key,
+        limits: &[Quota],
+        costs: &[u64],
         max_wait: Duration,
-    ) -> Pin<Box<dyn Future<Output = Result<Snapshot, Denied>> + Send + 'a>> {
-        Box::pin(KeyedLimiter::acquire_within(self, key, cost, max_wait))
+    ) -> Decision {
+        if Self::global(key, limits.len().max(costs.len())) {
+            self.global.decide_now(limits, costs, max_wait)
+        } else {
+            self.keyed.decide_now(key, limits, costs, max_wait)
+        }
     }
 
-    fn snapshot<'a>(
-        &'a self,
-        key: &'a Key,
-    ) -> Pin<Box<dyn Future<Output = Result<Snapshot, Denied>> + Send + 'a>> {
-        Box::pin(KeyedLimiter::snapshot(self, key))
+    #[inline(always)]
+    fn check_one(&self, key: &Key, quota: &Quota, cost: u64) -> Result<Snapshot, Refusal> {
+        if key.is_global() {
+            SyncStore::check_one(&self.global, key, quota, cost)
+        } else {
+            SyncStore::check_one(&self.keyed, key, quota, cost)
+        }
     }
 
-    fn as_any(&self) -> &dyn Any {
-        self
+    fn adjust_now(&self, key: &Key, limits: &[Quota], changes: &[Change]) {
+        if Self::global(key, limits.len().max(changes.len())) {
+            self.global.adjust_now(limits, changes);
+        } else {
+            self.keyed.adjust_now(key, limits, changes);
+        }
+    }
+
+    fn read_now(&self, key: &Key, limits: &[Quota]) -> View {
+        if Self::global(key, limits.len()) {
+            self.global.read_now(limits)
+        } else {
+            self.keyed.read_now(key, limits)
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.global.clock().now()
+    }
+
+    fn wait_blocking(&self, duration: Duration) {
+        self.global.clock().wait_blocking(duration);
     }
 }
 
-pub(super) enum Limiter {
-    Keyed(KeyedLayerLimiter),
-    Global(GlobalLayerLimiter),
-    Stored(Arc<dyn StoredLimiter>),
-}
-
-/// What a synchronous check answers.
+/// What a check answers on the request's path.
 pub(super) enum Checked {
     Admitted(Snapshot),
     Denied(Denied),
     /// The store decides asynchronously: in the response future.
     Later,
-}
-
-impl Limiter {
-    #[inline]
-    pub(super) fn check(&self, key: &Key, cost: u64) -> Checked {
-        let result = match self {
-            Self::Global(limiter) => limiter.check(cost),
-            Self::Keyed(limiter) => limiter.check(key, cost),
-            Self::Stored(_) => return Checked::Later,
-        };
-        match result {
-            Ok(snapshot) => Checked::Admitted(snapshot),
-            Err(denied) => Checked::Denied(denied),
-        }
-    }
-
-    pub(super) async fn acquire_within(
-        &self,
-        key: &Key,
-        cost: u64,
-        max: Duration,
-    ) -> Result<Snapshot, Denied> {
-        match self {
-            Self::Global(limiter) => limiter.acquire_within(cost, max).await,
-            Self::Keyed(limiter) => limiter.acquire_within(key, cost, max).await,
-            Self::Stored(limiter) => limiter.acquire_within(key, cost, max).await,
-        }
-    }
-
-    pub(super) fn quota(&self) -> &Quota {
-        match self {
-            Self::Global(limiter) => limiter.quota(),
-            Self::Keyed(limiter) => limiter.quota(),
-            Self::Stored(limiter) => limiter.quota(),
-        }
-    }
-
-    pub(super) fn lend(&self) -> LayerLimiter<'_> {
-        match self {
-            Self::Global(limiter) => LayerLimiter::Global(limiter),
-            Self::Keyed(limiter) => LayerLimiter::Keyed(limiter),
-            Self::Stored(limiter) => LayerLimiter::Stored(&**limiter),
-        }
-    }
 }
 
 /// A request's cost: how many units of the limit it spends.
@@ -262,8 +244,8 @@ where
     }
 }
 
-pub(super) struct Shared<K, C, R> {
-    pub(super) limiter: Limiter,
+pub(super) struct Shared<K, C, R, S> {
+    pub(super) limiter: KeyedLimiter<Key, S>,
     pub(super) key: K,
     pub(super) cost: C,
     pub(super) rejector: R,
@@ -306,11 +288,11 @@ pub(super) struct Shared<K, C, R> {
 /// # Ok(())
 /// # }
 /// ```
-pub struct RateLimitLayer<K = Global, C = One, R = DefaultRejector> {
-    shared: Arc<Shared<K, C, R>>,
+pub struct RateLimitLayer<K = Global, C = One, R = DefaultRejector, S = LayerStore> {
+    shared: Arc<Shared<K, C, R, S>>,
 }
 
-impl<K, C, R> Clone for RateLimitLayer<K, C, R> {
+impl<K, C, R, S> Clone for RateLimitLayer<K, C, R, S> {
     fn clone(&self) -> Self {
         Self {
             shared: Arc::clone(&self.shared),
@@ -318,12 +300,18 @@ impl<K, C, R> Clone for RateLimitLayer<K, C, R> {
     }
 }
 
-impl<K, C, R> fmt::Debug for RateLimitLayer<K, C, R> {
+impl<K, C, R, S> fmt::Debug for RateLimitLayer<K, C, R, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimitLayer")
             .field("quota", self.shared.limiter.quota())
             .field("max_wait", &self.shared.max_wait)
             .finish_non_exhaustive()
+    }
+}
+
+impl LayerClock {
+    fn default_clock() -> Self {
+        Self(ClockKind::Default(DefaultClock::new()))
     }
 }
 
@@ -339,25 +327,8 @@ impl RateLimitLayer {
     }
 }
 
-impl<K: 'static, C, R> RateLimitLayer<K, C, R> {
-    fn from_builder(builder: RateLimitBuilder<K, C, R>) -> Self {
-        let clock = LayerClock(match builder.clock {
-            Some(clock) => ClockKind::Given(clock),
-            None => ClockKind::Default(DefaultClock::new()),
-        });
-        let global = std::any::TypeId::of::<K>() == std::any::TypeId::of::<Global>();
-        let limiter = if let Some(stored) = builder.stored {
-            Limiter::Stored(stored)
-        } else if global {
-            Limiter::Global(RateLimiter::builder(builder.quota).clock(clock).build())
-        } else {
-            Limiter::Keyed(
-                KeyedLimiter::builder(builder.quota)
-                    .max_keys(builder.max_keys)
-                    .clock(clock)
-                    .build(),
-            )
-        };
+impl<K, C, R, S> RateLimitLayer<K, C, R, S> {
+    fn from_builder(builder: RateLimitBuilder<K, C, R, S>) -> Self {
         let style = HeaderStyle::new(
             builder.policy_name,
             &builder.quota,
@@ -366,7 +337,7 @@ impl<K: 'static, C, R> RateLimitLayer<K, C, R> {
         );
         Self {
             shared: Arc::new(Shared {
-                limiter,
+                limiter: KeyedLimiter::with_store(builder.quota, builder.store),
                 key: builder.key,
                 cost: builder.cost,
                 rejector: builder.rejector,
@@ -376,27 +347,27 @@ impl<K: 'static, C, R> RateLimitLayer<K, C, R> {
             }),
         }
     }
-}
 
-impl<K, C, R> RateLimitLayer<K, C, R> {
-    /// The limiter every clone shares: its
-    /// [`stats`](KeyedLimiter::stats), or
-    /// [`set_quota`](KeyedLimiter::set_quota) for a key of its own.
-    pub fn limiter(&self) -> LayerLimiter<'_> {
-        self.shared.limiter.lend()
+    /// The limiter every clone shares, over the layer's store: its
+    /// [`stats`](KeyedLimiter::stats), a key's
+    /// [`snapshot`](KeyedLimiter::snapshot), or
+    /// [`set_quota`](KeyedLimiter::set_quota) for a key of its own (the
+    /// global limit is [`Key::global`]).
+    pub fn limiter(&self) -> &KeyedLimiter<Key, S> {
+        &self.shared.limiter
     }
 }
 
-impl<S, K, C, R> Layer<S> for RateLimitLayer<K, C, R> {
-    type Service = RateLimit<S, K, C, R>;
+impl<Svc, K, C, R, S> Layer<Svc> for RateLimitLayer<K, C, R, S> {
+    type Service = RateLimit<Svc, K, C, R, S>;
 
-    fn layer(&self, inner: S) -> Self::Service {
+    fn layer(&self, inner: Svc) -> Self::Service {
         RateLimit::new(inner, Arc::clone(&self.shared))
     }
 }
 
 /// Configures a [`RateLimitLayer`].
-pub struct RateLimitBuilder<K = Global, C = One, R = DefaultRejector> {
+pub struct RateLimitBuilder<K = Global, C = One, R = DefaultRejector, S = LayerStore> {
     quota: Quota,
     key: K,
     cost: C,
@@ -408,11 +379,11 @@ pub struct RateLimitBuilder<K = Global, C = One, R = DefaultRejector> {
     legacy: bool,
     keys: KeyRules,
     max_keys: usize,
-    clock: Option<Arc<dyn Clock>>,
-    stored: Option<Arc<dyn StoredLimiter>>,
+    clock: LayerClock,
+    store: S,
 }
 
-impl<K: fmt::Debug, C: fmt::Debug, R: fmt::Debug> fmt::Debug for RateLimitBuilder<K, C, R> {
+impl<K: fmt::Debug, C: fmt::Debug, R: fmt::Debug, S> fmt::Debug for RateLimitBuilder<K, C, R, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimitBuilder")
             .field("quota", &self.quota)
@@ -439,17 +410,68 @@ impl RateLimitBuilder {
             legacy: false,
             keys: KeyRules::default(),
             max_keys: tollgate::DEFAULT_MAX_KEYS,
-            clock: None,
-            stored: None,
+            clock: LayerClock::default_clock(),
+            store: LayerStore::new(
+                quota,
+                tollgate::DEFAULT_MAX_KEYS,
+                LayerClock::default_clock(),
+            ),
         }
     }
 }
 
-impl<K, C, R> RateLimitBuilder<K, C, R> {
+impl<K, C, R> RateLimitBuilder<K, C, R, LayerStore> {
+    /// The most keys held at once (default [`tollgate::DEFAULT_MAX_KEYS`]);
+    /// past it, the keys closest to full are forgotten first.
+    #[must_use]
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys;
+        self.store = LayerStore::new(self.quota, max_keys.max(1), self.clock.clone());
+        self
+    }
+
+    /// The limiter's clock (default: the [`DefaultClock`]); a
+    /// [`ManualClock`](tollgate::ManualClock) makes tests exact.
+    #[must_use]
+    pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.clock = LayerClock(ClockKind::Given(Arc::new(clock)));
+        self.store = LayerStore::new(self.quota, self.max_keys.max(1), self.clock.clone());
+        self
+    }
+
+    /// Keeps the limit in `store` instead of in this process: a
+    /// `tollgate_redis::RedisStore`, say, so that every replica of the
+    /// service sharing it spends from one limit. A store that answers
+    /// without waiting ([`Store::check_now`]) decides on the request's
+    /// path; any other in the response future, one round trip each. A
+    /// store that fails (and does not fail open) is answered 503 with
+    /// `Retry-After`. The store has its own clock and bounds:
+    /// [`clock`](Self::clock) and [`max_keys`](Self::max_keys) are not
+    /// offered after it.
+    pub fn store<S2: Store<Key>>(self, store: S2) -> RateLimitBuilder<K, C, R, S2> {
+        RateLimitBuilder {
+            quota: self.quota,
+            key: self.key,
+            cost: self.cost,
+            rejector: self.rejector,
+            max_wait: self.max_wait,
+            policy_name: self.policy_name,
+            name_error: self.name_error,
+            on_success: self.on_success,
+            legacy: self.legacy,
+            keys: self.keys,
+            max_keys: self.max_keys,
+            clock: self.clock,
+            store,
+        }
+    }
+}
+
+impl<K, C, R, S> RateLimitBuilder<K, C, R, S> {
     fn with<K2, C2, R2>(
         self,
         swap: impl FnOnce(K, C, R) -> (K2, C2, R2),
-    ) -> RateLimitBuilder<K2, C2, R2> {
+    ) -> RateLimitBuilder<K2, C2, R2, S> {
         let (key, cost, rejector) = swap(self.key, self.cost, self.rejector);
         RateLimitBuilder {
             quota: self.quota,
@@ -464,38 +486,38 @@ impl<K, C, R> RateLimitBuilder<K, C, R> {
             keys: self.keys,
             max_keys: self.max_keys,
             clock: self.clock,
-            stored: self.stored,
+            store: self.store,
         }
     }
 
     /// What requests are counted against (default: [`Global`], one key).
-    pub fn key<K2>(self, key: K2) -> RateLimitBuilder<K2, C, R> {
+    pub fn key<K2>(self, key: K2) -> RateLimitBuilder<K2, C, R, S> {
         self.with(|_, cost, rejector| (key, cost, rejector))
     }
 
     /// Keys requests by a closure; `None` means the request has no key.
-    pub fn key_fn<F>(self, f: F) -> RateLimitBuilder<KeyFn<F>, C, R> {
+    pub fn key_fn<F>(self, f: F) -> RateLimitBuilder<KeyFn<F>, C, R, S> {
         self.with(|_, cost, rejector| (KeyFn::new(f), cost, rejector))
     }
 
     /// What a request costs (default: [`One`]).
-    pub fn cost<C2>(self, cost: C2) -> RateLimitBuilder<K, C2, R> {
+    pub fn cost<C2>(self, cost: C2) -> RateLimitBuilder<K, C2, R, S> {
         self.with(|key, _, rejector| (key, cost, rejector))
     }
 
     /// Costs requests by a closure (by route, by `content-length`...).
-    pub fn cost_fn<F>(self, f: F) -> RateLimitBuilder<K, CostFn<F>, R> {
+    pub fn cost_fn<F>(self, f: F) -> RateLimitBuilder<K, CostFn<F>, R, S> {
         self.with(|key, _, rejector| (key, CostFn(f), rejector))
     }
 
     /// Answers rejections with the given [`Rejector`](crate::Rejector).
-    pub fn rejector<R2>(self, rejector: R2) -> RateLimitBuilder<K, C, R2> {
+    pub fn rejector<R2>(self, rejector: R2) -> RateLimitBuilder<K, C, R2, S> {
         self.with(|key, cost, _| (key, cost, rejector))
     }
 
     /// Answers rejections with a closure; the layer adds `Retry-After` and
     /// the `RateLimit` fields to its response where it set none.
-    pub fn reject_with<F>(self, f: F) -> RateLimitBuilder<K, C, RejectFn<F>>
+    pub fn reject_with<F>(self, f: F) -> RateLimitBuilder<K, C, RejectFn<F>, S>
     where
         F: Fn(&Rejection) -> Response<Bytes> + Send + Sync + 'static,
     {
@@ -558,42 +580,8 @@ impl<K, C, R> RateLimitBuilder<K, C, R> {
         self
     }
 
-    /// The most keys held at once (default [`tollgate::DEFAULT_MAX_KEYS`]);
-    /// past it, the keys closest to full are forgotten first.
-    #[must_use]
-    pub fn max_keys(mut self, max_keys: usize) -> Self {
-        self.max_keys = max_keys;
-        self
-    }
-
-    /// The limiter's clock (default: the [`DefaultClock`]); a
-    /// [`ManualClock`](tollgate::ManualClock) makes tests exact.
-    #[must_use]
-    pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
-        self.clock = Some(Arc::new(clock));
-        self
-    }
-
-    /// Keeps the limit in `store` instead of in this process: a
-    /// `tollgate_redis::RedisStore`, say, so that every replica of the
-    /// service sharing it spends from one limit. Each decision is then made
-    /// in the response future, one round trip to the store; a store that
-    /// fails (and does not fail open) is answered 503 with `Retry-After`.
-    /// The layer's [`clock`](Self::clock) and
-    /// [`max_keys`](Self::max_keys) do not apply: the store has its own.
-    pub fn store<S>(mut self, store: S) -> Self
-    where
-        S: Store<Key> + fmt::Debug + 'static,
-    {
-        self.stored = Some(Arc::new(KeyedLimiter::with_store(self.quota, store)));
-        self
-    }
-
     /// The layer, or what is wrong with its configuration.
-    pub fn build(mut self) -> Result<RateLimitLayer<K, C, R>, ConfigError>
-    where
-        K: 'static,
-    {
+    pub fn build(mut self) -> Result<RateLimitLayer<K, C, R, S>, ConfigError> {
         if let Some(error) = self.name_error.take() {
             return Err(error);
         }

@@ -66,7 +66,6 @@ mod service;
 
 pub use crate::future::ResponseFuture;
 pub use layer::{
-    CostFn, GlobalLayerLimiter, KeyedLayerLimiter, LayerClock, LayerLimiter, One, RateLimitBuilder,
-    RateLimitLayer, RequestCost, StoredLimiter,
+    CostFn, LayerClock, LayerStore, One, RateLimitBuilder, RateLimitLayer, RequestCost,
 };
 pub use service::RateLimit;

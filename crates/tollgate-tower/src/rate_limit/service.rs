@@ -7,22 +7,22 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use tollgate::{Denied, DeniedKind};
+use tollgate::{Denied, DeniedKind, KeyedLimiter, Store};
 use tower_service::Service;
 
-use super::layer::{Checked, LayerLimiter, RequestCost, Shared};
+use super::layer::{Checked, LayerStore, RequestCost, Shared};
 use super::{One, ResponseFuture};
 use crate::key::{no_key, Global, KeyExtractor};
 use crate::response::{is_grpc, Admitted, DefaultRejector, Rejection, RejectionKind, Rejector};
 use crate::Key;
 
 /// A service rate-limited by a [`RateLimitLayer`](super::RateLimitLayer).
-pub struct RateLimit<S, K = Global, C = One, R = DefaultRejector> {
+pub struct RateLimit<S, K = Global, C = One, R = DefaultRejector, St = LayerStore> {
     inner: S,
-    shared: Arc<Shared<K, C, R>>,
+    shared: Arc<Shared<K, C, R, St>>,
 }
 
-impl<S: Clone, K, C, R> Clone for RateLimit<S, K, C, R> {
+impl<S: Clone, K, C, R, St> Clone for RateLimit<S, K, C, R, St> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -31,7 +31,7 @@ impl<S: Clone, K, C, R> Clone for RateLimit<S, K, C, R> {
     }
 }
 
-impl<S: fmt::Debug, K, C, R> fmt::Debug for RateLimit<S, K, C, R> {
+impl<S: fmt::Debug, K, C, R, St> fmt::Debug for RateLimit<S, K, C, R, St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimit")
             .field("inner", &self.inner)
@@ -40,14 +40,14 @@ impl<S: fmt::Debug, K, C, R> fmt::Debug for RateLimit<S, K, C, R> {
     }
 }
 
-impl<S, K, C, R> RateLimit<S, K, C, R> {
-    pub(super) fn new(inner: S, shared: Arc<Shared<K, C, R>>) -> Self {
+impl<S, K, C, R, St> RateLimit<S, K, C, R, St> {
+    pub(super) fn new(inner: S, shared: Arc<Shared<K, C, R, St>>) -> Self {
         Self { inner, shared }
     }
 
     /// The limiter every clone shares.
-    pub fn limiter(&self) -> LayerLimiter<'_> {
-        self.shared.limiter.lend()
+    pub fn limiter(&self) -> &KeyedLimiter<Key, St> {
+        &self.shared.limiter
     }
 
     /// The wrapped service.
@@ -66,7 +66,7 @@ impl<S, K, C, R> RateLimit<S, K, C, R> {
     }
 }
 
-impl<K, C, R: Rejector> Shared<K, C, R> {
+impl<K, C, R: Rejector, St> Shared<K, C, R, St> {
     pub(super) fn reject(&self, rejection: Rejection) -> Response<Bytes> {
         let mut response = self.rejector.reject(&rejection);
         self.style
@@ -112,12 +112,13 @@ impl<K, C, R: Rejector> Shared<K, C, R> {
     }
 }
 
-impl<S, K, C, R, ReqB, ResB> Service<Request<ReqB>> for RateLimit<S, K, C, R>
+impl<S, K, C, R, St, ReqB, ResB> Service<Request<ReqB>> for RateLimit<S, K, C, R, St>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
-    K: KeyExtractor<ReqB>,
+    K: KeyExtractor<ReqB> + Send + Sync + 'static,
     C: RequestCost<ReqB>,
     R: Rejector,
+    St: Store<Key> + 'static,
     ReqB: Send + 'static,
 {
     type Response = Response<crate::ResponseBody<ResB>>;
@@ -139,7 +140,12 @@ where
         };
         let cost = shared.cost.cost(&request);
         let grpc;
-        match shared.limiter.check(&key, cost) {
+        let checked = match shared.limiter.check_now(&key, cost) {
+            Some(Ok(snapshot)) => Checked::Admitted(snapshot),
+            Some(Err(denied)) => Checked::Denied(denied),
+            None => Checked::Later,
+        };
+        match checked {
             Checked::Admitted(snapshot) => {
                 let admitted = shared.style.admitted(&snapshot);
                 return ResponseFuture::called(self.inner.call(request), admitted);

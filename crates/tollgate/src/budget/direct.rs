@@ -573,6 +573,11 @@ impl<C: Clock, K: ?Sized> Store<K> for DirectStore<C> {
     fn stats(&self) -> StoreStats {
         self.stats_now()
     }
+
+    #[inline(always)]
+    fn check_now(&self, key: &K, quota: &Quota, cost: u64) -> Option<Result<Snapshot, Refusal>> {
+        Some(SyncStore::<K>::check_one(self, key, quota, cost))
+    }
 }
 
 impl<C: Clock, K: ?Sized> SyncStore<K> for DirectStore<C> {

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::keyed::{Face, Grant, KeyedBudget, KeyedBuilder, Stats};
 use super::limits::Limits;
 use super::memory::MemoryStore;
-use super::store::{Store, SyncStore};
+use super::store::{Decision, Refusal, Store, SyncStore};
 use crate::{Clock, Denied, Quota, Snapshot};
 
 /// One quota per key (an IP address, an API key, a user id), with memory
@@ -179,6 +179,28 @@ where
 }
 
 impl<K: Hash + Eq + Clone, S: Store<K>> KeyedLimiter<K, S> {
+    /// Admits `cost` for `key` now, or denies it, when the store answers
+    /// without waiting (an in-memory store); `None` when the decision must
+    /// be awaited ([`try_acquire`](Self::try_acquire)). For a layer that
+    /// runs over any store and keeps its fast path where it has one.
+    #[inline]
+    pub fn check_now(&self, key: &K, cost: u64) -> Option<Result<Snapshot, Denied>> {
+        let answer = self.inner.store().check_now(key, self.quota(), cost)?;
+        Some(answer.map_err(|refusal| {
+            let decision = match refusal {
+                Refusal::Deny(snapshot) => Decision::Deny {
+                    dimension: 0,
+                    snapshot,
+                },
+                Refusal::Never(snapshot) => Decision::Never {
+                    dimension: 0,
+                    snapshot,
+                },
+            };
+            KeyedBudget::<K, S>::denied(self.inner.limits(), &[cost], decision)
+        }))
+    }
+
     /// What the limiter and its store count.
     pub fn stats(&self) -> Stats {
         self.inner.stats()

@@ -680,6 +680,11 @@ impl<K: Hash + ?Sized, C: Clock> Store<K> for MemoryStore<C> {
     fn stats(&self) -> StoreStats {
         self.stats_now()
     }
+
+    #[inline(always)]
+    fn check_now(&self, key: &K, quota: &Quota, cost: u64) -> Option<Result<Snapshot, Refusal>> {
+        Some(SyncStore::check_one(self, key, quota, cost))
+    }
 }
 
 impl<K: Hash + ?Sized, C: Clock> SyncStore<K> for MemoryStore<C> {

@@ -82,6 +82,16 @@ pub trait Store<K: ?Sized>: Send + Sync {
     fn stats(&self) -> StoreStats {
         StoreStats::default()
     }
+
+    /// Admits `cost` in one dimension now, or refuses, when the store can
+    /// answer without waiting (an in-memory store); `None` when the
+    /// decision must be awaited through [`decide`](Self::decide). A server
+    /// layer asks this first, on its hot path. The default is `None`.
+    #[inline]
+    fn check_now(&self, key: &K, quota: &Quota, cost: u64) -> Option<Result<Snapshot, Refusal>> {
+        let _ = (key, quota, cost);
+        None
+    }
 }
 
 /// A store that decides in this process, without waiting: the in-memory
