@@ -84,10 +84,25 @@ pub use budget::{
 pub use store::{MemoryStore, Store};
 
 pub mod store {
-    //! Where keyed limits and budgets keep their state: the [`Store`]
-    //! contract, the in-memory store, the pure transitions every store
-    //! computes, and (with the `conformance` feature) the suite that checks
-    //! a store against the whole contract.
+    //! Where every limiter keeps its state: the [`Store`] contract, the
+    //! in-memory stores, the pure transitions every store computes, and
+    //! (with the `conformance` feature) the suite that checks a store
+    //! against the whole contract.
+    //!
+    //! # One engine
+    //!
+    //! Every limiter is one engine, [`KeyedBudget`](crate::KeyedBudget),
+    //! over a store: it asks the store to decide, and keeps in this process
+    //! only its queue of waiters (first come, first served; a waiter that
+    //! goes away, a refund or a changed limit moves the others) and its
+    //! counts of waits. [`KeyedLimiter`](crate::KeyedLimiter) and
+    //! [`Budget`](crate::Budget) are its faces of one dimension and of no
+    //! key; [`RateLimiter`](crate::RateLimiter) is it over a
+    //! [`DirectStore`], a store with no key, lock-free for GCRA and able to
+    //! run the other [`Algorithm`](crate::Algorithm)s. A store that answers
+    //! at once ([`SyncStore`]: [`MemoryStore`], [`DirectStore`]) also gives
+    //! its limiters a synchronous `check` and `acquire_blocking`; any other
+    //! (a network store) is awaited.
     //!
     //! # What a store must do
     //!

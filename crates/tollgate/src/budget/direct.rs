@@ -212,6 +212,36 @@ impl<C: Clock> DirectStore<C> {
         self.check_general(cost)
     }
 
+    /// Admits `cost` now on the lock-free path, or answers `None` (a
+    /// refusal, or a store that takes the general path) counting nothing:
+    /// an acquire's first try, before it decides with a wait.
+    #[inline(always)]
+    pub(crate) fn admit_now(&self, cost: u64) -> Option<Snapshot> {
+        if self.special.load(Ordering::Relaxed) {
+            return None;
+        }
+        let now = self.clock.now();
+        let mut current = self.hot.tat.load(Ordering::Relaxed);
+        loop {
+            let Outcome::Admit { state, .. } = self.gcra.decide(&current, now, cost, 0) else {
+                return None;
+            };
+            if state != current {
+                if let Err(actual) = self.hot.tat.compare_exchange_weak(
+                    current,
+                    state,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    current = actual;
+                    continue;
+                }
+            }
+            self.hot.admitted.fetch_add(1, Ordering::Relaxed);
+            return Some(self.gcra.snapshot(&state, now));
+        }
+    }
+
     #[inline(never)]
     fn check_general(&self, cost: u64) -> Result<Snapshot, Refusal> {
         match self.decide_general(self.quota, cost, 0) {

@@ -164,6 +164,10 @@ impl<C: Clock> RateLimiter<C> {
         max_wait: Duration,
     ) -> impl Future<Output = Result<Snapshot, Denied>> + Send + '_ {
         async move {
+            // Admitted at once: no reservation to keep, no queue to join.
+            if let Some(snapshot) = self.inner.store().admit_now(cost) {
+                return Ok(snapshot);
+            }
             let grant = self.inner.acquire_within(&(), &[cost], max_wait).await?;
             Ok(*grant.snapshot())
         }
