@@ -68,30 +68,65 @@ struct Hot {
 #[derive(Default)]
 struct Denials(Box<[Stripe; STRIPES]>);
 
-const STRIPES: usize = 4;
+const STRIPES: usize = 8;
 
 #[repr(align(128))]
 #[derive(Default)]
 struct Stripe(AtomicU64);
 
-thread_local! {
-    static STRIPE: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+/// A thread's stripe: the lowest one no live thread holds, given back
+/// when the thread ends, so that threads alive together count on lines of
+/// their own (up to `STRIPES` of them; more share, by their place).
+struct Place(usize);
+
+/// Stripes held by live threads, one bit each.
+static HELD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl Place {
+    fn take() -> Self {
+        let mut held = HELD.load(Ordering::Relaxed);
+        loop {
+            let free = !held & ((1u64 << STRIPES) - 1);
+            if free == 0 {
+                // Every stripe is held: share one, by where this thread's
+                // data lies.
+                let at = std::ptr::from_ref(&held) as usize;
+                return Self(STRIPES.saturating_add((at >> 12) % STRIPES));
+            }
+            let bit = free.trailing_zeros();
+            match HELD.compare_exchange_weak(
+                held,
+                held | (1u64 << bit),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Self(bit as usize),
+                Err(now) => held = now,
+            }
+        }
+    }
+
+    fn stripe(&self) -> usize {
+        self.0 % STRIPES
+    }
 }
 
-/// Threads take stripes in turn as they first count.
-static NEXT_STRIPE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+impl Drop for Place {
+    fn drop(&mut self) {
+        if self.0 < STRIPES {
+            HELD.fetch_and(!(1u64 << self.0), Ordering::Relaxed);
+        }
+    }
+}
+
+thread_local! {
+    static PLACE: Place = Place::take();
+}
 
 impl Denials {
     fn add(&self) {
-        let at = STRIPE.with(|stripe| {
-            let at = stripe.get();
-            if at != usize::MAX {
-                return at;
-            }
-            let at = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % STRIPES;
-            stripe.set(at);
-            at
-        });
+        // A thread being torn down counts on the first stripe.
+        let at = PLACE.try_with(Place::stripe).unwrap_or(0);
         if let Some(stripe) = self.0.get(at) {
             stripe.0.fetch_add(1, Ordering::Relaxed);
         }
