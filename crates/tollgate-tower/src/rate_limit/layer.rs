@@ -449,30 +449,16 @@ impl<K, C, R> RateLimitBuilder<K, C, R, LayerStore> {
     /// [`clock`](Self::clock) and [`max_keys`](Self::max_keys) are not
     /// offered after it.
     pub fn store<S2: Store<Key>>(self, store: S2) -> RateLimitBuilder<K, C, R, S2> {
-        RateLimitBuilder {
-            quota: self.quota,
-            key: self.key,
-            cost: self.cost,
-            rejector: self.rejector,
-            max_wait: self.max_wait,
-            policy_name: self.policy_name,
-            name_error: self.name_error,
-            on_success: self.on_success,
-            legacy: self.legacy,
-            keys: self.keys,
-            max_keys: self.max_keys,
-            clock: self.clock,
-            store,
-        }
+        self.with(|key, cost, rejector, _| (key, cost, rejector, store))
     }
 }
 
 impl<K, C, R, S> RateLimitBuilder<K, C, R, S> {
-    fn with<K2, C2, R2>(
+    fn with<K2, C2, R2, S2>(
         self,
-        swap: impl FnOnce(K, C, R) -> (K2, C2, R2),
-    ) -> RateLimitBuilder<K2, C2, R2, S> {
-        let (key, cost, rejector) = swap(self.key, self.cost, self.rejector);
+        swap: impl FnOnce(K, C, R, S) -> (K2, C2, R2, S2),
+    ) -> RateLimitBuilder<K2, C2, R2, S2> {
+        let (key, cost, rejector, store) = swap(self.key, self.cost, self.rejector, self.store);
         RateLimitBuilder {
             quota: self.quota,
             key,
@@ -486,33 +472,33 @@ impl<K, C, R, S> RateLimitBuilder<K, C, R, S> {
             keys: self.keys,
             max_keys: self.max_keys,
             clock: self.clock,
-            store: self.store,
+            store,
         }
     }
 
     /// What requests are counted against (default: [`Global`], one key).
     pub fn key<K2>(self, key: K2) -> RateLimitBuilder<K2, C, R, S> {
-        self.with(|_, cost, rejector| (key, cost, rejector))
+        self.with(|_, cost, rejector, store| (key, cost, rejector, store))
     }
 
     /// Keys requests by a closure; `None` means the request has no key.
     pub fn key_fn<F>(self, f: F) -> RateLimitBuilder<KeyFn<F>, C, R, S> {
-        self.with(|_, cost, rejector| (KeyFn::new(f), cost, rejector))
+        self.with(|_, cost, rejector, store| (KeyFn::new(f), cost, rejector, store))
     }
 
     /// What a request costs (default: [`One`]).
     pub fn cost<C2>(self, cost: C2) -> RateLimitBuilder<K, C2, R, S> {
-        self.with(|key, _, rejector| (key, cost, rejector))
+        self.with(|key, _, rejector, store| (key, cost, rejector, store))
     }
 
     /// Costs requests by a closure (by route, by `content-length`...).
     pub fn cost_fn<F>(self, f: F) -> RateLimitBuilder<K, CostFn<F>, R, S> {
-        self.with(|key, _, rejector| (key, CostFn(f), rejector))
+        self.with(|key, _, rejector, store| (key, CostFn(f), rejector, store))
     }
 
     /// Answers rejections with the given [`Rejector`](crate::Rejector).
     pub fn rejector<R2>(self, rejector: R2) -> RateLimitBuilder<K, C, R2, S> {
-        self.with(|key, cost, _| (key, cost, rejector))
+        self.with(|key, cost, _, store| (key, cost, rejector, store))
     }
 
     /// Answers rejections with a closure; the layer adds `Retry-After` and
@@ -521,7 +507,7 @@ impl<K, C, R, S> RateLimitBuilder<K, C, R, S> {
     where
         F: Fn(&Rejection) -> Response<Bytes> + Send + Sync + 'static,
     {
-        self.with(|key, cost, _| (key, cost, RejectFn(f)))
+        self.with(|key, cost, _, store| (key, cost, RejectFn(f), store))
     }
 
     /// Wait mode: a request whose turn comes within `max_wait` waits for

@@ -220,29 +220,9 @@ impl<C: Clock> DirectStore<C> {
     pub(crate) fn check(&self, cost: u64) -> Result<Snapshot, Refusal> {
         if !self.special.load(Ordering::Relaxed) {
             let now = self.clock.now();
-            // Relaxed: the TAT guards no other memory; the CAS alone
-            // orders the decisions.
-            let mut current = self.hot.tat.load(Ordering::Relaxed);
-            loop {
-                match self.gcra.decide(&current, now, cost, 0) {
-                    Outcome::Admit { state, .. } => {
-                        if state != current {
-                            if let Err(actual) = self.hot.tat.compare_exchange_weak(
-                                current,
-                                state,
-                                Ordering::Relaxed,
-                                Ordering::Relaxed,
-                            ) {
-                                current = actual;
-                                continue;
-                            }
-                        }
-                        self.hot.admitted.fetch_add(1, Ordering::Relaxed);
-                        return Ok(self.gcra.snapshot(&state, now));
-                    }
-                    outcome => return Err(self.refused(&current, now, outcome)),
-                }
-            }
+            return self
+                .admit_lock_free(now, cost)
+                .map_err(|(tat, outcome)| self.refused(&tat, now, outcome));
         }
         self.check_general(cost)
     }
@@ -255,11 +235,20 @@ impl<C: Clock> DirectStore<C> {
         if self.special.load(Ordering::Relaxed) {
             return None;
         }
-        let now = self.clock.now();
+        self.admit_lock_free(self.clock.now(), cost).ok()
+    }
+
+    /// GCRA on the TAT with one compare-and-swap: the admission's snapshot
+    /// (counted), or the TAT and outcome of a refusal (not counted).
+    #[inline(always)]
+    fn admit_lock_free(&self, now: u64, cost: u64) -> Result<Snapshot, (u64, Outcome<u64>)> {
+        // Relaxed: the TAT guards no other memory; the CAS alone orders
+        // the decisions.
         let mut current = self.hot.tat.load(Ordering::Relaxed);
         loop {
-            let Outcome::Admit { state, .. } = self.gcra.decide(&current, now, cost, 0) else {
-                return None;
+            let outcome = self.gcra.decide(&current, now, cost, 0);
+            let Outcome::Admit { state, .. } = outcome else {
+                return Err((current, outcome));
             };
             if state != current {
                 if let Err(actual) = self.hot.tat.compare_exchange_weak(
@@ -273,7 +262,7 @@ impl<C: Clock> DirectStore<C> {
                 }
             }
             self.hot.admitted.fetch_add(1, Ordering::Relaxed);
-            return Some(self.gcra.snapshot(&state, now));
+            return Ok(self.gcra.snapshot(&state, now));
         }
     }
 

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::keyed::{Face, Grant, KeyedBudget, KeyedBuilder, Stats};
 use super::limits::Limits;
 use super::memory::MemoryStore;
-use super::store::{Decision, Refusal, Store, SyncStore};
+use super::store::{Store, SyncStore};
 use crate::{Clock, Denied, Quota, Snapshot};
 
 /// One quota per key (an IP address, an API key, a user id), with memory
@@ -187,17 +187,7 @@ impl<K: Hash + Eq + Clone, S: Store<K>> KeyedLimiter<K, S> {
     pub fn check_now(&self, key: &K, cost: u64) -> Option<Result<Snapshot, Denied>> {
         let answer = self.inner.store().check_now(key, self.quota(), cost)?;
         Some(answer.map_err(|refusal| {
-            let decision = match refusal {
-                Refusal::Deny(snapshot) => Decision::Deny {
-                    dimension: 0,
-                    snapshot,
-                },
-                Refusal::Never(snapshot) => Decision::Never {
-                    dimension: 0,
-                    snapshot,
-                },
-            };
-            KeyedBudget::<K, S>::denied(self.inner.limits(), &[cost], decision)
+            KeyedBudget::<K, S>::denied(self.inner.limits(), &[cost], refusal.into())
         }))
     }
 

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::limits::{Limits, MAX_DIMENSIONS};
 use super::memory::{MemoryStore, DEFAULT_MAX_KEYS};
 use super::queue::{Queue, Waiter};
-use super::store::{Admit, Change, Decision, Refusal, Store, SyncStore};
+use super::store::{Admit, Change, Decision, Store, SyncStore};
 use crate::snapshot::duration_to_nanos;
 use crate::{Clock, DefaultClock, Denied, DeniedKind, Quota, Snapshot};
 
@@ -350,19 +350,10 @@ impl<K: Hash + Eq + Clone, S: SyncStore<K>> KeyedBudget<K, S> {
     #[inline]
     pub(crate) fn check_snapshot(&self, key: &K, costs: &[u64]) -> Result<Snapshot, Denied> {
         if let ([quota], [cost]) = (self.limits.quotas(), costs) {
-            return self.store.check_one(key, quota, *cost).map_err(|refusal| {
-                let decision = match refusal {
-                    Refusal::Deny(snapshot) => Decision::Deny {
-                        dimension: 0,
-                        snapshot,
-                    },
-                    Refusal::Never(snapshot) => Decision::Never {
-                        dimension: 0,
-                        snapshot,
-                    },
-                };
-                Self::denied(&self.limits, costs, decision)
-            });
+            return self
+                .store
+                .check_one(key, quota, *cost)
+                .map_err(|refusal| Self::denied(&self.limits, costs, refusal.into()));
         }
         self.check(key, costs).map(|grant| grant.snapshot)
     }

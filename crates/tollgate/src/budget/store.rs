@@ -138,6 +138,22 @@ pub enum Refusal {
     Never(Snapshot),
 }
 
+impl From<Refusal> for Decision {
+    /// The refusal of a one-dimension check, as a decision of dimension 0.
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Deny(snapshot) => Self::Deny {
+                dimension: 0,
+                snapshot,
+            },
+            Refusal::Never(snapshot) => Self::Never {
+                dimension: 0,
+                snapshot,
+            },
+        }
+    }
+}
+
 /// What a store decided.
 // An admission carries each dimension's position; boxing it would
 // allocate on every decision of the hot path.
