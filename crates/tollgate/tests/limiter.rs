@@ -452,6 +452,7 @@ async fn observe_learns_a_lower_limit_and_set_quota_raises_it() {
 fn the_direct_limiter_counts() {
     let limiter = RateLimiter::builder(quota("2/s"))
         .clock(ManualClock::new())
+        .counted(true)
         .build();
     for _ in 0..3 {
         let _ = limiter.check(1);
@@ -460,6 +461,43 @@ fn the_direct_limiter_counts() {
     let stats = limiter.stats();
     assert_eq!((stats.admitted, stats.denied), (3, 1));
     assert_eq!((stats.waits, stats.waited), (1, Duration::from_millis(500)));
+    // Not counted: waits only.
+    let quiet = RateLimiter::builder(quota("2/s"))
+        .clock(ManualClock::new())
+        .build();
+    for _ in 0..3 {
+        let _ = quiet.check(1);
+    }
+    quiet.acquire_blocking(1).unwrap();
+    let stats = quiet.stats();
+    assert_eq!((stats.admitted, stats.denied, stats.waits), (0, 0, 1));
+}
+
+/// Threads that count at once each count on a stripe of their own; the
+/// sum is exact.
+#[test]
+fn counts_from_many_threads_add_up() {
+    let limiter = Arc::new(
+        RateLimiter::builder(quota("1000/s burst 1000"))
+            .clock(ManualClock::new())
+            .counted(true)
+            .build(),
+    );
+    let threads: Vec<_> = (0..12)
+        .map(|_| {
+            let limiter = Arc::clone(&limiter);
+            std::thread::spawn(move || {
+                for _ in 0..200 {
+                    let _ = limiter.check(1);
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let stats = limiter.stats();
+    assert_eq!((stats.admitted, stats.denied), (1000, 1400));
 }
 
 /// The keyed limiter blocks too, in the same queue as its async waiters.

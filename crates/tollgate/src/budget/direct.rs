@@ -48,73 +48,86 @@ pub struct DirectStore<C: Clock = DefaultClock> {
     /// GCRA's state and the counts; the buckets' and windows' states are
     /// in `locked`.
     hot: Hot,
-    denied: Denials,
+    counts: Counts,
     clock: C,
 }
 
-/// The TAT with the counts of decisions, on a cache line of their own:
-/// a decision that wrote the TAT holds the line, so counting on it costs
-/// no further traffic between cores, and the read-mostly fields beside it
-/// are not invalidated by every decision.
+/// The TAT, on a cache line of its own, so that the read-mostly fields
+/// beside it are not invalidated by every decision.
 #[repr(align(128))]
 #[derive(Default)]
 struct Hot {
     tat: AtomicU64,
-    admitted: AtomicU64,
 }
 
-/// Denials, counted on a stripe per thread: a denial does not write the
-/// TAT, so threads denied at once would otherwise fight over one line.
+/// Admissions and denials, counted on a stripe per live thread: a thread
+/// that holds its stripe alone counts with a plain load and store (no
+/// locked instruction, no line shared with another core), and threads
+/// beyond [`STRIPES`] share stripes and count atomically.
+///
+/// `None` when the store was made without counting: a limiter's `check`
+/// then costs no more than the decision.
 #[derive(Default)]
-struct Denials(Box<[Stripe; STRIPES]>);
+struct Counts(Option<Box<[Stripe; STRIPES]>>);
 
 const STRIPES: usize = 8;
 
 #[repr(align(128))]
 #[derive(Default)]
-struct Stripe(AtomicU64);
+struct Stripe {
+    admitted: AtomicU64,
+    denied: AtomicU64,
+}
 
 /// A thread's stripe: the lowest one no live thread holds, given back
-/// when the thread ends, so that threads alive together count on lines of
-/// their own (up to `STRIPES` of them; more share, by their place).
-struct Place(usize);
+/// when the thread ends; past [`STRIPES`] live threads, one shared by
+/// where the thread's data lies.
+struct Place {
+    stripe: usize,
+    alone: bool,
+}
 
 /// Stripes held by live threads, one bit each.
 static HELD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Place {
     fn take() -> Self {
-        let mut held = HELD.load(Ordering::Relaxed);
+        let mut held = HELD.load(Ordering::Acquire);
         loop {
             let free = !held & ((1u64 << STRIPES) - 1);
             if free == 0 {
-                // Every stripe is held: share one, by where this thread's
-                // data lies.
                 let at = std::ptr::from_ref(&held) as usize;
-                return Self(STRIPES.saturating_add((at >> 12) % STRIPES));
+                return Self {
+                    stripe: (at >> 12) % STRIPES,
+                    alone: false,
+                };
             }
             let bit = free.trailing_zeros();
+            // Acquire: the counts the stripe's last holder wrote are seen
+            // before this thread adds to them.
             match HELD.compare_exchange_weak(
                 held,
                 held | (1u64 << bit),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
+                Ordering::Acquire,
+                Ordering::Acquire,
             ) {
-                Ok(_) => return Self(bit as usize),
+                Ok(_) => {
+                    return Self {
+                        stripe: bit as usize,
+                        alone: true,
+                    }
+                }
                 Err(now) => held = now,
             }
         }
-    }
-
-    fn stripe(&self) -> usize {
-        self.0 % STRIPES
     }
 }
 
 impl Drop for Place {
     fn drop(&mut self) {
-        if self.0 < STRIPES {
-            HELD.fetch_and(!(1u64 << self.0), Ordering::Relaxed);
+        if self.alone {
+            // Release: this thread's counts are seen by the next holder.
+            HELD.fetch_and(!(1u64 << self.stripe), Ordering::Release);
         }
     }
 }
@@ -123,19 +136,55 @@ thread_local! {
     static PLACE: Place = Place::take();
 }
 
-impl Denials {
-    fn add(&self) {
-        // A thread being torn down counts on the first stripe.
-        let at = PLACE.try_with(Place::stripe).unwrap_or(0);
-        if let Some(stripe) = self.0.get(at) {
-            stripe.0.fetch_add(1, Ordering::Relaxed);
+impl Counts {
+    fn on() -> Self {
+        Self(Some(Box::default()))
+    }
+
+    #[inline(always)]
+    fn add(&self, pick: impl Fn(&Stripe) -> &AtomicU64) {
+        if let Some(stripes) = &self.0 {
+            Self::add_to(stripes, pick);
         }
     }
 
-    fn sum(&self) -> u64 {
+    #[inline(never)]
+    fn add_to(stripes: &[Stripe; STRIPES], pick: impl Fn(&Stripe) -> &AtomicU64) {
+        // A thread being torn down counts atomically on the first stripe.
+        let (stripe, alone) = PLACE
+            .try_with(|place| (place.stripe, place.alone))
+            .unwrap_or((0, false));
+        if let Some(stripe) = stripes.get(stripe) {
+            let counter = pick(stripe);
+            if alone {
+                // Only this thread writes this stripe.
+                let n = counter.load(Ordering::Relaxed);
+                counter.store(n.wrapping_add(1), Ordering::Relaxed);
+            } else {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn admitted(&self) {
+        self.add(|stripe| &stripe.admitted);
+    }
+
+    fn denied(&self) {
+        self.add(|stripe| &stripe.denied);
+    }
+
+    fn sum(&self) -> (u64, u64) {
         self.0
             .iter()
-            .fold(0, |sum, s| sum.saturating_add(s.0.load(Ordering::Relaxed)))
+            .flat_map(|s| s.iter())
+            .fold((0, 0), |(a, d), stripe| {
+                (
+                    a.saturating_add(stripe.admitted.load(Ordering::Relaxed)),
+                    d.saturating_add(stripe.denied.load(Ordering::Relaxed)),
+                )
+            })
     }
 }
 
@@ -165,7 +214,9 @@ impl fmt::Display for DirectStoreError {
 impl std::error::Error for DirectStoreError {}
 
 impl<C: Clock> DirectStore<C> {
-    /// A full limit of `quota`, run by `algorithm`, on `clock`.
+    /// A full limit of `quota`, run by `algorithm`, on `clock`. It does
+    /// not count its decisions ([`StoreStats::admitted`] and `denied` stay
+    /// 0) unless [`counted`](Self::counted).
     pub fn new(quota: Quota, algorithm: Algorithm, clock: C) -> Self {
         let locked = match algorithm {
             Algorithm::Gcra => None,
@@ -184,9 +235,17 @@ impl<C: Clock> DirectStore<C> {
             until: AtomicU64::new(0),
             held: AtomicU64::new(0),
             hot: Hot::default(),
-            denied: Denials::default(),
+            counts: Counts::default(),
             clock,
         }
+    }
+
+    /// The store, counting every decision it makes: each admission and
+    /// denial costs a few nanoseconds more (a thread-local read and a
+    /// store to a line of the thread's own).
+    pub fn counted(mut self) -> Self {
+        self.counts = Counts::on();
+        self
     }
 
     /// The quota the store was made with.
@@ -261,7 +320,7 @@ impl<C: Clock> DirectStore<C> {
                     continue;
                 }
             }
-            self.hot.admitted.fetch_add(1, Ordering::Relaxed);
+            self.counts.admitted();
             return Ok(self.gcra.snapshot(&state, now));
         }
     }
@@ -277,7 +336,7 @@ impl<C: Clock> DirectStore<C> {
 
     #[inline(always)]
     fn refused(&self, tat: &u64, now: u64, outcome: Outcome<u64>) -> Refusal {
-        self.denied.add();
+        self.counts.denied();
         match outcome {
             Outcome::Deny { retry_after } => {
                 Refusal::Deny(self.gcra.snapshot(tat, now).retry_after_nanos(retry_after))
@@ -365,9 +424,9 @@ impl<C: Clock> DirectStore<C> {
     fn count(&self, decision: &Decision) {
         match decision {
             Decision::Admit(_) => {
-                self.hot.admitted.fetch_add(1, Ordering::Relaxed);
+                self.counts.admitted();
             }
-            _ => self.denied.add(),
+            _ => self.counts.denied(),
         }
     }
 
@@ -537,8 +596,7 @@ impl<C: Clock> DirectStore<C> {
     /// What the store counts.
     pub fn stats_now(&self) -> StoreStats {
         let full = self.snapshot_now().reset_after().is_zero();
-        let admitted = self.hot.admitted.load(Ordering::Relaxed);
-        let denied = self.denied.sum();
+        let (admitted, denied) = self.counts.sum();
         StoreStats::new(admitted, denied, u64::from(!full), 0)
     }
 }
