@@ -445,7 +445,10 @@ pin_project! {
     #[project = InnerProj]
     enum Inner<B> {
         Service { #[pin] body: B },
-        Rejection { data: Option<Bytes> },
+        // Boxed, so that a response through the layer is no larger than
+        // the service's own by more than a word or two: moving it stays
+        // a few register moves rather than a call to copy memory.
+        Rejection { data: Option<Box<Bytes>> },
     }
 }
 
@@ -459,7 +462,7 @@ impl<B> ResponseBody<B> {
     pub(crate) fn rejection(data: Bytes) -> Self {
         Self {
             inner: Inner::Rejection {
-                data: (!data.is_empty()).then_some(data),
+                data: (!data.is_empty()).then(|| Box::new(data)),
             },
         }
     }
@@ -489,7 +492,7 @@ where
         match self.project().inner.project() {
             InnerProj::Service { body } => body.poll_frame(cx),
             InnerProj::Rejection { data } => {
-                Poll::Ready(data.take().map(|d| Ok(Frame::data(B::Data::from(d)))))
+                Poll::Ready(data.take().map(|d| Ok(Frame::data(B::Data::from(*d)))))
             }
         }
     }
