@@ -281,6 +281,18 @@ impl<K, S> KeyedBudget<K, S> {
         grant
     }
 
+    /// A decision's grant and admission, or its refusal as the error.
+    fn granted(
+        limits: &Limits,
+        costs: &[u64],
+        decision: Decision,
+    ) -> Result<(Grant, Admit), Denied> {
+        match decision {
+            Decision::Admit(admit) => Ok((Self::grant(costs, &admit), admit)),
+            decision => Err(Self::denied(limits, costs, decision)),
+        }
+    }
+
     /// Turns a denial into the error.
     #[cold]
     #[inline(never)]
@@ -371,14 +383,10 @@ impl<K: Hash + Eq + Clone, S: SyncStore<K>> KeyedBudget<K, S> {
         if costs.len() != limits.len() {
             return Err(Self::wrong_dimensions(limits, costs));
         }
-        let admit = match self
+        let decision = self
             .store
-            .decide_now(key, limits.quotas(), costs, Duration::MAX)
-        {
-            Decision::Admit(admit) => admit,
-            decision => return Err(Self::denied(limits, costs, decision)),
-        };
-        let grant = Self::grant(costs, &admit);
+            .decide_now(key, limits.quotas(), costs, Duration::MAX);
+        let (grant, admit) = Self::granted(limits, costs, decision)?;
         if admit.wait.is_zero() {
             return Ok(grant);
         }
@@ -387,16 +395,7 @@ impl<K: Hash + Eq + Clone, S: SyncStore<K>> KeyedBudget<K, S> {
         let start = Instant::now();
         let start_clock = self.store.now();
         let waiter = Waiter::blocking(start, &admit, costs.len(), std::thread::current());
-        let mut guard = Leave {
-            budget: self,
-            key,
-            waiter: &waiter,
-            grant: &grant,
-            admitted: false,
-        };
-        self.queue.join(key, &waiter);
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        let _waiting = Decrement(&self.waiting);
+        let queued = Leave::join(self, key, &waiter, &grant);
         loop {
             let due = duration_to_nanos(waiter.deadline().saturating_duration_since(start));
             let elapsed = self.store.now().saturating_sub(start_clock);
@@ -412,11 +411,7 @@ impl<K: Hash + Eq + Clone, S: SyncStore<K>> KeyedBudget<K, S> {
             }
             break;
         }
-        guard.admitted = true;
-        drop(guard);
-        let waited = self.store.now().saturating_sub(start_clock);
-        self.waits.fetch_add(1, Ordering::Relaxed);
-        self.waited_ns.fetch_add(waited, Ordering::Relaxed);
+        queued.admitted(self.store.now().saturating_sub(start_clock));
         Ok(grant)
     }
 }
@@ -460,34 +455,21 @@ where
             .decide(key, limits.quotas(), costs, max_wait)
             .await
             .map_err(|e| store_failed(limits, costs, e))?;
-        let admit = match decision {
-            Decision::Admit(admit) => admit,
-            decision => return Err(Self::denied(limits, costs, decision)),
-        };
-        let grant = Self::grant(costs, &admit);
+        let (grant, admit) = Self::granted(limits, costs, decision)?;
         if admit.wait.is_zero() {
             return Ok(grant);
         }
-        let start = Instant::now();
-        let waiter = Waiter::new(start, &admit, costs.len());
-        let mut guard = Leave {
-            budget: self,
-            key,
-            waiter: &waiter,
-            grant: &grant,
-            admitted: false,
-        };
         if tokio::runtime::Handle::try_current().is_err() {
-            drop(guard);
+            self.store.give_back(key, limits.quotas(), costs);
             return Err(Denied::new(
                 DeniedKind::NoRuntime,
                 costs.first().copied().unwrap_or(0),
                 admit.snapshot,
             ));
         }
-        self.queue.join(key, &waiter);
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        let _waiting = Decrement(&self.waiting);
+        let start = Instant::now();
+        let waiter = Waiter::new(start, &admit, costs.len());
+        let queued = Leave::join(self, key, &waiter, &grant);
         loop {
             let deadline = waiter.deadline();
             if tokio::time::timeout_at(deadline, waiter.moved())
@@ -508,11 +490,7 @@ where
                 _ => break,
             }
         }
-        guard.admitted = true;
-        drop(guard);
-        let waited = duration_to_nanos(start.elapsed());
-        self.waits.fetch_add(1, Ordering::Relaxed);
-        self.waited_ns.fetch_add(waited, Ordering::Relaxed);
+        queued.admitted(duration_to_nanos(start.elapsed()));
         Ok(grant)
     }
 
@@ -715,8 +693,9 @@ fn store_failed<E: std::error::Error + Send + Sync + 'static>(
     )
 }
 
-/// Takes a waiter out of its key's queue; if it goes away before it is
-/// due, gives its reservation back and moves those behind it forward.
+/// A waiter in its key's queue, counted among those waiting: when it is
+/// dropped before it was admitted (it went away), it gives its reservation
+/// back and moves those behind it forward.
 struct Leave<'a, K: Hash + Eq + Clone, S: Store<K>> {
     budget: &'a KeyedBudget<K, S>,
     key: &'a K,
@@ -725,8 +704,39 @@ struct Leave<'a, K: Hash + Eq + Clone, S: Store<K>> {
     admitted: bool,
 }
 
+impl<'a, K: Hash + Eq + Clone, S: Store<K>> Leave<'a, K, S> {
+    /// Queues `waiter` for `key`, its reservation `grant`.
+    fn join(
+        budget: &'a KeyedBudget<K, S>,
+        key: &'a K,
+        waiter: &'a Arc<Waiter>,
+        grant: &'a Grant,
+    ) -> Self {
+        budget.queue.join(key, waiter);
+        budget.waiting.fetch_add(1, Ordering::Relaxed);
+        Self {
+            budget,
+            key,
+            waiter,
+            grant,
+            admitted: false,
+        }
+    }
+
+    /// The waiter's turn came after `waited_ns`: it leaves the queue with
+    /// its reservation, and the wait is counted.
+    fn admitted(mut self, waited_ns: u64) {
+        self.admitted = true;
+        let budget = self.budget;
+        drop(self);
+        budget.waits.fetch_add(1, Ordering::Relaxed);
+        budget.waited_ns.fetch_add(waited_ns, Ordering::Relaxed);
+    }
+}
+
 impl<K: Hash + Eq + Clone, S: Store<K>> Drop for Leave<'_, K, S> {
     fn drop(&mut self) {
+        self.budget.waiting.fetch_sub(1, Ordering::Relaxed);
         let queue = &self.budget.queue;
         if self.admitted {
             queue.leave(self.key, self.waiter);
@@ -736,14 +746,6 @@ impl<K: Hash + Eq + Clone, S: Store<K>> Drop for Leave<'_, K, S> {
             .store
             .give_back(self.key, self.budget.limits.quotas(), self.grant.costs());
         queue.cancelled(self.key, self.waiter, self.grant.costs(), &self.grant.steps);
-    }
-}
-
-struct Decrement<'a>(&'a AtomicU64);
-
-impl Drop for Decrement<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
