@@ -473,6 +473,31 @@ fn the_direct_limiter_counts() {
     assert_eq!((stats.admitted, stats.denied, stats.waits), (0, 0, 1));
 }
 
+/// Counting holds on every path a decision takes: the lock-free one, the
+/// general one while the limiter holds a limit of its own, an acquire
+/// admitted at once, and the lock-free one again once the limit is cleared.
+#[test]
+fn counting_holds_on_every_path() {
+    let clock = ManualClock::new();
+    let limiter = RateLimiter::builder(quota("2/s"))
+        .clock(clock.clone())
+        .counted(true)
+        .build();
+    assert!(limiter.check(1).is_ok());
+    tokio_test::block_on(limiter.set_quota(quota("1/s"))).unwrap();
+    // A second of debt at the new rate: the next unit is a second away.
+    assert!(limiter.check(1).is_err());
+    clock.advance(Duration::from_secs(1));
+    tokio_test::block_on(limiter.acquire(1)).unwrap();
+    tokio_test::block_on(limiter.clear_quota()).unwrap();
+    assert!(limiter.check(1).is_ok());
+    assert!(limiter.check(1).is_err());
+    clock.advance(Duration::from_secs(1));
+    tokio_test::block_on(limiter.acquire(1)).unwrap();
+    let stats = limiter.stats();
+    assert_eq!((stats.admitted, stats.denied, stats.waits), (4, 2, 0));
+}
+
 /// Threads that count at once each count on a stripe of their own; the
 /// sum is exact.
 #[test]

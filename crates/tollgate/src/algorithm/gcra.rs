@@ -1,3 +1,5 @@
+use std::num::NonZeroU64;
+
 use crate::{Quota, Snapshot};
 
 use super::{trivial, Outcome, StateMachine};
@@ -10,7 +12,9 @@ use super::{trivial, Outcome, StateMachine};
 pub(crate) struct Gcra {
     interval: u64,
     capacity: u64,
-    burst: u64,
+    /// Never 0 (a `Quota` refuses it): known to the compiler, so that a
+    /// check of one unit against the burst folds away.
+    burst: NonZeroU64,
 }
 
 impl Gcra {
@@ -18,7 +22,10 @@ impl Gcra {
         Self {
             interval: quota.interval_ns(),
             capacity: quota.capacity_ns(),
-            burst: quota.burst_size(),
+            burst: match NonZeroU64::new(quota.burst_size()) {
+                Some(burst) => burst,
+                None => NonZeroU64::MIN,
+            },
         }
     }
 
@@ -31,7 +38,7 @@ impl Gcra {
     }
 
     pub(crate) const fn burst(&self) -> u64 {
-        self.burst
+        self.burst.get()
     }
 }
 
@@ -45,23 +52,28 @@ impl StateMachine for Gcra {
 
     #[inline(always)]
     fn decide(&self, &tat: &u64, now: u64, cost: u64, max_wait: u64) -> Outcome<u64> {
-        if let Some(outcome) = trivial(&tat, now, cost, self.burst) {
+        if let Some(outcome) = trivial(&tat, now, cost, self.burst.get()) {
             return outcome;
         }
-        // cost ≤ burst, and burst × interval fits (checked by `Quota`).
+        // cost ≤ burst, and capacity = burst × interval fits (checked by
+        // `Quota`): neither the product nor the difference wraps (and the
+        // difference needs no test for it on this, the hottest path).
         let cost_ns = cost.saturating_mul(self.interval);
-        let new_tat = tat.max(now).saturating_add(cost_ns);
-        let earliest = new_tat.saturating_sub(self.capacity);
+        let tolerance = self.capacity.wrapping_sub(cost_ns);
+        // The first instant the cost fits, `tat + cost_ns − capacity`,
+        // reached without a sum that could overflow: a denial is decided
+        // before the new TAT is computed, so it costs the fewest steps.
+        let earliest = tat.saturating_sub(tolerance);
         if earliest <= now {
             return Outcome::Admit {
-                state: new_tat,
+                state: tat.max(now).saturating_add(cost_ns),
                 due: now,
             };
         }
         let wait = earliest.saturating_sub(now);
         if wait <= max_wait {
             Outcome::Admit {
-                state: new_tat,
+                state: tat.saturating_add(cost_ns),
                 due: earliest,
             }
         } else {
@@ -73,7 +85,7 @@ impl StateMachine for Gcra {
     fn snapshot(&self, &tat: &u64, now: u64) -> Snapshot {
         let reset_after = tat.saturating_sub(now);
         let spare = self.capacity.saturating_sub(reset_after);
-        Snapshot::from_spare(self.burst, spare, self.interval, reset_after)
+        Snapshot::from_spare(self.burst.get(), spare, self.interval, reset_after)
     }
 
     fn cancel(&self, &tat: &u64, _now: u64, cost: u64, _due: u64) -> (u64, u64) {

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::future::{ready, Future};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -37,9 +37,11 @@ pub struct DirectStore<C: Clock = DefaultClock> {
     quota: Quota,
     algorithm: Algorithm,
     locked: Option<Mutex<Locked>>,
-    /// Set while the store holds a limit of its own, or runs an algorithm
-    /// other than GCRA: decisions take the general path.
-    special: AtomicBool,
+    /// [`GENERAL`] while the store holds a limit of its own or runs an
+    /// algorithm other than GCRA (decisions take the general path), and
+    /// [`COUNTED`] when it counts: 0 is the lock-free path that counts
+    /// nothing, decided by one load and one test.
+    mode: AtomicU8,
     /// The limit of its own, set or learnt; also serializes changes.
     own: Mutex<Option<Quota>>,
     /// When the pause ends, and its extensions added up.
@@ -51,6 +53,11 @@ pub struct DirectStore<C: Clock = DefaultClock> {
     counts: Counts,
     clock: C,
 }
+
+/// A bit of [`DirectStore::mode`]: decisions take the general path.
+const GENERAL: u8 = 1;
+/// A bit of [`DirectStore::mode`]: decisions are counted.
+const COUNTED: u8 = 2;
 
 /// The TAT, on a cache line of its own, so that the read-mostly fields
 /// beside it are not invalidated by every decision.
@@ -171,6 +178,7 @@ impl Counts {
         self.add(|stripe| &stripe.admitted);
     }
 
+    #[inline(always)]
     fn denied(&self) {
         self.add(|stripe| &stripe.denied);
     }
@@ -229,7 +237,7 @@ impl<C: Clock> DirectStore<C> {
             gcra: Gcra::new(&quota),
             quota,
             algorithm,
-            special: AtomicBool::new(locked.is_some()),
+            mode: AtomicU8::new(if locked.is_some() { GENERAL } else { 0 }),
             locked: locked.map(Mutex::new),
             own: Mutex::new(None),
             until: AtomicU64::new(0),
@@ -245,6 +253,7 @@ impl<C: Clock> DirectStore<C> {
     /// store to a line of the thread's own).
     pub fn counted(mut self) -> Self {
         self.counts = Counts::on();
+        *self.mode.get_mut() |= COUNTED;
         self
     }
 
@@ -277,13 +286,32 @@ impl<C: Clock> DirectStore<C> {
     /// lock-free path of a limiter's `check`.
     #[inline(always)]
     pub(crate) fn check(&self, cost: u64) -> Result<Snapshot, Refusal> {
-        if !self.special.load(Ordering::Relaxed) {
+        if self.mode.load(Ordering::Relaxed) == 0 {
             let now = self.clock.now();
             return self
                 .admit_lock_free(now, cost)
-                .map_err(|(tat, outcome)| self.refused(&tat, now, outcome));
+                .map_err(|(tat, outcome)| self.refusal(&tat, now, outcome));
         }
-        self.check_general(cost)
+        self.check_other(cost)
+    }
+
+    /// `check` of a store that counts, or takes the general path.
+    #[inline(never)]
+    fn check_other(&self, cost: u64) -> Result<Snapshot, Refusal> {
+        if self.mode.load(Ordering::Relaxed) & GENERAL != 0 {
+            return self.check_general(cost);
+        }
+        let now = self.clock.now();
+        match self.admit_lock_free(now, cost) {
+            Ok(snapshot) => {
+                self.counts.admitted();
+                Ok(snapshot)
+            }
+            Err((tat, outcome)) => {
+                self.counts.denied();
+                Err(self.refusal(&tat, now, outcome))
+            }
+        }
     }
 
     /// Admits `cost` now on the lock-free path, or answers `None` (a
@@ -291,14 +319,19 @@ impl<C: Clock> DirectStore<C> {
     /// an acquire's first try, before it decides with a wait.
     #[inline(always)]
     pub(crate) fn admit_now(&self, cost: u64) -> Option<Snapshot> {
-        if self.special.load(Ordering::Relaxed) {
+        let mode = self.mode.load(Ordering::Relaxed);
+        if mode & GENERAL != 0 {
             return None;
         }
-        self.admit_lock_free(self.clock.now(), cost).ok()
+        let snapshot = self.admit_lock_free(self.clock.now(), cost).ok()?;
+        if mode & COUNTED != 0 {
+            self.counts.admitted();
+        }
+        Some(snapshot)
     }
 
-    /// GCRA on the TAT with one compare-and-swap: the admission's snapshot
-    /// (counted), or the TAT and outcome of a refusal (not counted).
+    /// GCRA on the TAT with one compare-and-swap: the admission's snapshot,
+    /// or the TAT and outcome of a refusal; the caller counts.
     #[inline(always)]
     fn admit_lock_free(&self, now: u64, cost: u64) -> Result<Snapshot, (u64, Outcome<u64>)> {
         // Relaxed: the TAT guards no other memory; the CAS alone orders
@@ -320,7 +353,6 @@ impl<C: Clock> DirectStore<C> {
                     continue;
                 }
             }
-            self.counts.admitted();
             return Ok(self.gcra.snapshot(&state, now));
         }
     }
@@ -335,8 +367,7 @@ impl<C: Clock> DirectStore<C> {
     }
 
     #[inline(always)]
-    fn refused(&self, tat: &u64, now: u64, outcome: Outcome<u64>) -> Refusal {
-        self.counts.denied();
+    fn refusal(&self, tat: &u64, now: u64, outcome: Outcome<u64>) -> Refusal {
         match outcome {
             Outcome::Deny { retry_after } => {
                 Refusal::Deny(self.gcra.snapshot(tat, now).retry_after_nanos(retry_after))
@@ -347,7 +378,7 @@ impl<C: Clock> DirectStore<C> {
 
     /// The quota in force: the store's own, or `default`.
     fn in_force(&self, default: Quota) -> Quota {
-        if self.special.load(Ordering::Relaxed) {
+        if self.mode.load(Ordering::Relaxed) & GENERAL != 0 {
             if let Some(own) = *self.own() {
                 return own;
             }
@@ -526,8 +557,11 @@ impl<C: Clock> DirectStore<C> {
         }
         self.until.store(until, Ordering::Relaxed);
         self.held.fetch_add(extension, Ordering::Relaxed);
-        let special = own.is_some() || self.locked.is_some();
-        self.special.store(special, Ordering::Relaxed);
+        if own.is_some() || self.locked.is_some() {
+            self.mode.fetch_or(GENERAL, Ordering::Relaxed);
+        } else {
+            self.mode.fetch_and(!GENERAL, Ordering::Relaxed);
+        }
     }
 
     /// [`Store::read`], synchronously.
