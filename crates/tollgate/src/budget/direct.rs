@@ -342,7 +342,11 @@ impl<C: Clock> DirectStore<C> {
             let Outcome::Admit { state, .. } = outcome else {
                 return Err((current, outcome));
             };
-            if state != current {
+            // A cost of 0 reads without writing. (A cost of 1 or more always
+            // moves the TAT, but where it saturates at `u64::MAX`, where
+            // writing the same value is harmless: testing the cost, which
+            // is often a constant, spares a test of the state.)
+            if cost != 0 {
                 if let Err(actual) = self.hot.tat.compare_exchange_weak(
                     current,
                     state,
