@@ -5,7 +5,7 @@
 //! difference, so set-up cancels out.
 //!
 //! ```text
-//! bash crates/tollgate/benches/instructions.sh
+//! bash crates/tollgate/benches/direct_instructions.sh
 //! ```
 
 #![allow(missing_docs)]

@@ -4,18 +4,18 @@
 # clock's calibration are not counted), the empty loop's subtracted: run
 # from the workspace root.
 #
-#   bash crates/tollgate/benches/instructions.sh
+#   bash crates/tollgate/benches/direct_instructions.sh
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 command -v valgrind >/dev/null || { echo "valgrind is missing (apt-get install valgrind)" >&2; exit 1; }
-cargo bench -p tollgate --bench instructions --no-run 2>/dev/null
-bin=$(ls -t target/release/deps/instructions-* | grep -v '\.d$' | head -n 1)
+cargo bench -p tollgate --bench direct_instructions --no-run 2>/dev/null
+bin=$(ls -t target/release/deps/direct_instructions-* | grep -v '\.d$' | head -n 1)
 small=20000
 large=120000
 count() { # case, checks -> total instructions
     local out
     out=$(mktemp)
-    valgrind --tool=callgrind --collect-atstart=no --toggle-collect='instructions::measured*' \
+    valgrind --tool=callgrind --collect-atstart=no --toggle-collect='direct_instructions::measured*' \
         --callgrind-out-file="$out" "$bin" "$1" "$2" >/dev/null 2>&1
     grep -E '^(summary|totals):' "$out" | head -n 1 | awk '{print $2}'
     rm -f "$out"
