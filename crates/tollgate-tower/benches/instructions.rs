@@ -1,8 +1,8 @@
 //! Instructions per request through each layer, counted by callgrind: a
 //! figure that, unlike time on a shared machine, does not move with the
 //! neighbours' load. Each stack runs `N` requests, driven by hand as in the
-//! `layer` benchmark; the script beside it runs two counts under callgrind
-//! and divides the difference, so set-up cancels out.
+//! `layer` benchmark; the script beside it counts only the loop that sends
+//! them, runs two counts under callgrind and divides the difference.
 //!
 //! ```text
 //! bash crates/tollgate-tower/benches/instructions.sh
@@ -22,7 +22,7 @@ mod common;
 use common::{bare, call, governor, open_quota, request};
 
 /// The stacks, by the names the script passes.
-const STACKS: [&str; 8] = [
+const STACKS: [&str; 9] = [
     "bare",
     "tower_governor_global",
     "tower_governor_per_ip",
@@ -31,8 +31,13 @@ const STACKS: [&str; 8] = [
     "tollgate_per_ip",
     "tollgate_global_headers",
     "tollgate_per_ip_headers",
+    "tollgate_per_ip_headers_draining",
 ];
 
+/// Sends `n` requests: the one function callgrind counts (the script
+/// passes `--toggle-collect`), so that set-up, the clock's calibration
+/// among it, is not counted.
+#[inline(never)]
 fn run<S, B>(mut service: S, n: u64)
 where
     S: Service<Request<Body>, Response = Response<B>>,
@@ -72,6 +77,19 @@ fn main() {
         "tollgate_global_headers" => run(RateLimitLayer::new(open_quota()).layer(bare()), n),
         "tollgate_per_ip" => run(tollgate(true, false).layer(bare()), n),
         "tollgate_per_ip_headers" => run(tollgate(true, true).layer(bare()), n),
+        // A limit that every request drains by one (its clock stands
+        // still): each response's `RateLimit` item differs from the one
+        // before, so none is a clone of a value the thread wrote already.
+        "tollgate_per_ip_headers_draining" => run(
+            RateLimitLayer::builder(open_quota())
+                .key(PeerIp::new())
+                .max_keys(1_000)
+                .clock(tollgate::ManualClock::new())
+                .build()
+                .unwrap()
+                .layer(bare()),
+            n,
+        ),
         // Under `cargo bench` with no stack named: run each once, briefly,
         // so that the target stays working.
         "" => {

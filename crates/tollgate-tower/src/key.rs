@@ -136,25 +136,34 @@ impl Hash for Key {
     /// A kind tag first, and a byte key's length before its bytes: stores
     /// tell keys apart by fingerprint only, so two keys of different kinds
     /// (an IPv4 address and the 4-byte key of its bytes, the global key and
-    /// the key `[0]`) must never feed the hasher the same input.
+    /// the key `[0]`) must never feed the hasher the same input. Every
+    /// kind's input starts with its tag byte and has a fixed layout, and
+    /// each is fed in one write (a byte key in two), little-endian on
+    /// every machine: a hash costs one call of the hasher, not one a part.
     fn hash<H: Hasher>(&self, state: &mut H) {
         match &self.0 {
-            Repr::Global => state.write_u8(0),
+            Repr::Global => state.write(&[0]),
             Repr::Ip(IpAddr::V4(v4)) => {
-                state.write_u8(1);
-                state.write_u32(u32::from(*v4));
+                let [a, b, c, d] = v4.octets();
+                state.write(&[1, a, b, c, d, 0, 0, 0]);
             }
             Repr::Ip(IpAddr::V6(v6)) => {
-                state.write_u8(2);
-                state.write_u128(u128::from(*v6));
+                let mut input = [0u8; 24];
+                input[0] = 2;
+                input[1..17].copy_from_slice(&v6.octets());
+                state.write(&input);
             }
             Repr::Number(n) => {
-                state.write_u8(3);
-                state.write_u64(*n);
+                let mut input = [0u8; 16];
+                input[0] = 3;
+                input[1..9].copy_from_slice(&n.to_le_bytes());
+                state.write(&input);
             }
             Repr::Bytes(bytes) => {
-                state.write_u8(4);
-                state.write_u64(bytes.len() as u64);
+                // The length in the seven bytes after the tag (a key is
+                // far shorter than 2^56 bytes).
+                let length = (bytes.len() as u64) << 8 | 4;
+                state.write(&length.to_le_bytes());
                 state.write(bytes);
             }
         }

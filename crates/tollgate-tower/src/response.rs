@@ -282,6 +282,10 @@ const X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 #[derive(Clone, Debug)]
 pub(crate) struct HeaderStyle {
     pub(crate) name: PolicyName,
+    /// The `RateLimit` item of a key that was full before a request of
+    /// one unit (its remaining count and reset, and the value, over
+    /// static bytes): the item most responses carry, written once.
+    full: Option<(u64, u64, HeaderValue)>,
     /// The `RateLimit-Policy` item, over static bytes: each response clones
     /// it for free (no allocation, and no reference count, which would be
     /// one cache line that every core writes on every request).
@@ -293,8 +297,15 @@ pub(crate) struct HeaderStyle {
 impl HeaderStyle {
     pub(crate) fn new(name: PolicyName, quota: &Quota, on_success: bool, legacy: bool) -> Self {
         let policy = static_value(&headers::policy(&name, quota));
+        // A full key that admits one unit: one unit spent, and one
+        // interval until the key is full again.
+        let interval = quota.replenish_interval();
+        let full = Snapshot::new(quota.burst_size(), quota.burst_size() - 1, interval);
+        let full = static_value(&headers::rate_limit(&name, &full))
+            .map(|value| (full.remaining(), headers::ceil_secs(interval), value));
         Self {
             name,
+            full,
             policy,
             on_success,
             legacy,
@@ -317,7 +328,7 @@ impl HeaderStyle {
         // A policy name is printable ASCII and the rest digits and
         // punctuation: both are always valid header values.
         let policy = self.policy.clone();
-        let rate_limit = HeaderValue::try_from(headers::rate_limit(&self.name, snapshot)).ok();
+        let rate_limit = self.rate_limit(snapshot);
         let legacy = self.legacy.then(|| {
             Box::new([
                 HeaderValue::from(snapshot.limit()),
@@ -330,6 +341,21 @@ impl HeaderStyle {
             rate_limit,
             legacy,
         }
+    }
+
+    /// The `RateLimit` item of `snapshot`: the one written when the layer
+    /// was built, when the figures are a full key's after one unit (most
+    /// responses of a per-client limit: a clone of static bytes), or else
+    /// written now.
+    fn rate_limit(&self, snapshot: &Snapshot) -> Option<HeaderValue> {
+        if let Some((remaining, reset, value)) = &self.full {
+            if snapshot.remaining() == *remaining
+                && headers::ceil_secs(snapshot.reset_after()) == *reset
+            {
+                return Some(value.clone());
+            }
+        }
+        HeaderValue::try_from(headers::rate_limit(&self.name, snapshot)).ok()
     }
 
     /// Adds the headers a rejection carries, leaving those the rejector set.
@@ -517,6 +543,36 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The item written when the layer is built is the one a full key
+    /// answers after one unit, and it is the one sent then; other figures
+    /// are written as they come.
+    #[test]
+    fn the_full_keys_item_is_written_once_and_right() {
+        for quota in [
+            "5/min",
+            "1/s",
+            "3/s burst 7",
+            "1000000000/s",
+            "1/h",
+            "10/min burst 1",
+        ] {
+            let quota: Quota = quota.parse().unwrap();
+            let style = HeaderStyle::new(PolicyName::default(), &quota, true, false);
+            let (_, _, full) = style.full.as_ref().expect("written at build");
+            let limiter = tollgate::KeyedLimiter::<u64, _>::builder(quota)
+                .clock(tollgate::ManualClock::new())
+                .build();
+            for used in 1..=3u64.min(quota.burst_size()) {
+                let snapshot = limiter.check(&1, 1).unwrap();
+                let expected = headers::rate_limit(&PolicyName::default(), &snapshot);
+                let sent = style.rate_limit(&snapshot).unwrap();
+                assert_eq!(sent, expected.as_str(), "{quota:?}, {used} used");
+                // Over static bytes exactly when the key was full.
+                assert_eq!(sent == *full, used == 1, "{quota:?}, {used} used");
+            }
+        }
+    }
 
     #[test]
     fn grpc_is_told_by_the_media_type_alone() {
