@@ -1,0 +1,201 @@
+//! Requests a second of a hello-world axum app on loopback, bare, with
+//! tollgate per peer IP (the `RateLimit` fields on, as by default, and
+//! off) and with tower_governor per peer IP, interleaved finely: the servers run
+//! side by side (one runtime thread each, idle but when driven) and each
+//! round drives a short batch through each in turn, the order rotated
+//! every round. A round's ratio to the bare app's batch beside it cancels
+//! the machine's drift, which moves whole runs by a fifth or more here; the
+//! median of the rounds' ratios is the figure.
+//!
+//! ```text
+//! cargo bench -p tollgate-tower --bench http_paired [-- ROUNDS]
+//! ```
+
+#![allow(missing_docs)]
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::routing::get;
+use axum::Router;
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tollgate_tower::{PeerIp, RateLimitLayer};
+use tower_governor::key_extractor::PeerIpKeyExtractor;
+
+mod common;
+use common::{governor, open_quota};
+
+const CONNECTIONS: usize = 16;
+/// Requests a batch: about 50 ms of one app.
+const BATCH: usize = 1_600;
+
+fn hello() -> Router {
+    Router::new().route("/", get(|| async { "hello, world" }))
+}
+
+/// Serves `app` on a runtime thread of its own.
+fn serve(app: Router) -> (SocketAddr, tokio::runtime::Runtime) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    runtime.spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    (addr, runtime)
+}
+
+async fn connect(addr: SocketAddr) -> Vec<SendRequest<Empty<Bytes>>> {
+    let mut senders = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        senders.push(sender);
+    }
+    senders
+}
+
+/// Requests a second over one batch, each connection sending its share one
+/// request after another; the connections come back for the next batch.
+async fn batch(senders: Vec<SendRequest<Empty<Bytes>>>) -> (Vec<SendRequest<Empty<Bytes>>>, f64) {
+    let start = Instant::now();
+    let share = BATCH / senders.len();
+    let count = senders.len();
+    let tasks: Vec<_> = senders
+        .into_iter()
+        .map(|mut sender| {
+            tokio::spawn(async move {
+                for _ in 0..share {
+                    sender.ready().await.unwrap();
+                    let request = Request::get("/")
+                        .header("host", "bench")
+                        .body(Empty::new())
+                        .unwrap();
+                    let response = sender.send_request(request).await.unwrap();
+                    assert!(response.status().is_success());
+                    response.into_body().collect().await.unwrap();
+                }
+                sender
+            })
+        })
+        .collect();
+    let mut senders = Vec::with_capacity(count);
+    for task in tasks {
+        senders.push(task.await.unwrap());
+    }
+    let rate = (share * count) as f64 / start.elapsed().as_secs_f64();
+    (senders, rate)
+}
+
+fn quartiles(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let at = |q: usize| values[(values.len() - 1) * q / 4];
+    (at(1), at(2), at(3))
+}
+
+fn main() {
+    let rounds: usize = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(120);
+    let apps = [
+        ("bare", hello()),
+        (
+            "tollgate_per_ip_headers",
+            hello().layer(
+                RateLimitLayer::builder(open_quota())
+                    .key(PeerIp::new())
+                    .build()
+                    .unwrap(),
+            ),
+        ),
+        (
+            "tollgate_per_ip",
+            hello().layer(
+                RateLimitLayer::builder(open_quota())
+                    .key(PeerIp::new())
+                    .headers_on_success(false)
+                    .build()
+                    .unwrap(),
+            ),
+        ),
+        (
+            "tower_governor_per_ip",
+            hello().layer(governor(PeerIpKeyExtractor)),
+        ),
+    ];
+    let servers: Vec<_> = apps
+        .into_iter()
+        .map(|(name, app)| (name, serve(app)))
+        .collect();
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    client.block_on(async {
+        let mut senders = Vec::new();
+        for (_, (addr, _)) in &servers {
+            senders.push(connect(*addr).await);
+        }
+        // Warm every app.
+        for slot in &mut senders {
+            for _ in 0..5 {
+                let (back, _) = batch(std::mem::take(slot)).await;
+                *slot = back;
+            }
+        }
+        let mut rates = vec![Vec::with_capacity(rounds); senders.len()];
+        let start = Instant::now();
+        for round in 0..rounds {
+            for step in 0..senders.len() {
+                let app = (round + step) % senders.len();
+                let (back, rate) = batch(std::mem::take(&mut senders[app])).await;
+                senders[app] = back;
+                rates[app].push(rate);
+            }
+        }
+        let elapsed = start.elapsed();
+        println!(
+            "{rounds} rounds of {BATCH} requests an app, {CONNECTIONS} connections, {:.1} s",
+            elapsed.as_secs_f64()
+        );
+        let (bare_q1, bare_median, bare_q3) = quartiles(rates[0].clone());
+        println!(
+            "{:<26} median {:>8.0} req/s (quartiles {:.0} - {:.0})",
+            servers[0].0, bare_median, bare_q1, bare_q3
+        );
+        for (app, (name, _)) in servers.iter().enumerate().skip(1) {
+            let ratios: Vec<f64> = rates[app]
+                .iter()
+                .zip(&rates[0])
+                .map(|(rate, bare)| rate / bare)
+                .collect();
+            let (_, median, _) = quartiles(rates[app].clone());
+            let (q1, ratio, q3) = quartiles(ratios);
+            println!(
+                "{name:<26} median {median:>8.0} req/s, vs bare in its round: median {ratio:.3}x (quartiles {q1:.3} - {q3:.3})"
+            );
+        }
+    });
+    drop(servers);
+}
