@@ -659,3 +659,54 @@ async fn a_changed_limit_re_spaces_the_queue() {
     let denied = limiter.check(&"k", 1).unwrap_err();
     assert!(denied.retry_after().unwrap() > Duration::ZERO);
 }
+
+/// Raised twice, a limit re-spaces the queue both times, while another
+/// dimension that never binds (a token limit far above what the calls
+/// spend, or one so fast it is not counted in units) follows: it must not
+/// hold the waiters where the first raise put them.
+#[tokio::test(start_paused = true)]
+async fn a_limit_raised_twice_re_spaces_the_queue_twice_beside_a_dimension_that_never_binds() {
+    for tokens in ["6000/min burst 1", "1000000000/s"] {
+        let limits = |requests: &str| {
+            Limits::builder()
+                .dimension("requests", requests.parse().unwrap())
+                .dimension("tokens", tokens.parse().unwrap())
+                .build()
+                .unwrap()
+        };
+        let budget = Arc::new(KeyedBudget::<&str>::new(limits("60/min burst 1")));
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..9)
+            .map(|_| {
+                let budget = Arc::clone(&budget);
+                tokio::spawn(async move {
+                    budget
+                        .acquire_within(&"k", &[1, 1], Duration::from_secs(60))
+                        .await
+                        .unwrap();
+                    start.elapsed()
+                })
+            })
+            .collect();
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(budget.waiting(), 8, "{tokens}: the first admitted at once");
+        // Due at 1 s to 8 s; the rate doubles, then doubles again.
+        budget
+            .set_limits(&"k", &limits("120/min burst 1"))
+            .await
+            .unwrap();
+        budget
+            .set_limits(&"k", &limits("240/min burst 1"))
+            .await
+            .unwrap();
+        let mut times = Vec::new();
+        for task in tasks {
+            times.push(task.await.unwrap());
+        }
+        times.sort();
+        let expected: Vec<_> = (0..9).map(|k| Duration::from_millis(250 * k)).collect();
+        assert_eq!(times, expected, "{tokens}");
+    }
+}

@@ -32,7 +32,7 @@ if n > stored then s[4] = n end
 local paused = s[1]
 local held = s[2]
 local iv, bu, pus, pns, tat, kind, v = {}, {}, {}, {}, {}, {}, {}
-local rescaled, set_own = {}, false
+local rescaled, set_own, was = {}, false, {}
 local longest = -1
 for i = 1, n do
   local a = 3 + 9 * (i - 1)
@@ -52,6 +52,7 @@ for i = 1, n do
   v[i] = {ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8]}
   tat[i] = s[o]
   local before = iv[i]
+  was[i] = before
   local k = kind[i]
   if k == 'l' then
     iv[i] = tonumber(v[i][1])
@@ -82,6 +83,23 @@ for i = 1, n do
   -- its debt is where the other dimensions put its admissions.)
   if iv[i] ~= before and tat[i] > now and before > 1 then
     rescaled[i] = now + math.floor((tat[i] - now) * iv[i] / before)
+  end
+end
+-- A dimension too fast to bind (an old interval of at most 1 us) follows
+-- the others back when a changed limit brings theirs closer: its debt is
+-- where they put its admissions, at most a TAT less one interval.
+local moved, latest = false, nil
+for i = 1, n do
+  if was[i] > 1 then
+    local x = rescaled[i] or tat[i]
+    if x < tat[i] then moved = true end
+    x = math.max(x - iv[i], 0)
+    if latest == nil or x > latest then latest = x end
+  end
+end
+if moved then
+  for i = 1, n do
+    if was[i] <= 1 then rescaled[i] = math.min(rescaled[i] or tat[i], latest) end
   end
 end
 -- Own limits last limits_ttl from the last one set.

@@ -551,6 +551,22 @@ impl<S: Store<String> + 'static> Check<S> {
             self.remaining("c2", &q).await,
             vec![8],
         );
+        // Beside a dimension too fast to bind, which follows the other
+        // back: five calls at 360 s each (admitted at 0, then due at 360
+        // to 1,440 s), the first limit doubled: what is reserved ends at
+        // 900 s, and so the next is due then, not near 1,440 s, where the
+        // old spacing put the fast dimension's admissions.
+        let fast = Quota::per_second(1_000_000).unwrap_or_else(|e| panic!("{e}"));
+        let q = [unit_quota(secs(360), 1), fast];
+        self.admit("c3", &q, &[1, 1]).await;
+        for n in 1..5 {
+            let queued = self.reserve("c3", &q, &[1, 1]).await;
+            self.near("a reservation of the five", queued.wait, secs(360 * n));
+        }
+        let raised = [Change::Limit(unit_quota(secs(180), 1)), Change::Keep];
+        self.adjust("c3", &q, &raised).await;
+        let next = self.reserve("c3", &q, &[1, 1]).await;
+        self.near("the next beside a fast dimension", next.wait, secs(900));
     }
 
     async fn concurrent_pauses(&self) {

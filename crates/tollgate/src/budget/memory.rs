@@ -304,10 +304,16 @@ impl<C: Clock> MemoryStore<C> {
             Some(hold) => transition::pause(extra.until, now, hold),
             None => (extra.until, 0),
         };
+        // First each dimension's limit and TAT after the change, re-spaced
+        // at a changed interval...
+        let mut rescaled = [transition::Respaced::default(); MAX_DIMENSIONS];
         for (i, &change) in changes.iter().enumerate().take(dims.len) {
-            let (Some(quota), Some(own), Some(&default)) =
-                (quotas.get_mut(i), extra.limits.get_mut(i), limits.get(i))
-            else {
+            let (Some(quota), Some(own), Some(&default), Some(slot)) = (
+                quotas.get_mut(i),
+                extra.limits.get_mut(i),
+                limits.get(i),
+                rescaled.get_mut(i),
+            ) else {
                 break;
             };
             let before = *quota;
@@ -328,10 +334,27 @@ impl<C: Clock> MemoryStore<C> {
                 }
                 _ => {}
             }
+            let found = shard
+                .table
+                .find(dims.fp(i))
+                .map_or(0, |at| shard.table.tat_at(at));
+            *slot = transition::Respaced {
+                before: found,
+                after: transition::rescale(found, &before, quota, now),
+                interval: quota.interval_ns(),
+                unbounded: before.interval_ns() <= transition::RESCALE_FROM_NS,
+            };
+        }
+        // ...then a dimension too fast to bind follows the others back:
+        // its admissions are where they put them.
+        let followed = transition::follow(rescaled.get(..dims.len).unwrap_or(&[]));
+        for (i, &change) in changes.iter().enumerate().take(dims.len) {
+            let (Some(quota), Some(&tat)) = (quotas.get(i), followed.get(i)) else {
+                break;
+            };
             let fp = dims.fp(i);
             let index = shard.table.find(fp);
             let found = index.map_or(0, |at| shard.table.tat_at(at));
-            let tat = transition::rescale(found, &before, quota, now);
             let next = match change {
                 Change::HoldFor(_) => transition::hold(tat, quota, now, until, extension),
                 change => transition::apply(tat, quota, now, change),

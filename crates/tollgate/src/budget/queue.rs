@@ -77,8 +77,13 @@ impl Position {
             else {
                 break;
             };
-            binding.push(due == before);
-            if to == 0 || step <= super::transition::RESCALE_FROM_NS || to == step {
+            // A limit so fast that it never binds (its debt is not counted
+            // in units) holds no waiter back: its due is where the others
+            // put it, and once capped at their deadline it equals that
+            // deadline, which must not make it count as binding.
+            let unbounded = step <= super::transition::RESCALE_FROM_NS;
+            binding.push(due == before && !unbounded);
+            if to == 0 || unbounded || to == step {
                 continue;
             }
             let ahead = due.saturating_duration_since(now).as_nanos();
@@ -106,9 +111,15 @@ impl Position {
             .map(|(_, due)| *due)
             .max()
             .unwrap_or(before);
+        // A dimension that does not bind follows those that do, kept a
+        // nanosecond before their deadline: equal to it, the next change
+        // would take it for binding and hold the waiter where it was.
+        let cap = latest
+            .checked_sub(Duration::from_nanos(1))
+            .unwrap_or(latest);
         for (binds, due) in binding.iter().zip(self.dues.iter_mut()) {
             if !binds {
-                *due = (*due).min(latest);
+                *due = (*due).min(cap);
             }
         }
         true

@@ -176,6 +176,48 @@ pub fn rescale(tat: u64, old: &Quota, new: &Quota, now: u64) -> u64 {
     now.saturating_add(u64::try_from(scaled).unwrap_or(u64::MAX))
 }
 
+/// One dimension's TAT before and after [`rescale`], and whether its old
+/// interval was at most [`RESCALE_FROM_NS`] (it never binds).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Respaced {
+    /// The TAT before the change.
+    pub before: u64,
+    /// The TAT re-spaced at the new interval.
+    pub after: u64,
+    /// The new interval, in nanoseconds.
+    pub interval: u64,
+    /// The old interval was at most [`RESCALE_FROM_NS`].
+    pub unbounded: bool,
+}
+
+/// Every dimension's TAT after a changed limit: the re-spaced ones, and a
+/// dimension that never binds following the others back. Its debt is
+/// where the other dimensions put its admissions, so when a change brings
+/// theirs closer it follows them: to at most the latest instant their
+/// TATs allow for the last admission (a TAT less one interval). Left
+/// behind, it would hold every later decision where the old spacing put
+/// it.
+pub fn follow(dimensions: &[Respaced]) -> [u64; MAX_DIMENSIONS] {
+    let mut tats = [0u64; MAX_DIMENSIONS];
+    for (slot, d) in tats.iter_mut().zip(dimensions) {
+        *slot = d.after;
+    }
+    let bounded = || dimensions.iter().filter(|d| !d.unbounded);
+    if !bounded().any(|d| d.after < d.before) {
+        return tats;
+    }
+    let latest = bounded()
+        .map(|d| d.after.saturating_sub(d.interval))
+        .max()
+        .unwrap_or(u64::MAX);
+    for (slot, d) in tats.iter_mut().zip(dimensions) {
+        if d.unbounded {
+            *slot = (*slot).min(latest);
+        }
+    }
+    tats
+}
+
 /// The limit learnt from what the other side states: `limit` over the
 /// period of `quota` (the limit in force), when it is stated (non-zero),
 /// differs from the burst in force, and makes a valid quota.
