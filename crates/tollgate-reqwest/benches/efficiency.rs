@@ -4,7 +4,10 @@
 //! socket), every run on Tokio's paused clock: the figures are the same
 //! run after run.
 //!
-//! `cargo bench -p tollgate-reqwest --bench efficiency`
+//! `cargo bench -p tollgate-reqwest --bench efficiency [-- WORDS]`: the rows
+//! whose name holds WORDS. `TOLLGATE_CALLS=1500` runs each scenario for
+//! that many calls instead of 400: a learnt rate's cycles of growth and
+//! refusal show over minutes, not seconds.
 
 #[path = "../tests/mock/mod.rs"]
 mod mock;
@@ -36,7 +39,8 @@ struct Row {
     share: f64,
 }
 
-/// Calls in every scenario, shared among its clients.
+/// Calls in every scenario, shared among its clients, unless
+/// `TOLLGATE_CALLS` says otherwise.
 const CALLS: usize = 400;
 /// The `max_tokens` of every call.
 const MAX_TOKENS: u64 = 60;
@@ -71,7 +75,7 @@ impl Scenario {
     }
 }
 
-async fn run(s: &Scenario, headroom: f64) -> Row {
+async fn run(s: &Scenario, headroom: f64, calls: usize) -> Row {
     let (base, mock) = mock::start(s.rpm, s.tpm, s.style, Duration::from_millis(120)).await;
     let url = Arc::new(format!("{base}/v1/chat/completions"));
     let payload = Arc::new(body(MAX_TOKENS).to_string());
@@ -88,7 +92,7 @@ async fn run(s: &Scenario, headroom: f64) -> Row {
         let client = Arc::new(transport::client(
             RateLimitMiddleware::builder().headroom(headroom).build(),
         ));
-        for _ in 0..CALLS / s.clients {
+        for _ in 0..calls / s.clients {
             let (client, url, payload) =
                 (Arc::clone(&client), Arc::clone(&url), Arc::clone(&payload));
             tasks.push(tokio::spawn(async move {
@@ -128,7 +132,7 @@ async fn run(s: &Scenario, headroom: f64) -> Row {
             (before + after) / elapsed
         }
     };
-    let calls = CALLS / s.clients * s.clients;
+    let calls = calls / s.clients * s.clients;
     Row {
         provider: s.name.to_owned(),
         calls,
@@ -204,6 +208,11 @@ fn main() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     let only = only.join(" ");
+    let calls = std::env::var("TOLLGATE_CALLS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or(CALLS);
     println!("| provider | calls | lost | of the allowed rate | attempts refused |");
     println!("|---|---:|---:|---:|---:|");
     // The middleware's default headroom (5%), then the batch's (2%).
@@ -218,7 +227,7 @@ fn main() {
                 .start_paused(true)
                 .build()
                 .expect("runtime");
-            let row = runtime.block_on(run(scenario, headroom));
+            let row = runtime.block_on(run(scenario, headroom, calls));
             println!(
                 "| {}, {:.0}% headroom | {} | {} | {:.1}% | {} of {} ({:.2}%) |",
                 row.provider,

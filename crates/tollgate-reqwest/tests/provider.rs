@@ -169,10 +169,10 @@ async fn mistral_headers() {
 /// rate is learnt from the refusals alone. The calls go in a window that
 /// grows with each answer until the first refusal; the answers of the
 /// calls admitted with it set the rate, which then grows slowly. Exact on
-/// virtual time: one refusal of 201 attempts, 87.7% of the allowed rate
-/// over these 20 seconds (the slow start's first seconds weigh on a run
-/// this short; BENCHMARKS.md has a longer one). Each rise of the learnt
-/// rate re-spaces the calls already queued.
+/// virtual time: one refusal of 201 attempts, 85.6% of the allowed rate
+/// over these 20 seconds (the slow start's first seconds, and a growth
+/// of 0.3% a second, weigh on a run this short; BENCHMARKS.md has longer
+/// ones). Each rise of the learnt rate re-spaces the calls already queued.
 #[tokio::test(start_paused = true)]
 async fn no_headers_only_refusals() {
     let measured = two_hundred_calls(Style::Bare, 600, 1_000_000).await;
@@ -187,7 +187,7 @@ async fn no_headers_only_refusals() {
     assert_eq!((measured.attempts, measured.refused), (201, 1));
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let permille = (measured.share_of_allowed * 1000.0).round() as u32;
-    assert_eq!(permille, 877);
+    assert_eq!(permille, 856);
 }
 
 /// Forwards to a [`MemoryStore`] after a delay, as a network store would.
