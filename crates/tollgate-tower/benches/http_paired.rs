@@ -13,7 +13,6 @@
 
 #![allow(missing_docs)]
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use axum::routing::get;
@@ -22,12 +21,11 @@ use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use tollgate_tower::{PeerIp, RateLimitLayer};
 use tower_governor::key_extractor::PeerIpKeyExtractor;
 
 mod common;
-use common::{governor, open_quota};
+use common::{connect, governor, open_quota, serve};
 
 const CONNECTIONS: usize = 16;
 /// Requests a batch: about 50 ms of one app.
@@ -35,43 +33,6 @@ const BATCH: usize = 1_600;
 
 fn hello() -> Router {
     Router::new().route("/", get(|| async { "hello, world" }))
-}
-
-/// Serves `app` on a runtime thread of its own.
-fn serve(app: Router) -> (SocketAddr, tokio::runtime::Runtime) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    runtime.spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
-    (addr, runtime)
-}
-
-async fn connect(addr: SocketAddr) -> Vec<SendRequest<Empty<Bytes>>> {
-    let mut senders = Vec::new();
-    for _ in 0..CONNECTIONS {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        stream.set_nodelay(true).unwrap();
-        let (sender, connection) =
-            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(connection);
-        senders.push(sender);
-    }
-    senders
 }
 
 /// Requests a second over one batch, each connection sending its share one
@@ -155,7 +116,7 @@ fn main() {
     client.block_on(async {
         let mut senders = Vec::new();
         for (_, (addr, _)) in &servers {
-            senders.push(connect(*addr).await);
+            senders.push(connect(*addr, CONNECTIONS).await);
         }
         // Warm every app.
         for slot in &mut senders {

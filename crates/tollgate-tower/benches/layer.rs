@@ -32,14 +32,12 @@ use axum::Router;
 use criterion::{criterion_group, BatchSize, Bencher, Criterion, Throughput};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use tollgate_tower::{Key, KeyExtractor, PeerIp, RateLimitLayer};
 use tower::{Layer, Service};
 use tower_governor::key_extractor::{GlobalKeyExtractor, PeerIpKeyExtractor};
 
 mod common;
-use common::{bare, call, governor, open_quota, request, OPEN};
+use common::{bare, call, governor, open_quota, request, serve, OPEN};
 
 /// Times one request through the service; requests are made outside the
 /// timing, responses dropped inside it.
@@ -132,42 +130,10 @@ fn parts(c: &mut Criterion) {
 
 const CONNECTIONS: u64 = 16;
 
-/// Serves the app on one runtime thread; returns its address and runtime.
-fn serve(app: Router) -> (SocketAddr, tokio::runtime::Runtime) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    runtime.spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
-    (addr, runtime)
-}
-
 /// Sends `total` requests over the connections, each one after another on
 /// its connection; returns the time taken.
 async fn drive(addr: SocketAddr, total: u64) -> Duration {
-    let mut senders = Vec::new();
-    for _ in 0..CONNECTIONS {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        stream.set_nodelay(true).unwrap();
-        let (sender, connection) =
-            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(connection);
-        senders.push(sender);
-    }
+    let senders = common::connect(addr, CONNECTIONS as usize).await;
     let start = Instant::now();
     let mut tasks = Vec::new();
     for (i, mut sender) in senders.into_iter().enumerate() {

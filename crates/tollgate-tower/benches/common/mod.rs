@@ -96,3 +96,48 @@ pub fn governor_with_headers() -> GovernorLayer<
         .unwrap();
     GovernorLayer::new(Arc::new(config))
 }
+
+/// Serves `app` on a runtime thread of its own, on a loopback port;
+/// returns its address and the runtime (dropping it stops the server).
+pub fn serve(app: axum::Router) -> (SocketAddr, tokio::runtime::Runtime) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    runtime.spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    (addr, runtime)
+}
+
+/// `count` keep-alive HTTP/1.1 connections to `addr`, without Nagle's
+/// delay.
+pub async fn connect(
+    addr: SocketAddr,
+    count: usize,
+) -> Vec<hyper::client::conn::http1::SendRequest<http_body_util::Empty<hyper::body::Bytes>>> {
+    let mut senders = Vec::new();
+    for _ in 0..count {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (sender, connection) = hyper::client::conn::http1::handshake::<
+            _,
+            http_body_util::Empty<hyper::body::Bytes>,
+        >(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+        tokio::spawn(connection);
+        senders.push(sender);
+    }
+    senders
+}
