@@ -15,25 +15,18 @@
 
 use std::time::Instant;
 
-use axum::routing::get;
-use axum::Router;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
-use tollgate_tower::{PeerIp, RateLimitLayer};
 use tower_governor::key_extractor::PeerIpKeyExtractor;
 
 mod common;
-use common::{connect, governor, open_quota, serve};
+use common::{connect, governor, hello, serve, tollgate_per_ip};
 
 const CONNECTIONS: usize = 16;
 /// Requests a batch: about 50 ms of one app.
 const BATCH: usize = 1_600;
-
-fn hello() -> Router {
-    Router::new().route("/", get(|| async { "hello, world" }))
-}
 
 /// Requests a second over one batch, each connection sending its share one
 /// request after another; the connections come back for the next batch.
@@ -83,23 +76,9 @@ fn main() {
         ("bare", hello()),
         (
             "tollgate_per_ip_headers",
-            hello().layer(
-                RateLimitLayer::builder(open_quota())
-                    .key(PeerIp::new())
-                    .build()
-                    .unwrap(),
-            ),
+            hello().layer(tollgate_per_ip(true)),
         ),
-        (
-            "tollgate_per_ip",
-            hello().layer(
-                RateLimitLayer::builder(open_quota())
-                    .key(PeerIp::new())
-                    .headers_on_success(false)
-                    .build()
-                    .unwrap(),
-            ),
-        ),
+        ("tollgate_per_ip", hello().layer(tollgate_per_ip(false))),
         (
             "tower_governor_per_ip",
             hello().layer(governor(PeerIpKeyExtractor)),

@@ -27,7 +27,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::routing::get;
 use axum::Router;
 use criterion::{criterion_group, BatchSize, Bencher, Criterion, Throughput};
 use http::{Request, Response};
@@ -37,7 +36,7 @@ use tower::{Layer, Service};
 use tower_governor::key_extractor::{GlobalKeyExtractor, PeerIpKeyExtractor};
 
 mod common;
-use common::{bare, call, governor, open_quota, request, serve, OPEN};
+use common::{bare, call, governor, hello, open_quota, request, serve, tollgate_per_ip, OPEN};
 
 /// Times one request through the service; requests are made outside the
 /// timing, responses dropped inside it.
@@ -158,7 +157,6 @@ async fn drive(addr: SocketAddr, total: u64) -> Duration {
 }
 
 fn http(c: &mut Criterion) {
-    let hello = || Router::new().route("/", get(|| async { "hello, world" }));
     let client = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -175,12 +173,7 @@ fn http(c: &mut Criterion) {
             ("bare", hello()),
             (
                 "tollgate_per_ip_headers",
-                hello().layer(
-                    RateLimitLayer::builder(open_quota())
-                        .key(PeerIp::new())
-                        .build()
-                        .unwrap(),
-                ),
+                hello().layer(tollgate_per_ip(true)),
             ),
             (
                 "tower_governor_per_ip",

@@ -141,3 +141,18 @@ pub async fn connect(
     }
     senders
 }
+
+/// The hello-world axum app of the HTTP benches.
+pub fn hello() -> axum::Router {
+    axum::Router::new().route("/", axum::routing::get(|| async { "hello, world" }))
+}
+
+/// tollgate per peer IP at a quota that never denies, with or without
+/// the `RateLimit` fields on success.
+pub fn tollgate_per_ip(headers: bool) -> tollgate_tower::RateLimitLayer<tollgate_tower::PeerIp> {
+    tollgate_tower::RateLimitLayer::builder(open_quota())
+        .key(tollgate_tower::PeerIp::new())
+        .headers_on_success(headers)
+        .build()
+        .unwrap()
+}
