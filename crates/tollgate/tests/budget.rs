@@ -618,22 +618,47 @@ async fn a_cancelled_waiter_moves_those_behind_it_forward() {
     assert_eq!(limiter.waiting(), 0);
 }
 
+/// `n` tasks that each run `acquire` and answer how long after now it
+/// returned.
+fn spawn_timed<F, Fut>(n: usize, acquire: F) -> Vec<tokio::task::JoinHandle<Duration>>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let start = Instant::now();
+    (0..n)
+        .map(|_| {
+            let acquired = acquire();
+            tokio::spawn(async move {
+                acquired.await;
+                start.elapsed()
+            })
+        })
+        .collect()
+}
+
+/// When each task returned, earliest first.
+async fn sorted_times(tasks: Vec<tokio::task::JoinHandle<Duration>>) -> Vec<Duration> {
+    let mut times = Vec::new();
+    for task in tasks {
+        times.push(task.await.unwrap());
+    }
+    times.sort();
+    times
+}
+
 /// A raised limit re-spaces the waiters already queued at the new rate; a
 /// lowered one pushes them back.
 #[tokio::test(start_paused = true)]
 async fn a_changed_limit_re_spaces_the_queue() {
     let limiter = Arc::new(KeyedLimiter::new("1/s".parse().unwrap()));
     limiter.acquire(&"k", 1).await.unwrap();
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..4)
-        .map(|_| {
-            let limiter = Arc::clone(&limiter);
-            tokio::spawn(async move {
-                limiter.acquire(&"k", 1).await.unwrap();
-                start.elapsed()
-            })
-        })
-        .collect();
+    let tasks = spawn_timed(4, || {
+        let limiter = Arc::clone(&limiter);
+        async move {
+            limiter.acquire(&"k", 1).await.unwrap();
+        }
+    });
     for _ in 0..10 {
         tokio::task::yield_now().await;
     }
@@ -645,11 +670,7 @@ async fn a_changed_limit_re_spaces_the_queue() {
         .set_quota(&"k", "2/s".parse().unwrap())
         .await
         .unwrap();
-    let mut times = Vec::new();
-    for task in tasks {
-        times.push(task.await.unwrap());
-    }
-    times.sort();
+    let times = sorted_times(tasks).await;
     assert_eq!(times, [750, 1_250, 1_750, 2_250].map(Duration::from_millis));
     // Lowered again to 1/s: a newcomer queues behind what is spent.
     limiter
@@ -675,19 +696,15 @@ async fn a_limit_raised_twice_re_spaces_the_queue_twice_beside_a_dimension_that_
                 .unwrap()
         };
         let budget = Arc::new(KeyedBudget::<&str>::new(limits("60/min burst 1")));
-        let start = Instant::now();
-        let tasks: Vec<_> = (0..9)
-            .map(|_| {
-                let budget = Arc::clone(&budget);
-                tokio::spawn(async move {
-                    budget
-                        .acquire_within(&"k", &[1, 1], Duration::from_secs(60))
-                        .await
-                        .unwrap();
-                    start.elapsed()
-                })
-            })
-            .collect();
+        let tasks = spawn_timed(9, || {
+            let budget = Arc::clone(&budget);
+            async move {
+                budget
+                    .acquire_within(&"k", &[1, 1], Duration::from_secs(60))
+                    .await
+                    .unwrap();
+            }
+        });
         for _ in 0..20 {
             tokio::task::yield_now().await;
         }
@@ -701,11 +718,7 @@ async fn a_limit_raised_twice_re_spaces_the_queue_twice_beside_a_dimension_that_
             .set_limits(&"k", &limits("240/min burst 1"))
             .await
             .unwrap();
-        let mut times = Vec::new();
-        for task in tasks {
-            times.push(task.await.unwrap());
-        }
-        times.sort();
+        let times = sorted_times(tasks).await;
         let expected: Vec<_> = (0..9).map(|k| Duration::from_millis(250 * k)).collect();
         assert_eq!(times, expected, "{tokens}");
     }
