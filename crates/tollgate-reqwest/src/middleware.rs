@@ -101,9 +101,11 @@ impl fmt::Display for Endpoint {
 /// - **Other clients on the key**: without a shared store, each endpoint
 ///   reads how far the provider's `remaining` falls against what this
 ///   process spent itself, and from 1.4 clients seen paces at its share of
-///   the limit (two processes on one key: 0.5% of attempts refused, where
-///   each pacing at the whole limit met 16%). A `remaining` that falls
-///   faster than its limit allows is not read.
+///   the limit, which eases off while the key is full and grows while it
+///   has room (two or four processes on one key: at most 1.5% of
+///   attempts refused, none lost, where each pacing at the whole limit
+///   met 16%). A `remaining` that falls faster than its limit allows is
+///   not read.
 /// - **Any store**: [`Builder::build_with_store`] keeps the budgets, learnt
 ///   limits and pauses in a store shared by several processes (Redis):
 ///   one budget for all of them.

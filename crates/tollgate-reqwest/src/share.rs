@@ -5,29 +5,40 @@
 //! this process's answers, `remaining` fell by what everyone spent less
 //! what refilled meanwhile, and this process knows what it spent itself:
 //! `fell / spent_here` is at least how many clients spend alike (a refill
-//! only makes it smaller). Readings are smoothed; from [`SEEN`] clients
-//! the process paces at one over what it sees of the limit, below it at
-//! the whole (where it sees fewer, it takes more at once). Without a store
-//! shared between them, this is what keeps two or four processes on one
-//! key from each pacing at the whole limit.
+//! only makes it smaller), and `fell` over the time between the answers is
+//! how fast everyone spends. Readings are smoothed.
 //!
 //! - The first answer already tells something: what the window spent
 //!   besides it (several processes starting together) sets the share
 //!   until the first reading, two answers later.
+//! - The first reading that shows others ([`SEEN`] clients) sets the share
+//!   to an even one of those seen, less room for the bunches of processes
+//!   that pace apart ([`PER_OTHER`] a process).
+//! - From then on the share moves as in AIMD, once a second: where the
+//!   readings show everyone spending at [`FULL`] of the limit's rate or
+//!   more it eases off by a part of itself; otherwise it grows by a step,
+//!   the same for every process (a larger one while the key has room).
+//!   Every process reads the same key: the larger shares give back more,
+//!   and the shares even out. A refusal cuts it to [`CUT`] of itself,
+//!   once an episode. Readings that show one client again (the others
+//!   left) let it grow back to the whole limit.
+//! - Readings are taken for the first minute only ([`READING_FOR`]): a
+//!   window of a minute then gives back what was spent in it as fast as
+//!   it is spent again, and `remaining` hovers. From then on what remains
+//!   of the limit says how full the key is: the share holds while less
+//!   than a tenth remains, and grows otherwise.
 //! - A reading across a refill, or a changed limit, says too little: a
 //!   refill starts the next reading afresh, and so does a new limit.
-//! - Each second the share grows by [`GROWTH`] of itself, up to what the
-//!   last reading allows; where others were seen, a refusal cuts it to
-//!   [`CUT`] of itself, once an episode.
 //!
 //! Only for the in-memory store: processes that share a store spend from
 //! one budget already.
 //!
 //! What it cannot see: where a provider refills continuously and the key
 //! is saturated, `remaining` hovers while everyone spends; a reading where
-//! it fell by less than this process spent is a refill's and is not taken,
-//! so the share holds where the earlier readings put it, and refusals cut
-//! it. A store shared between the processes (Redis) needs no reading.
+//! it fell by less than this process spent is a refill's and is not taken.
+//! Past the first minute, a process whose others left while the key was
+//! full grows only while a tenth of the limit remains free. A store shared
+//! between the processes (Redis) needs no reading.
 
 use std::time::Duration;
 
@@ -53,18 +64,47 @@ const STARTING: u64 = 16;
 const HIDDEN: f64 = 0.7;
 /// How far each reading moves the clients seen toward it.
 const SMOOTHING: f64 = 0.5;
-/// Each second without a refusal, the share grows by this part of itself.
-const GROWTH: f64 = 0.01;
+/// Each second without a refusal, the share grows by this much (a
+/// quarter of the limit, by a hundredth of itself)...
+const STEP: f64 = 0.0025;
+/// ...and by this much where the key is less than [`ROOMY`] full.
+const FAST_STEP: f64 = 0.0125;
+/// Each second where others spend and the readings show the key at
+/// least [`FULL`], the share eases off by this part of itself.
+const EASE: f64 = 0.02;
+/// Readings are taken over this long from the first answer: a window of
+/// a minute then starts giving back what was spent in it, as fast as it
+/// is spent again, and `remaining` falls by what is spent less what
+/// leaves the window (a reading says nothing of how many spend).
+const READING_FOR: Duration = Duration::from_secs(60);
+/// How full (everyone's rate over the limit's; past the readings, the
+/// part of the limit spent) the key is near full: where others spend, the
+/// share eases off while readings are taken, and holds after (growing
+/// would only bring refusals).
+const FULL: f64 = 0.9;
+/// Under this, the key has room (the others left or slowed): the share
+/// grows fast.
+const ROOMY: f64 = 0.5;
+/// While readings are taken (they show the rate now, where what remains
+/// shows the last minute's), the key has room under this.
+const ROOMY_READ: f64 = 0.8;
+/// Seen fewer than this many clients, after others were seen: they left.
+const ALONE: f64 = 1.15;
 /// A refusal within a stated limit cuts the share to this part of itself.
 const CUT: f64 = 0.8;
+/// Where others spend, a process paces at its even share less this part
+/// for each other client seen (at most half): processes that pace apart
+/// bunch now and then, the more of them the larger the bunch, and a
+/// provider counting in slices of a second refuses it.
+const PER_OTHER: f64 = 0.05;
 /// The smallest share: 64 clients.
 const FLOOR: f64 = 1.0 / 64.0;
 
 #[derive(Debug)]
 pub(crate) struct Share {
     share: f64,
-    /// The most the last reading allows.
-    bound: f64,
+    /// The share last answered, in force.
+    applied: f64,
     /// The last reading.
     mark: Option<Mark>,
     /// Whether `remaining` counts requests: a provider that counts in
@@ -75,6 +115,15 @@ pub(crate) struct Share {
     episode_end: Option<Instant>,
     /// Whether a reading ever showed other clients.
     others: bool,
+    /// The first answer, from which readings are taken for
+    /// [`READING_FOR`].
+    first_at: Option<Instant>,
+    /// Whether readings are still taken (the first minute).
+    reading: bool,
+    /// How full the key is, 0 to 1: everyone's rate over the limit's in
+    /// the last reading, then how much of the limit the last answer showed
+    /// spent.
+    full: Option<f64>,
     /// Clients seen, readings smoothed.
     seen: Option<f64>,
 }
@@ -92,7 +141,7 @@ impl Default for Share {
     fn default() -> Self {
         Self {
             share: 1.0,
-            bound: 1.0,
+            applied: 1.0,
             mark: None,
             usable: true,
             answers: 0,
@@ -100,6 +149,9 @@ impl Default for Share {
             episode_end: None,
             others: false,
             seen: None,
+            first_at: None,
+            reading: true,
+            full: None,
         }
     }
 }
@@ -123,7 +175,19 @@ impl Share {
             return None;
         }
         self.answers += 1;
-        let before = self.share;
+        let first_at = *self.first_at.get_or_insert(now);
+        if now.saturating_duration_since(first_at) >= READING_FOR {
+            // No more readings: how full the key is comes from what
+            // remains of the limit.
+            self.reading = false;
+            self.mark = None;
+            #[allow(clippy::cast_precision_loss)]
+            if let Some(limit) = limit.filter(|&l| l > 0) {
+                self.full = Some(1.0 - remaining.min(limit) as f64 / limit as f64);
+            }
+            self.grow(now);
+            return self.changed();
+        }
         let mark = Mark {
             at: now,
             limit,
@@ -150,15 +214,14 @@ impl Share {
                         );
                         self.usable = false;
                         self.share = 1.0;
-                        self.bound = 1.0;
-                        return changed(before, self.share);
+                        return self.changed();
                     }
                     #[allow(clippy::cast_precision_loss)]
                     let reading = fell as f64 / spent_here as f64;
                     // Well under what this process spent itself: a
                     // refill hid the spending, and says nothing of others.
                     if reading >= HIDDEN {
-                        self.read(reading);
+                        self.read(reading, fell, elapsed, limit);
                     }
                     self.mark = Some(mark);
                 }
@@ -181,24 +244,36 @@ impl Share {
             _ => self.mark = Some(mark),
         }
         self.grow(now);
-        changed(before, self.share)
+        self.changed()
     }
 
-    /// Takes one reading of the clients seen.
-    fn read(&mut self, reading: f64) {
+    /// Takes one reading: `fell` over `elapsed`, `reading` times what
+    /// this process spent.
+    fn read(&mut self, reading: f64, fell: u64, elapsed: Duration, limit: Option<u64>) {
+        #[allow(clippy::cast_precision_loss)]
+        if let Some(limit) = limit.filter(|&l| l > 0) {
+            // How full: everyone's rate over the limit's.
+            let per_second = limit as f64 / 60.0;
+            self.full = Some(fell as f64 / elapsed.as_secs_f64() / per_second);
+        }
         let seen = match self.seen {
             Some(seen) => seen + SMOOTHING * (reading - seen),
             None => reading,
         };
         self.seen = Some(seen);
-        if seen >= SEEN {
-            // Others spend: this process's share is at most one of `seen`.
+        if seen >= SEEN && !self.others {
+            // Others spend: from here on, an even share of those seen,
+            // less room for the bunches of processes that pace apart.
             self.others = true;
-            self.bound = (1.0 / seen).max(FLOOR);
-            self.share = self.bound;
-        } else {
-            // Alone, or nearly: back to that share at once.
-            self.bound = 1.0;
+            let used = (1.0 - PER_OTHER * (seen - 1.0)).max(0.5);
+            self.share = self.share.min((used / seen).max(FLOOR));
+        } else if seen < ALONE && self.others {
+            // The others left: the share grows back (fast, where the key
+            // has room).
+            self.others = false;
+        } else if seen < SEEN && !self.others {
+            // Alone, or nearly, from the start: back to that share at
+            // once.
             self.share = self.share.max((1.0 / seen.max(1.0)).min(1.0));
         }
     }
@@ -213,20 +288,49 @@ impl Share {
         let end = now + hold.max(Duration::from_secs(1));
         self.episode_end = Some(end);
         self.grown_at = Some(end);
-        let before = self.share;
         self.share = (self.share * CUT).max(FLOOR);
-        changed(before, self.share)
+        self.changed()
     }
 
-    fn grow(&mut self, now: Instant) {
-        let since = now.saturating_duration_since(self.grown_at.unwrap_or(now));
-        if self.grown_at.is_none() || since >= Duration::from_secs(1) {
-            if self.grown_at.is_some() {
-                let grown = self.share * (1.0 + GROWTH * since.as_secs_f64());
-                self.share = grown.min(self.bound).max(self.share.min(self.bound));
-            }
-            self.grown_at = Some(now);
+    /// The share, when it moved by more than a hundredth from the one last
+    /// answered (and so put in force).
+    fn changed(&mut self) -> Option<f64> {
+        let moved = (self.share - self.applied).abs() > 0.01 * self.applied;
+        if moved {
+            self.applied = self.share;
         }
+        moved.then_some(self.share)
+    }
+
+    /// Once a second, where others were seen: while the readings show
+    /// the key near full, the share eases off by a part of itself (every
+    /// process reads the same key, and the larger shares give back more,
+    /// so that the shares even out, as in AIMD), and past the readings it
+    /// holds while little of the limit remains. Otherwise it grows by a
+    /// step, the same for every process, a larger one where the key has
+    /// room.
+    fn grow(&mut self, now: Instant) {
+        let Some(grown_at) = self.grown_at else {
+            self.grown_at = Some(now);
+            return;
+        };
+        let since = now.saturating_duration_since(grown_at);
+        if since < Duration::from_secs(1) {
+            return;
+        }
+        let seconds = since.as_secs_f64();
+        let share = match self.full {
+            Some(full) if full >= FULL && self.others && self.reading => {
+                self.share * (1.0 - EASE).powf(seconds)
+            }
+            Some(full) if full >= FULL && self.others => self.share,
+            Some(full) if full < ROOMY || (self.reading && full < ROOMY_READ) => {
+                self.share + FAST_STEP * seconds
+            }
+            _ => self.share + STEP * seconds,
+        };
+        self.share = share.clamp(FLOOR, 1.0);
+        self.grown_at = Some(now);
     }
 }
 
@@ -244,25 +348,30 @@ fn plausible(fell: u64, elapsed: Duration, limit: Option<u64>) -> bool {
     fell <= per_second * (4.0 * elapsed.as_secs_f64() + 1.0)
 }
 
-/// The new share, when it moved by more than a hundredth.
-fn changed(before: f64, after: f64) -> Option<f64> {
-    ((after - before).abs() > 0.01 * before).then_some(after)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// `answers` answers 100 ms apart from `start`, remaining falling by
-    /// two each: another client spends as much as this one.
-    fn two_alike(share: &mut Share, start: Instant, answers: u64) {
+    /// `answers` answers `apart` from `start`, remaining falling by two
+    /// each: another client spends as much as this one.
+    fn two_alike(share: &mut Share, start: Instant, apart: Duration, answers: u32) {
         for i in 0..answers {
-            share.answered(
-                start + Duration::from_millis(100 * i),
-                Some(600),
-                600 - 2 * (i + 1),
-            );
+            share.answered(start + apart * i, Some(600), 600 - 2 * (u64::from(i) + 1));
         }
+    }
+
+    /// 600 a minute is 10 a second: two answers 400 ms apart, remaining
+    /// falling by two each, are a key half full.
+    const HALF_FULL: Duration = Duration::from_millis(400);
+    /// ...and 100 ms apart, twice full.
+    const TWICE_FULL: Duration = Duration::from_millis(100);
+
+    fn close(share: &Share, want: f64) {
+        assert!(
+            (share.get() - want).abs() < 1e-9,
+            "{} != {want}",
+            share.get()
+        );
     }
 
     #[test]
@@ -274,37 +383,74 @@ mod tests {
             let at = start + Duration::from_millis(100 * i);
             assert_eq!(share.answered(at, Some(600), 600 - i - 1), None);
         }
-        assert!((share.get() - 1.0).abs() < f64::EPSILON);
+        close(&share, 1.0);
         // A refill between answers changes nothing either.
         assert_eq!(
             share.answered(start + Duration::from_secs(5), Some(600), 590),
             None
         );
-        assert!((share.get() - 1.0).abs() < f64::EPSILON);
+        close(&share, 1.0);
+        assert!(!share.others);
     }
 
     #[test]
-    fn two_processes_spending_alike_take_half_each() {
+    fn two_processes_spending_alike_start_at_an_even_share() {
         let start = Instant::now();
         let mut share = Share::default();
-        // Each answer here, remaining fell by two: another spends as much.
+        // Three answers, remaining fell by two each: another spends as
+        // much. Half, less a twentieth for the other's bunches.
         let mut learnt = None;
-        for i in 0..5u64 {
-            let at = start + Duration::from_millis(100 * i);
-            learnt = share.answered(at, Some(600), 600 - 2 * (i + 1)).or(learnt);
+        for i in 0..3u32 {
+            let at = start + HALF_FULL * i;
+            learnt = share
+                .answered(at, Some(600), 600 - 2 * (u64::from(i) + 1))
+                .or(learnt);
         }
-        assert_eq!(learnt, Some(0.5));
-        // Two more come: readings move the share toward a quarter.
+        assert_eq!(learnt, Some(0.475));
+        // Four seen: a quarter, less three twentieths.
+        let mut share = Share::default();
+        for i in 0..3u64 {
+            let at = start + Duration::from_millis(400 * i);
+            share.answered(at, Some(600), 600 - 4 * (i + 1));
+        }
+        close(&share, 0.2125);
+    }
+
+    #[test]
+    fn while_readings_show_the_key_full_the_share_eases_off() {
+        let start = Instant::now();
+        let mut share = Share::default();
+        two_alike(&mut share, start, TWICE_FULL, 5);
+        close(&share, 0.475);
+        assert!(share.full.unwrap() >= FULL);
+        // Each second a fiftieth less, until a reading shows room.
         let mut remaining = 590;
-        for i in 0..40u64 {
-            remaining -= 4;
+        for second in 1..=10u32 {
+            remaining -= 20;
             share.answered(
-                start + Duration::from_millis(500 + 100 * i),
+                start + Duration::from_secs(second.into()),
                 Some(600),
                 remaining,
             );
         }
-        assert!((share.get() - 0.25).abs() < 0.005, "{}", share.get());
+        close(&share, 0.475 * 0.98f64.powi(10));
+    }
+
+    #[test]
+    fn a_key_with_room_lets_the_share_grow() {
+        let start = Instant::now();
+        let mut share = Share::default();
+        two_alike(&mut share, start, HALF_FULL, 3);
+        close(&share, 0.475);
+        // Both spend at half the limit: the share grows an eightieth of
+        // the limit each second (10.8 s since the first answer).
+        let mut remaining = 594;
+        for second in 1..=10u32 {
+            remaining -= 5;
+            let at = start + Duration::from_millis(800) + Duration::from_secs(second.into());
+            share.answered(at, Some(600), remaining);
+        }
+        close(&share, 0.475 + 10.8 * FAST_STEP);
     }
 
     #[test]
@@ -318,7 +464,8 @@ mod tests {
             let at = start + Duration::from_millis(10 * i);
             assert_eq!(share.answered(at, Some(6_000), 6_000 - 60 * (i + 1)), None);
         }
-        assert!((share.get() - 1.0).abs() < f64::EPSILON);
+        close(&share, 1.0);
+        assert!(!share.usable);
     }
 
     #[test]
@@ -326,19 +473,22 @@ mod tests {
         let start = Instant::now();
         let mut share = Share::default();
         // Two clients seen (the first reading, three answers in)...
-        two_alike(&mut share, start, 3);
-        assert!((share.get() - 0.5).abs() < 1e-9);
+        two_alike(&mut share, start, HALF_FULL, 3);
+        let seen = share.seen;
+        assert!(share.others);
         // ...then the key saturated, refilled as fast as it is spent:
-        // remaining falls by one every third answer. The share holds.
+        // remaining falls by one every third answer. No reading is taken:
+        // the others are still counted.
         let mut remaining = 594;
         for i in 0..60u64 {
             if i % 3 == 0 {
                 remaining -= 1;
             }
-            let at = start + Duration::from_millis(500 + 100 * i);
-            assert_eq!(share.answered(at, Some(600), remaining), None, "{i}");
+            let at = start + Duration::from_millis(1_000 + 100 * i);
+            share.answered(at, Some(600), remaining);
         }
-        assert!((share.get() - 0.5).abs() < 1e-9, "{}", share.get());
+        assert_eq!(share.seen, seen);
+        assert!(share.others);
     }
 
     #[test]
@@ -351,20 +501,20 @@ mod tests {
             let at = start + Duration::from_millis(100 * (i + 1));
             assert_eq!(share.answered(at, Some(600), 598 - i), None);
         }
-        assert!((share.get() - 1.0).abs() < f64::EPSILON);
+        close(&share, 1.0);
     }
 
     #[test]
-    fn the_share_grows_back_when_the_others_stop() {
+    fn the_share_grows_back_when_the_others_leave() {
         let start = Instant::now();
         let mut share = Share::default();
-        two_alike(&mut share, start, 5);
-        assert!((share.get() - 0.5).abs() < 1e-9);
-        // Alone again: remaining falls by one an answer. Each reading (six
-        // answers) halves the way to one client seen. The first straddles
-        // both phases: 8 fell over 6 answers, 1.33 seen, 1.67 smoothed.
-        let mut at = start + Duration::from_millis(500);
-        let mut remaining = 590;
+        two_alike(&mut share, start, HALF_FULL, 3);
+        close(&share, 0.475);
+        // Alone again: remaining falls by one an answer, five a second.
+        // Each reading (six answers) halves the way to one client seen:
+        // from 2, 1.5, 1.25, 1.125, under 1.15 at the third.
+        let mut at = start + Duration::from_millis(800);
+        let mut remaining = 594;
         let mut alone = |n: usize, share: &mut Share| {
             for _ in 0..n {
                 at += Duration::from_millis(200);
@@ -372,16 +522,15 @@ mod tests {
                 share.answered(at, Some(600), remaining);
             }
         };
+        alone(12, &mut share);
+        assert!(share.others);
         alone(6, &mut share);
-        assert!((share.get() - 0.6).abs() < 1e-9, "{}", share.get());
-        // Then 1.0 seen: 1.33 smoothed, under the threshold of others: a
-        // share of 0.75 at once.
-        alone(6, &mut share);
-        assert!((share.get() - 0.75).abs() < 1e-9, "{}", share.get());
-        // Then the whole limit again, the last of it grown a second at a
-        // time.
-        alone(100, &mut share);
-        assert!((share.get() - 1.0).abs() < f64::EPSILON, "{}", share.get());
+        assert!(!share.others);
+        // The key half full: it grows fast, to the whole limit.
+        let grown = share.get();
+        assert!(grown > 0.475, "{grown}");
+        alone(250, &mut share);
+        close(&share, 1.0);
     }
 
     #[test]
@@ -390,13 +539,45 @@ mod tests {
         let mut share = Share::default();
         // Alone: a refusal changes nothing.
         assert_eq!(share.refused(start, Duration::from_secs(1)), None);
-        two_alike(&mut share, start, 5);
+        two_alike(&mut share, start, HALF_FULL, 3);
         let at = start + Duration::from_secs(3);
-        assert_eq!(share.refused(at, Duration::from_secs(1)), Some(0.4));
+        let cut = share.refused(at, Duration::from_secs(1)).unwrap();
+        assert!((cut - 0.38).abs() < 1e-9, "{cut}");
         let echo = at + Duration::from_millis(300);
         assert_eq!(share.refused(echo, Duration::from_secs(1)), None);
         let later = at + Duration::from_secs(2);
         let cut = share.refused(later, Duration::from_secs(1)).unwrap();
-        assert!((cut - 0.32).abs() < 1e-9);
+        assert!((cut - 0.304).abs() < 1e-9, "{cut}");
+    }
+
+    #[test]
+    fn past_the_first_minute_what_remains_says_whether_to_grow() {
+        let start = Instant::now();
+        let mut share = Share::default();
+        two_alike(&mut share, start, HALF_FULL, 3);
+        close(&share, 0.475);
+        // A minute in, the window gives back what it took and `remaining`
+        // hovers: no reading is taken; with 5% of the limit left, the
+        // share holds.
+        let minute = start + Duration::from_secs(60);
+        for i in 0..30u64 {
+            let at = minute + Duration::from_secs(i);
+            share.answered(at, Some(600), 30 - (i % 2));
+        }
+        close(&share, 0.475);
+        assert!(!share.reading);
+        // A fifth of it left: a step a second (a second since the last
+        // answer, then ten).
+        let later = minute + Duration::from_secs(30);
+        share.answered(later, Some(600), 120);
+        share.answered(later + Duration::from_secs(10), Some(600), 120);
+        close(&share, 0.475 + 11.0 * STEP);
+        // The others left, most of it remains: a larger step, up to the
+        // whole limit.
+        let grown = share.get();
+        share.answered(later + Duration::from_secs(12), Some(600), 400);
+        close(&share, grown + 2.0 * FAST_STEP);
+        share.answered(later + Duration::from_secs(60), Some(600), 500);
+        close(&share, 1.0);
     }
 }

@@ -61,21 +61,23 @@ async fn two_hundred_calls_with(
     tpm: u64,
     middleware: impl reqwest_middleware::Middleware,
 ) -> Measured {
-    calls_from(style, rpm, tpm, vec![transport::client(middleware)]).await
+    calls_from(style, rpm, tpm, vec![transport::client(middleware)], CALLS).await
 }
 
-/// `CALLS` calls shared among `clients` (each with a middleware of its
+/// `calls` calls shared among `clients` (each with a middleware of its
 /// own, as separate processes have), all at once.
 async fn calls_from(
     style: Style,
     rpm: u64,
     tpm: u64,
     clients: Vec<ClientWithMiddleware>,
+    calls: usize,
 ) -> Measured {
     let (base, mock) = mock::start(rpm, tpm, style, Duration::from_millis(120)).await;
     let url = Arc::new(format!("{base}/v1/chat/completions"));
     let start = Instant::now();
-    let per_client = CALLS / clients.len();
+    let per_client = calls / clients.len();
+    let clients_len = clients.len();
     let mut tasks = Vec::new();
     for client in clients {
         let client = Arc::new(client);
@@ -95,7 +97,7 @@ async fn calls_from(
     let counts = mock.counts();
     let (prompt, output) = mock::Mock::tokens_of(&body());
     let allowed = mock.allowed_rate(prompt + output);
-    let achieved = CALLS as f64 / elapsed.as_secs_f64();
+    let achieved = (per_client * clients_len) as f64 / elapsed.as_secs_f64();
     Measured {
         answered,
         attempts: counts.ok + counts.limited,
@@ -256,33 +258,51 @@ async fn over_a_store_that_answers_late() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn two_processes_on_one_key_find_their_share() {
-    // Two processes calling one key, each with its own middleware and no
-    // store between them: each reads its share from how the provider's
-    // `remaining` falls against what it spent itself, and paces at it.
-    // (Each paced at the whole limit before: 16% of attempts refused.)
-    let clients = (0..2)
+/// `n` processes calling one key, 100 calls each, each with its own
+/// middleware and no store between them: each reads its share from how
+/// the provider's `remaining` falls against what it spent itself, and
+/// paces at it. None lost (`calls_from` fails on a lost call), at most 2%
+/// of attempts refused.
+async fn processes_on_one_key(n: usize) -> Measured {
+    let clients = (0..n)
         .map(|_| transport::client(RateLimitMiddleware::new()))
         .collect();
-    let measured = calls_from(Style::OpenAi, 600, 1_000_000, clients).await;
+    let measured = calls_from(Style::OpenAi, 600, 1_000_000, clients, 100 * n).await;
     println!(
-        "2 processes: {} answered, {} attempts, {} refused, {:.1}% of the allowed rate",
+        "{n} processes: {} answered, {} attempts, {} refused, {:.1}% of the allowed rate",
         measured.answered,
         measured.attempts,
         measured.refused,
         100.0 * measured.share_of_allowed
     );
-    assert_eq!(measured.answered, CALLS, "none lost");
-    // The goal: at most 2% of attempts refused.
+    assert_eq!(measured.answered, 100 * n, "none lost");
     assert!(
         measured.refused * 50 <= measured.attempts,
         "{} of {} refused",
         measured.refused,
         measured.attempts
     );
+    measured
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_processes_on_one_key_find_their_share() {
+    // (Each paced at the whole limit before shares were read: 16% of
+    // attempts refused.) Each leaves room for the other's bunches, and
+    // grows back to it over the first minute.
+    let measured = processes_on_one_key(2).await;
     assert!(
-        measured.share_of_allowed > 0.8,
+        measured.share_of_allowed > 0.7,
+        "{:.3}",
+        measured.share_of_allowed
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn four_processes_on_one_key_find_their_share() {
+    let measured = processes_on_one_key(4).await;
+    assert!(
+        measured.share_of_allowed > 0.6,
         "{:.3}",
         measured.share_of_allowed
     );
