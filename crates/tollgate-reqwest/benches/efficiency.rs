@@ -200,6 +200,30 @@ fn main() {
             4,
             None,
         ),
+        Scenario::new(
+            "remaining only, limit lowered mid-run (1,200 to 600 rpm)",
+            Style::RemainingOnly,
+            1_200,
+            100_000_000,
+            1,
+            Some(600),
+        ),
+        Scenario::new(
+            "remaining only, 2 clients, one key, no shared store",
+            Style::RemainingOnly,
+            600,
+            1_000_000,
+            2,
+            None,
+        ),
+        Scenario::new(
+            "remaining only, 4 clients, one key, no shared store",
+            Style::RemainingOnly,
+            600,
+            1_000_000,
+            4,
+            None,
+        ),
     ];
     // `cargo bench ... --bench efficiency -- WORDS`: only the rows whose
     // name holds WORDS.

@@ -63,6 +63,7 @@ mod classify;
 mod error;
 mod estimate;
 mod hint;
+mod infer;
 mod limits;
 mod middleware;
 mod share;

@@ -20,6 +20,7 @@ use crate::adaptive::Adaptive;
 use crate::classify::{Answer, Classify, DefaultClassify};
 use crate::estimate::{DefaultEstimator, TokenEstimator};
 use crate::hint;
+use crate::infer::Inferred;
 use crate::limits::{Dimension, Pacing, ProviderLimits};
 use crate::share::Share;
 use crate::{RetryLater, TooLarge, Usage};
@@ -87,7 +88,11 @@ impl fmt::Display for Endpoint {
 ///   until the first refusal; from then on the rate is cut on a refusal to
 ///   90% of the most the provider admitted in a second, and grows slowly
 ///   while calls succeed (AIMD). Calls wait out each refusal's pause before
-///   taking their turn at the rate then learnt.
+///   taking their turn at the rate then learnt. Where it states what
+///   remains of the request limit but not the limit (Azure's sparest),
+///   the limit is inferred from the first answer: what remains plus what
+///   this process spent in the minute before; the rate in force is the
+///   lower of that and the learnt one.
 /// - **429, 503 and 529** pause the endpoint's budget for every caller, for
 ///   the wait the provider asks (`retry-after-ms`, `Retry-After`, a wait in
 ///   the body — Google's `retryDelay`, "Please try again in 5.289s" — the
@@ -189,6 +194,9 @@ struct Known {
     /// This process's share of the endpoint's limits, which other clients
     /// may spend from too.
     share: Share,
+    /// The request limit inferred from `remaining`, where the endpoint
+    /// states what remains but not the limit.
+    inferred: Inferred,
 }
 
 impl EndpointState {
@@ -581,12 +589,13 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
                     .map(|(name, value)| (name.as_str(), value.as_bytes())),
                 SystemTime::now(),
             );
+            let status = response.status();
+            let answer = self.classify.classify(status);
             self.learn(&key, &state, &read).await;
+            self.infer(&key, &state, answer, &read).await;
             state.learnt.store(true, Ordering::Release);
             drop(probe);
 
-            let status = response.status();
-            let answer = self.classify.classify(status);
             self.adapt(&key, &state, answer, &read).await;
             self.find_share(&key, &state, answer, &read).await;
             if let Some(window) = window {
@@ -728,7 +737,13 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
     async fn apply(&self, key: &Endpoint, state: &EndpointState, in_force: &ProviderLimits) {
         let (bursts, share, learnt) = {
             let known = state.known();
-            (known.bursts, known.share.get(), known.adaptive.per_minute())
+            // The lower of the rate inferred from `remaining` and the one
+            // learnt from refusals.
+            let learnt = match (known.inferred.per_minute(), known.adaptive.per_minute()) {
+                (Some(inferred), Some(adaptive)) => Some(inferred.min(adaptive)),
+                (inferred, adaptive) => inferred.or(adaptive),
+            };
+            (known.bursts, known.share.get(), learnt)
         };
         let mut in_force = in_force.scaled(share);
         if in_force.requests().is_none() {
@@ -805,6 +820,38 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
         }
     }
 
+    /// Where the endpoint states what remains of its request limit but not
+    /// the limit (and none is configured), infers the limit from it (see
+    /// the `infer` module). Before the calls that wait for the first answer
+    /// go: they take their turns at it.
+    async fn infer(
+        &self,
+        key: &Endpoint,
+        state: &EndpointState,
+        answer: Answer,
+        read: &RateLimitHeaders,
+    ) {
+        let tollgate::headers::Reading {
+            limit: None,
+            remaining: Some(remaining),
+            ..
+        } = read.requests
+        else {
+            return;
+        };
+        if answer != Answer::Done || !self.learns_rate(state) {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        let inferred = state.known().inferred.answered(now, remaining);
+        if let Some(per_minute) = inferred {
+            tracing::info!(%key, per_minute, "request limit inferred from what remains of it");
+            // A rate is known: no slow start.
+            state.window.close();
+            self.reapply(key, state).await;
+        }
+    }
+
     /// Reads this process's share of the endpoint's limits from how the
     /// provider's `remaining` falls against what it spent here (see the
     /// `share` module), and paces at that share.
@@ -869,6 +916,12 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             let Some(remaining) = dimension.of(read).remaining else {
                 continue;
             };
+            // What remains of a limit nobody stated says nothing of the
+            // budget: its quota is open (a billion a second), and what
+            // remains of it would read as a second's debt.
+            if in_force.get(dimension).is_none() {
+                continue;
+            }
             let burst = limits.quota(dimension.index()).burst_size();
             let snapshot = Snapshot::new(burst, remaining, Duration::ZERO);
             let _ = self.budget.observe(key, dimension.index(), &snapshot).await;

@@ -167,6 +167,16 @@ async fn mistral_headers() {
     check(Style::Mistral, &measured, 949);
 }
 
+/// What remains of each limit, never the limit (Azure's sparest): the
+/// request limit is inferred from the first answer (what remains plus
+/// what this process spent in the minute before), and calls are paced at
+/// it as where it is stated.
+#[tokio::test(start_paused = true)]
+async fn remaining_only_headers() {
+    let measured = two_hundred_calls(Style::RemainingOnly, 600, 1_000_000).await;
+    check(Style::RemainingOnly, &measured, 949);
+}
+
 /// No rate-limit headers at all, a refusal saying only `Retry-After`: the
 /// rate is learnt from the refusals alone. The calls go in a window that
 /// grows with each answer until the first refusal; the answers of the
