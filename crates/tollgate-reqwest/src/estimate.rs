@@ -32,9 +32,10 @@ where
 }
 
 /// The default guess: a token per 4 bytes of the body's text (every string
-/// in `messages`, `prompt`, `input`, `system` and `tools`), plus 4 per
-/// message; output is `max_completion_tokens`, `max_tokens` or
-/// `max_output_tokens` (else [`DEFAULT_OUTPUT_TOKENS`]), times `n`.
+/// in `messages`, `prompt`, `input`, `system` and `tools` but a message's
+/// `role`), plus 4 per message (its role and framing, as OpenAI counts);
+/// output is `max_completion_tokens`, `max_tokens` or `max_output_tokens`
+/// (else [`DEFAULT_OUTPUT_TOKENS`]), times `n`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DefaultEstimator;
 
@@ -82,9 +83,12 @@ fn text_bytes(value: &Value, depth: usize) -> u64 {
             .iter()
             .map(|v| text_bytes(v, depth + 1))
             .fold(0, u64::saturating_add),
+        // A message's role is counted in its 4 tokens of framing, as
+        // OpenAI counts it.
         Value::Object(map) => map
-            .values()
-            .map(|v| text_bytes(v, depth + 1))
+            .iter()
+            .filter(|(key, _)| key.as_str() != "role")
+            .map(|(_, v)| text_bytes(v, depth + 1))
             .fold(0, u64::saturating_add),
         _ => 0,
     }
@@ -107,8 +111,9 @@ mod tests {
             "n": 2
         });
         let estimate = DefaultEstimator.estimate(&body);
-        // "system" + "You are terse." + "user" + "Say hello in French." = 44 bytes.
-        assert_eq!(estimate.input_tokens, 11 + 8);
+        // "You are terse." + "Say hello in French." = 34 bytes; each
+        // message's role is in its 4 tokens of framing.
+        assert_eq!(estimate.input_tokens, 9 + 8);
         assert_eq!(estimate.output_tokens, 100);
 
         let bare = DefaultEstimator.estimate(&json!({"prompt": "abcd"}));

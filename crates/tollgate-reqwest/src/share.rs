@@ -97,12 +97,28 @@ const CUT: f64 = 0.8;
 /// bunch now and then, the more of them the larger the bunch, and a
 /// provider counting in slices of a second refuses it.
 const PER_OTHER: f64 = 0.05;
+/// A refusal of a process that saw no others, within [`TRIM_AFTER`] of
+/// the last one, trims its pace to this part of itself, once an episode,
+/// down to [`TRIM_FLOOR`]; each second the trim grows back by
+/// [`TRIM_STEP`]. (One refusal is a change's or a transient's; refusals
+/// that come back show a limit enforced below the stated one.)
+const TRIM_CUT: f64 = 0.98;
+const TRIM_FLOOR: f64 = 0.9;
+const TRIM_STEP: f64 = 0.0005;
+const TRIM_AFTER: Duration = Duration::from_secs(60);
 /// The smallest share: 64 clients.
 const FLOOR: f64 = 1.0 / 64.0;
 
 #[derive(Debug)]
 pub(crate) struct Share {
     share: f64,
+    /// What refusals took off a process that saw no others: the limit
+    /// the provider enforces is below the one it states (it counts in
+    /// slices a call's tokens do not fit whole, say). The share in force
+    /// is `share * trim`.
+    trim: f64,
+    /// When the last refusal's episode began.
+    refused_at: Option<Instant>,
     /// The share last answered, in force.
     applied: f64,
     /// The last reading.
@@ -141,6 +157,8 @@ impl Default for Share {
     fn default() -> Self {
         Self {
             share: 1.0,
+            trim: 1.0,
+            refused_at: None,
             applied: 1.0,
             mark: None,
             usable: true,
@@ -159,7 +177,7 @@ impl Default for Share {
 impl Share {
     /// The share in force: 1 when this process seems alone.
     pub(crate) fn get(&self) -> f64 {
-        self.share
+        self.share * self.trim
     }
 
     /// An answer that spent one request here, with the provider's
@@ -282,24 +300,33 @@ impl Share {
     /// the share only where other clients were seen: a process alone
     /// keeps its rate (its refusals are the pacing's to answer).
     pub(crate) fn refused(&mut self, now: Instant, hold: Duration) -> Option<f64> {
-        if !self.others || self.episode_end.is_some_and(|end| end > now) {
+        if self.episode_end.is_some_and(|end| end > now) {
             return None;
         }
         let end = now + hold.max(Duration::from_secs(1));
         self.episode_end = Some(end);
         self.grown_at = Some(end);
-        self.share = (self.share * CUT).max(FLOOR);
+        if self.others {
+            self.share = (self.share * CUT).max(FLOOR);
+        } else if self
+            .refused_at
+            .is_some_and(|at| now.saturating_duration_since(at) < TRIM_AFTER)
+        {
+            self.trim = (self.trim * TRIM_CUT).max(TRIM_FLOOR);
+        }
+        self.refused_at = Some(now);
         self.changed()
     }
 
     /// The share, when it moved by more than a hundredth from the one last
     /// answered (and so put in force).
     fn changed(&mut self) -> Option<f64> {
-        let moved = (self.share - self.applied).abs() > 0.01 * self.applied;
+        let share = self.get();
+        let moved = (share - self.applied).abs() > 0.01 * self.applied;
         if moved {
-            self.applied = self.share;
+            self.applied = share;
         }
-        moved.then_some(self.share)
+        moved.then_some(share)
     }
 
     /// Once a second, where others were seen: while the readings show
@@ -330,6 +357,7 @@ impl Share {
             _ => self.share + STEP * seconds,
         };
         self.share = share.clamp(FLOOR, 1.0);
+        self.trim = (self.trim + TRIM_STEP * seconds).min(1.0);
         self.grown_at = Some(now);
     }
 }
@@ -579,5 +607,39 @@ mod tests {
         close(&share, grown + 2.0 * FAST_STEP);
         share.answered(later + Duration::from_secs(60), Some(600), 500);
         close(&share, 1.0);
+    }
+
+    #[test]
+    fn a_process_alone_trims_its_pace_when_refusals_come_back() {
+        let start = Instant::now();
+        let mut share = Share::default();
+        for i in 0..10u64 {
+            share.answered(start + Duration::from_millis(100 * i), Some(600), 599 - i);
+        }
+        // One refusal: a change's or a transient's, nothing trimmed.
+        let first = start + Duration::from_secs(2);
+        assert_eq!(share.refused(first, Duration::from_secs(1)), None);
+        // Another within the minute: the provider enforces less than it
+        // states; a fiftieth off, once an episode.
+        let second = first + Duration::from_secs(20);
+        assert_eq!(share.refused(second, Duration::from_secs(1)), Some(0.98));
+        assert_eq!(
+            share.refused(second + Duration::from_millis(500), Duration::from_secs(1)),
+            None
+        );
+        // It grows back a twentieth of a hundredth a second from the
+        // episode's end: 40 s to the whole.
+        let end = second + Duration::from_secs(1);
+        share.answered(end + Duration::from_secs(20), Some(600), 500);
+        close(&share, 0.99);
+        share.answered(end + Duration::from_secs(60), Some(600), 500);
+        close(&share, 1.0);
+        // Never below nine tenths.
+        let mut at = end + Duration::from_secs(61);
+        for _ in 0..20 {
+            share.refused(at, Duration::from_secs(1));
+            at += Duration::from_secs(2);
+        }
+        assert!((share.trim - TRIM_FLOOR).abs() < 1e-9, "{}", share.trim);
     }
 }
