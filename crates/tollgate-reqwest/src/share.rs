@@ -102,9 +102,9 @@ const PER_OTHER: f64 = 0.05;
 /// down to [`TRIM_FLOOR`]; each second the trim grows back by
 /// [`TRIM_STEP`]. (One refusal is a change's or a transient's; refusals
 /// that come back show a limit enforced below the stated one.)
-const TRIM_CUT: f64 = 0.98;
+const TRIM_CUT: f64 = 0.97;
 const TRIM_FLOOR: f64 = 0.9;
-const TRIM_STEP: f64 = 0.0005;
+const TRIM_STEP: f64 = 0.0003;
 const TRIM_AFTER: Duration = Duration::from_secs(60);
 /// The smallest share: 64 clients.
 const FLOOR: f64 = 1.0 / 64.0;
@@ -620,22 +620,22 @@ mod tests {
         let first = start + Duration::from_secs(2);
         assert_eq!(share.refused(first, Duration::from_secs(1)), None);
         // Another within the minute: the provider enforces less than it
-        // states; a fiftieth off, once an episode.
+        // states; 3% off, once an episode.
         let second = first + Duration::from_secs(20);
-        assert_eq!(share.refused(second, Duration::from_secs(1)), Some(0.98));
+        assert_eq!(share.refused(second, Duration::from_secs(1)), Some(0.97));
         assert_eq!(
             share.refused(second + Duration::from_millis(500), Duration::from_secs(1)),
             None
         );
-        // It grows back a twentieth of a hundredth a second from the
-        // episode's end: 40 s to the whole.
+        // It grows back 0.03% a second from the episode's end: 100 s to
+        // the whole.
         let end = second + Duration::from_secs(1);
-        share.answered(end + Duration::from_secs(20), Some(600), 500);
-        close(&share, 0.99);
-        share.answered(end + Duration::from_secs(60), Some(600), 500);
+        share.answered(end + Duration::from_secs(50), Some(600), 500);
+        close(&share, 0.985);
+        share.answered(end + Duration::from_secs(100), Some(600), 500);
         close(&share, 1.0);
         // Never below nine tenths.
-        let mut at = end + Duration::from_secs(61);
+        let mut at = end + Duration::from_secs(101);
         for _ in 0..20 {
             share.refused(at, Duration::from_secs(1));
             at += Duration::from_secs(2);
