@@ -26,7 +26,7 @@
 //!   window of a minute then gives back what was spent in it as fast as
 //!   it is spent again, and `remaining` hovers. From then on what remains
 //!   of the limit says how full the key is: the share holds while less
-//!   than a tenth remains, and grows otherwise.
+//!   than a twentieth remains, and grows otherwise.
 //! - A reading across a refill, or a changed limit, says too little: a
 //!   refill starts the next reading afresh, and so does a new limit.
 //!
@@ -37,8 +37,8 @@
 //! is saturated, `remaining` hovers while everyone spends; a reading where
 //! it fell by less than this process spent is a refill's and is not taken.
 //! Past the first minute, a process whose others left while the key was
-//! full grows only while a tenth of the limit remains free. A store shared
-//! between the processes (Redis) needs no reading.
+//! full grows only while a twentieth of the limit remains free. A store
+//! shared between the processes (Redis) needs no reading.
 
 use std::time::Duration;
 
@@ -81,7 +81,7 @@ const READING_FOR: Duration = Duration::from_secs(60);
 /// part of the limit spent) the key is near full: where others spend, the
 /// share eases off while readings are taken, and holds after (growing
 /// would only bring refusals).
-const FULL: f64 = 0.9;
+const FULL: f64 = 0.95;
 /// Under this, the key has room (the others left or slowed): the share
 /// grows fast.
 const ROOMY: f64 = 0.5;
