@@ -144,8 +144,10 @@ impl Hash for Key {
         match &self.0 {
             Repr::Global => state.write(&[0]),
             Repr::Ip(IpAddr::V4(v4)) => {
+                // One integer, which a hasher may take in one step; its
+                // native bytes are the input, as `write` would take them.
                 let [a, b, c, d] = v4.octets();
-                state.write(&[1, a, b, c, d, 0, 0, 0]);
+                state.write_u64(u64::from_ne_bytes([1, a, b, c, d, 0, 0, 0]));
             }
             Repr::Ip(IpAddr::V6(v6)) => {
                 let mut input = [0u8; 24];

@@ -69,3 +69,12 @@ fn keys_whose_bytes_coincide_have_limits_of_their_own() {
         assert!(limiter.check(&b, 1).is_ok(), "{b:?} shares {a:?}'s limit");
     }
 }
+
+/// What an IPv4 key feeds is its tag and octets, padded to eight bytes,
+/// the same on every machine (the Redis store names keys by it), though
+/// it is written as one integer.
+#[test]
+fn an_ipv4_key_feeds_its_tag_and_octets() {
+    let key = Key::from(IpAddr::from([192, 0, 2, 7]));
+    assert_eq!(fed(&key), [1, 192, 0, 2, 7, 0, 0, 0]);
+}

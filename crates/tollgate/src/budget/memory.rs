@@ -1,6 +1,5 @@
 //! The in-memory store: sharded tables of GCRA states, bounded by a cap.
 
-use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt;
@@ -66,8 +65,38 @@ const DIMENSION_MIX: u64 = 0x9E37_79B9_7F4A_7C15;
 pub struct MemoryStore<C: Clock = DefaultClock> {
     shards: Box<[Padded]>,
     max_per_shard: usize,
-    hasher: RandomState,
+    hasher: Fingerprints,
     clock: C,
+}
+
+/// The keyed fingerprint of a key: SipHash-1-3, as std's `RandomState`,
+/// with keys drawn from it; `siphasher`'s writes a short integer (an IPv4
+/// key is one `u64`) in one step, where std's buffers it as bytes.
+#[derive(Clone, Copy)]
+struct Fingerprints {
+    k0: u64,
+    k1: u64,
+}
+
+impl Fingerprints {
+    fn new() -> Self {
+        // Two keys from std's randomly keyed hasher (seeded from the
+        // system's entropy once a process, then varied per instance).
+        let random = std::collections::hash_map::RandomState::new();
+        Self {
+            k0: random.hash_one(0u8),
+            k1: random.hash_one(1u8),
+        }
+    }
+}
+
+impl BuildHasher for Fingerprints {
+    type Hasher = siphasher::sip::SipHasher13;
+
+    #[inline]
+    fn build_hasher(&self) -> Self::Hasher {
+        siphasher::sip::SipHasher13::new_with_keys(self.k0, self.k1)
+    }
 }
 
 /// One shard on its own cache lines, so that threads on other shards do not
@@ -165,7 +194,7 @@ impl<C: Clock> MemoryStore<C> {
         Self {
             shards,
             max_per_shard,
-            hasher: RandomState::new(),
+            hasher: Fingerprints::new(),
             clock,
         }
     }
