@@ -175,6 +175,12 @@ fn main() {
             600,
             1_000_000,
         ),
+        one(
+            "Azure's request limit of ten seconds, no reset",
+            Style::AzureTenSeconds,
+            600,
+            1_000_000,
+        ),
         one("no headers, Retry-After only", Style::Bare, 600, 1_000_000),
         Scenario::new(
             "limit raised mid-run (600 to 1,200 rpm)",

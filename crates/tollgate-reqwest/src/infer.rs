@@ -19,6 +19,14 @@
 //! estimate is then too high; the refusals that follow are the adaptive
 //! rate's to answer (see `adaptive`): the rate in force is the lower of
 //! the two.
+//!
+//! The same answers tell the window of a request limit that a provider
+//! states with no reset and no window in the header's name (Azure's
+//! `x-ratelimit-limit-requests` counts ten seconds, not a minute): what
+//! the provider counts is this process's last `limit - remaining`
+//! answers, and the one before them, not counted, is younger than a
+//! minute. Ten seconds is taken after three answers in a row show it,
+//! and given up for good at a refusal.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -33,14 +41,48 @@ const WINDOW: Duration = Duration::from_secs(60);
 /// fewer own answers than were spent, and is lower, never higher).
 const SAMPLES: usize = 100_000;
 
-/// One endpoint's inferred request limit.
-#[derive(Debug, Default)]
+/// The window a stated limit is taken to count where nothing says it.
+const MINUTE: Duration = Duration::from_secs(60);
+/// The shorter window the answers can show instead (Azure's request
+/// limit counts ten seconds).
+const TEN_SECONDS: Duration = Duration::from_secs(10);
+/// Answers in a row that show the shorter window before it is taken.
+const VOTES: u32 = 3;
+
+/// One endpoint's inferred request limit, and the window of a request
+/// limit it states without one.
+#[derive(Debug)]
 pub(crate) struct Inferred {
     /// When this process's answers (requests spent) came, oldest first.
     spent: VecDeque<Instant>,
     /// The estimates of the last minute that may still be the least one:
     /// each is less than every later one (a monotonic queue).
     estimates: VecDeque<(Instant, u64)>,
+    /// The window of a stated request limit whose header names none and
+    /// that comes with no reset: a minute unless the answers show ten
+    /// seconds.
+    window: Duration,
+    /// Answers in a row that showed ten seconds.
+    votes: u32,
+    /// A refusal came at the shorter window's rate: a minute for good.
+    settled: bool,
+    /// When the first answer stated such a limit: until the window is
+    /// known (ten seconds shown, or a minute without a sign), calls are
+    /// not queued at a guess.
+    first_stated: Option<Instant>,
+}
+
+impl Default for Inferred {
+    fn default() -> Self {
+        Self {
+            spent: VecDeque::new(),
+            estimates: VecDeque::new(),
+            window: MINUTE,
+            votes: 0,
+            settled: false,
+            first_stated: None,
+        }
+    }
 }
 
 impl Inferred {
@@ -49,11 +91,8 @@ impl Inferred {
         self.estimates.front().map(|&(_, estimate)| estimate.max(1))
     }
 
-    /// An answer that spent one request here came at `now`, saying
-    /// `remaining` (of a limit it does not state). Answers the limit
-    /// inferred when it changed.
-    pub(crate) fn answered(&mut self, now: Instant, remaining: u64) -> Option<u64> {
-        let before = self.per_minute();
+    /// An answer that spent one request here came at `now`.
+    pub(crate) fn spent(&mut self, now: Instant) {
         if self.spent.len() == SAMPLES {
             self.spent.pop_front();
         }
@@ -65,6 +104,13 @@ impl Inferred {
         {
             self.spent.pop_front();
         }
+    }
+
+    /// An answer (its spending counted by [`spent`](Self::spent)) says
+    /// `remaining` of a limit it does not state. Answers the limit inferred
+    /// when it changed.
+    pub(crate) fn remaining(&mut self, now: Instant, remaining: u64) -> Option<u64> {
+        let before = self.per_minute();
         let spent = u64::try_from(self.spent.len()).unwrap_or(u64::MAX);
         let estimate = remaining.saturating_add(spent);
         while self
@@ -85,52 +131,122 @@ impl Inferred {
         let after = self.per_minute();
         (after != before).then_some(after).flatten()
     }
+
+    /// The window of a request limit stated without one.
+    pub(crate) fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// An answer (its spending counted) says `remaining` of a request
+    /// `limit` whose window nothing states. Under a sliding window, what
+    /// the provider counts is this process's last `limit - remaining`
+    /// answers (more where others spend too): the one before them was not
+    /// counted, so the window is shorter than its age. Where that age is
+    /// well under a minute and the counted ones span about ten seconds,
+    /// answer after answer, the limit counts ten seconds. Answers the
+    /// window when it changed.
+    pub(crate) fn stated(&mut self, now: Instant, limit: u64, remaining: u64) -> Option<Duration> {
+        self.first_stated.get_or_insert(now);
+        if self.settled || self.window != MINUTE {
+            return None;
+        }
+        let counted = usize::try_from(limit.saturating_sub(remaining)).unwrap_or(usize::MAX);
+        let n = self.spent.len();
+        if counted == 0 || n <= counted {
+            // Fewer answers here than the window holds: no sign.
+            return None;
+        }
+        let age = |newest: usize| now.saturating_duration_since(self.spent[n - newest]);
+        let (inside, outside) = (age(counted), age(counted + 1));
+        let ten = outside < MINUTE * 5 / 6
+            && inside < TEN_SECONDS * 6 / 5
+            && outside >= TEN_SECONDS * 4 / 5;
+        self.votes = if ten { self.votes + 1 } else { 0 };
+        if self.votes >= VOTES {
+            self.window = TEN_SECONDS;
+            return Some(self.window);
+        }
+        None
+    }
+
+    /// Whether a request limit was stated without its window and the
+    /// answers have not yet told it: ten seconds not shown, and a minute
+    /// not yet passed since the first such answer.
+    pub(crate) fn window_pending(&self, now: Instant) -> bool {
+        self.first_stated.is_some_and(|first| {
+            !self.settled && self.window == MINUTE && now.saturating_duration_since(first) < MINUTE
+        })
+    }
+
+    /// A refusal came. Where the shorter window was taken, it was wrong:
+    /// a minute from now on. Answers the window when it changed.
+    pub(crate) fn refused(&mut self) -> Option<Duration> {
+        self.votes = 0;
+        if self.window == MINUTE {
+            return None;
+        }
+        self.window = MINUTE;
+        self.settled = true;
+        Some(self.window)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A provider's window of a minute, as the tests' mock keeps it: the
-    /// requests admitted in the last minute.
-    struct SlidingMinute {
+    /// One answer that spent here, saying what remains.
+    fn answer(inferred: &mut Inferred, at: Instant, remaining: u64) -> Option<u64> {
+        inferred.spent(at);
+        inferred.remaining(at, remaining)
+    }
+
+    /// A provider's sliding window, as the tests' mock keeps it: the
+    /// requests admitted in the last `window`.
+    struct Sliding {
         limit: u64,
+        window: Duration,
         admitted: VecDeque<Instant>,
     }
 
-    impl SlidingMinute {
+    impl Sliding {
+        fn new(limit: u64, window: Duration) -> Self {
+            Self {
+                limit,
+                window,
+                admitted: VecDeque::new(),
+            }
+        }
+
         /// Admits one request at `at`: what remains after it.
         fn admit(&mut self, at: Instant) -> u64 {
             while self
                 .admitted
                 .front()
-                .is_some_and(|&t| at.saturating_duration_since(t) >= WINDOW)
+                .is_some_and(|&t| at.saturating_duration_since(t) >= self.window)
             {
                 self.admitted.pop_front();
             }
             self.admitted.push_back(at);
-            self.limit - self.admitted.len() as u64
+            self.limit.saturating_sub(self.admitted.len() as u64)
         }
     }
 
     #[test]
     fn one_answer_tells_the_limit_of_a_process_alone() {
         let start = Instant::now();
-        let mut provider = SlidingMinute {
-            limit: 600,
-            admitted: VecDeque::new(),
-        };
+        let mut provider = Sliding::new(600, WINDOW);
         let mut inferred = Inferred::default();
         assert_eq!(inferred.per_minute(), None);
         let remaining = provider.admit(start);
-        assert_eq!(inferred.answered(start, remaining), Some(600));
+        assert_eq!(answer(&mut inferred, start, remaining), Some(600));
         // Five a second for three minutes: a minute on, the window gives
         // back what was spent a minute before, and remaining and the
         // minute's spending move together.
         for i in 1..900u32 {
             let at = start + Duration::from_millis(200) * i;
             let remaining = provider.admit(at);
-            assert_eq!(inferred.answered(at, remaining), None, "{i}");
+            assert_eq!(answer(&mut inferred, at, remaining), None, "{i}");
         }
         assert_eq!(inferred.per_minute(), Some(600));
     }
@@ -141,10 +257,10 @@ mod tests {
         let mut inferred = Inferred::default();
         // Another process spends as much as this one: remaining falls by
         // two an answer, and the estimate by one.
-        inferred.answered(start, 598);
+        answer(&mut inferred, start, 598);
         for i in 1..10u64 {
             let at = start + Duration::from_millis(100 * i);
-            inferred.answered(at, 598 - 2 * i);
+            answer(&mut inferred, at, 598 - 2 * i);
         }
         assert_eq!(inferred.per_minute(), Some(590));
     }
@@ -153,19 +269,95 @@ mod tests {
     fn a_raised_limit_is_followed_within_a_minute_and_a_lowered_one_at_once() {
         let start = Instant::now();
         let mut inferred = Inferred::default();
-        assert_eq!(inferred.answered(start, 599), Some(600));
+        assert_eq!(answer(&mut inferred, start, 599), Some(600));
         // The provider raises the limit to 1,200 after 10 s: the lower
         // estimates are the least until they are a minute old.
         let raised = start + Duration::from_secs(10);
-        assert_eq!(inferred.answered(raised, 1_198), None);
+        assert_eq!(answer(&mut inferred, raised, 1_198), None);
         // A minute on, the first answer has left the window (it holds
         // the answers of 10 s and 60 s).
         assert_eq!(
-            inferred.answered(start + Duration::from_secs(60), 1_198),
+            answer(&mut inferred, start + Duration::from_secs(60), 1_198),
             Some(1_200)
         );
         // Then lowers it to 300: the next answer says so.
         let lowered = start + Duration::from_secs(61);
-        assert_eq!(inferred.answered(lowered, 297), Some(300));
+        assert_eq!(answer(&mut inferred, lowered, 297), Some(300));
+    }
+
+    /// Paces answers at `limit` a minute, each stating `limit` and what
+    /// remains of the provider's window; answers when the window changed
+    /// and to what.
+    fn paced(
+        inferred: &mut Inferred,
+        provider: &mut Sliding,
+        start: Instant,
+        answers: u32,
+    ) -> Option<(Instant, Duration)> {
+        let every = Duration::from_secs(60) / u32::try_from(provider.limit).unwrap();
+        let mut changed = None;
+        for i in 0..answers {
+            let at = start + every * i;
+            let remaining = provider.admit(at);
+            inferred.spent(at);
+            if let Some(window) = inferred.stated(at, provider.limit, remaining) {
+                changed = changed.or(Some((at, window)));
+            }
+        }
+        changed
+    }
+
+    #[test]
+    fn a_request_limit_of_ten_seconds_shows_itself() {
+        let start = Instant::now();
+        // 100 a ten seconds' window, read as 100 a minute: an answer every
+        // 600 ms. The first not counted leaves the window 10 s in; three
+        // answers in a row show it.
+        let mut provider = Sliding::new(100, TEN_SECONDS);
+        let mut inferred = Inferred::default();
+        assert!(!inferred.window_pending(start));
+        // 19 answers, to 10.8 s: the first left the window at 10.2 s.
+        assert_eq!(paced(&mut inferred, &mut provider, start, 19), None);
+        assert!(inferred.window_pending(start + Duration::from_millis(10_800)));
+        let then = start + Duration::from_millis(11_400);
+        assert_eq!(
+            paced(&mut inferred, &mut provider, then, 5),
+            Some((then, TEN_SECONDS))
+        );
+        assert_eq!(inferred.window(), TEN_SECONDS);
+        assert!(!inferred.window_pending(then));
+        // A refusal at that rate: a minute, for good.
+        assert_eq!(inferred.refused(), Some(MINUTE));
+        assert_eq!(inferred.refused(), None);
+        paced(
+            &mut inferred,
+            &mut provider,
+            start + Duration::from_secs(20),
+            40,
+        );
+        assert_eq!(inferred.window(), MINUTE);
+    }
+
+    #[test]
+    fn a_minute_never_shows_ten_seconds() {
+        let start = Instant::now();
+        // Alone, at the minute's rate, for three minutes.
+        let mut provider = Sliding::new(100, MINUTE);
+        let mut inferred = Inferred::default();
+        assert_eq!(paced(&mut inferred, &mut provider, start, 300), None);
+        assert_eq!(inferred.window(), MINUTE);
+        assert!(!inferred.window_pending(start + Duration::from_secs(61)));
+        // Another process spending as much: what the window holds is
+        // older still.
+        let mut provider = Sliding::new(100, MINUTE);
+        let mut inferred = Inferred::default();
+        let every = Duration::from_millis(1_200);
+        for i in 0..150u32 {
+            let at = start + every * i;
+            provider.admit(at - Duration::from_millis(600));
+            let remaining = provider.admit(at);
+            inferred.spent(at);
+            assert_eq!(inferred.stated(at, 100, remaining), None, "{i}");
+        }
     }
 }

@@ -591,7 +591,12 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             );
             let status = response.status();
             let answer = self.classify.classify(status);
-            self.learn(&key, &state, &read).await;
+            if answer == Answer::Done {
+                // What this process spent, for what the answers show of
+                // the limits (see `infer`).
+                state.known().inferred.spent(tokio::time::Instant::now());
+            }
+            self.learn(&key, &state, answer, &read).await;
             self.infer(&key, &state, answer, &read).await;
             state.learnt.store(true, Ordering::Release);
             drop(probe);
@@ -765,7 +770,9 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
         key: &Endpoint,
         state: &EndpointState,
     ) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        if !self.learns_rate(state) {
+        let now = tokio::time::Instant::now();
+        let pending = state.known().inferred.window_pending(now);
+        if !self.learns_rate(state) && !pending {
             return None;
         }
         // A closed window (the first refusal came) lets everyone through.
@@ -843,7 +850,7 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             return;
         }
         let now = tokio::time::Instant::now();
-        let inferred = state.known().inferred.answered(now, remaining);
+        let inferred = state.known().inferred.remaining(now, remaining);
         if let Some(per_minute) = inferred {
             tracing::info!(%key, per_minute, "request limit inferred from what remains of it");
             // A rate is known: no slow start.
@@ -895,10 +902,44 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
 
     /// Takes what a response's headers say: the limits (learnt where none
     /// is configured, or where stricter) and what remains of them.
-    async fn learn(&self, key: &Endpoint, state: &EndpointState, read: &RateLimitHeaders) {
-        let stated = ProviderLimits::from_headers(read);
+    async fn learn(
+        &self,
+        key: &Endpoint,
+        state: &EndpointState,
+        answer: Answer,
+        read: &RateLimitHeaders,
+    ) {
+        let mut stated = ProviderLimits::from_headers(read);
         let (in_force, changed) = {
             let mut known = state.known();
+            // A request limit stated with no reset and no window in the
+            // header's name: a minute's, unless the answers show ten
+            // seconds (see `infer`).
+            if let tollgate::headers::Reading {
+                limit: Some(limit),
+                remaining: Some(remaining),
+                reset: None,
+                window: None,
+            } = read.requests
+            {
+                let now = tokio::time::Instant::now();
+                let changed = match answer {
+                    Answer::Done => known.inferred.stated(now, limit, remaining),
+                    Answer::RateLimited => known.inferred.refused(),
+                    _ => None,
+                };
+                if let Some(window) = changed {
+                    tracing::info!(%key, ?window, limit, "the request limit's window, from the answers");
+                }
+                if !known.inferred.window_pending(now) {
+                    // The window is known: calls queue at its rate.
+                    state.window.close();
+                }
+                let window = known.inferred.window().as_secs().max(1);
+                if let Some(per_window) = stated.requests() {
+                    stated = stated.requests_per_minute(per_window.saturating_mul(60) / window);
+                }
+            }
             known.heard = known.heard.merged_with(&stated);
             let in_force = self.configured.stricter(&known.heard);
             let changed = known.in_force != Some(in_force);

@@ -178,6 +178,31 @@ async fn remaining_only_headers() {
     check(Style::RemainingOnly, &measured, 949);
 }
 
+/// Azure's request limit counts ten seconds (100 where the minute allows
+/// 600), with no reset and no window in the header's name. Read as a
+/// minute's, it would pace at a sixth of the rate; the answers show the
+/// window (the answer before the last 100 is not counted, though only
+/// ten seconds old) and calls go at the ten seconds' rate from about 12 s
+/// in, none queued at the guess meanwhile. Exact on virtual time.
+#[tokio::test(start_paused = true)]
+async fn azure_request_limit_of_ten_seconds() {
+    let measured = two_hundred_calls(Style::AzureTenSeconds, 600, 1_000_000).await;
+    println!(
+        "AzureTenSeconds: {} answered, {} attempts, {} refused, {:.1}% of the allowed rate",
+        measured.answered,
+        measured.attempts,
+        measured.refused,
+        100.0 * measured.share_of_allowed
+    );
+    assert_eq!(measured.answered, CALLS, "none lost");
+    assert_eq!((measured.attempts, measured.refused), (200, 0));
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let permille = (measured.share_of_allowed * 1000.0).round() as u32;
+    // Over 20 s, the first 12 at a sixth of the rate weigh: 65.2% (read
+    // as a minute's, 16%).
+    assert_eq!(permille, 652);
+}
+
 /// No rate-limit headers at all, a refusal saying only `Retry-After`: the
 /// rate is learnt from the refusals alone. The calls go in a window that
 /// grows with each answer until the first refusal; the answers of the

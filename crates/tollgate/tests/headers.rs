@@ -51,6 +51,13 @@ fn check_reading(name: &str, dimension: &str, got: &Reading, want: &Value) {
             "{name}: {dimension}.reset"
         );
     }
+    if let Some(window) = field("window_s") {
+        assert_eq!(
+            got.window,
+            window.map(Duration::from_secs),
+            "{name}: {dimension}.window"
+        );
+    }
 }
 
 #[test]
@@ -58,7 +65,7 @@ fn every_vector_reads_as_expected() {
     let all: Value = serde_json::from_str(VECTORS).unwrap();
     let received_at = http_date(all["received_at"].as_str().unwrap());
     let vectors = all["vectors"].as_array().unwrap();
-    assert_eq!(vectors.len(), 46);
+    assert_eq!(vectors.len(), 47);
     for vector in vectors {
         let name = vector["name"].as_str().unwrap();
         let mut headers: Vec<(String, Vec<u8>)> = vector["headers"]

@@ -31,6 +31,10 @@ pub(crate) enum Style {
     /// No rate-limit headers; a refusal says only `Retry-After` (whole
     /// seconds).
     Bare,
+    /// Azure's request limit: `x-ratelimit-limit-requests` counts ten
+    /// seconds (a sixth of the minute's), with what remains of it and no
+    /// reset; enforced over any ten seconds, not in slices of one.
+    AzureTenSeconds,
 }
 
 #[derive(Default, Debug, Clone, Copy)]
@@ -142,8 +146,17 @@ async fn complete(State(mock): State<Arc<Mock>>, Json(body): Json<Value>) -> Res
         {
             state.minute.pop_front();
         }
-        let admitted = state.requests_this_second < mock.rpm() / 60
-            && state.tokens_this_second + cost <= mock.tpm / 60;
+        let ten_seconds = state
+            .minute
+            .iter()
+            .filter(|(at, _)| now - *at < Duration::from_secs(10))
+            .count() as u64;
+        let requests_admitted = if mock.style == Style::AzureTenSeconds {
+            ten_seconds < mock.rpm() / 6
+        } else {
+            state.requests_this_second < mock.rpm() / 60
+        };
+        let admitted = requests_admitted && state.tokens_this_second + cost <= mock.tpm / 60;
         if admitted {
             state.requests_this_second += 1;
             state.tokens_this_second += cost;
@@ -152,7 +165,11 @@ async fn complete(State(mock): State<Arc<Mock>>, Json(body): Json<Value>) -> Res
         } else {
             state.counts.limited += 1;
         }
-        let used_requests = state.minute.len() as u64;
+        let used_requests = if mock.style == Style::AzureTenSeconds {
+            ten_seconds + u64::from(admitted)
+        } else {
+            state.minute.len() as u64
+        };
         let used_tokens: u64 = state.minute.iter().map(|(_, t)| t).sum();
         // Until the oldest admission leaves the minute.
         let reset = state
@@ -249,6 +266,14 @@ impl Mock {
                 put("anthropic-ratelimit-tokens-reset", at);
             }
             Style::Bare => {}
+            Style::AzureTenSeconds => {
+                put("x-ratelimit-limit-requests", (self.rpm() / 6).to_string());
+                put(
+                    "x-ratelimit-remaining-requests",
+                    (self.rpm() / 6).saturating_sub(used_requests).to_string(),
+                );
+                put("x-ratelimit-remaining-tokens", remaining_tokens.to_string());
+            }
             Style::RemainingOnly => {
                 put(
                     "x-ratelimit-remaining-requests",

@@ -17,6 +17,10 @@ pub struct Reading {
     pub remaining: Option<u64>,
     /// How long from the response until the limit is full again.
     pub reset: Option<Duration>,
+    /// The window the limit counts, where the header's name says it
+    /// (Mistral's `-minute`): `None` where it does not, and the limit is
+    /// taken as a minute's unless its reset or the answers say otherwise.
+    pub window: Option<Duration>,
 }
 
 impl Reading {
@@ -25,6 +29,8 @@ impl Reading {
         self.limit.is_none() && self.remaining.is_none() && self.reset.is_none()
     }
 }
+
+const MINUTE: Duration = Duration::from_secs(60);
 
 /// One IETF quota policy (`RateLimit-Policy`), with what `RateLimit` says
 /// of it.
@@ -160,6 +166,9 @@ where
                 "remaining-minute" => min(&mut out.tokens.remaining, count(value)),
                 _ => {}
             }
+            if rest.ends_with("-minute") {
+                out.tokens.window = Some(MINUTE);
+            }
         } else if let Some(rest) = lower.strip_prefix("ratelimitbysize-") {
             // Mistral's older token limits: reset in seconds.
             match rest {
@@ -214,8 +223,16 @@ where
 /// `x-ratelimit-{limit,remaining,reset}` for requests.
 fn openai(out: &mut RateLimitHeaders, rest: &str, value: &str, now: SystemTime) {
     let (field, dimension) = match rest.split_once('-') {
-        Some((field, "requests" | "req-minute")) => (field, &mut out.requests),
-        Some((field, "tokens" | "tokens-minute")) => (field, &mut out.tokens),
+        Some((field, "requests")) => (field, &mut out.requests),
+        Some((field, "tokens")) => (field, &mut out.tokens),
+        Some((field, "req-minute")) => {
+            out.requests.window = Some(MINUTE);
+            (field, &mut out.requests)
+        }
+        Some((field, "tokens-minute")) => {
+            out.tokens.window = Some(MINUTE);
+            (field, &mut out.tokens)
+        }
         Some(_) => return,
         None => {
             // Legacy X-RateLimit-Limit / -Remaining / -Reset.
