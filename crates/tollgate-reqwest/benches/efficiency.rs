@@ -181,6 +181,12 @@ fn main() {
             600,
             1_000_000,
         ),
+        one(
+            "Groq's headers: requests a day, the minute's unstated",
+            Style::GroqDaily,
+            600,
+            1_000_000,
+        ),
         one("no headers, Retry-After only", Style::Bare, 600, 1_000_000),
         Scenario::new(
             "limit raised mid-run (600 to 1,200 rpm)",

@@ -35,6 +35,10 @@ pub(crate) enum Style {
     /// seconds (a sixth of the minute's), with what remains of it and no
     /// reset; enforced over any ten seconds, not in slices of one.
     AzureTenSeconds,
+    /// Groq's: `-requests` headers are the day's (14,400, time until full
+    /// at that rate), `-tokens` the minute's; the minute's requests are
+    /// enforced but not stated.
+    GroqDaily,
 }
 
 #[derive(Default, Debug, Clone, Copy)]
@@ -187,6 +191,7 @@ async fn complete(State(mock): State<Arc<Mock>>, Json(body): Json<Value>) -> Res
                 until_next_second,
                 elapsed,
                 admitted,
+                state.counts.ok,
             ),
         )
     };
@@ -220,6 +225,7 @@ impl Mock {
         until_next_second: Duration,
         elapsed: Duration,
         admitted: bool,
+        spent_today: u64,
     ) -> HeaderMap {
         let mut headers = HeaderMap::new();
         let mut put = |name: &str, value: String| {
@@ -266,6 +272,21 @@ impl Mock {
                 put("anthropic-ratelimit-tokens-reset", at);
             }
             Style::Bare => {}
+            Style::GroqDaily => {
+                const DAY: u64 = 14_400;
+                let spent = spent_today.min(DAY);
+                put("x-ratelimit-limit-requests", DAY.to_string());
+                put("x-ratelimit-remaining-requests", (DAY - spent).to_string());
+                // Full again when what was spent refills at a day's rate
+                // (6 s a request).
+                put("x-ratelimit-reset-requests", format!("{}s", spent * 6));
+                put("x-ratelimit-limit-tokens", self.tpm.to_string());
+                put("x-ratelimit-remaining-tokens", remaining_tokens.to_string());
+                put(
+                    "x-ratelimit-reset-tokens",
+                    format!("{:.3}s", reset.as_secs_f64()),
+                );
+            }
             Style::AzureTenSeconds => {
                 put("x-ratelimit-limit-requests", (self.rpm() / 6).to_string());
                 put(
