@@ -185,13 +185,15 @@ async fn complete(State(mock): State<Arc<Mock>>, Json(body): Json<Value>) -> Res
         (
             admitted,
             mock.headers(
-                used_requests,
-                used_tokens,
+                Used {
+                    requests: used_requests,
+                    tokens: used_tokens,
+                    today: state.counts.ok,
+                },
                 reset,
                 until_next_second,
                 elapsed,
                 admitted,
-                state.counts.ok,
             ),
         )
     };
@@ -216,17 +218,28 @@ async fn complete(State(mock): State<Arc<Mock>>, Json(body): Json<Value>) -> Res
     response
 }
 
+/// What the window counts, after a request: requests and tokens in it,
+/// and requests admitted since the start (the day's, for Groq's style).
+struct Used {
+    requests: u64,
+    tokens: u64,
+    today: u64,
+}
+
 impl Mock {
     fn headers(
         &self,
-        used_requests: u64,
-        used_tokens: u64,
+        used: Used,
         reset: Duration,
         until_next_second: Duration,
         elapsed: Duration,
         admitted: bool,
-        spent_today: u64,
     ) -> HeaderMap {
+        let Used {
+            requests: used_requests,
+            tokens: used_tokens,
+            today: spent_today,
+        } = used;
         let mut headers = HeaderMap::new();
         let mut put = |name: &str, value: String| {
             headers.append(
