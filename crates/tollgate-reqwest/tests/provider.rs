@@ -187,20 +187,9 @@ async fn remaining_only_headers() {
 #[tokio::test(start_paused = true)]
 async fn azure_request_limit_of_ten_seconds() {
     let measured = two_hundred_calls(Style::AzureTenSeconds, 600, 1_000_000).await;
-    println!(
-        "AzureTenSeconds: {} answered, {} attempts, {} refused, {:.1}% of the allowed rate",
-        measured.answered,
-        measured.attempts,
-        measured.refused,
-        100.0 * measured.share_of_allowed
-    );
-    assert_eq!(measured.answered, CALLS, "none lost");
-    assert_eq!((measured.attempts, measured.refused), (200, 0));
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let permille = (measured.share_of_allowed * 1000.0).round() as u32;
     // Over 20 s, the first 12 at a sixth of the rate weigh: 65.2% (read
     // as a minute's, 16%).
-    assert_eq!(permille, 652);
+    check(Style::AzureTenSeconds, &measured, 652);
 }
 
 /// No rate-limit headers at all, a refusal saying only `Retry-After`: the

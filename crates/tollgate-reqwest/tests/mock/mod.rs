@@ -262,12 +262,6 @@ impl Mock {
                     "x-ratelimit-reset-requests",
                     format!("{}ms", reset.as_millis()),
                 );
-                put("x-ratelimit-limit-tokens", self.tpm.to_string());
-                put("x-ratelimit-remaining-tokens", remaining_tokens.to_string());
-                put(
-                    "x-ratelimit-reset-tokens",
-                    format!("{:.3}s", reset.as_secs_f64()),
-                );
             }
             Style::Anthropic => {
                 let at = tollgate::headers::rfc3339(now + reset);
@@ -293,12 +287,6 @@ impl Mock {
                 // Full again when what was spent refills at a day's rate
                 // (6 s a request).
                 put("x-ratelimit-reset-requests", format!("{}s", spent * 6));
-                put("x-ratelimit-limit-tokens", self.tpm.to_string());
-                put("x-ratelimit-remaining-tokens", remaining_tokens.to_string());
-                put(
-                    "x-ratelimit-reset-tokens",
-                    format!("{:.3}s", reset.as_secs_f64()),
-                );
             }
             Style::AzureTenSeconds => {
                 put("x-ratelimit-limit-requests", (self.rpm() / 6).to_string());
@@ -341,6 +329,15 @@ impl Mock {
                     ),
                 );
             }
+        }
+        if matches!(self.style, Style::OpenAi | Style::GroqDaily) {
+            // The minute's tokens, OpenAI's way (Groq's too).
+            put("x-ratelimit-limit-tokens", self.tpm.to_string());
+            put("x-ratelimit-remaining-tokens", remaining_tokens.to_string());
+            put(
+                "x-ratelimit-reset-tokens",
+                format!("{:.3}s", reset.as_secs_f64()),
+            );
         }
         if !admitted && self.style != Style::Bare {
             // The slice frees at the next second.
