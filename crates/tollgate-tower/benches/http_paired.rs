@@ -15,14 +15,13 @@
 
 use std::time::Instant;
 
-use http::Request;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
 use tower_governor::key_extractor::PeerIpKeyExtractor;
 
 mod common;
-use common::{connect, governor, hello, serve, tollgate_per_ip};
+use common::{connect, governor, hello, send_hello, serve, tollgate_per_ip};
 
 const CONNECTIONS: usize = 16;
 /// Requests a batch: about 50 ms of one app.
@@ -38,16 +37,7 @@ async fn batch(senders: Vec<SendRequest<Empty<Bytes>>>) -> (Vec<SendRequest<Empt
         .into_iter()
         .map(|mut sender| {
             tokio::spawn(async move {
-                for _ in 0..share {
-                    sender.ready().await.unwrap();
-                    let request = Request::get("/")
-                        .header("host", "bench")
-                        .body(Empty::new())
-                        .unwrap();
-                    let response = sender.send_request(request).await.unwrap();
-                    assert!(response.status().is_success());
-                    response.into_body().collect().await.unwrap();
-                }
+                send_hello(&mut sender, share as u64).await;
                 sender
             })
         })

@@ -30,7 +30,6 @@ use axum::body::Body;
 use axum::Router;
 use criterion::{criterion_group, BatchSize, Bencher, Criterion, Throughput};
 use http::{Request, Response};
-use http_body_util::{BodyExt, Empty};
 use tollgate_tower::{Key, KeyExtractor, PeerIp, RateLimitLayer};
 use tower::{Layer, Service};
 use tower_governor::key_extractor::{GlobalKeyExtractor, PeerIpKeyExtractor};
@@ -138,16 +137,7 @@ async fn drive(addr: SocketAddr, total: u64) -> Duration {
     for (i, mut sender) in senders.into_iter().enumerate() {
         let share = total / CONNECTIONS + u64::from((i as u64) < total % CONNECTIONS);
         tasks.push(tokio::spawn(async move {
-            for _ in 0..share {
-                sender.ready().await.unwrap();
-                let request = Request::get("/")
-                    .header("host", "bench")
-                    .body(Empty::new())
-                    .unwrap();
-                let response = sender.send_request(request).await.unwrap();
-                assert!(response.status().is_success());
-                response.into_body().collect().await.unwrap();
-            }
+            common::send_hello(&mut sender, share).await;
         }));
     }
     for task in tasks {

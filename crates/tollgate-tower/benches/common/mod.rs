@@ -120,6 +120,25 @@ pub fn serve(app: axum::Router) -> (SocketAddr, tokio::runtime::Runtime) {
     (addr, runtime)
 }
 
+/// Sends `count` GET requests for `/` one after another on `sender`,
+/// each answered with a success and its body read whole.
+pub async fn send_hello(
+    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<hyper::body::Bytes>>,
+    count: u64,
+) {
+    use http_body_util::BodyExt;
+    for _ in 0..count {
+        sender.ready().await.unwrap();
+        let request = http::Request::get("/")
+            .header("host", "bench")
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert!(response.status().is_success());
+        response.into_body().collect().await.unwrap();
+    }
+}
+
 /// `count` keep-alive HTTP/1.1 connections to `addr`, without Nagle's
 /// delay.
 pub async fn connect(
