@@ -593,9 +593,14 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             );
             let status = response.status();
             let answer = self.classify.classify(status);
-            if answer == Answer::Done {
-                // What this process spent, for what the answers show of
-                // the limits (see `infer`).
+            // What this process spent, where the answers are read for
+            // the request limit (see `infer`): what remains of one they do
+            // not state, or of one stated with neither reset nor window.
+            let requests = read.requests;
+            let read_for_limit = requests.remaining.is_some()
+                && (requests.limit.is_none()
+                    || (requests.reset.is_none() && requests.window.is_none()));
+            if answer == Answer::Done && read_for_limit {
                 state.known().inferred.spent(tokio::time::Instant::now());
             }
             self.learn(&key, &state, answer, &read).await;
