@@ -723,3 +723,40 @@ async fn a_limit_raised_twice_re_spaces_the_queue_twice_beside_a_dimension_that_
         assert_eq!(times, expected, "{tokens}");
     }
 }
+
+/// A waiter that a refund moves forward to now is still held by a pause
+/// that begins in the same instant (as when a call is refused: its
+/// reservation given back, everyone paused): no one goes before a pause
+/// ends. (It went 50 ms before this pause's end: the pause moved
+/// reservations back by its length, and this one was already due.)
+#[tokio::test(start_paused = true)]
+async fn a_refund_does_not_let_a_waiter_through_a_pause() {
+    let budget = Arc::new(KeyedBudget::<&str>::new(Limits::single(
+        "10/s burst 1".parse().unwrap(),
+    )));
+    let first = budget.acquire(&"k", &[1]).await.unwrap();
+    let tasks = spawn_timed(3, || {
+        let budget = Arc::clone(&budget);
+        async move {
+            budget.acquire(&"k", &[1]).await.unwrap();
+        }
+    });
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(budget.waiting(), 3, "due at 100, 200 and 300 ms");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The first call is refused: its reservation comes back (the waiters
+    // move up to 0, 100 and 200 ms) and everyone is paused for 100 ms.
+    budget.settle(&"k", first, &[0]).await.unwrap();
+    budget
+        .pause_for(&"k", Duration::from_millis(100))
+        .await
+        .unwrap();
+    let times = sorted_times(tasks).await;
+    assert_eq!(
+        times,
+        [150, 200, 300].map(Duration::from_millis),
+        "none before the pause ends at 150 ms"
+    );
+}

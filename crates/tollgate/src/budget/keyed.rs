@@ -409,6 +409,11 @@ impl<K: Hash + Eq + Clone, S: SyncStore<K>> KeyedBudget<K, S> {
                 waiter.hold_back(view.held.saturating_sub(waiter.held()));
                 continue;
             }
+            if !view.paused_for.is_zero() {
+                // Moved up into a pause in force (a refund): held to its end.
+                waiter.not_before(start + Duration::from_nanos(elapsed) + view.paused_for);
+                continue;
+            }
             break;
         }
         queued.admitted(self.store.now().saturating_sub(start_clock));
@@ -484,6 +489,11 @@ where
             match self.store.read(key, limits.quotas()).await {
                 Ok(view) if view.held > waiter.held() => {
                     waiter.hold_back(view.held.saturating_sub(waiter.held()));
+                }
+                // Due inside a pause in force: a refund moved it up after
+                // the pause moved it back. No one goes before a pause ends.
+                Ok(view) if !view.paused_for.is_zero() => {
+                    waiter.not_before(Instant::now() + view.paused_for);
                 }
                 // The reservation stands; a store that cannot say whether
                 // a pause began does not hold the caller longer.

@@ -212,6 +212,15 @@ impl Waiter {
         position.held = position.held.saturating_add(extension);
     }
 
+    /// Holds this waiter until `until` at least, in every dimension.
+    pub(crate) fn not_before(&self, until: Instant) {
+        let mut position = self.lock();
+        let len = position.len;
+        for due in position.dues.iter_mut().take(len) {
+            *due = (*due).max(until);
+        }
+    }
+
     /// Resolves when the waiter was moved forward (or at once, if it was
     /// moved since the last call).
     pub(crate) async fn moved(&self) {
