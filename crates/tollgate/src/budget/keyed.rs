@@ -409,9 +409,12 @@ impl<K: Hash + Eq + Clone, S: SyncStore<K>> KeyedBudget<K, S> {
                 waiter.hold_back(view.held.saturating_sub(waiter.held()));
                 continue;
             }
-            if !view.paused_for.is_zero() {
+            let until = start
+                .checked_add(Duration::from_nanos(elapsed))
+                .and_then(|now| now.checked_add(view.paused_for));
+            if let (false, Some(until)) = (view.paused_for.is_zero(), until) {
                 // Moved up into a pause in force (a refund): held to its end.
-                waiter.not_before(start + Duration::from_nanos(elapsed) + view.paused_for);
+                waiter.not_before(until);
                 continue;
             }
             break;
@@ -493,7 +496,10 @@ where
                 // Due inside a pause in force: a refund moved it up after
                 // the pause moved it back. No one goes before a pause ends.
                 Ok(view) if !view.paused_for.is_zero() => {
-                    waiter.not_before(Instant::now() + view.paused_for);
+                    match Instant::now().checked_add(view.paused_for) {
+                        Some(until) => waiter.not_before(until),
+                        None => break,
+                    }
                 }
                 // The reservation stands; a store that cannot say whether
                 // a pause began does not hold the caller longer.
