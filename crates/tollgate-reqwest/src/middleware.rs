@@ -59,6 +59,15 @@ impl Endpoint {
     }
 }
 
+impl Endpoint {
+    /// Whether the endpoint's `-requests` headers count a day, not a
+    /// minute: Groq's (`api.groq.com`), as its documentation says.
+    fn requests_count_a_day(&self) -> bool {
+        let host = self.host.trim_end_matches('.');
+        host == "groq.com" || host.ends_with(".groq.com")
+    }
+}
+
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}://{}:{}", self.scheme, self.host, self.port)?;
@@ -917,6 +926,14 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
         read: &RateLimitHeaders,
     ) {
         let mut stated = ProviderLimits::from_headers(read);
+        if key.requests_count_a_day() {
+            // Groq's `x-ratelimit-*-requests` count the day's requests
+            // (its documentation): not a minute's limit. The day's budget
+            // is the provider's to refuse; the minute's rate, which it
+            // does not state, is learnt from its refusals, from the first
+            // answer on.
+            stated = stated.without(Dimension::Requests);
+        }
         let (in_force, changed) = {
             let mut known = state.known();
             // A request limit stated with no reset and no window in the
@@ -1069,5 +1086,29 @@ impl ProviderLimits {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groq_hosts_count_requests_a_day() {
+        let endpoint = |url: &str| Endpoint::new(&reqwest::Url::parse(url).unwrap(), None);
+        for url in [
+            "https://api.groq.com/openai/v1/chat/completions",
+            "https://groq.com/v1",
+            "https://api.groq.com./v1",
+        ] {
+            assert!(endpoint(url).requests_count_a_day(), "{url}");
+        }
+        for url in [
+            "https://api.openai.com/v1",
+            "https://notgroq.com/v1",
+            "https://groq.com.example/v1",
+        ] {
+            assert!(!endpoint(url).requests_count_a_day(), "{url}");
+        }
     }
 }

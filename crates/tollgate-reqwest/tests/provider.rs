@@ -192,6 +192,24 @@ async fn azure_request_limit_of_ten_seconds() {
     check(Style::AzureTenSeconds, &measured, 652);
 }
 
+/// Groq's `-requests` headers count a day (14,400, with the time until
+/// full), its `-tokens` a minute, and the minute's request limit is
+/// enforced but not stated (Groq's documentation). At a host of Groq's,
+/// the day's limit is left to the provider and the minute's rate is
+/// learnt from its refusals, as where nothing is stated. (Read as a
+/// minute's, 34% of attempts were refused.) Exact on virtual time.
+#[tokio::test(start_paused = true)]
+async fn groq_requests_of_a_day() {
+    let measured = two_hundred_calls(Style::GroqDaily, 600, 1_000_000).await;
+    assert_eq!(measured.answered, CALLS, "none lost");
+    assert_eq!((measured.attempts, measured.refused), (201, 1));
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let permille = (measured.share_of_allowed * 1000.0).round() as u32;
+    // The slow start and the slow growth weigh on 20 s, as in
+    // `no_headers_only_refusals`.
+    assert_eq!(permille, 864);
+}
+
 /// No rate-limit headers at all, a refusal saying only `Retry-After`: the
 /// rate is learnt from the refusals alone. The calls go in a window that
 /// grows with each answer until the first refusal; the answers of the

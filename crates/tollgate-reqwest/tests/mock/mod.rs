@@ -127,7 +127,14 @@ pub(crate) async fn start(
     let app = Router::new()
         .route("/v1/chat/completions", post(complete))
         .with_state(Arc::clone(&mock));
-    (super::transport::register(app), mock)
+    // Groq's style answers at a host of Groq's, as Groq does: the
+    // middleware knows its `-requests` headers count a day.
+    let base = if style == Style::GroqDaily {
+        super::transport::register_in(app, "groq.com")
+    } else {
+        super::transport::register(app)
+    };
+    (base, mock)
 }
 
 async fn complete(State(mock): State<Arc<Mock>>, Json(body): Json<Value>) -> Response {

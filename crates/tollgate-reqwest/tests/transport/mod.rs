@@ -27,8 +27,15 @@ fn apps() -> &'static Mutex<HashMap<String, Router>> {
 
 /// Registers `app`; answers its base URL (`http://provider-N.test`).
 pub fn register(app: Router) -> String {
+    register_in(app, "test")
+}
+
+/// Registers `app` under `domain`; answers its base URL
+/// (`http://provider-N.DOMAIN`), for a provider the middleware knows by
+/// its host.
+pub fn register_in(app: Router, domain: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let host = format!("provider-{}.test", NEXT.fetch_add(1, Ordering::Relaxed));
+    let host = format!("provider-{}.{domain}", NEXT.fetch_add(1, Ordering::Relaxed));
     apps().lock().unwrap().insert(host.clone(), app);
     format!("http://{host}")
 }
