@@ -103,7 +103,9 @@ impl fmt::Display for Endpoint {
 ///   this process spent in the minute before; the rate in force is the
 ///   lower of that and the learnt one. A request limit stated with no
 ///   reset and no window in the header's name is a minute's unless the
-///   answers show ten seconds (Azure's).
+///   answers show ten seconds (Azure's). At a host of Groq's, whose
+///   `-requests` headers count a day, the minute's request rate is learnt
+///   from refusals as where none is stated.
 /// - **429, 503 and 529** pause the endpoint's budget for every caller, for
 ///   the wait the provider asks (`retry-after-ms`, `Retry-After`, a wait in
 ///   the body — Google's `retryDelay`, "Please try again in 5.289s" — the
