@@ -59,6 +59,34 @@ impl Endpoint {
     }
 }
 
+/// What an answer says remains of a request limit it does not state (see
+/// `infer`).
+fn remaining_of_unstated(requests: &tollgate::headers::Reading) -> Option<u64> {
+    match *requests {
+        tollgate::headers::Reading {
+            limit: None,
+            remaining: Some(remaining),
+            ..
+        } => Some(remaining),
+        _ => None,
+    }
+}
+
+/// A request limit an answer states with neither reset nor window in the
+/// header's name, and what remains of it (see `infer`).
+fn limit_without_window(requests: &tollgate::headers::Reading) -> Option<(u64, u64)> {
+    match *requests {
+        tollgate::headers::Reading {
+            limit: Some(limit),
+            remaining: Some(remaining),
+            reset: None,
+            window: None,
+            ..
+        } => Some((limit, remaining)),
+        _ => None,
+    }
+}
+
 impl Endpoint {
     /// Whether the endpoint's `-requests` headers count a day, not a
     /// minute: Groq's (`api.groq.com`), as its documentation says.
@@ -607,10 +635,8 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             // What this process spent, where the answers are read for
             // the request limit (see `infer`): what remains of one they do
             // not state, or of one stated with neither reset nor window.
-            let requests = read.requests;
-            let read_for_limit = requests.remaining.is_some()
-                && (requests.limit.is_none()
-                    || (requests.reset.is_none() && requests.window.is_none()));
+            let read_for_limit = remaining_of_unstated(&read.requests).is_some()
+                || limit_without_window(&read.requests).is_some();
             if answer == Answer::Done && read_for_limit {
                 state.known().inferred.spent(tokio::time::Instant::now());
             }
@@ -788,9 +814,13 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
         key: &Endpoint,
         state: &EndpointState,
     ) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        let now = tokio::time::Instant::now();
-        let pending = state.known().inferred.window_pending(now);
-        if !self.learns_rate(state) && !pending {
+        let gated = {
+            // One lock: every call passes here.
+            let known = state.known();
+            self.learns_rate_of(&known)
+                || known.inferred.window_pending(tokio::time::Instant::now())
+        };
+        if !gated {
             return None;
         }
         // A closed window (the first refusal came) lets everyone through.
@@ -813,7 +843,12 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
     /// Whether the endpoint's request rate is learnt from its answers: it
     /// states no request limit, and none is configured.
     fn learns_rate(&self, state: &EndpointState) -> bool {
-        self.configured.requests().is_none() && state.known().heard.requests().is_none()
+        self.learns_rate_of(&state.known())
+    }
+
+    /// [`learns_rate`](Self::learns_rate), under a lock already held.
+    fn learns_rate_of(&self, known: &Known) -> bool {
+        self.configured.requests().is_none() && known.heard.requests().is_none()
     }
 
     /// Where the endpoint states no request limit (and none is
@@ -856,12 +891,7 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
         answer: Answer,
         read: &RateLimitHeaders,
     ) {
-        let tollgate::headers::Reading {
-            limit: None,
-            remaining: Some(remaining),
-            ..
-        } = read.requests
-        else {
+        let Some(remaining) = remaining_of_unstated(&read.requests) else {
             return;
         };
         if answer != Answer::Done || !self.learns_rate(state) {
@@ -941,13 +971,7 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             // A request limit stated with no reset and no window in the
             // header's name: a minute's, unless the answers show ten
             // seconds (see `infer`).
-            if let tollgate::headers::Reading {
-                limit: Some(limit),
-                remaining: Some(remaining),
-                reset: None,
-                window: None,
-            } = read.requests
-            {
+            if let Some((limit, remaining)) = limit_without_window(&read.requests) {
                 let now = tokio::time::Instant::now();
                 let changed = match answer {
                     Answer::Done => known.inferred.stated(now, limit, remaining),

@@ -134,8 +134,6 @@ pub(crate) struct Share {
     /// The first answer, from which readings are taken for
     /// [`READING_FOR`].
     first_at: Option<Instant>,
-    /// Whether readings are still taken (the first minute).
-    reading: bool,
     /// How full the key is, 0 to 1: everyone's rate over the limit's in
     /// the last reading, then how much of the limit the last answer showed
     /// spent.
@@ -168,7 +166,6 @@ impl Default for Share {
             others: false,
             seen: None,
             first_at: None,
-            reading: true,
             full: None,
         }
     }
@@ -197,7 +194,6 @@ impl Share {
         if now.saturating_duration_since(first_at) >= READING_FOR {
             // No more readings: how full the key is comes from what
             // remains of the limit.
-            self.reading = false;
             self.mark = None;
             #[allow(clippy::cast_precision_loss)]
             if let Some(limit) = limit.filter(|&l| l > 0) {
@@ -318,6 +314,13 @@ impl Share {
         self.changed()
     }
 
+    /// Whether readings are still taken at `now`: over the first minute
+    /// from the first answer.
+    fn reading(&self, now: Instant) -> bool {
+        self.first_at
+            .is_none_or(|first| now.saturating_duration_since(first) < READING_FOR)
+    }
+
     /// The share, when it moved by more than a hundredth from the one last
     /// answered (and so put in force).
     fn changed(&mut self) -> Option<f64> {
@@ -346,12 +349,13 @@ impl Share {
             return;
         }
         let seconds = since.as_secs_f64();
+        let reading = self.reading(now);
         let share = match self.full {
-            Some(full) if full >= FULL && self.others && self.reading => {
+            Some(full) if full >= FULL && self.others && reading => {
                 self.share * (1.0 - EASE).powf(seconds)
             }
             Some(full) if full >= FULL && self.others => self.share,
-            Some(full) if full < ROOMY || (self.reading && full < ROOMY_READ) => {
+            Some(full) if full < ROOMY || (reading && full < ROOMY_READ) => {
                 self.share + FAST_STEP * seconds
             }
             _ => self.share + STEP * seconds,
@@ -593,7 +597,7 @@ mod tests {
             share.answered(at, Some(600), 30 - (i % 2));
         }
         close(&share, 0.475);
-        assert!(!share.reading);
+        assert!(!share.reading(minute));
         // A fifth of it left: a step a second (a second since the last
         // answer, then ten).
         let later = minute + Duration::from_secs(30);
