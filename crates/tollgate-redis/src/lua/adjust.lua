@@ -85,19 +85,38 @@ for i = 1, n do
     rescaled[i] = now + math.floor((tat[i] - now) * iv[i] / before)
   end
 end
--- A dimension too fast to bind (an old interval of at most 1 us) follows
--- the others back when a changed limit brings theirs closer: its debt is
--- where they put its admissions, at most a TAT less one interval.
-local moved, latest = false, nil
+-- When re-spacing brings the re-spaced dimensions closer, the last
+-- admission they allow (a TAT less one interval) moves closer by `shift`.
+-- A dimension with the same limit that had room at that admission (its
+-- TAT less its capacity before it) did not place it: its debt is where
+-- the others put its admissions, so it moves back by `shift` (to no
+-- earlier than the new last admission). One too fast to bind (an old
+-- interval of at most 1 us) moves to at most that last admission.
+local function respaced(i)
+  return was[i] > 1 and rescaled[i] ~= nil and rescaled[i] ~= tat[i]
+end
+local moved, last_was, last_is = false, 0, 0
 for i = 1, n do
-  if was[i] > 1 then
-    local x = rescaled[i] or tat[i]
-    if x < tat[i] then moved = true end
-    x = math.max(x - iv[i], 0)
-    if latest == nil or x > latest then latest = x end
+  if respaced(i) then
+    if rescaled[i] < tat[i] then moved = true end
+    last_was = math.max(last_was, tat[i] - was[i])
+    last_is = math.max(last_is, rescaled[i] - iv[i])
   end
 end
 if moved then
+  local shift = math.max(last_was - last_is, 0)
+  local follows = {}
+  for i = 1, n do
+    follows[i] = was[i] > 1 and not respaced(i) and tat[i] > last_is
+      and math.max(tat[i] - bu[i] * iv[i], 0) < last_was
+  end
+  local latest = 0
+  for i = 1, n do
+    if follows[i] then rescaled[i] = math.max(tat[i] - shift, last_is) end
+    if was[i] > 1 then
+      latest = math.max(latest, (rescaled[i] or tat[i]) - iv[i])
+    end
+  end
   for i = 1, n do
     if was[i] <= 1 then rescaled[i] = math.min(rescaled[i] or tat[i], latest) end
   end

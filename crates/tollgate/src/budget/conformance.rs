@@ -567,6 +567,31 @@ impl<S: Store<String> + 'static> Check<S> {
         self.adjust("c3", &q, &raised).await;
         let next = self.reserve("c3", &q, &[1, 1]).await;
         self.near("the next beside a fast dimension", next.wait, secs(900));
+        // Beside a bounded dimension that had room at every admission (10
+        // units of a 100 s capacity, one a second): its debt is where the
+        // first put its admissions, so it follows them back too. Without,
+        // its TAT at 1,450 s would put the next at 1,360 s.
+        let q = [unit_quota(secs(360), 1), unit_quota(secs(1), 100)];
+        self.admit("c4", &q, &[1, 10]).await;
+        for n in 1..5 {
+            let queued = self.reserve("c4", &q, &[1, 10]).await;
+            self.near("a reservation of the five", queued.wait, secs(360 * n));
+        }
+        let raised = [Change::Limit(unit_quota(secs(180), 1)), Change::Keep];
+        self.adjust("c4", &q, &raised).await;
+        let next = self.reserve("c4", &q, &[1, 10]).await;
+        self.near("the next beside a roomy dimension", next.wait, secs(900));
+        // Beside a dimension that spaced the queue itself (one every 720 s
+        // against 360): it stays where it is, and so does the next.
+        let q = [unit_quota(secs(360), 1), unit_quota(secs(720), 1)];
+        self.admit("c5", &q, &[1, 1]).await;
+        for n in 1..4 {
+            let queued = self.reserve("c5", &q, &[1, 1]).await;
+            self.near("a reservation of the four", queued.wait, secs(720 * n));
+        }
+        self.adjust("c5", &q, &raised).await;
+        let next = self.reserve("c5", &q, &[1, 1]).await;
+        self.near("the next beside a binding dimension", next.wait, secs(2880));
     }
 
     async fn concurrent_pauses(&self) {

@@ -371,11 +371,12 @@ impl<C: Clock> MemoryStore<C> {
                 before: found,
                 after: transition::rescale(found, &before, quota, now),
                 interval: quota.interval_ns(),
-                unbounded: before.interval_ns() <= transition::RESCALE_FROM_NS,
+                was: before.interval_ns(),
+                capacity: quota.capacity_ns(),
             };
         }
-        // ...then a dimension too fast to bind follows the others back:
-        // its admissions are where they put them.
+        // ...then the dimensions that did not place the last admission
+        // follow the others back: their admissions are where they put them.
         let followed = transition::follow(rescaled.get(..dims.len).unwrap_or(&[]));
         for (i, &change) in changes.iter().enumerate().take(dims.len) {
             let (Some(quota), Some(&tat)) = (quotas.get(i), followed.get(i)) else {

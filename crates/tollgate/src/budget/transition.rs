@@ -176,8 +176,8 @@ pub fn rescale(tat: u64, old: &Quota, new: &Quota, now: u64) -> u64 {
     now.saturating_add(u64::try_from(scaled).unwrap_or(u64::MAX))
 }
 
-/// One dimension's TAT before and after [`rescale`], and whether its old
-/// interval was at most [`RESCALE_FROM_NS`] (it never binds).
+/// One dimension's TAT before and after [`rescale`], with its intervals and
+/// capacity: what [`follow`] reads.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Respaced {
     /// The TAT before the change.
@@ -186,32 +186,69 @@ pub struct Respaced {
     pub after: u64,
     /// The new interval, in nanoseconds.
     pub interval: u64,
-    /// The old interval was at most [`RESCALE_FROM_NS`].
-    pub unbounded: bool,
+    /// The old interval, in nanoseconds: at most [`RESCALE_FROM_NS`], the
+    /// dimension never binds.
+    pub was: u64,
+    /// The new limit's capacity (burst times interval), in nanoseconds.
+    pub capacity: u64,
 }
 
-/// Every dimension's TAT after a changed limit: the re-spaced ones, and a
-/// dimension that never binds following the others back. Its debt is
-/// where the other dimensions put its admissions, so when a change brings
-/// theirs closer it follows them: to at most the latest instant their
-/// TATs allow for the last admission (a TAT less one interval). Left
-/// behind, it would hold every later decision where the old spacing put
-/// it.
+impl Respaced {
+    /// Its old interval was at most [`RESCALE_FROM_NS`]: it never binds.
+    pub fn unbounded(&self) -> bool {
+        self.was <= RESCALE_FROM_NS
+    }
+
+    /// Re-spaced at a changed interval.
+    fn moved(&self) -> bool {
+        !self.unbounded() && self.after != self.before
+    }
+}
+
+/// Every dimension's TAT after a changed limit: the re-spaced ones, and the
+/// dimensions that did not place the last admission following them back.
+///
+/// When re-spacing brings the re-spaced dimensions' debt closer, the last
+/// admission they allow (a TAT less one interval) moves closer by some
+/// `shift`. A dimension whose limit is the same and which had room at that
+/// admission (its TAT less its capacity before it) did not place it: its
+/// debt is where the others put its admissions, so it moves back by the
+/// same `shift` (to no earlier than that new last admission). A dimension
+/// too fast to bind moves to at most that last admission. Left behind,
+/// either would hold every later decision where the old spacing put it.
+/// A dimension that placed the last admission (it had no room before it)
+/// stays: its own limit spaced the queue.
 pub fn follow(dimensions: &[Respaced]) -> [u64; MAX_DIMENSIONS] {
     let mut tats = [0u64; MAX_DIMENSIONS];
     for (slot, d) in tats.iter_mut().zip(dimensions) {
         *slot = d.after;
     }
-    let bounded = || dimensions.iter().filter(|d| !d.unbounded);
-    if !bounded().any(|d| d.after < d.before) {
+    if !dimensions.iter().any(|d| d.moved() && d.after < d.before) {
         return tats;
     }
-    let latest = bounded()
-        .map(|d| d.after.saturating_sub(d.interval))
+    let last = |tat: u64, interval: u64| tat.saturating_sub(interval);
+    let moved = || dimensions.iter().filter(|d| d.moved());
+    let last_was = moved().map(|d| last(d.before, d.was)).max().unwrap_or(0);
+    let last_is = moved()
+        .map(|d| last(d.after, d.interval))
+        .max()
+        .unwrap_or(0);
+    let shift = last_was.saturating_sub(last_is);
+    for (slot, d) in tats.iter_mut().zip(dimensions) {
+        let had_room = d.before.saturating_sub(d.capacity) < last_was;
+        if !d.unbounded() && !d.moved() && had_room && d.before > last_is {
+            *slot = d.before.saturating_sub(shift).max(last_is);
+        }
+    }
+    let latest = tats
+        .iter()
+        .zip(dimensions)
+        .filter(|(_, d)| !d.unbounded())
+        .map(|(&tat, d)| last(tat, d.interval))
         .max()
         .unwrap_or(u64::MAX);
     for (slot, d) in tats.iter_mut().zip(dimensions) {
-        if d.unbounded {
+        if d.unbounded() {
             *slot = (*slot).min(latest);
         }
     }
