@@ -144,14 +144,22 @@ async fn openai_headers_when_requests_are_the_limit() {
     check(Style::OpenAi, &measured, 949);
 }
 
-/// Tokens bind: each call counts 72 tokens; 36,000 TPM is 600 tokens, 8.3
-/// calls, in any second. (The estimate, 72 as the provider counts, is
-/// settled with the usage, and the waiters queued behind move up by what
-/// it gives back.)
+/// Tokens bind: each call counts 72 tokens; 36,000 TPM is 600 tokens a
+/// second, 8.3 calls, from a bucket refilled continuously. (The estimate,
+/// 72 as the provider counts, is settled with the usage, and the waiters
+/// queued behind move up by what it gives back.)
 #[tokio::test(start_paused = true)]
 async fn openai_headers_when_tokens_are_the_limit() {
     let measured = two_hundred_calls(Style::OpenAi, 6_000, 36_000).await;
     check(Style::OpenAi, &measured, 950);
+}
+
+/// As above, with 2% headroom: 98% of the tokens' rate, none refused.
+#[tokio::test(start_paused = true)]
+async fn tokens_bind_at_two_percent_headroom() {
+    let middleware = RateLimitMiddleware::builder().headroom(0.02).build();
+    let measured = two_hundred_calls_with(Style::OpenAi, 6_000, 36_000, middleware).await;
+    check(Style::OpenAi, &measured, 980);
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,8 +1,10 @@
 //! A mock LLM provider, reached in process: an OpenAI-compatible chat completions
 //! endpoint that enforces requests and tokens per minute the way providers
-//! do, in slices of one second (a 600 RPM limit admits 10 in any second of
-//! the clock), and answers with OpenAI, Anthropic or IETF rate-limit
-//! headers. Time is Tokio's, so it runs on paused time.
+//! do: requests in slices of one second (a 600 RPM limit admits 10 in any
+//! second of the clock), tokens from a bucket holding a second's worth and
+//! refilled continuously (as Anthropic documents its token limits), or in
+//! slices of one second too; and answers with OpenAI, Anthropic or IETF
+//! rate-limit headers. Time is Tokio's, so it runs on paused time.
 //!
 //! Shared by several test files, each using part of it.
 #![allow(dead_code)]
@@ -41,6 +43,16 @@ pub(crate) enum Style {
     GroqDaily,
 }
 
+/// How the mock enforces its tokens a minute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Tokens {
+    /// A bucket of a second's worth, refilled continuously.
+    Bucket,
+    /// A second's worth in each second of the clock: calls that do not
+    /// divide it leave the rest unused (8 calls of 72 in 600 tokens).
+    Slices,
+}
+
 #[derive(Default, Debug, Clone, Copy)]
 pub(crate) struct Counts {
     pub(crate) ok: u64,
@@ -52,6 +64,7 @@ pub(crate) struct Mock {
     rpm: std::sync::atomic::AtomicU64,
     tpm: u64,
     style: Style,
+    tokens: Tokens,
     latency: Duration,
     start: Instant,
     /// The wall-clock time the mock's clock started at, for `Date` and
@@ -65,6 +78,9 @@ struct Windows {
     second: u64,
     requests_this_second: u64,
     tokens_this_second: u64,
+    /// When the token bucket is full again (since the start), all that it
+    /// lent paid back; it admits while that is at most a second away.
+    tokens_tat: Duration,
     /// (when, tokens) of every admitted request in the last minute.
     minute: VecDeque<(Instant, u64)>,
     counts: Counts,
@@ -115,10 +131,22 @@ pub(crate) async fn start(
     style: Style,
     latency: Duration,
 ) -> (String, Arc<Mock>) {
+    start_with(rpm, tpm, style, Tokens::Bucket, latency).await
+}
+
+/// As [`start`], with the tokens enforced as `tokens` says.
+pub(crate) async fn start_with(
+    rpm: u64,
+    tpm: u64,
+    style: Style,
+    tokens: Tokens,
+    latency: Duration,
+) -> (String, Arc<Mock>) {
     let mock = Arc::new(Mock {
         rpm: std::sync::atomic::AtomicU64::new(rpm),
         tpm,
         style,
+        tokens,
         latency,
         start: Instant::now(),
         epoch: SystemTime::UNIX_EPOCH + Duration::from_secs(1_750_000_000),
@@ -167,10 +195,18 @@ async fn complete(State(mock): State<Arc<Mock>>, Json(body): Json<Value>) -> Res
         } else {
             state.requests_this_second < mock.rpm() / 60
         };
-        let admitted = requests_admitted && state.tokens_this_second + cost <= mock.tpm / 60;
+        // One token's share of the bucket's second.
+        let per_token = Duration::from_secs(60).div_f64(mock.tpm as f64);
+        let tokens_tat = state.tokens_tat.max(elapsed) + per_token.mul_f64(cost as f64);
+        let tokens_admitted = match mock.tokens {
+            Tokens::Bucket => tokens_tat <= elapsed + Duration::from_secs(1),
+            Tokens::Slices => state.tokens_this_second + cost <= mock.tpm / 60,
+        };
+        let admitted = requests_admitted && tokens_admitted;
         if admitted {
             state.requests_this_second += 1;
             state.tokens_this_second += cost;
+            state.tokens_tat = tokens_tat;
             state.minute.push_back((now, cost));
             state.counts.ok += 1;
         } else {
