@@ -17,7 +17,7 @@ mod transport;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mock::{Mock, Style, Tokens};
+use mock::{Host, Mock, Style, Tokens};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use tollgate_reqwest::{RateLimitMiddleware, Usage};
@@ -54,6 +54,7 @@ struct Scenario {
     /// The requests a minute become this, 10 s in.
     change_to: Option<u64>,
     tokens: Tokens,
+    host: Host,
 }
 
 impl Scenario {
@@ -73,7 +74,14 @@ impl Scenario {
             clients,
             change_to,
             tokens: Tokens::Bucket,
+            host: Host::Provider,
         }
+    }
+
+    /// The mock at a host of no known provider.
+    fn elsewhere(mut self) -> Self {
+        self.host = Host::Unknown;
+        self
     }
 
     /// The mock's tokens enforced in slices of one second.
@@ -85,7 +93,7 @@ impl Scenario {
 
 async fn run(s: &Scenario, headroom: f64, calls: usize) -> Row {
     let latency = Duration::from_millis(120);
-    let (base, mock) = mock::start_with(s.rpm, s.tpm, s.style, s.tokens, latency).await;
+    let (base, mock) = mock::start_with(s.rpm, s.tpm, s.style, (s.tokens, s.host), latency).await;
     let url = Arc::new(format!("{base}/v1/chat/completions"));
     let payload = Arc::new(body(MAX_TOKENS).to_string());
     let start = Instant::now();
@@ -199,6 +207,15 @@ fn main() {
             600,
             1_000_000,
         ),
+        // The same headers where nothing says whose they are: the window
+        // is read from the answers.
+        one(
+            "a request limit of ten seconds, no reset, at an unknown host",
+            Style::AzureTenSeconds,
+            600,
+            1_000_000,
+        )
+        .elsewhere(),
         one(
             "Groq's headers: requests a day, the minute's unstated",
             Style::GroqDaily,

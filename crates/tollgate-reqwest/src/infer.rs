@@ -64,7 +64,8 @@ pub(crate) struct Inferred {
     window: Duration,
     /// Answers in a row that showed ten seconds.
     votes: u32,
-    /// A refusal came at the shorter window's rate: a minute for good.
+    /// A refusal came at the shorter window's rate: a minute for good;
+    /// or the provider is known to count ten seconds: for good too.
     settled: bool,
     /// When the first answer stated such a limit: until the window is
     /// known (ten seconds shown, or a minute without a sign), calls are
@@ -169,6 +170,15 @@ impl Inferred {
         None
     }
 
+    /// The provider is known to count ten seconds (Azure's): the window
+    /// from the first answer on, kept through refusals (which others
+    /// sharing the deployment cause too).
+    pub(crate) fn ten_seconds(&mut self, now: Instant) {
+        self.first_stated.get_or_insert(now);
+        self.window = TEN_SECONDS;
+        self.settled = true;
+    }
+
     /// Whether a request limit was stated without its window and the
     /// answers have not yet told it: ten seconds not shown, and a minute
     /// not yet passed since the first such answer.
@@ -182,7 +192,7 @@ impl Inferred {
     /// a minute from now on. Answers the window when it changed.
     pub(crate) fn refused(&mut self) -> Option<Duration> {
         self.votes = 0;
-        if self.window == MINUTE {
+        if self.window == MINUTE || self.settled {
             return None;
         }
         self.window = MINUTE;
@@ -336,6 +346,21 @@ mod tests {
             40,
         );
         assert_eq!(inferred.window(), MINUTE);
+    }
+
+    #[test]
+    fn a_provider_known_to_count_ten_seconds_keeps_them() {
+        let start = Instant::now();
+        let mut inferred = Inferred::default();
+        inferred.ten_seconds(start);
+        assert_eq!(inferred.window(), TEN_SECONDS);
+        assert!(!inferred.window_pending(start));
+        // Refusals (others sharing the deployment) change nothing, nor
+        // answers that would show a minute.
+        assert_eq!(inferred.refused(), None);
+        let mut provider = Sliding::new(100, MINUTE);
+        assert_eq!(paced(&mut inferred, &mut provider, start, 150), None);
+        assert_eq!(inferred.window(), TEN_SECONDS);
     }
 
     #[test]

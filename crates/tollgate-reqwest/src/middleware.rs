@@ -94,6 +94,22 @@ impl Endpoint {
         let host = self.host.trim_end_matches('.');
         host == "groq.com" || host.ends_with(".groq.com")
     }
+
+    /// Whether a request limit the endpoint states with neither reset nor
+    /// window counts ten seconds: Azure OpenAI's (`*.openai.azure.com`,
+    /// `*.cognitiveservices.azure.com`, `*.services.ai.azure.com`), whose
+    /// `x-ratelimit-limit-requests` is the deployment's requests a minute
+    /// over six (20 on a 120 RPM deployment).
+    fn requests_count_ten_seconds(&self) -> bool {
+        let host = self.host.trim_end_matches('.');
+        [
+            ".openai.azure.com",
+            ".cognitiveservices.azure.com",
+            ".services.ai.azure.com",
+        ]
+        .iter()
+        .any(|domain| host.ends_with(domain))
+    }
 }
 
 impl fmt::Display for Endpoint {
@@ -130,8 +146,10 @@ impl fmt::Display for Endpoint {
 ///   the limit is inferred from the first answer: what remains plus what
 ///   this process spent in the minute before; the rate in force is the
 ///   lower of that and the learnt one. A request limit stated with no
-///   reset and no window in the header's name is a minute's unless the
-///   answers show ten seconds (Azure's). At a host of Groq's, whose
+///   reset and no window in the header's name counts ten seconds at a host
+///   of Azure OpenAI's (`*.openai.azure.com`, `*.cognitiveservices.azure.com`,
+///   `*.services.ai.azure.com`), as Azure documents; elsewhere a minute,
+///   unless the answers show ten seconds. At a host of Groq's, whose
 ///   `-requests` headers count a day, the minute's request rate is learnt
 ///   from refusals as where none is stated.
 /// - **429, 503 and 529** pause the endpoint's budget for every caller, for
@@ -973,6 +991,10 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             // seconds (see `infer`).
             if let Some((limit, remaining)) = limit_without_window(&read.requests) {
                 let now = tokio::time::Instant::now();
+                if key.requests_count_ten_seconds() {
+                    // Azure's: ten seconds, as its documentation says.
+                    known.inferred.ten_seconds(now);
+                }
                 let changed = match answer {
                     Answer::Done => known.inferred.stated(now, limit, remaining),
                     Answer::RateLimited => known.inferred.refused(),
@@ -1135,6 +1157,27 @@ mod tests {
             "https://groq.com.example/v1",
         ] {
             assert!(!endpoint(url).requests_count_a_day(), "{url}");
+        }
+    }
+
+    #[test]
+    fn azure_hosts_count_requests_over_ten_seconds() {
+        let endpoint = |url: &str| Endpoint::new(&reqwest::Url::parse(url).unwrap(), None);
+        for url in [
+            "https://contoso.openai.azure.com/openai/deployments/gpt-4o/chat/completions",
+            "https://contoso.cognitiveservices.azure.com/openai/v1",
+            "https://contoso.services.ai.azure.com/models",
+            "https://contoso.openai.azure.com./v1",
+        ] {
+            assert!(endpoint(url).requests_count_ten_seconds(), "{url}");
+        }
+        for url in [
+            "https://api.openai.com/v1",
+            "https://openai.azure.com.example/v1",
+            "https://notopenai.azure.com/v1",
+            "https://api.groq.com/v1",
+        ] {
+            assert!(!endpoint(url).requests_count_ten_seconds(), "{url}");
         }
     }
 }

@@ -53,6 +53,17 @@ pub(crate) enum Tokens {
     Slices,
 }
 
+/// Where the mock answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Host {
+    /// At a host of the provider its style imitates, where the middleware
+    /// knows what the provider's headers count (Groq's, Azure's); any
+    /// other style at a host of no known provider.
+    Provider,
+    /// At a host of no known provider, whatever its style.
+    Unknown,
+}
+
 #[derive(Default, Debug, Clone, Copy)]
 pub(crate) struct Counts {
     pub(crate) ok: u64,
@@ -131,15 +142,15 @@ pub(crate) async fn start(
     style: Style,
     latency: Duration,
 ) -> (String, Arc<Mock>) {
-    start_with(rpm, tpm, style, Tokens::Bucket, latency).await
+    start_with(rpm, tpm, style, (Tokens::Bucket, Host::Provider), latency).await
 }
 
-/// As [`start`], with the tokens enforced as `tokens` says.
+/// As [`start`], with the tokens enforced as `tokens` says, at `host`.
 pub(crate) async fn start_with(
     rpm: u64,
     tpm: u64,
     style: Style,
-    tokens: Tokens,
+    (tokens, host): (Tokens, Host),
     latency: Duration,
 ) -> (String, Arc<Mock>) {
     let mock = Arc::new(Mock {
@@ -156,11 +167,14 @@ pub(crate) async fn start_with(
         .route("/v1/chat/completions", post(complete))
         .with_state(Arc::clone(&mock));
     // Groq's style answers at a host of Groq's, as Groq does: the
-    // middleware knows its `-requests` headers count a day.
-    let base = if style == Style::GroqDaily {
-        super::transport::register_in(app, "groq.com")
-    } else {
-        super::transport::register(app)
+    // middleware knows its `-requests` headers count a day; Azure's at a
+    // host of Azure's, where they count ten seconds.
+    let base = match (style, host) {
+        (Style::GroqDaily, Host::Provider) => super::transport::register_in(app, "groq.com"),
+        (Style::AzureTenSeconds, Host::Provider) => {
+            super::transport::register_in(app, "openai.azure.com")
+        }
+        _ => super::transport::register(app),
     };
     (base, mock)
 }
