@@ -175,7 +175,9 @@ pub fn quota_window(quota: &Quota) -> (u64, u64) {
 }
 
 /// An instant as RFC 3339 in UTC, to the second (`2025-02-24T22:25:47Z`):
-/// how Anthropic writes its resets, and what [`parse`] reads.
+/// how Anthropic writes its resets, and what [`parse`] reads. An instant
+/// before 1970 is written as 1970's first second, one past 9999 as
+/// 9999's last.
 ///
 /// ```
 /// use std::time::{Duration, SystemTime};
@@ -183,44 +185,12 @@ pub fn quota_window(quota: &Quota) -> (u64, u64) {
 /// assert_eq!(tollgate::headers::rfc3339(at), "2025-02-24T22:25:47Z");
 /// ```
 pub fn rfc3339(at: std::time::SystemTime) -> String {
-    let secs = at
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days);
-    let mut out = String::with_capacity(20);
-    for (n, width, sep) in [
-        (year, 4, '-'),
-        (month, 2, '-'),
-        (day, 2, 'T'),
-        (rest / 3600, 2, ':'),
-        (rest % 3600 / 60, 2, ':'),
-        (rest % 60, 2, 'Z'),
-    ] {
-        for _ in digits(n)..width {
-            out.push('0');
-        }
-        push_u64(&mut out, n);
-        out.push(sep);
-    }
-    out
-}
-
-/// The (year, month, day) of a count of days since 1970-01-01, proleptic
-/// Gregorian (H. Hinnant's algorithm), for days after the epoch.
-// Every value is bounded by the days in a u64 of seconds: no overflow.
-#[allow(clippy::arithmetic_side_effects)]
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
+    use std::time::{Duration, UNIX_EPOCH};
+    // The last second of 9999: humantime writes four-digit years.
+    let last = UNIX_EPOCH
+        .checked_add(Duration::from_secs(253_402_300_799))
+        .unwrap_or(UNIX_EPOCH);
+    humantime::format_rfc3339_seconds(at.clamp(UNIX_EPOCH, last)).to_string()
 }
 
 /// The `RateLimit-Policy` item for a quota: `"name";q=100;w=60`.
@@ -270,6 +240,20 @@ fn push_u64(out: &mut String, n: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_of_any_instant() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let at = |secs| UNIX_EPOCH + Duration::from_secs(secs);
+        assert_eq!(rfc3339(at(0)), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(at(951_782_400)), "2000-02-29T00:00:00Z");
+        let before = UNIX_EPOCH.checked_sub(Duration::from_secs(1));
+        if let Some(before) = before {
+            assert_eq!(rfc3339(before), "1970-01-01T00:00:00Z");
+        }
+        assert_eq!(rfc3339(at(253_402_300_799)), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339(at(300_000_000_000)), "9999-12-31T23:59:59Z");
+    }
 
     #[test]
     fn windows_of_whole_and_partial_seconds() {

@@ -361,7 +361,8 @@ fn too_long(value: &str, unit: Duration) -> bool {
 }
 
 /// A Go duration (`1h2m3.5s`, `12ms`) or bare seconds (`55`); a bare zero
-/// is ignored (Azure's "unknown").
+/// is ignored (Azure's "unknown"). Read here, not by `humantime`, which
+/// reads no fractions (`3.5s`, OpenAI's `1.2s` resets).
 fn go_duration(value: &str) -> Option<Duration> {
     if value.is_empty() {
         return None;
@@ -437,91 +438,34 @@ fn until(at: SystemTime, now: SystemTime) -> Option<Duration> {
 }
 
 /// An RFC 3339 date-time: `2025-02-24T22:25:47Z`, `…47.250Z`, `…47+01:00`.
+/// `humantime` reads the date and time in UTC; an offset other than `Z`
+/// is taken off here (humantime reads only `Z` and `+00:00`).
 fn rfc3339(value: &str) -> Option<SystemTime> {
-    let b = value.as_bytes();
-    if b.len() < 20 || b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') {
-        return None;
-    }
-    if !matches!(b.get(10), Some(b'T' | b't' | b' ')) || b.get(13) != Some(&b':') {
-        return None;
-    }
-    if b.get(16) != Some(&b':') {
-        return None;
-    }
-    let num = |range: std::ops::Range<usize>| -> Option<u32> {
-        let s = value.get(range)?;
-        if !s.bytes().all(|c| c.is_ascii_digit()) {
-            return None;
-        }
-        s.parse().ok()
+    // RFC 3339 allows `t` and `z` in lower case; humantime reads upper.
+    let value = value.to_ascii_uppercase();
+    let (local, offset) = match value.strip_suffix('Z') {
+        Some(local) => (local, "+00:00"),
+        None => value.split_at_checked(value.len().checked_sub(6)?)?,
     };
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
+    if !offset.starts_with(['+', '-']) || local.contains('Z') {
         return None;
     }
-    if hour > 23 || minute > 59 || second > 60 {
+    let (h, m) = offset.get(1..)?.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 || !h.bytes().chain(m.bytes()).all(|c| c.is_ascii_digit()) {
         return None;
     }
-    let mut rest = value.get(19..)?;
-    let mut nanos = Duration::ZERO;
-    if let Some(fraction) = rest.strip_prefix('.') {
-        let len = fraction
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(fraction.len());
-        nanos = decimal(
-            &format!("0.{}", fraction.get(..len)?),
-            Duration::from_secs(1),
-        )?;
-        rest = fraction.get(len..)?;
+    let (h, m): (u64, u64) = (h.parse().ok()?, m.parse().ok()?);
+    if h > 23 || m > 59 {
+        return None;
     }
-    let offset_secs: i64 = match rest {
-        "Z" | "z" => 0,
-        _ => {
-            let sign = match rest.as_bytes().first()? {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            let tz = rest.get(1..)?;
-            let (h, m) = tz.split_once(':')?;
-            if h.len() != 2 || m.len() != 2 {
-                return None;
-            }
-            let (h, m): (i64, i64) = (count(h)?.try_into().ok()?, count(m)?.try_into().ok()?);
-            if h > 23 || m > 59 {
-                return None;
-            }
-            sign * (h * 3600 + m * 60)
-        }
-    };
-    let days = days_from_civil(i64::from(year), month, day);
-    let local = days * 86_400 + i64::from(hour) * 3600 + i64::from(minute) * 60 + i64::from(second);
-    let utc = u64::try_from(local - offset_secs).ok()?;
-    UNIX_EPOCH
-        .checked_add(Duration::from_secs(utc))?
-        .checked_add(nanos)
-}
-
-fn days_in_month(year: u32, month: u32) -> u32 {
-    match month {
-        4 | 6 | 9 | 11 => 30,
-        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
-        2 => 28,
-        _ => 31,
+    let shift = Duration::from_secs(h * 3600 + m * 60);
+    // The date-time before the offset, read as UTC, then moved by it.
+    let local = humantime::parse_rfc3339_weak(&format!("{local}Z")).ok()?;
+    if offset.starts_with('-') {
+        local.checked_add(shift)
+    } else {
+        local.checked_sub(shift)
     }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
-/// algorithm).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let yoe = year - era * 400;
-    let month = i64::from(month);
-    let doy = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// A Structured Field item of a list: a name (a string, or a token) and its
@@ -619,4 +563,56 @@ fn policies(policy_items: Vec<Item>, status_items: Vec<Item>) -> Vec<Policy> {
         }
     }
     policies
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64, millis: u64) -> Option<SystemTime> {
+        Some(UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis))
+    }
+
+    #[test]
+    fn rfc3339_in_utc_and_at_an_offset() {
+        // 2025-02-24T22:25:47Z.
+        let utc = 1_740_435_947;
+        for text in [
+            "2025-02-24T22:25:47Z",
+            "2025-02-24t22:25:47z",
+            "2025-02-24 22:25:47Z",
+            "2025-02-24T22:25:47+00:00",
+            "2025-02-24T23:25:47+01:00",
+            "2025-02-24T17:55:47-04:30",
+            "2025-02-25T00:25:47+02:00",
+        ] {
+            assert_eq!(rfc3339(text), at(utc, 0), "{text}");
+        }
+        assert_eq!(rfc3339("2025-02-24T22:25:47.250Z"), at(utc, 250));
+        assert_eq!(rfc3339("2025-02-24T23:25:47.5+01:00"), at(utc, 500));
+    }
+
+    #[test]
+    fn rfc3339_that_is_not() {
+        for text in [
+            "",
+            "Z",
+            "2025-02-24",
+            "2025-02-24T22:25:47",
+            "2025-02-24T22:25:47+1:00",
+            "2025-02-24T22:25:47+01",
+            "2025-02-24T22:25:47+24:00",
+            "2025-02-24T22:25:47+01:60",
+            "2025-02-24T22:25:47+0a:00",
+            "2025-02-30T22:25:47Z",
+            "2025-13-01T22:25:47Z",
+            "2025-02-24T24:00:00Z",
+            "1969-12-31T23:59:59Z",
+            "2025-02-24T22:25:47ZZ",
+            "2025-02-24T22:25:47.2x0Z",
+            "２025-02-24T22:25:47Z",
+        ] {
+            assert_eq!(rfc3339(text), None, "{text}");
+        }
+    }
 }
