@@ -217,6 +217,12 @@ fn main() {
         )
         .elsewhere(),
         one(
+            "a minute's request limit stated without reset or window",
+            Style::MinuteNoReset,
+            600,
+            1_000_000,
+        ),
+        one(
             "Groq's headers: requests a day, the minute's unstated",
             Style::GroqDaily,
             600,

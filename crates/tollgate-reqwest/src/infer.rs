@@ -41,12 +41,14 @@ const WINDOW: Duration = Duration::from_secs(60);
 /// fewer own answers than were spent, and is lower, never higher).
 const SAMPLES: usize = 100_000;
 
-/// The window a stated limit is taken to count where nothing says it.
+/// The window a stated limit counts where a refusal showed that ten
+/// seconds were wrong.
 const MINUTE: Duration = Duration::from_secs(60);
-/// The shorter window the answers can show instead (Azure's request
-/// limit counts ten seconds).
+/// The window a stated limit is taken to count where nothing says it:
+/// Azure's, the one provider known to state a request limit with neither
+/// reset nor window (its deployment's requests a minute over six).
 const TEN_SECONDS: Duration = Duration::from_secs(10);
-/// Answers in a row that show the shorter window before it is taken.
+/// Answers in a row that show ten seconds before they are kept for good.
 const VOTES: u32 = 3;
 
 /// One endpoint's inferred request limit, and the window of a request
@@ -59,18 +61,14 @@ pub(crate) struct Inferred {
     /// each is less than every later one (a monotonic queue).
     estimates: VecDeque<(Instant, u64)>,
     /// The window of a stated request limit whose header names none and
-    /// that comes with no reset: a minute unless the answers show ten
-    /// seconds.
+    /// that comes with no reset: ten seconds until a refusal shows
+    /// otherwise (then a minute).
     window: Duration,
     /// Answers in a row that showed ten seconds.
     votes: u32,
-    /// A refusal came at the shorter window's rate: a minute for good;
-    /// or the provider is known to count ten seconds: for good too.
+    /// The window is known for good: the answers showed ten seconds, the
+    /// provider is known to count them, or a refusal showed a minute.
     settled: bool,
-    /// When the first answer stated such a limit: until the window is
-    /// known (ten seconds shown, or a minute without a sign), calls are
-    /// not queued at a guess.
-    first_stated: Option<Instant>,
 }
 
 impl Default for Inferred {
@@ -78,10 +76,9 @@ impl Default for Inferred {
         Self {
             spent: VecDeque::new(),
             estimates: VecDeque::new(),
-            window: MINUTE,
+            window: TEN_SECONDS,
             votes: 0,
             settled: false,
-            first_stated: None,
         }
     }
 }
@@ -142,13 +139,13 @@ impl Inferred {
     /// `limit` whose window nothing states. Under a sliding window, what
     /// the provider counts is this process's last `limit - remaining`
     /// answers (more where others spend too): the one before them was not
-    /// counted, so the window is shorter than its age. Where that age is
-    /// well under a minute and the counted ones span about ten seconds,
-    /// answer after answer, the limit counts ten seconds. Answers the
-    /// window when it changed.
+    /// counted, so the window is shorter than its age, which under a
+    /// minute's window cannot be under a minute. Where that age is well
+    /// under a minute and the counted ones span about ten seconds, answer
+    /// after answer, the limit counts ten seconds: kept for good. Answers
+    /// the window when it was settled so.
     pub(crate) fn stated(&mut self, now: Instant, limit: u64, remaining: u64) -> Option<Duration> {
-        self.first_stated.get_or_insert(now);
-        if self.settled || self.window != MINUTE {
+        if self.settled {
             return None;
         }
         let counted = usize::try_from(limit.saturating_sub(remaining)).unwrap_or(usize::MAX);
@@ -164,35 +161,24 @@ impl Inferred {
             && outside >= TEN_SECONDS * 4 / 5;
         self.votes = if ten { self.votes + 1 } else { 0 };
         if self.votes >= VOTES {
-            self.window = TEN_SECONDS;
+            self.settled = true;
             return Some(self.window);
         }
         None
     }
 
-    /// The provider is known to count ten seconds (Azure's): the window
-    /// from the first answer on, kept through refusals (which others
-    /// sharing the deployment cause too).
-    pub(crate) fn ten_seconds(&mut self, now: Instant) {
-        self.first_stated.get_or_insert(now);
+    /// The provider is known to count ten seconds (Azure's): kept through
+    /// refusals (which others sharing the deployment cause too).
+    pub(crate) fn ten_seconds(&mut self) {
         self.window = TEN_SECONDS;
         self.settled = true;
     }
 
-    /// Whether a request limit was stated without its window and the
-    /// answers have not yet told it: ten seconds not shown, and a minute
-    /// not yet passed since the first such answer.
-    pub(crate) fn window_pending(&self, now: Instant) -> bool {
-        self.first_stated.is_some_and(|first| {
-            !self.settled && self.window == MINUTE && now.saturating_duration_since(first) < MINUTE
-        })
-    }
-
-    /// A refusal came. Where the shorter window was taken, it was wrong:
-    /// a minute from now on. Answers the window when it changed.
+    /// A refusal came. Where ten seconds were not yet shown, they were
+    /// wrong: a minute from now on. Answers the window when it changed.
     pub(crate) fn refused(&mut self) -> Option<Duration> {
         self.votes = 0;
-        if self.window == MINUTE || self.settled {
+        if self.settled {
             return None;
         }
         self.window = MINUTE;
@@ -295,16 +281,17 @@ mod tests {
         assert_eq!(answer(&mut inferred, lowered, 297), Some(300));
     }
 
-    /// Paces answers at `limit` a minute, each stating `limit` and what
-    /// remains of the provider's window; answers when the window changed
-    /// and to what.
+    /// Paces answers at `limit` every `every_window` of the provider's,
+    /// each stating `limit` and what remains of its window; answers when
+    /// the window was settled and to what.
     fn paced(
         inferred: &mut Inferred,
         provider: &mut Sliding,
         start: Instant,
         answers: u32,
+        every_window: Duration,
     ) -> Option<(Instant, Duration)> {
-        let every = Duration::from_secs(60) / u32::try_from(provider.limit).unwrap();
+        let every = every_window / u32::try_from(provider.limit).unwrap();
         let mut changed = None;
         for i in 0..answers {
             let at = start + every * i;
@@ -318,32 +305,48 @@ mod tests {
     }
 
     #[test]
-    fn a_request_limit_of_ten_seconds_shows_itself() {
+    fn ten_seconds_until_the_answers_confirm_them() {
         let start = Instant::now();
-        // 100 a ten seconds' window, read as 100 a minute: an answer every
-        // 600 ms. The first not counted leaves the window 10 s in; three
-        // answers in a row show it.
+        // 100 a ten seconds' window, paced at it: an answer every 100 ms.
         let mut provider = Sliding::new(100, TEN_SECONDS);
         let mut inferred = Inferred::default();
-        assert!(!inferred.window_pending(start));
-        // 19 answers, to 10.8 s: the first left the window at 10.2 s.
-        assert_eq!(paced(&mut inferred, &mut provider, start, 19), None);
-        assert!(inferred.window_pending(start + Duration::from_millis(10_800)));
-        let then = start + Duration::from_millis(11_400);
+        assert_eq!(inferred.window(), TEN_SECONDS);
+        // 101 answers, to 10 s: the last shows the first out of the
+        // window (the first sign); the next two confirm it.
         assert_eq!(
-            paced(&mut inferred, &mut provider, then, 5),
-            Some((then, TEN_SECONDS))
+            paced(&mut inferred, &mut provider, start, 101, TEN_SECONDS),
+            None
+        );
+        let then = start + Duration::from_millis(10_100);
+        assert_eq!(
+            paced(&mut inferred, &mut provider, then, 5, TEN_SECONDS),
+            Some((then + Duration::from_millis(100), TEN_SECONDS))
+        );
+        // Kept for good: a refusal (another process's bunch) changes
+        // nothing.
+        assert_eq!(inferred.refused(), None);
+        assert_eq!(inferred.window(), TEN_SECONDS);
+    }
+
+    #[test]
+    fn a_refusal_before_the_answers_confirm_ten_seconds_means_a_minute() {
+        let start = Instant::now();
+        // A minute's limit of 100, paced as ten seconds': the window holds
+        // every answer of this process, and no answer shows ten seconds.
+        let mut provider = Sliding::new(100, MINUTE);
+        let mut inferred = Inferred::default();
+        assert_eq!(
+            paced(&mut inferred, &mut provider, start, 100, TEN_SECONDS),
+            None
         );
         assert_eq!(inferred.window(), TEN_SECONDS);
-        assert!(!inferred.window_pending(then));
-        // A refusal at that rate: a minute, for good.
+        // The 101st is refused: a minute, for good.
         assert_eq!(inferred.refused(), Some(MINUTE));
         assert_eq!(inferred.refused(), None);
-        paced(
-            &mut inferred,
-            &mut provider,
-            start + Duration::from_secs(20),
-            40,
+        let later = start + Duration::from_secs(70);
+        assert_eq!(
+            paced(&mut inferred, &mut provider, later, 300, MINUTE),
+            None
         );
         assert_eq!(inferred.window(), MINUTE);
     }
@@ -352,14 +355,13 @@ mod tests {
     fn a_provider_known_to_count_ten_seconds_keeps_them() {
         let start = Instant::now();
         let mut inferred = Inferred::default();
-        inferred.ten_seconds(start);
-        assert_eq!(inferred.window(), TEN_SECONDS);
-        assert!(!inferred.window_pending(start));
-        // Refusals (others sharing the deployment) change nothing, nor
-        // answers that would show a minute.
+        inferred.ten_seconds();
         assert_eq!(inferred.refused(), None);
         let mut provider = Sliding::new(100, MINUTE);
-        assert_eq!(paced(&mut inferred, &mut provider, start, 150), None);
+        assert_eq!(
+            paced(&mut inferred, &mut provider, start, 150, MINUTE),
+            None
+        );
         assert_eq!(inferred.window(), TEN_SECONDS);
     }
 
@@ -369,9 +371,10 @@ mod tests {
         // Alone, at the minute's rate, for three minutes.
         let mut provider = Sliding::new(100, MINUTE);
         let mut inferred = Inferred::default();
-        assert_eq!(paced(&mut inferred, &mut provider, start, 300), None);
-        assert_eq!(inferred.window(), MINUTE);
-        assert!(!inferred.window_pending(start + Duration::from_secs(61)));
+        assert_eq!(
+            paced(&mut inferred, &mut provider, start, 300, MINUTE),
+            None
+        );
         // Another process spending as much: what the window holds is
         // older still.
         let mut provider = Sliding::new(100, MINUTE);
@@ -384,5 +387,7 @@ mod tests {
             inferred.spent(at);
             assert_eq!(inferred.stated(at, 100, remaining), None, "{i}");
         }
+        // Nothing settled: a refusal would still mean a minute.
+        assert_eq!(inferred.refused(), Some(MINUTE));
     }
 }

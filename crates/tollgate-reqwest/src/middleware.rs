@@ -146,10 +146,12 @@ impl fmt::Display for Endpoint {
 ///   the limit is inferred from the first answer: what remains plus what
 ///   this process spent in the minute before; the rate in force is the
 ///   lower of that and the learnt one. A request limit stated with no
-///   reset and no window in the header's name counts ten seconds at a host
-///   of Azure OpenAI's (`*.openai.azure.com`, `*.cognitiveservices.azure.com`,
-///   `*.services.ai.azure.com`), as Azure documents; elsewhere a minute,
-///   unless the answers show ten seconds. At a host of Groq's, whose
+///   reset and no window in the header's name counts ten seconds, as
+///   Azure OpenAI's does (its deployment's requests a minute over six):
+///   at a host of Azure's (`*.openai.azure.com`,
+///   `*.cognitiveservices.azure.com`, `*.services.ai.azure.com`) for good;
+///   elsewhere until a refusal comes before the answers confirm it, which
+///   makes it a minute's. At a host of Groq's, whose
 ///   `-requests` headers count a day, the minute's request rate is learnt
 ///   from refusals as where none is stated.
 /// - **429, 503 and 529** pause the endpoint's budget for every caller, for
@@ -832,13 +834,7 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
         key: &Endpoint,
         state: &EndpointState,
     ) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        let gated = {
-            // One lock: every call passes here.
-            let known = state.known();
-            self.learns_rate_of(&known)
-                || known.inferred.window_pending(tokio::time::Instant::now())
-        };
-        if !gated {
+        if !self.learns_rate(state) {
             return None;
         }
         // A closed window (the first refusal came) lets everyone through.
@@ -987,14 +983,15 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
         let (in_force, changed) = {
             let mut known = state.known();
             // A request limit stated with no reset and no window in the
-            // header's name: a minute's, unless the answers show ten
-            // seconds (see `infer`).
+            // header's name: ten seconds' (Azure's), unless a refusal
+            // shows a minute before the answers confirm them (see
+            // `infer`).
             if let Some((limit, remaining)) = limit_without_window(&read.requests) {
-                let now = tokio::time::Instant::now();
                 if key.requests_count_ten_seconds() {
-                    // Azure's: ten seconds, as its documentation says.
-                    known.inferred.ten_seconds(now);
+                    // Azure's host: ten seconds, as its documentation says.
+                    known.inferred.ten_seconds();
                 }
+                let now = tokio::time::Instant::now();
                 let changed = match answer {
                     Answer::Done => known.inferred.stated(now, limit, remaining),
                     Answer::RateLimited => known.inferred.refused(),
@@ -1003,10 +1000,8 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
                 if let Some(window) = changed {
                     tracing::info!(%key, ?window, limit, "the request limit's window, from the answers");
                 }
-                if !known.inferred.window_pending(now) {
-                    // The window is known: calls queue at its rate.
-                    state.window.close();
-                }
+                // A rate is known: no slow start.
+                state.window.close();
                 let window = known.inferred.window().as_secs().max(1);
                 if let Some(per_window) = stated.requests() {
                     stated = stated.requests_per_minute(per_window.saturating_mul(60) / window);

@@ -37,6 +37,11 @@ pub(crate) enum Style {
     /// seconds (a sixth of the minute's), with what remains of it and no
     /// reset; enforced over any ten seconds, not in slices of one.
     AzureTenSeconds,
+    /// A minute's request limit stated as Azure states its ten seconds'
+    /// (`x-ratelimit-limit-requests`, what remains, no reset), enforced
+    /// in slices of a second: what a guess of ten seconds meets when it
+    /// is wrong.
+    MinuteNoReset,
     /// Groq's: `-requests` headers are the day's (14,400, time until full
     /// at that rate), `-tokens` the minute's; the minute's requests are
     /// enforced but not stated.
@@ -352,6 +357,13 @@ impl Mock {
                     (self.rpm() / 6).saturating_sub(used_requests).to_string(),
                 );
                 put("x-ratelimit-remaining-tokens", remaining_tokens.to_string());
+            }
+            Style::MinuteNoReset => {
+                put("x-ratelimit-limit-requests", self.rpm().to_string());
+                put(
+                    "x-ratelimit-remaining-requests",
+                    remaining_requests.to_string(),
+                );
             }
             Style::RemainingOnly => {
                 put(
