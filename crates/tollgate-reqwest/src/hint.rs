@@ -1,22 +1,36 @@
-//! Wait hints in a refusal's body, for providers that put none in the
-//! headers: Google's `RetryInfo` (`"retryDelay": "26s"`) and messages such
-//! as OpenAI's "Please try again in 5.289s" (or "in 20ms", "in 1m30s").
+//! What a refusal's body says: a wait, for providers that put none in the
+//! headers (Google's `RetryInfo`, `"retryDelay": "26s"`, and messages such
+//! as OpenAI's "Please try again in 5.289s", or "in 20ms", "in 1m30s");
+//! and the limit a message names, as OpenAI's and Groq's do ("on requests
+//! per minute (RPM): Limit 30, Used 30, Requested 1"), which Groq's
+//! headers leave out.
 
 use std::time::Duration;
 
 use reqwest::{Response, ResponseBuilderExt};
 use serde_json::Value;
 
+use crate::limits::Dimension;
+
 /// The largest body read for a hint. A larger one (or one of unknown
 /// length) is left unread, so that a refusal handed back to the caller
 /// keeps its whole body.
 pub(crate) const MAX_BODY: u64 = 64 * 1024;
 
-/// Reads a refusal's body for a wait hint and hands back an equal
+/// What a refusal's body says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Said {
+    /// A wait hint.
+    pub(crate) wait: Option<Duration>,
+    /// A limit a minute the message names, and its dimension.
+    pub(crate) per_minute: Option<(Dimension, u64)>,
+}
+
+/// Reads a refusal's body for what it says and hands back an equal
 /// response (status, version, URL, headers, extensions and body).
-pub(crate) async fn read(mut response: Response) -> (Response, Option<Duration>) {
+pub(crate) async fn read(mut response: Response) -> (Response, Said) {
     if response.content_length().is_none_or(|n| n > MAX_BODY) {
-        return (response, None);
+        return (response, Said::default());
     }
     let status = response.status();
     let version = response.version();
@@ -28,9 +42,12 @@ pub(crate) async fn read(mut response: Response) -> (Response, Option<Duration>)
         let mut empty = http::Response::new(Vec::new());
         *empty.status_mut() = status;
         *empty.headers_mut() = headers;
-        return (Response::from(empty), None);
+        return (Response::from(empty), Said::default());
     };
-    let hint = in_body(&bytes);
+    let hint = Said {
+        wait: in_body(&bytes),
+        per_minute: limit_in_body(&bytes),
+    };
     let mut builder = http::Response::builder().status(status).version(version);
     if let Some(slot) = builder.headers_mut() {
         *slot = headers;
@@ -59,6 +76,26 @@ pub(crate) fn in_body(bytes: &[u8]) -> Option<Duration> {
     let at = lower.find("try again in ")?;
     let rest = text.get(at + "try again in ".len()..)?;
     duration_prefix(rest)
+}
+
+/// The limit a minute a refusal's message names: `(RPM): Limit 30` (a
+/// minute's requests) or `(TPM): Limit 6000` (tokens), as OpenAI's and
+/// Groq's messages write them. A day's (`RPD`, `TPD`) is not a minute's.
+pub(crate) fn limit_in_body(bytes: &[u8]) -> Option<(Dimension, u64)> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let lower = text.to_ascii_lowercase();
+    [
+        ("(rpm): limit ", Dimension::Requests),
+        ("(tpm): limit ", Dimension::Tokens),
+    ]
+    .into_iter()
+    .find_map(|(label, dimension)| {
+        let at = lower.find(label)?;
+        let rest = lower.get(at + label.len()..)?;
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let limit: u64 = rest.get(..digits)?.parse().ok()?;
+        (limit > 0).then_some((dimension, limit))
+    })
 }
 
 /// `retryDelay` in a JSON value, searched at most a few levels deep.
@@ -146,8 +183,28 @@ fn duration_prefix(text: &str) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
-    use super::in_body;
+    use super::{in_body, limit_in_body};
+    use crate::limits::Dimension;
     use std::time::Duration;
+
+    #[test]
+    fn reads_the_limit_a_message_names() {
+        let groq = br#"{"error":{"message":"Rate limit reached for model `llama3-8b-8192` in organization `org_01` on requests per minute (RPM): Limit 30, Used 30, Requested 1. Please try again in 665ms. Visit https://console.groq.com/docs/rate-limits for more information.","type":"requests","code":"rate_limit_exceeded"}}"#;
+        assert_eq!(limit_in_body(groq), Some((Dimension::Requests, 30)));
+        assert_eq!(in_body(groq), Some(Duration::from_millis(665)));
+        let tokens = br#"{"error":{"message":"Rate limit reached for gpt-4o in organization org-x on tokens per min (TPM): Limit 30000, Used 29000, Requested 1500. Please try again in 5.289s."}}"#;
+        assert_eq!(limit_in_body(tokens), Some((Dimension::Tokens, 30_000)));
+        for nothing in [
+            &b"Rate limit reached on requests per day (RPD): Limit 14400, Used 14400"[..],
+            b"(RPM): Limit 0, Used 0",
+            b"(RPM): Limit , Used 3",
+            b"(RPM): Limit 99999999999999999999999",
+            b"rate limited",
+            &[0xff, 0xfe],
+        ] {
+            assert_eq!(limit_in_body(nothing), None);
+        }
+    }
 
     #[test]
     fn reads_the_hints_providers_send() {

@@ -137,12 +137,6 @@ impl ProviderLimits {
         self
     }
 
-    /// These limits without `dimension`'s.
-    pub(crate) fn without(mut self, dimension: Dimension) -> Self {
-        self.per_minute[dimension.index()] = None;
-        self
-    }
-
     /// Every limit times `share` (at least 1), for a process that spends
     /// a share of them.
     pub(crate) fn scaled(&self, share: f64) -> Self {

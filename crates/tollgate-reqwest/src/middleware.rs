@@ -151,9 +151,13 @@ impl fmt::Display for Endpoint {
 ///   at a host of Azure's (`*.openai.azure.com`,
 ///   `*.cognitiveservices.azure.com`, `*.services.ai.azure.com`) for good;
 ///   elsewhere until a refusal comes before the answers confirm it, which
-///   makes it a minute's. At a host of Groq's, whose
-///   `-requests` headers count a day, the minute's request rate is learnt
-///   from refusals as where none is stated.
+///   makes it a minute's. A limit a minute that a refusal's message
+///   names, as OpenAI's and Groq's do ("on requests per minute (RPM):
+///   Limit 30"), is taken where no header states that dimension's. At a
+///   host of Groq's, whose `-requests` headers count a day, those headers
+///   are left to the provider, and the minute's request rate is the one
+///   its refusals' messages name, else learnt from refusals as where none
+///   is stated.
 /// - **429, 503 and 529** pause the endpoint's budget for every caller, for
 ///   the wait the provider asks (`retry-after-ms`, `Retry-After`, a wait in
 ///   the body — Google's `retryDelay`, "Please try again in 5.289s" — the
@@ -258,6 +262,9 @@ struct Known {
     /// The request limit inferred from `remaining`, where the endpoint
     /// states what remains but not the limit.
     inferred: Inferred,
+    /// Per dimension, whether its limit in `heard` is one a refusal's
+    /// message named (until a header states it).
+    from_message: [bool; 4],
 }
 
 impl EndpointState {
@@ -643,13 +650,22 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
                     return Err(error);
                 }
             };
-            let read = tollgate::headers::parse(
+            let mut read = tollgate::headers::parse(
                 response
                     .headers()
                     .iter()
                     .map(|(name, value)| (name.as_str(), value.as_bytes())),
                 SystemTime::now(),
             );
+            if key.requests_count_a_day() {
+                // Groq's `x-ratelimit-*-requests` count the day's requests
+                // (its documentation): not a minute's limit, nor what
+                // remains of one. The day's budget is the provider's to
+                // refuse; the minute's rate, which its headers do not
+                // state, is named by its refusals' messages, else learnt
+                // from its refusals, from the first answer on.
+                read.requests = tollgate::headers::Reading::default();
+            }
             let status = response.status();
             let answer = self.classify.classify(status);
             // What this process spent, where the answers are read for
@@ -700,13 +716,19 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
                 tracing::info!(%key, %status, "the provider says not to retry");
                 return Ok(response);
             }
-            // Without a hint in the headers, the body may hold one.
-            let (response, body_hint) = if read.retry_after.is_none() && !read.retry_after_too_long
-            {
+            // Without a hint in the headers, the body may hold one; and a
+            // refusal's message may name the limit it met.
+            let hinted = read.retry_after.is_some() || read.retry_after_too_long;
+            let (response, said) = if !hinted || answer == Answer::RateLimited {
                 hint::read(response).await
             } else {
-                (response, None)
+                (response, hint::Said::default())
             };
+            if let (Some((dimension, limit)), Answer::RateLimited) = (said.per_minute, answer) {
+                self.learn_from_message(&key, &state, dimension, limit)
+                    .await;
+            }
+            let body_hint = said.wait.filter(|_| !hinted);
             let Some(wait) = self.wait_for(&read, body_hint, attempt) else {
                 tracing::info!(%key, %status, attempt, "the back-off policy gives up: returned as it is");
                 return Ok(response);
@@ -955,6 +977,39 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
         }
     }
 
+    /// Takes a limit a minute that a refusal's message names, where no
+    /// header states that dimension's (Groq's minute of requests, whose
+    /// headers count a day's).
+    async fn learn_from_message(
+        &self,
+        key: &Endpoint,
+        state: &EndpointState,
+        dimension: Dimension,
+        per_minute: u64,
+    ) {
+        let in_force = {
+            let mut known = state.known();
+            let known = &mut *known;
+            let from_message = &mut known.from_message[dimension.index()];
+            if !*from_message && known.heard.get(dimension).is_some() {
+                // The headers state it: theirs is the one read.
+                return;
+            }
+            *from_message = true;
+            known.heard = known.heard.with(dimension, per_minute);
+            let in_force = self.configured.stricter(&known.heard);
+            if known.in_force == Some(in_force) {
+                return;
+            }
+            known.in_force = Some(in_force);
+            in_force
+        };
+        tracing::info!(%key, dimension = dimension.name(), per_minute, "a limit named by a refusal's message");
+        // A rate is known: no slow start.
+        state.window.close();
+        self.apply(key, state, &in_force).await;
+    }
+
     /// Puts the limits in force again, after what shapes them (the learnt
     /// rate, the share) changed.
     async fn reapply(&self, key: &Endpoint, state: &EndpointState) {
@@ -972,14 +1027,6 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
         read: &RateLimitHeaders,
     ) {
         let mut stated = ProviderLimits::from_headers(read);
-        if key.requests_count_a_day() {
-            // Groq's `x-ratelimit-*-requests` count the day's requests
-            // (its documentation): not a minute's limit. The day's budget
-            // is the provider's to refuse; the minute's rate, which it
-            // does not state, is learnt from its refusals, from the first
-            // answer on.
-            stated = stated.without(Dimension::Requests);
-        }
         let (in_force, changed) = {
             let mut known = state.known();
             // A request limit stated with no reset and no window in the
@@ -1005,6 +1052,11 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
                 let window = known.inferred.window().as_secs().max(1);
                 if let Some(per_window) = stated.requests() {
                     stated = stated.requests_per_minute(per_window.saturating_mul(60) / window);
+                }
+            }
+            for dimension in Dimension::ALL {
+                if stated.get(dimension).is_some() {
+                    known.from_message[dimension.index()] = false;
                 }
             }
             known.heard = known.heard.merged_with(&stated);

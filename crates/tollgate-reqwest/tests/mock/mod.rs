@@ -189,7 +189,7 @@ async fn complete(State(mock): State<Arc<Mock>>, Json(body): Json<Value>) -> Res
     let cost = prompt + output;
     let now = Instant::now();
     let elapsed = now - mock.start;
-    let (admitted, headers) = {
+    let (admitted, requests_refused, headers) = {
         let mut state = mock.state.lock().unwrap();
         let second = elapsed.as_secs();
         if second != state.second {
@@ -246,6 +246,7 @@ async fn complete(State(mock): State<Arc<Mock>>, Json(body): Json<Value>) -> Res
         let until_next_second = Duration::from_secs(second + 1) - elapsed;
         (
             admitted,
+            !requests_admitted,
             mock.headers(
                 Used {
                     requests: used_requests,
@@ -260,11 +261,25 @@ async fn complete(State(mock): State<Arc<Mock>>, Json(body): Json<Value>) -> Res
         )
     };
     if !admitted {
-        let mut response = (
-            StatusCode::TOO_MANY_REQUESTS,
-            Json(json!({"error": {"type": "rate_limit_exceeded"}})),
-        )
-            .into_response();
+        let error = match mock.style {
+            // OpenAI's and Groq's refusals name the limit met.
+            Style::OpenAi | Style::GroqDaily => {
+                let (kind, label, limit) = if requests_refused {
+                    ("requests", "requests per minute (RPM)", mock.rpm())
+                } else {
+                    ("tokens", "tokens per minute (TPM)", mock.tpm)
+                };
+                json!({"error": {
+                    "message": format!(
+                        "Rate limit reached for model `mock-1` in organization `org_mock` on {label}: Limit {limit}, Used {limit}, Requested 1. Please try again in 1s."
+                    ),
+                    "type": kind,
+                    "code": "rate_limit_exceeded",
+                }})
+            }
+            _ => json!({"error": {"type": "rate_limit_exceeded"}}),
+        };
+        let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(error)).into_response();
         response.headers_mut().extend(headers);
         return response;
     }
