@@ -53,10 +53,10 @@ impl<S, B, H> ResponseFuture<S, B, H>
 where
     S: Service<Request<B>>,
 {
-    pub(crate) fn called(future: S::Future, hold: H) -> Self {
+    pub(crate) fn called(future: S::Future, hold: Option<H>) -> Self {
         Self {
             state: State::Called { future },
-            hold: Some(hold),
+            hold,
         }
     }
 
@@ -112,13 +112,11 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Called { future } => {
-                    let response = ready!(future.poll(cx))?;
-                    let (mut parts, body) = response.into_parts();
+                    let mut response = ready!(future.poll(cx))?;
                     if let Some(hold) = this.hold.take() {
-                        hold.finish(&mut parts.headers);
+                        hold.finish(response.headers_mut());
                     }
-                    let body = ResponseBody::service(body);
-                    return Poll::Ready(Ok(Response::from_parts(parts, body)));
+                    return Poll::Ready(Ok(response.map(ResponseBody::service)));
                 }
                 StateProj::Waiting { waiting } => {
                     let state = waiting

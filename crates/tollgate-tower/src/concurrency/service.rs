@@ -194,7 +194,7 @@ where
                 _permit: permit,
                 _slot: slot,
             };
-            return ResponseFuture::called(self.inner.call(request), hold);
+            return ResponseFuture::called(self.inner.call(request), Some(hold));
         }
         let grpc = is_grpc(&request);
         let key = slot.as_ref().map(|s| s.key.clone());

@@ -147,7 +147,11 @@ where
         };
         match checked {
             Checked::Admitted(snapshot) => {
-                let admitted = shared.style.admitted(&snapshot);
+                // Nothing to write on success: nothing held.
+                let admitted = shared
+                    .style
+                    .on_success
+                    .then(|| shared.style.admitted(&snapshot));
                 return ResponseFuture::called(self.inner.call(request), admitted);
             }
             Checked::Denied(denied) => {
