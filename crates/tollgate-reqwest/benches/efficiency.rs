@@ -228,6 +228,12 @@ fn main() {
             600,
             1_000_000,
         ),
+        one(
+            "OpenRouter's headers: the day's on answers, the minute's on refusals",
+            Style::OpenRouter,
+            600,
+            1_000_000,
+        ),
         one("no headers, Retry-After only", Style::Bare, 600, 1_000_000),
         Scenario::new(
             "limit raised mid-run (600 to 1,200 rpm)",

@@ -87,6 +87,39 @@ fn limit_without_window(requests: &tollgate::headers::Reading) -> Option<(u64, u
     }
 }
 
+/// A reset further than this away is not a minute's: every unit spent
+/// leaves a minute's window (or refills it) within the minute.
+const LONGER_THAN_A_MINUTE: Duration = Duration::from_secs(90);
+
+/// What of an answer's headers paces calls: all of them but a request
+/// limit that counts a longer window than a minute, whose budget is left
+/// to the provider's refusals (the minute's rate then comes from the
+/// refusals' headers or messages, or is learnt from them): Groq's
+/// `x-ratelimit-*-requests`, which count a day; and the legacy trio
+/// (`x-ratelimit-{limit,remaining,reset}`, `ratelimit-*`) where its reset
+/// is over 90 s away (OpenRouter's day, ending at UTC midnight; GitHub's
+/// hour). OpenAI's suffixed headers are not read so: its documentation
+/// shows a minute's tokens full again in `6m0s`.
+fn pacing<'a>(
+    key: &Endpoint,
+    headers: &http::HeaderMap,
+    all: &'a RateLimitHeaders,
+) -> std::borrow::Cow<'a, RateLimitHeaders> {
+    let legacy =
+        headers.contains_key("x-ratelimit-reset") || headers.contains_key("ratelimit-reset");
+    let longer = legacy
+        && all
+            .requests
+            .reset
+            .is_some_and(|reset| reset > LONGER_THAN_A_MINUTE);
+    if !longer && !key.requests_count_a_day() {
+        return std::borrow::Cow::Borrowed(all);
+    }
+    let mut paced = all.clone();
+    paced.requests = tollgate::headers::Reading::default();
+    std::borrow::Cow::Owned(paced)
+}
+
 impl Endpoint {
     /// Whether the endpoint's `-requests` headers count a day, not a
     /// minute: Groq's (`api.groq.com`), as its documentation says.
@@ -157,7 +190,10 @@ impl fmt::Display for Endpoint {
 ///   host of Groq's, whose `-requests` headers count a day, those headers
 ///   are left to the provider, and the minute's request rate is the one
 ///   its refusals' messages name, else learnt from refusals as where none
-///   is stated.
+///   is stated. So is a request limit of the legacy trio
+///   (`x-ratelimit-{limit,remaining,reset}`, `ratelimit-*`) whose reset is
+///   over 90 s away, a longer window than a minute (OpenRouter's day,
+///   GitHub's hour): the minute's then comes with the refusals' headers.
 /// - **429, 503 and 529** pause the endpoint's budget for every caller, for
 ///   the wait the provider asks (`retry-after-ms`, `Retry-After`, a wait in
 ///   the body — Google's `retryDelay`, "Please try again in 5.289s" — the
@@ -650,22 +686,17 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
                     return Err(error);
                 }
             };
-            let mut read = tollgate::headers::parse(
+            let all = tollgate::headers::parse(
                 response
                     .headers()
                     .iter()
                     .map(|(name, value)| (name.as_str(), value.as_bytes())),
                 SystemTime::now(),
             );
-            if key.requests_count_a_day() {
-                // Groq's `x-ratelimit-*-requests` count the day's requests
-                // (its documentation): not a minute's limit, nor what
-                // remains of one. The day's budget is the provider's to
-                // refuse; the minute's rate, which its headers do not
-                // state, is named by its refusals' messages, else learnt
-                // from its refusals, from the first answer on.
-                read.requests = tollgate::headers::Reading::default();
-            }
+            // What paces: `all` but a request limit of a longer window
+            // (the waits a refusal asks for are read from `all`).
+            let read = pacing(&key, response.headers(), &all);
+            let read = read.as_ref();
             let status = response.status();
             let answer = self.classify.classify(status);
             // What this process spent, where the answers are read for
@@ -676,13 +707,13 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             if answer == Answer::Done && read_for_limit {
                 state.known().inferred.spent(tokio::time::Instant::now());
             }
-            self.learn(&key, &state, answer, &read).await;
-            self.infer(&key, &state, answer, &read).await;
+            self.learn(&key, &state, answer, read).await;
+            self.infer(&key, &state, answer, read).await;
             state.learnt.store(true, Ordering::Release);
             drop(probe);
 
-            self.adapt(&key, &state, answer, &read).await;
-            self.find_share(&key, &state, answer, &read).await;
+            self.adapt(&key, &state, answer, read).await;
+            self.find_share(&key, &state, answer, read).await;
             if let Some(window) = window {
                 // An answer: the window grows by one; a refusal ends the
                 // slow start, a rate being learnt from it.
@@ -712,13 +743,13 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
 
             // Refused: nothing was spent at the provider.
             let _ = self.budget.settle(&key, grant, &[0; 4]).await;
-            if read.should_retry == Some(false) {
+            if all.should_retry == Some(false) {
                 tracing::info!(%key, %status, "the provider says not to retry");
                 return Ok(response);
             }
             // Without a hint in the headers, the body may hold one; and a
             // refusal's message may name the limit it met.
-            let hinted = read.retry_after.is_some() || read.retry_after_too_long;
+            let hinted = all.retry_after.is_some() || all.retry_after_too_long;
             let (response, said) = if !hinted || answer == Answer::RateLimited {
                 hint::read(response).await
             } else {
@@ -729,7 +760,7 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
                     .await;
             }
             let body_hint = said.wait.filter(|_| !hinted);
-            let Some(wait) = self.wait_for(&read, body_hint, attempt) else {
+            let Some(wait) = self.wait_for(&all, body_hint, attempt) else {
                 tracing::info!(%key, %status, attempt, "the back-off policy gives up: returned as it is");
                 return Ok(response);
             };

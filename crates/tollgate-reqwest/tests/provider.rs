@@ -258,6 +258,20 @@ async fn groq_requests_of_a_day() {
     check_with(Style::GroqDaily, &measured, (201, 1), 940);
 }
 
+/// OpenRouter's legacy headers: an answer states the day's requests
+/// (14,400, full at the next UTC midnight, in epoch milliseconds), a
+/// refusal the minute's (full at the slice's end), with no `Retry-After`.
+/// Read as a minute's, the day's limit paced calls at 240 a second (68% of
+/// attempts refused over 400 calls); a reset over 90 s away marks a longer
+/// window, left to the provider, and the first refusal states the
+/// minute's.
+/// Exact on virtual time.
+#[tokio::test(start_paused = true)]
+async fn openrouter_day_beside_the_minute() {
+    let measured = two_hundred_calls(Style::OpenRouter, 600, 1_000_000).await;
+    check_with(Style::OpenRouter, &measured, (201, 1), 936);
+}
+
 /// No rate-limit headers at all, a refusal saying only `Retry-After`: the
 /// rate is learnt from the refusals alone. The calls go in a window that
 /// grows with each answer until the first refusal; the answers of the

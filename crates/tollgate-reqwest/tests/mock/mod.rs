@@ -37,6 +37,12 @@ pub(crate) enum Style {
     /// seconds (a sixth of the minute's), with what remains of it and no
     /// reset; enforced over any ten seconds, not in slices of one.
     AzureTenSeconds,
+    /// OpenRouter's: the legacy `x-ratelimit-{limit,remaining,reset}`
+    /// with the reset in epoch milliseconds, stating the day's requests
+    /// (14,400, full at the next UTC midnight) on an answer and the
+    /// minute's (full at the slice's end) on a refusal, which has no
+    /// `Retry-After`.
+    OpenRouter,
     /// A minute's request limit stated as Azure states its ten seconds'
     /// (`x-ratelimit-limit-requests`, what remains, no reset), enforced
     /// in slices of a second: what a guess of ten seconds meets when it
@@ -373,6 +379,35 @@ impl Mock {
                 );
                 put("x-ratelimit-remaining-tokens", remaining_tokens.to_string());
             }
+            Style::OpenRouter => {
+                let epoch_ms = |at: SystemTime| {
+                    at.duration_since(SystemTime::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_millis()
+                };
+                if admitted {
+                    const DAY: u64 = 14_400;
+                    let secs = now
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_secs();
+                    let midnight =
+                        SystemTime::UNIX_EPOCH + Duration::from_secs((secs / 86_400 + 1) * 86_400);
+                    put("x-ratelimit-limit", DAY.to_string());
+                    put(
+                        "x-ratelimit-remaining",
+                        DAY.saturating_sub(spent_today).to_string(),
+                    );
+                    put("x-ratelimit-reset", epoch_ms(midnight).to_string());
+                } else {
+                    put("x-ratelimit-limit", self.rpm().to_string());
+                    put("x-ratelimit-remaining", "0".to_owned());
+                    put(
+                        "x-ratelimit-reset",
+                        epoch_ms(now + until_next_second).to_string(),
+                    );
+                }
+            }
             Style::MinuteNoReset => {
                 put("x-ratelimit-limit-requests", self.rpm().to_string());
                 put(
@@ -423,14 +458,14 @@ impl Mock {
                 format!("{:.3}s", reset.as_secs_f64()),
             );
         }
-        if !admitted && self.style != Style::Bare {
+        if !admitted && !matches!(self.style, Style::Bare | Style::OpenRouter) {
             // The slice frees at the next second.
             put(
                 "retry-after-ms",
                 until_next_second.as_millis().max(1).to_string(),
             );
         }
-        if !admitted {
+        if !admitted && self.style != Style::OpenRouter {
             put(
                 "retry-after",
                 until_next_second.as_secs().max(1).to_string(),
