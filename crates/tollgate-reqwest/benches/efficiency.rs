@@ -234,6 +234,12 @@ fn main() {
             600,
             1_000_000,
         ),
+        one(
+            "Gemini's refusals: no headers, the quota in the body",
+            Style::Gemini,
+            600,
+            1_000_000,
+        ),
         one("no headers, Retry-After only", Style::Bare, 600, 1_000_000),
         Scenario::new(
             "limit raised mid-run (600 to 1,200 rpm)",

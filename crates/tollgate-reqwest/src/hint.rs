@@ -1,9 +1,10 @@
 //! What a refusal's body says: a wait, for providers that put none in the
 //! headers (Google's `RetryInfo`, `"retryDelay": "26s"`, and messages such
 //! as OpenAI's "Please try again in 5.289s", or "in 20ms", "in 1m30s");
-//! and the limit a message names, as OpenAI's and Groq's do ("on requests
-//! per minute (RPM): Limit 30, Used 30, Requested 1"), which Groq's
-//! headers leave out.
+//! and the limit it names: a message's, as OpenAI's and Groq's do ("on
+//! requests per minute (RPM): Limit 30, Used 30, Requested 1"), which
+//! Groq's headers leave out, or a Google `QuotaFailure`'s per-minute
+//! quota (Gemini's, which sends no rate-limit headers).
 
 use std::time::Duration;
 
@@ -78,10 +79,17 @@ pub(crate) fn in_body(bytes: &[u8]) -> Option<Duration> {
     duration_prefix(rest)
 }
 
-/// The limit a minute a refusal's message names: `(RPM): Limit 30` (a
-/// minute's requests) or `(TPM): Limit 6000` (tokens), as OpenAI's and
-/// Groq's messages write them. A day's (`RPD`, `TPD`) is not a minute's.
+/// The limit a minute a refusal's body names: a Google `QuotaFailure`'s
+/// violation (`"quotaId": "GenerateRequestsPerMinutePerProjectPerModel"`,
+/// `"quotaValue": "15"`), or a message's `(RPM): Limit 30` (a minute's
+/// requests) or `(TPM): Limit 6000` (tokens), as OpenAI's and Groq's
+/// write them. A day's (`PerDay`, `RPD`, `TPD`) is not a minute's.
 pub(crate) fn limit_in_body(bytes: &[u8]) -> Option<(Dimension, u64)> {
+    if let Ok(json) = serde_json::from_slice::<Value>(bytes) {
+        if let Some(limit) = find_quota(&json, 0) {
+            return Some(limit);
+        }
+    }
     let text = std::str::from_utf8(bytes).ok()?;
     let lower = text.to_ascii_lowercase();
     [
@@ -96,6 +104,44 @@ pub(crate) fn limit_in_body(bytes: &[u8]) -> Option<(Dimension, u64)> {
         let limit: u64 = rest.get(..digits)?.parse().ok()?;
         (limit > 0).then_some((dimension, limit))
     })
+}
+
+/// A per-minute quota a Google `QuotaFailure` names, searched at most a
+/// few levels deep: the dimension from its `quotaId`, the limit its
+/// `quotaValue` (a string of digits, or a number).
+fn find_quota(value: &Value, depth: usize) -> Option<(Dimension, u64)> {
+    if depth > 6 {
+        return None;
+    }
+    match value {
+        Value::Object(map) => {
+            let id = map.get("quotaId").and_then(Value::as_str);
+            let limit = map.get("quotaValue").and_then(|v| match v {
+                Value::String(text) => text.parse::<u64>().ok(),
+                other => other.as_u64(),
+            });
+            if let (Some(id), Some(limit)) = (id, limit.filter(|&n| n > 0)) {
+                let id = id.to_ascii_lowercase();
+                let dimension = if id.contains("inputtoken") {
+                    Some(Dimension::InputTokens)
+                } else if id.contains("outputtoken") {
+                    Some(Dimension::OutputTokens)
+                } else if id.contains("token") {
+                    Some(Dimension::Tokens)
+                } else if id.contains("request") {
+                    Some(Dimension::Requests)
+                } else {
+                    None
+                };
+                if let (Some(dimension), true) = (dimension, id.contains("perminute")) {
+                    return Some((dimension, limit));
+                }
+            }
+            map.values().find_map(|v| find_quota(v, depth + 1))
+        }
+        Value::Array(items) => items.iter().find_map(|v| find_quota(v, depth + 1)),
+        _ => None,
+    }
 }
 
 /// `retryDelay` in a JSON value, searched at most a few levels deep.
@@ -194,8 +240,25 @@ mod tests {
         assert_eq!(in_body(groq), Some(Duration::from_millis(665)));
         let tokens = br#"{"error":{"message":"Rate limit reached for gpt-4o in organization org-x on tokens per min (TPM): Limit 30000, Used 29000, Requested 1500. Please try again in 5.289s."}}"#;
         assert_eq!(limit_in_body(tokens), Some((Dimension::Tokens, 30_000)));
+        let gemini = br#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[
+            {"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[
+                {"quotaMetric":"generativelanguage.googleapis.com/generate_content_free_tier_input_token_count",
+                 "quotaId":"GenerateContentInputTokensPerModelPerMinute-FreeTier",
+                 "quotaDimensions":{"location":"global","model":"gemini-2.0-flash"},
+                 "quotaValue":"250000"}]},
+            {"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"26s"}]}}"#;
+        assert_eq!(
+            limit_in_body(gemini),
+            Some((Dimension::InputTokens, 250_000))
+        );
+        assert_eq!(in_body(gemini), Some(Duration::from_secs(26)));
+        let requests = br#"{"details":[{"violations":[{"quotaId":"GenerateRequestsPerMinutePerProjectPerModel-FreeTier","quotaValue":15}]}]}"#;
+        assert_eq!(limit_in_body(requests), Some((Dimension::Requests, 15)));
         for nothing in [
-            &b"Rate limit reached on requests per day (RPD): Limit 14400, Used 14400"[..],
+            &br#"{"violations":[{"quotaId":"GenerateRequestsPerDayPerProjectPerModel-FreeTier","quotaValue":"1500"}]}"#[..],
+            br#"{"violations":[{"quotaId":"GenerateRequestsPerMinute","quotaValue":"soon"}]}"#,
+            br#"{"violations":[{"quotaId":"SomethingPerMinute","quotaValue":"5"}]}"#,
+            b"Rate limit reached on requests per day (RPD): Limit 14400, Used 14400",
             b"(RPM): Limit 0, Used 0",
             b"(RPM): Limit , Used 3",
             b"(RPM): Limit 99999999999999999999999",

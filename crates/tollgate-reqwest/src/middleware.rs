@@ -184,9 +184,11 @@ impl fmt::Display for Endpoint {
 ///   at a host of Azure's (`*.openai.azure.com`,
 ///   `*.cognitiveservices.azure.com`, `*.services.ai.azure.com`) for good;
 ///   elsewhere until a refusal comes before the answers confirm it, which
-///   makes it a minute's. A limit a minute that a refusal's message
-///   names, as OpenAI's and Groq's do ("on requests per minute (RPM):
-///   Limit 30"), is taken where no header states that dimension's. At a
+///   makes it a minute's. A limit a minute that a refusal's body names,
+///   in a message as OpenAI's and Groq's do ("on requests per minute
+///   (RPM): Limit 30") or as a Google `QuotaFailure` (Gemini's
+///   `GenerateRequestsPerMinute…` quota), is taken where no header states
+///   that dimension's. At a
 ///   host of Groq's, whose `-requests` headers count a day, those headers
 ///   are left to the provider, and the minute's request rate is the one
 ///   its refusals' messages name, else learnt from refusals as where none

@@ -37,6 +37,10 @@ pub(crate) enum Style {
     /// seconds (a sixth of the minute's), with what remains of it and no
     /// reset; enforced over any ten seconds, not in slices of one.
     AzureTenSeconds,
+    /// Gemini's: no rate-limit headers; a refusal's body is a Google
+    /// error whose `QuotaFailure` names the minute's request quota and
+    /// whose `RetryInfo` says when to come back.
+    Gemini,
     /// OpenRouter's: the legacy `x-ratelimit-{limit,remaining,reset}`
     /// with the reset in epoch milliseconds, stating the day's requests
     /// (14,400, full at the next UTC midnight) on an answer and the
@@ -195,7 +199,7 @@ async fn complete(State(mock): State<Arc<Mock>>, Json(body): Json<Value>) -> Res
     let cost = prompt + output;
     let now = Instant::now();
     let elapsed = now - mock.start;
-    let (admitted, requests_refused, headers) = {
+    let (admitted, requests_refused, until_next_second, headers) = {
         let mut state = mock.state.lock().unwrap();
         let second = elapsed.as_secs();
         if second != state.second {
@@ -253,6 +257,7 @@ async fn complete(State(mock): State<Arc<Mock>>, Json(body): Json<Value>) -> Res
         (
             admitted,
             !requests_admitted,
+            until_next_second,
             mock.headers(
                 Used {
                     requests: used_requests,
@@ -283,6 +288,21 @@ async fn complete(State(mock): State<Arc<Mock>>, Json(body): Json<Value>) -> Res
                     "code": "rate_limit_exceeded",
                 }})
             }
+            Style::Gemini => json!({"error": {
+                "code": 429,
+                "message": "You exceeded your current quota, please check your plan and billing details.",
+                "status": "RESOURCE_EXHAUSTED",
+                "details": [
+                    {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{
+                        "quotaMetric": "generativelanguage.googleapis.com/generate_requests_per_model",
+                        "quotaId": "GenerateRequestsPerMinutePerProjectPerModel",
+                        "quotaDimensions": {"location": "global", "model": "mock-1"},
+                        "quotaValue": mock.rpm().to_string(),
+                    }]},
+                    {"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                     "retryDelay": format!("{:.3}s", until_next_second.as_secs_f64())},
+                ],
+            }}),
             _ => json!({"error": {"type": "rate_limit_exceeded"}}),
         };
         let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(error)).into_response();
@@ -361,7 +381,7 @@ impl Mock {
                 );
                 put("anthropic-ratelimit-tokens-reset", at);
             }
-            Style::Bare => {}
+            Style::Bare | Style::Gemini => {}
             Style::GroqDaily => {
                 const DAY: u64 = 14_400;
                 let spent = spent_today.min(DAY);
@@ -458,14 +478,14 @@ impl Mock {
                 format!("{:.3}s", reset.as_secs_f64()),
             );
         }
-        if !admitted && !matches!(self.style, Style::Bare | Style::OpenRouter) {
+        if !admitted && !matches!(self.style, Style::Bare | Style::Gemini | Style::OpenRouter) {
             // The slice frees at the next second.
             put(
                 "retry-after-ms",
                 until_next_second.as_millis().max(1).to_string(),
             );
         }
-        if !admitted && self.style != Style::OpenRouter {
+        if !admitted && !matches!(self.style, Style::Gemini | Style::OpenRouter) {
             put(
                 "retry-after",
                 until_next_second.as_secs().max(1).to_string(),
