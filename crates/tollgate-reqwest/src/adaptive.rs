@@ -43,11 +43,49 @@ const SAMPLES: usize = 8192;
 /// The lowest rate, a minute.
 const FLOOR: f64 = 1.0;
 
+/// When the last answers that were not refusals came, oldest first, over
+/// the last [`WINDOW`] (at most [`SAMPLES`] of them).
+#[derive(Debug, Default)]
+pub(crate) struct Admitted(VecDeque<Instant>);
+
+impl Admitted {
+    /// An answer that was not a refusal came at `now`.
+    pub(crate) fn push(&mut self, now: Instant) {
+        self.0.push_back(now);
+        while self.0.len() > SAMPLES
+            || self
+                .0
+                .front()
+                .is_some_and(|&t| now.saturating_duration_since(t) > WINDOW)
+        {
+            self.0.pop_front();
+        }
+    }
+
+    /// The most answers remembered within any one second, a minute's worth.
+    pub(crate) fn peak_per_minute(&self) -> f64 {
+        let (mut peak, mut start) = (0usize, 0usize);
+        for (end, &at) in self.0.iter().enumerate() {
+            while self
+                .0
+                .get(start)
+                .is_some_and(|&first| at.saturating_duration_since(first) >= Duration::from_secs(1))
+            {
+                start += 1;
+            }
+            peak = peak.max(end + 1 - start);
+        }
+        #[allow(clippy::cast_precision_loss)]
+        let peak = peak as f64;
+        peak * 60.0
+    }
+}
+
 /// One endpoint's learnt rate.
 #[derive(Debug, Default)]
 pub(crate) struct Adaptive {
-    /// When the last answers that were not refusals came, oldest first.
-    admitted: VecDeque<Instant>,
+    /// The last answers that were not refusals.
+    admitted: Admitted,
     /// The rate in force, requests a minute; none until learnt.
     rate: Option<f64>,
     /// The rate the last cut set: growth is a share of it.
@@ -75,22 +113,14 @@ impl Adaptive {
     /// An answer that was not a refusal came at `now`. Answers the new
     /// rate when it changed.
     pub(crate) fn admitted(&mut self, now: Instant) -> Option<u64> {
-        self.admitted.push_back(now);
-        while self.admitted.len() > SAMPLES
-            || self
-                .admitted
-                .front()
-                .is_some_and(|&t| now.saturating_duration_since(t) > WINDOW)
-        {
-            self.admitted.pop_front();
-        }
+        self.admitted.push(now);
         if self.rechecking {
             // Answers of calls admitted before the first refusal, come
             // since: the first rate is what they show.
             if self.episode_end.is_none_or(|end| now >= end) {
                 self.rechecking = false;
             }
-            let seen = (CUT * self.peak_per_minute()).max(FLOOR);
+            let seen = (CUT * self.admitted.peak_per_minute()).max(FLOOR);
             if self.rate.is_none_or(|rate| seen > rate) {
                 self.rate = Some(seen);
                 self.cycle_floor = seen;
@@ -123,29 +153,11 @@ impl Adaptive {
         // Growth starts once the episode is over.
         self.grown_at = Some(end);
         let rate = self.rate?;
-        let seen = self.peak_per_minute();
+        let seen = self.admitted.peak_per_minute();
         let cut = (CUT * if seen > 0.0 { seen.min(rate) } else { rate }).max(FLOOR);
         self.rate = Some(cut);
         self.cycle_floor = cut;
         self.per_minute()
-    }
-
-    /// The most answers remembered within any one second, a minute's worth.
-    fn peak_per_minute(&self) -> f64 {
-        let (mut peak, mut start) = (0usize, 0usize);
-        for (end, &at) in self.admitted.iter().enumerate() {
-            while self
-                .admitted
-                .get(start)
-                .is_some_and(|&first| at.saturating_duration_since(first) >= Duration::from_secs(1))
-            {
-                start += 1;
-            }
-            peak = peak.max(end + 1 - start);
-        }
-        #[allow(clippy::cast_precision_loss)]
-        let peak = peak as f64;
-        peak * 60.0
     }
 }
 

@@ -718,9 +718,14 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             self.find_share(&key, &state, answer, read).await;
             if let Some(window) = window {
                 // An answer: the window grows by one; a refusal ends the
-                // slow start, a rate being learnt from it.
+                // slow start once a rate is learnt from it. (Refused with
+                // nothing admitted, as where another client took the
+                // provider's room, no rate is: the window stays, or every
+                // call waiting would go at once when the pause ends.)
                 if answer != Answer::Done {
-                    state.window.close();
+                    if !self.learns_rate(&state) || state.known().adaptive.per_minute().is_some() {
+                        state.window.close();
+                    }
                 } else {
                     // One place more every second answer: the window grows
                     // by half each round trip, so that the round trip that
@@ -991,16 +996,18 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
         }
         let now = tokio::time::Instant::now();
         let changed = {
-            let share = &mut state.known().share;
+            let known = &mut *state.known();
+            let limit = known.in_force.unwrap_or(self.configured).requests();
+            let share = &mut known.share;
             match answer {
                 Answer::RateLimited => {
                     let hold = read.retry_after.unwrap_or(Duration::from_secs(1));
-                    share.refused(now, hold)
+                    share.refused(now, hold, limit)
                 }
-                Answer::Done => read
-                    .requests
-                    .remaining
-                    .and_then(|remaining| share.answered(now, read.requests.limit, remaining)),
+                Answer::Done => match read.requests.remaining {
+                    Some(remaining) => share.answered(now, read.requests.limit, remaining),
+                    None => share.answered_blind(now),
+                },
                 _ => None,
             }
         };

@@ -30,6 +30,13 @@
 //! - A reading across a refill, or a changed limit, says too little: a
 //!   refill starts the next reading afresh, and so does a new limit.
 //!
+//! - A process whose answers never say what remains (a limit a refusal's
+//!   message named, a `remaining` that counts a day) reads nothing: where
+//!   refusals come back within a minute, its share is cut to [`CUT`] of
+//!   what the provider was seen to admit it in a second against the
+//!   limit (at most halved at once), and grows by a step a second, as in
+//!   AIMD.
+//!
 //! Only for the in-memory store: processes that share a store spend from
 //! one budget already.
 //!
@@ -43,6 +50,8 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::adaptive::Admitted;
 
 /// Answers of this process before the first reading (early: the others
 /// are refused meanwhile), and between two later ones (enough to smooth
@@ -140,6 +149,14 @@ pub(crate) struct Share {
     full: Option<f64>,
     /// Clients seen, readings smoothed.
     seen: Option<f64>,
+    /// Whether an answer ever said what remains: a process that never
+    /// reads `remaining` cannot tell others from a lower limit, and its
+    /// refusals move its share as AIMD does.
+    readable: bool,
+    /// Where no answer says what remains, this process's last answers:
+    /// the most the provider admitted it in a second is its share when
+    /// refusals come back.
+    admitted: Admitted,
 }
 
 /// Where a reading starts.
@@ -167,6 +184,8 @@ impl Default for Share {
             seen: None,
             first_at: None,
             full: None,
+            readable: false,
+            admitted: Admitted::default(),
         }
     }
 }
@@ -189,6 +208,7 @@ impl Share {
         if !self.usable {
             return None;
         }
+        self.readable = true;
         self.answers += 1;
         let first_at = *self.first_at.get_or_insert(now);
         if now.saturating_duration_since(first_at) >= READING_FOR {
@@ -292,22 +312,56 @@ impl Share {
         }
     }
 
+    /// An answer that says nothing of what remains (a limit named by a
+    /// refusal's message, or one whose `remaining` counts a day): the
+    /// share and the trim grow back as time passes. Answers the new share
+    /// when it changed.
+    pub(crate) fn answered_blind(&mut self, now: Instant) -> Option<f64> {
+        self.admitted.push(now);
+        self.grow(now);
+        self.changed()
+    }
+
     /// A refusal, while this process paces within the stated limit. Cuts
-    /// the share only where other clients were seen: a process alone
-    /// keeps its rate (its refusals are the pacing's to answer).
-    pub(crate) fn refused(&mut self, now: Instant, hold: Duration) -> Option<f64> {
+    /// the share where other clients were seen, or where refusals come
+    /// back to a process that never reads `remaining` (it cannot tell
+    /// others from a limit enforced below the stated one, and AIMD
+    /// answers both); a process alone that reads it trims its pace a
+    /// little when refusals come back.
+    ///
+    /// `per_minute` is the request limit in force for the whole key: where
+    /// refusals come back and nothing says what remains, the share is cut
+    /// to at most [`CUT`] of what the provider was seen to admit this
+    /// process in a second against it (several processes pacing at the
+    /// whole limit each find theirs at once), and to [`CUT`] of itself.
+    pub(crate) fn refused(
+        &mut self,
+        now: Instant,
+        hold: Duration,
+        per_minute: Option<u64>,
+    ) -> Option<f64> {
         if self.episode_end.is_some_and(|end| end > now) {
             return None;
         }
         let end = now + hold.max(Duration::from_secs(1));
         self.episode_end = Some(end);
         self.grown_at = Some(end);
+        let again = self
+            .refused_at
+            .is_some_and(|at| now.saturating_duration_since(at) < TRIM_AFTER);
         if self.others {
             self.share = (self.share * CUT).max(FLOOR);
-        } else if self
-            .refused_at
-            .is_some_and(|at| now.saturating_duration_since(at) < TRIM_AFTER)
-        {
+        } else if again && !self.readable {
+            #[allow(clippy::cast_precision_loss)]
+            let seen = per_minute
+                .filter(|&limit| limit > 0)
+                .map(|limit| self.admitted.peak_per_minute() / limit as f64)
+                .filter(|&seen| seen > 0.0)
+                .unwrap_or(1.0);
+            // At most halved at once: a second's count right after a
+            // pause says less than it seems.
+            self.share = (CUT * self.share.min(seen.max(self.share / 2.0))).max(FLOOR);
+        } else if again {
             self.trim = (self.trim * TRIM_CUT).max(TRIM_FLOOR);
         }
         self.refused_at = Some(now);
@@ -566,19 +620,62 @@ mod tests {
     }
 
     #[test]
+    fn a_process_that_reads_nothing_takes_the_share_it_was_admitted() {
+        let start = Instant::now();
+        let mut share = Share::default();
+        let every = Duration::from_millis(200);
+        // Five answers a second, none saying what remains, of a key of
+        // 600 a minute (ten a second).
+        let mut at = start;
+        for _ in 0..10 {
+            assert_eq!(share.answered_blind(at), None);
+            at += every;
+        }
+        // One refusal: a change's or a transient's, nothing cut.
+        assert_eq!(share.refused(at, Duration::from_secs(1), Some(600)), None);
+        at += Duration::from_secs(1);
+        for _ in 0..10 {
+            share.answered_blind(at);
+            at += every;
+        }
+        // Again within a minute: the provider admitted half the key's
+        // rate here, and the share is cut below it.
+        let cut = share.refused(at, Duration::from_secs(1), Some(600));
+        close(&share, 0.4);
+        assert!(cut.is_some());
+        // Once an episode.
+        let echo = at + Duration::from_millis(300);
+        assert_eq!(share.refused(echo, Duration::from_secs(1), Some(600)), None);
+        // Never more than halved at once, whatever a second's count says.
+        let mut alone = Share::default();
+        alone.answered_blind(start);
+        alone.refused(start, Duration::from_secs(1), Some(600));
+        alone.refused(
+            start + Duration::from_secs(2),
+            Duration::from_secs(1),
+            Some(600),
+        );
+        close(&alone, 0.4);
+        // It grows back as answers come: a step a second.
+        let end = at + Duration::from_secs(1);
+        share.answered_blind(end + Duration::from_secs(10));
+        close(&share, 0.4 + 10.0 * STEP);
+    }
+
+    #[test]
     fn a_refusal_cuts_once_an_episode_where_others_were_seen() {
         let start = Instant::now();
         let mut share = Share::default();
         // Alone: a refusal changes nothing.
-        assert_eq!(share.refused(start, Duration::from_secs(1)), None);
+        assert_eq!(share.refused(start, Duration::from_secs(1), None), None);
         two_alike(&mut share, start, HALF_FULL, 3);
         let at = start + Duration::from_secs(3);
-        let cut = share.refused(at, Duration::from_secs(1)).unwrap();
+        let cut = share.refused(at, Duration::from_secs(1), None).unwrap();
         assert!((cut - 0.38).abs() < 1e-9, "{cut}");
         let echo = at + Duration::from_millis(300);
-        assert_eq!(share.refused(echo, Duration::from_secs(1)), None);
+        assert_eq!(share.refused(echo, Duration::from_secs(1), None), None);
         let later = at + Duration::from_secs(2);
-        let cut = share.refused(later, Duration::from_secs(1)).unwrap();
+        let cut = share.refused(later, Duration::from_secs(1), None).unwrap();
         assert!((cut - 0.304).abs() < 1e-9, "{cut}");
     }
 
@@ -622,13 +719,20 @@ mod tests {
         }
         // One refusal: a change's or a transient's, nothing trimmed.
         let first = start + Duration::from_secs(2);
-        assert_eq!(share.refused(first, Duration::from_secs(1)), None);
+        assert_eq!(share.refused(first, Duration::from_secs(1), None), None);
         // Another within the minute: the provider enforces less than it
         // states; 3% off, once an episode.
         let second = first + Duration::from_secs(20);
-        assert_eq!(share.refused(second, Duration::from_secs(1)), Some(0.97));
         assert_eq!(
-            share.refused(second + Duration::from_millis(500), Duration::from_secs(1)),
+            share.refused(second, Duration::from_secs(1), None),
+            Some(0.97)
+        );
+        assert_eq!(
+            share.refused(
+                second + Duration::from_millis(500),
+                Duration::from_secs(1),
+                None
+            ),
             None
         );
         // It grows back 0.03% a second from the episode's end: 100 s to
@@ -641,7 +745,7 @@ mod tests {
         // Never below nine tenths.
         let mut at = end + Duration::from_secs(101);
         for _ in 0..20 {
-            share.refused(at, Duration::from_secs(1));
+            share.refused(at, Duration::from_secs(1), None);
             at += Duration::from_secs(2);
         }
         assert!((share.trim - TRIM_FLOOR).abs() < 1e-9, "{}", share.trim);

@@ -368,18 +368,24 @@ async fn over_a_store_that_answers_late() {
 /// paces at it. None lost (`calls_from` fails on a lost call), at most 2%
 /// of attempts refused.
 async fn processes_on_one_key(n: usize) -> Measured {
+    processes_of(Style::OpenAi, n, 100).await
+}
+
+/// `n` processes of `style`'s provider, `each` calls each: none lost, at
+/// most 2% of attempts refused.
+async fn processes_of(style: Style, n: usize, each: usize) -> Measured {
     let clients = (0..n)
         .map(|_| transport::client(RateLimitMiddleware::new()))
         .collect();
-    let measured = calls_from(Style::OpenAi, 600, 1_000_000, clients, 100 * n).await;
+    let measured = calls_from(style, 600, 1_000_000, clients, each * n).await;
     println!(
-        "{n} processes: {} answered, {} attempts, {} refused, {:.1}% of the allowed rate",
+        "{n} processes ({style:?}): {} answered, {} attempts, {} refused, {:.1}% of the allowed rate",
         measured.answered,
         measured.attempts,
         measured.refused,
         100.0 * measured.share_of_allowed
     );
-    assert_eq!(measured.answered, 100 * n, "none lost");
+    assert_eq!(measured.answered, each * n, "none lost");
     assert!(
         measured.refused * 50 <= measured.attempts,
         "{} of {} refused",
@@ -387,6 +393,36 @@ async fn processes_on_one_key(n: usize) -> Measured {
         measured.attempts
     );
     measured
+}
+
+/// Two processes of a provider that says nothing but `Retry-After`: one
+/// of them can be refused every call of its first episode (the other took
+/// the room), and then nothing is learnt; its slow start holds (it let
+/// every waiting call go at once when the pause ended: 33% of attempts
+/// refused).
+#[tokio::test(start_paused = true)]
+async fn two_processes_without_headers() {
+    let measured = processes_of(Style::Bare, 2, 200).await;
+    assert!(
+        measured.share_of_allowed > 0.7,
+        "{:.3}",
+        measured.share_of_allowed
+    );
+}
+
+/// Two processes of Groq's provider, whose refusals name the minute's
+/// limit and whose answers say nothing of what remains of it: each paces
+/// at the whole limit until refusals come back, then at what the provider
+/// was seen to admit it (17% of attempts refused when refusals cut
+/// nothing).
+#[tokio::test(start_paused = true)]
+async fn two_processes_at_a_named_limit() {
+    let measured = processes_of(Style::GroqDaily, 2, 400).await;
+    assert!(
+        measured.share_of_allowed > 0.8,
+        "{:.3}",
+        measured.share_of_allowed
+    );
 }
 
 #[tokio::test(start_paused = true)]
