@@ -45,10 +45,7 @@ pub(crate) async fn read(mut response: Response) -> (Response, Said) {
         *empty.headers_mut() = headers;
         return (Response::from(empty), Said::default());
     };
-    let hint = Said {
-        wait: in_body(&bytes),
-        per_minute: limit_in_body(&bytes),
-    };
+    let hint = Said::of(&bytes);
     let mut builder = http::Response::builder().status(status).version(version);
     if let Some(slot) = builder.headers_mut() {
         *slot = headers;
@@ -64,34 +61,37 @@ pub(crate) async fn read(mut response: Response) -> (Response, Said) {
     }
 }
 
-/// A wait hint in a body: a JSON `retryDelay` anywhere, or a message
-/// saying "try again in …".
-pub(crate) fn in_body(bytes: &[u8]) -> Option<Duration> {
-    if let Ok(json) = serde_json::from_slice::<Value>(bytes) {
-        if let Some(wait) = find_retry_delay(&json, 0) {
-            return Some(wait);
-        }
+impl Said {
+    /// What a body says, its JSON parsed once and its text lower-cased
+    /// once. A wait hint: a JSON `retryDelay` anywhere, or a message
+    /// saying "try again in …". A limit a minute: a Google
+    /// `QuotaFailure`'s violation (`"quotaId":
+    /// "GenerateRequestsPerMinutePerProjectPerModel"`, `"quotaValue":
+    /// "15"`), or a message's `(RPM): Limit 30` (a minute's requests) or
+    /// `(TPM): Limit 6000` (tokens), as OpenAI's and Groq's write them. A
+    /// day's (`PerDay`, `RPD`, `TPD`) is not a minute's.
+    pub(crate) fn of(bytes: &[u8]) -> Self {
+        let json = serde_json::from_slice::<Value>(bytes).ok();
+        let text = std::str::from_utf8(bytes).ok();
+        let lower = text.map(str::to_ascii_lowercase);
+        let wait = json
+            .as_ref()
+            .and_then(|json| find_retry_delay(json, 0))
+            .or_else(|| {
+                let label = "try again in ";
+                let at = lower.as_deref()?.find(label)?;
+                duration_prefix(text?.get(at + label.len()..)?)
+            });
+        let per_minute = json
+            .as_ref()
+            .and_then(|json| find_quota(json, 0))
+            .or_else(|| named_in(lower.as_deref()?));
+        Self { wait, per_minute }
     }
-    let text = std::str::from_utf8(bytes).ok()?;
-    let lower = text.to_ascii_lowercase();
-    let at = lower.find("try again in ")?;
-    let rest = text.get(at + "try again in ".len()..)?;
-    duration_prefix(rest)
 }
 
-/// The limit a minute a refusal's body names: a Google `QuotaFailure`'s
-/// violation (`"quotaId": "GenerateRequestsPerMinutePerProjectPerModel"`,
-/// `"quotaValue": "15"`), or a message's `(RPM): Limit 30` (a minute's
-/// requests) or `(TPM): Limit 6000` (tokens), as OpenAI's and Groq's
-/// write them. A day's (`PerDay`, `RPD`, `TPD`) is not a minute's.
-pub(crate) fn limit_in_body(bytes: &[u8]) -> Option<(Dimension, u64)> {
-    if let Ok(json) = serde_json::from_slice::<Value>(bytes) {
-        if let Some(limit) = find_quota(&json, 0) {
-            return Some(limit);
-        }
-    }
-    let text = std::str::from_utf8(bytes).ok()?;
-    let lower = text.to_ascii_lowercase();
+/// A limit a minute a lower-cased message names: `(rpm): limit 30`.
+fn named_in(lower: &str) -> Option<(Dimension, u64)> {
     [
         ("(rpm): limit ", Dimension::Requests),
         ("(tpm): limit ", Dimension::Tokens),
@@ -229,9 +229,17 @@ fn duration_prefix(text: &str) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
-    use super::{in_body, limit_in_body};
+    use super::Said;
     use crate::limits::Dimension;
     use std::time::Duration;
+
+    fn in_body(bytes: &[u8]) -> Option<Duration> {
+        Said::of(bytes).wait
+    }
+
+    fn limit_in_body(bytes: &[u8]) -> Option<(Dimension, u64)> {
+        Said::of(bytes).per_minute
+    }
 
     #[test]
     fn reads_the_limit_a_message_names() {

@@ -124,8 +124,7 @@ impl Endpoint {
     /// Whether the endpoint's `-requests` headers count a day, not a
     /// minute: Groq's (`api.groq.com`), as its documentation says.
     fn requests_count_a_day(&self) -> bool {
-        let host = self.host.trim_end_matches('.');
-        host == "groq.com" || host.ends_with(".groq.com")
+        self.under("groq.com")
     }
 
     /// Whether a request limit the endpoint states with neither reset nor
@@ -134,14 +133,22 @@ impl Endpoint {
     /// `x-ratelimit-limit-requests` is the deployment's requests a minute
     /// over six (20 on a 120 RPM deployment).
     fn requests_count_ten_seconds(&self) -> bool {
-        let host = self.host.trim_end_matches('.');
         [
-            ".openai.azure.com",
-            ".cognitiveservices.azure.com",
-            ".services.ai.azure.com",
+            "openai.azure.com",
+            "cognitiveservices.azure.com",
+            "services.ai.azure.com",
         ]
-        .iter()
-        .any(|domain| host.ends_with(domain))
+        .into_iter()
+        .any(|domain| self.under(domain))
+    }
+
+    /// Whether the host is `domain` or a name under it (a trailing dot
+    /// aside).
+    fn under(&self, domain: &str) -> bool {
+        self.host
+            .trim_end_matches('.')
+            .strip_suffix(domain)
+            .is_some_and(|rest| rest.is_empty() || rest.ends_with('.'))
     }
 }
 
