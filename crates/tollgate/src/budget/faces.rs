@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::keyed::{Face, Grant, KeyedBudget, KeyedBuilder, Stats};
 use super::limits::Limits;
 use super::memory::MemoryStore;
-use super::store::{Store, SyncStore};
+use super::store::{Refusal, Store, SyncStore};
 use crate::{Clock, Denied, Quota, Snapshot};
 
 /// One quota per key (an IP address, an API key, a user id), with memory
@@ -185,10 +185,18 @@ impl<K: Hash + Eq + Clone, S: Store<K>> KeyedLimiter<K, S> {
     /// runs over any store and keeps its fast path where it has one.
     #[inline]
     pub fn check_now(&self, key: &K, cost: u64) -> Option<Result<Snapshot, Denied>> {
-        let answer = self.inner.store().check_now(key, self.quota(), cost)?;
-        Some(answer.map_err(|refusal| {
-            KeyedBudget::<K, S>::denied(self.inner.limits(), &[cost], refusal.into())
-        }))
+        match self.inner.store().check_now(key, self.quota(), cost)? {
+            Ok(snapshot) => Some(Ok(snapshot)),
+            Err(refusal) => Some(Err(self.refused(cost, refusal))),
+        }
+    }
+
+    /// The denial of a refused [`check_now`](Self::check_now): off the
+    /// admitting path.
+    #[cold]
+    #[inline(never)]
+    fn refused(&self, cost: u64, refusal: Refusal) -> Denied {
+        KeyedBudget::<K, S>::denied(self.inner.limits(), &[cost], refusal.into())
     }
 
     /// What the limiter and its store count.

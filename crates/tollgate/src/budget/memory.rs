@@ -276,26 +276,27 @@ impl<C: Clock> MemoryStore<C> {
     }
 
     /// A check of one dimension, answering no more than a snapshot: the
-    /// keyed limiter's hot path, which builds no [`Admit`]. `None` when the
-    /// store holds limits or pauses of its own for some key of the shard
-    /// (the general path decides then).
+    /// keyed limiter's hot path, which builds no [`Admit`]. A store that
+    /// holds limits or pauses of its own for some key of the shard decides
+    /// by the general path instead.
     #[inline]
     pub(crate) fn check_one<K: Hash + ?Sized>(
         &self,
         key: &K,
         quota: &Quota,
         cost: u64,
-    ) -> Option<Result<Snapshot, Refusal>> {
+    ) -> Result<Snapshot, Refusal> {
         let fp = self.hasher.hash_one(key);
         let mut shard = self.shard(fp);
         if !shard.extras.is_empty() {
-            return None;
+            drop(shard);
+            return self.check_general(key, quota, cost);
         }
         let gcra = Gcra::new(quota);
         let index = shard.table.find(fp);
         let tat = index.map_or(0, |at| shard.table.tat_at(at));
         let now = self.clock.now();
-        Some(match gcra.decide(&tat, now, cost, 0) {
+        match gcra.decide(&tat, now, cost, 0) {
             Outcome::Admit { state, due } => {
                 if state != tat {
                     shard.write(index, fp, state, now, self.max_per_shard);
@@ -313,7 +314,24 @@ impl<C: Clock> MemoryStore<C> {
                 shard.denied = shard.denied.saturating_add(1);
                 Err(Refusal::Never(gcra.snapshot(&tat, now)))
             }
-        })
+        }
+    }
+
+    /// [`check_one`](Self::check_one) where the shard holds limits or
+    /// pauses of its own: decided as any call is.
+    #[cold]
+    #[inline(never)]
+    fn check_general<K: Hash + ?Sized>(
+        &self,
+        key: &K,
+        quota: &Quota,
+        cost: u64,
+    ) -> Result<Snapshot, Refusal> {
+        match self.decide_now(key, std::slice::from_ref(quota), &[cost], Duration::ZERO) {
+            Decision::Admit(admit) => Ok(admit.snapshot),
+            Decision::Deny { snapshot, .. } => Err(Refusal::Deny(snapshot)),
+            Decision::Never { snapshot, .. } => Err(Refusal::Never(snapshot)),
+        }
     }
 
     /// [`Store::adjust`], synchronously.
@@ -736,7 +754,7 @@ impl<K: Hash + ?Sized, C: Clock> Store<K> for MemoryStore<C> {
 
     #[inline(always)]
     fn check_now(&self, key: &K, quota: &Quota, cost: u64) -> Option<Result<Snapshot, Refusal>> {
-        Some(SyncStore::check_one(self, key, quota, cost))
+        Some(MemoryStore::check_one(self, key, quota, cost))
     }
 }
 
@@ -748,20 +766,7 @@ impl<K: Hash + ?Sized, C: Clock> SyncStore<K> for MemoryStore<C> {
 
     #[inline]
     fn check_one(&self, key: &K, quota: &Quota, cost: u64) -> Result<Snapshot, Refusal> {
-        match MemoryStore::check_one(self, key, quota, cost) {
-            Some(answer) => answer,
-            None => match MemoryStore::decide_now(
-                self,
-                key,
-                std::slice::from_ref(quota),
-                &[cost],
-                Duration::ZERO,
-            ) {
-                Decision::Admit(admit) => Ok(admit.snapshot),
-                Decision::Deny { snapshot, .. } => Err(Refusal::Deny(snapshot)),
-                Decision::Never { snapshot, .. } => Err(Refusal::Never(snapshot)),
-            },
-        }
+        MemoryStore::check_one(self, key, quota, cost)
     }
 
     fn adjust_now(&self, key: &K, limits: &[Quota], changes: &[Change]) {
