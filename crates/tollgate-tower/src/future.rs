@@ -112,11 +112,15 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Called { future } => {
-                    let mut response = ready!(future.poll(cx))?;
-                    if let Some(hold) = this.hold.take() {
-                        hold.finish(response.headers_mut());
+                    // Nothing held (no field written on success): the
+                    // response goes on as it comes.
+                    if this.hold.is_none() {
+                        return future
+                            .poll(cx)
+                            .map_ok(|response| response.map(ResponseBody::service));
                     }
-                    return Poll::Ready(Ok(response.map(ResponseBody::service)));
+                    let response = ready!(future.poll(cx))?;
+                    return Poll::Ready(Ok(finished(response, this.hold)));
                 }
                 StateProj::Waiting { waiting } => {
                     let state = waiting
@@ -151,6 +155,18 @@ where
             }
         }
     }
+}
+
+/// The response of a request that held something: what it held written.
+#[inline(always)]
+fn finished<B, H: Hold>(
+    mut response: Response<B>,
+    hold: &mut Option<H>,
+) -> Response<ResponseBody<B>> {
+    if let Some(hold) = hold.take() {
+        hold.finish(response.headers_mut());
+    }
+    response.map(ResponseBody::service)
 }
 
 fn rejected_body<B>(response: Response<Bytes>) -> Response<ResponseBody<B>> {

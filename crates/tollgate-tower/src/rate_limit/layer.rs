@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::Request;
 use tollgate::headers::PolicyName;
 use tollgate::store::{Change, Decision, DirectStore, Refusal, StoreStats, SyncStore, View};
-use tollgate::{Clock, DefaultClock, Denied, KeyedLimiter, MemoryStore, Quota, Snapshot, Store};
+use tollgate::{Clock, DefaultClock, KeyedLimiter, MemoryStore, Quota, Snapshot, Store};
 use tower_layer::Layer;
 
 use super::service::RateLimit;
@@ -195,14 +195,6 @@ impl SyncStore<Key> for LayerStore {
     fn wait_blocking(&self, duration: Duration) {
         self.global.clock().wait_blocking(duration);
     }
-}
-
-/// What a check answers on the request's path.
-pub(super) enum Checked {
-    Admitted(Snapshot),
-    Denied(Denied),
-    /// The store decides asynchronously: in the response future.
-    Later,
 }
 
 /// A request's cost: how many units of the limit it spends.

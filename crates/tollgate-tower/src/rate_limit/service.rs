@@ -10,7 +10,7 @@ use http::{Request, Response, StatusCode};
 use tollgate::{Denied, DeniedKind, KeyedLimiter, Store};
 use tower_service::Service;
 
-use super::layer::{Checked, LayerStore, RequestCost, Shared};
+use super::layer::{LayerStore, RequestCost, Shared};
 use super::{One, ResponseFuture};
 use crate::key::{no_key, Global, KeyExtractor};
 use crate::response::{is_grpc, Admitted, DefaultRejector, Rejection, RejectionKind, Rejector};
@@ -139,23 +139,18 @@ where
             }
         };
         let cost = shared.cost.cost(&request);
-        let grpc;
-        let checked = match shared.limiter.check_now(&key, cost) {
-            Some(Ok(snapshot)) => Checked::Admitted(snapshot),
-            Some(Err(denied)) => Checked::Denied(denied),
-            None => Checked::Later,
-        };
-        match checked {
-            Checked::Admitted(snapshot) => {
+        let grpc = match shared.limiter.check_now(&key, cost) {
+            Some(Ok(snapshot)) => {
                 // Nothing to write on success: nothing held.
-                let admitted = shared
-                    .style
-                    .on_success
-                    .then(|| shared.style.admitted(&snapshot));
+                let admitted = if shared.style.on_success {
+                    Some(shared.style.admitted(&snapshot))
+                } else {
+                    None
+                };
                 return ResponseFuture::called(self.inner.call(request), admitted);
             }
-            Checked::Denied(denied) => {
-                grpc = is_grpc(&request);
+            Some(Err(denied)) => {
+                let grpc = is_grpc(&request);
                 let within = match (shared.max_wait, denied.retry_after()) {
                     (Some(max), Some(wait)) => wait <= max,
                     _ => false,
@@ -164,10 +159,11 @@ where
                     tracing::debug!(%key, cost, "rate limited");
                     return ResponseFuture::rejected(shared.denied(&denied, key, grpc));
                 }
+                grpc
             }
             // A store of the user's: decided in the response future.
-            Checked::Later => grpc = is_grpc(&request),
-        }
+            None => is_grpc(&request),
+        };
         // Wait mode: take the service that is ready, leave a clone.
         let ready = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, ready);

@@ -3,9 +3,11 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt;
-use std::hash::{BuildHasher, Hash};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
+
+use siphasher::sip::SipHasher13;
 
 use super::limits::MAX_DIMENSIONS;
 use super::store::{Admit, Change, Decision, Refusal, Store, StoreStats, SyncStore, View};
@@ -70,8 +72,10 @@ pub struct MemoryStore<C: Clock = DefaultClock> {
 }
 
 /// The keyed fingerprint of a key: SipHash-1-3, as std's `RandomState`,
-/// with keys drawn from it; `siphasher`'s writes a short integer (an IPv4
-/// key is one `u64`) in one step, where std's buffers it as bytes.
+/// with keys drawn from it. A key that writes one `u64` (an IPv4 address,
+/// a number) is hashed over its eight bytes in one call, without the
+/// stream's bookkeeping of partial blocks; any other input streams. Either
+/// way the fingerprint is SipHash-1-3 of the bytes written.
 #[derive(Clone, Copy)]
 struct Fingerprints {
     k0: u64,
@@ -88,14 +92,82 @@ impl Fingerprints {
             k1: random.hash_one(1u8),
         }
     }
+
+    #[inline]
+    fn sip(&self) -> SipHasher13 {
+        SipHasher13::new_with_keys(self.k0, self.k1)
+    }
 }
 
 impl BuildHasher for Fingerprints {
-    type Hasher = siphasher::sip::SipHasher13;
+    type Hasher = Fingerprint;
 
     #[inline]
     fn build_hasher(&self) -> Self::Hasher {
-        siphasher::sip::SipHasher13::new_with_keys(self.k0, self.k1)
+        Fingerprint {
+            keys: *self,
+            input: Input::Empty,
+        }
+    }
+}
+
+/// The hasher of one fingerprint (see [`Fingerprints`]).
+struct Fingerprint {
+    keys: Fingerprints,
+    input: Input,
+}
+
+enum Input {
+    Empty,
+    /// One `u64` written, and nothing else yet.
+    Word(u64),
+    Stream(SipHasher13),
+}
+
+impl Fingerprint {
+    /// The stream, with what was written before it.
+    #[cold]
+    fn stream(&mut self) -> &mut SipHasher13 {
+        if !matches!(self.input, Input::Stream(_)) {
+            let mut sip = self.keys.sip();
+            if let Input::Word(word) = self.input {
+                sip.write_u64(word);
+            }
+            self.input = Input::Stream(sip);
+        }
+        match &mut self.input {
+            Input::Stream(sip) => sip,
+            _ => unreachable!("the stream was just set"),
+        }
+    }
+}
+
+impl Hasher for Fingerprint {
+    #[inline]
+    fn write_u64(&mut self, word: u64) {
+        match &mut self.input {
+            Input::Empty => self.input = Input::Word(word),
+            Input::Stream(sip) => sip.write_u64(word),
+            Input::Word(_) => self.stream().write_u64(word),
+        }
+    }
+
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        match &mut self.input {
+            Input::Stream(sip) => sip.write(bytes),
+            _ => self.stream().write(bytes),
+        }
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        match &self.input {
+            // `write_u64` feeds the stream the word's native bytes.
+            Input::Word(word) => self.keys.sip().hash(&word.to_ne_bytes()),
+            Input::Stream(sip) => sip.finish(),
+            Input::Empty => self.keys.sip().finish(),
+        }
     }
 }
 
@@ -793,5 +865,59 @@ impl<C: Clock> fmt::Debug for MemoryStore<C> {
             .field("max_entries", &self.max_entries())
             .field("stats", &self.stats_now())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes into a hasher.
+    type Writes<'a> = &'a dyn Fn(&mut dyn Hasher);
+
+    /// The fingerprint is SipHash-1-3 of the bytes written, whether they
+    /// came as one word (the one-call path) or in any other writes.
+    #[test]
+    fn a_fingerprint_is_siphash_of_what_was_written() {
+        let keys = Fingerprints::new();
+        let streamed = |writes: Writes<'_>| {
+            let mut sip = keys.sip();
+            writes(&mut sip);
+            sip.finish()
+        };
+        let fingerprinted = |writes: Writes<'_>| {
+            let mut hasher = keys.build_hasher();
+            writes(&mut hasher);
+            hasher.finish()
+        };
+        let cases: [Writes<'_>; 7] = [
+            &|_| {},
+            &|h| h.write_u64(0x0000_0007_0200_c001),
+            &|h| h.write_u64(u64::MAX),
+            &|h| h.write(&[1, 2, 3]),
+            &|h| {
+                h.write_u64(4);
+                h.write(b"tenant")
+            },
+            &|h| {
+                h.write_u64(1);
+                h.write_u64(2)
+            },
+            &|h| {
+                h.write(&[9]);
+                h.write_u64(3)
+            },
+        ];
+        for (i, writes) in cases.iter().enumerate() {
+            assert_eq!(fingerprinted(*writes), streamed(*writes), "case {i}");
+        }
+        // One word is its native bytes, as a byte write of them.
+        assert_eq!(
+            fingerprinted(&|h| h.write_u64(0x0102_0304_0506_0708)),
+            streamed(&|h| h.write(&0x0102_0304_0506_0708u64.to_ne_bytes()))
+        );
+        // Keyed: another instance fingerprints the same word differently.
+        let other = Fingerprints::new();
+        assert_ne!(keys.hash_one(7u64), other.hash_one(7u64));
     }
 }
