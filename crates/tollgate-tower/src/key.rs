@@ -80,10 +80,17 @@ use crate::{ConfigError, ConfigErrorKind};
 #[derive(Clone, PartialEq, Eq)]
 pub struct Key(Repr);
 
+/// Addresses are held as aligned integers rather than as `IpAddr` (whose
+/// octets sit at an odd offset inside the enum): a key is built, moved and
+/// read on every request, and word-sized fields keep those moves in whole
+/// words that the processor forwards from store to load.
 #[derive(Clone, PartialEq, Eq)]
 enum Repr {
     Global,
-    Ip(IpAddr),
+    /// An IPv4 address's bits.
+    V4(u32),
+    /// An IPv6 address's bits, high word first.
+    V6([u64; 2]),
     Number(u64),
     Bytes(Bytes),
 }
@@ -105,8 +112,8 @@ impl Key {
     pub fn len(&self) -> usize {
         match &self.0 {
             Repr::Global => 0,
-            Repr::Ip(IpAddr::V4(_)) => 4,
-            Repr::Ip(IpAddr::V6(_)) => 16,
+            Repr::V4(_) => 4,
+            Repr::V6(_) => 16,
             Repr::Number(_) => 8,
             Repr::Bytes(bytes) => bytes.len(),
         }
@@ -126,7 +133,10 @@ impl Key {
     /// The address, for a key made from one.
     pub fn ip(&self) -> Option<IpAddr> {
         match self.0 {
-            Repr::Ip(ip) => Some(ip),
+            Repr::V4(bits) => Some(IpAddr::V4(Ipv4Addr::from_bits(bits))),
+            Repr::V6([high, low]) => Some(IpAddr::V6(Ipv6Addr::from_bits(
+                u128::from(high) << 64 | u128::from(low),
+            ))),
             _ => None,
         }
     }
@@ -143,16 +153,17 @@ impl Hash for Key {
     fn hash<H: Hasher>(&self, state: &mut H) {
         match &self.0 {
             Repr::Global => state.write(&[0]),
-            Repr::Ip(IpAddr::V4(v4)) => {
+            Repr::V4(bits) => {
                 // One integer, which a hasher may take in one step; its
                 // native bytes are the input, as `write` would take them.
-                let [a, b, c, d] = v4.octets();
+                let [a, b, c, d] = bits.to_be_bytes();
                 state.write_u64(u64::from_ne_bytes([1, a, b, c, d, 0, 0, 0]));
             }
-            Repr::Ip(IpAddr::V6(v6)) => {
+            Repr::V6([high, low]) => {
                 let mut input = [0u8; 24];
                 input[0] = 2;
-                input[1..17].copy_from_slice(&v6.octets());
+                input[1..9].copy_from_slice(&high.to_be_bytes());
+                input[9..17].copy_from_slice(&low.to_be_bytes());
                 state.write(&input);
             }
             Repr::Number(n) => {
@@ -173,8 +184,15 @@ impl Hash for Key {
 }
 
 impl From<IpAddr> for Key {
+    #[inline]
     fn from(ip: IpAddr) -> Self {
-        Self(Repr::Ip(ip))
+        match ip {
+            IpAddr::V4(v4) => Self(Repr::V4(v4.to_bits())),
+            IpAddr::V6(v6) => {
+                let bits = v6.to_bits();
+                Self(Repr::V6([(bits >> 64) as u64, bits as u64]))
+            }
+        }
     }
 }
 
@@ -213,7 +231,10 @@ impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
             Repr::Global => f.write_str("(global)"),
-            Repr::Ip(ip) => write!(f, "{ip}"),
+            Repr::V4(_) | Repr::V6(_) => match self.ip() {
+                Some(ip) => write!(f, "{ip}"),
+                None => Ok(()),
+            },
             Repr::Number(n) => write!(f, "{n}"),
             Repr::Bytes(bytes) => {
                 let shown = bytes.get(..64).unwrap_or(bytes);
@@ -363,21 +384,29 @@ impl IpGrouping {
 
     /// The key of an address: IPv4-mapped IPv6 read as IPv4, then masked
     /// to the group's prefix.
+    #[inline]
     pub fn key(&self, ip: IpAddr) -> Key {
-        Key::from(self.group(ip))
+        match ip {
+            IpAddr::V4(v4) => self.key_v4(v4),
+            IpAddr::V6(v6) => self.key_v6(v6),
+        }
     }
 
-    fn group(&self, ip: IpAddr) -> IpAddr {
-        match ip.to_canonical() {
-            IpAddr::V4(v4) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.v4)).unwrap_or(0);
-                IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask))
-            }
-            IpAddr::V6(v6) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.v6)).unwrap_or(0);
-                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
-            }
+    /// An IPv4 address's key: its bits masked, in registers throughout.
+    #[inline]
+    fn key_v4(&self, v4: Ipv4Addr) -> Key {
+        let mask = u32::MAX.checked_shl(32 - u32::from(self.v4)).unwrap_or(0);
+        Key(Repr::V4(v4.to_bits() & mask))
+    }
+
+    /// An IPv6 address's key; an IPv4-mapped one is read as IPv4.
+    #[inline(never)]
+    fn key_v6(&self, v6: Ipv6Addr) -> Key {
+        if let Some(v4) = v6.to_ipv4_mapped() {
+            return self.key_v4(v4);
         }
+        let mask = u128::MAX.checked_shl(128 - u32::from(self.v6)).unwrap_or(0);
+        Key::from(IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & mask)))
     }
 }
 
@@ -775,31 +804,54 @@ impl KeyRules {
 
     /// Reads a request's key; a key over the maximum length counts as
     /// missing, and a missing key is an error or the global key.
-    #[inline]
     pub(crate) fn read<B, K: KeyExtractor<B>>(
         &self,
         extractor: &K,
         request: &Request<B>,
     ) -> Result<Key, KeyError> {
-        let read = extractor.extract(request).and_then(|key| {
-            if key.len() > self.max_len {
-                Err(KeyError::new(
-                    KeyErrorKind::TooLong,
-                    format!(
-                        "the rate-limit key is {} bytes long; at most {} are accepted",
-                        key.len(),
-                        self.max_len
-                    ),
-                ))
-            } else {
-                Ok(key)
-            }
-        });
-        match (read, self.missing) {
-            (Ok(key), _) => Ok(key),
-            (Err(e), _) if e.kind() == KeyErrorKind::Duplicated => Err(e),
-            (Err(_), MissingKey::Global) => Ok(Key::global()),
-            (Err(e), MissingKey::Reject) => Err(e),
+        let read = extractor.extract(request);
+        match self.accepted(&read) {
+            Ok(Some(_)) => read,
+            Ok(None) => Ok(Key::global()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Whether a key read is accepted as it is (`Some`, the key), stands
+    /// for the global key (`None`: none was found, or one too long, and
+    /// such requests count against one shared key), or is refused. Lends
+    /// the key rather than moving it: the layer's hot path keeps the key
+    /// where the extractor wrote it.
+    #[inline]
+    pub(crate) fn accepted<'k>(
+        &self,
+        read: &'k Result<Key, KeyError>,
+    ) -> Result<Option<&'k Key>, KeyError> {
+        match read {
+            Ok(key) if key.len() <= self.max_len => Ok(Some(key)),
+            _ => self.fallback(read),
+        }
+    }
+
+    /// A key too long, or none: the global key or the error.
+    #[cold]
+    #[inline(never)]
+    fn fallback<'k>(&self, read: &Result<Key, KeyError>) -> Result<Option<&'k Key>, KeyError> {
+        let error = match read {
+            Ok(key) => KeyError::new(
+                KeyErrorKind::TooLong,
+                format!(
+                    "the rate-limit key is {} bytes long; at most {} are accepted",
+                    key.len(),
+                    self.max_len
+                ),
+            ),
+            Err(error) => error.clone(),
+        };
+        match self.missing {
+            _ if error.kind() == KeyErrorKind::Duplicated => Err(error),
+            MissingKey::Global => Ok(None),
+            MissingKey::Reject => Err(error),
         }
     }
 }

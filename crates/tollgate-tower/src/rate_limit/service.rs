@@ -112,6 +112,9 @@ impl<K, C, R: Rejector, St> Shared<K, C, R, St> {
     }
 }
 
+/// The key of requests that count against one shared key.
+static GLOBAL: Key = Key::global();
+
 impl<S, K, C, R, St, ReqB, ResB> Service<Request<ReqB>> for RateLimit<S, K, C, R, St>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
@@ -131,19 +134,25 @@ where
 
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
         let shared = &*self.shared;
-        let key = match shared.keys.read(&shared.key, &request) {
-            Ok(key) => key,
+        // The key is read in place and lent, not moved: a key moved
+        // between frames right after it was written costs more than its
+        // few words (the processor cannot forward the narrower stores that
+        // wrote it to the wider loads that copy it).
+        let read = shared.key.extract(&request);
+        let key = match shared.keys.accepted(&read) {
+            Ok(Some(key)) => key,
+            Ok(None) => &GLOBAL,
             Err(error) => {
                 let grpc = is_grpc(&request);
                 return ResponseFuture::rejected(shared.reject(no_key(&error, grpc)));
             }
         };
         let cost = shared.cost.cost(&request);
-        let grpc = match shared.limiter.check_now(&key, cost) {
+        let grpc = match &shared.limiter.check_now(key, cost) {
             Some(Ok(snapshot)) => {
                 // Nothing to write on success: nothing held.
                 let admitted = if shared.style.on_success {
-                    Some(shared.style.admitted(&snapshot))
+                    Some(shared.style.admitted(snapshot))
                 } else {
                     None
                 };
@@ -157,7 +166,7 @@ where
                 };
                 if !within {
                     tracing::debug!(%key, cost, "rate limited");
-                    return ResponseFuture::rejected(shared.denied(&denied, key, grpc));
+                    return ResponseFuture::rejected(shared.denied(denied, key.clone(), grpc));
                 }
                 grpc
             }
@@ -167,6 +176,7 @@ where
         // Wait mode: take the service that is ready, leave a clone.
         let ready = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, ready);
+        let key = key.clone();
         let shared = Arc::clone(&self.shared);
         let max = shared.max_wait.unwrap_or_default();
         let wait = Box::pin(async move {

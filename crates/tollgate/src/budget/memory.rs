@@ -368,24 +368,25 @@ impl<C: Clock> MemoryStore<C> {
         let index = shard.table.find(fp);
         let tat = index.map_or(0, |at| shard.table.tat_at(at));
         let now = self.clock.now();
-        match gcra.decide(&tat, now, cost, 0) {
-            Outcome::Admit { state, due } => {
+        let outcome = gcra.decide(&tat, now, cost, 0);
+        match outcome {
+            Outcome::Admit { state, .. } => {
                 if state != tat {
                     shard.write(index, fp, state, now, self.max_per_shard);
                 }
                 shard.admitted = shard.admitted.saturating_add(1);
-                Ok(gcra.snapshot(&state, due.max(now)))
             }
-            Outcome::Deny { retry_after } => {
-                shard.denied = shard.denied.saturating_add(1);
-                Err(Refusal::Deny(
-                    gcra.snapshot(&tat, now).retry_after_nanos(retry_after),
-                ))
-            }
-            Outcome::Never => {
-                shard.denied = shard.denied.saturating_add(1);
-                Err(Refusal::Never(gcra.snapshot(&tat, now)))
-            }
+            _ => shard.denied = shard.denied.saturating_add(1),
+        }
+        // The lock is let go before the answer is built: only the
+        // decision is made under it.
+        drop(shard);
+        match outcome {
+            Outcome::Admit { state, due } => Ok(gcra.snapshot(&state, due.max(now))),
+            Outcome::Deny { retry_after } => Err(Refusal::Deny(
+                gcra.snapshot(&tat, now).retry_after_nanos(retry_after),
+            )),
+            Outcome::Never => Err(Refusal::Never(gcra.snapshot(&tat, now))),
         }
     }
 
