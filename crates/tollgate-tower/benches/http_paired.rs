@@ -1,6 +1,8 @@
 //! Requests a second of a hello-world axum app on loopback, bare, with
 //! tollgate per peer IP (the `RateLimit` fields on, as by default, and
-//! off) and with tower_governor per peer IP, interleaved finely: the servers run
+//! off), with tower_governor per peer IP, and with two controls that limit
+//! nothing (a layer that passes the response on, and one that appends two
+//! static header lines the size of the fields), interleaved finely: the servers run
 //! side by side (one runtime thread each, idle but when driven) and each
 //! round drives a short batch through each in turn, the order rotated
 //! every round. A round's ratio to the bare app's batch beside it cancels
@@ -15,12 +17,32 @@
 
 use std::time::Instant;
 
+use axum::response::Response;
+use http::HeaderValue;
 use http_body_util::Empty;
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
+use tower::util::MapResponseLayer;
 use tower_governor::key_extractor::PeerIpKeyExtractor;
 
 mod common;
+
+fn identity(response: Response) -> Response {
+    response
+}
+
+fn two_static_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.append(
+        "ratelimit-policy",
+        HeaderValue::from_static("\"default\";q=1000000000;w=1"),
+    );
+    headers.append(
+        "ratelimit",
+        HeaderValue::from_static("\"default\";r=999999999;t=0"),
+    );
+    response
+}
 use common::{connect, governor, hello, send_hello, serve, tollgate_per_ip};
 
 const CONNECTIONS: usize = 16;
@@ -72,6 +94,18 @@ fn main() {
         (
             "tower_governor_per_ip",
             hello().layer(governor(PeerIpKeyExtractor)),
+        ),
+        // Two controls, no limit: a layer that passes the response on
+        // untouched, and one that appends two static header lines as long
+        // as the `RateLimit` fields of a full key (what writing, sending
+        // and parsing two such lines costs here, whoever writes them).
+        (
+            "identity_map",
+            hello().layer(MapResponseLayer::new(identity)),
+        ),
+        (
+            "two_static_headers",
+            hello().layer(MapResponseLayer::new(two_static_headers)),
         ),
     ];
     let servers: Vec<_> = apps
