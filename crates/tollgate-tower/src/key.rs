@@ -150,15 +150,24 @@ impl Hash for Key {
     /// kind's input starts with its tag byte and has a fixed layout, and
     /// each is fed in one write (a byte key in two), little-endian on
     /// every machine: a hash costs one call of the hasher, not one a part.
+    #[inline]
     fn hash<H: Hasher>(&self, state: &mut H) {
         match &self.0 {
+            // One integer, which a hasher may take in one step.
+            Repr::V4(bits) => state.write_u64(v4_input(*bits)),
+            _ => self.hash_other(state),
+        }
+    }
+}
+
+impl Key {
+    /// Every kind but an IPv4 address (hashed inline, on the per-IP hot
+    /// path): the same layout rules.
+    #[inline(never)]
+    fn hash_other<H: Hasher>(&self, state: &mut H) {
+        match &self.0 {
             Repr::Global => state.write(&[0]),
-            Repr::V4(bits) => {
-                // One integer, which a hasher may take in one step; its
-                // native bytes are the input, as `write` would take them.
-                let [a, b, c, d] = bits.to_be_bytes();
-                state.write_u64(u64::from_ne_bytes([1, a, b, c, d, 0, 0, 0]));
-            }
+            Repr::V4(bits) => state.write_u64(v4_input(*bits)),
             Repr::V6([high, low]) => {
                 let mut input = [0u8; 24];
                 input[0] = 2;
@@ -181,6 +190,14 @@ impl Hash for Key {
             }
         }
     }
+}
+
+/// An IPv4 key's input to the hasher: its tag and octets in one word,
+/// whose native bytes are the input, as `write` would take them.
+#[inline]
+fn v4_input(bits: u32) -> u64 {
+    let [a, b, c, d] = bits.to_be_bytes();
+    u64::from_ne_bytes([1, a, b, c, d, 0, 0, 0])
 }
 
 impl From<IpAddr> for Key {
