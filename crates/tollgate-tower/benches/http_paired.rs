@@ -43,7 +43,7 @@ fn two_static_headers(mut response: Response) -> Response {
     );
     response
 }
-use common::{connect, governor, hello, send_hello, serve, tollgate_per_ip};
+use common::{connect, governor, hello, quartiles, rounds, send_hello, serve, tollgate_per_ip};
 
 const CONNECTIONS: usize = 16;
 /// Requests a batch: about 50 ms of one app.
@@ -72,18 +72,8 @@ async fn batch(senders: Vec<SendRequest<Empty<Bytes>>>) -> (Vec<SendRequest<Empt
     (senders, rate)
 }
 
-fn quartiles(mut values: Vec<f64>) -> (f64, f64, f64) {
-    values.sort_by(f64::total_cmp);
-    let at = |q: usize| values[(values.len() - 1) * q / 4];
-    (at(1), at(2), at(3))
-}
-
 fn main() {
-    let rounds: usize = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(120);
+    let rounds = rounds(120);
     let apps = [
         ("bare", hello()),
         (

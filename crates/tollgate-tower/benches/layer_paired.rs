@@ -24,7 +24,7 @@ use tower::{Layer, Service};
 use tower_governor::key_extractor::{GlobalKeyExtractor, PeerIpKeyExtractor};
 
 mod common;
-use common::{bare, call, governor, open_quota, request};
+use common::{bare, call, governor, open_quota, quartiles, request, rounds};
 
 /// Requests a batch: a few tens of microseconds of one stack.
 const BATCH: usize = 200;
@@ -63,18 +63,9 @@ fn tollgate_per_ip(headers: bool) -> RateLimitLayer<PeerIp> {
         .unwrap()
 }
 
-fn quartiles(mut values: Vec<f64>) -> (f64, f64, f64) {
-    values.sort_by(f64::total_cmp);
-    let at = |q: usize| values[(values.len() - 1) * q / 4];
-    (at(1), at(2), at(3))
-}
-
 fn main() {
-    let rounds: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        // Under `cargo bench` with no count: a short run.
-        .unwrap_or(200);
+    // Under `cargo bench` with no count: a short run.
+    let rounds = rounds(200);
     let mut stacks: Vec<(&str, Timed)> = vec![
         ("bare", timed(bare())),
         (

@@ -175,3 +175,20 @@ pub fn tollgate_per_ip(headers: bool) -> tollgate_tower::RateLimitLayer<tollgate
         .build()
         .unwrap()
 }
+
+/// The first, second and third quartiles of `values`.
+pub fn quartiles(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let at = |q: usize| values[(values.len() - 1) * q / 4];
+    (at(1), at(2), at(3))
+}
+
+/// The rounds an interleaved benchmark runs: the first number among its
+/// arguments (`cargo bench` passes `--bench`), or `default`.
+pub fn rounds(default: usize) -> usize {
+    std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(default)
+}
