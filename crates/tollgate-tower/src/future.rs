@@ -106,53 +106,89 @@ where
 {
     type Output = Result<Response<ResponseBody<ResB>>, S::Error>;
 
-    #[inline]
+    /// The common state (the inner service called) here, small enough to
+    /// be inlined where the future is polled, so that the response is
+    /// written once, where the caller wants it; the rare states out of
+    /// line.
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        loop {
-            match this.state.as_mut().project() {
-                StateProj::Called { future } => {
-                    // Nothing held (no field written on success): the
-                    // response goes on as it comes.
-                    if this.hold.is_none() {
-                        return future
-                            .poll(cx)
-                            .map_ok(|response| response.map(ResponseBody::service));
+        if let StateProj::Called { future } = this.state.as_mut().project() {
+            return poll_called(future, this.hold, cx);
+        }
+        poll_rare(this.state, this.hold, cx)
+    }
+}
+
+/// The inner service's future, and what the request holds written on its
+/// response.
+#[inline(always)]
+fn poll_called<F, ResB, E, H: Hold>(
+    future: Pin<&mut F>,
+    hold: &mut Option<H>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Response<ResponseBody<ResB>>, E>>
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+{
+    // Nothing held (no field written on success): the response goes on
+    // as it comes.
+    if hold.is_none() {
+        return future
+            .poll(cx)
+            .map_ok(|response| response.map(ResponseBody::service));
+    }
+    let response = ready!(future.poll(cx))?;
+    Poll::Ready(Ok(finished(response, hold)))
+}
+
+/// A wait for admission (then the inner service's future), or a
+/// rejection's answer.
+#[inline(never)]
+fn poll_rare<S, B, H, ResB>(
+    mut state: Pin<&mut State<S, B, H>>,
+    hold: &mut Option<H>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Response<ResponseBody<ResB>>, S::Error>>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+    H: Hold,
+{
+    match state.as_mut().project() {
+        StateProj::Called { future } => poll_called(future, hold, cx),
+        StateProj::Waiting { waiting } => {
+            let waited = waiting
+                .as_mut()
+                .expect("a response future polled after it completed");
+            let outcome = ready!(waited.wait.as_mut().poll(cx));
+            let Some(waited) = waiting.take() else {
+                unreachable!("the waiting state was just read")
+            };
+            let Waiting {
+                mut service,
+                request,
+                ..
+            } = *waited;
+            match outcome {
+                Ok(held) => {
+                    *hold = Some(held);
+                    // The service was made ready by `poll_ready` before
+                    // the request was taken in.
+                    let future = service.call(request);
+                    state.set(State::Called { future });
+                    match state.project() {
+                        StateProj::Called { future } => poll_called(future, hold, cx),
+                        _ => unreachable!("the called state was just set"),
                     }
-                    let response = ready!(future.poll(cx))?;
-                    return Poll::Ready(Ok(finished(response, this.hold)));
                 }
-                StateProj::Waiting { waiting } => {
-                    let state = waiting
-                        .as_mut()
-                        .expect("a response future polled after it completed");
-                    let outcome = ready!(state.wait.as_mut().poll(cx));
-                    let Some(state) = waiting.take() else {
-                        unreachable!("the waiting state was just read")
-                    };
-                    let Waiting {
-                        mut service,
-                        request,
-                        ..
-                    } = *state;
-                    match outcome {
-                        Ok(hold) => {
-                            *this.hold = Some(hold);
-                            // The service was made ready by `poll_ready`
-                            // before the request was taken in.
-                            let future = service.call(request);
-                            this.state.set(State::Called { future });
-                        }
-                        Err(response) => return Poll::Ready(Ok(rejected_body(response))),
-                    }
-                }
-                StateProj::Rejected { response } => {
-                    let response = response
-                        .take()
-                        .expect("a response future polled after it completed");
-                    return Poll::Ready(Ok(rejected_body(*response)));
-                }
+                Err(response) => Poll::Ready(Ok(rejected_body(response))),
             }
+        }
+        StateProj::Rejected { response } => {
+            let response = response
+                .take()
+                .expect("a response future polled after it completed");
+            Poll::Ready(Ok(rejected_body(*response)))
         }
     }
 }
