@@ -134,9 +134,7 @@ impl Key {
     pub fn ip(&self) -> Option<IpAddr> {
         match self.0 {
             Repr::V4(bits) => Some(IpAddr::V4(Ipv4Addr::from_bits(bits))),
-            Repr::V6([high, low]) => Some(IpAddr::V6(Ipv6Addr::from_bits(
-                u128::from(high) << 64 | u128::from(low),
-            ))),
+            Repr::V6(words) => Some(IpAddr::V6(ipv6(words))),
             _ => None,
         }
     }
@@ -190,6 +188,11 @@ impl Key {
             }
         }
     }
+}
+
+/// The IPv6 address of a key's two words.
+fn ipv6([high, low]: [u64; 2]) -> Ipv6Addr {
+    Ipv6Addr::from_bits(u128::from(high) << 64 | u128::from(low))
 }
 
 /// An IPv4 key's input to the hasher: its tag and octets in one word,
@@ -248,10 +251,8 @@ impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
             Repr::Global => f.write_str("(global)"),
-            Repr::V4(_) | Repr::V6(_) => match self.ip() {
-                Some(ip) => write!(f, "{ip}"),
-                None => Ok(()),
-            },
+            Repr::V4(bits) => write!(f, "{}", Ipv4Addr::from_bits(*bits)),
+            Repr::V6(words) => write!(f, "{}", ipv6(*words)),
             Repr::Number(n) => write!(f, "{n}"),
             Repr::Bytes(bytes) => {
                 let shown = bytes.get(..64).unwrap_or(bytes);
@@ -981,6 +982,46 @@ mod tests {
         assert_eq!(g.key("192.0.2.77".parse().unwrap()), ip("0.0.0.0"));
         assert!(IpGrouping::new(33, 64).is_err());
         assert!(IpGrouping::new(32, 129).is_err());
+    }
+
+    /// What a hasher is fed, byte for byte.
+    #[derive(Default)]
+    struct Fed(Vec<u8>);
+
+    impl Hasher for Fed {
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.extend_from_slice(bytes);
+        }
+
+        fn finish(&self) -> u64 {
+            0
+        }
+    }
+
+    fn fed(key: &Key) -> Vec<u8> {
+        let mut fed = Fed::default();
+        key.hash(&mut fed);
+        fed.0
+    }
+
+    #[test]
+    fn a_key_keeps_its_address_and_its_hash_input() {
+        for text in ["192.0.2.7", "2001:db8:1:2:3:4:5:6", "::1", "0.0.0.0"] {
+            let address: IpAddr = text.parse().unwrap();
+            let key = Key::from(address);
+            assert_eq!(key.ip(), Some(address));
+            assert_eq!(key.to_string(), text);
+        }
+        // The hasher's input: a tag, then the octets (the stores' key
+        // names depend on it).
+        assert_eq!(fed(&ip("192.0.2.7")), [1, 192, 0, 2, 7, 0, 0, 0]);
+        let v6: Ipv6Addr = "2001:db8::5".parse().unwrap();
+        let mut input = vec![2];
+        input.extend_from_slice(&v6.octets());
+        input.resize(24, 0);
+        assert_eq!(fed(&Key::from(IpAddr::V6(v6))), input);
+        assert_eq!(fed(&Key::global()), [0]);
+        assert_eq!(Key::from(7u64).ip(), None);
     }
 
     proptest::proptest! {
