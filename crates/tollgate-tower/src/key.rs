@@ -984,46 +984,6 @@ mod tests {
         assert!(IpGrouping::new(32, 129).is_err());
     }
 
-    /// What a hasher is fed, byte for byte.
-    #[derive(Default)]
-    struct Fed(Vec<u8>);
-
-    impl Hasher for Fed {
-        fn write(&mut self, bytes: &[u8]) {
-            self.0.extend_from_slice(bytes);
-        }
-
-        fn finish(&self) -> u64 {
-            0
-        }
-    }
-
-    fn fed(key: &Key) -> Vec<u8> {
-        let mut fed = Fed::default();
-        key.hash(&mut fed);
-        fed.0
-    }
-
-    #[test]
-    fn a_key_keeps_its_address_and_its_hash_input() {
-        for text in ["192.0.2.7", "2001:db8:1:2:3:4:5:6", "::1", "0.0.0.0"] {
-            let address: IpAddr = text.parse().unwrap();
-            let key = Key::from(address);
-            assert_eq!(key.ip(), Some(address));
-            assert_eq!(key.to_string(), text);
-        }
-        // The hasher's input: a tag, then the octets (the stores' key
-        // names depend on it).
-        assert_eq!(fed(&ip("192.0.2.7")), [1, 192, 0, 2, 7, 0, 0, 0]);
-        let v6: Ipv6Addr = "2001:db8::5".parse().unwrap();
-        let mut input = vec![2];
-        input.extend_from_slice(&v6.octets());
-        input.resize(24, 0);
-        assert_eq!(fed(&Key::from(IpAddr::V6(v6))), input);
-        assert_eq!(fed(&Key::global()), [0]);
-        assert_eq!(Key::from(7u64).ip(), None);
-    }
-
     proptest::proptest! {
         /// Whatever bytes a client puts in the forwarding headers, reading
         /// them never panics, and the key is the trusted peer or an address

@@ -78,3 +78,23 @@ fn an_ipv4_key_feeds_its_tag_and_octets() {
     let key = Key::from(IpAddr::from([192, 0, 2, 7]));
     assert_eq!(fed(&key), [1, 192, 0, 2, 7, 0, 0, 0]);
 }
+
+/// A key built from an address gives it back and shows it; an IPv6 key
+/// feeds its tag and sixteen octets, padded to 24 bytes, and the global
+/// key its tag alone.
+#[test]
+fn a_key_keeps_its_address_and_its_hash_input() {
+    for text in ["192.0.2.7", "2001:db8:1:2:3:4:5:6", "::1", "0.0.0.0"] {
+        let address: IpAddr = text.parse().unwrap();
+        let key = Key::from(address);
+        assert_eq!(key.ip(), Some(address));
+        assert_eq!(key.to_string(), text);
+    }
+    let v6: Ipv6Addr = "2001:db8::5".parse().unwrap();
+    let mut input = vec![2];
+    input.extend_from_slice(&v6.octets());
+    input.resize(24, 0);
+    assert_eq!(fed(&Key::from(IpAddr::V6(v6))), input);
+    assert_eq!(fed(&Key::global()), [0]);
+    assert_eq!(Key::from(7u64).ip(), None);
+}
