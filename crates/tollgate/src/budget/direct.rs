@@ -363,11 +363,7 @@ impl<C: Clock> DirectStore<C> {
 
     #[inline(never)]
     fn check_general(&self, cost: u64) -> Result<Snapshot, Refusal> {
-        match self.decide_general(self.quota, cost, 0) {
-            Decision::Admit(admit) => Ok(admit.snapshot),
-            Decision::Deny { snapshot, .. } => Err(Refusal::Deny(snapshot)),
-            Decision::Never { snapshot, .. } => Err(Refusal::Never(snapshot)),
-        }
+        self.decide_general(self.quota, cost, 0).checked()
     }
 
     #[inline(always)]
@@ -746,11 +742,7 @@ impl<C: Clock, K: ?Sized> SyncStore<K> for DirectStore<C> {
         if *quota == self.quota {
             return self.check(cost);
         }
-        match self.decide_general(*quota, cost, 0) {
-            Decision::Admit(admit) => Ok(admit.snapshot),
-            Decision::Deny { snapshot, .. } => Err(Refusal::Deny(snapshot)),
-            Decision::Never { snapshot, .. } => Err(Refusal::Never(snapshot)),
-        }
+        self.decide_general(*quota, cost, 0).checked()
     }
 
     fn adjust_now(&self, _key: &K, limits: &[Quota], changes: &[Change]) {

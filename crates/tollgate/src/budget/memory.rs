@@ -400,11 +400,8 @@ impl<C: Clock> MemoryStore<C> {
         quota: &Quota,
         cost: u64,
     ) -> Result<Snapshot, Refusal> {
-        match self.decide_now(key, std::slice::from_ref(quota), &[cost], Duration::ZERO) {
-            Decision::Admit(admit) => Ok(admit.snapshot),
-            Decision::Deny { snapshot, .. } => Err(Refusal::Deny(snapshot)),
-            Decision::Never { snapshot, .. } => Err(Refusal::Never(snapshot)),
-        }
+        self.decide_now(key, std::slice::from_ref(quota), &[cost], Duration::ZERO)
+            .checked()
     }
 
     /// [`Store::adjust`], synchronously.

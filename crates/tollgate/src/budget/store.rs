@@ -107,11 +107,8 @@ pub trait SyncStore<K: ?Sized>: Store<K> {
     /// `check`, which needs no more than the snapshot. The default asks
     /// [`decide_now`](Self::decide_now).
     fn check_one(&self, key: &K, quota: &Quota, cost: u64) -> Result<Snapshot, Refusal> {
-        match self.decide_now(key, std::slice::from_ref(quota), &[cost], Duration::ZERO) {
-            Decision::Admit(admit) => Ok(admit.snapshot),
-            Decision::Deny { snapshot, .. } => Err(Refusal::Deny(snapshot)),
-            Decision::Never { snapshot, .. } => Err(Refusal::Never(snapshot)),
-        }
+        self.decide_now(key, std::slice::from_ref(quota), &[cost], Duration::ZERO)
+            .checked()
     }
 
     /// [`Store::adjust`], at once.
@@ -150,6 +147,19 @@ impl From<Refusal> for Decision {
                 dimension: 0,
                 snapshot,
             },
+        }
+    }
+}
+
+impl Decision {
+    /// A decision of one dimension as a check answers it: the admission's
+    /// snapshot, or the refusal (the converse of `From<Refusal>`).
+    #[inline]
+    pub(crate) fn checked(self) -> Result<Snapshot, Refusal> {
+        match self {
+            Self::Admit(admit) => Ok(admit.snapshot),
+            Self::Deny { snapshot, .. } => Err(Refusal::Deny(snapshot)),
+            Self::Never { snapshot, .. } => Err(Refusal::Never(snapshot)),
         }
     }
 }
