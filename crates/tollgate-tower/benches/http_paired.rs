@@ -9,8 +9,15 @@
 //! the machine's drift, which moves whole runs by a fifth or more here; the
 //! median of the rounds' ratios is the figure.
 //!
+//! Two clients: hyper's (the default), which parses every answer into a
+//! header map as an application would, and `lean`, which reads each
+//! answer's head in place as load generators such as `wrk` do. Client and
+//! servers share the machine's two cores, so the client's cost of each
+//! header line it parses is charged to the app that sent it; the lean
+//! client charges the least.
+//!
 //! ```text
-//! cargo bench -p tollgate-tower --bench http_paired [-- ROUNDS]
+//! cargo bench -p tollgate-tower --bench http_paired [-- ROUNDS] [lean] [APP...]
 //! ```
 
 #![allow(missing_docs)]
@@ -43,15 +50,48 @@ fn two_static_headers(mut response: Response) -> Response {
     );
     response
 }
-use common::{connect, governor, hello, quartiles, rounds, send_hello, serve, tollgate_per_ip};
+use common::{
+    connect, governor, hello, quartiles, rounds, send_hello, serve, tollgate_per_ip, Lean,
+};
 
 const CONNECTIONS: usize = 16;
 /// Requests a batch: about 50 ms of one app.
 const BATCH: usize = 1_600;
 
+/// One client connection of either kind.
+enum Client {
+    Hyper(SendRequest<Empty<Bytes>>),
+    Lean(Lean),
+}
+
+impl Client {
+    async fn connect(addr: std::net::SocketAddr, lean: bool) -> Vec<Self> {
+        if lean {
+            let mut clients = Vec::with_capacity(CONNECTIONS);
+            for _ in 0..CONNECTIONS {
+                clients.push(Self::Lean(Lean::connect(addr).await));
+            }
+            clients
+        } else {
+            connect(addr, CONNECTIONS)
+                .await
+                .into_iter()
+                .map(Self::Hyper)
+                .collect()
+        }
+    }
+
+    async fn send_hello(&mut self, count: u64) {
+        match self {
+            Self::Hyper(sender) => send_hello(sender, count).await,
+            Self::Lean(lean) => lean.send_hello(count).await,
+        }
+    }
+}
+
 /// Requests a second over one batch, each connection sending its share one
 /// request after another; the connections come back for the next batch.
-async fn batch(senders: Vec<SendRequest<Empty<Bytes>>>) -> (Vec<SendRequest<Empty<Bytes>>>, f64) {
+async fn batch(senders: Vec<Client>) -> (Vec<Client>, f64) {
     let start = Instant::now();
     let share = BATCH / senders.len();
     let count = senders.len();
@@ -59,7 +99,7 @@ async fn batch(senders: Vec<SendRequest<Empty<Bytes>>>) -> (Vec<SendRequest<Empt
         .into_iter()
         .map(|mut sender| {
             tokio::spawn(async move {
-                send_hello(&mut sender, share as u64).await;
+                sender.send_hello(share as u64).await;
                 sender
             })
         })
@@ -74,6 +114,7 @@ async fn batch(senders: Vec<SendRequest<Empty<Bytes>>>) -> (Vec<SendRequest<Empt
 
 fn main() {
     let rounds = rounds(120);
+    let lean = std::env::args().skip(1).any(|a| a == "lean");
     let apps = [
         ("bare", hello()),
         (
@@ -98,9 +139,15 @@ fn main() {
             hello().layer(MapResponseLayer::new(two_static_headers)),
         ),
     ];
+    // Apps named among the arguments run alone beside the bare app (for
+    // counting one app's instructions under callgrind).
+    let named: Vec<String> = std::env::args().skip(1).collect();
+    let some_named = apps.iter().any(|(name, _)| named.iter().any(|n| n == name));
     let servers: Vec<_> = apps
         .into_iter()
-        .map(|(name, app)| (name, serve(app)))
+        .enumerate()
+        .filter(|(i, (name, _))| *i == 0 || !some_named || named.iter().any(|n| n == name))
+        .map(|(_, (name, app))| (name, serve(app)))
         .collect();
     let client = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -109,7 +156,7 @@ fn main() {
     client.block_on(async {
         let mut senders = Vec::new();
         for (_, (addr, _)) in &servers {
-            senders.push(connect(*addr, CONNECTIONS).await);
+            senders.push(Client::connect(*addr, lean).await);
         }
         // Warm every app.
         for slot in &mut senders {
@@ -130,7 +177,8 @@ fn main() {
         }
         let elapsed = start.elapsed();
         println!(
-            "{rounds} rounds of {BATCH} requests an app, {CONNECTIONS} connections, {:.1} s",
+            "{rounds} rounds of {BATCH} requests an app, {CONNECTIONS} connections, {} client, {:.1} s",
+            if lean { "lean" } else { "hyper" },
             elapsed.as_secs_f64()
         );
         let (bare_q1, bare_median, bare_q3) = quartiles(rates[0].clone());

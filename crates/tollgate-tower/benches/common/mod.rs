@@ -192,3 +192,77 @@ pub fn rounds(default: usize) -> usize {
         .find_map(|a| a.parse().ok())
         .unwrap_or(default)
 }
+
+/// A lean HTTP/1.1 client connection, as load generators such as `wrk`
+/// are: it writes a fixed request and reads the answer's head in place
+/// (`httparse` over a reused buffer: no header map, no allocation), so
+/// that on a machine the client shares with the server, the client's own
+/// parsing of each header line takes as little of the cores as it can.
+pub struct Lean {
+    stream: tokio::net::TcpStream,
+    buffer: Vec<u8>,
+    filled: usize,
+}
+
+impl Lean {
+    const REQUEST: &'static [u8] = b"GET / HTTP/1.1\r\nhost: bench\r\n\r\n";
+
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        Self {
+            stream,
+            buffer: vec![0; 4096],
+            filled: 0,
+        }
+    }
+
+    /// Sends `count` requests one after another, each answered 200 with a
+    /// body of a stated length.
+    pub async fn send_hello(&mut self, count: u64) {
+        use tokio::io::AsyncWriteExt;
+        for _ in 0..count {
+            self.stream.write_all(Self::REQUEST).await.unwrap();
+            self.read_response().await;
+        }
+    }
+
+    async fn read_response(&mut self) {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 16];
+            let mut response = httparse::Response::new(&mut headers);
+            let parsed = response.parse(&self.buffer[..self.filled]).unwrap();
+            if let httparse::Status::Complete(head) = parsed {
+                assert_eq!(response.code, Some(200), "a hello answered other than 200");
+                let length: usize = response
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .map(|h| std::str::from_utf8(h.value).unwrap().parse().unwrap())
+                    .expect("a hello answered without content-length");
+                let end = head + length;
+                while self.filled < end {
+                    self.fill().await;
+                }
+                self.buffer.copy_within(end..self.filled, 0);
+                self.filled -= end;
+                return;
+            }
+            self.fill().await;
+        }
+    }
+
+    async fn fill(&mut self) {
+        use tokio::io::AsyncReadExt;
+        if self.filled == self.buffer.len() {
+            self.buffer.resize(self.buffer.len() * 2, 0);
+        }
+        let read = self
+            .stream
+            .read(&mut self.buffer[self.filled..])
+            .await
+            .unwrap();
+        assert!(read > 0, "the server closed the connection");
+        self.filled += read;
+    }
+}
