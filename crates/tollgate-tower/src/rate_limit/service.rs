@@ -148,11 +148,14 @@ where
             }
         };
         let cost = shared.cost.cost(&request);
-        let grpc = match &shared.limiter.check_now(key, cost) {
+        // Matched by value, not through a reference to the answer: a
+        // reference would make the answer a value in memory, written and
+        // copied whether or not its snapshot is read.
+        let grpc = match shared.limiter.check_now(key, cost) {
             Some(Ok(snapshot)) => {
                 // Nothing to write on success: nothing held.
                 let admitted = if shared.style.on_success {
-                    Some(shared.style.admitted(snapshot))
+                    Some(shared.style.admitted(&snapshot))
                 } else {
                     None
                 };
@@ -166,7 +169,7 @@ where
                 };
                 if !within {
                     tracing::debug!(%key, cost, "rate limited");
-                    return ResponseFuture::rejected(shared.denied(denied, key.clone(), grpc));
+                    return ResponseFuture::rejected(shared.denied(&denied, key.clone(), grpc));
                 }
                 grpc
             }

@@ -183,7 +183,7 @@ impl<K: Hash + Eq + Clone, S: Store<K>> KeyedLimiter<K, S> {
     /// without waiting (an in-memory store); `None` when the decision must
     /// be awaited ([`try_acquire`](Self::try_acquire)). For a layer that
     /// runs over any store and keeps its fast path where it has one.
-    #[inline]
+    #[inline(always)]
     pub fn check_now(&self, key: &K, cost: u64) -> Option<Result<Snapshot, Denied>> {
         match self.inner.store().check_now(key, self.quota(), cost)? {
             Ok(snapshot) => Some(Ok(snapshot)),

@@ -351,13 +351,16 @@ impl<C: Clock> MemoryStore<C> {
     /// keyed limiter's hot path, which builds no [`Admit`]. A store that
     /// holds limits or pauses of its own for some key of the shard decides
     /// by the general path instead.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn check_one<K: Hash + ?Sized>(
         &self,
         key: &K,
         quota: &Quota,
         cost: u64,
     ) -> Result<Snapshot, Refusal> {
+        // The clock is read first, before the lock and apart from the
+        // key's hash, so that the processor reads it while it hashes.
+        let now = self.clock.now();
         let fp = self.hasher.hash_one(key);
         let mut shard = self.shard(fp);
         if !shard.extras.is_empty() {
@@ -367,12 +370,15 @@ impl<C: Clock> MemoryStore<C> {
         let gcra = Gcra::new(quota);
         let index = shard.table.find(fp);
         let tat = index.map_or(0, |at| shard.table.tat_at(at));
-        let now = self.clock.now();
         let outcome = gcra.decide(&tat, now, cost, 0);
         match outcome {
             Outcome::Admit { state, .. } => {
-                if state != tat {
-                    shard.write(index, fp, state, now, self.max_per_shard);
+                match index {
+                    _ if state == tat => {}
+                    // A known key that stays partly spent: its TAT moves,
+                    // here rather than through the general write.
+                    Some(at) if state > now => shard.table.set_tat(at, state),
+                    _ => shard.write(index, fp, state, now, self.max_per_shard),
                 }
                 shard.admitted = shard.admitted.saturating_add(1);
             }
