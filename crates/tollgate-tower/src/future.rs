@@ -37,9 +37,21 @@ pin_project! {
         S: Service<Request<B>>,
     {
         Called { #[pin] future: S::Future },
-        // The rare states are boxed, so that the common one stays small.
-        Waiting { waiting: Option<Box<Waiting<S, B, H>>> },
-        Rejected { response: Option<Box<Response<Bytes>>> },
+        // The rare states are boxed, so that the common one stays small,
+        // and dropped out of line, so that dropping the common one is
+        // small enough to be inlined.
+        Waiting { waiting: Rare<Waiting<S, B, H>> },
+        Rejected { response: Rare<Response<Bytes>> },
+    }
+}
+
+/// A rare state's box, dropped out of line.
+struct Rare<T>(Option<Box<T>>);
+
+impl<T> Drop for Rare<T> {
+    #[inline(never)]
+    fn drop(&mut self) {
+        drop(self.0.take());
     }
 }
 
@@ -63,11 +75,11 @@ where
     pub(crate) fn waiting(wait: Wait<H>, service: S, request: Request<B>) -> Self {
         Self {
             state: State::Waiting {
-                waiting: Some(Box::new(Waiting {
+                waiting: Rare(Some(Box::new(Waiting {
                     wait,
                     service,
                     request,
-                })),
+                }))),
             },
             hold: None,
         }
@@ -76,7 +88,7 @@ where
     pub(crate) fn rejected(response: Response<Bytes>) -> Self {
         Self {
             state: State::Rejected {
-                response: Some(Box::new(response)),
+                response: Rare(Some(Box::new(response))),
             },
             hold: None,
         }
@@ -158,10 +170,11 @@ where
         StateProj::Called { future } => poll_called(future, hold, cx),
         StateProj::Waiting { waiting } => {
             let waited = waiting
+                .0
                 .as_mut()
                 .expect("a response future polled after it completed");
             let outcome = ready!(waited.wait.as_mut().poll(cx));
-            let Some(waited) = waiting.take() else {
+            let Some(waited) = waiting.0.take() else {
                 unreachable!("the waiting state was just read")
             };
             let Waiting {
@@ -186,6 +199,7 @@ where
         }
         StateProj::Rejected { response } => {
             let response = response
+                .0
                 .take()
                 .expect("a response future polled after it completed");
             Poll::Ready(Ok(rejected_body(*response)))

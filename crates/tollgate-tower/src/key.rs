@@ -470,6 +470,7 @@ impl PeerIp {
 }
 
 impl<B> KeyExtractor<B> for PeerIp {
+    #[inline(always)]
     fn extract(&self, request: &Request<B>) -> Result<Key, KeyError> {
         let peer = peer_addr(request).ok_or_else(KeyError::no_peer)?;
         Ok(self.grouping.key(peer.ip()))

@@ -329,12 +329,14 @@ impl HeaderStyle {
         // punctuation: both are always valid header values.
         let policy = self.policy.clone();
         let rate_limit = self.rate_limit(snapshot);
+        // The legacy trio as figures, written out with the response: a
+        // hold of plain figures needs no dropping.
         let legacy = self.legacy.then(|| {
-            Box::new([
-                HeaderValue::from(snapshot.limit()),
-                HeaderValue::from(snapshot.remaining()),
-                HeaderValue::from(headers::ceil_secs(snapshot.reset_after())),
-            ])
+            [
+                snapshot.limit(),
+                snapshot.remaining(),
+                headers::ceil_secs(snapshot.reset_after()),
+            ]
         });
         Fields {
             policy,
@@ -374,7 +376,7 @@ impl HeaderStyle {
                 headers.entry(RATELIMIT).or_insert(value);
             }
             if let Some(legacy) = fields.legacy {
-                write_legacy(*legacy, headers);
+                write_legacy(legacy, headers);
             }
         }
     }
@@ -401,17 +403,20 @@ fn static_value(text: &str) -> Option<HeaderValue> {
     HeaderValue::from_maybe_shared(bytes).ok()
 }
 
-fn write_legacy([limit, remaining, reset]: [HeaderValue; 3], headers: &mut HeaderMap) {
-    headers.entry(X_LIMIT).or_insert(limit);
-    headers.entry(X_REMAINING).or_insert(remaining);
-    headers.entry(X_RESET).or_insert(reset);
+fn write_legacy([limit, remaining, reset]: [u64; 3], headers: &mut HeaderMap) {
+    headers.entry(X_LIMIT).or_insert_with(|| limit.into());
+    headers
+        .entry(X_REMAINING)
+        .or_insert_with(|| remaining.into());
+    headers.entry(X_RESET).or_insert_with(|| reset.into());
 }
 
 #[derive(Default)]
 struct Fields {
     policy: Option<HeaderValue>,
     rate_limit: Option<HeaderValue>,
-    legacy: Option<Box<[HeaderValue; 3]>>,
+    /// The legacy trio's figures: limit, remaining, reset in seconds.
+    legacy: Option<[u64; 3]>,
 }
 
 /// What an admitted request carries to its response: the `RateLimit`
@@ -453,7 +458,7 @@ impl Hold for Admitted {
             headers.append(RATELIMIT, value);
         }
         if let Some(legacy) = fields.legacy {
-            write_legacy(*legacy, headers);
+            write_legacy(legacy, headers);
         }
     }
 }
