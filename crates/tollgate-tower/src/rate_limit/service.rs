@@ -148,20 +148,28 @@ where
             }
         };
         let cost = shared.cost.cost(&request);
-        // Matched by value, not through a reference to the answer: a
-        // reference would make the answer a value in memory, written and
-        // copied whether or not its snapshot is read.
-        let grpc = match shared.limiter.check_now(key, cost) {
-            Some(Ok(snapshot)) => {
-                // Nothing to write on success: nothing held.
-                let admitted = if shared.style.on_success {
-                    Some(shared.style.admitted(&snapshot))
-                } else {
-                    None
-                };
-                return ResponseFuture::called(self.inner.call(request), admitted);
+        // What an admission holds is chosen before the check, not after
+        // it: with nothing to write on success the snapshot is never read,
+        // and the copies of it that the check's answer would take are
+        // never made.
+        let refused = if shared.style.on_success {
+            match shared.limiter.check_now(key, cost) {
+                Some(Ok(snapshot)) => {
+                    let admitted = shared.style.admitted(&snapshot);
+                    return ResponseFuture::called(self.inner.call(request), Some(admitted));
+                }
+                Some(Err(denied)) => Some(denied),
+                None => None,
             }
-            Some(Err(denied)) => {
+        } else {
+            match shared.limiter.check_now(key, cost) {
+                Some(Ok(_)) => return ResponseFuture::called(self.inner.call(request), None),
+                Some(Err(denied)) => Some(denied),
+                None => None,
+            }
+        };
+        let grpc = match refused {
+            Some(denied) => {
                 let grpc = is_grpc(&request);
                 let within = match (shared.max_wait, denied.retry_after()) {
                     (Some(max), Some(wait)) => wait <= max,
