@@ -1,6 +1,8 @@
 //! Requests a second of a hello-world axum app on loopback, bare, with
 //! tollgate per peer IP (the `RateLimit` fields on, as by default, and
-//! off), with tower_governor per peer IP, and with two controls that limit
+//! off; each also with its answers turned back into axum's body, which
+//! axum then does not box), with tower_governor per peer IP, and with two
+//! controls that limit
 //! nothing (a layer that passes the response on, and one that appends two
 //! static header lines the size of the fields), interleaved finely: the servers run
 //! side by side (one runtime thread each, idle but when driven) and each
@@ -24,15 +26,22 @@
 
 use std::time::Instant;
 
+use axum::body::Body;
 use axum::response::Response;
 use http::{HeaderName, HeaderValue};
 use http_body_util::Empty;
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
+use tollgate_tower::ResponseBody;
 use tower::util::MapResponseLayer;
+use tower::ServiceBuilder;
 use tower_governor::key_extractor::PeerIpKeyExtractor;
 
 mod common;
+
+fn axum_body(response: http::Response<ResponseBody<Body>>) -> Response {
+    response.map(Body::from)
+}
 
 fn identity(response: Response) -> Response {
     response
@@ -127,6 +136,24 @@ fn main() {
             hello().layer(tollgate_per_ip(true)),
         ),
         ("tollgate_per_ip", hello().layer(tollgate_per_ip(false))),
+        // The same two, their answers turned back into axum's body (which
+        // axum then does not box).
+        (
+            "tollgate_per_ip_headers_axum_body",
+            hello().layer(
+                ServiceBuilder::new()
+                    .map_response(axum_body)
+                    .layer(tollgate_per_ip(true)),
+            ),
+        ),
+        (
+            "tollgate_per_ip_axum_body",
+            hello().layer(
+                ServiceBuilder::new()
+                    .map_response(axum_body)
+                    .layer(tollgate_per_ip(false)),
+            ),
+        ),
         (
             "tower_governor_per_ip",
             hello().layer(governor(PeerIpKeyExtractor)),
