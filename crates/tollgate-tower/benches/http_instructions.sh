@@ -24,7 +24,7 @@ for rounds in 2 6; do
 done
 # The apps in the bench's order, from the table it printed.
 mapfile -t apps < <(awk '/median/ {print $1}' "$out/table6")
-printf '%-26s %14s %10s\n' app instructions overhead
+printf '%-34s %14s %10s\n' app instructions overhead
 bare=""
 for i in "${!apps[@]}"; do
     thread=$(printf '%02d' $((i + 2)))
@@ -33,8 +33,8 @@ for i in "${!apps[@]}"; do
     n=$(( (b - a) / (4 * 1600) ))
     if [ -z "$bare" ]; then
         bare=$n
-        printf '%-26s %14s %10s\n' "${apps[$i]}" "$n" -
+        printf '%-34s %14s %10s\n' "${apps[$i]}" "$n" -
     else
-        printf '%-26s %14s %10s\n' "${apps[$i]}" "$n" "$((n - bare))"
+        printf '%-34s %14s %10s\n' "${apps[$i]}" "$n" "$((n - bare))"
     fi
 done

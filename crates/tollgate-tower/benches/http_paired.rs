@@ -215,7 +215,7 @@ fn main() {
         );
         let (bare_q1, bare_median, bare_q3) = quartiles(rates[0].clone());
         println!(
-            "{:<26} median {:>8.0} req/s (quartiles {:.0} - {:.0})",
+            "{:<34} median {:>8.0} req/s (quartiles {:.0} - {:.0})",
             servers[0].0, bare_median, bare_q1, bare_q3
         );
         for (app, (name, _)) in servers.iter().enumerate().skip(1) {
@@ -227,7 +227,7 @@ fn main() {
             let (_, median, _) = quartiles(rates[app].clone());
             let (q1, ratio, q3) = quartiles(ratios);
             println!(
-                "{name:<26} median {median:>8.0} req/s, vs bare in its round: median {ratio:.3}x (quartiles {q1:.3} - {q3:.3})"
+                "{name:<34} median {median:>8.0} req/s, vs bare in its round: median {ratio:.3}x (quartiles {q1:.3} - {q3:.3})"
             );
         }
     });
