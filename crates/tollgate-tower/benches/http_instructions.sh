@@ -13,9 +13,9 @@
 # out what runs once (start-up, connecting, warming).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
-command -v valgrind >/dev/null || { echo "valgrind is missing (apt-get install valgrind)" >&2; exit 1; }
-cargo bench -p tollgate-tower --bench http_paired --no-run 2>/dev/null
-bin=$(ls -t target/release/deps/http_paired-* | grep -v '\.d$' | head -n 1)
+. scripts/callgrind.sh
+callgrind_build tollgate-tower http_paired
+bin=$BENCH_BIN
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 for rounds in 2 6; do

@@ -373,12 +373,8 @@ impl<C: Clock> MemoryStore<C> {
         let outcome = gcra.decide(&tat, now, cost, 0);
         match outcome {
             Outcome::Admit { state, .. } => {
-                match index {
-                    _ if state == tat => {}
-                    // A known key that stays partly spent: its TAT moves,
-                    // here rather than through the general write.
-                    Some(at) if state > now => shard.table.set_tat(at, state),
-                    _ => shard.write(index, fp, state, now, self.max_per_shard),
+                if state != tat {
+                    shard.write(index, fp, state, now, self.max_per_shard);
                 }
                 shard.admitted = shard.admitted.saturating_add(1);
             }
@@ -688,8 +684,19 @@ impl Shard {
     }
 
     /// Stores `tat` for `fp` (at `index`, when known), dropping entries that
-    /// are full.
+    /// are full. The common case, a known key that stays partly spent, is
+    /// written in place where it is called; the rest out of line.
+    #[inline]
     fn write(&mut self, index: Option<usize>, fp: u64, tat: u64, now: u64, max: usize) {
+        match index {
+            Some(at) if tat > now => self.table.set_tat(at, tat),
+            _ => self.write_other(index, fp, tat, now, max),
+        }
+    }
+
+    /// [`write`](Self::write) of a key that is new or is now full.
+    #[inline(never)]
+    fn write_other(&mut self, index: Option<usize>, fp: u64, tat: u64, now: u64, max: usize) {
         match index {
             Some(at) if tat <= now => self.table.remove_at(at),
             Some(at) => self.table.set_tat(at, tat),
