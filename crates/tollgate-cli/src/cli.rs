@@ -115,8 +115,8 @@ struct BatchArgs {
     redis: Option<String>,
 }
 
-/// Where a mock listens and keeps its limits.
-#[derive(Debug)]
+/// Where a mock listens and keeps its limits (its `Debug` hides the
+/// Redis password).
 pub struct MockPlace {
     /// The port on 127.0.0.1.
     pub port: u16,
@@ -124,6 +124,19 @@ pub struct MockPlace {
     pub redis: Option<String>,
     /// Whether other mocks may listen on the same port.
     pub reuse_port: bool,
+}
+
+impl std::fmt::Debug for MockPlace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MockPlace")
+            .field("port", &self.port)
+            .field(
+                "redis",
+                &self.redis.as_deref().map(tollgate_redis::redact_url),
+            )
+            .field("reuse_port", &self.reuse_port)
+            .finish()
+    }
 }
 
 /// The flags of `tollgate mock`.

@@ -69,7 +69,7 @@ pub async fn connect(url: &str) -> Result<RedisStore, String> {
         .timeout(Duration::from_millis(500))
         .connect()
         .await
-        .map_err(|e| format!("--redis {url}: {e}"))
+        .map_err(|e| format!("--redis: {e}"))
 }
 
 /// The tokens a request counts, as providers count them: prompt text / 4

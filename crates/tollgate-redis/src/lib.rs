@@ -110,7 +110,7 @@ pub enum Fault {
 }
 
 /// Builds a [`RedisStore`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use = "a builder does nothing until `connect` is called"]
 pub struct Builder {
     url: String,
@@ -123,6 +123,215 @@ pub struct Builder {
     breaker_cool_down: Duration,
     limits_ttl: Duration,
     max_keys: usize,
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("url", &redact_url(&self.url))
+            .field(
+                "nodes",
+                &self.nodes.iter().map(|n| redact_url(n)).collect::<Vec<_>>(),
+            )
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("fault", &self.fault)
+            .field("breaker_failures", &self.breaker_failures)
+            .field("breaker_cool_down", &self.breaker_cool_down)
+            .field("limits_ttl", &self.limits_ttl)
+            .field("fallback_max_keys", &self.max_keys)
+            .finish()
+    }
+}
+
+/// `url` with its password hidden, for messages and logs:
+/// `redis://user:secret@host:6379/0` is shown as
+/// `redis://user:***@host:6379/0`, and a lone user part (which some
+/// clients take as a password) as `redis://***@host:6379/0`.
+///
+/// ```
+/// use tollgate_redis::redact_url;
+///
+/// assert_eq!(redact_url("redis://app:s3cret@db:6379/0"), "redis://app:***@db:6379/0");
+/// assert_eq!(redact_url("rediss://:s3cret@db:6380/"), "rediss://:***@db:6380/");
+/// assert_eq!(redact_url("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        // Not a URL: nothing tells its parts apart, so show none of it
+        // but its length.
+        return if url.contains('@') {
+            format!("<{} characters, not a URL>", url.chars().count())
+        } else {
+            url.to_owned()
+        };
+    };
+    let rest_at = scheme_end + 3;
+    let rest = &url[rest_at..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    // The last '@' ends the user part: a password may hold '@' itself.
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    let user_info = &authority[..at];
+    let shown_user = match user_info.find(':') {
+        Some(colon) => format!("{}:***", &user_info[..colon]),
+        None => "***".to_owned(),
+    };
+    format!("{}{shown_user}{}", &url[..rest_at], &url[rest_at + at..])
+}
+
+/// The passwords of some URLs, to hide them from messages that quote
+/// what a library said (a URL parser may echo its input).
+struct Secrets(Vec<String>);
+
+impl Secrets {
+    fn of<'a>(urls: impl Iterator<Item = &'a str>) -> Self {
+        let mut secrets = Vec::new();
+        for url in urls {
+            let Some(rest) = url.split_once("://").map(|(_, rest)| rest) else {
+                // Not a URL: the whole text may be a secret.
+                if url.contains('@') {
+                    secrets.push(url.to_owned());
+                }
+                continue;
+            };
+            let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+            if let Some(at) = authority.rfind('@') {
+                let user_info = &authority[..at];
+                let secret = user_info.split_once(':').map_or(user_info, |(_, p)| p);
+                if !secret.is_empty() {
+                    secrets.push(secret.to_owned());
+                }
+            }
+        }
+        Self(secrets)
+    }
+
+    fn scrub(&self, mut message: String) -> String {
+        for secret in &self.0 {
+            if message.contains(secret.as_str()) {
+                message = message.replace(secret.as_str(), "***");
+            }
+        }
+        message
+    }
+}
+
+/// A failed connection, said plainly: authentication refused, or what
+/// the client reported.
+fn refused(error: &RedisError, shown: &str, secrets: &Secrets) -> StoreError {
+    let code = error.code().unwrap_or("");
+    let message = if error.kind() == redis::ErrorKind::AuthenticationFailed || code == "WRONGPASS" {
+        return StoreError::new(
+            StoreErrorKind::Auth,
+            format!(
+                "{shown} refused the user name or password (WRONGPASS): check the URL's \
+                 credentials (redis://USER:PASSWORD@host:port/)"
+            ),
+        );
+    } else if code == "NOAUTH" {
+        return noauth(shown);
+    } else if matches!(
+        error.kind(),
+        redis::ErrorKind::ParseError | redis::ErrorKind::TypeError
+    ) {
+        return StoreError::new(
+            StoreErrorKind::NotRedis,
+            secrets.scrub(format!(
+                "{shown} did not answer as Redis does: {error}; is the port Redis'?"
+            )),
+        );
+    } else if error.is_timeout() {
+        return StoreError::new(
+            StoreErrorKind::Timeout,
+            secrets.scrub(format!(
+                "{shown} accepted the connection but did not answer in time: is it Redis?"
+            )),
+        );
+    } else {
+        format!("cannot connect to {shown}: {error}")
+    };
+    StoreError::new(StoreErrorKind::Redis, secrets.scrub(message))
+}
+
+fn noauth(shown: &str) -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Auth,
+        format!(
+            "{shown} requires a password (NOAUTH): put it in the URL, \
+             redis://:PASSWORD@host:port/ or redis://USER:PASSWORD@host:port/"
+        ),
+    )
+}
+
+/// Checks at connect time that the server is a Redis this store can use:
+/// loading the scripts needs authentication and scripting, so a missing
+/// password, a user without the right to run scripts and a server that
+/// is not Redis each fail here, before any decision, not later as a
+/// fleet deciding in memory.
+async fn check_server<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+    shown: &str,
+    timeout: Duration,
+    secrets: &Secrets,
+) -> Result<(), StoreError> {
+    let mut pipe = redis::pipe();
+    for code in [DECIDE, ADJUST, READ] {
+        pipe.cmd("SCRIPT").arg("LOAD").arg(code);
+    }
+    let wait = timeout.max(Duration::from_secs(2));
+    let loaded: Vec<String> = match tokio::time::timeout(wait, pipe.query_async(conn)).await {
+        Err(_) => return Err(StoreError::new(
+            StoreErrorKind::NotRedis,
+            format!(
+                "{shown} accepted the connection but did not answer within {wait:?}: is it Redis?"
+            ),
+        )),
+        Ok(Err(e)) => {
+            let code = e.code().unwrap_or("");
+            return Err(match code {
+                "NOAUTH" => noauth(shown),
+                "WRONGPASS" => refused(&e, shown, secrets),
+                "NOPERM" => StoreError::new(
+                    StoreErrorKind::Auth,
+                    format!(
+                        "{shown}: the user may not load scripts (NOPERM): it needs \
+                         SCRIPT LOAD, EVALSHA and EVAL (+@scripting) on the prefix's keys"
+                    ),
+                ),
+                _ if matches!(
+                    e.kind(),
+                    redis::ErrorKind::ParseError
+                        | redis::ErrorKind::TypeError
+                        | redis::ErrorKind::IoError
+                        | redis::ErrorKind::ResponseError
+                ) =>
+                {
+                    StoreError::new(
+                        StoreErrorKind::NotRedis,
+                        secrets.scrub(format!(
+                            "{shown} did not answer as Redis does (loading the scripts): {e}"
+                        )),
+                    )
+                }
+                _ => StoreError::new(
+                    StoreErrorKind::Redis,
+                    secrets.scrub(format!("{shown} failed to load the scripts: {e}")),
+                ),
+            });
+        }
+        Ok(Ok(loaded)) => loaded,
+    };
+    let expected = [DECIDE, ADJUST, READ].map(sha1_hex);
+    if loaded.len() != expected.len() || loaded.iter().zip(&expected).any(|(a, b)| a != b) {
+        return Err(StoreError::new(
+            StoreErrorKind::NotRedis,
+            format!("{shown} did not answer SCRIPT LOAD as Redis does (got {loaded:?})"),
+        ));
+    }
+    Ok(())
 }
 
 impl Builder {
@@ -205,35 +414,49 @@ impl Builder {
                 "invalid limits_ttl {limits_ttl:?}: at least 1 s"
             )));
         }
+        let secrets =
+            Secrets::of(std::iter::once(url.as_str()).chain(nodes.iter().map(String::as_str)));
         let conn = if nodes.is_empty() {
-            let client = redis::Client::open(url.as_str())
-                .map_err(|e| StoreError::config(format!("invalid Redis URL {url:?}: {e}")))?;
+            let shown = redact_url(&url);
+            let client = redis::Client::open(url.as_str()).map_err(|e| {
+                StoreError::config(secrets.scrub(format!("invalid Redis URL {shown}: {e}")))
+            })?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(timeout.max(Duration::from_millis(250)))
                 .set_response_timeout(timeout)
                 .set_number_of_retries(1)
                 .set_max_delay(100);
-            let manager = tokio::time::timeout(
+            let mut manager = tokio::time::timeout(
                 timeout.max(Duration::from_secs(2)),
                 ConnectionManager::new_with_config(client, config),
             )
             .await
-            .map_err(|_| StoreError::new(StoreErrorKind::Timeout, format!("connecting to {url}")))?
-            .map_err(|e| {
+            .map_err(|_| {
                 StoreError::new(
-                    StoreErrorKind::Redis,
-                    format!("cannot connect to {url}: {e}"),
+                    StoreErrorKind::Timeout,
+                    format!(
+                        "connecting to {shown}: no answer within {:?}",
+                        timeout.max(Duration::from_secs(2))
+                    ),
                 )
-            })?;
+            })?
+            .map_err(|e| refused(&e, &shown, &secrets))?;
+            check_server(&mut manager, &shown, timeout, &secrets).await?;
             Conn::One(manager)
         } else {
-            let shown = nodes.join(", ");
+            let shown = nodes
+                .iter()
+                .map(|n| redact_url(n))
+                .collect::<Vec<_>>()
+                .join(", ");
             let client = redis::cluster::ClusterClientBuilder::new(nodes)
                 .connection_timeout(timeout.max(Duration::from_millis(250)))
                 .response_timeout(timeout)
                 .build()
-                .map_err(|e| StoreError::config(format!("invalid Redis Cluster {shown}: {e}")))?;
-            let cluster = tokio::time::timeout(
+                .map_err(|e| {
+                    StoreError::config(secrets.scrub(format!("invalid Redis Cluster {shown}: {e}")))
+                })?;
+            let mut cluster = tokio::time::timeout(
                 timeout.max(Duration::from_secs(2)),
                 client.get_async_connection(),
             )
@@ -241,12 +464,8 @@ impl Builder {
             .map_err(|_| {
                 StoreError::new(StoreErrorKind::Timeout, format!("connecting to {shown}"))
             })?
-            .map_err(|e| {
-                StoreError::new(
-                    StoreErrorKind::Redis,
-                    format!("cannot connect to {shown}: {e}"),
-                )
-            })?;
+            .map_err(|e| refused(&e, &shown, &secrets))?;
+            check_server(&mut cluster, &shown, timeout, &secrets).await?;
             Conn::Cluster(cluster)
         };
         let counts = Counts::default();
@@ -315,6 +534,7 @@ struct Counts {
     denied: AtomicU64,
     failures: AtomicU64,
     fallbacks: AtomicU64,
+    refused: AtomicU64,
     reloads: Arc<AtomicU64>,
 }
 
@@ -346,6 +566,10 @@ pub struct RedisStats {
     pub failures: u64,
     /// Calls decided in this process because Redis failed (failing open).
     pub fallbacks: u64,
+    /// Calls answered with a store failure because Redis failed (failing
+    /// closed). The log says when Redis starts failing and when it is
+    /// back, once each; this counts every call in between.
+    pub refused: u64,
     /// Scripts sent again after Redis answered `NOSCRIPT`.
     pub reloads: u64,
     /// Whether the circuit is open now.
@@ -408,6 +632,7 @@ impl RedisStore {
         RedisStats {
             failures: c.failures.load(Ordering::Relaxed),
             fallbacks: c.fallbacks.load(Ordering::Relaxed),
+            refused: c.refused.load(Ordering::Relaxed),
             reloads: c.reloads.load(Ordering::Relaxed),
             open: self.inner.breaker.is_open(),
         }
@@ -534,7 +759,10 @@ impl RedisStore {
                 self.inner.counts.fallbacks.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
-            Fault::FailClosed => Err(error),
+            Fault::FailClosed => {
+                self.inner.counts.refused.fetch_add(1, Ordering::Relaxed);
+                Err(error)
+            }
         }
     }
 }
@@ -970,6 +1198,12 @@ pub enum StoreErrorKind {
     Redis,
     /// Redis answered something the scripts never reply.
     Reply,
+    /// Redis refused the credentials, asked for some, or denied the
+    /// commands the store needs: found when connecting.
+    Auth,
+    /// The server at the URL does not speak Redis' protocol, or does not
+    /// answer it: found when connecting.
+    NotRedis,
 }
 
 impl StoreError {
@@ -1011,6 +1245,8 @@ impl fmt::Display for StoreError {
             StoreErrorKind::Open => "Redis is failing",
             StoreErrorKind::Redis => "Redis failed",
             StoreErrorKind::Reply => "Redis answered unexpectedly",
+            StoreErrorKind::Auth => "Redis refused the credentials",
+            StoreErrorKind::NotRedis => "not a usable Redis",
         };
         write!(f, "{what}: {}", self.message)
     }
@@ -1067,9 +1303,11 @@ impl Breaker {
 
     fn success(&self) {
         self.failures.store(0, Ordering::Relaxed);
-        if self.state.swap(CLOSED, Ordering::AcqRel) != CLOSED
-            || self.failing.swap(false, Ordering::Relaxed)
-        {
+        // Both are reset: a circuit that was open was failing too, and the
+        // next failure must be logged again.
+        let was_open = self.state.swap(CLOSED, Ordering::AcqRel) != CLOSED;
+        let was_failing = self.failing.swap(false, Ordering::Relaxed);
+        if was_open || was_failing {
             tracing::info!("Redis answers again: the rate limit store is back");
         }
     }
@@ -1086,7 +1324,8 @@ impl Breaker {
         if state == PROBING || (state == CLOSED && failures >= self.threshold) {
             *self.opened.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
             if self.state.swap(OPEN, Ordering::AcqRel) == CLOSED {
-                tracing::warn!(
+                // The failure itself was logged when it began.
+                tracing::debug!(
                     failures,
                     cool_down = ?self.cool_down,
                     "the Redis rate limit store keeps failing: circuit open"

@@ -40,6 +40,12 @@ impl RedisServer {
         Self::start_with(free_port(), &[])
     }
 
+    /// Starts `redis-server` with more arguments (`--requirepass PW`,
+    /// say), on a free port.
+    pub fn start_with_args(args: &[&str]) -> Self {
+        Self::start_with(free_port(), args)
+    }
+
     /// Starts `redis-server` on `port` with more arguments.
     fn start_with(port: u16, extra: &[&str]) -> Self {
         let dir =

@@ -48,8 +48,9 @@ impl Output {
 
 /// What `tollgate batch` was asked to do. [`BatchConfig::new`] gives the
 /// defaults; [`BatchConfig::check`] (called by [`run`](super::run) before
-/// anything is read or sent) says what is out of range.
-#[derive(Clone, Debug)]
+/// anything is read or sent) says what is out of range. Its `Debug`
+/// hides the API key and the Redis password.
+#[derive(Clone)]
 pub struct BatchConfig {
     /// The JSONL of request bodies, read as it is sent.
     pub input: PathBuf,
@@ -84,6 +85,30 @@ pub struct BatchConfig {
     pub progress: bool,
     /// Redis, to share the budgets with other batches (`redis://…`).
     pub redis: Option<String>,
+}
+
+impl std::fmt::Debug for BatchConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchConfig")
+            .field("input", &self.input)
+            .field("output", &self.output)
+            .field("url", &tollgate_redis::redact_url(self.url.as_str()))
+            .field("rpm", &self.rpm)
+            .field("tpm", &self.tpm)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("max_attempts", &self.max_attempts)
+            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("grace", &self.grace)
+            .field("max_body", &self.max_body)
+            .field("progress", &self.progress)
+            .field(
+                "redis",
+                &self.redis.as_deref().map(tollgate_redis::redact_url),
+            )
+            .finish()
+    }
 }
 
 impl BatchConfig {

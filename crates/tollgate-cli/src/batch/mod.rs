@@ -85,6 +85,19 @@ pub async fn run(
     let auth = config.api_key.as_deref().map(config::bearer).transpose()?;
     let input = File::open(&config.input)
         .map_err(|e| format!("cannot read {}: {e}", config.input.display()))?;
+    // Redis is checked before the output is touched: a wrong URL or
+    // password stops the run with nothing written.
+    let store = match &config.redis {
+        None => None,
+        Some(url) => Some(
+            RedisStore::builder(url.as_str())
+                .prefix("tollgate-batch")
+                .timeout(Duration::from_millis(500))
+                .connect()
+                .await
+                .map_err(|e| format!("--redis: {e}"))?,
+        ),
+    };
     let (earlier, sink): (Earlier, Box<dyn Write + Send>) = match &config.output {
         Output::File(path) => (Earlier::read(path)?, Box::new(resume::open_output(path)?)),
         Output::Stdout => (Earlier::default(), Box::new(std::io::stdout())),
@@ -110,7 +123,7 @@ pub async fn run(
     let stop = Stop::new(config.grace);
     let client = ClientBuilder::new(http);
     // The limits learnt, read at the end for the summary.
-    let (client, learnt_limits): (_, LimitsOf) = match &config.redis {
+    let (client, learnt_limits): (_, LimitsOf) = match store {
         None => {
             let middleware = builder.build();
             (
@@ -118,13 +131,7 @@ pub async fn run(
                 Box::new(move |e| middleware.limits_for(e)),
             )
         }
-        Some(url) => {
-            let store = RedisStore::builder(url.as_str())
-                .prefix("tollgate-batch")
-                .timeout(Duration::from_millis(500))
-                .connect()
-                .await
-                .map_err(|e| format!("--redis {url}: {e}"))?;
+        Some(store) => {
             let middleware = builder.build_with_store(store);
             (
                 client.with(middleware.clone()),

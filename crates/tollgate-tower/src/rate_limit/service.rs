@@ -92,7 +92,9 @@ impl<K, C, R: Rejector, St> Shared<K, C, R, St> {
                 ),
             ),
             _ => {
-                tracing::warn!(%denied, "rate limiter unavailable");
+                // Not logged here, request by request: the limiter logs
+                // once when its store starts failing and once when it
+                // answers again, and counts the failures in its stats.
                 Rejection::new(
                     RejectionKind::Unavailable,
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::hash::Hash;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,6 +74,11 @@ pub struct KeyedBudget<K, S = MemoryStore> {
     waits: AtomicU64,
     waited_ns: AtomicU64,
     waiting: AtomicU64,
+    /// Calls to the store that failed.
+    store_failures: AtomicU64,
+    /// Whether the last call to the store failed: the log says so once per
+    /// change, not once per call.
+    store_failing: AtomicBool,
 }
 
 /// Builds a [`KeyedBudget`], a [`KeyedLimiter`](crate::KeyedLimiter) or a
@@ -222,6 +227,11 @@ pub struct Stats {
     pub evictions: u64,
     /// Pauses applied ([`KeyedBudget::pause_for`]).
     pub pauses: u64,
+    /// Calls to the store that failed (each answered with
+    /// [`DeniedKind::StoreFailed`](crate::DeniedKind::StoreFailed)). The
+    /// log has one line when the store starts failing and one when it
+    /// answers again, whatever the count.
+    pub store_failures: u64,
 }
 
 impl<K> KeyedBudget<K, MemoryStore> {
@@ -247,6 +257,8 @@ impl<K, S> KeyedBudget<K, S> {
             waits: AtomicU64::new(0),
             waited_ns: AtomicU64::new(0),
             waiting: AtomicU64::new(0),
+            store_failures: AtomicU64::new(0),
+            store_failing: AtomicBool::new(false),
         }
     }
 
@@ -462,7 +474,8 @@ where
             .store
             .decide(key, limits.quotas(), costs, max_wait)
             .await
-            .map_err(|e| store_failed(limits, costs, e))?;
+            .map_err(|e| self.store_failed(costs, e))?;
+        self.store_answered();
         let (grant, admit) = Self::granted(limits, costs, decision)?;
         if admit.wait.is_zero() {
             return Ok(grant);
@@ -658,14 +671,51 @@ where
         self.store
             .read(key, self.limits.quotas())
             .await
-            .map_err(|e| store_failed(&self.limits, &[], e))
+            .map_err(|e| self.store_failed(&[], e))
+            .inspect(|_| self.store_answered())
     }
 
     async fn adjust(&self, key: &K, changes: &[Change]) -> Result<(), Denied> {
         self.store
             .adjust(key, self.limits.quotas(), changes)
             .await
-            .map_err(|e| store_failed(&self.limits, &[], e))
+            .map_err(|e| self.store_failed(&[], e))
+            .inspect(|_| self.store_answered())
+    }
+
+    /// A denial for a failed store call, counted; logged only when the
+    /// store was answering before.
+    fn store_failed<E: std::error::Error + Send + Sync + 'static>(
+        &self,
+        costs: &[u64],
+        error: E,
+    ) -> Denied {
+        self.store_failures.fetch_add(1, Ordering::Relaxed);
+        if !self.store_failing.load(Ordering::Relaxed)
+            && !self.store_failing.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                error = %error,
+                "rate limit store failed: calls are denied until it answers (logged once; see stats().store_failures)"
+            );
+        }
+        let limits = &self.limits;
+        let snapshot =
+            Snapshot::from_count(limits.quotas().first().map_or(0, Quota::burst_size), 0, 0);
+        Denied::store_failed(
+            costs.first().copied().unwrap_or(0),
+            snapshot,
+            Arc::new(error),
+        )
+    }
+
+    /// Notes that the store answered: logged when it was failing.
+    fn store_answered(&self) {
+        if self.store_failing.load(Ordering::Relaxed)
+            && self.store_failing.swap(false, Ordering::Relaxed)
+        {
+            tracing::info!("rate limit store answers again");
+        }
     }
 }
 
@@ -682,6 +732,7 @@ impl<K: Hash + Eq + Clone, S: Store<K>> KeyedBudget<K, S> {
             entries: store.entries,
             evictions: store.evictions,
             pauses: self.pauses.load(Ordering::Relaxed),
+            store_failures: self.store_failures.load(Ordering::Relaxed),
         }
     }
 }
@@ -693,20 +744,6 @@ fn intervals(limits: &Limits) -> [u64; MAX_DIMENSIONS] {
         *slot = duration_to_nanos(quota.replenish_interval());
     }
     out
-}
-
-fn store_failed<E: std::error::Error + Send + Sync + 'static>(
-    limits: &Limits,
-    costs: &[u64],
-    error: E,
-) -> Denied {
-    tracing::warn!(error = %error, "rate limit store failed");
-    let snapshot = Snapshot::from_count(limits.quotas().first().map_or(0, Quota::burst_size), 0, 0);
-    Denied::store_failed(
-        costs.first().copied().unwrap_or(0),
-        snapshot,
-        Arc::new(error),
-    )
 }
 
 /// A waiter in its key's queue, counted among those waiting: when it is
