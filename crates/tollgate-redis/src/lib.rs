@@ -59,6 +59,22 @@
 //!   spent: each key starts full again, so a key may admit up to one burst
 //!   more than its limit across the loss. Nothing fails.
 //!
+//! # Connecting
+//!
+//! [`connect`](Builder::connect) loads the scripts, which needs
+//! authentication and the right to run scripts: a missing or wrong
+//! password (`NOAUTH`, `WRONGPASS`), a user without `+@scripting`
+//! (`NOPERM`), a server that is not Redis and nothing listening each fail
+//! there, with a [`StoreErrorKind`] of their own, never later as a fleet
+//! deciding in memory. No message, log line or `Debug` output shows a
+//! password ([`redact_url`]).
+//!
+//! `rediss://` URLs speak TLS through rustls (feature `tls`), trusting the
+//! system's root certificates or a CA of your own
+//! ([`tls_root_certificate`](Builder::tls_root_certificate)), with a
+//! client certificate where the server asks for one
+//! ([`tls_client_certificate`](Builder::tls_client_certificate)).
+//!
 //! # Faults
 //!
 //! Every call is bounded by a [`timeout`](Builder::timeout) (default
@@ -123,6 +139,16 @@ pub struct Builder {
     breaker_cool_down: Duration,
     limits_ttl: Duration,
     max_keys: usize,
+    tls: Tls,
+}
+
+/// TLS settings beyond the URL's `rediss://`: certificates of your own.
+#[derive(Clone, Default)]
+struct Tls {
+    /// A CA (PEM) to trust instead of the system's roots.
+    root: Option<Vec<u8>>,
+    /// A client certificate and its key (PEM), for servers that ask.
+    client: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl fmt::Debug for Builder {
@@ -140,6 +166,8 @@ impl fmt::Debug for Builder {
             .field("breaker_cool_down", &self.breaker_cool_down)
             .field("limits_ttl", &self.limits_ttl)
             .field("fallback_max_keys", &self.max_keys)
+            .field("tls_root_certificate", &self.tls.root.is_some())
+            .field("tls_client_certificate", &self.tls.client.is_some())
             .finish()
     }
 }
@@ -180,6 +208,82 @@ pub fn redact_url(url: &str) -> String {
         None => "***".to_owned(),
     };
     format!("{}{shown_user}{}", &url[..rest_at], &url[rest_at + at..])
+}
+
+impl Tls {
+    /// A client for `url`, with this TLS set-up.
+    fn client(&self, url: &str) -> redis::RedisResult<redis::Client> {
+        #[cfg(feature = "tls")]
+        {
+            if is_tls(url) {
+                install_crypto_provider();
+            }
+            if self.root.is_some() || self.client.is_some() {
+                return redis::Client::build_with_tls(url, self.certificates());
+            }
+        }
+        redis::Client::open(url)
+    }
+
+    fn cluster(
+        &self,
+        builder: redis::cluster::ClusterClientBuilder,
+    ) -> redis::cluster::ClusterClientBuilder {
+        #[cfg(feature = "tls")]
+        {
+            install_crypto_provider();
+            if self.root.is_some() || self.client.is_some() {
+                return builder.certs(self.certificates());
+            }
+        }
+        builder
+    }
+
+    #[cfg(feature = "tls")]
+    fn certificates(&self) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: self
+                .client
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+            root_cert: self.root.clone(),
+        }
+    }
+}
+
+fn is_tls(url: &str) -> bool {
+    url.get(..9)
+        .is_some_and(|s| s.eq_ignore_ascii_case("rediss://"))
+}
+
+/// rustls needs a process-wide crypto provider when the application
+/// chose none: `ring`'s, installed once. One installed before is kept.
+#[cfg(feature = "tls")]
+fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Another thread may install one first: either is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+/// A `rediss://` URL without the `tls` feature, or certificates given
+/// for a plain `redis://` URL: said at once, plainly.
+fn check_scheme(url: &str, shown: &str, tls: &Tls) -> Result<(), StoreError> {
+    let wants_tls = is_tls(url);
+    if wants_tls && !cfg!(feature = "tls") {
+        return Err(StoreError::config(format!(
+            "{shown}: rediss:// (TLS) needs the `tls` feature of tollgate-redis"
+        )));
+    }
+    if !wants_tls && (tls.root.is_some() || tls.client.is_some()) {
+        return Err(StoreError::config(format!(
+            "{shown}: TLS certificates were given for a URL without TLS; use rediss://"
+        )));
+    }
+    Ok(())
 }
 
 /// The passwords of some URLs, to hide them from messages that quote
@@ -283,12 +387,14 @@ async fn check_server<C: redis::aio::ConnectionLike>(
     }
     let wait = timeout.max(Duration::from_secs(2));
     let loaded: Vec<String> = match tokio::time::timeout(wait, pipe.query_async(conn)).await {
-        Err(_) => return Err(StoreError::new(
-            StoreErrorKind::NotRedis,
-            format!(
+        Err(_) => {
+            return Err(StoreError::new(
+                StoreErrorKind::NotRedis,
+                format!(
                 "{shown} accepted the connection but did not answer within {wait:?}: is it Redis?"
             ),
-        )),
+            ))
+        }
         Ok(Err(e)) => {
             let code = e.code().unwrap_or("");
             return Err(match code {
@@ -383,6 +489,28 @@ impl Builder {
         self
     }
 
+    /// With `rediss://` URLs, trust this CA (PEM) instead of the system's
+    /// root certificates: for a Redis whose certificate your own CA
+    /// signed. Feature `tls`.
+    #[cfg(feature = "tls")]
+    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.root = Some(pem.into());
+        self
+    }
+
+    /// With `rediss://` URLs, present this client certificate and key
+    /// (PEM), for a Redis that authenticates clients by certificate
+    /// (`tls-auth-clients yes`). Feature `tls`.
+    #[cfg(feature = "tls")]
+    pub fn tls_client_certificate(
+        mut self,
+        certificate_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.client = Some((certificate_pem.into(), key_pem.into()));
+        self
+    }
+
     /// Checks the settings and connects. Fails when a setting is out of
     /// range or Redis cannot be reached within the timeout (so that a
     /// wrong URL shows at start-up, not as a fleet failing open).
@@ -397,6 +525,7 @@ impl Builder {
             breaker_cool_down,
             limits_ttl,
             max_keys,
+            tls,
         } = self;
         check_prefix(&prefix)?;
         if timeout.is_zero() || timeout > Duration::from_secs(60) {
@@ -418,7 +547,8 @@ impl Builder {
             Secrets::of(std::iter::once(url.as_str()).chain(nodes.iter().map(String::as_str)));
         let conn = if nodes.is_empty() {
             let shown = redact_url(&url);
-            let client = redis::Client::open(url.as_str()).map_err(|e| {
+            check_scheme(&url, &shown, &tls)?;
+            let client = tls.client(&url).map_err(|e| {
                 StoreError::config(secrets.scrub(format!("invalid Redis URL {shown}: {e}")))
             })?;
             let config = ConnectionManagerConfig::new()
@@ -449,7 +579,11 @@ impl Builder {
                 .map(|n| redact_url(n))
                 .collect::<Vec<_>>()
                 .join(", ");
-            let client = redis::cluster::ClusterClientBuilder::new(nodes)
+            for (node, shown) in nodes.iter().zip(shown.split(", ")) {
+                check_scheme(node, shown, &tls)?;
+            }
+            let client = tls
+                .cluster(redis::cluster::ClusterClientBuilder::new(nodes))
                 .connection_timeout(timeout.max(Duration::from_millis(250)))
                 .response_timeout(timeout)
                 .build()
@@ -589,6 +723,7 @@ impl RedisStore {
             breaker_cool_down: Duration::from_secs(1),
             limits_ttl: Duration::from_secs(24 * 3600),
             max_keys: 100_000,
+            tls: Tls::default(),
         }
     }
 

@@ -46,6 +46,41 @@ impl RedisServer {
         Self::start_with(free_port(), args)
     }
 
+    /// Starts `redis-server` speaking TLS only, on a free port, with the
+    /// server's certificate and key and the CA that signs the clients it
+    /// trusts (all PEM files). With `require_client_certificate`, a
+    /// client without a certificate the CA signed is refused.
+    pub fn start_tls(
+        certificate: &std::path::Path,
+        key: &std::path::Path,
+        ca: &std::path::Path,
+        require_client_certificate: bool,
+    ) -> Self {
+        let port = free_port();
+        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        let args = [
+            "--port".to_owned(),
+            "0".to_owned(),
+            "--tls-port".to_owned(),
+            port.to_string(),
+            "--tls-cert-file".to_owned(),
+            path(certificate),
+            "--tls-key-file".to_owned(),
+            path(key),
+            "--tls-ca-cert-file".to_owned(),
+            path(ca),
+            "--tls-auth-clients".to_owned(),
+            if require_client_certificate {
+                "yes"
+            } else {
+                "no"
+            }
+            .to_owned(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Self::start_with(port, &args)
+    }
+
     /// Starts `redis-server` on `port` with more arguments.
     fn start_with(port: u16, extra: &[&str]) -> Self {
         let dir =
@@ -103,9 +138,15 @@ impl RedisServer {
         self.port
     }
 
-    /// Its URL, `redis://127.0.0.1:PORT/`.
+    /// Its URL, `redis://127.0.0.1:PORT/` (`rediss://` when it was
+    /// started with [`start_tls`](Self::start_tls)).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.extra.iter().any(|a| a == "--tls-port") {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 
     /// Kills the server (its data is gone).
