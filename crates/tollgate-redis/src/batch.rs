@@ -22,6 +22,9 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::{msgpack, StoreError, StoreErrorKind, DECIDE};
 
+/// Values at the head of a decision's reply: code, blocking dimension,
+/// wait, now, pause extensions, pause end, whether the key was absent.
+pub(crate) const HEAD: usize = 7;
 /// Decisions in one script call at most.
 pub(crate) const MAX_BATCH: usize = 128;
 /// Script calls on their way at once.
@@ -254,7 +257,7 @@ pub(crate) fn split_one(reply: Vec<Value>, dimensions: usize) -> Result<Vec<Valu
 
 /// Unpacks the decide script's reply, one packed string: per decision
 /// its code (3 and a message when the script could not read that key),
-/// then four values and four a dimension.
+/// then [`HEAD`] values in all and four a dimension.
 pub(crate) fn split(
     reply: Vec<Value>,
     dimensions: &[usize],
@@ -281,9 +284,9 @@ pub(crate) fn split(
                 },
             )),
             Some(code) => {
-                let mut share = Vec::with_capacity(5 + 4 * n);
+                let mut share = Vec::with_capacity(HEAD + 4 * n);
                 share.push(code);
-                share.extend(values.by_ref().take(4 + 4 * n));
+                share.extend(values.by_ref().take(HEAD - 1 + 4 * n));
                 Ok(share)
             }
             None => Err(StoreError::new(
@@ -292,4 +295,34 @@ pub(crate) fn split(
             )),
         })
         .collect()
+}
+
+/// Runs a script over one key, by its SHA-1 (sending it whole on
+/// `NOSCRIPT`), answering its one value.
+pub(crate) async fn eval_one<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+    code: &str,
+    sha: &str,
+    key: &str,
+    args: &[&str],
+) -> Result<Value, RedisError> {
+    let reply = redis::cmd("EVALSHA")
+        .arg(sha)
+        .arg(1)
+        .arg(key)
+        .arg(args)
+        .query_async(conn)
+        .await;
+    match reply {
+        Err(e) if e.kind() == ErrorKind::NoScriptError => {
+            redis::cmd("EVAL")
+                .arg(code)
+                .arg(1)
+                .arg(key)
+                .arg(args)
+                .query_async(conn)
+                .await
+        }
+        other => other,
+    }
 }

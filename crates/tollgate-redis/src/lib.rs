@@ -82,11 +82,27 @@
 //! consecutive failures (default 5) the circuit opens: calls do not go to
 //! Redis for [`breaker_cool_down`](Builder::breaker_cool_down) (default 1 s),
 //! then one call probes it and closes the circuit if it succeeds. While
-//! Redis fails, [`Fault::FailOpen`] (the default) decides with an
-//! in-memory store of the same limits in this process, and
-//! [`Fault::FailClosed`] denies with a store failure (which the tower layer
-//! answers 503 with `Retry-After`). One log line per change of state: a
-//! `warn` when Redis starts failing, an `info` when it is back.
+//! Redis fails, [`Fault::FailClosed`] denies with a store failure (which
+//! the tower layer answers 503 with `Retry-After`), and
+//! [`Fault::FailOpen`] (the default) decides in this process with what it
+//! last knew of each key, so that an outage is neither a flood nor the
+//! limit times the fleet:
+//!
+//! - each key's own and learnt limits and its pause, as Redis last
+//!   answered them, and what this process spent and reserved;
+//! - at this process's share of the fleet: every store counts itself in
+//!   Redis (a sorted set `PREFIX:fleet`, refreshed each second, members
+//!   lapsing after 3 s) and, while Redis fails, divides each limit by the
+//!   count ([`RedisStats::fleet`]): three processes on a key of 10 a
+//!   second admit about 10 a second together;
+//! - when Redis answers again, each key decided here during the outage
+//!   (and, for two minutes, each key Redis answers empty for, as after a
+//!   restart) is given back what this process knows: its own limits, and
+//!   what was spent and reserved here, so that decisions go back to Redis
+//!   without a burst.
+//!
+//! One log line per change of state: a `warn` when Redis starts failing,
+//! an `info` when it is back; [`RedisStats`] counts the calls between.
 
 use std::fmt;
 use std::future::Future;
@@ -99,9 +115,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::RedisError;
 use sha2::{Digest, Sha256};
 use tollgate::store::{transition, Admit, Change, Decision, Store, StoreStats, View};
-use tollgate::{DefaultClock, MemoryStore, Quota, Snapshot, MAX_DIMENSIONS};
+use tollgate::{Quota, Snapshot, MAX_DIMENSIONS};
 
 mod batch;
+mod fallback;
 mod msgpack;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -109,6 +126,12 @@ pub mod testing;
 const DECIDE: &str = include_str!("lua/decide.lua");
 const ADJUST: &str = include_str!("lua/adjust.lua");
 const READ: &str = include_str!("lua/read.lua");
+const FLEET: &str = include_str!("lua/fleet.lua");
+
+/// How often a store tells Redis it is alive, and how long after its last
+/// word it is counted in the fleet.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+const FLEET_TTL: Duration = Duration::from_secs(3);
 
 /// The longest prefix a store takes.
 pub const MAX_PREFIX_LEN: usize = 64;
@@ -117,8 +140,8 @@ pub const MAX_PREFIX_LEN: usize = 64;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Fault {
-    /// Decide with an in-memory store of the same limits, in this process:
-    /// each process then admits up to the whole limit on its own.
+    /// Decide in this process with what was last known of each key, at
+    /// this process's share of the fleet (see the crate's docs, Faults).
     #[default]
     FailOpen,
     /// Deny every call (a store failure) until Redis answers again.
@@ -613,7 +636,19 @@ impl Builder {
             )),
             Conn::Cluster(_) => None,
         };
-        Ok(RedisStore {
+        let member = format!(
+            "{}-{:x}",
+            std::process::id(),
+            sha2::Sha256::digest(format!(
+                "{:?}{:?}",
+                Instant::now(),
+                std::thread::current().id()
+            ))
+            .iter()
+            .take(8)
+            .fold(0u64, |acc, b| acc << 8 | u64::from(*b))
+        );
+        let store = RedisStore {
             inner: Arc::new(Inner {
                 conn,
                 batcher,
@@ -621,12 +656,19 @@ impl Builder {
                 fault,
                 breaker: Breaker::new(breaker_failures, breaker_cool_down),
                 limits_ttl_ms: u64::try_from(limits_ttl.as_millis()).unwrap_or(u64::MAX),
-                fallback: MemoryStore::new(max_keys.max(1), MAX_DIMENSIONS, DefaultClock::new()),
+                local: fallback::Local::new(max_keys, limits_ttl),
                 counts,
                 sha,
+                fleet_key: format!("{prefix}:fleet"),
+                member,
             }),
             prefix: Arc::from(prefix),
-        })
+        };
+        // Counted in the fleet before the first decision; then kept there
+        // by a heartbeat that ends with the store.
+        store.inner.heartbeat().await;
+        tokio::spawn(heartbeat(Arc::downgrade(&store.inner)));
+        Ok(store)
     }
 }
 
@@ -657,9 +699,76 @@ struct Inner {
     fault: Fault,
     breaker: Breaker,
     limits_ttl_ms: u64,
-    fallback: MemoryStore,
+    /// What is known here of the keys, to decide with while Redis fails.
+    local: fallback::Local,
     counts: Counts,
     sha: Shas,
+    /// The sorted set of the stores sharing this Redis and prefix.
+    fleet_key: String,
+    /// This store's name in it.
+    member: String,
+}
+
+impl Inner {
+    /// Tells Redis this store is alive, and counts the fleet. A failure
+    /// keeps the last count.
+    async fn heartbeat(&self) {
+        let sha = sha1_hex(FLEET);
+        let ttl = FLEET_TTL.as_millis().to_string();
+        let args = [self.member.as_str(), ttl.as_str()];
+        let reply = tokio::time::timeout(self.timeout.max(Duration::from_millis(250)), async {
+            match self.conn.clone() {
+                Conn::One(mut conn) => {
+                    batch::eval_one(&mut conn, FLEET, &sha, &self.fleet_key, &args[..]).await
+                }
+                Conn::Cluster(mut conn) => {
+                    batch::eval_one(&mut conn, FLEET, &sha, &self.fleet_key, &args[..]).await
+                }
+            }
+        })
+        .await;
+        if let Ok(Ok(redis::Value::Int(count))) = reply {
+            self.local
+                .set_fleet(u32::try_from(count).unwrap_or(u32::MAX));
+        }
+    }
+}
+
+/// Keeps a store counted in its fleet while it lives.
+async fn heartbeat(inner: std::sync::Weak<Inner>) {
+    loop {
+        tokio::time::sleep(HEARTBEAT).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        inner.heartbeat().await;
+    }
+}
+
+impl Drop for Inner {
+    /// Leaves the fleet at once, where a runtime is at hand (else the
+    /// entry lapses within `FLEET_TTL`).
+    fn drop(&mut self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (conn, key, member) = (
+            self.conn.clone(),
+            self.fleet_key.clone(),
+            self.member.clone(),
+        );
+        runtime.spawn(async move {
+            let mut zrem = redis::cmd("ZREM");
+            zrem.arg(&key).arg(&member);
+            let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                match conn {
+                    Conn::One(mut c) => zrem.query_async::<redis::Value>(&mut c).await,
+                    Conn::Cluster(mut c) => zrem.query_async::<redis::Value>(&mut c).await,
+                }
+            })
+            .await;
+        });
+    }
 }
 
 #[derive(Default)]
@@ -708,6 +817,10 @@ pub struct RedisStats {
     pub reloads: u64,
     /// Whether the circuit is open now.
     pub open: bool,
+    /// The stores sharing this Redis and prefix (this one included), as
+    /// last counted while Redis answered: while it fails, each decides at
+    /// its share of every limit.
+    pub fleet: u32,
 }
 
 impl RedisStore {
@@ -770,6 +883,7 @@ impl RedisStore {
             refused: c.refused.load(Ordering::Relaxed),
             reloads: c.reloads.load(Ordering::Relaxed),
             open: self.inner.breaker.is_open(),
+            fleet: self.inner.local.fleet(),
         }
     }
 
@@ -830,7 +944,11 @@ impl RedisStore {
             )),
         };
         match &result {
-            Ok(_) => inner.breaker.success(),
+            Ok(_) => {
+                if inner.breaker.success() {
+                    inner.local.recovered();
+                }
+            }
             Err(e) => {
                 inner.counts.failures.fetch_add(1, Ordering::Relaxed);
                 inner.breaker.failure(e);
@@ -1033,16 +1151,17 @@ impl<K: Hash + ?Sized + Sync> Store<K> for RedisStore {
             .await
             .and_then(|reply| parse_decision(&reply, limits, n));
         match reply {
-            Ok(decision) => {
+            Ok((decision, seen)) => {
                 self.count(&decision);
+                if let Some(restore) = self.inner.local.copy(&key, limits, costs, &decision, &seen)
+                {
+                    self.restore(key, restore);
+                }
                 Ok(decision)
             }
             Err(e) => {
                 self.fall_back(e)?;
-                let decision = self
-                    .inner
-                    .fallback
-                    .decide_now(&key, limits, costs, max_wait);
+                let decision = self.inner.local.decide(&key, limits, costs, max_wait);
                 self.count(&decision);
                 Ok(decision)
             }
@@ -1065,7 +1184,7 @@ impl<K: Hash + ?Sized + Sync> Store<K> for RedisStore {
             Ok(reply) => parse_view(&texts(reply), limits, n),
             Err(e) => {
                 self.fall_back(e)?;
-                Ok(self.inner.fallback.read_now(&key, limits))
+                Ok(self.inner.local.read(&key, limits))
             }
         }
     }
@@ -1102,6 +1221,65 @@ impl<K: Hash + ?Sized + Sync> Store<K> for RedisStore {
 }
 
 impl RedisStore {
+    /// Gives Redis back what it lost of a key (after a restart), in the
+    /// background: its own limits, then no more room than this process
+    /// knew it had.
+    fn restore(&self, key: String, restore: fallback::Restore) {
+        tracing::debug!(?restore, "giving Redis back a key it lost");
+        let store = self.clone();
+        tokio::spawn(async move {
+            let n = restore.n;
+            let quotas = restore.quotas.get(..n).unwrap_or(&[]);
+            let limits = restore.limits.get(..n).unwrap_or(&[]);
+            let mut calls = Vec::with_capacity(2);
+            if limits.iter().any(|c| !matches!(c, Change::Keep)) {
+                calls.push(store.adjust_args(quotas, limits.iter().map(|c| encode(*c))));
+            }
+            // Each dimension full no sooner than here: what was spent and
+            // reserved during the outage stays spent in Redis.
+            if restore.full_in.iter().take(n).any(Option::is_some) {
+                let encoded = restore.full_in.iter().take(n).map(|full_in| match full_in {
+                    Some(d) => (
+                        "t",
+                        [micros(*d).to_string(), "0".into(), "0".into(), "0".into()],
+                    ),
+                    None => ("k", ["0".into(), "0".into(), "0".into(), "0".into()]),
+                });
+                calls.push(store.adjust_args(quotas, encoded));
+            }
+            for args in calls {
+                if store.call(Script::Adjust, &key, &args).await.is_err() {
+                    // Not given back: the next answer for the key tries
+                    // again.
+                    store.inner.local.not_restored(&key);
+                    return;
+                }
+            }
+        });
+    }
+
+    /// The adjust script's arguments: per dimension its quota, a kind and
+    /// four values.
+    fn adjust_args<'a>(
+        &self,
+        limits: &[Quota],
+        encoded: impl Iterator<Item = (&'a str, [String; 4])>,
+    ) -> Vec<String> {
+        let mut args = Vec::with_capacity(2 + 9 * limits.len());
+        args.push(limits.len().to_string());
+        args.push(self.inner.limits_ttl_ms.to_string());
+        for (quota, (kind, values)) in limits.iter().zip(encoded) {
+            args.extend(script_quota(quota));
+            args.push(kind.to_owned());
+            args.extend(
+                values
+                    .into_iter()
+                    .map(|v| if v.is_empty() { "0".to_owned() } else { v }),
+            );
+        }
+        args
+    }
+
     /// [`Store::adjust`] at a key's Redis keys.
     async fn adjust_at(
         &self,
@@ -1110,64 +1288,54 @@ impl RedisStore {
         changes: &[Change],
     ) -> Result<(), StoreError> {
         let n = limits.len().min(changes.len()).min(MAX_DIMENSIONS);
-        let mut args = Vec::with_capacity(2 + 9 * n);
-        args.push(n.to_string());
-        args.push(self.inner.limits_ttl_ms.to_string());
-        for (quota, change) in limits.iter().zip(changes).take(n) {
-            args.extend(script_quota(quota));
-            let (kind, values): (&str, [String; 4]) = match *change {
-                Change::Keep => ("k", Default::default()),
-                Change::Charge(c) => (
-                    "c",
-                    [c.to_string(), String::new(), String::new(), String::new()],
-                ),
-                Change::Refund(c) => (
-                    "r",
-                    [c.to_string(), String::new(), String::new(), String::new()],
-                ),
-                Change::AtMost(c) => (
-                    "a",
-                    [c.to_string(), String::new(), String::new(), String::new()],
-                ),
-                Change::Observe { limit, remaining } => (
-                    "o",
-                    [
-                        limit.to_string(),
-                        remaining.to_string(),
-                        String::new(),
-                        String::new(),
-                    ],
-                ),
-                Change::Limit(own) => {
-                    let [interval, burst, period_us, _] = script_quota(&own);
-                    ("l", [interval, burst, quota_text(&own), period_us])
-                }
-                Change::Unlimit => ("u", Default::default()),
-                Change::HoldFor(hold) => (
-                    "h",
-                    [
-                        micros(hold).to_string(),
-                        String::new(),
-                        String::new(),
-                        String::new(),
-                    ],
-                ),
-            };
-            args.push(kind.to_owned());
-            args.extend(
-                values
-                    .into_iter()
-                    .map(|v| if v.is_empty() { "0".to_owned() } else { v }),
-            );
-        }
+        let args = self.adjust_args(
+            limits.get(..n).unwrap_or(&[]),
+            changes.iter().take(n).map(|change| encode(*change)),
+        );
         match self.call(Script::Adjust, key, &args).await {
-            Ok(_) => Ok(()),
+            Ok(reply) => {
+                // Redis had nothing for the key: after an outage, it may
+                // have lost what this process knows.
+                let fresh = matches!(reply.first(), Some(redis::Value::Int(1)));
+                if let Some(restore) = self.inner.local.lost(key, limits, fresh) {
+                    self.restore(key.to_owned(), restore);
+                }
+                // The copy kept for an outage.
+                self.inner.local.adjust(key, limits, changes);
+                Ok(())
+            }
             Err(e) => {
                 self.fall_back(e)?;
-                self.inner.fallback.adjust_now(key, limits, changes);
+                self.inner.local.adjust_alone(key, limits, changes);
                 Ok(())
             }
         }
+    }
+}
+
+/// A change as the adjust script takes it: a kind and four values.
+fn encode(change: Change) -> (&'static str, [String; 4]) {
+    let one = |v: u64| [v.to_string(), String::new(), String::new(), String::new()];
+    match change {
+        Change::Keep => ("k", Default::default()),
+        Change::Charge(c) => ("c", one(c)),
+        Change::Refund(c) => ("r", one(c)),
+        Change::AtMost(c) => ("a", one(c)),
+        Change::Observe { limit, remaining } => (
+            "o",
+            [
+                limit.to_string(),
+                remaining.to_string(),
+                String::new(),
+                String::new(),
+            ],
+        ),
+        Change::Limit(own) => {
+            let [interval, burst, period_us, _] = script_quota(&own);
+            ("l", [interval, burst, quota_text(&own), period_us])
+        }
+        Change::Unlimit => ("u", Default::default()),
+        Change::HoldFor(hold) => ("h", one(micros(hold))),
     }
 }
 
@@ -1224,8 +1392,8 @@ fn parse_decision(
     reply: &[redis::Value],
     limits: &[Quota],
     n: usize,
-) -> Result<Decision, StoreError> {
-    if reply.len() < 5 + 4 * n {
+) -> Result<(Decision, fallback::Seen), StoreError> {
+    if reply.len() < batch::HEAD + 4 * n {
         return Err(StoreError::values(reply));
     }
     let code = int(reply, 0)?;
@@ -1233,18 +1401,30 @@ fn parse_decision(
     let wait = us_to_ns(int(reply, 2)?);
     let now = us_to_ns(int(reply, 3)?);
     let held = us_to_ns(int(reply, 4)?);
+    let until = us_to_ns(int(reply, 5)?);
+    let mut seen = fallback::Seen {
+        paused_for: Duration::from_nanos(until.saturating_sub(now)),
+        fresh: int(reply, 6)? == 1,
+        ..fallback::Seen::default()
+    };
     let mut tats = [0u64; MAX_DIMENSIONS];
     let mut quotas = [None; MAX_DIMENSIONS];
     let mut admit = Admit::now(Snapshot::new(0, 0, Duration::ZERO));
     admit.held = Duration::from_nanos(held);
     admit.wait = Duration::from_nanos(wait);
     for i in 0..n {
-        let base = 5 + 4 * i;
+        let base = batch::HEAD + 4 * i;
         tats[i] = us_to_ns(int(reply, base)?);
         admit.dues[i] = Duration::from_nanos(us_to_ns(int(reply, base + 1)?));
         admit.steps[i] = Duration::from_nanos(us_to_ns(int(reply, base + 2)?));
         let default = limits.get(i).ok_or_else(|| StoreError::values(reply))?;
-        quotas[i] = Some(quotas_in_force(text(reply, base + 3), default));
+        let own = text(reply, base + 3);
+        seen.own[i] = if own.is_empty() {
+            None
+        } else {
+            parse_quota(own)
+        };
+        quotas[i] = Some(seen.own[i].unwrap_or(*default));
     }
     let snapshot_of = |i: usize, at: u64| -> Snapshot {
         match quotas.get(i).copied().flatten() {
@@ -1252,7 +1432,7 @@ fn parse_decision(
             None => Snapshot::new(0, 0, Duration::ZERO),
         }
     };
-    match code {
+    let decision = match code {
         NEVER => Ok(Decision::Never {
             dimension,
             snapshot: snapshot_of(dimension, now),
@@ -1275,7 +1455,8 @@ fn parse_decision(
             Ok(Decision::Admit(admit))
         }
         _ => Err(StoreError::values(reply)),
-    }
+    }?;
+    Ok((decision, seen))
 }
 
 fn parse_view(reply: &[String], limits: &[Quota], n: usize) -> Result<View, StoreError> {
@@ -1436,7 +1617,8 @@ impl Breaker {
         }
     }
 
-    fn success(&self) {
+    /// A call succeeded; whether the store was failing until now.
+    fn success(&self) -> bool {
         self.failures.store(0, Ordering::Relaxed);
         // Both are reset: a circuit that was open was failing too, and the
         // next failure must be logged again.
@@ -1445,6 +1627,7 @@ impl Breaker {
         if was_open || was_failing {
             tracing::info!("Redis answers again: the rate limit store is back");
         }
+        was_open || was_failing
     }
 
     fn failure(&self, error: &StoreError) {

@@ -125,8 +125,9 @@ async fn killed_then_restarted_fails_open_and_recovers() {
         let took = start.elapsed();
         assert!(took < TIMEOUT + MARGIN, "a decision took {took:?}");
     }
-    // Failing open: the in-process limit of 10 decides.
-    assert_eq!(admitted, 10);
+    // Failing open: the in-process limit of 10 decides, knowing the 3
+    // spent in Redis before it failed.
+    assert_eq!(admitted, 7);
     let stats = store.redis_stats();
     assert!(stats.open, "{stats:?}");
     assert_eq!(stats.fallbacks, 20);
@@ -149,8 +150,23 @@ async fn killed_then_restarted_fails_open_and_recovers() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(!store.redis_stats().open);
-    // The restarted Redis is empty: the key starts full there.
+    // The restarted Redis is empty: the key would start full there. The
+    // first decision finds it so, and the store gives Redis back what it
+    // knew: the whole limit was spent, so no burst follows.
     assert_eq!(limiter.snapshot(&key).await.unwrap().remaining(), 10);
+    limiter.try_acquire(&key, 1).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while limiter.snapshot(&key).await.unwrap().remaining() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "Redis was not given back the key"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        limiter.try_acquire(&key, 1).await.is_err(),
+        "no burst after the outage"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,4 +210,49 @@ async fn a_slowed_redis_costs_at_most_the_timeout() {
         "{:?}",
         store.redis_stats()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_processes_failing_open_share_one_limit() {
+    let mut server = RedisServer::start();
+    // Three stores, as three processes would have: each counts the fleet.
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        stores.push(store(&server, Fault::FailOpen).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stores.iter().any(|s| s.redis_stats().fleet != 3) {
+        assert!(Instant::now() < deadline, "the fleet was not counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let limiters: Vec<_> = stores
+        .iter()
+        .map(|s| KeyedLimiter::with_store(Quota::per_second(10).unwrap(), s.clone()))
+        .collect();
+    let key = "shared".to_owned();
+    server.kill();
+    let started = Instant::now();
+    let mut admitted = 0u64;
+    while started.elapsed() < Duration::from_secs(3) {
+        for limiter in &limiters {
+            if limiter.try_acquire(&key, 1).await.is_ok() {
+                admitted += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // The limit over the time, its burst included: 10 a second, 10 at once.
+    let limit = 10.0 * elapsed + 10.0;
+    eprintln!(
+        "three processes, Redis down: {admitted} admitted in {elapsed:.2} s (limit {limit:.0})"
+    );
+    assert!(
+        (admitted as f64) <= 1.2 * limit,
+        "three processes admitted {admitted} in {elapsed:.2} s, more than 1.2 x {limit:.0}"
+    );
+    for store in &stores {
+        let stats = store.redis_stats();
+        assert!(stats.fallbacks > 0 && stats.fleet == 3, "{stats:?}");
+    }
 }

@@ -4,7 +4,9 @@
 -- burst, period_us, period_ns (text), kind, v1, v2, v3, v4.
 -- Kinds: k keep, c charge v1, r refund v1, a at most v1, o observe
 -- (limit v1, remaining v2), l limit (interval v1, burst v2, text v3,
--- period_us v4), u unlimit, h hold v1 microseconds.
+-- period_us v4), u unlimit, h hold v1 microseconds, t full no sooner
+-- than v1 microseconds from now (a key given back after an outage).
+-- Replies 1 when the key was absent before the change, else 0.
 local call, pack, unpackmp = redis.call, cmsgpack.pack, cmsgpack.unpack
 local t = call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -13,7 +15,8 @@ local n = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2]) * 1000
 local v0 = call('GET', KEYS[1])
 local s
-if v0 then s = {unpackmp(v0)} else s = {0, 0, 0, 0} end
+local fresh = 1
+if v0 then s, fresh = {unpackmp(v0)}, 0 else s = {0, 0, 0, 0} end
 local stored = s[4]
 local own = s[3] > now
 for i = 1, stored do
@@ -140,15 +143,26 @@ end
 local keep = until_
 for i = 1, n do
   local k, x = kind[i], rescaled[i] or tat[i]
+  -- A dimension's capacity (burst times interval). An interval rounded up
+  -- to 1 us from less (a limit of a million a second or more, which never
+  -- binds) would count its burst in microseconds, up to a thousand times
+  -- its real capacity: it is held to one period, as in the Rust store.
+  local cp = bu[i] * iv[i]
+  if iv[i] <= 1 and cp > pus[i] then cp = pus[i] end
   if k == 'c' then
     x = math.min(math.max(x, now) + tonumber(v[i][1]) * iv[i], far)
   elseif k == 'r' then
-    x = math.max(x - tonumber(v[i][1]) * iv[i], 0)
+    -- Back, but not into a pause in force.
+    local back = math.max(x - tonumber(v[i][1]) * iv[i], 0)
+    if until_ > now then back = math.max(back, math.min(x, until_ + cp - iv[i])) end
+    x = back
   elseif k == 'a' or k == 'o' then
     local m = tonumber(k == 'a' and v[i][1] or v[i][2])
-    if m < bu[i] then x = math.max(x, now + bu[i] * iv[i] - m * iv[i]) end
+    if m < bu[i] then x = math.max(x, now + cp - m * iv[i]) end
   elseif k == 'h' then
-    x = math.min(math.max(math.max(x, now) + ext, until_ + bu[i] * iv[i] - iv[i]), far)
+    x = math.min(math.max(math.max(x, now) + ext, until_ + cp - iv[i]), far)
+  elseif k == 't' then
+    x = math.min(math.max(x, now + tonumber(v[i][1])), far)
   end
   tat[i] = x
   s[5 * i] = x
@@ -169,4 +183,4 @@ if keep > now then
 elseif v0 then
   call('DEL', KEYS[1])
 end
-return 'ok'
+return {fresh}

@@ -13,7 +13,8 @@
 -- ARGV: one MessagePack string per decision: n, max_wait, then per
 --   dimension interval, burst, cost.
 -- Replies one MessagePack string: per decision its code (0 admit, 1 deny,
---   2 never), blocking dimension, wait, now, pause extensions, then per
+--   2 never), blocking dimension, wait, now, pause extensions, pause end,
+--   whether the key was absent (1) or not (0), then per
 --   dimension TAT, due, interval in force, own limit text ('' for none);
 --   or code 3 and a message when that key could not be read (the other
 --   decisions go on).
@@ -30,8 +31,8 @@ local function decide(key, blob)
   local a = {unpackmp(blob)}
   local n, max_wait = a[1], a[2]
   local v = call('GET', key)
-  local s
-  if v then s = {unpackmp(v)} else s = {0, 0, 0, 0} end
+  local s, fresh
+  if v then s, fresh = {unpackmp(v)}, 0 else s, fresh = {0, 0, 0, 0}, 1 end
   local stored = s[4]
   local own = s[3] > now
   for i = stored + 1, n do
@@ -110,7 +111,8 @@ local function decide(key, blob)
     end
   end
   r[w + 1], r[w + 2], r[w + 3], r[w + 4], r[w + 5] = code, dim, wait, now, s[2]
-  w = w + 5
+  r[w + 6], r[w + 7] = s[1], fresh
+  w = w + 7
   for i = 1, n do
     r[w + 1], r[w + 2], r[w + 3], r[w + 4] = tat[i], dues[i], iv[i], q[i]
     w = w + 4

@@ -69,6 +69,11 @@ fn per_hour(count: u64) -> Quota {
     Quota::new(count, HOUR).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// `count` an hour, evenly spaced (a burst of one), as a client paces.
+fn one_at_a_time(count: u64) -> Quota {
+    per_hour(count).burst(1).unwrap_or_else(|e| panic!("{e}"))
+}
+
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
@@ -140,6 +145,20 @@ where
         Check::new("a pause moves reservations", (self.make)().await, slack)
             .pause_moves_reservations()
             .await;
+        Check::new(
+            "an open dimension paused, then limited",
+            (self.make)().await,
+            slack,
+        )
+        .open_then_limited()
+        .await;
+        Check::new(
+            "a refund does not reach into a pause",
+            (self.make)().await,
+            slack,
+        )
+        .refund_in_pause()
+        .await;
         Check::new("give back", (self.make)().await, slack)
             .give_back()
             .await;
@@ -661,6 +680,63 @@ impl<S: Store<String> + 'static> Check<S> {
         let after = self.reserve("pr", &q, &[1]).await;
         self.near("reservation after the pause", after.wait, secs(780));
         self.near("its held", after.held, secs(60));
+    }
+
+    /// A provider that states no limits: the request dimension is open (a
+    /// billion a second, which never binds) until a rate is learnt. A
+    /// refusal pauses the key, what remains is read as none, then the
+    /// learnt rate arrives: the debt of the open dimension is at most its
+    /// real capacity (a second), never a thousand times it (a store that
+    /// rounds the open interval up to a microsecond and counts its burst
+    /// at that interval would hold the next call for a thousand seconds).
+    async fn open_then_limited(&self) {
+        let open = Quota::per_second(1_000_000_000).unwrap_or_else(|e| panic!("{e}"));
+        let q = [open, open];
+        self.adjust("o", &q, &[Change::HoldFor(secs(60)), Change::Keep])
+            .await;
+        self.adjust("o", &q, &[Change::Keep, Change::AtMost(0)])
+            .await;
+        self.adjust(
+            "o",
+            &q,
+            &[
+                Change::Limit(one_at_a_time(600)),
+                Change::Limit(one_at_a_time(6_000)),
+            ],
+        )
+        .await;
+        let admit = self.reserve("o", &q, &[1, 1]).await;
+        if admit.wait > secs(66) + self.slack {
+            self.fail(&format!(
+                "a learnt limit after a pause of 60 s holds the next call for {:?}",
+                admit.wait
+            ));
+        }
+        let view = self.read("o", &q).await;
+        self.near("paused for", view.paused_for, secs(60));
+    }
+
+    /// Refusals that come together: each call is refunded and pauses
+    /// the key. The refunds move the TAT back, but the next admission is
+    /// still no sooner than the pause's end.
+    async fn refund_in_pause(&self) {
+        let q = [one_at_a_time(60)];
+        self.admit("rp", &q, &[1]).await;
+        let second = self.reserve("rp", &q, &[1]).await;
+        self.near("the second reservation", second.wait, secs(60));
+        // Four calls refused at once, admitted before: each is refunded.
+        self.adjust("rp", &q, &[Change::HoldFor(secs(30))]).await;
+        for _ in 0..4 {
+            self.adjust("rp", &q, &[Change::Refund(1)]).await;
+        }
+        let next = self.reserve("rp", &q, &[1]).await;
+        if next.wait + self.slack < secs(30) {
+            self.fail(&format!(
+                "refunds moved an admission into a pause of 30 s: due in {:?}",
+                next.wait
+            ));
+        }
+        self.near("the next, when the pause ends", next.wait, secs(30));
     }
 
     async fn give_back(&self) {

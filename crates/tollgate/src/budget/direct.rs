@@ -518,6 +518,7 @@ impl<C: Clock> DirectStore<C> {
             let tat = transition::rescale(tat, &before, &after, now);
             match change {
                 Change::HoldFor(_) => transition::hold(tat, &after, now, until, extension),
+                Change::Refund(n) => transition::refund(tat, &after, now, until, n),
                 change => transition::apply(tat, &after, now, change),
             }
         };

@@ -477,6 +477,7 @@ impl<C: Clock> MemoryStore<C> {
             let found = index.map_or(0, |at| shard.table.tat_at(at));
             let next = match change {
                 Change::HoldFor(_) => transition::hold(tat, quota, now, until, extension),
+                Change::Refund(n) => transition::refund(tat, quota, now, until, n),
                 change => transition::apply(tat, quota, now, change),
             };
             if next != found {

@@ -289,6 +289,19 @@ pub fn hold(tat: u64, quota: &Quota, now: u64, until: u64, extension: u64) -> u6
     shifted.max(empty)
 }
 
+/// One dimension's TAT after a refund of `n` while its key is paused until
+/// `until`: it moves back, but not into the pause. Refusals that come
+/// together are each refunded; were each to move the next admission
+/// forward by an interval past the pause, the retries would all go when
+/// it ends.
+pub fn refund(tat: u64, quota: &Quota, now: u64, until: u64, n: u64) -> u64 {
+    let back = apply(tat, quota, now, Change::Refund(n));
+    if until <= now {
+        return back;
+    }
+    back.max(tat.min(hold(0, quota, now, until, 0)))
+}
+
 /// One dimension at `now`, spending nothing.
 pub fn snapshot(tat: u64, quota: &Quota, now: u64) -> Snapshot {
     Gcra::new(quota).snapshot(&tat, now)
