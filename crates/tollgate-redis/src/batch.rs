@@ -23,8 +23,9 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use crate::{msgpack, StoreError, StoreErrorKind, DECIDE};
 
 /// Values at the head of a decision's reply: code, blocking dimension,
-/// wait, now, pause extensions, pause end, whether the key was absent.
-pub(crate) const HEAD: usize = 7;
+/// wait, now, pause extensions, pause end, whether the key was absent,
+/// whether a stricter limit passed by another process decided.
+pub(crate) const HEAD: usize = 8;
 /// Decisions in one script call at most.
 pub(crate) const MAX_BATCH: usize = 128;
 /// Script calls on their way at once.

@@ -49,6 +49,9 @@ pub(crate) struct Seen {
     pub(crate) paused_for: Duration,
     /// Whether Redis had nothing for the key before this decision.
     pub(crate) fresh: bool,
+    /// Whether a stricter limit than this process passed decided: another
+    /// process passed it for the same key lately.
+    pub(crate) stricter: bool,
 }
 
 /// A key's own limits as last known, and when they lapse (as they do in

@@ -55,6 +55,15 @@
 //!   nothing.
 //! - **Redis Cluster**: [`RedisStore::cluster_builder`] takes some of its
 //!   nodes; the client follows `MOVED` and `ASK` when slots move.
+//! - **One key, one quota**: processes that pass different limits for one
+//!   key (a rolling deploy that changes a limit) decide with the strictest
+//!   one passed lately: the slower rate (then the smaller burst) passed by
+//!   any process in the last capacity of that limit (its burst times its
+//!   interval, at least a second) applies to every process. When no process
+//!   passes it any more, the next strictest applies. A process decided by a
+//!   stricter limit than its own logs a warning once and counts it
+//!   ([`RedisStats::stricter`]). Own and learnt limits of a key (set in the
+//!   store) are shared already and apply as they are.
 //! - **`FLUSHALL`** (or a Redis that lost its data) forgets what was
 //!   spent: each key starts full again, so a key may admit up to one burst
 //!   more than its limit across the loss. Nothing fails.
@@ -778,6 +787,7 @@ struct Counts {
     failures: AtomicU64,
     fallbacks: AtomicU64,
     refused: AtomicU64,
+    stricter: AtomicU64,
     reloads: Arc<AtomicU64>,
 }
 
@@ -813,6 +823,10 @@ pub struct RedisStats {
     /// closed). The log says when Redis starts failing and when it is
     /// back, once each; this counts every call in between.
     pub refused: u64,
+    /// Decisions made with a stricter limit than this process passed:
+    /// another process passed it for the same key within its period (a
+    /// rolling deploy that changes a limit). See "One key, one quota".
+    pub stricter: u64,
     /// Scripts sent again after Redis answered `NOSCRIPT`.
     pub reloads: u64,
     /// Whether the circuit is open now.
@@ -881,6 +895,7 @@ impl RedisStore {
             failures: c.failures.load(Ordering::Relaxed),
             fallbacks: c.fallbacks.load(Ordering::Relaxed),
             refused: c.refused.load(Ordering::Relaxed),
+            stricter: c.stricter.load(Ordering::Relaxed),
             reloads: c.reloads.load(Ordering::Relaxed),
             open: self.inner.breaker.is_open(),
             fleet: self.inner.local.fleet(),
@@ -1003,6 +1018,20 @@ impl RedisStore {
             Decision::Admit(_) => counts.admitted.fetch_add(1, Ordering::Relaxed),
             _ => counts.denied.fetch_add(1, Ordering::Relaxed),
         };
+    }
+
+    /// A decision was made with a stricter limit than this process passed
+    /// (another process passed it for the key lately): counted, and logged
+    /// once.
+    fn stricter_quota(&self) {
+        let counts = &self.inner.counts;
+        if counts.stricter.fetch_add(1, Ordering::Relaxed) == 0 {
+            tracing::warn!(
+                prefix = %self.prefix,
+                "processes pass different limits for one key: the strictest passed lately \
+                 applies to all (logged once; RedisStats::stricter counts them)"
+            );
+        }
     }
 
     /// Whether to decide locally after `error`, or answer it.
@@ -1153,6 +1182,9 @@ impl<K: Hash + ?Sized + Sync> Store<K> for RedisStore {
         match reply {
             Ok((decision, seen)) => {
                 self.count(&decision);
+                if seen.stricter {
+                    self.stricter_quota();
+                }
                 if let Some(restore) = self.inner.local.copy(&key, limits, costs, &decision, &seen)
                 {
                     self.restore(key, restore);
@@ -1405,6 +1437,7 @@ fn parse_decision(
     let mut seen = fallback::Seen {
         paused_for: Duration::from_nanos(until.saturating_sub(now)),
         fresh: int(reply, 6)? == 1,
+        stricter: int(reply, 7)? == 1,
         ..fallback::Seen::default()
     };
     let mut tats = [0u64; MAX_DIMENSIONS];

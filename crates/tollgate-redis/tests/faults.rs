@@ -256,3 +256,58 @@ async fn three_processes_failing_open_share_one_limit() {
         assert!(stats.fallbacks > 0 && stats.fleet == 3, "{stats:?}");
     }
 }
+
+/// A rolling deploy that changes a key's limit: for a while, one process
+/// passes 10 a second and another 100. The strictest passed within its
+/// period applies to both (one key, one quota); once no process passes it
+/// any more, the laxer one applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_two_quotas_the_strictest_applies() {
+    let server = RedisServer::start();
+    let old = store(&server, Fault::FailClosed).await;
+    let new = store(&server, Fault::FailClosed).await;
+    let strict = KeyedLimiter::with_store(Quota::per_second(10).unwrap(), old.clone());
+    let lax = KeyedLimiter::with_store(Quota::per_second(100).unwrap(), new.clone());
+    let key = "deployed".to_owned();
+    let started = Instant::now();
+    let (mut by_strict, mut by_lax) = (0u64, 0u64);
+    while started.elapsed() < Duration::from_secs(2) {
+        if strict.try_acquire(&key, 1).await.is_ok() {
+            by_strict += 1;
+        }
+        for _ in 0..5 {
+            if lax.try_acquire(&key, 1).await.is_ok() {
+                by_lax += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let limit = 10.0 * elapsed + 10.0;
+    let together = (by_strict + by_lax) as f64;
+    println!(
+        "10/s and 100/s on one key: {by_strict} + {by_lax} in {elapsed:.2} s (10/s: {limit:.0})"
+    );
+    assert!(
+        together <= limit + 2.0,
+        "{together} admitted, the strict limit allows {limit:.0}"
+    );
+    assert!(new.redis_stats().stricter > 0, "{:?}", new.redis_stats());
+    assert_eq!(old.redis_stats().stricter, 0);
+
+    // The old process is gone: after the strict limit's period (its
+    // capacity, 1 s) the lax one applies. A cost of 50 never fits the
+    // strict burst of 10; it fits the lax one once refilled.
+    drop(strict);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match lax.try_acquire(&key, 50).await {
+            Ok(_) => break,
+            Err(denied) => assert!(
+                Instant::now() < deadline,
+                "the strict limit never lapsed: {denied:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

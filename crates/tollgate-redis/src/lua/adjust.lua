@@ -19,6 +19,9 @@ local fresh = 1
 if v0 then s, fresh = {unpackmp(v0)}, 0 else s = {0, 0, 0, 0} end
 local stored = s[4]
 local own = s[3] > now
+-- The tail (decide.lua): kept as it is, after the dimensions.
+local tail, tb = {}, 4 + 5 * stored
+for k = 1, 3 * stored do tail[k] = s[tb + k] or 0 end
 for i = 1, stored do
   if not own then
     -- Own limits that ran out are dropped.
@@ -175,7 +178,9 @@ if ext > 0 then
 end
 if s[3] > keep then keep = s[3] end
 if keep > now then
-  local packed = pack(unpack(s, 1, 4 + 5 * s[4]))
+  tb = 4 + 5 * s[4]
+  for k = 1, 3 * s[4] do s[tb + k] = tail[k] or 0 end
+  local packed = pack(unpack(s, 1, 4 + 8 * s[4]))
   -- Nothing changed, nothing written.
   if packed ~= v0 then
     call('SET', KEYS[1], packed, 'PXAT', math.ceil(keep / 1000) + 1)

@@ -5,7 +5,11 @@
 --   u (pause end), h (pause extensions added up), e (end of its own
 --   limits; 0 for none), n (dimensions stored), then per dimension
 --   t (TAT), and its own limit: i (interval; 0 for none), b (burst),
---   p (period), q (text: 'count period_ns burst'; '' for none).
+--   p (period), q (text: 'count period_ns burst'; '' for none); then,
+--   after the n dimensions, per dimension the strictest default limit
+--   passed lately (one key, one quota): mi (interval), mb (burst), mu
+--   (until when it holds; 0 for none). Keys written before that tail
+--   existed have none: it is taken as absent.
 -- Instants and intervals are integer microseconds: exact in Lua's
 -- numbers, and packed as integers.
 --
@@ -14,7 +18,8 @@
 --   dimension interval, burst, cost.
 -- Replies one MessagePack string: per decision its code (0 admit, 1 deny,
 --   2 never), blocking dimension, wait, now, pause extensions, pause end,
---   whether the key was absent (1) or not (0), then per
+--   whether the key was absent (1) or not (0), whether a stricter limit
+--   passed by another process decided (1) or not (0), then per
 --   dimension TAT, due, interval in force, own limit text ('' for none);
 --   or code 3 and a message when that key could not be read (the other
 --   decisions go on).
@@ -25,6 +30,7 @@ local t = call('TIME')
 local now = t[1] * 1000000 + t[2]
 local far = now + 4503599627370496
 local iv, bu, co, tat, dues, q = {}, {}, {}, {}, {}, {}
+local mi, mb, mu = {}, {}, {}
 local r, w = {}, 0
 
 local function decide(key, blob)
@@ -35,18 +41,37 @@ local function decide(key, blob)
   if v then s, fresh = {unpackmp(v)}, 0 else s, fresh = {0, 0, 0, 0}, 1 end
   local stored = s[4]
   local own = s[3] > now
+  local tb = 4 + 5 * stored
+  for i = 1, stored do
+    local o = tb + 3 * i
+    mi[i], mb[i], mu[i] = s[o - 2] or 0, s[o - 1] or 0, s[o] or 0
+  end
   for i = stored + 1, n do
     local o = 5 * i
     s[o], s[o + 1], s[o + 2], s[o + 3], s[o + 4] = 0, 0, 0, 0, ''
+    mi[i], mb[i], mu[i] = 0, 0, 0
   end
   if n > stored then s[4] = n end
+  local stricter = 0
   for i = 1, n do
     local b, o = 3 * i, 5 * i
     tat[i] = s[o]
     if own and s[o + 1] > 0 then
       iv[i], bu[i], q[i] = s[o + 1], s[o + 2], s[o + 4]
     else
-      iv[i], bu[i], q[i] = a[b], a[b + 1], ''
+      local pi, pb = a[b], a[b + 1]
+      if mu[i] > now and (mi[i] > pi or (mi[i] == pi and mb[i] < pb)) then
+        -- Another process passed a stricter limit lately: it holds.
+        iv[i], bu[i], stricter = mi[i], mb[i], 1
+      else
+        -- This one is the strictest passed lately: it holds for its
+        -- capacity (at least a second) after the last admission.
+        iv[i], bu[i] = pi, pb
+        local hold = pi * pb
+        if hold < 1000000 then hold = 1000000 end
+        mi[i], mb[i], mu[i] = pi, pb, now + hold
+      end
+      q[i] = ''
     end
     co[i] = a[b + 2]
     dues[i] = 0
@@ -105,14 +130,21 @@ local function decide(key, blob)
         for i = n + 1, s[4] do
           if s[5 * i] > keep then keep = s[5 * i] end
         end
+        local m = s[4]
+        tb = 4 + 5 * m
+        for i = 1, m do
+          local o = tb + 3 * i
+          s[o - 2], s[o - 1], s[o] = mi[i], mb[i], mu[i]
+          if mu[i] > keep then keep = mu[i] end
+        end
         keep = keep / 1000
-        call('SET', key, pack(unpack(s, 1, 4 + 5 * s[4])), 'PXAT', keep - keep % 1 + 2)
+        call('SET', key, pack(unpack(s, 1, 4 + 8 * m)), 'PXAT', keep - keep % 1 + 2)
       end
     end
   end
   r[w + 1], r[w + 2], r[w + 3], r[w + 4], r[w + 5] = code, dim, wait, now, s[2]
-  r[w + 6], r[w + 7] = s[1], fresh
-  w = w + 7
+  r[w + 6], r[w + 7], r[w + 8] = s[1], fresh, stricter
+  w = w + 8
   for i = 1, n do
     r[w + 1], r[w + 2], r[w + 3], r[w + 4] = tat[i], dues[i], iv[i], q[i]
     w = w + 4
