@@ -1,12 +1,20 @@
-//! Decisions per second and latency of `RedisStore` against plain Redis
-//! commands on the same server, in the same run: a `SET` loop and a
-//! hand-written `INCR` + `EXPIRE` fixed window (one pipelined round trip).
-//! One caller on the connection, then 64 concurrent callers sharing the
-//! multiplexed connection. Also reads `INFO commandstats` to show at most
-//! one round trip (one `EVALSHA`) per decision: fewer when concurrent
-//! decisions share a call.
+//! Decisions per second and latency of `RedisStore` against its peers on
+//! the same server, through the same Rust client, in the same run:
 //!
-//! `cargo bench -p tollgate-redis --bench throughput` (needs redis-server).
+//! - a `SET` loop (the floor of any round trip);
+//! - a fixed window, `INCR` + `EXPIRE` in one pipelined round trip;
+//! - go-redis/redis_rate's GCRA: a Lua script written here from its
+//!   published algorithm (`TIME`, `GET` the TAT, compare, `SET ... EX`);
+//! - `RedisStore::decide`, one dimension and three.
+//!
+//! One runtime worker; 40,000 decisions a row over 100,000 keys (each
+//! decision admits and writes); one caller, then 64 concurrent callers
+//! sharing the multiplexed connection; three rounds, the rows of a round
+//! in turn, and the median of each row. Also reads `INFO commandstats`
+//! (at most one `EVALSHA` a decision) and Redis' CPU a decision.
+//!
+//! `cargo bench -p tollgate-redis --bench throughput --features testing`
+//! (needs redis-server).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -17,8 +25,36 @@ use tollgate::store::{Decision, Store};
 use tollgate::Quota;
 use tollgate_redis::RedisStore;
 
-const OPS: usize = 20_000;
-const KEYS: usize = 1_000;
+const OPS: usize = 40_000;
+const KEYS: usize = 100_000;
+const ROUNDS: usize = 3;
+
+/// GCRA as go-redis/redis_rate publishes it, written from its algorithm:
+/// the TAT in seconds (a float) since an epoch, `TIME` as the clock; a
+/// denial writes nothing; the key expires when its limit is full again.
+/// KEYS[1]: the key. ARGV: burst, rate, period (seconds), cost.
+const REDIS_RATE: &str = r#"
+local burst = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local period = tonumber(ARGV[3])
+local cost = tonumber(ARGV[4])
+local interval = period / rate
+local t = redis.call('TIME')
+local now = (t[1] - 1483228800) + t[2] / 1000000
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval * cost
+local allow_at = new_tat - interval * burst
+local diff = now - allow_at
+if diff < 0 then
+  return {0, 0, tostring(-diff), tostring(tat - now)}
+end
+local reset_after = new_tat - now
+if reset_after > 0 then
+  redis.call('SET', KEYS[1], new_tat, 'EX', math.ceil(reset_after))
+end
+return {cost, math.floor(diff / interval), '-1', tostring(reset_after)}
+"#;
 
 struct Row {
     name: String,
@@ -70,6 +106,11 @@ where
     }
 }
 
+/// A row's key for decision `i`: spread over [`KEYS`] keys.
+fn key_of(prefix: &str, i: usize) -> String {
+    format!("{prefix}{}", (i.wrapping_mul(7_919)) % KEYS)
+}
+
 /// Redis' own CPU time so far (user + system), in seconds.
 fn server_cpu(server: &tollgate_redis::testing::RedisServer) -> f64 {
     let info = server.cli(&["INFO", "cpu"]);
@@ -94,11 +135,37 @@ fn evalsha_calls(server: &tollgate_redis::testing::RedisServer) -> u64 {
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(run());
+}
+
+/// One measured row, with what Redis counted for it.
+struct Measured {
+    row: Row,
+    calls_per_decision: Option<f64>,
+    cpu_us: f64,
+}
+
+async fn row(
+    server: &tollgate_redis::testing::RedisServer,
+    name: &str,
+    callers: usize,
+    op: impl Fn(usize) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync + 'static,
+    scripted: bool,
+) -> Measured {
+    let before = evalsha_calls(server);
+    let cpu = server_cpu(server);
+    let row = measure(name, callers, op).await;
+    let decisions = (OPS + 200) as f64;
+    let calls = evalsha_calls(server) - before;
+    Measured {
+        row,
+        calls_per_decision: scripted.then(|| calls as f64 / decisions),
+        cpu_us: (server_cpu(server) - cpu) * 1e6 / decisions,
+    }
 }
 
 async fn run() {
@@ -110,97 +177,152 @@ async fn run() {
         .connect()
         .await
         .expect("store");
+    let script = redis::Script::new(REDIS_RATE);
     let one = [Quota::per_second(1_000_000).expect("quota")];
     let three = [
         Quota::per_second(1_000_000).expect("quota"),
         Quota::per_second(10_000_000).expect("quota"),
         Quota::per_second(10_000_000).expect("quota"),
     ];
-    let mut rows = Vec::new();
-    for callers in [1, 64] {
-        let c = conn.clone();
-        rows.push(
-            measure("SET", callers, move |i| {
-                let mut c = c.clone();
-                async move {
-                    let _: () = redis::cmd("SET")
-                        .arg(format!("set:{}", i % KEYS))
-                        .arg("1")
-                        .query_async(&mut c)
-                        .await
-                        .expect("SET");
-                }
-            })
-            .await,
-        );
-        let c = conn.clone();
-        rows.push(
-            measure("INCR + EXPIRE window", callers, move |i| {
-                let mut c = c.clone();
-                async move {
-                    let key = format!("win:{}", i % KEYS);
-                    let (_count, _): (u64, u64) = redis::pipe()
-                        .cmd("INCR")
-                        .arg(&key)
-                        .cmd("EXPIRE")
-                        .arg(&key)
-                        .arg(60)
-                        .query_async(&mut c)
-                        .await
-                        .expect("INCR");
-                }
-            })
-            .await,
-        );
-        for (name, limits) in [
-            ("RedisStore, 1 dimension", &one[..]),
-            ("RedisStore, 3 dimensions", &three[..]),
-        ] {
-            let s = store.clone();
-            let limits: Vec<Quota> = limits.to_vec();
-            let before = evalsha_calls(&server);
-            let cpu = server_cpu(&server);
-            let row = measure(name, callers, move |i| {
-                let s = s.clone();
-                let limits = limits.clone();
-                async move {
-                    let costs = vec![1u64; limits.len()];
-                    let key = format!("k{}", i % KEYS);
-                    let d = s
-                        .decide(&key, &limits, &costs, Duration::ZERO)
-                        .await
-                        .expect("decide");
-                    assert!(matches!(d, Decision::Admit(_)));
-                }
-            })
-            .await;
-            let calls = evalsha_calls(&server) - before;
-            let cpu = server_cpu(&server) - cpu;
-            let decisions = OPS + 200;
-            println!(
-                "{}: {calls} EVALSHA for {decisions} decisions ({:.1} a call), \
-                 {:.1} µs of Redis CPU a decision",
-                row.name,
-                decisions as f64 / calls as f64,
-                cpu * 1e6 / decisions as f64
+    // rounds[round] = rows in order
+    let mut rounds: Vec<Vec<Measured>> = Vec::new();
+    for round in 0..ROUNDS {
+        let mut rows = Vec::new();
+        for callers in [1, 64] {
+            let c = conn.clone();
+            rows.push(
+                row(
+                    &server,
+                    "SET",
+                    callers,
+                    move |i| {
+                        let mut c = c.clone();
+                        Box::pin(async move {
+                            let _: () = redis::cmd("SET")
+                                .arg(key_of("set:", i))
+                                .arg("1")
+                                .query_async(&mut c)
+                                .await
+                                .expect("SET");
+                        })
+                    },
+                    false,
+                )
+                .await,
             );
-            rows.push(row);
+            let c = conn.clone();
+            rows.push(
+                row(
+                    &server,
+                    "fixed window (INCR + EXPIRE)",
+                    callers,
+                    move |i| {
+                        let mut c = c.clone();
+                        Box::pin(async move {
+                            let key = key_of("win:", i);
+                            let (_count, _): (u64, u64) = redis::pipe()
+                                .cmd("INCR")
+                                .arg(&key)
+                                .cmd("EXPIRE")
+                                .arg(&key)
+                                .arg(60)
+                                .query_async(&mut c)
+                                .await
+                                .expect("INCR");
+                        })
+                    },
+                    false,
+                )
+                .await,
+            );
+            let (c, sc) = (conn.clone(), script.clone());
+            rows.push(
+                row(
+                    &server,
+                    "redis_rate's GCRA script",
+                    callers,
+                    move |i| {
+                        let (mut c, sc) = (c.clone(), sc.clone());
+                        Box::pin(async move {
+                            let reply: (u64, u64, String, String) = sc
+                                .key(key_of("rate:", i))
+                                .arg(1_000_000)
+                                .arg(1_000_000)
+                                .arg(1)
+                                .arg(1)
+                                .invoke_async(&mut c)
+                                .await
+                                .expect("redis_rate");
+                            assert_eq!(reply.0, 1, "admitted");
+                        })
+                    },
+                    true,
+                )
+                .await,
+            );
+            for (name, limits) in [
+                ("RedisStore, 1 dimension", &one[..]),
+                ("RedisStore, 3 dimensions", &three[..]),
+            ] {
+                let s = store.clone();
+                let limits: Vec<Quota> = limits.to_vec();
+                let prefix = format!("r{round}k");
+                rows.push(
+                    row(
+                        &server,
+                        name,
+                        callers,
+                        move |i| {
+                            let s = s.clone();
+                            let limits = limits.clone();
+                            let key = key_of(&prefix, i);
+                            Box::pin(async move {
+                                let costs = vec![1u64; limits.len()];
+                                let d = s
+                                    .decide(&key, &limits, &costs, Duration::ZERO)
+                                    .await
+                                    .expect("decide");
+                                assert!(matches!(d, Decision::Admit(_)));
+                            })
+                        },
+                        true,
+                    )
+                    .await,
+                );
+            }
         }
+        rounds.push(rows);
     }
     println!();
-    println!("| case | decisions/s | p50 | p99 | vs SET (same callers) |");
-    println!("|---|---:|---:|---:|---:|");
-    for chunk in rows.chunks(4) {
-        let set = chunk[0].per_second;
-        for row in chunk {
-            println!(
-                "| {} | {:.0} | {:.0} µs | {:.0} µs | {:.2}x |",
-                row.name,
-                row.per_second,
-                row.p50.as_secs_f64() * 1e6,
-                row.p99.as_secs_f64() * 1e6,
-                row.per_second / set
-            );
-        }
+    println!("| case | decisions/s (median of {ROUNDS}) | range | p50 | p99 | EVALSHA a decision | Redis CPU a decision | vs redis_rate | vs SET |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let per_callers = rounds[0].len() / 2;
+    for (index, _) in rounds[0].iter().enumerate() {
+        let mut rates: Vec<f64> = rounds.iter().map(|r| r[index].row.per_second).collect();
+        rates.sort_by(f64::total_cmp);
+        let median = rates[rates.len() / 2];
+        let base = index - index % per_callers;
+        let median_of = |at: usize| {
+            let mut v: Vec<f64> = rounds.iter().map(|r| r[at].row.per_second).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let set = median_of(base);
+        let redis_rate = median_of(base + 2);
+        let last = &rounds[rounds.len() / 2][index];
+        println!(
+            "| {} | {:.0} | {:.0}-{:.0} | {:.0} µs | {:.0} µs | {} | {:.1} µs | {:.2}x | {:.2}x |",
+            last.row.name,
+            median,
+            rates[0],
+            rates[rates.len() - 1],
+            last.row.p50.as_secs_f64() * 1e6,
+            last.row.p99.as_secs_f64() * 1e6,
+            last.calls_per_decision
+                .map_or_else(|| "-".to_owned(), |c| format!("{c:.3}")),
+            last.cpu_us,
+            median / redis_rate,
+            median / set,
+        );
     }
 }

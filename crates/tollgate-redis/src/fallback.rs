@@ -24,7 +24,7 @@
 //! does not burst.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -80,6 +80,12 @@ pub(crate) struct Local {
     /// Keys decided or changed here while Redis failed: Redis does not
     /// know what they spent, and is told when it answers again.
     outage: Mutex<HashSet<String>>,
+    /// How many keys `own` and `outage` hold: read without their locks, so
+    /// that the common case (neither holds any) takes no lock.
+    own_len: AtomicUsize,
+    outage_len: AtomicUsize,
+    /// Fills the slots of a [`Quotas`] past a key's dimensions.
+    filler: Quota,
     max_keys: usize,
     limits_ttl: Duration,
     /// Processes sharing the store, this one included (at least 1).
@@ -97,6 +103,9 @@ impl Local {
             memory: MemoryStore::new(max_keys, MAX_DIMENSIONS, DefaultClock::new()),
             own: Mutex::new(HashMap::new()),
             outage: Mutex::new(HashSet::new()),
+            own_len: AtomicUsize::new(0),
+            outage_len: AtomicUsize::new(0),
+            filler: placeholder(),
             max_keys,
             limits_ttl,
             fleet: AtomicU32::new(1),
@@ -131,9 +140,12 @@ impl Local {
 
     /// The limits in force for `key`: its own where known, else `defaults`.
     fn in_force(&self, key: &str, defaults: &[Quota]) -> Quotas {
-        let mut quotas = [placeholder(); MAX_DIMENSIONS];
+        let mut quotas = [self.filler; MAX_DIMENSIONS];
         for (slot, quota) in quotas.iter_mut().zip(defaults) {
             *slot = *quota;
+        }
+        if self.own_len.load(Ordering::Relaxed) == 0 {
+            return quotas;
         }
         let own = self.lock();
         if let Some(own) = own.get(key) {
@@ -163,9 +175,13 @@ impl Local {
     /// the default applies).
     fn remember(&self, key: &str, limits: [Option<Quota>; MAX_DIMENSIONS], n: usize) {
         let any = limits.iter().take(n).any(Option::is_some);
+        if !any && self.own_len.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let mut own = self.lock();
         if !any {
             own.remove(key);
+            self.own_len.store(own.len(), Ordering::Relaxed);
             return;
         }
         let lapses = Instant::now() + self.limits_ttl;
@@ -183,8 +199,10 @@ impl Local {
                 // Full of live keys: what is forgotten is only learnt again.
                 own.clear();
             }
+            self.own_len.store(own.len(), Ordering::Relaxed);
         }
         own.insert(key.to_owned(), Own { limits, lapses });
+        self.own_len.store(own.len(), Ordering::Relaxed);
     }
 
     /// Notes that `key` was decided or changed here while Redis failed.
@@ -193,6 +211,7 @@ impl Local {
         if outage.len() < self.max_keys && !outage.contains(key) {
             outage.insert(key.to_owned());
         }
+        self.outage_len.store(outage.len(), Ordering::Relaxed);
     }
 
     /// A key's restore failed: it is given back at the next answer.
@@ -343,9 +362,11 @@ impl Local {
     /// nothing for it (`fresh`) soon after an outage (it restarted empty),
     /// the changes that give Redis what this process knows.
     pub(crate) fn lost(&self, key: &str, limits: &[Quota], fresh: bool) -> Option<Restore> {
-        let decided_here = {
+        let decided_here = self.outage_len.load(Ordering::Relaxed) != 0 && {
             let mut outage = self.outage.lock().unwrap_or_else(PoisonError::into_inner);
-            !outage.is_empty() && outage.remove(key)
+            let removed = outage.remove(key);
+            self.outage_len.store(outage.len(), Ordering::Relaxed);
+            removed
         };
         if !(decided_here || fresh && self.recovering()) {
             return None;
@@ -366,12 +387,12 @@ impl Local {
         let mut restore = Restore {
             limits: [Change::Keep; MAX_DIMENSIONS],
             full_in: [None; MAX_DIMENSIONS],
-            quotas: [placeholder(); MAX_DIMENSIONS],
+            quotas: [self.filler; MAX_DIMENSIONS],
             n,
         };
         let mut any = false;
         for (i, own) in own.iter().enumerate().take(n) {
-            restore.quotas[i] = limits.get(i).copied().unwrap_or_else(placeholder);
+            restore.quotas[i] = limits.get(i).copied().unwrap_or(self.filler);
             if let Some(quota) = own {
                 restore.limits[i] = Change::Limit(*quota);
                 any = true;

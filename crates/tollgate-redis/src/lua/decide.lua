@@ -134,8 +134,9 @@ local function decide(key, blob)
         tb = 4 + 5 * m
         for i = 1, m do
           local o = tb + 3 * i
+          -- Not kept longer for it: a key that is full again carries no
+          -- spend, and Redis drops it (and the record) as before.
           s[o - 2], s[o - 1], s[o] = mi[i], mb[i], mu[i]
-          if mu[i] > keep then keep = mu[i] end
         end
         keep = keep / 1000
         call('SET', key, pack(unpack(s, 1, 4 + 8 * m)), 'PXAT', keep - keep % 1 + 2)
