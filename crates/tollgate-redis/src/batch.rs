@@ -20,7 +20,7 @@ use redis::aio::ConnectionManager;
 use redis::{ErrorKind, RedisError, Value};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::{msgpack, StoreError, StoreErrorKind, DECIDE};
+use crate::{msgpack, StoreError, StoreErrorKind};
 
 /// Values at the head of a decision's reply: code, blocking dimension,
 /// wait, now, pause extensions, pause end, whether the key was absent,
@@ -51,6 +51,7 @@ pub(crate) struct Batcher {
     /// Script calls on their way.
     slots: Arc<Semaphore>,
     conn: ConnectionManager,
+    code: Arc<str>,
     sha: Arc<str>,
     reloads: Arc<AtomicU64>,
 }
@@ -59,6 +60,7 @@ impl Batcher {
     /// A batcher, and its task, which ends when the batcher is dropped.
     pub(crate) fn new(
         conn: ConnectionManager,
+        code: Arc<str>,
         sha: String,
         reloads: Arc<AtomicU64>,
         timeout: Duration,
@@ -69,13 +71,14 @@ impl Batcher {
         let waiting = Arc::new(AtomicUsize::new(0));
         let task = (
             conn.clone(),
+            Arc::clone(&code),
             Arc::clone(&sha),
             Arc::clone(&reloads),
             Arc::clone(&slots),
             Arc::clone(&waiting),
         );
         tokio::spawn(async move {
-            let (conn, sha, reloads, slots, waiting) = task;
+            let (conn, code, sha, reloads, slots, waiting) = task;
             while let Some(first) = rx.recv().await {
                 let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
                     return;
@@ -90,10 +93,10 @@ impl Batcher {
                 }
                 waiting.fetch_sub(jobs.len(), Ordering::Relaxed);
                 let mut conn = conn.clone();
-                let sha = Arc::clone(&sha);
+                let (code, sha) = (Arc::clone(&code), Arc::clone(&sha));
                 let reloads = Arc::clone(&reloads);
                 tokio::spawn(async move {
-                    send(&mut conn, &sha, &reloads, timeout, jobs).await;
+                    send(&mut conn, &code, &sha, &reloads, timeout, jobs).await;
                     drop(slot);
                 });
             }
@@ -103,6 +106,7 @@ impl Batcher {
             waiting,
             slots,
             conn,
+            code,
             sha,
             reloads,
         }
@@ -120,7 +124,7 @@ impl Batcher {
                 let mut conn = self.conn.clone();
                 let reply = eval_script(
                     &mut conn,
-                    DECIDE,
+                    &self.code,
                     &self.sha,
                     &[key][..],
                     &[args][..],
@@ -160,6 +164,7 @@ impl Batcher {
 /// error, when the call failed as a whole).
 async fn send(
     conn: &mut ConnectionManager,
+    code: &str,
     sha: &str,
     reloads: &AtomicU64,
     timeout: Duration,
@@ -179,7 +184,7 @@ async fn send(
     }
     let reply = tokio::time::timeout(
         timeout,
-        eval_script(conn, DECIDE, sha, &keys[..], &args[..], reloads),
+        eval_script(conn, code, sha, &keys[..], &args[..], reloads),
     )
     .await;
     match reply {

@@ -172,6 +172,9 @@ pub struct Builder {
     limits_ttl: Duration,
     max_keys: usize,
     tls: Tls,
+    /// A hash of Redis whose fields `s` and `us` the scripts read as the
+    /// clock, instead of `TIME` (tests only).
+    clock: Option<String>,
 }
 
 /// TLS settings beyond the URL's `rediss://`: certificates of your own.
@@ -412,10 +415,11 @@ async fn check_server<C: redis::aio::ConnectionLike>(
     shown: &str,
     timeout: Duration,
     secrets: &Secrets,
+    scripts: &Shas,
 ) -> Result<(), StoreError> {
     let mut pipe = redis::pipe();
-    for code in [DECIDE, ADJUST, READ] {
-        pipe.cmd("SCRIPT").arg("LOAD").arg(code);
+    for code in &scripts.code {
+        pipe.cmd("SCRIPT").arg("LOAD").arg(&**code);
     }
     let wait = timeout.max(Duration::from_secs(2));
     let loaded: Vec<String> = match tokio::time::timeout(wait, pipe.query_async(conn)).await {
@@ -462,8 +466,8 @@ async fn check_server<C: redis::aio::ConnectionLike>(
         }
         Ok(Ok(loaded)) => loaded,
     };
-    let expected = [DECIDE, ADJUST, READ].map(sha1_hex);
-    if loaded.len() != expected.len() || loaded.iter().zip(&expected).any(|(a, b)| a != b) {
+    let expected = [&scripts.decide, &scripts.adjust, &scripts.read];
+    if loaded.len() != expected.len() || loaded.iter().zip(expected).any(|(a, b)| a != b) {
         return Err(StoreError::new(
             StoreErrorKind::NotRedis,
             format!("{shown} did not answer SCRIPT LOAD as Redis does (got {loaded:?})"),
@@ -521,6 +525,17 @@ impl Builder {
         self
     }
 
+    /// The scripts read their clock from the Redis hash `key` (fields `s`
+    /// and `us`, as `TIME` answers) instead of `TIME`, so that a test sets
+    /// the instant of every decision (a single Redis only; feature
+    /// `testing`). Never for production: every process must share one
+    /// clock, and `TIME` is Redis' own.
+    #[cfg(feature = "testing")]
+    pub fn clock_from_hash(mut self, key: impl Into<String>) -> Self {
+        self.clock = Some(key.into());
+        self
+    }
+
     /// With `rediss://` URLs, trust this CA (PEM) instead of the system's
     /// root certificates: for a Redis whose certificate your own CA
     /// signed. Feature `tls`.
@@ -558,6 +573,7 @@ impl Builder {
             limits_ttl,
             max_keys,
             tls,
+            clock,
         } = self;
         check_prefix(&prefix)?;
         if timeout.is_zero() || timeout > Duration::from_secs(60) {
@@ -575,6 +591,7 @@ impl Builder {
                 "invalid limits_ttl {limits_ttl:?}: at least 1 s"
             )));
         }
+        let sha = Shas::new(clock.as_deref());
         let secrets =
             Secrets::of(std::iter::once(url.as_str()).chain(nodes.iter().map(String::as_str)));
         let conn = if nodes.is_empty() {
@@ -603,7 +620,7 @@ impl Builder {
                 )
             })?
             .map_err(|e| refused(&e, &shown, &secrets))?;
-            check_server(&mut manager, &shown, timeout, &secrets).await?;
+            check_server(&mut manager, &shown, timeout, &secrets, &sha).await?;
             Conn::One(manager)
         } else {
             let shown = nodes
@@ -631,14 +648,14 @@ impl Builder {
                 StoreError::new(StoreErrorKind::Timeout, format!("connecting to {shown}"))
             })?
             .map_err(|e| refused(&e, &shown, &secrets))?;
-            check_server(&mut cluster, &shown, timeout, &secrets).await?;
+            check_server(&mut cluster, &shown, timeout, &secrets, &sha).await?;
             Conn::Cluster(cluster)
         };
         let counts = Counts::default();
-        let sha = Shas::new();
         let batcher = match &conn {
             Conn::One(manager) => Some(batch::Batcher::new(
                 manager.clone(),
+                Arc::clone(&sha.code[0]),
                 sha.decide.clone(),
                 Arc::clone(&counts.reloads),
                 timeout,
@@ -795,14 +812,33 @@ struct Shas {
     decide: String,
     adjust: String,
     read: String,
+    /// The scripts' code, as loaded (on Redis' clock, or a test's).
+    code: [Arc<str>; 3],
 }
 
 impl Shas {
-    fn new() -> Self {
+    /// The scripts, reading the clock from Redis' `TIME`, or from the hash
+    /// `clock` (fields `s` and `us`) for tests that set the instant.
+    fn new(clock: Option<&str>) -> Self {
+        let code = [DECIDE, ADJUST, READ].map(|code| -> Arc<str> {
+            match clock {
+                None => Arc::from(code),
+                Some(key) => {
+                    let read = format!(
+                        "{{redis.call('HGET', '{key}', 's'), redis.call('HGET', '{key}', 'us')}}"
+                    );
+                    Arc::from(
+                        code.replace("redis.call('TIME')", &read)
+                            .replace("call('TIME')", &read),
+                    )
+                }
+            }
+        });
         Self {
-            decide: sha1_hex(DECIDE),
-            adjust: sha1_hex(ADJUST),
-            read: sha1_hex(READ),
+            decide: sha1_hex(&code[0]),
+            adjust: sha1_hex(&code[1]),
+            read: sha1_hex(&code[2]),
+            code,
         }
     }
 }
@@ -851,6 +887,7 @@ impl RedisStore {
             limits_ttl: Duration::from_secs(24 * 3600),
             max_keys: 100_000,
             tls: Tls::default(),
+            clock: None,
         }
     }
 
@@ -979,9 +1016,9 @@ impl RedisStore {
         args: A,
     ) -> Result<Vec<redis::Value>, RedisError> {
         let (code, sha) = match script {
-            Script::Decide => (DECIDE, &self.inner.sha.decide),
-            Script::Adjust => (ADJUST, &self.inner.sha.adjust),
-            Script::Read => (READ, &self.inner.sha.read),
+            Script::Decide => (&*self.inner.sha.code[0], &self.inner.sha.decide),
+            Script::Adjust => (&*self.inner.sha.code[1], &self.inner.sha.adjust),
+            Script::Read => (&*self.inner.sha.code[2], &self.inner.sha.read),
         };
         let reloads = &self.inner.counts.reloads;
         match self.inner.conn.clone() {

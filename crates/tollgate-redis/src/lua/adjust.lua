@@ -19,6 +19,14 @@ local fresh = 1
 if v0 then s, fresh = {unpackmp(v0)}, 0 else s = {0, 0, 0, 0} end
 local stored = s[4]
 local own = s[3] > now
+if s[2] > 0 and not own and s[1] <= now then
+  -- A key that carries nothing has no pause extensions either.
+  local empty = true
+  for i = 1, stored do
+    if s[5 * i] > now then empty = false end
+  end
+  if empty then s[2] = 0 end
+end
 -- The tail (decide.lua): kept as it is, after the dimensions.
 local tail, tb = {}, 4 + 5 * stored
 for k = 1, 3 * stored do tail[k] = s[tb + k] or 0 end
@@ -88,7 +96,7 @@ for i = 1, n do
   -- (Not from a limit of a million a second or more, which never binds:
   -- its debt is where the other dimensions put its admissions.)
   if iv[i] ~= before and tat[i] > now and before > 1 then
-    rescaled[i] = now + math.floor((tat[i] - now) * iv[i] / before)
+    rescaled[i] = now + math.ceil((tat[i] - now) * iv[i] / before)
   end
 end
 -- When re-spacing brings the re-spaced dimensions closer, the last

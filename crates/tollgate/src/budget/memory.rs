@@ -332,9 +332,15 @@ impl<C: Clock> MemoryStore<C> {
             let decision = shard.decide(dims, limits, costs, now, max_wait, 0, self.max_per_shard);
             return shard.count(decision);
         }
-        let (quotas, extra) = shard.in_force(&dims, limits);
-        let quotas = quotas.get(..dims.len).unwrap_or(&[]);
         let now = self.clock.now();
+        let (quotas, extra) = shard.in_force(&dims, limits, now);
+        if extra.held == 0 {
+            // An empty key's extensions are forgotten for good.
+            if let Some(kept) = shard.extras.get_mut(&dims.fp) {
+                kept.held = 0;
+            }
+        }
+        let quotas = quotas.get(..dims.len).unwrap_or(&[]);
         let decision = shard.decide(
             dims,
             quotas,
@@ -411,7 +417,7 @@ impl<C: Clock> MemoryStore<C> {
         let dims = self.dims(key, limits.len().min(changes.len()));
         let mut shard = self.shard(dims.fp);
         let now = self.clock.now();
-        let (mut quotas, mut extra) = shard.in_force(&dims, limits);
+        let (mut quotas, mut extra) = shard.in_force(&dims, limits, now);
         let longest = changes
             .iter()
             .filter_map(|c| match c {
@@ -495,7 +501,7 @@ impl<C: Clock> MemoryStore<C> {
         let dims = self.dims(key, limits.len());
         let shard = self.shard(dims.fp);
         let now = self.clock.now();
-        let (quotas, extra) = shard.in_force(&dims, limits);
+        let (quotas, extra) = shard.in_force(&dims, limits, now);
         let quotas = quotas.get(..dims.len).unwrap_or(&[]);
         let snapshots = quotas
             .iter()
@@ -539,12 +545,32 @@ impl Shard {
     /// The limits in force for a key (its own where it has them, else
     /// `defaults`), and what it holds beyond its TATs.
     #[inline]
-    fn in_force(&self, dims: &Dims, defaults: &[Quota]) -> ([Quota; MAX_DIMENSIONS], Extra) {
+    ///
+    /// A key that carries nothing any more (no limits of its own, its pause
+    /// over, every dimension full) has no pause extensions either: its
+    /// state is empty, as a network store that drops such a key finds it.
+    fn in_force(
+        &self,
+        dims: &Dims,
+        defaults: &[Quota],
+        now: u64,
+    ) -> ([Quota; MAX_DIMENSIONS], Extra) {
         let mut quotas = [Quota::UNIT; MAX_DIMENSIONS];
         for (slot, quota) in quotas.iter_mut().zip(defaults) {
             *slot = *quota;
         }
-        let extra = self.extras.get(&dims.fp).copied().unwrap_or_default();
+        let mut extra = self.extras.get(&dims.fp).copied().unwrap_or_default();
+        if extra.held > 0 && !extra.has_limits() && extra.until <= now {
+            let stored = usize::from(extra.dims).max(dims.len);
+            let empty = (0..stored).all(|i| {
+                self.table
+                    .find(dims.fp(i))
+                    .is_none_or(|at| self.table.tat_at(at) <= now)
+            });
+            if empty {
+                extra.held = 0;
+            }
+        }
         for (slot, own) in quotas.iter_mut().zip(&extra.limits) {
             if let Some(own) = own {
                 *slot = *own;

@@ -162,17 +162,25 @@ pub const RESCALE_FROM_NS: u64 = 1_000;
 /// the debt ahead of `now` is re-spaced at the new interval. A raised
 /// limit brings the queued reservations closer; a lowered one pushes them
 /// back. A full dimension stays full, and one whose old interval is at
-/// most [`RESCALE_FROM_NS`] keeps its TAT.
+/// most [`RESCALE_FROM_NS`] keeps its TAT. The re-spaced debt is rounded
+/// up to a whole microsecond.
 pub fn rescale(tat: u64, old: &Quota, new: &Quota, now: u64) -> u64 {
     let (from, to) = (old.interval_ns(), new.interval_ns());
     if tat <= now || from == to || from <= RESCALE_FROM_NS {
         return tat;
     }
     let debt = u128::from(tat.saturating_sub(now));
+    // Rounded up to a whole microsecond, never in the caller's favour: a
+    // store that counts in microseconds (Redis) computes the same TAT.
     let scaled = debt
         .saturating_mul(u128::from(to))
         .checked_div(u128::from(from))
-        .unwrap_or(debt);
+        .map_or(debt, |_| {
+            debt.saturating_mul(u128::from(to))
+                .div_ceil(u128::from(from))
+                .div_ceil(1_000)
+                .saturating_mul(1_000)
+        });
     now.saturating_add(u64::try_from(scaled).unwrap_or(u64::MAX))
 }
 
