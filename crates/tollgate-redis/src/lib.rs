@@ -84,6 +84,11 @@
 //! client certificate where the server asks for one
 //! ([`tls_client_certificate`](Builder::tls_client_certificate)).
 //!
+//! Redis Sentinel (feature `sentinel`): [`RedisStore::sentinel_builder`]
+//! asks the sentinels for the master, and asks again whenever it fails
+//! (the circuit opens, or it answers `READONLY`), so that decisions follow
+//! the master Sentinel promotes. Sentinels over TLS are not supported yet.
+//!
 //! # Faults
 //!
 //! Every call is bounded by a [`timeout`](Builder::timeout) (default
@@ -117,7 +122,7 @@ use std::fmt;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -129,6 +134,8 @@ use tollgate::{Quota, Snapshot, MAX_DIMENSIONS};
 mod batch;
 mod fallback;
 mod msgpack;
+#[cfg(feature = "sentinel")]
+mod sentinel;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -175,6 +182,18 @@ pub struct Builder {
     /// A hash of Redis whose fields `s` and `us` the scripts read as the
     /// clock, instead of `TIME` (tests only).
     clock: Option<String>,
+    /// Redis Sentinel: the master's name, and its credentials.
+    master: Option<Master>,
+}
+
+/// The master a Sentinel deployment serves, by name.
+#[derive(Clone, Default)]
+#[cfg_attr(not(feature = "sentinel"), allow(dead_code))]
+struct Master {
+    name: String,
+    username: Option<String>,
+    password: Option<String>,
+    db: i64,
 }
 
 /// TLS settings beyond the URL's `rediss://`: certificates of your own.
@@ -323,6 +342,7 @@ fn check_scheme(url: &str, shown: &str, tls: &Tls) -> Result<(), StoreError> {
 
 /// The passwords of some URLs, to hide them from messages that quote
 /// what a library said (a URL parser may echo its input).
+#[derive(Clone)]
 struct Secrets(Vec<String>);
 
 impl Secrets {
@@ -403,6 +423,35 @@ fn noauth(shown: &str) -> StoreError {
              redis://:PASSWORD@host:port/ or redis://USER:PASSWORD@host:port/"
         ),
     )
+}
+
+/// A connection to one Redis (its manager reconnects by itself), checked
+/// with [`check_server`].
+async fn connect_one(
+    client: redis::Client,
+    shown: &str,
+    timeout: Duration,
+    secrets: &Secrets,
+    scripts: &Shas,
+) -> Result<ConnectionManager, StoreError> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(timeout.max(Duration::from_millis(250)))
+        .set_response_timeout(timeout)
+        .set_number_of_retries(1)
+        .set_max_delay(100);
+    let wait = timeout.max(Duration::from_secs(2));
+    let mut manager =
+        tokio::time::timeout(wait, ConnectionManager::new_with_config(client, config))
+            .await
+            .map_err(|_| {
+                StoreError::new(
+                    StoreErrorKind::Timeout,
+                    format!("connecting to {shown}: no answer within {wait:?}"),
+                )
+            })?
+            .map_err(|e| refused(&e, shown, secrets))?;
+    check_server(&mut manager, shown, timeout, secrets, scripts).await?;
+    Ok(manager)
 }
 
 /// Checks at connect time that the server is a Redis this store can use:
@@ -536,6 +585,24 @@ impl Builder {
         self
     }
 
+    /// With [`RedisStore::sentinel_builder`]: the user (or none, for
+    /// `default`) and password of the master and its replicas, and the
+    /// database number. Feature `sentinel`.
+    #[cfg(feature = "sentinel")]
+    pub fn master_credentials(
+        mut self,
+        username: Option<&str>,
+        password: Option<&str>,
+        db: i64,
+    ) -> Self {
+        if let Some(master) = &mut self.master {
+            master.username = username.map(str::to_owned);
+            master.password = password.map(str::to_owned);
+            master.db = db;
+        }
+        self
+    }
+
     /// With `rediss://` URLs, trust this CA (PEM) instead of the system's
     /// root certificates: for a Redis whose certificate your own CA
     /// signed. Feature `tls`.
@@ -574,6 +641,7 @@ impl Builder {
             max_keys,
             tls,
             clock,
+            master,
         } = self;
         check_prefix(&prefix)?;
         if timeout.is_zero() || timeout > Duration::from_secs(60) {
@@ -592,36 +660,35 @@ impl Builder {
             )));
         }
         let sha = Shas::new(clock.as_deref());
-        let secrets =
+        let mut secrets =
             Secrets::of(std::iter::once(url.as_str()).chain(nodes.iter().map(String::as_str)));
+        if let Some(password) = master.as_ref().and_then(|m| m.password.clone()) {
+            secrets.0.push(password);
+        }
+        #[allow(unused_mut)]
+        let mut follow = None;
         let conn = if nodes.is_empty() {
             let shown = redact_url(&url);
             check_scheme(&url, &shown, &tls)?;
             let client = tls.client(&url).map_err(|e| {
                 StoreError::config(secrets.scrub(format!("invalid Redis URL {shown}: {e}")))
             })?;
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(timeout.max(Duration::from_millis(250)))
-                .set_response_timeout(timeout)
-                .set_number_of_retries(1)
-                .set_max_delay(100);
-            let mut manager = tokio::time::timeout(
-                timeout.max(Duration::from_secs(2)),
-                ConnectionManager::new_with_config(client, config),
-            )
-            .await
-            .map_err(|_| {
-                StoreError::new(
-                    StoreErrorKind::Timeout,
-                    format!(
-                        "connecting to {shown}: no answer within {:?}",
-                        timeout.max(Duration::from_secs(2))
-                    ),
-                )
-            })?
-            .map_err(|e| refused(&e, &shown, &secrets))?;
-            check_server(&mut manager, &shown, timeout, &secrets, &sha).await?;
-            Conn::One(manager)
+            Conn::One(connect_one(client, &shown, timeout, &secrets, &sha).await?)
+        } else if let Some(master) = master {
+            #[cfg(feature = "sentinel")]
+            {
+                let (manager, sentinel) =
+                    sentinel::connect(&nodes, master, &tls, timeout, &secrets, &sha).await?;
+                follow = Some(sentinel);
+                Conn::One(manager)
+            }
+            #[cfg(not(feature = "sentinel"))]
+            {
+                let _ = master;
+                return Err(StoreError::config(
+                    "Redis Sentinel needs the `sentinel` feature of tollgate-redis".to_owned(),
+                ));
+            }
         } else {
             let shown = nodes
                 .iter()
@@ -653,13 +720,13 @@ impl Builder {
         };
         let counts = Counts::default();
         let batcher = match &conn {
-            Conn::One(manager) => Some(batch::Batcher::new(
+            Conn::One(manager) => Some(Arc::new(batch::Batcher::new(
                 manager.clone(),
                 Arc::clone(&sha.code[0]),
                 sha.decide.clone(),
                 Arc::clone(&counts.reloads),
                 timeout,
-            )),
+            ))),
             Conn::Cluster(_) => None,
         };
         let member = format!(
@@ -676,8 +743,9 @@ impl Builder {
         );
         let store = RedisStore {
             inner: Arc::new(Inner {
-                conn,
-                batcher,
+                conn: RwLock::new(conn),
+                batcher: RwLock::new(batcher),
+                follow,
                 timeout,
                 fault,
                 breaker: Breaker::new(breaker_failures, breaker_cool_down),
@@ -718,9 +786,13 @@ enum Conn {
 }
 
 struct Inner {
-    conn: Conn,
+    /// The connection: swapped when Sentinel names another master.
+    conn: RwLock<Conn>,
     /// Sends decisions in batches (a single Redis only).
-    batcher: Option<batch::Batcher>,
+    batcher: RwLock<Option<Arc<batch::Batcher>>>,
+    /// Redis Sentinel, to ask for the master again when it fails.
+    #[cfg_attr(not(feature = "sentinel"), allow(dead_code))]
+    follow: Option<FollowMaster>,
     timeout: Duration,
     fault: Fault,
     breaker: Breaker,
@@ -735,7 +807,29 @@ struct Inner {
     member: String,
 }
 
+/// Redis Sentinel, followed (feature `sentinel`).
+#[cfg(feature = "sentinel")]
+type FollowMaster = sentinel::Follow;
+#[cfg(not(feature = "sentinel"))]
+type FollowMaster = std::convert::Infallible;
+
 impl Inner {
+    /// The connection now.
+    fn conn(&self) -> Conn {
+        self.conn
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The batcher now (a single Redis only).
+    fn batcher(&self) -> Option<Arc<batch::Batcher>> {
+        self.batcher
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Tells Redis this store is alive, and counts the fleet. A failure
     /// keeps the last count.
     async fn heartbeat(&self) {
@@ -743,7 +837,7 @@ impl Inner {
         let ttl = FLEET_TTL.as_millis().to_string();
         let args = [self.member.as_str(), ttl.as_str()];
         let reply = tokio::time::timeout(self.timeout.max(Duration::from_millis(250)), async {
-            match self.conn.clone() {
+            match self.conn() {
                 Conn::One(mut conn) => {
                     batch::eval_one(&mut conn, FLEET, &sha, &self.fleet_key, &args[..]).await
                 }
@@ -778,11 +872,7 @@ impl Drop for Inner {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (conn, key, member) = (
-            self.conn.clone(),
-            self.fleet_key.clone(),
-            self.member.clone(),
-        );
+        let (conn, key, member) = (self.conn(), self.fleet_key.clone(), self.member.clone());
         runtime.spawn(async move {
             let mut zrem = redis::cmd("ZREM");
             zrem.arg(&key).arg(&member);
@@ -888,6 +978,7 @@ impl RedisStore {
             max_keys: 100_000,
             tls: Tls::default(),
             clock: None,
+            master: None,
         }
     }
 
@@ -902,6 +993,30 @@ impl RedisStore {
     {
         let mut builder = Self::builder(String::new());
         builder.nodes = nodes.into_iter().map(Into::into).collect();
+        builder
+    }
+
+    /// A builder for a store in the master a Redis Sentinel deployment
+    /// serves as `master_name`, given some of its sentinels
+    /// (`redis://host:26379/`; their own credentials in their URLs). The
+    /// store asks the sentinels for the master when connecting, and again
+    /// whenever the master fails (its circuit opens, or it answers
+    /// `READONLY` after a failover): decisions follow the master that
+    /// Sentinel promotes. The master's credentials:
+    /// [`master_credentials`](Builder::master_credentials). Feature
+    /// `sentinel`.
+    #[cfg(feature = "sentinel")]
+    pub fn sentinel_builder<I, S>(sentinels: I, master_name: impl Into<String>) -> Builder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut builder = Self::builder(String::new());
+        builder.nodes = sentinels.into_iter().map(Into::into).collect();
+        builder.master = Some(Master {
+            name: master_name.into(),
+            ..Master::default()
+        });
         builder
     }
 
@@ -1003,7 +1118,13 @@ impl RedisStore {
             }
             Err(e) => {
                 inner.counts.failures.fetch_add(1, Ordering::Relaxed);
-                inner.breaker.failure(e);
+                let opened = inner.breaker.failure(e);
+                #[cfg(feature = "sentinel")]
+                if opened || e.is_read_only() {
+                    sentinel::follow(&self.inner);
+                }
+                #[cfg(not(feature = "sentinel"))]
+                let _ = opened;
             }
         }
         result
@@ -1021,7 +1142,7 @@ impl RedisStore {
             Script::Read => (&*self.inner.sha.code[2], &self.inner.sha.read),
         };
         let reloads = &self.inner.counts.reloads;
-        match self.inner.conn.clone() {
+        match self.inner.conn() {
             Conn::One(mut conn) => {
                 batch::eval_script(&mut conn, code, sha, key, args, reloads).await
             }
@@ -1039,7 +1160,7 @@ impl RedisStore {
         args: Vec<u8>,
         dimensions: usize,
     ) -> Result<Vec<redis::Value>, StoreError> {
-        if let Some(batcher) = &self.inner.batcher {
+        if let Some(batcher) = self.inner.batcher() {
             return batcher.decide(key, args, dimensions).await;
         }
         let values = self
@@ -1605,6 +1726,13 @@ impl StoreError {
         Self::new(StoreErrorKind::Redis, error.to_string())
     }
 
+    /// Redis refused a write because it is a replica now (`READONLY`):
+    /// after a failover, the old master.
+    #[cfg(feature = "sentinel")]
+    fn is_read_only(&self) -> bool {
+        self.kind == StoreErrorKind::Redis && self.message.contains("READONLY")
+    }
+
     fn values(reply: &[redis::Value]) -> Self {
         let mut shown = format!("{reply:?}");
         shown.truncate(200);
@@ -1700,7 +1828,8 @@ impl Breaker {
         was_open || was_failing
     }
 
-    fn failure(&self, error: &StoreError) {
+    /// A call failed; whether the circuit opened (again) now.
+    fn failure(&self, error: &StoreError) -> bool {
         let failures = self
             .failures
             .fetch_add(1, Ordering::Relaxed)
@@ -1719,6 +1848,8 @@ impl Breaker {
                     "the Redis rate limit store keeps failing: circuit open"
                 );
             }
+            return true;
         }
+        false
     }
 }

@@ -281,3 +281,70 @@ impl RedisCluster {
         self.wait_ok();
     }
 }
+
+/// A Redis Sentinel of the test's own (`redis-server --sentinel`), on a
+/// free loopback port, watching one master as `name`, quick to fail over
+/// (a master is down after 1 s without an answer). Stopped when dropped.
+#[derive(Debug)]
+pub struct RedisSentinel {
+    server: RedisServer,
+}
+
+impl RedisSentinel {
+    /// Starts a sentinel watching the master at `master_port` as `name`.
+    pub fn start(name: &str, master_port: u16) -> Self {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("tollgate-sentinel-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temporary directory");
+        let config = dir.join("sentinel.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\n\
+                 sentinel resolve-hostnames no\n\
+                 sentinel monitor {name} 127.0.0.1 {master_port} 1\n\
+                 sentinel down-after-milliseconds {name} 1000\n\
+                 sentinel failover-timeout {name} 5000\n\
+                 sentinel parallel-syncs {name} 1\n",
+                dir.display()
+            ),
+        )
+        .expect("write sentinel.conf");
+        let mut server = RedisServer {
+            child: None,
+            extra: Vec::new(),
+            port,
+            dir,
+        };
+        let child = Command::new("redis-server")
+            .arg(&config)
+            .arg("--sentinel")
+            .current_dir(&server.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start redis-server --sentinel ({e})"));
+        server.child = Some(child);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the sentinel did not start on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { server }
+    }
+
+    /// Its URL, `redis://127.0.0.1:PORT/`.
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    /// Runs `redis-cli` against the sentinel.
+    pub fn cli(&self, args: &[&str]) -> String {
+        self.server.cli(args)
+    }
+}
