@@ -21,12 +21,14 @@ async fn redis_store_keeps_the_contract() {
             RedisStore::builder(url)
                 .prefix(prefix)
                 .timeout(Duration::from_secs(2))
+                .limits_ttl(Duration::from_secs(2))
                 .connect()
                 .await
                 .expect("connect to the test's redis-server")
         }
     })
     .slack(Duration::from_millis(250))
+    .limits_ttl(Duration::from_secs(2))
     .run()
     .await;
     assert_eq!(server.cli(&["PING"]), "PONG");

@@ -145,7 +145,7 @@ pub mod store {
     pub use crate::budget::transition;
     pub use crate::budget::{
         Admit, Change, Decision, DirectStore, DirectStoreError, MemoryStore, Refusal, Store,
-        StoreStats, SyncStore, View,
+        StoreStats, SyncStore, View, DEFAULT_LIMITS_TTL,
     };
 }
 pub use clock::{Clock, DefaultClock, FastClock, ManualClock, TokioClock};

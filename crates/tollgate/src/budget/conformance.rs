@@ -50,6 +50,7 @@ use crate::{Quota, Snapshot};
 pub struct Suite<F> {
     make: F,
     slack: Duration,
+    limits_ttl: Duration,
 }
 
 /// Runs the whole suite with exact figures (for a store on Tokio's clock,
@@ -89,7 +90,19 @@ where
         Self {
             make,
             slack: Duration::ZERO,
+            limits_ttl: crate::store::DEFAULT_LIMITS_TTL,
         }
+    }
+
+    /// How long the stores `make` makes keep a key's own limits after they
+    /// were last set (default a day, [`DEFAULT_LIMITS_TTL`]): the suite
+    /// waits that long to see them lapse, so a store on a real clock is
+    /// given a short one.
+    ///
+    /// [`DEFAULT_LIMITS_TTL`]: crate::store::DEFAULT_LIMITS_TTL
+    pub fn limits_ttl(mut self, ttl: Duration) -> Self {
+        self.limits_ttl = ttl;
+        self
     }
 
     /// How far any duration the store answers may be off (default zero):
@@ -159,6 +172,9 @@ where
         )
         .refund_in_pause()
         .await;
+        Check::new("own limits lapse", (self.make)().await, slack)
+            .limits_lapse(self.limits_ttl)
+            .await;
         Check::new("give back", (self.make)().await, slack)
             .give_back()
             .await;
@@ -737,6 +753,38 @@ impl<S: Store<String> + 'static> Check<S> {
             ));
         }
         self.near("the next, when the pause ends", next.wait, secs(30));
+    }
+
+    /// A key's own limit, set then learnt, lasts `ttl` after it was last
+    /// set; then the default applies again.
+    async fn limits_lapse(&self, ttl: Duration) {
+        let q = [per_hour(10)];
+        self.adjust("lapse", &q, &[Change::Limit(per_hour(5))])
+            .await;
+        let half = ttl / 2;
+        tokio::time::sleep(half).await;
+        // Set again (learnt): it lasts `ttl` from now.
+        self.adjust(
+            "lapse",
+            &q,
+            &[Change::Observe {
+                limit: 7,
+                remaining: 7,
+            }],
+        )
+        .await;
+        tokio::time::sleep(half + self.slack).await;
+        self.equal(
+            "the learnt limit, a full ttl after the first was set",
+            self.read("lapse", &q).await.limits,
+            vec![per_hour(7)],
+        );
+        tokio::time::sleep(ttl - half + self.slack).await;
+        self.equal(
+            "the default, once the learnt limit lapsed",
+            self.read("lapse", &q).await.limits,
+            vec![per_hour(10)],
+        );
     }
 
     async fn give_back(&self) {

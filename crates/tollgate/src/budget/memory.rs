@@ -69,7 +69,13 @@ pub struct MemoryStore<C: Clock = DefaultClock> {
     max_per_shard: usize,
     hasher: Fingerprints,
     clock: C,
+    /// How long a key's own limits last after they were last set.
+    limits_ttl: u64,
 }
+
+/// How long a key's own or learnt limits last after they were last set,
+/// unless a store is told otherwise: a day.
+pub const DEFAULT_LIMITS_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// The keyed fingerprint of a key: SipHash-1-3, as std's `RandomState`,
 /// with keys drawn from it. A key that writes one `u64` (an IPv4 address,
@@ -201,6 +207,8 @@ struct Extra {
     until: u64,
     /// Its pause extensions, added up.
     held: u64,
+    /// When its own limits lapse (`limits_ttl` after they were last set).
+    lapses: u64,
     /// Its dimensions, for the sweep to find its TATs.
     dims: u8,
 }
@@ -268,7 +276,17 @@ impl<C: Clock> MemoryStore<C> {
             max_per_shard,
             hasher: Fingerprints::new(),
             clock,
+            limits_ttl: duration_to_nanos(DEFAULT_LIMITS_TTL),
         }
+    }
+
+    /// How long a key's own or learnt limits last after they were last set
+    /// (default [`DEFAULT_LIMITS_TTL`], a day); then its defaults apply
+    /// again. The store contract's `limits_ttl`, as the Redis store's.
+    #[must_use]
+    pub fn with_limits_ttl(mut self, ttl: Duration) -> Self {
+        self.limits_ttl = duration_to_nanos(ttl).max(1);
+        self
     }
 
     /// The clock the store reads.
@@ -446,6 +464,7 @@ impl<C: Clock> MemoryStore<C> {
                 Change::Limit(q) => {
                     *own = Some(q);
                     *quota = q;
+                    extra.lapses = now.saturating_add(self.limits_ttl);
                 }
                 Change::Unlimit => {
                     *own = None;
@@ -455,6 +474,7 @@ impl<C: Clock> MemoryStore<C> {
                     if let Some(learnt) = transition::learn(quota, limit) {
                         *own = Some(learnt);
                         *quota = learnt;
+                        extra.lapses = now.saturating_add(self.limits_ttl);
                     }
                 }
                 _ => {}
@@ -560,6 +580,10 @@ impl Shard {
             *slot = *quota;
         }
         let mut extra = self.extras.get(&dims.fp).copied().unwrap_or_default();
+        if extra.lapses <= now && extra.has_limits() {
+            // Its own limits lapsed: the defaults apply again.
+            extra.limits = [None; MAX_DIMENSIONS];
+        }
         if extra.held > 0 && !extra.has_limits() && extra.until <= now {
             let stored = usize::from(extra.dims).max(dims.len);
             let empty = (0..stored).all(|i| {
@@ -615,8 +639,9 @@ impl Shard {
                 table.find(dim_fp).is_none_or(|at| table.tat_at(at) <= now)
             })
         };
-        self.extras
-            .retain(|&fp, e| e.has_limits() || e.until > now || !mask_free(fp, e.dims));
+        self.extras.retain(|&fp, e| {
+            e.has_limits() && e.lapses > now || e.until > now || !mask_free(fp, e.dims)
+        });
         self.sweep_at = self.extras.len().saturating_mul(2).max(EXTRAS_BEFORE_SWEEP);
     }
 

@@ -25,6 +25,12 @@ use crate::{Quota, Snapshot};
 ///   caller's favour).
 /// - **Limits.** `limits` is the limiter's default for each dimension; a
 ///   key with limits of its own in the store is decided by those instead.
+/// - **Own limits lapse.** A key's own limits (set with [`Change::Limit`]
+///   or learnt with [`Change::Observe`]) last the store's `limits_ttl`
+///   after they were last set
+///   ([`DEFAULT_LIMITS_TTL`](crate::store::DEFAULT_LIMITS_TTL), a day, unless the
+///   store is told otherwise); then the defaults apply again. A store may
+///   forget them sooner only when it evicts the key at its cap.
 /// - **Pauses are state of the key.** A pause that starts while another is
 ///   in force extends it to the later end; reservations already made move
 ///   back by that extension only, and the store counts every extension in
