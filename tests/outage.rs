@@ -6,7 +6,6 @@
 //! On the real clock: the faults are injected at wall-clock instants, and
 //! every bound is generous.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -14,28 +13,9 @@ use tollgate_cli::batch::{self, BatchConfig, Output, Signal, Summary};
 use tollgate_cli::mock::{self, MockConfig, Style};
 use tollgate_redis::testing::RedisServer;
 
+mod support;
+
 const RPM: u64 = 1_200;
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tollgate-outage-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn write_input(path: &Path, lines: usize) {
-    let lines: Vec<String> = (0..lines)
-        .map(|i| {
-            serde_json::json!({
-                "model": "mock-1",
-                "max_tokens": 16,
-                "messages": [{"role": "user", "content": format!("line {i}")}]
-            })
-            .to_string()
-        })
-        .collect();
-    std::fs::write(path, lines.join("\n") + "\n").unwrap();
-}
 
 /// A mock provider of its own limits (in memory: Redis' faults are not
 /// its), answering in 50 to 150 ms.
@@ -59,9 +39,9 @@ where
     F: FnOnce(RedisServer) -> RedisServer + Send + 'static,
 {
     let url = start_mock().await;
-    let dir = scratch(name);
+    let dir = support::scratch("outage", name);
     let input = dir.join("in.jsonl");
-    write_input(&input, lines);
+    support::write_requests(&input, lines, 16, |i| format!("line {i}"));
     let output = dir.join("out.jsonl");
     let mut config = BatchConfig::new(input, Output::File(output.clone()), url.parse().unwrap());
     config.redis = Some(redis.url());

@@ -13,28 +13,17 @@ use tollgate_cli::batch::{self, BatchConfig, Output, Signal};
 use tollgate_cli::mock::{self, MockConfig, Style};
 use tollgate_redis::testing::RedisServer;
 
+mod support;
+
 const RPM: u64 = 1_200;
 const LINES: usize = 150;
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tollgate-workers-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    support::scratch("workers", name)
 }
 
 fn write_input(path: &Path, worker: usize) {
-    let lines: Vec<String> = (0..LINES)
-        .map(|i| {
-            serde_json::json!({
-                "model": "mock-1",
-                "max_tokens": 20,
-                "messages": [{"role": "user", "content": format!("worker {worker}, line {i}")}]
-            })
-            .to_string()
-        })
-        .collect();
-    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+    support::write_requests(path, LINES, 20, |i| format!("worker {worker}, line {i}"));
 }
 
 async fn start_mock(redis: &str, port: u16) -> u16 {

@@ -139,9 +139,15 @@ mod sentinel;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-const DECIDE: &str = include_str!("lua/decide.lua");
-const ADJUST: &str = include_str!("lua/adjust.lua");
-const READ: &str = include_str!("lua/read.lua");
+const DECIDE: &str = concat!(
+    include_str!("lua/common.lua"),
+    include_str!("lua/decide.lua")
+);
+const ADJUST: &str = concat!(
+    include_str!("lua/common.lua"),
+    include_str!("lua/adjust.lua")
+);
+const READ: &str = concat!(include_str!("lua/common.lua"), include_str!("lua/read.lua"));
 const FLEET: &str = include_str!("lua/fleet.lua");
 
 /// How often a store tells Redis it is alive, and how long after its last

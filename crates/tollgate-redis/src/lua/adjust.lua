@@ -19,14 +19,7 @@ local fresh = 1
 if v0 then s, fresh = {unpackmp(v0)}, 0 else s = {0, 0, 0, 0} end
 local stored = s[4]
 local own = s[3] > now
-if s[2] > 0 and not own and s[1] <= now then
-  -- A key that carries nothing has no pause extensions either.
-  local empty = true
-  for i = 1, stored do
-    if s[5 * i] > now then empty = false end
-  end
-  if empty then s[2] = 0 end
-end
+s[2] = held_of(s, now)
 -- The tail (decide.lua): kept as it is, after the dimensions.
 local tail, tb = {}, 4 + 5 * stored
 for k = 1, 3 * stored do tail[k] = s[tb + k] or 0 end

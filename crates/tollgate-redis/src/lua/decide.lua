@@ -41,15 +41,7 @@ local function decide(key, blob)
   if v then s, fresh = {unpackmp(v)}, 0 else s, fresh = {0, 0, 0, 0}, 1 end
   local stored = s[4]
   local own = s[3] > now
-  if s[2] > 0 and not own and s[1] <= now then
-    -- A key that carries nothing (its pause over, every dimension full)
-    -- has no pause extensions either: its state is empty.
-    local empty = true
-    for i = 1, stored do
-      if s[5 * i] > now then empty = false end
-    end
-    if empty then s[2] = 0 end
-  end
+  s[2] = held_of(s, now)
   local tb = 4 + 5 * stored
   for i = 1, stored do
     local o = tb + 3 * i

@@ -9,16 +9,7 @@ local v = redis.call('GET', KEYS[1])
 local s
 if v then s = {cmsgpack.unpack(v)} else s = {0, 0, 0, 0} end
 local own = s[3] > now
-local held = s[2]
-if held > 0 and not own and s[1] <= now then
-  -- A key that carries nothing has no pause extensions either.
-  local empty = true
-  for i = 1, s[4] do
-    if s[5 * i] > now then empty = false end
-  end
-  if empty then held = 0 end
-end
-local r = {now, s[1], held}
+local r = {now, s[1], held_of(s, now)}
 for i = 1, n do
   if i <= s[4] then
     r[#r + 1] = s[5 * i]
