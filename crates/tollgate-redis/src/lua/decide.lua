@@ -41,7 +41,7 @@ local function decide(key, blob)
   if v then s, fresh = {unpackmp(v)}, 0 else s, fresh = {0, 0, 0, 0}, 1 end
   local stored = s[4]
   local own = s[3] > now
-  s[2] = held_of(s, now)
+  if s[2] > 0 then s[2] = held_of(s, now) end
   local tb = 4 + 5 * stored
   for i = 1, stored do
     local o = tb + 3 * i
