@@ -309,9 +309,9 @@ impl Local {
         view
     }
 
-    /// Copies what a decision made in Redis told of `key`. Returns the
-    /// changes that give Redis back what it lost, when it answers empty
-    /// for a key this process knew, soon after an outage.
+    /// Copies what a decision made in Redis told of `key`. Returns what
+    /// gives Redis back what it does not know of the key (see
+    /// [`lost`](Self::lost)), when there is any.
     pub(crate) fn copy(
         &self,
         key: &str,
@@ -374,8 +374,8 @@ impl Local {
         self.restore(key, limits, limits.len().min(MAX_DIMENSIONS))
     }
 
-    /// What Redis lost of `key`: its own limits, and at most the room the
-    /// local buckets have (scaled up to the fleet).
+    /// What Redis lost of `key`: its own limits, and for each dimension
+    /// how long until it is full at the soonest, as here.
     fn restore(&self, key: &str, limits: &[Quota], n: usize) -> Option<Restore> {
         let whole = self.in_force(key, limits);
         let mut own = [None; MAX_DIMENSIONS];
