@@ -288,8 +288,12 @@ async fn one_key_two_quotas_the_strictest_applies() {
     println!(
         "10/s and 100/s on one key: {by_strict} + {by_lax} in {elapsed:.2} s (10/s: {limit:.0})"
     );
+    // The strict limit holds for its capacity (1 s) after the strict
+    // process's last admission: starved that long by the other, it may
+    // lapse for a moment, and the lax one admit a little more. Without the
+    // rule the lax process alone would admit about 300.
     assert!(
-        together <= limit + 2.0,
+        together <= 1.5 * limit,
         "{together} admitted, the strict limit allows {limit:.0}"
     );
     assert!(new.redis_stats().stricter > 0, "{:?}", new.redis_stats());
