@@ -388,7 +388,7 @@ impl Secrets {
 /// the client reported.
 fn refused(error: &RedisError, shown: &str, secrets: &Secrets) -> StoreError {
     let code = error.code().unwrap_or("");
-    let message = if error.kind() == redis::ErrorKind::AuthenticationFailed || code == "WRONGPASS" {
+    if error.kind() == redis::ErrorKind::AuthenticationFailed || code == "WRONGPASS" {
         return StoreError::new(
             StoreErrorKind::Auth,
             format!(
@@ -396,29 +396,25 @@ fn refused(error: &RedisError, shown: &str, secrets: &Secrets) -> StoreError {
                  credentials (redis://USER:PASSWORD@host:port/)"
             ),
         );
-    } else if code == "NOAUTH" {
+    }
+    if code == "NOAUTH" {
         return noauth(shown);
-    } else if matches!(
-        error.kind(),
-        redis::ErrorKind::ParseError | redis::ErrorKind::TypeError
-    ) {
-        return StoreError::new(
+    }
+    let (kind, message) = match error.kind() {
+        redis::ErrorKind::ParseError | redis::ErrorKind::TypeError => (
             StoreErrorKind::NotRedis,
-            secrets.scrub(format!(
-                "{shown} did not answer as Redis does: {error}; is the port Redis'?"
-            )),
-        );
-    } else if error.is_timeout() {
-        return StoreError::new(
+            format!("{shown} did not answer as Redis does: {error}; is the port Redis'?"),
+        ),
+        _ if error.is_timeout() => (
             StoreErrorKind::Timeout,
-            secrets.scrub(format!(
-                "{shown} accepted the connection but did not answer in time: is it Redis?"
-            )),
-        );
-    } else {
-        format!("cannot connect to {shown}: {error}")
+            format!("{shown} accepted the connection but did not answer in time: is it Redis?"),
+        ),
+        _ => (
+            StoreErrorKind::Redis,
+            format!("cannot connect to {shown}: {error}"),
+        ),
     };
-    StoreError::new(StoreErrorKind::Redis, secrets.scrub(message))
+    StoreError::new(kind, secrets.scrub(message))
 }
 
 fn noauth(shown: &str) -> StoreError {
@@ -438,7 +434,7 @@ async fn connect_one(
     shown: &str,
     timeout: Duration,
     secrets: &Secrets,
-    scripts: &Shas,
+    scripts: &Scripts,
 ) -> Result<ConnectionManager, StoreError> {
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(timeout.max(Duration::from_millis(250)))
@@ -470,11 +466,12 @@ async fn check_server<C: redis::aio::ConnectionLike>(
     shown: &str,
     timeout: Duration,
     secrets: &Secrets,
-    scripts: &Shas,
+    scripts: &Scripts,
 ) -> Result<(), StoreError> {
     let mut pipe = redis::pipe();
-    for code in &scripts.code {
-        pipe.cmd("SCRIPT").arg("LOAD").arg(&**code);
+    let scripts = [&scripts.decide, &scripts.adjust, &scripts.read];
+    for script in scripts {
+        pipe.cmd("SCRIPT").arg("LOAD").arg(&*script.code);
     }
     let wait = timeout.max(Duration::from_secs(2));
     let loaded: Vec<String> = match tokio::time::timeout(wait, pipe.query_async(conn)).await {
@@ -521,8 +518,12 @@ async fn check_server<C: redis::aio::ConnectionLike>(
         }
         Ok(Ok(loaded)) => loaded,
     };
-    let expected = [&scripts.decide, &scripts.adjust, &scripts.read];
-    if loaded.len() != expected.len() || loaded.iter().zip(expected).any(|(a, b)| a != b) {
+    if loaded.len() != scripts.len()
+        || loaded
+            .iter()
+            .zip(scripts)
+            .any(|(sha, script)| *sha != script.sha)
+    {
         return Err(StoreError::new(
             StoreErrorKind::NotRedis,
             format!("{shown} did not answer SCRIPT LOAD as Redis does (got {loaded:?})"),
@@ -665,7 +666,7 @@ impl Builder {
                 "invalid limits_ttl {limits_ttl:?}: at least 1 s"
             )));
         }
-        let sha = Shas::new(clock.as_deref());
+        let scripts = Scripts::new(clock.as_deref());
         let mut secrets =
             Secrets::of(std::iter::once(url.as_str()).chain(nodes.iter().map(String::as_str)));
         if let Some(password) = master.as_ref().and_then(|m| m.password.clone()) {
@@ -679,12 +680,12 @@ impl Builder {
             let client = tls.client(&url).map_err(|e| {
                 StoreError::config(secrets.scrub(format!("invalid Redis URL {shown}: {e}")))
             })?;
-            Conn::One(connect_one(client, &shown, timeout, &secrets, &sha).await?)
+            Conn::One(connect_one(client, &shown, timeout, &secrets, &scripts).await?)
         } else if let Some(master) = master {
             #[cfg(feature = "sentinel")]
             {
                 let (manager, sentinel) =
-                    sentinel::connect(&nodes, master, &tls, timeout, &secrets, &sha).await?;
+                    sentinel::connect(&nodes, master, &tls, timeout, &secrets, &scripts).await?;
                 follow = Some(sentinel);
                 Conn::One(manager)
             }
@@ -721,16 +722,14 @@ impl Builder {
                 StoreError::new(StoreErrorKind::Timeout, format!("connecting to {shown}"))
             })?
             .map_err(|e| refused(&e, &shown, &secrets))?;
-            check_server(&mut cluster, &shown, timeout, &secrets, &sha).await?;
+            check_server(&mut cluster, &shown, timeout, &secrets, &scripts).await?;
             Conn::Cluster(cluster)
         };
         let counts = Counts::default();
         let batcher = match &conn {
-            Conn::One(manager) => Some(Arc::new(batch::Batcher::new(
+            Conn::One(manager) => Some(Arc::new(scripts.batcher(
                 manager.clone(),
-                Arc::clone(&sha.code[0]),
-                sha.decide.clone(),
-                Arc::clone(&counts.reloads),
+                &counts.reloads,
                 timeout,
             ))),
             Conn::Cluster(_) => None,
@@ -758,7 +757,7 @@ impl Builder {
                 limits_ttl_ms: u64::try_from(limits_ttl.as_millis()).unwrap_or(u64::MAX),
                 local: fallback::Local::new(max_keys, limits_ttl),
                 counts,
-                sha,
+                scripts,
                 fleet_key: format!("{prefix}:fleet"),
                 member,
             }),
@@ -806,7 +805,7 @@ struct Inner {
     /// What is known here of the keys, to decide with while Redis fails.
     local: fallback::Local,
     counts: Counts,
-    sha: Shas,
+    scripts: Scripts,
     /// The sorted set of the stores sharing this Redis and prefix.
     fleet_key: String,
     /// This store's name in it.
@@ -839,16 +838,16 @@ impl Inner {
     /// Tells Redis this store is alive, and counts the fleet. A failure
     /// keeps the last count.
     async fn heartbeat(&self) {
-        let sha = sha1_hex(FLEET);
+        let (code, sha) = (&*self.scripts.fleet.code, &self.scripts.fleet.sha);
         let ttl = FLEET_TTL.as_millis().to_string();
         let args = [self.member.as_str(), ttl.as_str()];
         let reply = tokio::time::timeout(self.timeout.max(Duration::from_millis(250)), async {
             match self.conn() {
                 Conn::One(mut conn) => {
-                    batch::eval_one(&mut conn, FLEET, &sha, &self.fleet_key, &args[..]).await
+                    batch::eval_one(&mut conn, code, sha, &self.fleet_key, &args[..]).await
                 }
                 Conn::Cluster(mut conn) => {
-                    batch::eval_one(&mut conn, FLEET, &sha, &self.fleet_key, &args[..]).await
+                    batch::eval_one(&mut conn, code, sha, &self.fleet_key, &args[..]).await
                 }
             }
         })
@@ -899,43 +898,82 @@ struct Counts {
     denied: AtomicU64,
     failures: AtomicU64,
     fallbacks: AtomicU64,
-    refused: AtomicU64,
+    failed_closed: AtomicU64,
     stricter: AtomicU64,
     reloads: Arc<AtomicU64>,
 }
 
-struct Shas {
-    decide: String,
-    adjust: String,
-    read: String,
-    /// The scripts' code, as loaded (on Redis' clock, or a test's).
-    code: [Arc<str>; 3],
+/// A script as this store loads it: its code and its SHA-1.
+struct Loaded {
+    code: Arc<str>,
+    sha: String,
 }
 
-impl Shas {
+impl Loaded {
+    fn new(code: impl Into<Arc<str>>) -> Self {
+        let code = code.into();
+        let sha = sha1_hex(&code);
+        Self { code, sha }
+    }
+}
+
+/// The store's scripts.
+struct Scripts {
+    decide: Loaded,
+    adjust: Loaded,
+    read: Loaded,
+    /// The heartbeat's (always on Redis' clock).
+    fleet: Loaded,
+}
+
+impl Scripts {
     /// The scripts, reading the clock from Redis' `TIME`, or from the hash
     /// `clock` (fields `s` and `us`) for tests that set the instant.
     fn new(clock: Option<&str>) -> Self {
-        let code = [DECIDE, ADJUST, READ].map(|code| -> Arc<str> {
+        let on_clock = |code: &str| -> Loaded {
             match clock {
-                None => Arc::from(code),
+                None => Loaded::new(code),
                 Some(key) => {
                     let read = format!(
                         "{{redis.call('HGET', '{key}', 's'), redis.call('HGET', '{key}', 'us')}}"
                     );
-                    Arc::from(
+                    Loaded::new(
                         code.replace("redis.call('TIME')", &read)
                             .replace("call('TIME')", &read),
                     )
                 }
             }
-        });
+        };
         Self {
-            decide: sha1_hex(&code[0]),
-            adjust: sha1_hex(&code[1]),
-            read: sha1_hex(&code[2]),
-            code,
+            decide: on_clock(DECIDE),
+            adjust: on_clock(ADJUST),
+            read: on_clock(READ),
+            fleet: Loaded::new(FLEET),
         }
+    }
+
+    fn get(&self, script: Script) -> &Loaded {
+        match script {
+            Script::Decide => &self.decide,
+            Script::Adjust => &self.adjust,
+            Script::Read => &self.read,
+        }
+    }
+
+    /// A batcher of decisions over `conn`.
+    fn batcher(
+        &self,
+        conn: ConnectionManager,
+        reloads: &Arc<AtomicU64>,
+        timeout: Duration,
+    ) -> batch::Batcher {
+        batch::Batcher::new(
+            conn,
+            Arc::clone(&self.decide.code),
+            self.decide.sha.clone(),
+            Arc::clone(reloads),
+            timeout,
+        )
     }
 }
 
@@ -954,7 +992,7 @@ pub struct RedisStats {
     /// Calls answered with a store failure because Redis failed (failing
     /// closed). The log says when Redis starts failing and when it is
     /// back, once each; this counts every call in between.
-    pub refused: u64,
+    pub failed_closed: u64,
     /// Decisions made with a stricter limit than this process passed:
     /// another process passed it for the same key within its period (a
     /// rolling deploy that changes a limit). See "One key, one quota".
@@ -1052,7 +1090,7 @@ impl RedisStore {
         RedisStats {
             failures: c.failures.load(Ordering::Relaxed),
             fallbacks: c.fallbacks.load(Ordering::Relaxed),
-            refused: c.refused.load(Ordering::Relaxed),
+            failed_closed: c.failed_closed.load(Ordering::Relaxed),
             stricter: c.stricter.load(Ordering::Relaxed),
             reloads: c.reloads.load(Ordering::Relaxed),
             open: self.inner.breaker.is_open(),
@@ -1142,11 +1180,8 @@ impl RedisStore {
         key: &str,
         args: A,
     ) -> Result<Vec<redis::Value>, RedisError> {
-        let (code, sha) = match script {
-            Script::Decide => (&*self.inner.sha.code[0], &self.inner.sha.decide),
-            Script::Adjust => (&*self.inner.sha.code[1], &self.inner.sha.adjust),
-            Script::Read => (&*self.inner.sha.code[2], &self.inner.sha.read),
-        };
+        let loaded = self.inner.scripts.get(script);
+        let (code, sha) = (&*loaded.code, &loaded.sha);
         let reloads = &self.inner.counts.reloads;
         match self.inner.conn() {
             Conn::One(mut conn) => {
@@ -1206,7 +1241,10 @@ impl RedisStore {
                 Ok(())
             }
             Fault::FailClosed => {
-                self.inner.counts.refused.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .counts
+                    .failed_closed
+                    .fetch_add(1, Ordering::Relaxed);
                 Err(error)
             }
         }

@@ -18,7 +18,7 @@ use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServer
 use redis::RedisConnectionInfo;
 
 use crate::{
-    batch, check_scheme, connect_one, redact_url, Conn, Inner, Master, Secrets, Shas, StoreError,
+    check_scheme, connect_one, redact_url, Conn, Inner, Master, Scripts, Secrets, StoreError,
     StoreErrorKind, Tls,
 };
 
@@ -40,7 +40,7 @@ pub(crate) async fn connect(
     tls: &Tls,
     timeout: Duration,
     secrets: &Secrets,
-    scripts: &Shas,
+    scripts: &Scripts,
 ) -> Result<(ConnectionManager, Follow), StoreError> {
     let shown: Vec<String> = sentinels.iter().map(|s| redact_url(s)).collect();
     for (sentinel, shown) in sentinels.iter().zip(&shown) {
@@ -171,16 +171,12 @@ async fn move_to_master(inner: &Inner) -> Result<(), StoreError> {
         &format!("the master {:?} at {address}", follow.name),
         inner.timeout,
         &follow.secrets,
-        &inner.sha,
+        &inner.scripts,
     )
     .await?;
-    let batcher = batch::Batcher::new(
-        manager.clone(),
-        Arc::clone(&inner.sha.code[0]),
-        inner.sha.decide.clone(),
-        Arc::clone(&inner.counts.reloads),
-        inner.timeout,
-    );
+    let batcher = inner
+        .scripts
+        .batcher(manager.clone(), &inner.counts.reloads, inner.timeout);
     *inner.conn.write().unwrap_or_else(PoisonError::into_inner) = Conn::One(manager);
     *inner
         .batcher

@@ -117,7 +117,7 @@ fn failing_closed_logs_once_per_change_of_state_and_counts_the_rest() {
             "every failed call counted: {stats:?}"
         );
         assert!(
-            store.redis_stats().refused >= 101_000,
+            store.redis_stats().failed_closed >= 101_000,
             "{:?}",
             store.redis_stats()
         );
