@@ -10,8 +10,11 @@
 //! One runtime worker; 40,000 decisions a row over 100,000 keys (each
 //! decision admits and writes); one caller, then 64 concurrent callers
 //! sharing the multiplexed connection; three rounds, the rows of a round
-//! in turn, and the median of each row. Also reads `INFO commandstats`
-//! (at most one `EVALSHA` a decision) and Redis' CPU a decision.
+//! in turn, and the median of each row. Each row starts on an empty
+//! server (`FLUSHALL SYNC`): the keys a row leaves, and Redis expiring
+//! them, would otherwise be charged to the rows after it. Also reads
+//! `INFO commandstats` (at most one `EVALSHA` a decision), Redis' CPU a
+//! decision, and this process' CPU a decision (Linux).
 //!
 //! `cargo bench -p tollgate-redis --bench throughput --features testing`
 //! (needs redis-server).
@@ -123,6 +126,17 @@ fn server_cpu(server: &tollgate_redis::testing::RedisServer) -> f64 {
     field("used_cpu_user:") + field("used_cpu_sys:")
 }
 
+/// This process' CPU time so far (user + system), in seconds, where
+/// `/proc` tells it (Linux).
+fn own_cpu() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command's name, which is in parentheses.
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+    // utime and stime, in clock ticks of 1/100 s.
+    Some((ticks(11)? + ticks(12)?) / 100.0)
+}
+
 fn evalsha_calls(server: &tollgate_redis::testing::RedisServer) -> u64 {
     let info = server.cli(&["INFO", "commandstats"]);
     info.lines()
@@ -147,6 +161,7 @@ struct Measured {
     row: Row,
     calls_per_decision: Option<f64>,
     cpu_us: f64,
+    client_cpu_us: Option<f64>,
 }
 
 async fn row(
@@ -156,8 +171,10 @@ async fn row(
     op: impl Fn(usize) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync + 'static,
     scripted: bool,
 ) -> Measured {
+    server.cli(&["FLUSHALL", "SYNC"]);
     let before = evalsha_calls(server);
     let cpu = server_cpu(server);
+    let own = own_cpu();
     let row = measure(name, callers, op).await;
     let decisions = (OPS + 200) as f64;
     let calls = evalsha_calls(server) - before;
@@ -165,6 +182,9 @@ async fn row(
         row,
         calls_per_decision: scripted.then(|| calls as f64 / decisions),
         cpu_us: (server_cpu(server) - cpu) * 1e6 / decisions,
+        client_cpu_us: own
+            .zip(own_cpu())
+            .map(|(before, after)| (after - before) * 1e6 / decisions),
     }
 }
 
@@ -294,8 +314,8 @@ async fn run() {
         rounds.push(rows);
     }
     println!();
-    println!("| case | decisions/s (median of {ROUNDS}) | range | p50 | p99 | EVALSHA a decision | Redis CPU a decision | vs redis_rate | vs SET |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| case | decisions/s (median of {ROUNDS}) | range | p50 | p99 | EVALSHA a decision | Redis CPU a decision | client CPU a decision | vs redis_rate | vs SET |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let per_callers = rounds[0].len() / 2;
     for (index, _) in rounds[0].iter().enumerate() {
         let mut rates: Vec<f64> = rounds.iter().map(|r| r[index].row.per_second).collect();
@@ -311,7 +331,7 @@ async fn run() {
         let redis_rate = median_of(base + 2);
         let last = &rounds[rounds.len() / 2][index];
         println!(
-            "| {} | {:.0} | {:.0}-{:.0} | {:.0} µs | {:.0} µs | {} | {:.1} µs | {:.2}x | {:.2}x |",
+            "| {} | {:.0} | {:.0}-{:.0} | {:.0} µs | {:.0} µs | {} | {:.1} µs | {} | {:.2}x | {:.2}x |",
             last.row.name,
             median,
             rates[0],
@@ -321,6 +341,8 @@ async fn run() {
             last.calls_per_decision
                 .map_or_else(|| "-".to_owned(), |c| format!("{c:.3}")),
             last.cpu_us,
+            last.client_cpu_us
+                .map_or_else(|| "-".to_owned(), |c| format!("{c:.1} µs")),
             median / redis_rate,
             median / set,
         );

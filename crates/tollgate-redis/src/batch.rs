@@ -5,9 +5,11 @@
 //! when several callers decide at once on one connection, their decisions
 //! go to Redis together: the decide script takes any number of keys and
 //! decides them in turn, at one instant of Redis' clock, as if they had
-//! come one after the other. A caller alone is sent at once (nothing
-//! waits for company); callers that come while [`IN_FLIGHT`] calls are
-//! on their way go in the next one.
+//! come one after the other. A caller alone (no call on its way, no one
+//! in line) is sent at once: nothing waits for company. Otherwise it goes
+//! in line, and the line goes in the next call as soon as fewer than
+//! [`IN_FLIGHT`] calls are on their way: Redis then always has the next
+//! call in hand while it runs one, and the calls are large.
 //!
 //! Only for a single Redis: in a Cluster the keys of one script call must
 //! share a slot, so there every decision is a call of its own.
@@ -29,7 +31,7 @@ pub(crate) const HEAD: usize = 8;
 /// Decisions in one script call at most.
 pub(crate) const MAX_BATCH: usize = 128;
 /// Script calls on their way at once.
-const IN_FLIGHT: usize = 2;
+const IN_FLIGHT: usize = 3;
 
 /// One caller's decision: its Redis key, its arguments packed (`n`,
 /// `max_wait`, then per dimension interval, burst, cost), and where its
@@ -83,6 +85,10 @@ impl Batcher {
                 let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
                     return;
                 };
+                // The callers woken by the reply that freed this slot
+                // join the line before it goes: one call, not a call of
+                // one and then the rest.
+                tokio::task::yield_now().await;
                 let mut jobs = Vec::with_capacity(8);
                 jobs.push(first);
                 while jobs.len() < MAX_BATCH {
@@ -119,7 +125,12 @@ impl Batcher {
         args: Vec<u8>,
         dimensions: usize,
     ) -> Result<Vec<Value>, StoreError> {
-        if self.waiting.load(Ordering::Relaxed) == 0 {
+        // Alone: nothing on its way, no one in line. A caller that finds a
+        // call on its way waits for the line even when a slot is free, so
+        // that the slots carry large calls, not one decision each.
+        if self.waiting.load(Ordering::Relaxed) == 0
+            && self.slots.available_permits() == IN_FLIGHT
+        {
             if let Ok(_slot) = Arc::clone(&self.slots).try_acquire_owned() {
                 let mut conn = self.conn.clone();
                 let reply = eval_script(
