@@ -128,8 +128,7 @@ impl Batcher {
         // Alone: nothing on its way, no one in line. A caller that finds a
         // call on its way waits for the line even when a slot is free, so
         // that the slots carry large calls, not one decision each.
-        if self.waiting.load(Ordering::Relaxed) == 0
-            && self.slots.available_permits() == IN_FLIGHT
+        if self.waiting.load(Ordering::Relaxed) == 0 && self.slots.available_permits() == IN_FLIGHT
         {
             if let Ok(_slot) = Arc::clone(&self.slots).try_acquire_owned() {
                 let mut conn = self.conn.clone();

@@ -436,9 +436,10 @@ async fn connect_one(
     secrets: &Secrets,
     scripts: &Scripts,
 ) -> Result<ConnectionManager, StoreError> {
+    // No response timeout of its own: every call through it is bounded by
+    // the store's (one timer a call, not two).
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(timeout.max(Duration::from_millis(250)))
-        .set_response_timeout(timeout)
         .set_number_of_retries(1)
         .set_max_delay(100);
     let wait = timeout.max(Duration::from_secs(2));
