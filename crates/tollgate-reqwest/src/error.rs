@@ -41,14 +41,15 @@ impl RetryLater {
         }
     }
 
-    /// How long the provider (or the local limit) asks to wait;
-    /// `Duration::MAX` when it asked for more than can be represented.
+    /// How long the provider asks to wait; `Duration::MAX` when it asked
+    /// for more than can be represented.
     pub const fn wait(&self) -> Duration {
         self.wait
     }
 
-    /// The status of the response that asked for the wait; `None` when the
-    /// local limit itself would have waited that long.
+    /// The status of the response that asked for the wait; `None` when a
+    /// pause the provider asked for earlier (of this call's endpoint, in
+    /// force when the call came) holds that long.
     pub const fn status(&self) -> Option<StatusCode> {
         self.status
     }
@@ -66,7 +67,7 @@ impl fmt::Display for RetryLater {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.status {
             Some(status) => write!(f, "the provider answered {status} and asks for a wait of ")?,
-            None => write!(f, "the rate limit would hold this call for ")?,
+            None => write!(f, "the provider paused this endpoint for ")?,
         }
         if self.wait == Duration::MAX {
             return write!(

@@ -211,8 +211,10 @@ impl fmt::Display for Endpoint {
 ///   can be cloned: after a 429 until it succeeds (at most
 ///   [`Builder::max_refusals`] in a row), after a 503 or 529 while
 ///   attempts and the retry budget last. `x-should-retry: false` is
-///   obeyed. A wait above [`Builder::max_wait`] (or a `Retry-After` too
-///   large to count) returns [`RetryLater`] at once.
+///   obeyed. A wait the provider asks above [`Builder::max_wait`] (or a
+///   `Retry-After` too large to count) returns [`RetryLater`] at once; a
+///   wait behind this process' own reservations never does (the call
+///   keeps its place as they settle).
 /// - **Other clients on the key**: without a shared store, each endpoint
 ///   reads how far the provider's `remaining` falls against what this
 ///   process spent itself, and from 1.4 clients seen paces at its share of
@@ -450,9 +452,13 @@ impl Builder {
         self
     }
 
-    /// The longest wait the middleware holds a call for, for the provider
-    /// or for the local limit (default 5 minutes); a longer one returns
-    /// [`RetryLater`] at once.
+    /// The longest wait the provider may ask for (default 5 minutes): a
+    /// longer `Retry-After`, or a longer pause in force, returns
+    /// [`RetryLater`] at once. A wait that comes from this process' own
+    /// reservations (the estimates of calls not yet answered) is not
+    /// bounded by it: such a call keeps its place in line and moves
+    /// forward as the calls ahead of it settle to what they cost, so no
+    /// call is returned for an estimate of this process' own.
     #[must_use]
     pub fn max_wait(mut self, max_wait: Duration) -> Self {
         self.settings.max_wait = max_wait;
@@ -851,21 +857,28 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             };
             self.apply(key, state, &in_force).await;
         }
-        match self
-            .budget
-            .acquire_within(key, costs, self.settings.max_wait)
-            .await
-        {
-            Ok(grant) => Ok(grant),
-            Err(denied) if denied.kind() == DeniedKind::RateLimited => {
-                Err(reqwest_middleware::Error::middleware(RetryLater::new(
-                    denied.retry_after().unwrap_or(self.settings.max_wait),
-                    None,
-                    self.settings.max_wait,
-                )))
-            }
-            Err(denied) => Err(reqwest_middleware::Error::middleware(denied)),
+        let max_wait = self.settings.max_wait;
+        let denied = match self.budget.acquire_within(key, costs, max_wait).await {
+            Ok(grant) => return Ok(grant),
+            Err(denied) if denied.kind() == DeniedKind::RateLimited => denied,
+            Err(denied) => return Err(reqwest_middleware::Error::middleware(denied)),
+        };
+        // Further than `max_wait`. A pause the provider asked for that
+        // long returns the call, as documented; a wait that comes from
+        // this process' own reservations (estimates not yet settled) does
+        // not: the call takes its place in line, and moves forward as the
+        // calls ahead of it settle to what they really cost.
+        let paused = self.budget.paused_for(key).await.unwrap_or_default();
+        if paused > max_wait {
+            return Err(reqwest_middleware::Error::middleware(RetryLater::new(
+                paused, None, max_wait,
+            )));
         }
+        tracing::debug!(%key, wait = ?denied.retry_after(), "queued behind this process' own reservations");
+        self.budget
+            .acquire(key, costs)
+            .await
+            .map_err(reqwest_middleware::Error::middleware)
     }
 
     /// Puts per-minute limits in force for an endpoint, with its bursts,

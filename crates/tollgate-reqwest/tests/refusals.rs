@@ -515,3 +515,78 @@ async fn a_classifier_can_make_503_a_refusal_for_rate() {
         assert!(pair[1] - pair[0] >= Duration::from_secs(1), "{arrivals:?}");
     }
 }
+
+/// A wait behind this process' own reservations is not one the provider
+/// asked for: calls whose estimates queue them far beyond `max_wait` keep
+/// their place and go as the calls ahead settle to what they really cost;
+/// none returns `RetryLater`.
+#[tokio::test(start_paused = true)]
+async fn a_wait_behind_own_reservations_keeps_the_call_in_line() {
+    let (url, script) = serve(vec![]).await;
+    // 600 tokens a minute; a call is estimated at 95 (5 in, 90 out) and
+    // costs 5: twenty estimates are 190 s of the limit, their cost 10 s.
+    let client = client(
+        RateLimitMiddleware::builder()
+            .limits(
+                ProviderLimits::new()
+                    .requests_per_minute(6_000)
+                    .tokens_per_minute(600),
+            )
+            .max_wait(Duration::from_secs(10))
+            .build(),
+    );
+    let start = Instant::now();
+    let calls = (0..20).map(|_| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let response = post_body(
+                &client,
+                &url,
+                r#"{"max_tokens":90,"messages":[{"role":"user","content":"x"}]}"#,
+            )
+            .await?;
+            let usage = response.extensions().get::<Usage>().cloned().unwrap();
+            assert!(usage.report(2, 3).await);
+            Ok::<_, reqwest_middleware::Error>(start.elapsed())
+        }
+    });
+    let done = futures_util::future::join_all(calls).await;
+    let mut ends = Vec::new();
+    for result in done {
+        match result {
+            Ok(end) => ends.push(end),
+            Err(error) => panic!("a call was returned: {error}"),
+        }
+    }
+    assert_eq!(script.arrivals.lock().unwrap().len(), 20);
+    // Beyond `max_wait` (the first calls were reserved within it), and
+    // never later than the estimates' own pace (95 tokens at 10 a second).
+    let last = ends.iter().max().copied().unwrap();
+    assert!(last > Duration::from_secs(10), "{ends:?}");
+    assert!(last <= Duration::from_secs(19 * 95 / 10), "{ends:?}");
+}
+
+/// A pause the provider asked for longer than `max_wait` still returns
+/// the calls that meet it, at once.
+#[tokio::test(start_paused = true)]
+async fn a_provider_pause_over_the_ceiling_returns_the_calls_that_meet_it() {
+    let (url, script) = serve(vec![(429, vec![("retry-after", "600")])]).await;
+    let middleware = paced().max_wait(Duration::from_secs(60)).build();
+    let client = client(middleware);
+    let first = post(&client, &url).await.unwrap_err();
+    assert_eq!(
+        RetryLater::from_error(&first).unwrap().wait(),
+        Duration::from_secs(600)
+    );
+    let start = Instant::now();
+    let second = post(&client, &url).await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    let later = RetryLater::from_error(&second).unwrap();
+    assert_eq!(later.wait(), Duration::from_secs(600));
+    assert_eq!(later.status(), None);
+    assert_eq!(
+        script.arrivals.lock().unwrap().len(),
+        1,
+        "the second was not sent"
+    );
+}
