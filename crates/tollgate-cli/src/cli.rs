@@ -97,6 +97,11 @@ struct BatchArgs {
     /// wire may take to finish (and be written).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     grace: Duration,
+    /// How long to go on with no answer but refusals (429, 503, 529):
+    /// then nothing more is sent, and each line not on the wire is
+    /// recorded as `retry_later` (a rerun sends it).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    give_up_after: Duration,
     /// The largest answer body kept (`64MiB`, `500kB`, bytes); a larger one
     /// is recorded as an error, read no further.
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
@@ -286,6 +291,7 @@ fn batch_config(
     config.timeout = args.timeout;
     config.connect_timeout = args.connect_timeout;
     config.grace = args.grace;
+    config.give_up_after = args.give_up_after;
     config.max_body = args.max_body;
     config.progress = !args.quiet;
     config.redis = args.redis;

@@ -71,6 +71,9 @@ fn batch_flags_out_of_range_are_refused_by_name() {
         ("--timeout", "18446744073709551615"),
         ("--connect-timeout", "0"),
         ("--grace", "100000h"),
+        ("--give-up-after", "0s"),
+        ("--give-up-after", "500ms"),
+        ("--give-up-after", "25h"),
         ("--max-body", "0"),
         ("--max-body", "5GiB"),
         ("--max-body", "18446744073709551615GiB"),
@@ -81,6 +84,8 @@ fn batch_flags_out_of_range_are_refused_by_name() {
     }
     assert!(batch(&["--rpm", "1000000000", "--max-in-flight", "10000"]).is_ok());
     assert!(batch(&["--grace", "0s", "--timeout", "24h", "--max-body", "4GiB"]).is_ok());
+    assert!(batch(&["--give-up-after", "1s"]).is_ok());
+    assert!(batch(&["--give-up-after", "24h"]).is_ok());
 }
 
 #[test]
@@ -94,6 +99,7 @@ fn every_flag_at_every_extreme_is_taken_or_refused_without_a_panic() {
         (BATCH, "--timeout"),
         (BATCH, "--connect-timeout"),
         (BATCH, "--grace"),
+        (BATCH, "--give-up-after"),
         (BATCH, "--max-body"),
         (BATCH, "--api-key-env"),
         (&["batch", "--input", "i", "--output", "o"], "--url"),
@@ -249,7 +255,8 @@ proptest! {
     fn any_value_of_any_batch_flag(
         flag in prop::sample::select(vec![
             "--rpm", "--tpm", "--max-in-flight", "--max-attempts", "--timeout",
-            "--connect-timeout", "--grace", "--max-body", "--url", "--api-key-env",
+            "--connect-timeout", "--grace", "--give-up-after", "--max-body", "--url",
+            "--api-key-env",
         ]),
         value in "\\PC{0,40}",
     ) {

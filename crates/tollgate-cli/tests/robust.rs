@@ -421,3 +421,70 @@ fn a_server_error_is_retried_within_the_attempts_and_a_bad_request_is_not() {
     assert_eq!(by_line[&3][0]["ok"], true);
     assert_eq!(provider.received(), 4);
 }
+
+/// A provider that refuses every call: after `--give-up-after` with no
+/// other answer, nothing more is sent, every line ends as a `retry_later`
+/// record, and the summary counts every refusal that came back.
+#[test]
+fn a_provider_that_refuses_forever_ends_in_bounded_time() {
+    let provider = Provider::start();
+    let dir = scratch("refuse-forever");
+    let (input, output) = (dir.join("in.jsonl"), dir.join("out.jsonl"));
+    let lines: Vec<String> = (1..=12).map(|n| line("refuse", n)).collect();
+    write_lines(&input, &lines);
+    let run = Batch::spawn(batch_command(
+        &provider.url(),
+        &input,
+        output.to_str().unwrap(),
+        &["--give-up-after", "3s", "--max-in-flight", "4"],
+    ));
+    let (status, stdout, stderr) = run.finish(BOUND);
+    assert_eq!(status.code(), Some(1), "{stdout}{stderr}");
+    let records = records(&output);
+    assert_eq!(records.len(), 12, "every line is recorded: {records:?}");
+    for record in &records {
+        assert_eq!(record["kind"], "retry_later", "{record}");
+        assert!(
+            record["error"]
+                .as_str()
+                .unwrap()
+                .contains("--give-up-after"),
+            "{record}"
+        );
+    }
+    let refused = provider.received();
+    assert!(refused >= 1);
+    assert!(
+        stdout.contains(&format!("refused (429/503/529): {refused},")),
+        "every refusal counted ({refused} came back): {stdout}"
+    );
+    assert!(stdout.contains("gave up after 3s"), "{stdout}");
+}
+
+/// Stopped by a signal while every call is refused: the summary counts
+/// the refusals of the lines that were never answered.
+#[test]
+fn the_summary_after_a_signal_counts_every_refusal() {
+    let provider = Provider::start();
+    let dir = scratch("refuse-signal");
+    let (input, output) = (dir.join("in.jsonl"), dir.join("out.jsonl"));
+    let lines: Vec<String> = (1..=8).map(|n| line("refuse", n)).collect();
+    write_lines(&input, &lines);
+    let mut run = Batch::spawn(batch_command(
+        &provider.url(),
+        &input,
+        output.to_str().unwrap(),
+        &["--max-in-flight", "4"],
+    ));
+    wait_until("three refusals", BOUND, || provider.received() >= 3);
+    run.signal("TERM");
+    run.wait_for_stderr("no new request is sent", BOUND);
+    let (status, stdout, stderr) = run.finish(BOUND);
+    assert_eq!(status.code(), Some(143), "{stdout}{stderr}");
+    let refused = provider.received();
+    assert!(
+        stdout.contains(&format!("refused (429/503/529): {refused},")),
+        "every refusal counted ({refused} came back): {stdout}"
+    );
+    assert!(records(&output).is_empty());
+}

@@ -78,6 +78,10 @@ pub struct BatchConfig {
     pub connect_timeout: Duration,
     /// After a stop, how long the requests on the wire may take to finish.
     pub grace: Duration,
+    /// How long the run goes on with no answer but refusals (429, 503,
+    /// 529): after it, no request is sent again, and every line not on the
+    /// wire ends as a `retry_later` record (a rerun sends it).
+    pub give_up_after: Duration,
     /// The largest answer body kept, in bytes; a larger one is an error
     /// record, read no further.
     pub max_body: u64,
@@ -101,6 +105,7 @@ impl std::fmt::Debug for BatchConfig {
             .field("timeout", &self.timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("grace", &self.grace)
+            .field("give_up_after", &self.give_up_after)
             .field("max_body", &self.max_body)
             .field("progress", &self.progress)
             .field(
@@ -114,7 +119,8 @@ impl std::fmt::Debug for BatchConfig {
 impl BatchConfig {
     /// The defaults: limits learnt, 64 in flight, 5 attempts, a 10 minute
     /// timeout (LLM answers can be slow), 10 s to connect, 30 s of grace,
-    /// bodies up to 64 MiB, no key, no progress bar.
+    /// giving up after 10 minutes of nothing but refusals, bodies up to 64
+    /// MiB, no key, no progress bar.
     pub fn new(input: impl Into<PathBuf>, output: Output, url: Url) -> Self {
         Self {
             input: input.into(),
@@ -128,6 +134,7 @@ impl BatchConfig {
             timeout: Duration::from_secs(600),
             connect_timeout: Duration::from_secs(10),
             grace: Duration::from_secs(30),
+            give_up_after: Duration::from_secs(600),
             max_body: 64 << 20,
             progress: false,
             redis: None,
@@ -165,6 +172,11 @@ impl BatchConfig {
                 Duration::from_millis(1),
             ),
             ("--grace", self.grace, Duration::ZERO),
+            (
+                "--give-up-after",
+                self.give_up_after,
+                Duration::from_secs(1),
+            ),
         ] {
             if value < least || value > MAX_DURATION {
                 return Err(format!(

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tollgate_reqwest::{Attempts, Endpoint, RetryLater, TooLarge, Usage};
 
 use super::resume;
+use super::stall::Stall;
 use super::stop::Stop;
 
 /// A line of the input to send.
@@ -43,7 +44,6 @@ pub(crate) struct Answer {
     pub(crate) record: Value,
     pub(crate) ok: bool,
     pub(crate) bad: bool,
-    pub(crate) refused: u64,
     pub(crate) retries: u64,
     pub(crate) latency: Option<Duration>,
     pub(crate) endpoint: Option<Endpoint>,
@@ -57,12 +57,25 @@ pub(crate) struct Context {
     pub(crate) max_attempts: u32,
     pub(crate) max_body: u64,
     pub(crate) stop: Stop,
+    pub(crate) stall: Arc<Stall>,
 }
 
 /// Whether a line's request is on the wire (true from the moment the rate
-/// limit admits it until its answer is read, or until it is refused).
+/// limit admits it until its answer is read, or until it is refused), and
+/// how many attempts went out.
 #[derive(Clone)]
-struct Wire(Arc<watch::Sender<bool>>);
+struct Wire(Arc<WireState>);
+
+struct WireState {
+    on: watch::Sender<bool>,
+    attempts: std::sync::atomic::AtomicU32,
+}
+
+impl Wire {
+    fn attempts(&self) -> u32 {
+        self.0.attempts.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
 
 /// The error of a request the gate held back because the run is stopping.
 #[derive(Debug)]
@@ -76,11 +89,29 @@ impl fmt::Display for Stopped {
 
 impl std::error::Error for Stopped {}
 
-/// The last middleware before the network: once the run stops, nothing
-/// more goes out (not even a retry), and it marks each line's request as
-/// on the wire while it is.
+/// The error of a request the gate held back because the run gave up
+/// after nothing but refusals.
+#[derive(Debug)]
+struct GaveUp(Duration);
+
+impl fmt::Display for GaveUp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "no answer but refusals for {} (--give-up-after): not sent; retry later",
+            humantime::format_duration(self.0)
+        )
+    }
+}
+
+impl std::error::Error for GaveUp {}
+
+/// The last middleware before the network: once the run stops, or gives
+/// up, nothing more goes out (not even a retry); it marks each line's
+/// request as on the wire while it is, and counts every refusal.
 pub(crate) struct Gate {
     pub(crate) stop: Stop,
+    pub(crate) stall: Arc<Stall>,
 }
 
 #[async_trait::async_trait]
@@ -94,18 +125,35 @@ impl Middleware for Gate {
         if self.stop.is_stopped() {
             return Err(reqwest_middleware::Error::middleware(Stopped));
         }
+        if self.stall.given_up() {
+            return Err(reqwest_middleware::Error::middleware(GaveUp(
+                self.stall.limit(),
+            )));
+        }
         let wire = extensions.get::<Wire>().cloned();
         if let Some(wire) = &wire {
-            wire.0.send_replace(true);
+            wire.0
+                .attempts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            wire.0.on.send_replace(true);
         }
         let result = next.run(request, extensions).await;
         // A refusal is not an answer to keep: the middleware waits and
         // retries it, and until then the line is not on the wire.
-        let off = result
-            .as_ref()
-            .map_or(true, |r| matches!(r.status().as_u16(), 429 | 503 | 529));
-        if let (true, Some(wire)) = (off, &wire) {
-            wire.0.send_replace(false);
+        let refused = match &result {
+            Ok(response) => {
+                let refused = matches!(response.status().as_u16(), 429 | 503 | 529);
+                if refused {
+                    self.stall.refused();
+                } else {
+                    self.stall.answered();
+                }
+                refused
+            }
+            Err(_) => false,
+        };
+        if let (true, Some(wire)) = (refused || result.is_err(), &wire) {
+            wire.0.on.send_replace(false);
         }
         result
     }
@@ -113,15 +161,51 @@ impl Middleware for Gate {
 
 /// Sends a line and waits for its outcome. When the run stops, a line not
 /// on the wire is dropped at once (its place in the rate limit given back);
-/// one on the wire is waited for until the grace runs out.
+/// one on the wire is waited for until the grace runs out. When the run
+/// gives up (nothing but refusals for `--give-up-after`), a line not on
+/// the wire ends at once as `retry_later`.
 pub(crate) async fn run(context: &Context, line: Line) -> Outcome {
-    let (wire, mut on_wire) = watch::channel(false);
-    let send = send(context, line, Wire(Arc::new(wire)));
+    let (number, hash) = (line.number, line.hash);
+    let started = Instant::now();
+    let (on, mut on_wire) = watch::channel(false);
+    let wire = Wire(Arc::new(WireState {
+        on,
+        attempts: std::sync::atomic::AtomicU32::new(0),
+    }));
+    let send = send(context, line, wire.clone());
     tokio::pin!(send);
-    tokio::select! {
-        biased;
-        outcome = &mut send => return outcome,
-        () = context.stop.stopped() => {}
+    loop {
+        let off_wire = !*on_wire.borrow_and_update();
+        tokio::select! {
+            biased;
+            outcome = &mut send => return outcome,
+            () = context.stop.stopped() => break,
+            () = context.stall.gave_up(), if off_wire => {
+                let record = json!({
+                    "line": number,
+                    "input_sha256": resume::hex(&hash),
+                    "ok": false,
+                    "kind": "retry_later",
+                    "error": GaveUp(context.stall.limit()).to_string(),
+                    "attempts": wire.attempts(),
+                    "latency_ms": millis(started.elapsed()),
+                });
+                return Outcome::Answered(Answer {
+                    record,
+                    ok: false,
+                    bad: false,
+                    retries: u64::from(wire.attempts().saturating_sub(1)),
+                    latency: None,
+                    endpoint: None,
+                });
+            }
+            // On or off the wire: look again.
+            changed = on_wire.changed() => {
+                if changed.is_err() {
+                    return send.await;
+                }
+            }
+        }
     }
     let abandon = context.stop.abandon();
     tokio::pin!(abandon);
@@ -217,7 +301,6 @@ async fn send(context: &Context, line: Line, wire: Wire) -> Outcome {
     let endpoint = Endpoint::new(&context.url, model.as_deref());
     let body = Bytes::from(line.bytes);
     let mut attempts: u32 = 0;
-    let mut refused: u64 = 0;
     let mut failures: u32 = 0;
     loop {
         let mut request = context
@@ -234,8 +317,6 @@ async fn send(context: &Context, line: Line, wire: Wire) -> Outcome {
                 let status = response.status();
                 let took = response.extensions().get::<Attempts>().map_or(1, |a| a.0);
                 attempts = attempts.saturating_add(took);
-                refused += u64::from(took.saturating_sub(1))
-                    + u64::from(matches!(status.as_u16(), 429 | 503 | 529));
                 let usage = response.extensions().get::<Usage>().cloned();
                 // A timeout, a conflict or a server error is retried like a
                 // transport error, within the attempts; what it reserved of
@@ -280,7 +361,6 @@ async fn send(context: &Context, line: Line, wire: Wire) -> Outcome {
                             record,
                             ok,
                             bad: false,
-                            refused,
                             retries: u64::from(attempts - 1),
                             latency: Some(latency),
                             endpoint: Some(endpoint),
@@ -294,7 +374,7 @@ async fn send(context: &Context, line: Line, wire: Wire) -> Outcome {
                             "the answer's body is larger than --max-body ({} bytes); read no further",
                             context.max_body
                         ));
-                        return Outcome::Answered(failed(record, refused, attempts, endpoint));
+                        return Outcome::Answered(failed(record, attempts, endpoint));
                     }
                     Err(BodyError::Transport(error)) => {
                         let kind = if error.is_timeout() {
@@ -310,6 +390,16 @@ async fn send(context: &Context, line: Line, wire: Wire) -> Outcome {
                 if let reqwest_middleware::Error::Middleware(inner) = &error {
                     if inner.is::<Stopped>() {
                         return Outcome::NotSent;
+                    }
+                    if inner.is::<GaveUp>() {
+                        let record = record(json!({
+                            "ok": false,
+                            "kind": "retry_later",
+                            "error": error.to_string(),
+                            "attempts": attempts,
+                            "latency_ms": millis(started.elapsed()),
+                        }));
+                        return Outcome::Answered(failed(record, attempts, endpoint));
                     }
                     attempts = attempts.saturating_add(1);
                     let mut record = record(json!({
@@ -329,7 +419,7 @@ async fn send(context: &Context, line: Line, wire: Wire) -> Outcome {
                     } else {
                         record["kind"] = json!("transport");
                     }
-                    return Outcome::Answered(failed(record, refused, attempts, endpoint));
+                    return Outcome::Answered(failed(record, attempts, endpoint));
                 }
                 attempts = attempts.saturating_add(1);
                 let kind = if error.is_timeout() {
@@ -357,19 +447,18 @@ async fn send(context: &Context, line: Line, wire: Wire) -> Outcome {
                 "attempts": attempts,
                 "latency_ms": millis(started.elapsed()),
             }));
-            return Outcome::Answered(failed(record, refused, attempts, endpoint));
+            return Outcome::Answered(failed(record, attempts, endpoint));
         }
         failures += 1;
         tokio::time::sleep(backoff(failures)).await;
     }
 }
 
-fn failed(record: Value, refused: u64, attempts: u32, endpoint: Endpoint) -> Answer {
+fn failed(record: Value, attempts: u32, endpoint: Endpoint) -> Answer {
     Answer {
         record,
         ok: false,
         bad: false,
-        refused,
         retries: u64::from(attempts.saturating_sub(1)),
         latency: None,
         endpoint: Some(endpoint),
@@ -381,7 +470,6 @@ fn bad(record: impl FnOnce(Value) -> Value, error: &str) -> Outcome {
         record: record(json!({"ok": false, "kind": "bad_input", "error": error})),
         ok: false,
         bad: true,
-        refused: 0,
         retries: 0,
         latency: None,
         endpoint: None,

@@ -19,6 +19,7 @@
 mod config;
 mod line;
 mod resume;
+mod stall;
 mod stop;
 mod summary;
 
@@ -45,6 +46,7 @@ pub use summary::Summary;
 
 use line::{Context, Gate, Line, Outcome};
 use resume::Earlier;
+use stall::Stall;
 use stop::{Reason, Stop};
 
 /// Lines read ahead of the requests, and records queued for the writer.
@@ -139,7 +141,13 @@ pub async fn run(
             )
         }
     };
-    let client = client.with(Gate { stop: stop.clone() }).build();
+    let stall = Arc::new(Stall::new(config.give_up_after));
+    let client = client
+        .with(Gate {
+            stop: stop.clone(),
+            stall: Arc::clone(&stall),
+        })
+        .build();
     let context = Arc::new(Context {
         client,
         url: config.url.clone(),
@@ -147,6 +155,7 @@ pub async fn run(
         max_attempts: config.max_attempts,
         max_body: config.max_body,
         stop: stop.clone(),
+        stall: Arc::clone(&stall),
     });
 
     let listener = {
@@ -239,7 +248,6 @@ pub async fn run(
                 summary.failed += 1;
             }
             summary.bad_lines += u64::from(answer.bad);
-            summary.refused += answer.refused;
             summary.retries += answer.retries;
             if let Some(latency) = answer.latency {
                 summary
@@ -252,7 +260,8 @@ pub async fn run(
             bar.inc(1);
             bar.set_message(format!(
                 "failed {}, refused {}",
-                summary.failed, summary.refused
+                summary.failed,
+                stall.refusals()
             ));
         }
         drop(records_tx);
@@ -268,6 +277,9 @@ pub async fn run(
     bar.finish_and_clear();
 
     summary.elapsed = start.elapsed();
+    // Every refusal, those of lines that never got an answer included.
+    summary.refused = stall.refusals();
+    summary.gave_up = stall.given_up().then(|| stall.limit());
     summary.lines = read.lines;
     summary.already_done = read.already_done;
     summary.unmatched = read.unmatched;

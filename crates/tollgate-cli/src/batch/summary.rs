@@ -29,8 +29,13 @@ pub struct Summary {
     pub left: u64,
     /// Of those, requests abandoned on the wire.
     pub abandoned: u64,
-    /// Attempts answered 429, 503 or 529 (retried, or returned).
+    /// Attempts answered 429, 503 or 529 (retried, or returned), those of
+    /// lines that were not answered in the end included.
     pub refused: u64,
+    /// When the run gave up after nothing but refusals for this long
+    /// (`--give-up-after`): the lines it did not send are `retry_later`
+    /// records.
+    pub gave_up: Option<Duration>,
     /// Attempts beyond the first.
     pub retries: u64,
     /// From the first request to the last answer.
@@ -82,6 +87,13 @@ impl Summary {
                 out,
                 "stopped by {signal}: {} lines left to send ({} abandoned on the wire); run again to send them",
                 self.left, self.abandoned
+            );
+        }
+        if let Some(limit) = self.gave_up {
+            let _ = writeln!(
+                out,
+                "gave up after {} with no answer but refusals: the lines not sent are recorded as retry_later; run again to send them",
+                humantime::format_duration(limit)
             );
         }
         if self.unmatched > 0 {

@@ -194,6 +194,14 @@ async fn answer(State(shared): State<Arc<Shared>>, body: String) -> Response {
                     .into_response();
             }
         }
+        "refuse" => {
+            return (
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", "1")],
+                "{\"error\":{\"message\":\"Rate limit reached\"}}",
+            )
+                .into_response()
+        }
         "invalid" => {
             return (
                 axum::http::StatusCode::BAD_REQUEST,
