@@ -488,3 +488,29 @@ fn the_summary_after_a_signal_counts_every_refusal() {
     );
     assert!(records(&output).is_empty());
 }
+
+/// `https://` goes through rustls with its `ring` provider: the client
+/// starts, and a port that refuses the connection is a transport error
+/// record, not a failure to start.
+#[test]
+fn an_https_url_starts_the_tls_client() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = scratch("https");
+    let (input, output) = (dir.join("in.jsonl"), dir.join("out.jsonl"));
+    write_lines(&input, &[line("ok", 1)]);
+    let run = Batch::spawn(batch_command(
+        &format!("https://127.0.0.1:{port}/v1/chat/completions"),
+        &input,
+        output.to_str().unwrap(),
+        &["--max-attempts", "1", "--rpm", "60"],
+    ));
+    let (status, stdout, stderr) = run.finish(BOUND);
+    assert_eq!(status.code(), Some(1), "{stdout}{stderr}");
+    let records = records(&output);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["kind"], "transport", "{}", records[0]);
+}

@@ -117,6 +117,11 @@ pub async fn run(
         .max_attempts(config.max_attempts)
         // A batch runs against one known provider for minutes: pace at 98%.
         .headroom(0.02);
+    // rustls' cryptography: `ring`, which builds in seconds (reqwest's
+    // default, aws-lc, compiles C for minutes). Installed for the process
+    // unless one already is.
+    #[cfg(feature = "tls")]
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::builder()
         .timeout(config.timeout)
         .connect_timeout(config.connect_timeout)
