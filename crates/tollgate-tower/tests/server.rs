@@ -406,3 +406,47 @@ async fn per_key_concurrency_limit() {
     assert_eq!(other.await.unwrap(), 200);
     assert_eq!(layer.in_flight(), 0);
 }
+
+/// Shadow mode: every request goes through and carries the fields as if
+/// the limit were enforced; those it would have refused are counted, and
+/// spend nothing.
+#[tokio::test]
+async fn shadow_mode_refuses_no_one_and_counts_who_would_be() {
+    let clock = ManualClock::new();
+    let layer = RateLimitLayer::builder(Quota::per_minute(3).unwrap())
+        .key(PeerIp::new())
+        .wait_up_to(Duration::from_secs(60))
+        .shadow(true)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let addr = serve(hello().layer(layer.clone())).await;
+    let mut a = Client::connect("127.0.0.1", addr).await;
+    let mut fields = Vec::new();
+    for _ in 0..6 {
+        let answer = a.get("/", &[]).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body, "hello");
+        assert!(answer.headers.get("retry-after").is_none());
+        fields.push(answer.header("ratelimit").to_owned());
+    }
+    assert_eq!(
+        fields,
+        [
+            r#""default";r=2;t=20"#,
+            r#""default";r=1;t=40"#,
+            r#""default";r=0;t=60"#,
+            r#""default";r=0;t=60"#,
+            r#""default";r=0;t=60"#,
+            r#""default";r=0;t=60"#,
+        ]
+    );
+    assert_eq!(layer.shadowed(), 3);
+    let stats = layer.limiter().stats();
+    assert_eq!((stats.admitted, stats.denied), (3, 3));
+    // Nothing spent by the three: the next unit is due 20 s after the third.
+    clock.advance(Duration::from_secs(20));
+    let answer = a.get("/", &[]).await;
+    assert_eq!(answer.header("ratelimit"), r#""default";r=0;t=60"#);
+    assert_eq!(layer.shadowed(), 3);
+}

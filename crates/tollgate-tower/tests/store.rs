@@ -166,3 +166,27 @@ async fn a_failing_store_is_answered_503_with_retry_after() {
     assert_eq!(rejection.kind(), RejectionKind::Unavailable);
     let _ = DeniedKind::StoreFailed;
 }
+
+/// Shadow mode over a store that answers late: the same fields as when
+/// enforced, every answer 200, the refusals it would have made counted;
+/// a store that fails refuses no one either.
+#[tokio::test(start_paused = true)]
+async fn shadow_mode_over_a_late_store() {
+    let quota: Quota = "2/min".parse().unwrap();
+    let builder = || RateLimitLayer::builder(quota).key(HeaderKey::new("x-api-key").unwrap());
+    let enforced = answers(builder().store(late(false)).build().unwrap()).await;
+    let layer = builder().store(late(false)).shadow(true).build().unwrap();
+    let shadowed = answers(layer.clone()).await;
+    for (enforced, shadowed) in enforced.iter().zip(&shadowed) {
+        assert_eq!(shadowed.0, 200);
+        assert_eq!(shadowed.1, enforced.1, "the same RateLimit field");
+        assert_eq!(shadowed.2, "", "no Retry-After");
+    }
+    assert_eq!(layer.shadowed(), 2);
+
+    let failing = builder().store(late(true)).shadow(true).build().unwrap();
+    let service = failing.clone().layer(service_fn(ok));
+    let response = service.oneshot(request("a")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(failing.shadowed(), 1);
+}

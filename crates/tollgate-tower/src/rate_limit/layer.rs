@@ -244,6 +244,10 @@ pub(super) struct Shared<K, C, R, S> {
     pub(super) max_wait: Option<Duration>,
     pub(super) style: HeaderStyle,
     pub(super) keys: KeyRules,
+    /// Shadow mode: decide and count, refuse and delay nothing.
+    pub(super) shadow: bool,
+    /// Requests shadow mode let through that the limit would have refused.
+    pub(super) shadowed: std::sync::atomic::AtomicU64,
 }
 
 /// Rate-limits the requests of the service it wraps.
@@ -336,6 +340,8 @@ impl<K, C, R, S> RateLimitLayer<K, C, R, S> {
                 max_wait: builder.max_wait,
                 style,
                 keys: builder.keys,
+                shadow: builder.shadow,
+                shadowed: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -347,6 +353,15 @@ impl<K, C, R, S> RateLimitLayer<K, C, R, S> {
     /// global limit is [`Key::global`]).
     pub fn limiter(&self) -> &KeyedLimiter<Key, S> {
         &self.shared.limiter
+    }
+
+    /// The requests that [shadow mode](RateLimitBuilder::shadow) let
+    /// through though the limit would have refused them (0 when the mode
+    /// is off).
+    pub fn shadowed(&self) -> u64 {
+        self.shared
+            .shadowed
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -373,6 +388,7 @@ pub struct RateLimitBuilder<K = Global, C = One, R = DefaultRejector, S = LayerS
     max_keys: usize,
     clock: LayerClock,
     store: S,
+    shadow: bool,
 }
 
 impl<K: fmt::Debug, C: fmt::Debug, R: fmt::Debug, S> fmt::Debug for RateLimitBuilder<K, C, R, S> {
@@ -402,6 +418,7 @@ impl RateLimitBuilder {
             legacy: false,
             keys: KeyRules::default(),
             max_keys: tollgate::DEFAULT_MAX_KEYS,
+            shadow: false,
             clock: LayerClock::default_clock(),
             store: LayerStore::new(
                 quota,
@@ -465,6 +482,7 @@ impl<K, C, R, S> RateLimitBuilder<K, C, R, S> {
             max_keys: self.max_keys,
             clock: self.clock,
             store,
+            shadow: self.shadow,
         }
     }
 
@@ -508,6 +526,34 @@ impl<K, C, R, S> RateLimitBuilder<K, C, R, S> {
     #[must_use]
     pub fn wait_up_to(mut self, max_wait: Duration) -> Self {
         self.max_wait = Some(max_wait);
+        self
+    }
+
+    /// Shadow mode, to roll a limit out without refusing anyone: every
+    /// request is decided and counted as if the limit were enforced, and
+    /// every one goes through at once (none is refused, none waits, a
+    /// store that fails refuses none). The answers carry the `RateLimit`
+    /// fields as if enforced (where they are on); a request the limit
+    /// would have refused is counted in [`RateLimitLayer::shadowed`] and
+    /// in a `debug` event (target `tollgate_tower::shadow`), the first
+    /// one also at `info`. As when enforced, a request that would have
+    /// been refused spends nothing.
+    ///
+    /// ```
+    /// use tollgate::Quota;
+    /// use tollgate_tower::RateLimitLayer;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let trial = RateLimitLayer::builder(Quota::per_minute(600)?)
+    ///     .shadow(true)
+    ///     .build()?;
+    /// assert_eq!(trial.shadowed(), 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn shadow(mut self, on: bool) -> Self {
+        self.shadow = on;
         self
     }
 

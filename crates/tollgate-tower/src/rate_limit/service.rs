@@ -4,6 +4,7 @@
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -63,6 +64,31 @@ impl<S, K, C, R, St> RateLimit<S, K, C, R, St> {
     /// The wrapped service, unwrapped.
     pub fn into_inner(self) -> S {
         self.inner
+    }
+}
+
+impl<K, C, R, St> Shared<K, C, R, St> {
+    /// Shadow mode met a request the limit would have refused: counted,
+    /// the first logged at `info`, each at `debug`.
+    fn shadowed(&self, key: &Key, cost: u64, denied: &Denied) {
+        let before = self
+            .shadowed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if before == 0 {
+            tracing::info!(
+                target: "tollgate_tower::shadow",
+                policy = %self.style.name,
+                "shadow mode: the limit would refuse requests; they go through (counted in RateLimitLayer::shadowed)"
+            );
+        }
+        tracing::debug!(
+            target: "tollgate_tower::shadow",
+            %key,
+            cost,
+            policy = %self.style.name,
+            kind = ?denied.kind(),
+            "shadow mode: would have been refused"
+        );
     }
 }
 
@@ -144,6 +170,13 @@ where
         let key = match shared.keys.accepted(&read) {
             Ok(Some(key)) => key,
             Ok(None) => &GLOBAL,
+            Err(error) if shared.shadow => {
+                shared
+                    .shadowed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(target: "tollgate_tower::shadow", %error, "shadow mode: would have been refused");
+                return ResponseFuture::called(self.inner.call(request), None);
+            }
             Err(error) => {
                 let grpc = is_grpc(&request);
                 return ResponseFuture::rejected(shared.reject(no_key(&error, grpc)));
@@ -171,6 +204,14 @@ where
             }
         };
         let grpc = match refused {
+            Some(denied) if shared.shadow => {
+                shared.shadowed(key, cost, &denied);
+                let admitted = shared
+                    .style
+                    .on_success
+                    .then(|| shared.style.admitted(denied.snapshot()));
+                return ResponseFuture::called(self.inner.call(request), admitted);
+            }
             Some(denied) => {
                 let grpc = is_grpc(&request);
                 let within = match (shared.max_wait, denied.retry_after()) {
@@ -193,6 +234,22 @@ where
         let shared = Arc::clone(&self.shared);
         let max = shared.max_wait.unwrap_or_default();
         let wait = Box::pin(async move {
+            if shared.shadow {
+                // Decided at once (the store's round trip, never a wait).
+                return Ok(
+                    match shared
+                        .limiter
+                        .acquire_within(&key, cost, Duration::ZERO)
+                        .await
+                    {
+                        Ok(snapshot) => shared.style.admitted(&snapshot),
+                        Err(denied) => {
+                            shared.shadowed(&key, cost, &denied);
+                            shared.style.admitted(denied.snapshot())
+                        }
+                    },
+                );
+            }
             match shared.limiter.acquire_within(&key, cost, max).await {
                 Ok(snapshot) => Ok(shared.style.admitted(&snapshot)),
                 Err(denied) => Err(shared.denied(&denied, key, grpc)),
