@@ -13,6 +13,8 @@ use reqwest_middleware::{ClientWithMiddleware, Middleware, Next};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tollgate_reqwest::retry_policies::policies::ExponentialBackoff;
+use tollgate_reqwest::retry_policies::{Jitter, RetryDecision, RetryPolicy};
 use tollgate_reqwest::{Attempts, Endpoint, RetryLater, TooLarge, Usage};
 
 use super::resume;
@@ -58,6 +60,7 @@ pub(crate) struct Context {
     pub(crate) max_body: u64,
     pub(crate) stop: Stop,
     pub(crate) stall: Arc<Stall>,
+    pub(crate) backoff: ExponentialBackoff,
 }
 
 /// Whether a line's request is on the wire (true from the moment the rate
@@ -254,13 +257,26 @@ fn transient(status: reqwest::StatusCode) -> bool {
     matches!(status.as_u16(), 408 | 409 | 500 | 502 | 504)
 }
 
-/// A wait before retrying a transport error or a timeout: between half and
-/// all of 500 ms × 2^(n-1), at most 30 s.
-fn backoff(failures: u32) -> Duration {
-    let full = Duration::from_millis(500)
-        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
-        .min(Duration::from_secs(30));
-    full.mul_f64(0.5 + fastrand::f64() * 0.5)
+/// The back-off before retrying a transport error, a timeout or a server
+/// error: 500 ms × 2^(n-1), at most 30 s, jittered (`retry-policies`'
+/// bounded jitter, as the middleware's own back-off).
+pub(crate) fn backoff_policy() -> ExponentialBackoff {
+    ExponentialBackoff::builder()
+        .retry_bounds(Duration::from_millis(500), Duration::from_secs(30))
+        .jitter(Jitter::Bounded)
+        .base(2)
+        .build_with_max_retries(u32::MAX)
+}
+
+/// How long to wait before the retry that follows `failures` failures.
+fn backoff(policy: &ExponentialBackoff, failures: u32) -> Duration {
+    let now = std::time::SystemTime::now();
+    match policy.should_retry(now, failures.saturating_sub(1)) {
+        RetryDecision::Retry { execute_after } => {
+            execute_after.duration_since(now).unwrap_or_default()
+        }
+        RetryDecision::DoNotRetry => Duration::from_secs(30),
+    }
 }
 
 /// An error with its causes, `outer: inner: innermost` (reqwest's own
@@ -330,7 +346,7 @@ async fn send(context: &Context, line: Line, wire: Wire) -> Outcome {
                         return Outcome::NotSent;
                     }
                     failures += 1;
-                    tokio::time::sleep(backoff(failures)).await;
+                    tokio::time::sleep(backoff(&context.backoff, failures)).await;
                     continue;
                 }
                 let common = json!({
@@ -450,7 +466,7 @@ async fn send(context: &Context, line: Line, wire: Wire) -> Outcome {
             return Outcome::Answered(failed(record, attempts, endpoint));
         }
         failures += 1;
-        tokio::time::sleep(backoff(failures)).await;
+        tokio::time::sleep(backoff(&context.backoff, failures)).await;
     }
 }
 

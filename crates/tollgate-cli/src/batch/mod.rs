@@ -161,6 +161,7 @@ pub async fn run(
         max_body: config.max_body,
         stop: stop.clone(),
         stall: Arc::clone(&stall),
+        backoff: line::backoff_policy(),
     });
 
     let listener = {
