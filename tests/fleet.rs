@@ -43,6 +43,8 @@ async fn two_servers_share_one_limit() {
         replica(&redis.url(), quota).await,
         replica(&redis.url(), quota).await,
     ];
+    // reqwest has rustls without a provider here (the binary's choice).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::new();
     let mut statuses = Vec::new();
     let mut retry_after = Vec::new();

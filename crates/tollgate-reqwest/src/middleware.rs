@@ -233,6 +233,7 @@ impl fmt::Display for Endpoint {
 /// use reqwest_middleware::ClientBuilder;
 /// use tollgate_reqwest::RateLimitMiddleware;
 ///
+/// # let _ = rustls::crypto::ring::default_provider().install_default();
 /// let client = ClientBuilder::new(reqwest::Client::new())
 ///     .with(RateLimitMiddleware::new())
 ///     .build();

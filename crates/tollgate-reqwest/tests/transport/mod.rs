@@ -90,6 +90,9 @@ impl Middleware for InProcess {
 /// A client whose requests go through `middleware`, then to the
 /// registered apps in process.
 pub fn client(middleware: impl Middleware) -> ClientWithMiddleware {
+    // In a workspace build reqwest has rustls without a provider (the
+    // binary's choice): give it one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     ClientBuilder::new(reqwest::Client::new())
         .with(middleware)
         .with(InProcess)
