@@ -82,6 +82,7 @@ pub use key::{
 };
 pub use rate_limit::{
     CostFn, LayerClock, LayerStore, One, RateLimit, RateLimitBuilder, RateLimitLayer, RequestCost,
+    Tier,
 };
 pub use response::{
     Admitted, DefaultRejector, Hold, RejectFn, Rejection, RejectionKind, Rejector, ResponseBody,

@@ -408,6 +408,17 @@ async fn grpc_is_told_by_its_media_type_in_any_case() {
 fn bad_configuration_is_an_error_at_build_with_its_kind() {
     let quota = Quota::per_minute(1).unwrap();
     let kind = |error: tollgate_tower::ConfigError| error.kind();
+    for builder in [
+        RateLimitLayer::builder(quota).tier("", quota),
+        RateLimitLayer::builder(quota).tier("é", quota),
+        RateLimitLayer::builder(quota)
+            .tier("pro", quota)
+            .tier("pro", quota),
+    ] {
+        let error = builder.build().unwrap_err();
+        assert!(error.to_string().contains("tier"), "{error}");
+        assert_eq!(kind(error), ConfigErrorKind::PolicyName);
+    }
     assert_eq!(
         kind(
             RateLimitLayer::builder(quota)

@@ -450,3 +450,84 @@ async fn shadow_mode_refuses_no_one_and_counts_who_would_be() {
     assert_eq!(answer.header("ratelimit"), r#""default";r=0;t=60"#);
     assert_eq!(layer.shadowed(), 3);
 }
+
+/// Tiers: an authentication layer in front tells each request's tier;
+/// each tier has its quota and its policy name; a key keeps one budget
+/// when its tier changes; no tier, or one not declared, has the layer's.
+#[tokio::test]
+async fn two_tiers_each_with_its_quota_and_policy() {
+    use tollgate_tower::{HeaderKey, Tier};
+    let clock = ManualClock::new();
+    let layer = RateLimitLayer::builder(Quota::per_minute(2).unwrap())
+        .clock(clock.clone())
+        .key(HeaderKey::new("x-api-key").unwrap())
+        .tier("free", Quota::per_minute(3).unwrap())
+        .tier("pro", Quota::per_minute(30).unwrap())
+        .build()
+        .unwrap();
+    let app = hello()
+        .layer(layer.clone())
+        .layer(axum::middleware::map_request(
+            |mut request: axum::extract::Request| async move {
+                let plan = request
+                    .headers()
+                    .get("x-plan")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                if let Some(plan) = plan {
+                    request.extensions_mut().insert(Tier::new(plan));
+                }
+                request
+            },
+        ));
+    let addr = serve(app).await;
+    let mut client = Client::connect("127.0.0.1", addr).await;
+    let mut get = async |key: &str, plan: Option<&str>| {
+        let mut headers = vec![("x-api-key", key)];
+        if let Some(plan) = plan {
+            headers.push(("x-plan", plan));
+        }
+        client.get("/", &headers).await
+    };
+
+    // Free: 3 a minute, under its own name.
+    for left in [2, 1, 0] {
+        let answer = get("a", Some("free")).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.header("ratelimit-policy"), r#""free";q=3;w=60"#);
+        let spent = 3 - left;
+        assert_eq!(
+            answer.header("ratelimit"),
+            format!(r#""free";r={left};t={}"#, 20 * spent)
+        );
+    }
+    let answer = get("a", Some("free")).await;
+    assert_eq!(answer.status, 429);
+    assert_eq!(answer.header("retry-after"), "20");
+    assert_eq!(answer.header("ratelimit"), r#""free";r=0;t=60"#);
+
+    // Pro: 30 a minute.
+    let answer = get("b", Some("pro")).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("ratelimit-policy"), r#""pro";q=30;w=60"#);
+    assert_eq!(answer.header("ratelimit"), r#""pro";r=29;t=2"#);
+
+    // "a" upgraded: it spent its whole free burst, the same share of the
+    // pro burst, refilled at the pro rate (one unit in 2 s).
+    let answer = get("a", Some("pro")).await;
+    assert_eq!(answer.status, 429);
+    assert_eq!(answer.header("retry-after"), "2");
+    clock.advance(Duration::from_secs(2));
+    let answer = get("a", Some("pro")).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("ratelimit"), r#""pro";r=0;t=60"#);
+
+    // No tier, or one not declared: the layer's quota and name.
+    for plan in [None, Some("gold")] {
+        let key = if plan.is_some() { "d" } else { "c" };
+        let answer = get(key, plan).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.header("ratelimit-policy"), r#""default";q=2;w=60"#);
+        assert_eq!(answer.header("ratelimit"), r#""default";r=1;t=30"#);
+    }
+}

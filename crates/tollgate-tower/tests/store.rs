@@ -190,3 +190,43 @@ async fn shadow_mode_over_a_late_store() {
     assert_eq!(response.status(), 200);
     assert_eq!(failing.shadowed(), 1);
 }
+
+/// Tiers over a store that answers late: each tier's quota and name, as
+/// in memory.
+#[tokio::test(start_paused = true)]
+async fn tiers_over_a_late_store() {
+    let layer = RateLimitLayer::builder("1/min".parse().unwrap())
+        .key(HeaderKey::new("x-api-key").unwrap())
+        .tier("pro", "3/min".parse().unwrap())
+        .store(late(false))
+        .build()
+        .unwrap();
+    let service = layer.layer(service_fn(ok));
+    let pro = || {
+        let mut request = request("a");
+        request
+            .extensions_mut()
+            .insert(tollgate_tower::Tier::new("pro"));
+        request
+    };
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let response = service.clone().oneshot(pro()).await.unwrap();
+        seen.push((
+            response.status().as_u16(),
+            response.headers()["ratelimit"].to_str().unwrap().to_owned(),
+        ));
+    }
+    assert_eq!(
+        seen,
+        [
+            (200, r#""pro";r=2;t=20"#.to_owned()),
+            (200, r#""pro";r=1;t=40"#.to_owned()),
+            (200, r#""pro";r=0;t=60"#.to_owned()),
+            (429, r#""pro";r=0;t=60"#.to_owned()),
+        ]
+    );
+    // Without the tier, the layer's quota: the key has spent it all.
+    let response = service.clone().oneshot(request("b")).await.unwrap();
+    assert_eq!(response.headers()["ratelimit"], r#""default";r=0;t=60"#);
+}

@@ -13,6 +13,7 @@ use tollgate::{Clock, DefaultClock, KeyedLimiter, MemoryStore, Quota, Snapshot, 
 use tower_layer::Layer;
 
 use super::service::RateLimit;
+use super::tier::{Declared, Limit, Resolver, Tier, Tiers};
 use crate::key::{Global, KeyFn, KeyRules, MissingKey};
 use crate::response::{DefaultRejector, HeaderStyle, RejectFn, Rejection};
 use crate::{ConfigError, ConfigErrorKind, Key};
@@ -248,6 +249,8 @@ pub(super) struct Shared<K, C, R, S> {
     pub(super) shadow: bool,
     /// Requests shadow mode let through that the limit would have refused.
     pub(super) shadowed: std::sync::atomic::AtomicU64,
+    /// The quotas by tier, and how a request's tier is found.
+    pub(super) tiers: Tiers,
 }
 
 /// Rate-limits the requests of the service it wraps.
@@ -331,6 +334,23 @@ impl<K, C, R, S> RateLimitLayer<K, C, R, S> {
             builder.on_success,
             builder.legacy,
         );
+        let tiers = Tiers {
+            limits: builder
+                .tiers
+                .into_iter()
+                .map(|tier| Limit {
+                    name: tier.name.to_string(),
+                    quota: tier.quota,
+                    style: HeaderStyle::new(
+                        tier.name,
+                        &tier.quota,
+                        builder.on_success,
+                        builder.legacy,
+                    ),
+                })
+                .collect(),
+            resolver: builder.tier_of,
+        };
         Self {
             shared: Arc::new(Shared {
                 limiter: KeyedLimiter::with_store(builder.quota, builder.store),
@@ -342,6 +362,7 @@ impl<K, C, R, S> RateLimitLayer<K, C, R, S> {
                 keys: builder.keys,
                 shadow: builder.shadow,
                 shadowed: std::sync::atomic::AtomicU64::new(0),
+                tiers,
             }),
         }
     }
@@ -389,6 +410,8 @@ pub struct RateLimitBuilder<K = Global, C = One, R = DefaultRejector, S = LayerS
     clock: LayerClock,
     store: S,
     shadow: bool,
+    tiers: Vec<Declared>,
+    tier_of: Option<Resolver>,
 }
 
 impl<K: fmt::Debug, C: fmt::Debug, R: fmt::Debug, S> fmt::Debug for RateLimitBuilder<K, C, R, S> {
@@ -419,6 +442,8 @@ impl RateLimitBuilder {
             keys: KeyRules::default(),
             max_keys: tollgate::DEFAULT_MAX_KEYS,
             shadow: false,
+            tiers: Vec::new(),
+            tier_of: None,
             clock: LayerClock::default_clock(),
             store: LayerStore::new(
                 quota,
@@ -483,6 +508,8 @@ impl<K, C, R, S> RateLimitBuilder<K, C, R, S> {
             clock: self.clock,
             store,
             shadow: self.shadow,
+            tiers: self.tiers,
+            tier_of: self.tier_of,
         }
     }
 
@@ -526,6 +553,75 @@ impl<K, C, R, S> RateLimitBuilder<K, C, R, S> {
     #[must_use]
     pub fn wait_up_to(mut self, max_wait: Duration) -> Self {
         self.max_wait = Some(max_wait);
+        self
+    }
+
+    /// A tier: requests of this tier are limited at `quota` instead of the
+    /// layer's, and their answers name the tier as the policy in the
+    /// `RateLimit` fields. A request's tier is the [`Tier`] in its
+    /// extensions (where an authentication layer in front puts it), or
+    /// what [`tier_fn`](Self::tier_fn) says; a request of no tier, or of
+    /// one not declared, has the layer's quota.
+    ///
+    /// A key has one budget whatever its tier: when its tier changes, it
+    /// keeps the share of its burst it has spent (the time its limit
+    /// needs to be full again), refilled at the new tier's rate. Over a
+    /// `RedisStore`, a key passed a stricter quota within its period keeps
+    /// it that long (one key, one quota): an upgrade applies within the
+    /// lower tier's period.
+    ///
+    /// ```
+    /// use axum::{routing::get, Router};
+    /// use tollgate::Quota;
+    /// use tollgate_tower::{HeaderKey, RateLimitLayer, Tier};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let layer = RateLimitLayer::builder(Quota::per_minute(60)?)
+    ///     .key(HeaderKey::new("x-api-key")?)
+    ///     .tier("free", Quota::per_minute(60)?)
+    ///     .tier("pro", Quota::per_minute(600)?)
+    ///     .build()?;
+    /// // An authentication layer (outside) tells the tier.
+    /// let app: Router = Router::new()
+    ///     .route("/", get(|| async { "hello" }))
+    ///     .layer(layer)
+    ///     .layer(axum::middleware::map_request(|mut request: axum::extract::Request| async {
+    ///         let pro = request.headers().contains_key("x-pro");
+    ///         request.extensions_mut().insert(Tier::new(if pro { "pro" } else { "free" }));
+    ///         request
+    ///     }));
+    /// # drop(app);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn tier(mut self, name: &str, quota: Quota) -> Self {
+        match PolicyName::new(name) {
+            Ok(name) if self.tiers.iter().any(|t| t.name == name) => {
+                self.name_error = Some(ConfigError::with_kind(
+                    ConfigErrorKind::PolicyName,
+                    format!("the tier {name} is declared twice"),
+                ));
+            }
+            Ok(name) => self.tiers.push(Declared { name, quota }),
+            Err(e) => {
+                self.name_error = Some(ConfigError::with_kind(
+                    ConfigErrorKind::PolicyName,
+                    format!("tier {name:?}: {e}"),
+                ));
+            }
+        }
+        self
+    }
+
+    /// Finds a request's tier from its headers and extensions, in place of
+    /// the [`Tier`] extension (a plan header set by a gateway, say).
+    #[must_use]
+    pub fn tier_fn<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&http::HeaderMap, &http::Extensions) -> Option<Tier> + Send + Sync + 'static,
+    {
+        self.tier_of = Some(Arc::new(f));
         self
     }
 

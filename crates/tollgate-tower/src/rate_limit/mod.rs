@@ -63,9 +63,11 @@
 
 mod layer;
 mod service;
+mod tier;
 
 pub use crate::future::ResponseFuture;
 pub use layer::{
     CostFn, LayerClock, LayerStore, One, RateLimitBuilder, RateLimitLayer, RequestCost,
 };
 pub use service::RateLimit;
+pub use tier::Tier;

@@ -14,7 +14,9 @@ use tower_service::Service;
 use super::layer::{LayerStore, RequestCost, Shared};
 use super::{One, ResponseFuture};
 use crate::key::{no_key, Global, KeyExtractor};
-use crate::response::{is_grpc, Admitted, DefaultRejector, Rejection, RejectionKind, Rejector};
+use crate::response::{
+    is_grpc, Admitted, DefaultRejector, HeaderStyle, Rejection, RejectionKind, Rejector,
+};
 use crate::Key;
 
 /// A service rate-limited by a [`RateLimitLayer`](super::RateLimitLayer).
@@ -94,14 +96,29 @@ impl<K, C, R, St> Shared<K, C, R, St> {
 
 impl<K, C, R: Rejector, St> Shared<K, C, R, St> {
     pub(super) fn reject(&self, rejection: Rejection) -> Response<Bytes> {
+        self.reject_in(&self.style, rejection)
+    }
+
+    /// A rejection, with the fields of `style` (the layer's, or a tier's).
+    pub(super) fn reject_in(&self, style: &HeaderStyle, rejection: Rejection) -> Response<Bytes> {
         let mut response = self.rejector.reject(&rejection);
-        self.style
-            .write_rejection(&rejection, response.headers_mut());
+        style.write_rejection(&rejection, response.headers_mut());
         response.extensions_mut().insert(rejection);
         response
     }
 
     pub(super) fn denied(&self, denied: &Denied, key: Key, grpc: bool) -> Response<Bytes> {
+        self.denied_in(&self.style, denied, key, grpc)
+    }
+
+    /// [`denied`](Self::denied), with the fields of `style`.
+    pub(super) fn denied_in(
+        &self,
+        style: &HeaderStyle,
+        denied: &Denied,
+        key: Key,
+        grpc: bool,
+    ) -> Response<Bytes> {
         let rejection = match denied.kind() {
             DeniedKind::RateLimited => Rejection::new(
                 RejectionKind::RateLimited,
@@ -136,7 +153,7 @@ impl<K, C, R: Rejector, St> Shared<K, C, R, St> {
         } else {
             rejection
         };
-        self.reject(rejection)
+        self.reject_in(style, rejection)
     }
 }
 
@@ -183,6 +200,10 @@ where
             }
         };
         let cost = shared.cost.cost(&request);
+        if let Some(tier) = shared.tiers.of(request.headers(), request.extensions()) {
+            let key = key.clone();
+            return self.call_in_tier(request, key, cost, tier);
+        }
         // What an admission holds is chosen before the check, not after
         // it: with nothing to write on success the snapshot is never read,
         // and the copies of it that the check's answer would take are
@@ -253,6 +274,85 @@ where
             match shared.limiter.acquire_within(&key, cost, max).await {
                 Ok(snapshot) => Ok(shared.style.admitted(&snapshot)),
                 Err(denied) => Err(shared.denied(&denied, key, grpc)),
+            }
+        });
+        ResponseFuture::waiting(wait, ready, request)
+    }
+}
+
+impl<S, K, C, R: Rejector, St: Store<Key> + 'static> RateLimit<S, K, C, R, St> {
+    /// A request of tier `tier` (an index into the layer's tiers): decided
+    /// at the tier's quota, answered with its fields; otherwise as `call`.
+    fn call_in_tier<ReqB, ResB>(
+        &mut self,
+        request: Request<ReqB>,
+        key: Key,
+        cost: u64,
+        tier: usize,
+    ) -> ResponseFuture<S, ReqB, Admitted>
+    where
+        S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+        K: Send + Sync + 'static,
+        C: Send + Sync + 'static,
+        ReqB: Send + 'static,
+    {
+        let shared = &*self.shared;
+        let Some(limit) = shared.tiers.limits.get(tier) else {
+            return ResponseFuture::called(self.inner.call(request), None);
+        };
+        let refused = match shared.limiter.check_now_quota(&key, &limit.quota, cost) {
+            Some(Ok(snapshot)) => {
+                let admitted = limit.style.admitted(&snapshot);
+                return ResponseFuture::called(self.inner.call(request), Some(admitted));
+            }
+            Some(Err(denied)) => Some(denied),
+            None => None,
+        };
+        let grpc = is_grpc(&request);
+        if let Some(denied) = refused {
+            if shared.shadow {
+                shared.shadowed(&key, cost, &denied);
+                let admitted = limit.style.admitted(denied.snapshot());
+                return ResponseFuture::called(self.inner.call(request), Some(admitted));
+            }
+            let within = match (shared.max_wait, denied.retry_after()) {
+                (Some(max), Some(wait)) => wait <= max,
+                _ => false,
+            };
+            if !within {
+                tracing::debug!(%key, cost, tier = %limit.name, "rate limited");
+                return ResponseFuture::rejected(shared.denied_in(
+                    &limit.style,
+                    &denied,
+                    key,
+                    grpc,
+                ));
+            }
+        }
+        let ready = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, ready);
+        let shared = Arc::clone(&self.shared);
+        let max = if shared.shadow {
+            Duration::ZERO
+        } else {
+            shared.max_wait.unwrap_or_default()
+        };
+        let wait = Box::pin(async move {
+            let (quota, style) = match shared.tiers.limits.get(tier) {
+                Some(limit) => (limit.quota, &limit.style),
+                None => (*shared.limiter.quota(), &shared.style),
+            };
+            match shared
+                .limiter
+                .acquire_within_quota(&key, quota, cost, max)
+                .await
+            {
+                Ok(snapshot) => Ok(style.admitted(&snapshot)),
+                Err(denied) if shared.shadow => {
+                    shared.shadowed(&key, cost, &denied);
+                    Ok(style.admitted(denied.snapshot()))
+                }
+                Err(denied) => Err(shared.denied_in(style, &denied, key, grpc)),
             }
         });
         ResponseFuture::waiting(wait, ready, request)

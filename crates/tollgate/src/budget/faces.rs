@@ -136,6 +136,26 @@ where
         Ok(*grant.snapshot())
     }
 
+    /// [`acquire_within`](Self::acquire_within) at `quota` instead of the
+    /// default, for this call only (a request's tier, say). The key's
+    /// state is one whatever quota a call passes: it keeps the share of
+    /// its burst it has spent (the time its limit needs to be full again),
+    /// which refills at the quota of each call.
+    pub async fn acquire_within_quota(
+        &self,
+        key: &K,
+        quota: Quota,
+        cost: u64,
+        max_wait: Duration,
+    ) -> Result<Snapshot, Denied> {
+        let limits = Limits::single(quota);
+        let grant = self
+            .inner
+            .acquire_within_limits(key, &limits, &[cost], max_wait)
+            .await?;
+        Ok(*grant.snapshot())
+    }
+
     /// Admits now or denies, for any store.
     pub async fn try_acquire(&self, key: &K, cost: u64) -> Result<Snapshot, Denied> {
         let grant = self.inner.try_acquire(key, &[cost]).await?;
@@ -186,6 +206,22 @@ impl<K: Hash + Eq + Clone, S: Store<K>> KeyedLimiter<K, S> {
     #[inline(always)]
     pub fn check_now(&self, key: &K, cost: u64) -> Option<Result<Snapshot, Denied>> {
         match self.inner.store().check_now(key, self.quota(), cost)? {
+            Ok(snapshot) => Some(Ok(snapshot)),
+            Err(refusal) => Some(Err(self.refused(cost, refusal))),
+        }
+    }
+
+    /// [`check_now`](Self::check_now) at `quota` instead of the default,
+    /// for this call only; see
+    /// [`acquire_within_quota`](Self::acquire_within_quota).
+    #[inline]
+    pub fn check_now_quota(
+        &self,
+        key: &K,
+        quota: &Quota,
+        cost: u64,
+    ) -> Option<Result<Snapshot, Denied>> {
+        match self.inner.store().check_now(key, quota, cost)? {
             Ok(snapshot) => Some(Ok(snapshot)),
             Err(refusal) => Some(Err(self.refused(cost, refusal))),
         }

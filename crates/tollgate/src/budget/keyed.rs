@@ -407,7 +407,7 @@ impl<K: Hash + Eq + Clone, S: SyncStore<K>> KeyedBudget<K, S> {
         let start = Instant::now();
         let start_clock = self.store.now();
         let waiter = Waiter::blocking(start, &admit, costs.len(), std::thread::current());
-        let queued = Leave::join(self, key, &waiter, &grant);
+        let queued = Leave::join(self, limits, key, &waiter, &grant);
         loop {
             let due = duration_to_nanos(waiter.deadline().saturating_duration_since(start));
             let elapsed = self.store.now().saturating_sub(start_clock);
@@ -466,7 +466,20 @@ where
         costs: &[u64],
         max_wait: Duration,
     ) -> Result<Grant, Denied> {
-        let limits = &self.limits;
+        self.acquire_within_limits(key, &self.limits, costs, max_wait)
+            .await
+    }
+
+    /// [`acquire_within`](Self::acquire_within) with `limits` in place of
+    /// the budget's defaults for this call (a request's tier, say): the
+    /// key's state is the same whatever limits a call passes.
+    pub(crate) async fn acquire_within_limits(
+        &self,
+        key: &K,
+        limits: &Limits,
+        costs: &[u64],
+        max_wait: Duration,
+    ) -> Result<Grant, Denied> {
         if costs.len() != limits.len() {
             return Err(Self::wrong_dimensions(limits, costs));
         }
@@ -490,7 +503,7 @@ where
         }
         let start = Instant::now();
         let waiter = Waiter::new(start, &admit, costs.len());
-        let queued = Leave::join(self, key, &waiter, &grant);
+        let queued = Leave::join(self, limits, key, &waiter, &grant);
         loop {
             let deadline = waiter.deadline();
             if tokio::time::timeout_at(deadline, waiter.moved())
@@ -751,6 +764,8 @@ fn intervals(limits: &Limits) -> [u64; MAX_DIMENSIONS] {
 /// back and moves those behind it forward.
 struct Leave<'a, K: Hash + Eq + Clone, S: Store<K>> {
     budget: &'a KeyedBudget<K, S>,
+    /// The limits the reservation was made at.
+    limits: &'a Limits,
     key: &'a K,
     waiter: &'a Arc<Waiter>,
     grant: &'a Grant,
@@ -761,6 +776,7 @@ impl<'a, K: Hash + Eq + Clone, S: Store<K>> Leave<'a, K, S> {
     /// Queues `waiter` for `key`, its reservation `grant`.
     fn join(
         budget: &'a KeyedBudget<K, S>,
+        limits: &'a Limits,
         key: &'a K,
         waiter: &'a Arc<Waiter>,
         grant: &'a Grant,
@@ -769,6 +785,7 @@ impl<'a, K: Hash + Eq + Clone, S: Store<K>> Leave<'a, K, S> {
         budget.waiting.fetch_add(1, Ordering::Relaxed);
         Self {
             budget,
+            limits,
             key,
             waiter,
             grant,
@@ -797,7 +814,7 @@ impl<K: Hash + Eq + Clone, S: Store<K>> Drop for Leave<'_, K, S> {
         }
         self.budget
             .store
-            .give_back(self.key, self.budget.limits.quotas(), self.grant.costs());
+            .give_back(self.key, self.limits.quotas(), self.grant.costs());
         queue.cancelled(self.key, self.waiter, self.grant.costs(), &self.grant.steps);
     }
 }
