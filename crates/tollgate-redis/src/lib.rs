@@ -133,6 +133,7 @@ use tollgate::{Quota, Snapshot, MAX_DIMENSIONS};
 
 mod batch;
 mod fallback;
+mod meters;
 mod msgpack;
 #[cfg(feature = "sentinel")]
 mod sentinel;
@@ -761,6 +762,7 @@ impl Builder {
                 scripts,
                 fleet_key: format!("{prefix}:fleet"),
                 member,
+                meters: meters::Meters::new(&prefix),
             }),
             prefix: Arc::from(prefix),
         };
@@ -811,6 +813,7 @@ struct Inner {
     fleet_key: String,
     /// This store's name in it.
     member: String,
+    meters: meters::Meters,
 }
 
 /// Redis Sentinel, followed (feature `sentinel`).
@@ -854,8 +857,9 @@ impl Inner {
         })
         .await;
         if let Ok(Ok(redis::Value::Int(count))) = reply {
-            self.local
-                .set_fleet(u32::try_from(count).unwrap_or(u32::MAX));
+            let processes = u32::try_from(count).unwrap_or(u32::MAX);
+            self.local.set_fleet(processes);
+            self.meters.fleet(processes);
         }
     }
 }
@@ -1127,7 +1131,12 @@ impl RedisStore {
         key: &str,
         args: &[String],
     ) -> Result<Vec<redis::Value>, StoreError> {
-        self.guard(async {
+        let op = match script {
+            Script::Decide => meters::Op::Decide,
+            Script::Adjust => meters::Op::Adjust,
+            Script::Read => meters::Op::Read,
+        };
+        self.guard(op, async {
             self.eval(script, key, args)
                 .await
                 .map_err(|e| StoreError::redis(&e))
@@ -1139,15 +1148,18 @@ impl RedisStore {
     /// timeout; counts its failure or success.
     async fn guard<T>(
         &self,
+        op: meters::Op,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         let inner = &self.inner;
         if !inner.breaker.allow() {
+            inner.meters.failure(StoreErrorKind::Open);
             return Err(StoreError::new(
                 StoreErrorKind::Open,
                 "the circuit is open after repeated failures".to_owned(),
             ));
         }
+        let start = tokio::time::Instant::now();
         let result = match tokio::time::timeout(inner.timeout, call).await {
             Ok(result) => result,
             Err(_) => Err(StoreError::new(
@@ -1155,15 +1167,21 @@ impl RedisStore {
                 format!("no answer within {:?}", inner.timeout),
             )),
         };
+        inner.meters.call(op, start.elapsed());
         match &result {
             Ok(_) => {
                 if inner.breaker.success() {
+                    inner.meters.circuit_open(false);
                     inner.local.recovered();
                 }
             }
             Err(e) => {
                 inner.counts.failures.fetch_add(1, Ordering::Relaxed);
+                inner.meters.failure(e.kind());
                 let opened = inner.breaker.failure(e);
+                if opened {
+                    inner.meters.circuit_open(true);
+                }
                 #[cfg(feature = "sentinel")]
                 if opened || e.is_read_only() {
                     sentinel::follow(&self.inner);
@@ -1225,6 +1243,7 @@ impl RedisStore {
     /// once.
     fn stricter_quota(&self) {
         let counts = &self.inner.counts;
+        self.inner.meters.stricter();
         if counts.stricter.fetch_add(1, Ordering::Relaxed) == 0 {
             tracing::warn!(
                 prefix = %self.prefix,
@@ -1239,9 +1258,11 @@ impl RedisStore {
         match self.inner.fault {
             Fault::FailOpen => {
                 self.inner.counts.fallbacks.fetch_add(1, Ordering::Relaxed);
+                self.inner.meters.fallback();
                 Ok(())
             }
             Fault::FailClosed => {
+                self.inner.meters.failed_closed();
                 self.inner
                     .counts
                     .failed_closed
@@ -1379,7 +1400,7 @@ impl<K: Hash + ?Sized + Sync> Store<K> for RedisStore {
         }
         let key = self.redis_key(key);
         let reply = self
-            .guard(self.decide_remote(key.clone(), args, n))
+            .guard(meters::Op::Decide, self.decide_remote(key.clone(), args, n))
             .await
             .and_then(|reply| parse_decision(&reply, limits, n));
         match reply {

@@ -10,7 +10,12 @@
 //!
 //! ```text
 //! cargo bench -p tollgate-tower --bench layer_paired [-- ROUNDS]
+//! cargo bench -p tollgate-tower --bench layer_paired --features metrics [-- ROUNDS]
 //! ```
+//!
+//! With the `metrics` feature a recorder is installed first (`metrics-util`'s
+//! debugging recorder: a counter is an atomic add, as in Prometheus'
+//! exporter), so that every decision is counted.
 
 #![allow(missing_docs)]
 
@@ -64,6 +69,12 @@ fn tollgate_per_ip(headers: bool) -> RateLimitLayer<PeerIp> {
 }
 
 fn main() {
+    #[cfg(feature = "metrics")]
+    {
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        metrics::set_global_recorder(recorder).expect("the only recorder");
+        println!("metrics: a recorder is installed; every decision is counted");
+    }
     // Under `cargo bench` with no count: a short run.
     let rounds = rounds(200);
     let mut stacks: Vec<(&str, Timed)> = vec![

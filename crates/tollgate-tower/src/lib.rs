@@ -71,6 +71,7 @@ use std::fmt;
 pub mod concurrency;
 mod future;
 pub mod key;
+mod meters;
 pub mod rate_limit;
 mod response;
 

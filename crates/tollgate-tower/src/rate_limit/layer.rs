@@ -15,6 +15,7 @@ use tower_layer::Layer;
 use super::service::RateLimit;
 use super::tier::{Declared, Limit, Resolver, Tier, Tiers};
 use crate::key::{Global, KeyFn, KeyRules, MissingKey};
+use crate::meters::Meters;
 use crate::response::{DefaultRejector, HeaderStyle, RejectFn, Rejection};
 use crate::{ConfigError, ConfigErrorKind, Key};
 use bytes::Bytes;
@@ -251,6 +252,8 @@ pub(super) struct Shared<K, C, R, S> {
     pub(super) shadowed: std::sync::atomic::AtomicU64,
     /// The quotas by tier, and how a request's tier is found.
     pub(super) tiers: Tiers,
+    /// The layer's policy's metrics (each tier has its own).
+    pub(super) meters: Meters,
 }
 
 /// Rate-limits the requests of the service it wraps.
@@ -328,6 +331,7 @@ impl RateLimitLayer {
 
 impl<K, C, R, S> RateLimitLayer<K, C, R, S> {
     fn from_builder(builder: RateLimitBuilder<K, C, R, S>) -> Self {
+        let meters = Meters::new(&builder.policy_name.to_string());
         let style = HeaderStyle::new(
             builder.policy_name,
             &builder.quota,
@@ -340,6 +344,7 @@ impl<K, C, R, S> RateLimitLayer<K, C, R, S> {
                 .into_iter()
                 .map(|tier| Limit {
                     name: tier.name.to_string(),
+                    meters: Meters::new(&tier.name.to_string()),
                     quota: tier.quota,
                     style: HeaderStyle::new(
                         tier.name,
@@ -363,6 +368,7 @@ impl<K, C, R, S> RateLimitLayer<K, C, R, S> {
                 shadow: builder.shadow,
                 shadowed: std::sync::atomic::AtomicU64::new(0),
                 tiers,
+                meters,
             }),
         }
     }

@@ -14,6 +14,7 @@ use tower_service::Service;
 use super::layer::{LayerStore, RequestCost, Shared};
 use super::{One, ResponseFuture};
 use crate::key::{no_key, Global, KeyExtractor};
+use crate::meters::Meters;
 use crate::response::{
     is_grpc, Admitted, DefaultRejector, HeaderStyle, Rejection, RejectionKind, Rejector,
 };
@@ -72,7 +73,8 @@ impl<S, K, C, R, St> RateLimit<S, K, C, R, St> {
 impl<K, C, R, St> Shared<K, C, R, St> {
     /// Shadow mode met a request the limit would have refused: counted,
     /// the first logged at `info`, each at `debug`.
-    fn shadowed(&self, key: &Key, cost: u64, denied: &Denied) {
+    fn shadowed(&self, meters: &Meters, key: &Key, cost: u64, denied: &Denied) {
+        meters.shadowed();
         let before = self
             .shadowed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -211,6 +213,7 @@ where
         let refused = if shared.style.on_success {
             match shared.limiter.check_now(key, cost) {
                 Some(Ok(snapshot)) => {
+                    shared.meters.admitted();
                     let admitted = shared.style.admitted(&snapshot);
                     return ResponseFuture::called(self.inner.call(request), Some(admitted));
                 }
@@ -219,14 +222,17 @@ where
             }
         } else {
             match shared.limiter.check_now(key, cost) {
-                Some(Ok(_)) => return ResponseFuture::called(self.inner.call(request), None),
+                Some(Ok(_)) => {
+                    shared.meters.admitted();
+                    return ResponseFuture::called(self.inner.call(request), None);
+                }
                 Some(Err(denied)) => Some(denied),
                 None => None,
             }
         };
         let grpc = match refused {
             Some(denied) if shared.shadow => {
-                shared.shadowed(key, cost, &denied);
+                shared.shadowed(&shared.meters, key, cost, &denied);
                 let admitted = shared
                     .style
                     .on_success
@@ -241,6 +247,7 @@ where
                 };
                 if !within {
                     tracing::debug!(%key, cost, "rate limited");
+                    count_denied(&shared.meters, &denied);
                     return ResponseFuture::rejected(shared.denied(&denied, key.clone(), grpc));
                 }
                 grpc
@@ -265,15 +272,22 @@ where
                     {
                         Ok(snapshot) => shared.style.admitted(&snapshot),
                         Err(denied) => {
-                            shared.shadowed(&key, cost, &denied);
+                            shared.shadowed(&shared.meters, &key, cost, &denied);
                             shared.style.admitted(denied.snapshot())
                         }
                     },
                 );
             }
+            let start = tokio::time::Instant::now();
             match shared.limiter.acquire_within(&key, cost, max).await {
-                Ok(snapshot) => Ok(shared.style.admitted(&snapshot)),
-                Err(denied) => Err(shared.denied(&denied, key, grpc)),
+                Ok(snapshot) => {
+                    count_admitted(&shared.meters, start);
+                    Ok(shared.style.admitted(&snapshot))
+                }
+                Err(denied) => {
+                    count_denied(&shared.meters, &denied);
+                    Err(shared.denied(&denied, key, grpc))
+                }
             }
         });
         ResponseFuture::waiting(wait, ready, request)
@@ -302,6 +316,7 @@ impl<S, K, C, R: Rejector, St: Store<Key> + 'static> RateLimit<S, K, C, R, St> {
         };
         let refused = match shared.limiter.check_now_quota(&key, &limit.quota, cost) {
             Some(Ok(snapshot)) => {
+                limit.meters.admitted();
                 let admitted = limit.style.admitted(&snapshot);
                 return ResponseFuture::called(self.inner.call(request), Some(admitted));
             }
@@ -311,7 +326,7 @@ impl<S, K, C, R: Rejector, St: Store<Key> + 'static> RateLimit<S, K, C, R, St> {
         let grpc = is_grpc(&request);
         if let Some(denied) = refused {
             if shared.shadow {
-                shared.shadowed(&key, cost, &denied);
+                shared.shadowed(&limit.meters, &key, cost, &denied);
                 let admitted = limit.style.admitted(denied.snapshot());
                 return ResponseFuture::called(self.inner.call(request), Some(admitted));
             }
@@ -321,6 +336,7 @@ impl<S, K, C, R: Rejector, St: Store<Key> + 'static> RateLimit<S, K, C, R, St> {
             };
             if !within {
                 tracing::debug!(%key, cost, tier = %limit.name, "rate limited");
+                count_denied(&limit.meters, &denied);
                 return ResponseFuture::rejected(shared.denied_in(
                     &limit.style,
                     &denied,
@@ -338,23 +354,48 @@ impl<S, K, C, R: Rejector, St: Store<Key> + 'static> RateLimit<S, K, C, R, St> {
             shared.max_wait.unwrap_or_default()
         };
         let wait = Box::pin(async move {
-            let (quota, style) = match shared.tiers.limits.get(tier) {
-                Some(limit) => (limit.quota, &limit.style),
-                None => (*shared.limiter.quota(), &shared.style),
+            let (quota, style, meters) = match shared.tiers.limits.get(tier) {
+                Some(limit) => (limit.quota, &limit.style, &limit.meters),
+                None => (*shared.limiter.quota(), &shared.style, &shared.meters),
             };
+            let start = tokio::time::Instant::now();
             match shared
                 .limiter
                 .acquire_within_quota(&key, quota, cost, max)
                 .await
             {
-                Ok(snapshot) => Ok(style.admitted(&snapshot)),
+                Ok(snapshot) => {
+                    count_admitted(meters, start);
+                    Ok(style.admitted(&snapshot))
+                }
                 Err(denied) if shared.shadow => {
-                    shared.shadowed(&key, cost, &denied);
+                    shared.shadowed(meters, &key, cost, &denied);
                     Ok(style.admitted(denied.snapshot()))
                 }
-                Err(denied) => Err(shared.denied_in(style, &denied, key, grpc)),
+                Err(denied) => {
+                    count_denied(meters, &denied);
+                    Err(shared.denied_in(style, &denied, key, grpc))
+                }
             }
         });
         ResponseFuture::waiting(wait, ready, request)
+    }
+}
+
+/// An admission after `start`: at once, or after a wait.
+fn count_admitted(meters: &Meters, start: tokio::time::Instant) {
+    let waited = start.elapsed();
+    if waited < Duration::from_millis(1) {
+        meters.admitted();
+    } else {
+        meters.waited(waited);
+    }
+}
+
+/// A refusal, or a store that failed.
+fn count_denied(meters: &Meters, denied: &Denied) {
+    match denied.kind() {
+        DeniedKind::RateLimited | DeniedKind::CostExceedsBurst => meters.refused(),
+        _ => meters.failed(),
     }
 }

@@ -45,6 +45,7 @@ pub(super) type Resolver = Arc<dyn Fn(&HeaderMap, &Extensions) -> Option<Tier> +
 /// A declared tier: its quota, and the fields its answers carry.
 pub(super) struct Limit {
     pub(super) name: String,
+    pub(super) meters: crate::meters::Meters,
     pub(super) quota: Quota,
     pub(super) style: HeaderStyle,
 }
