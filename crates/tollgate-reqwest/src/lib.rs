@@ -65,6 +65,7 @@ mod estimate;
 mod hint;
 mod infer;
 mod limits;
+mod meters;
 mod middleware;
 mod share;
 mod usage;

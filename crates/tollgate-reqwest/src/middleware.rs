@@ -662,6 +662,7 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
         ];
         let state = self.state(&key);
         self.calls.fetch_add(1, Ordering::Relaxed);
+        crate::meters::call(&key);
 
         let mut original = Some(request);
         let mut attempt: u32 = 0;
@@ -670,6 +671,9 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
         let (mut overloads, mut refusals) = (0u32, 0u32);
         loop {
             attempt = attempt.saturating_add(1);
+            if attempt > 1 {
+                crate::meters::retry(&key);
+            }
             let clone = original.as_ref().and_then(Request::try_clone);
             let (sending, can_retry) = match clone {
                 Some(clone) => (clone, true),
@@ -725,6 +729,11 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             }
             self.learn(&key, &state, answer, read).await;
             self.infer(&key, &state, answer, read).await;
+            #[cfg(feature = "metrics")]
+            {
+                let in_force = state.known().in_force.unwrap_or(self.configured);
+                crate::meters::limits(&key, &in_force);
+            }
             state.learnt.store(true, Ordering::Release);
             drop(probe);
 
@@ -763,6 +772,7 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             }
 
             // Refused: nothing was spent at the provider.
+            crate::meters::refused(&key, answer);
             let _ = self.budget.settle(&key, grant, &[0; 4]).await;
             if all.should_retry == Some(false) {
                 tracing::info!(%key, %status, "the provider says not to retry");
@@ -793,6 +803,7 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
                 wait
             };
             let _ = self.budget.pause_for(&key, pause).await;
+            crate::meters::paused(&key, pause);
             tracing::info!(%key, %status, ?wait, attempt, "paused every caller of the endpoint");
             if wait > self.settings.max_wait {
                 return Err(reqwest_middleware::Error::middleware(RetryLater::new(
@@ -901,6 +912,7 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
                 in_force = in_force.requests_per_minute(per_minute);
             }
         }
+        crate::meters::limits(key, &in_force);
         let _ = self
             .budget
             .set_limits(key, &self.pacing.limits(&in_force, &bursts))
