@@ -118,6 +118,10 @@ struct BatchArgs {
     /// provider with one key share its limit.
     #[arg(long)]
     redis: Option<String>,
+    /// Serve the run's metrics (Prometheus' text format) at GET /metrics
+    /// on this address (`127.0.0.1:9090`; port 0: any free one).
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Where a mock listens and keeps its limits (its `Debug` hides the
@@ -129,6 +133,8 @@ pub struct MockPlace {
     pub redis: Option<String>,
     /// Whether other mocks may listen on the same port.
     pub reuse_port: bool,
+    /// Where to serve the metrics, if anywhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for MockPlace {
@@ -140,6 +146,7 @@ impl std::fmt::Debug for MockPlace {
                 &self.redis.as_deref().map(tollgate_redis::redact_url),
             )
             .field("reuse_port", &self.reuse_port)
+            .field("metrics_addr", &self.metrics_addr)
             .finish()
     }
 }
@@ -171,6 +178,10 @@ struct MockArgs {
     /// kernel spreads connections among them, as a load balancer would.
     #[arg(long)]
     reuse_port: bool,
+    /// Serve the mock's metrics (Prometheus' text format) at GET /metrics
+    /// on this address (`127.0.0.1:9090`; port 0: any free one).
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// The flags of `tollgate simulate`.
@@ -250,6 +261,7 @@ where
                     port: args.port,
                     redis: args.redis,
                     reuse_port: args.reuse_port,
+                    metrics_addr: args.metrics_addr,
                 },
             )
         }
@@ -295,6 +307,7 @@ fn batch_config(
     config.max_body = args.max_body;
     config.progress = !args.quiet;
     config.redis = args.redis;
+    config.metrics_addr = args.metrics_addr;
     config
         .check()
         .map_err(|e| match e.strip_prefix("the API key") {

@@ -3,5 +3,6 @@
 
 pub mod batch;
 pub mod cli;
+pub mod metrics;
 pub mod mock;
 pub mod simulate;

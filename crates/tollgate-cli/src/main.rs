@@ -44,7 +44,18 @@ fn multi_thread() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("cannot start the runtime: {e}"))
 }
 
+/// Serves the metrics at `addr`, if given: before anything that counts is
+/// built.
+async fn metrics_at(addr: Option<std::net::SocketAddr>) -> Result<(), String> {
+    if let Some(addr) = addr {
+        let bound = tollgate_cli::metrics::serve(addr).await?;
+        eprintln!("tollgate: metrics at http://{bound}/metrics");
+    }
+    Ok(())
+}
+
 async fn run_mock(mut config: MockConfig, place: MockPlace) -> Result<u8, String> {
+    metrics_at(place.metrics_addr).await?;
     if let Some(url) = &place.redis {
         config.store = Some(mock::connect(url).await?);
     }
@@ -62,6 +73,7 @@ async fn run_mock(mut config: MockConfig, place: MockPlace) -> Result<u8, String
 
 async fn run_batch(config: BatchConfig) -> Result<u8, String> {
     let to_stdout = config.output == Output::Stdout;
+    metrics_at(config.metrics_addr).await?;
     let signals = forward_signals()?;
     let summary = batch::run(config, signals).await?;
     // With the records on standard output, the summary goes beside them.

@@ -102,11 +102,13 @@ fn every_flag_at_every_extreme_is_taken_or_refused_without_a_panic() {
         (BATCH, "--give-up-after"),
         (BATCH, "--max-body"),
         (BATCH, "--api-key-env"),
+        (BATCH, "--metrics-addr"),
         (&["batch", "--input", "i", "--output", "o"], "--url"),
         (&["mock"], "--rpm"),
         (&["mock"], "--tpm"),
         (&["mock"], "--port"),
         (&["mock"], "--latency-ms"),
+        (&["mock"], "--metrics-addr"),
         (&["simulate"], "--jobs"),
         (&["simulate"], "--seed"),
     ];

@@ -89,6 +89,9 @@ pub struct BatchConfig {
     pub progress: bool,
     /// Redis, to share the budgets with other batches (`redis://…`).
     pub redis: Option<String>,
+    /// Where to serve the run's metrics (`GET /metrics`), if anywhere:
+    /// [`crate::metrics::serve`] is started by the binary before the run.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for BatchConfig {
@@ -112,6 +115,7 @@ impl std::fmt::Debug for BatchConfig {
                 "redis",
                 &self.redis.as_deref().map(tollgate_redis::redact_url),
             )
+            .field("metrics_addr", &self.metrics_addr)
             .finish()
     }
 }
@@ -138,6 +142,7 @@ impl BatchConfig {
             max_body: 64 << 20,
             progress: false,
             redis: None,
+            metrics_addr: None,
         }
     }
 

@@ -236,14 +236,21 @@ pub async fn run(
                 Outcome::Answered(answer) => answer,
                 Outcome::NotSent => {
                     summary.left += 1;
+                    crate::metrics::line("left");
                     continue;
                 }
                 Outcome::Abandoned => {
                     summary.left += 1;
                     summary.abandoned += 1;
+                    crate::metrics::line("left");
                     continue;
                 }
             };
+            crate::metrics::line(if answer.ok {
+                "ok"
+            } else {
+                answer.record["kind"].as_str().unwrap_or("other")
+            });
             let mut text = answer.record.to_string().into_bytes();
             text.push(b'\n');
             // The writer runs until this channel closes: it cannot be gone.

@@ -339,6 +339,16 @@ impl Batch {
         }
     }
 
+    /// The first stderr line containing `text` (waiting for it).
+    pub fn stderr_line(&mut self, text: &str, limit: Duration) -> String {
+        self.wait_for_stderr(text, limit);
+        self.seen
+            .iter()
+            .find(|l| l.contains(text))
+            .cloned()
+            .unwrap_or_default()
+    }
+
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .args([&format!("-{name}"), &self.child.id().to_string()])
@@ -375,4 +385,32 @@ impl Batch {
         }
         (status, stdout, self.seen.join("\n"))
     }
+}
+
+/// A plain HTTP/1.0 request to `addr` (no client library): the answer's
+/// body.
+pub fn http(addr: &str, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
+}
+
+/// The value of the Prometheus sample of `name` whose labels include
+/// every one of `labels` (`key="value"`), in a `/metrics` page.
+pub fn sample(page: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    page.lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let matches =
+            series.starts_with(&format!("{name}{{")) && labels.iter().all(|l| series.contains(l));
+        matches.then(|| value.parse().ok()).flatten()
+    })
 }
