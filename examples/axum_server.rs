@@ -8,7 +8,10 @@
 //! ```
 //!
 //! The demo sends requests to the server over loopback and prints what came
-//! back: the statuses, `Retry-After` and the `RateLimit` fields.
+//! back: the statuses, `Retry-After` and the `RateLimit` fields; then the
+//! `tollgate_decisions_total` lines the server's `GET /metrics` serves
+//! (Prometheus' text format, through `metrics-exporter-prometheus`; the
+//! layers count with tollgate-tower's `metrics` feature).
 //!
 //! `--load` shows the layers shaping real traffic: a server whose handler
 //! takes 40 ms, behind a global rate (150 a second, a request waits up to
@@ -31,7 +34,11 @@ use hyper_util::rt::TokioIo;
 use tollgate::Quota;
 use tollgate_tower::{ConcurrencyLimitLayer, HeaderKey, PeerIp, RateLimitLayer};
 
-fn app() -> Result<Router, Box<dyn std::error::Error>> {
+/// The server; `metrics` renders what the layers counted. The recorder is
+/// installed before the layers are built: they take their handles then.
+fn app(
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+) -> Result<Router, Box<dyn std::error::Error>> {
     // Every route: 60 requests a minute per client address.
     let per_ip = RateLimitLayer::builder(Quota::per_minute(60)?)
         .key(PeerIp::new())
@@ -55,7 +62,15 @@ fn app() -> Result<Router, Box<dyn std::error::Error>> {
         .route("/", get(|| async { "hello" }))
         .route("/login", post(|| async { "welcome" }).route_layer(login))
         .merge(api)
-        .layer(per_ip))
+        .layer(per_ip)
+        // Outside the limits: a scraper is never refused.
+        .merge(Router::new().route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move { metrics.render() }
+            }),
+        )))
 }
 
 #[tokio::main]
@@ -70,11 +85,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         "127.0.0.1:0"
     };
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
     let listener = tokio::net::TcpListener::bind(bind).await?;
     let addr = listener.local_addr()?;
     let server = axum::serve(
         listener,
-        app()?.into_make_service_with_connect_info::<SocketAddr>(),
+        app(metrics)?.into_make_service_with_connect_info::<SocketAddr>(),
     );
     if serve_only {
         println!("listening on http://{addr}  (try: curl -i -X POST http://{addr}/login)");
@@ -95,6 +111,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     show(send(addr, "GET", "/api/data", Some("bob")).await?);
     println!("\nGET /api/data without a key:");
     show(send(addr, "GET", "/api/data", None).await?);
+    println!("\nGET /metrics, the decisions counted (the page has the waits too):");
+    let page = send(addr, "GET", "/metrics", None).await?.body;
+    let mut decisions: Vec<&str> = page
+        .lines()
+        .filter(|l| l.starts_with("tollgate_decisions_total{") && !l.ends_with(" 0"))
+        .collect();
+    decisions.sort_unstable();
+    for line in decisions {
+        println!("  {line}");
+    }
     Ok(())
 }
 
