@@ -74,6 +74,16 @@ impl<K, S> KeyedLimiter<K, S> {
     pub fn as_budget(&self) -> &KeyedBudget<K, S> {
         &self.inner
     }
+
+    /// Counts its decisions under `policy` (feature `metrics`); see
+    /// [`KeyedBudget::metrics`].
+    #[cfg(feature = "metrics")]
+    #[must_use]
+    pub fn metrics(self, policy: &str) -> Self {
+        Self {
+            inner: self.inner.metrics(policy),
+        }
+    }
 }
 
 impl<K: Hash + Eq + Clone, S: SyncStore<K>> KeyedLimiter<K, S> {
@@ -205,10 +215,12 @@ impl<K: Hash + Eq + Clone, S: Store<K>> KeyedLimiter<K, S> {
     /// runs over any store and keeps its fast path where it has one.
     #[inline(always)]
     pub fn check_now(&self, key: &K, cost: u64) -> Option<Result<Snapshot, Denied>> {
-        match self.inner.store().check_now(key, self.quota(), cost)? {
-            Ok(snapshot) => Some(Ok(snapshot)),
-            Err(refusal) => Some(Err(self.refused(cost, refusal))),
-        }
+        let result = match self.inner.store().check_now(key, self.quota(), cost)? {
+            Ok(snapshot) => Ok(snapshot),
+            Err(refusal) => Err(self.refused(cost, refusal)),
+        };
+        self.inner.count(&result, Duration::ZERO);
+        Some(result)
     }
 
     /// [`check_now`](Self::check_now) at `quota` instead of the default,
@@ -221,10 +233,12 @@ impl<K: Hash + Eq + Clone, S: Store<K>> KeyedLimiter<K, S> {
         quota: &Quota,
         cost: u64,
     ) -> Option<Result<Snapshot, Denied>> {
-        match self.inner.store().check_now(key, quota, cost)? {
-            Ok(snapshot) => Some(Ok(snapshot)),
-            Err(refusal) => Some(Err(self.refused(cost, refusal))),
-        }
+        let result = match self.inner.store().check_now(key, quota, cost)? {
+            Ok(snapshot) => Ok(snapshot),
+            Err(refusal) => Err(self.refused(cost, refusal)),
+        };
+        self.inner.count(&result, Duration::ZERO);
+        Some(result)
     }
 
     /// The denial of a refused [`check_now`](Self::check_now): off the
@@ -318,6 +332,16 @@ impl<S> Budget<S> {
     /// The budget underneath, with the key `()`.
     pub fn as_keyed(&self) -> &KeyedBudget<(), S> {
         &self.inner
+    }
+
+    /// Counts its decisions under `policy` (feature `metrics`); see
+    /// [`KeyedBudget::metrics`].
+    #[cfg(feature = "metrics")]
+    #[must_use]
+    pub fn metrics(self, policy: &str) -> Self {
+        Self {
+            inner: self.inner.metrics(policy),
+        }
     }
 }
 

@@ -79,6 +79,9 @@ pub struct KeyedBudget<K, S = MemoryStore> {
     /// Whether the last call to the store failed: the log says so once per
     /// change, not once per call.
     store_failing: AtomicBool,
+    /// Its metrics, once named.
+    #[cfg(feature = "metrics")]
+    meters: Option<super::meters::Meters>,
 }
 
 /// Builds a [`KeyedBudget`], a [`KeyedLimiter`](crate::KeyedLimiter) or a
@@ -259,6 +262,45 @@ impl<K, S> KeyedBudget<K, S> {
             waiting: AtomicU64::new(0),
             store_failures: AtomicU64::new(0),
             store_failing: AtomicBool::new(false),
+            #[cfg(feature = "metrics")]
+            meters: None,
+        }
+    }
+
+    /// Counts its decisions under `policy` through the `metrics` facade
+    /// (feature `metrics`): `tollgate_decisions_total{policy, outcome}`,
+    /// `tollgate_refusals_by_dimension_total{policy, dimension}` and
+    /// `tollgate_wait_seconds{policy}`. The handles are registered now,
+    /// with the recorder installed now.
+    #[cfg(feature = "metrics")]
+    #[must_use]
+    pub fn metrics(mut self, policy: &str) -> Self {
+        self.meters = Some(super::meters::Meters::new(policy, &self.limits));
+        self
+    }
+
+    /// Counts a decision that took `waited` (feature `metrics`, once named).
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    #[inline]
+    pub(crate) fn count<T>(&self, result: &Result<T, Denied>, waited: Duration) {
+        #[cfg(feature = "metrics")]
+        if let Some(meters) = &self.meters {
+            match result {
+                Ok(_) if waited < Duration::from_millis(1) => meters.admitted(),
+                Ok(_) => meters.waited(waited),
+                Err(denied) => match denied.kind() {
+                    DeniedKind::RateLimited | DeniedKind::CostExceedsBurst => {
+                        let dimension = denied
+                            .dimension()
+                            .and_then(|name| {
+                                (0..self.limits.len()).find(|&d| self.limits.name(d) == name)
+                            })
+                            .unwrap_or(0);
+                        meters.refused(dimension);
+                    }
+                    _ => meters.failed(),
+                },
+            }
         }
     }
 
@@ -360,13 +402,15 @@ impl<K: Hash + Eq + Clone, S: SyncStore<K>> KeyedBudget<K, S> {
         if costs.len() != self.limits.len() {
             return Err(Self::wrong_dimensions(&self.limits, costs));
         }
-        match self
+        let result = match self
             .store
             .decide_now(key, self.limits.quotas(), costs, Duration::ZERO)
         {
             Decision::Admit(admit) => Ok(Self::grant(costs, &admit)),
             decision => Err(Self::denied(&self.limits, costs, decision)),
-        }
+        };
+        self.count(&result, Duration::ZERO);
+        result
     }
 
     /// [`check`](Self::check), answering the tightest dimension's snapshot
@@ -374,10 +418,12 @@ impl<K: Hash + Eq + Clone, S: SyncStore<K>> KeyedBudget<K, S> {
     #[inline]
     pub(crate) fn check_snapshot(&self, key: &K, costs: &[u64]) -> Result<Snapshot, Denied> {
         if let ([quota], [cost]) = (self.limits.quotas(), costs) {
-            return self
+            let result = self
                 .store
                 .check_one(key, quota, *cost)
                 .map_err(|refusal| Self::denied(&self.limits, costs, refusal.into()));
+            self.count(&result, Duration::ZERO);
+            return result;
         }
         self.check(key, costs).map(|grant| grant.snapshot)
     }
@@ -391,6 +437,18 @@ impl<K: Hash + Eq + Clone, S: SyncStore<K>> KeyedBudget<K, S> {
     /// Do not call it on an async runtime's thread; await
     /// [`acquire`](Self::acquire) there.
     pub fn acquire_blocking(&self, key: &K, costs: &[u64]) -> Result<Grant, Denied> {
+        #[cfg(feature = "metrics")]
+        {
+            let start = std::time::Instant::now();
+            let result = self.acquire_blocking_uncounted(key, costs);
+            self.count(&result, start.elapsed());
+            result
+        }
+        #[cfg(not(feature = "metrics"))]
+        self.acquire_blocking_uncounted(key, costs)
+    }
+
+    fn acquire_blocking_uncounted(&self, key: &K, costs: &[u64]) -> Result<Grant, Denied> {
         let limits = &self.limits;
         if costs.len() != limits.len() {
             return Err(Self::wrong_dimensions(limits, costs));
@@ -474,6 +532,27 @@ where
     /// the budget's defaults for this call (a request's tier, say): the
     /// key's state is the same whatever limits a call passes.
     pub(crate) async fn acquire_within_limits(
+        &self,
+        key: &K,
+        limits: &Limits,
+        costs: &[u64],
+        max_wait: Duration,
+    ) -> Result<Grant, Denied> {
+        #[cfg(feature = "metrics")]
+        {
+            let start = Instant::now();
+            let result = self
+                .acquire_within_uncounted(key, limits, costs, max_wait)
+                .await;
+            self.count(&result, start.elapsed());
+            result
+        }
+        #[cfg(not(feature = "metrics"))]
+        self.acquire_within_uncounted(key, limits, costs, max_wait)
+            .await
+    }
+
+    async fn acquire_within_uncounted(
         &self,
         key: &K,
         limits: &Limits,

@@ -7,6 +7,8 @@ mod faces;
 mod keyed;
 mod limits;
 mod memory;
+#[cfg(feature = "metrics")]
+mod meters;
 mod queue;
 mod store;
 mod table;

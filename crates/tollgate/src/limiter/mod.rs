@@ -135,10 +135,13 @@ impl<C: Clock> RateLimiter<C> {
     /// the same cost fits, if nothing else is admitted meanwhile.
     #[inline(always)]
     pub fn check(&self, cost: u64) -> Result<Snapshot, Denied> {
-        self.inner
+        let result = self
+            .inner
             .store()
             .check(cost)
-            .map_err(|why| refused(cost, why))
+            .map_err(|why| refused(cost, why));
+        self.inner.count(&result, Duration::ZERO);
+        result
     }
 
     /// Waits until `cost` is admitted.
@@ -292,6 +295,16 @@ impl<C: Clock> RateLimiter<C> {
     /// The engine underneath: a [`KeyedBudget`] with the key `()`.
     pub fn as_budget(&self) -> &KeyedBudget<(), DirectStore<C>> {
         &self.inner
+    }
+
+    /// Counts its decisions under `policy` (feature `metrics`); see
+    /// [`KeyedBudget::metrics`].
+    #[cfg(feature = "metrics")]
+    #[must_use]
+    pub fn metrics(self, policy: &str) -> Self {
+        Self {
+            inner: self.inner.metrics(policy),
+        }
     }
 }
 
