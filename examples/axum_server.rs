@@ -9,9 +9,9 @@
 //!
 //! The demo sends requests to the server over loopback and prints what came
 //! back: the statuses, `Retry-After` and the `RateLimit` fields; then the
-//! `tollgate_decisions_total` lines the server's `GET /metrics` serves
-//! (Prometheus' text format, through `metrics-exporter-prometheus`; the
-//! layers count with tollgate-tower's `metrics` feature).
+//! `tollgate_` lines the server's `GET /metrics` serves (Prometheus' text
+//! format, through `metrics-exporter-prometheus`; the layers count with
+//! tollgate-tower's `metrics` feature).
 //!
 //! `--load` shows the layers shaping real traffic: a server whose handler
 //! takes 40 ms, behind a global rate (150 a second, a request waits up to
@@ -111,14 +111,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     show(send(addr, "GET", "/api/data", Some("bob")).await?);
     println!("\nGET /api/data without a key:");
     show(send(addr, "GET", "/api/data", None).await?);
-    println!("\nGET /metrics, the decisions counted (the page has the waits too):");
+    println!("\nGET /metrics, its tollgate_ lines (the waits' quantiles left out):");
     let page = send(addr, "GET", "/metrics", None).await?.body;
-    let mut decisions: Vec<&str> = page
+    let mut lines: Vec<&str> = page
         .lines()
-        .filter(|l| l.starts_with("tollgate_decisions_total{") && !l.ends_with(" 0"))
+        .filter(|l| l.starts_with("tollgate_") && !l.contains("quantile="))
         .collect();
-    decisions.sort_unstable();
-    for line in decisions {
+    lines.sort_unstable();
+    for line in lines {
         println!("  {line}");
     }
     Ok(())
