@@ -1159,6 +1159,7 @@ impl RedisStore {
                 "the circuit is open after repeated failures".to_owned(),
             ));
         }
+        #[cfg(feature = "metrics")]
         let start = tokio::time::Instant::now();
         let result = match tokio::time::timeout(inner.timeout, call).await {
             Ok(result) => result,
@@ -1167,7 +1168,10 @@ impl RedisStore {
                 format!("no answer within {:?}", inner.timeout),
             )),
         };
+        #[cfg(feature = "metrics")]
         inner.meters.call(op, start.elapsed());
+        #[cfg(not(feature = "metrics"))]
+        let _ = op;
         match &result {
             Ok(_) => {
                 if inner.breaker.success() {
