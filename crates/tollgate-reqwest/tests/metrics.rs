@@ -82,4 +82,31 @@ async fn calls_refusals_retries_pauses_and_limits() {
         value("tollgate_client_limit", Some(("dimension", "requests"))),
         Some(&DebugValue::Gauge(600.0.into()))
     );
+
+    // Models come from the bodies: 150 of them make at most 100 series,
+    // the rest counted as `other`.
+    for model in 0..150 {
+        let response = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"model":"m{model}","messages":[]}}"#))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let seen = snapshotter.snapshot().into_vec();
+    let endpoints: Vec<String> = seen
+        .iter()
+        .filter(|(key, _, _, _)| key.key().name() == "tollgate_client_calls_total")
+        .flat_map(|(key, _, _, _)| {
+            key.key()
+                .labels()
+                .filter(|l| l.key() == "endpoint")
+                .map(|l| l.value().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(endpoints.len(), 101, "{endpoints:?}");
+    assert!(endpoints.iter().any(|e| e == "other"));
 }
