@@ -213,8 +213,12 @@ fn finished<B, H: Hold>(
     mut response: Response<B>,
     hold: &mut Option<H>,
 ) -> Response<ResponseBody<B>> {
-    if let Some(hold) = hold.take() {
+    if let Some(mut hold) = hold.take() {
+        let kept = hold.keep_for_body();
         hold.finish(response.headers_mut());
+        if kept.is_some() {
+            return response.map(|body| ResponseBody::keeping(body, kept));
+        }
     }
     response.map(ResponseBody::service)
 }

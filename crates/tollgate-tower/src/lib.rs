@@ -86,7 +86,8 @@ pub use rate_limit::{
     Tier,
 };
 pub use response::{
-    Admitted, DefaultRejector, Hold, RejectFn, Rejection, RejectionKind, Rejector, ResponseBody,
+    Admitted, DefaultRejector, Hold, Kept, RejectFn, Rejection, RejectionKind, Rejector,
+    ResponseBody,
 };
 
 /// A layer configured with values it cannot work with, returned by the

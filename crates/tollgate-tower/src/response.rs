@@ -445,6 +445,34 @@ impl fmt::Debug for Admitted {
 pub trait Hold: Send + 'static {
     /// Called with the inner service's response; the hold is dropped after.
     fn finish(self, headers: &mut HeaderMap);
+
+    /// What to keep until the response's body ends or is dropped, taken
+    /// before [`finish`](Self::finish) (default: nothing): a concurrency
+    /// permit held for the whole body, say.
+    fn keep_for_body(&mut self) -> Option<Kept> {
+        None
+    }
+}
+
+/// Something a response's body keeps until it ends or is dropped.
+pub struct Kept {
+    /// Held for its drop alone.
+    _value: Box<dyn Send + Sync>,
+}
+
+impl Kept {
+    /// Keeps `value` with the body.
+    pub fn new(value: impl Send + Sync + 'static) -> Self {
+        Self {
+            _value: Box::new(value),
+        }
+    }
+}
+
+impl fmt::Debug for Kept {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Kept")
+    }
 }
 
 impl Hold for Admitted {
@@ -523,7 +551,7 @@ pin_project! {
 pin_project! {
     #[project = InnerProj]
     enum Inner<B> {
-        Service { #[pin] body: B },
+        Service { #[pin] body: B, kept: Option<Kept> },
         // Boxed, so that a response through the layer is no larger than
         // the service's own by more than a word or two: moving it stays
         // a few register moves rather than a call to copy memory.
@@ -534,7 +562,15 @@ pin_project! {
 impl<B> ResponseBody<B> {
     pub(crate) fn service(body: B) -> Self {
         Self {
-            inner: Inner::Service { body },
+            inner: Inner::Service { body, kept: None },
+        }
+    }
+
+    /// The inner service's body, keeping `kept` until it ends or is
+    /// dropped.
+    pub(crate) fn keeping(body: B, kept: Option<Kept>) -> Self {
+        Self {
+            inner: Inner::Service { body, kept },
         }
     }
 
@@ -553,7 +589,11 @@ impl<B> ResponseBody<B> {
 impl From<ResponseBody<axum::body::Body>> for axum::body::Body {
     fn from(body: ResponseBody<axum::body::Body>) -> Self {
         match body.inner {
-            Inner::Service { body } => body,
+            Inner::Service { body, kept: None } => body,
+            // What it keeps must live as long as the body: boxed with it.
+            Inner::Service { body, kept } => Self::new(ResponseBody {
+                inner: Inner::Service { body, kept },
+            }),
             Inner::Rejection { data } => data.map_or_else(Self::empty, |d| Self::from(*d)),
         }
     }
@@ -562,7 +602,7 @@ impl From<ResponseBody<axum::body::Body>> for axum::body::Body {
 impl<B: fmt::Debug> fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.inner {
-            Inner::Service { body } => f.debug_tuple("ResponseBody").field(body).finish(),
+            Inner::Service { body, .. } => f.debug_tuple("ResponseBody").field(body).finish(),
             Inner::Rejection { data } => f.debug_tuple("ResponseBody").field(data).finish(),
         }
     }
@@ -581,7 +621,16 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         match self.project().inner.project() {
-            InnerProj::Service { body } => body.poll_frame(cx),
+            InnerProj::Service { body, kept } => {
+                let frame = body.poll_frame(cx);
+                if kept.is_some() && matches!(frame, Poll::Ready(None) | Poll::Ready(Some(Err(_))))
+                {
+                    // The body ended: what it kept goes now, not when the
+                    // connection lets the body go.
+                    *kept = None;
+                }
+                frame
+            }
             InnerProj::Rejection { data } => {
                 Poll::Ready(data.take().map(|d| Ok(Frame::data(B::Data::from(*d)))))
             }
@@ -590,14 +639,14 @@ where
 
     fn is_end_stream(&self) -> bool {
         match &self.inner {
-            Inner::Service { body } => body.is_end_stream(),
+            Inner::Service { body, .. } => body.is_end_stream(),
             Inner::Rejection { data } => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            Inner::Service { body } => body.size_hint(),
+            Inner::Service { body, .. } => body.size_hint(),
             Inner::Rejection { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }

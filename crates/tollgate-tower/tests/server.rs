@@ -531,3 +531,97 @@ async fn two_tiers_each_with_its_quota_and_policy() {
         assert_eq!(answer.header("ratelimit"), r#""default";r=1;t=30"#);
     }
 }
+
+/// A handler whose body streams until the test ends it: each request
+/// hands the test the sender of its body's chunks.
+fn streaming() -> (Router, mpsc::UnboundedReceiver<mpsc::Sender<Bytes>>) {
+    let (senders, handed) = mpsc::unbounded_channel();
+    let app = Router::new().route(
+        "/",
+        get(move || {
+            let senders = senders.clone();
+            async move {
+                let (tx, rx) = mpsc::channel::<Bytes>(4);
+                senders.send(tx).unwrap();
+                let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                    rx.recv()
+                        .await
+                        .map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), rx))
+                });
+                axum::body::Body::from_stream(stream)
+            }
+        }),
+    );
+    (app, handed)
+}
+
+/// Sends a GET and answers once the headers are in, the body still open.
+async fn headers_only(
+    addr: SocketAddr,
+) -> (
+    hyper::Response<hyper::body::Incoming>,
+    hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = Request::get("/")
+        .header("host", "test")
+        .body(Empty::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    (response, sender)
+}
+
+/// With `hold_for_body`, a streaming answer holds its permit until its
+/// body ends, or until it is dropped; without, only until its headers.
+#[tokio::test]
+async fn a_permit_held_for_the_whole_body() {
+    let (app, mut bodies) = streaming();
+    let held = ConcurrencyLimitLayer::builder(1)
+        .hold_for_body(true)
+        .build()
+        .unwrap();
+    let addr = serve(app.layer(held.clone())).await;
+
+    let (response, _keep) = headers_only(addr).await;
+    assert_eq!(response.status(), 200);
+    let body_a = bodies.recv().await.unwrap();
+    body_a.send(Bytes::from_static(b"first")).await.unwrap();
+    assert_eq!(held.in_flight(), 1, "streaming: still in flight");
+    let mut other = Client::connect("127.0.0.1", addr).await;
+    let busy = other.get("/", &[]).await;
+    assert_eq!(busy.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    // The body ends: the permit goes with it.
+    drop(body_a);
+    let text = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(text, "first");
+    assert_eq!(held.in_flight(), 0);
+
+    // A body dropped half-way (the client went away) gives it back too.
+    let (response, keep) = headers_only(addr).await;
+    let body_b = bodies.recv().await.unwrap();
+    assert_eq!(held.in_flight(), 1);
+    drop((response, keep));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while held.in_flight() != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the permit was never given back"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(body_b);
+
+    // Without the option: in flight until the headers only.
+    let (app, mut bodies) = streaming();
+    let headers = ConcurrencyLimitLayer::new(1).unwrap();
+    let addr = serve(app.layer(headers.clone())).await;
+    let (response, _keep) = headers_only(addr).await;
+    assert_eq!(response.status(), 200);
+    let _body = bodies.recv().await.unwrap();
+    assert_eq!(headers.in_flight(), 0);
+}

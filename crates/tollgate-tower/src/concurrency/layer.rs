@@ -28,6 +28,8 @@ pub(super) struct Shared<K, R> {
     pub(super) rejector: R,
     pub(super) max_wait: Option<Duration>,
     pub(super) keys: KeyRules,
+    /// Whether a permit is held until the response's body ends.
+    pub(super) for_body: bool,
 }
 
 pub(super) enum Slots {
@@ -76,6 +78,7 @@ impl ConcurrencyLimitLayer {
             rejector: DefaultRejector,
             max_wait: None,
             keys: KeyRules::default(),
+            for_body: false,
         }
     }
 }
@@ -103,6 +106,7 @@ pub struct ConcurrencyBuilder<K = Global, R = DefaultRejector> {
     rejector: R,
     max_wait: Option<Duration>,
     keys: KeyRules,
+    for_body: bool,
 }
 
 impl<K, R> fmt::Debug for ConcurrencyBuilder<K, R> {
@@ -111,6 +115,7 @@ impl<K, R> fmt::Debug for ConcurrencyBuilder<K, R> {
             .field("limit", &self.limit)
             .field("per_key", &self.keyed)
             .field("max_wait", &self.max_wait)
+            .field("hold_for_body", &self.for_body)
             .finish_non_exhaustive()
     }
 }
@@ -125,6 +130,7 @@ impl<K, R> ConcurrencyBuilder<K, R> {
             rejector: self.rejector,
             max_wait: self.max_wait,
             keys: self.keys,
+            for_body: self.for_body,
         }
     }
 
@@ -140,6 +146,7 @@ impl<K, R> ConcurrencyBuilder<K, R> {
             rejector: RejectFn(f),
             max_wait: self.max_wait,
             keys: self.keys,
+            for_body: self.for_body,
         }
     }
 
@@ -147,6 +154,20 @@ impl<K, R> ConcurrencyBuilder<K, R> {
     #[must_use]
     pub fn wait_up_to(mut self, max_wait: Duration) -> Self {
         self.max_wait = Some(max_wait);
+        self
+    }
+
+    /// Holds each request's permit until its response's body ends or is
+    /// dropped, not only until the inner service answers (its headers):
+    /// a long stream (server-sent events, a download) counts as in flight
+    /// while it streams (default: off).
+    ///
+    /// Behind axum's `Router::layer` the body is boxed anyway; a response
+    /// turned back into `axum::body::Body` with `Body::from` keeps the
+    /// permit with it.
+    #[must_use]
+    pub fn hold_for_body(mut self, on: bool) -> Self {
+        self.for_body = on;
         self
     }
 
@@ -187,6 +208,7 @@ impl<K, R> ConcurrencyBuilder<K, R> {
                 rejector: self.rejector,
                 max_wait: self.max_wait,
                 keys: self.keys,
+                for_body: self.for_body,
             }),
         })
     }

@@ -62,10 +62,12 @@ impl<S: fmt::Debug, K, R> fmt::Debug for ConcurrencyLimit<S, K, R> {
 }
 
 /// The permit a request in flight holds; it is given back when the inner
-/// service has answered (or the request is dropped).
+/// service has answered (or the request is dropped), or, with
+/// [`hold_for_body`](super::ConcurrencyBuilder::hold_for_body), when the
+/// response's body ends or is dropped.
 pub struct InFlight {
-    _permit: Permit,
-    _slot: Option<SlotRef>,
+    held: Option<(Permit, Option<SlotRef>)>,
+    for_body: bool,
 }
 
 impl fmt::Debug for InFlight {
@@ -76,6 +78,13 @@ impl fmt::Debug for InFlight {
 
 impl Hold for InFlight {
     fn finish(self, _: &mut HeaderMap) {}
+
+    fn keep_for_body(&mut self) -> Option<crate::Kept> {
+        if !self.for_body {
+            return None;
+        }
+        self.held.take().map(crate::Kept::new)
+    }
 }
 
 /// A key's semaphore, taken from the map; dropping the last one removes
@@ -189,10 +198,11 @@ where
                 }
             }
         };
+        let for_body = shared.for_body;
         if let Some(permit) = limit.try_acquire() {
             let hold = InFlight {
-                _permit: permit,
-                _slot: slot,
+                held: Some((permit, slot)),
+                for_body,
             };
             return ResponseFuture::called(self.inner.call(request), Some(hold));
         }
@@ -208,8 +218,8 @@ where
         let wait = Box::pin(async move {
             match limit.acquire_within(max_wait).await {
                 Ok(permit) => Ok(InFlight {
-                    _permit: permit,
-                    _slot: slot,
+                    held: Some((permit, slot)),
+                    for_body,
                 }),
                 Err(_) => {
                     tracing::debug!(key = ?key, "no permit came free in time");
