@@ -216,7 +216,7 @@ fn finished<B, H: Hold>(
     if let Some(mut hold) = hold.take() {
         let kept = hold.keep_for_body();
         hold.finish(response.headers_mut());
-        if kept.is_some() {
+        if let Some(kept) = kept {
             return response.map(|body| ResponseBody::keeping(body, kept));
         }
     }

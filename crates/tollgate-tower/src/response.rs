@@ -551,33 +551,49 @@ pin_project! {
 pin_project! {
     #[project = InnerProj]
     enum Inner<B> {
-        Service { #[pin] body: B, kept: Option<Kept> },
-        // Boxed, so that a response through the layer is no larger than
-        // the service's own by more than a word or two: moving it stays
-        // a few register moves rather than a call to copy memory.
-        Rejection { data: Option<Box<Bytes>> },
+        Service { #[pin] body: B },
+        // A rejection's bytes (none when empty), or a body that keeps
+        // something until it ends: boxed, so that a response through the
+        // layer is no larger than the service's own by more than a word or
+        // two, and moving it stays a few register moves.
+        Rare { rare: Option<Pin<Box<Rare<B>>>> },
+    }
+}
+
+pin_project! {
+    #[project = RareProj]
+    enum Rare<B> {
+        Rejection { data: Option<Bytes> },
+        // The inner service's body, and what it keeps (a concurrency
+        // permit) until it ends.
+        Keeping { #[pin] body: B, kept: Option<Kept> },
     }
 }
 
 impl<B> ResponseBody<B> {
     pub(crate) fn service(body: B) -> Self {
         Self {
-            inner: Inner::Service { body, kept: None },
+            inner: Inner::Service { body },
         }
     }
 
     /// The inner service's body, keeping `kept` until it ends or is
     /// dropped.
-    pub(crate) fn keeping(body: B, kept: Option<Kept>) -> Self {
+    pub(crate) fn keeping(body: B, kept: Kept) -> Self {
         Self {
-            inner: Inner::Service { body, kept },
+            inner: Inner::Rare {
+                rare: Some(Box::pin(Rare::Keeping {
+                    body,
+                    kept: Some(kept),
+                })),
+            },
         }
     }
 
     pub(crate) fn rejection(data: Bytes) -> Self {
         Self {
-            inner: Inner::Rejection {
-                data: (!data.is_empty()).then(|| Box::new(data)),
+            inner: Inner::Rare {
+                rare: (!data.is_empty()).then(|| Box::pin(Rare::Rejection { data: Some(data) })),
             },
         }
     }
@@ -589,22 +605,33 @@ impl<B> ResponseBody<B> {
 impl From<ResponseBody<axum::body::Body>> for axum::body::Body {
     fn from(body: ResponseBody<axum::body::Body>) -> Self {
         match body.inner {
-            Inner::Service { body, kept: None } => body,
-            // What it keeps must live as long as the body: boxed with it.
-            Inner::Service { body, kept } => Self::new(ResponseBody {
-                inner: Inner::Service { body, kept },
-            }),
-            Inner::Rejection { data } => data.map_or_else(Self::empty, |d| Self::from(*d)),
+            Inner::Service { body } => body,
+            Inner::Rare { rare: None } => Self::empty(),
+            Inner::Rare { rare: Some(rare) } => match *Pin::into_inner(rare) {
+                Rare::Rejection { data } => data.map_or_else(Self::empty, Self::from),
+                // What it keeps must live as long as the body: boxed with it.
+                keeping @ Rare::Keeping { .. } => Self::new(ResponseBody {
+                    inner: Inner::Rare {
+                        rare: Some(Box::pin(keeping)),
+                    },
+                }),
+            },
         }
     }
 }
 
 impl<B: fmt::Debug> fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut tuple = f.debug_tuple("ResponseBody");
         match &self.inner {
-            Inner::Service { body, .. } => f.debug_tuple("ResponseBody").field(body).finish(),
-            Inner::Rejection { data } => f.debug_tuple("ResponseBody").field(data).finish(),
-        }
+            Inner::Service { body } => tuple.field(body),
+            Inner::Rare { rare: None } => tuple.field(&"empty"),
+            Inner::Rare { rare: Some(rare) } => match &**rare {
+                Rare::Rejection { data } => tuple.field(data),
+                Rare::Keeping { body, .. } => tuple.field(body),
+            },
+        };
+        tuple.finish()
     }
 }
 
@@ -621,35 +648,48 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         match self.project().inner.project() {
-            InnerProj::Service { body, kept } => {
-                let frame = body.poll_frame(cx);
-                if kept.is_some() && matches!(frame, Poll::Ready(None) | Poll::Ready(Some(Err(_))))
-                {
-                    // The body ended: what it kept goes now, not when the
-                    // connection lets the body go.
-                    *kept = None;
-                }
-                frame
-            }
-            InnerProj::Rejection { data } => {
-                Poll::Ready(data.take().map(|d| Ok(Frame::data(B::Data::from(*d)))))
-            }
+            InnerProj::Service { body } => body.poll_frame(cx),
+            InnerProj::Rare { rare } => match rare {
+                None => Poll::Ready(None),
+                Some(rare) => match rare.as_mut().project() {
+                    RareProj::Rejection { data } => {
+                        Poll::Ready(data.take().map(|d| Ok(Frame::data(B::Data::from(d)))))
+                    }
+                    RareProj::Keeping { body, kept } => {
+                        let frame = body.poll_frame(cx);
+                        if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
+                            // The body ended: what it kept goes now, not
+                            // when the connection lets the body go.
+                            *kept = None;
+                        }
+                        frame
+                    }
+                },
+            },
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.inner {
-            Inner::Service { body, .. } => body.is_end_stream(),
-            Inner::Rejection { data } => data.is_none(),
+            Inner::Service { body } => body.is_end_stream(),
+            Inner::Rare { rare: None } => true,
+            Inner::Rare { rare: Some(rare) } => match &**rare {
+                Rare::Rejection { data } => data.is_none(),
+                Rare::Keeping { body, .. } => body.is_end_stream(),
+            },
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            Inner::Service { body, .. } => body.size_hint(),
-            Inner::Rejection { data } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
+            Inner::Service { body } => body.size_hint(),
+            Inner::Rare { rare: None } => SizeHint::with_exact(0),
+            Inner::Rare { rare: Some(rare) } => match &**rare {
+                Rare::Rejection { data } => {
+                    SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+                }
+                Rare::Keeping { body, .. } => body.size_hint(),
+            },
         }
     }
 }
