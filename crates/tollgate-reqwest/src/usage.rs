@@ -110,20 +110,9 @@ impl Usage {
     /// `completion_tokens` or Anthropic's `input_tokens` / `output_tokens`.
     /// Returns `false` (and settles nothing) when the body has no usage.
     pub async fn report_body(&self, body: &Value) -> bool {
-        let Some(usage) = body.get("usage") else {
-            return false;
-        };
-        let count = |names: [&str; 2]| {
-            names
-                .iter()
-                .find_map(|name| usage.get(*name).and_then(Value::as_u64))
-        };
-        match (
-            count(["prompt_tokens", "input_tokens"]),
-            count(["completion_tokens", "output_tokens"]),
-        ) {
-            (Some(input), Some(output)) => self.report(input, output).await,
-            _ => false,
+        match tollgate::llm::usage_of(body) {
+            Some(usage) => self.report(usage.input_tokens, usage.output_tokens).await,
+            None => false,
         }
     }
 }

@@ -73,6 +73,8 @@ mod concurrency;
 mod error;
 pub mod headers;
 mod limiter;
+#[cfg(feature = "llm")]
+pub mod llm;
 mod quota;
 mod snapshot;
 
