@@ -68,6 +68,7 @@ mod limits;
 mod meters;
 mod middleware;
 mod share;
+mod stream;
 mod usage;
 
 pub use classify::{Answer, Classify, DefaultClassify};

@@ -761,13 +761,18 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             }
             response.extensions_mut().insert(Attempts(attempt));
             if answer == Answer::Done {
-                // The estimate stays charged until the caller reports usage.
-                response.extensions_mut().insert(Usage::new(
+                // The estimate stays charged until the caller reports usage,
+                // or, for a stream of events, until the body ends.
+                let usage = Usage::new(
                     Arc::clone(&self) as Arc<dyn SettleUsage>,
                     key,
                     grant,
                     estimate,
-                ));
+                );
+                response.extensions_mut().insert(usage.clone());
+                if crate::stream::is_event_stream(&response) {
+                    return Ok(crate::stream::watch(response, usage));
+                }
                 return Ok(response);
             }
 

@@ -17,6 +17,11 @@ use crate::middleware::{Endpoint, SettleUsage};
 /// the callers behind it a little, a low one lets the provider's headers
 /// correct it. Reporting twice changes nothing the second time.
 ///
+/// A streamed answer (`text/event-stream`) settles itself: the usage its
+/// events report (OpenAI's final chunk with `stream_options.include_usage`,
+/// Anthropic's `message_start` and `message_delta`) is read as the body
+/// passes, and settled when the body ends or is dropped.
+///
 /// ```no_run
 /// # async fn run(client: reqwest_middleware::ClientWithMiddleware) -> Result<(), Box<dyn std::error::Error>> {
 /// use tollgate_reqwest::Usage;

@@ -73,9 +73,15 @@ impl Middleware for InProcess {
         };
         let response = app.oneshot(builder.body(body).unwrap()).await.unwrap();
         let (parts, body) = response.into_parts();
-        let bytes = body.collect().await.unwrap().to_bytes();
+        // An app registered under the domain `stream` streams its body as
+        // it comes; the others' is read whole first.
+        let body = if host.ends_with(".stream") {
+            reqwest::Body::wrap_stream(body.into_data_stream())
+        } else {
+            reqwest::Body::from(body.collect().await.unwrap().to_bytes())
+        };
         // As reqwest's own responses do, it carries the URL it answers.
-        let mut response = http::Response::from_parts(parts, bytes);
+        let mut response = http::Response::from_parts(parts, body);
         let url =
             reqwest::ResponseBuilderExt::url(http::Response::builder(), request.url().clone())
                 .body(())
