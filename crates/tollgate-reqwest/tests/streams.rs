@@ -60,10 +60,11 @@ async fn settled() {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_stream_read_to_its_end_settles_from_its_usage() {
-    let base = provider();
-    let url = format!("{base}/openai");
+/// A client of the provider's `path`, with room for 100,000 tokens a
+/// minute; answers the middleware, the response of one streamed call and
+/// its URL.
+async fn stream_call(path: &str) -> (RateLimitMiddleware, reqwest::Response, String) {
+    let url = format!("{}{path}", provider());
     let middleware = RateLimitMiddleware::builder()
         .limits(
             ProviderLimits::new()
@@ -80,6 +81,12 @@ async fn a_stream_read_to_its_end_settles_from_its_usage() {
         .send()
         .await
         .unwrap();
+    (middleware, response, url)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_read_to_its_end_settles_from_its_usage() {
+    let (middleware, response, url) = stream_call("/openai").await;
     assert_eq!(response.url().as_str(), url, "the URL is kept");
     let charged = tokens_left(&middleware, &url).await;
     let text = response.text().await.unwrap();
@@ -91,24 +98,7 @@ async fn a_stream_read_to_its_end_settles_from_its_usage() {
 
 #[tokio::test(start_paused = true)]
 async fn a_stream_dropped_early_settles_what_it_saw() {
-    let base = provider();
-    let url = format!("{base}/anthropic");
-    let middleware = RateLimitMiddleware::builder()
-        .limits(
-            ProviderLimits::new()
-                .requests_per_minute(6_000)
-                .tokens_per_minute(100_000),
-        )
-        .build();
-    let client = transport::client(middleware.clone());
-    let body = r#"{"model":"m","max_tokens":100,"stream":true,"messages":[{"role":"user","content":"x"}]}"#;
-    let response = client
-        .post(&url)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let (middleware, response, url) = stream_call("/anthropic").await;
     let charged = tokens_left(&middleware, &url).await;
     let mut chunks = response.bytes_stream();
     let first = chunks.next().await.unwrap().unwrap();
