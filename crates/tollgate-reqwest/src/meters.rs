@@ -88,6 +88,8 @@ pub(crate) fn paused(endpoint: &Endpoint, pause: Duration) {
 #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
 pub(crate) fn limits(endpoint: &Endpoint, limits: &ProviderLimits) {
     #[cfg(feature = "metrics")]
+    let endpoint = label(endpoint);
+    #[cfg(feature = "metrics")]
     for (dimension, per_minute) in [
         ("requests", limits.requests()),
         ("tokens", limits.tokens()),
@@ -98,7 +100,7 @@ pub(crate) fn limits(endpoint: &Endpoint, limits: &ProviderLimits) {
             #[allow(clippy::cast_precision_loss)]
             metrics::gauge!(
                 "tollgate_client_limit",
-                "endpoint" => label(endpoint),
+                "endpoint" => endpoint.clone(),
                 "dimension" => dimension
             )
             .set(per_minute as f64);

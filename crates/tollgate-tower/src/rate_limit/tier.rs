@@ -65,9 +65,15 @@ impl Tiers {
         if self.limits.is_empty() {
             return None;
         }
+        // The extension is read in place: a tier named at run time is a
+        // `String`, and cloning it would allocate on every request.
+        let resolved;
         let tier = match &self.resolver {
-            Some(resolve) => resolve(headers, extensions)?,
-            None => extensions.get::<Tier>()?.clone(),
+            Some(resolve) => {
+                resolved = resolve(headers, extensions)?;
+                &resolved
+            }
+            None => extensions.get::<Tier>()?,
         };
         let found = self
             .limits
