@@ -17,7 +17,7 @@ mod transport;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mock::{Host, Mock, Style, Tokens};
+use mock::{Host, Style, Tokens};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use tollgate_reqwest::{RateLimitMiddleware, Usage};
@@ -139,10 +139,9 @@ async fn run(s: &Scenario, headroom: f64, calls: usize) -> Row {
     }
     let elapsed = start.elapsed().as_secs_f64();
     let counts = mock.counts();
-    let (prompt, output) = Mock::tokens_of(&body(MAX_TOKENS));
     // The allowed rate over the run: before and after a change, weighted.
     let allowed = match s.change_to {
-        None => mock.allowed_rate(prompt + output),
+        None => mock.allowed_rate(&body(MAX_TOKENS)),
         Some(to) => {
             let before = (s.rpm as f64 / 60.0) * 10.0;
             let after = (to as f64 / 60.0) * (elapsed - 10.0).max(0.0);

@@ -115,8 +115,7 @@ async fn calls_at(
     }
     let elapsed = start.elapsed();
     let counts = mock.counts();
-    let (prompt, output) = mock::Mock::tokens_of(&body());
-    let allowed = mock.allowed_rate(prompt + output);
+    let allowed = mock.allowed_rate(&body());
     let achieved = (per_client * clients_len) as f64 / elapsed.as_secs_f64();
     Measured {
         answered,
