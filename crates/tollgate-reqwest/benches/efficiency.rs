@@ -1,13 +1,22 @@
-//! Quota efficiency: for each kind of provider, how close to its allowed
-//! rate the middleware runs, how many attempts are refused, and how many
-//! calls are lost. Every provider is the tests' in-process mock (no
-//! socket), every run on Tokio's paused clock: the figures are the same
-//! run after run.
+//! Quota efficiency as a matrix: for each way a provider counts (bucket,
+//! sliding or fixed window; slices of 1 s or 10 s; `max_tokens` or the
+//! written output charged; `remaining` exact or rounded) and each header
+//! dialect, with one, two and four clients, how close to the allowed rate
+//! the middleware runs, how many attempts are refused and how many calls
+//! are lost. Every provider is the workspace's scripted one
+//! (`tollgate-mock`), reached in process (no socket).
+//!
+//! Each row runs over two stores:
+//! - **memory**: each client its own middleware and nothing shared, on
+//!   Tokio's paused clock: the figures are the same run after run;
+//! - **redis**: each client its own middleware over one `redis-server` of
+//!   the bench's own (`RedisStore`, one prefix a row), on the real clock
+//!   (Redis keeps time): figures vary a little between runs.
 //!
 //! `cargo bench -p tollgate-reqwest --bench efficiency [-- WORDS]`: the rows
-//! whose name holds WORDS. `TOLLGATE_CALLS=1500` runs each scenario for
-//! that many calls instead of 400: a learnt rate's cycles of growth and
-//! refusal show over minutes, not seconds.
+//! whose name holds WORDS (`memory` or `redis` choose a store).
+//! `TOLLGATE_SECONDS=N` runs each row for N seconds of calls at the
+//! allowed rate instead of 12.
 
 #[path = "../tests/mock/mod.rs"]
 mod mock;
@@ -17,21 +26,41 @@ mod transport;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mock::{Host, Style, Tokens};
+use mock::{Charge, Config, Counting, Host, Provider, Rounding, Style};
 use serde_json::{json, Value};
 use tokio::time::Instant;
+use tollgate_redis::testing::RedisServer;
+use tollgate_redis::RedisStore;
 use tollgate_reqwest::{RateLimitMiddleware, Usage};
 
-fn body(max_tokens: u64) -> Value {
-    json!({
+const SECOND: Duration = Duration::from_secs(1);
+
+fn body(max_tokens: Option<u64>) -> Value {
+    let mut body = json!({
         "model": "mock-1",
-        "max_tokens": max_tokens,
         "messages": [{"role": "user", "content": "Hello, please count to three."}]
-    })
+    });
+    if let Some(max_tokens) = max_tokens {
+        body["max_tokens"] = json!(max_tokens);
+    }
+    body
+}
+
+/// The calls a second every row allows.
+const RATE: u64 = 100;
+
+#[derive(Clone)]
+struct Scenario {
+    name: String,
+    config: Config,
+    clients: usize,
+    max_tokens: Option<u64>,
+    /// The requests a minute become this, a third of the way in.
+    change_to: Option<u64>,
+    host: Host,
 }
 
 struct Row {
-    provider: String,
     calls: usize,
     answered: usize,
     attempts: u64,
@@ -39,76 +68,227 @@ struct Row {
     share: f64,
 }
 
-/// Calls in every scenario, shared among its clients, unless
-/// `TOLLGATE_CALLS` says otherwise.
-const CALLS: usize = 400;
-/// The `max_tokens` of every call.
-const MAX_TOKENS: u64 = 60;
-
-struct Scenario {
-    name: &'static str,
-    style: Style,
-    rpm: u64,
-    tpm: u64,
-    clients: usize,
-    /// The requests a minute become this, 10 s in.
-    change_to: Option<u64>,
-    tokens: Tokens,
-    host: Host,
+fn dialect_name(style: Style) -> &'static str {
+    match style {
+        Style::OpenAi => "OpenAI",
+        Style::Anthropic => "Anthropic",
+        Style::Ietf => "IETF",
+        Style::Mistral => "Mistral",
+        Style::RemainingOnly => "remaining only (Azure)",
+        Style::Bare => "no headers",
+        Style::AzureTenSeconds => "Azure's ten seconds",
+        Style::Gemini => "Gemini",
+        Style::OpenRouter => "OpenRouter",
+        Style::MinuteNoReset => "minute, no reset",
+        Style::GroqDaily => "Groq (day)",
+    }
 }
 
-impl Scenario {
-    fn new(
-        name: &'static str,
-        style: Style,
-        rpm: u64,
-        tpm: u64,
-        clients: usize,
-        change_to: Option<u64>,
-    ) -> Self {
-        Self {
-            name,
-            style,
-            rpm,
-            tpm,
-            clients,
-            change_to,
-            tokens: Tokens::Bucket,
-            host: Host::Provider,
+fn counting_name(counting: Counting) -> String {
+    let kind = match counting.report {
+        mock::Report::Bucket => "bucket",
+        mock::Report::Sliding => "sliding",
+        mock::Report::Fixed => "fixed",
+        mock::Report::Slice => "slice",
+    };
+    format!("{kind} {}s", counting.slice.as_secs())
+}
+
+const DIALECTS: [Style; 11] = [
+    Style::OpenAi,
+    Style::Anthropic,
+    Style::Ietf,
+    Style::Mistral,
+    Style::RemainingOnly,
+    Style::Bare,
+    Style::AzureTenSeconds,
+    Style::Gemini,
+    Style::OpenRouter,
+    Style::MinuteNoReset,
+    Style::GroqDaily,
+];
+
+fn countings() -> [Counting; 4] {
+    [
+        Counting::bucket(SECOND),
+        Counting::sliding(SECOND),
+        Counting::fixed(SECOND),
+        Counting::fixed(10 * SECOND),
+    ]
+}
+
+/// Tokens of the matrix's prompt (29 bytes, one message).
+const PROMPT: u64 = 12;
+
+fn scenarios() -> Vec<Scenario> {
+    let mut rows = Vec::new();
+    let row = |name: String, config: Config| Scenario {
+        name,
+        config,
+        clients: 1,
+        max_tokens: Some(60),
+        change_to: None,
+        host: Host::Provider,
+    };
+    // Requests bind: every dialect, every counting.
+    for dialect in DIALECTS {
+        for counting in countings() {
+            rows.push(row(
+                format!(
+                    "requests bind, {}, {}",
+                    dialect_name(dialect),
+                    counting_name(counting)
+                ),
+                Config::new(RATE * 60, 100_000_000)
+                    .dialect(dialect)
+                    .counting(counting),
+            ));
         }
     }
-
-    /// The mock at a host of no known provider.
-    fn elsewhere(mut self) -> Self {
-        self.host = Host::Unknown;
-        self
+    // Tokens bind: the dialects that tell tokens, and none; each counting;
+    // `max_tokens` charged, or the 20 tokens written.
+    for dialect in [
+        Style::OpenAi,
+        Style::Anthropic,
+        Style::Ietf,
+        Style::Mistral,
+        Style::RemainingOnly,
+        Style::Bare,
+    ] {
+        for counting in countings().into_iter().take(3) {
+            for (charge, output) in [(Charge::MaxTokens, 60), (Charge::Written, 20)] {
+                let mut config = Config::new(RATE * 120, (PROMPT + output) * RATE * 60)
+                    .dialect(dialect)
+                    .tokens(counting)
+                    .charge(charge)
+                    .writes(20);
+                let mut name = format!(
+                    "tokens bind, {}, {}, {} charged",
+                    dialect_name(dialect),
+                    counting_name(counting),
+                    if charge == Charge::MaxTokens {
+                        "max_tokens"
+                    } else {
+                        "output"
+                    }
+                );
+                if dialect == Style::Anthropic {
+                    config = config.rounding(Rounding::Thousands);
+                    name.push_str(", remaining in thousands");
+                }
+                rows.push(row(name, config));
+            }
+        }
     }
-
-    /// The mock's tokens enforced in slices of one second.
-    fn in_slices(mut self) -> Self {
-        self.tokens = Tokens::Slices;
-        self
+    // Bodies without `max_tokens`: the provider charges 16 (or what was
+    // written, 20); the middleware must learn it.
+    for dialect in [Style::OpenAi, Style::Anthropic, Style::Bare] {
+        for (charge, output) in [(Charge::MaxTokens, 16), (Charge::Written, 20)] {
+            let mut scenario = row(
+                format!(
+                    "tokens bind, no max_tokens, {}, {} charged",
+                    dialect_name(dialect),
+                    if charge == Charge::MaxTokens {
+                        "16"
+                    } else {
+                        "output"
+                    }
+                ),
+                Config::new(RATE * 120, (PROMPT + output) * RATE * 60)
+                    .dialect(dialect)
+                    .charge(charge)
+                    .writes(20),
+            );
+            scenario.max_tokens = None;
+            rows.push(scenario);
+        }
+        let mut scenario = row(
+            format!("requests bind, no max_tokens, {}", dialect_name(dialect)),
+            Config::new(RATE * 60, 100_000_000).dialect(dialect),
+        );
+        scenario.max_tokens = None;
+        rows.push(scenario);
     }
+    // Several clients of one key.
+    for clients in [2, 4] {
+        for dialect in [
+            Style::OpenAi,
+            Style::Anthropic,
+            Style::Ietf,
+            Style::RemainingOnly,
+            Style::Bare,
+            Style::Gemini,
+            Style::GroqDaily,
+        ] {
+            for counting in countings().into_iter().take(3) {
+                let mut scenario = row(
+                    format!(
+                        "{clients} clients, {}, {}",
+                        dialect_name(dialect),
+                        counting_name(counting)
+                    ),
+                    Config::new(RATE * 60, 100_000_000)
+                        .dialect(dialect)
+                        .counting(counting),
+                );
+                scenario.clients = clients;
+                rows.push(scenario);
+            }
+        }
+    }
+    // Limits that change, and a dialect read without knowing its host.
+    for (from, to) in [(RATE * 60, RATE * 120), (RATE * 120, RATE * 60)] {
+        for dialect in [Style::OpenAi, Style::RemainingOnly, Style::Bare] {
+            let mut scenario = row(
+                format!(
+                    "requests a minute {from} to {to}, {}",
+                    dialect_name(dialect)
+                ),
+                Config::new(from, 100_000_000).dialect(dialect),
+            );
+            scenario.change_to = Some(to);
+            rows.push(scenario);
+        }
+    }
+    let mut scenario = row(
+        "requests bind, Azure's ten seconds at an unknown host".to_owned(),
+        Config::new(RATE * 60, 100_000_000).dialect(Style::AzureTenSeconds),
+    );
+    scenario.host = Host::Unknown;
+    rows.push(scenario);
+    rows
 }
 
-async fn run(s: &Scenario, headroom: f64, calls: usize) -> Row {
-    let latency = Duration::from_millis(120);
-    let (base, mock) = mock::start_with(s.rpm, s.tpm, s.style, (s.tokens, s.host), latency).await;
+/// Runs `s` for `seconds` of calls at the allowed rate, its clients over
+/// `store` (`None`: each its own memory).
+async fn run(s: &Scenario, seconds: u64, store: Option<&RedisStore>) -> Row {
+    let payload = body(s.max_tokens);
+    let config = s.config.clone().latency(Duration::from_millis(120));
+    let (base, provider) = mock::serve(config, s.host);
+    let allowed_at_start = provider.allowed_rate(&payload);
+    // Three slices at least, whatever `seconds` says.
+    let slice = s.config.requests.slice.max(s.config.tokens.slice).as_secs();
+    let seconds = seconds.max(3 * slice);
+    let calls = usize::try_from(seconds).unwrap_or(1) * (allowed_at_start.round() as usize).max(1);
     let url = Arc::new(format!("{base}/v1/chat/completions"));
-    let payload = Arc::new(body(MAX_TOKENS).to_string());
+    let payload = Arc::new(payload.to_string());
     let start = Instant::now();
+    let change_at = Duration::from_secs(seconds / 3);
     if let Some(to) = s.change_to {
-        let mock = Arc::clone(&mock);
+        let provider = Arc::clone(&provider);
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(10)).await;
-            mock.set_rpm(to);
+            tokio::time::sleep(change_at).await;
+            provider.set_rpm(to);
         });
     }
     let mut tasks = Vec::new();
     for _ in 0..s.clients {
-        let client = Arc::new(transport::client(
-            RateLimitMiddleware::builder().headroom(headroom).build(),
-        ));
+        let builder = RateLimitMiddleware::builder().headroom(0.02);
+        let middleware = match store {
+            Some(store) => transport::client(builder.build_with_store(store.clone())),
+            None => transport::client(builder.build()),
+        };
+        let client = Arc::new(middleware);
         for _ in 0..calls / s.clients {
             let (client, url, payload) =
                 (Arc::clone(&client), Arc::clone(&url), Arc::clone(&payload));
@@ -138,19 +318,20 @@ async fn run(s: &Scenario, headroom: f64, calls: usize) -> Row {
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let counts = mock.counts();
-    // The allowed rate over the run: before and after a change, weighted.
+    let counts = provider.counts();
+    let calls = calls / s.clients * s.clients;
+    // The allowed rate over the run, in the long run (a first slice's
+    // burst can take a short run past 100%); before and after a change,
+    // weighted.
     let allowed = match s.change_to {
-        None => mock.allowed_rate(&body(MAX_TOKENS)),
+        None => allowed_at_start,
         Some(to) => {
-            let before = (s.rpm as f64 / 60.0) * 10.0;
-            let after = (to as f64 / 60.0) * (elapsed - 10.0).max(0.0);
+            let before = allowed_at_start * change_at.as_secs_f64();
+            let after = (to as f64 / 60.0) * (elapsed - change_at.as_secs_f64()).max(0.0);
             (before + after) / elapsed
         }
     };
-    let calls = calls / s.clients * s.clients;
     Row {
-        provider: s.name.to_owned(),
         calls,
         answered,
         attempts: counts.ok + counts.limited,
@@ -160,183 +341,6 @@ async fn run(s: &Scenario, headroom: f64, calls: usize) -> Row {
 }
 
 fn main() {
-    let one = |name, style, rpm, tpm| Scenario::new(name, style, rpm, tpm, 1, None);
-    let scenarios = [
-        one(
-            "OpenAI headers, requests bind",
-            Style::OpenAi,
-            600,
-            1_000_000,
-        ),
-        one("OpenAI headers, tokens bind", Style::OpenAi, 6_000, 36_000),
-        // Tokens in slices of a second: 600 tokens hold 8 calls of 72, 96%
-        // of the 8.33 allowed, whatever the client does.
-        one(
-            "OpenAI headers, tokens bind in one-second slices (96.0% at most)",
-            Style::OpenAi,
-            6_000,
-            36_000,
-        )
-        .in_slices(),
-        // 720 tokens a second: the slices hold 10 calls of 72 whole.
-        one(
-            "OpenAI headers, tokens bind in one-second slices that hold whole calls",
-            Style::OpenAi,
-            6_000,
-            43_200,
-        )
-        .in_slices(),
-        one("Anthropic headers", Style::Anthropic, 600, 1_000_000),
-        one("IETF RateLimit headers", Style::Ietf, 600, 1_000_000),
-        one(
-            "Mistral headers (window in the name)",
-            Style::Mistral,
-            600,
-            1_000_000,
-        ),
-        one(
-            "remaining only (Azure), Retry-After",
-            Style::RemainingOnly,
-            600,
-            1_000_000,
-        ),
-        one(
-            "Azure's request limit of ten seconds, no reset",
-            Style::AzureTenSeconds,
-            600,
-            1_000_000,
-        ),
-        // The same headers where nothing says whose they are: the window
-        // is read from the answers.
-        one(
-            "a request limit of ten seconds, no reset, at an unknown host",
-            Style::AzureTenSeconds,
-            600,
-            1_000_000,
-        )
-        .elsewhere(),
-        one(
-            "a minute's request limit stated without reset or window",
-            Style::MinuteNoReset,
-            600,
-            1_000_000,
-        ),
-        one(
-            "Groq's headers: requests a day, the minute's unstated",
-            Style::GroqDaily,
-            600,
-            1_000_000,
-        ),
-        one(
-            "OpenRouter's headers: the day's on answers, the minute's on refusals",
-            Style::OpenRouter,
-            600,
-            1_000_000,
-        ),
-        one(
-            "Gemini's refusals: no headers, the quota in the body",
-            Style::Gemini,
-            600,
-            1_000_000,
-        ),
-        one("no headers, Retry-After only", Style::Bare, 600, 1_000_000),
-        Scenario::new(
-            "limit raised mid-run (600 to 1,200 rpm)",
-            Style::OpenAi,
-            600,
-            100_000_000,
-            1,
-            Some(1_200),
-        ),
-        Scenario::new(
-            "limit lowered mid-run (1,200 to 600 rpm)",
-            Style::OpenAi,
-            1_200,
-            100_000_000,
-            1,
-            Some(600),
-        ),
-        Scenario::new(
-            "2 clients, one key, no shared store",
-            Style::OpenAi,
-            600,
-            1_000_000,
-            2,
-            None,
-        ),
-        Scenario::new(
-            "4 clients, one key, no shared store",
-            Style::OpenAi,
-            600,
-            1_000_000,
-            4,
-            None,
-        ),
-        Scenario::new(
-            "remaining only, limit lowered mid-run (1,200 to 600 rpm)",
-            Style::RemainingOnly,
-            1_200,
-            100_000_000,
-            1,
-            Some(600),
-        ),
-        Scenario::new(
-            "Groq's headers, 2 clients, one key, no shared store",
-            Style::GroqDaily,
-            600,
-            1_000_000,
-            2,
-            None,
-        ),
-        Scenario::new(
-            "Gemini's refusals, 2 clients, one key, no shared store",
-            Style::Gemini,
-            600,
-            1_000_000,
-            2,
-            None,
-        ),
-        Scenario::new(
-            "no headers, 2 clients, one key, no shared store",
-            Style::Bare,
-            600,
-            1_000_000,
-            2,
-            None,
-        ),
-        Scenario::new(
-            "Groq's headers, 4 clients, one key, no shared store",
-            Style::GroqDaily,
-            600,
-            1_000_000,
-            4,
-            None,
-        ),
-        Scenario::new(
-            "no headers, 4 clients, one key, no shared store",
-            Style::Bare,
-            600,
-            1_000_000,
-            4,
-            None,
-        ),
-        Scenario::new(
-            "remaining only, 2 clients, one key, no shared store",
-            Style::RemainingOnly,
-            600,
-            1_000_000,
-            2,
-            None,
-        ),
-        Scenario::new(
-            "remaining only, 4 clients, one key, no shared store",
-            Style::RemainingOnly,
-            600,
-            1_000_000,
-            4,
-            None,
-        ),
-    ];
     // `cargo bench ... --bench efficiency -- WORDS`: only the rows whose
     // name holds WORDS.
     let only: Vec<String> = std::env::args()
@@ -344,30 +348,49 @@ fn main() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     let only = only.join(" ");
-    let calls = std::env::var("TOLLGATE_CALLS")
+    let seconds = std::env::var("TOLLGATE_SECONDS")
         .ok()
         .and_then(|n| n.parse().ok())
-        .filter(|&n: &usize| n > 0)
-        .unwrap_or(CALLS);
-    println!("| provider | calls | lost | of the allowed rate | attempts refused |");
-    println!("|---|---:|---:|---:|---:|");
-    // The middleware's default headroom (5%), then the batch's (2%).
-    for headroom in [0.05, 0.02] {
-        for scenario in &scenarios {
-            let name = format!("{}, {:.0}% headroom", scenario.name, 100.0 * headroom);
+        .filter(|&n: &u64| n > 0)
+        .unwrap_or(12);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    println!("| store | provider | calls | lost | of the allowed rate | attempts refused |");
+    println!("|---|---|---:|---:|---:|---:|");
+    let mut redis: Option<(RedisServer, tokio::runtime::Runtime)> = None;
+    for store in ["memory", "redis"] {
+        for (n, scenario) in scenarios().iter().enumerate() {
+            let name = format!("{store} | {}", scenario.name);
             if !name.contains(only.as_str()) {
                 continue;
             }
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .start_paused(true)
-                .build()
-                .expect("runtime");
-            let row = runtime.block_on(run(scenario, headroom, calls));
+            let row = if store == "memory" {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .start_paused(true)
+                    .build()
+                    .expect("runtime");
+                runtime.block_on(run(scenario, seconds, None))
+            } else {
+                let (server, runtime) = redis.get_or_insert_with(|| {
+                    let runtime = tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(2)
+                        .enable_all()
+                        .build()
+                        .expect("runtime");
+                    (RedisServer::start(), runtime)
+                });
+                let url = server.url();
+                runtime.block_on(async {
+                    let store = RedisStore::builder(&url)
+                        .prefix(&format!("efficiency-{n}"))
+                        .connect()
+                        .await
+                        .expect("connect to the bench's redis-server");
+                    run(scenario, seconds, Some(&store)).await
+                })
+            };
             println!(
-                "| {}, {:.0}% headroom | {} | {} | {:.1}% | {} of {} ({:.2}%) |",
-                row.provider,
-                100.0 * headroom,
+                "| {name} | {} | {} | {:.1}% | {} of {} ({:.2}%) |",
                 row.calls,
                 row.calls - row.answered,
                 100.0 * row.share,
