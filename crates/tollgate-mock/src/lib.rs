@@ -286,30 +286,18 @@ impl Provider {
     /// `body`: the fewest of requests and tokens, each in whole calls a
     /// slice.
     pub fn allowed_rate(&self, body: &Value) -> f64 {
-        self.most_in(Duration::from_secs(3600), body) / 3600.0
-    }
-
-    /// The most calls like `body` the limits admit in `span` from a
-    /// provider's start: the long-run rate plus the first slice's burst,
-    /// the measure of a short run's efficiency.
-    pub fn most_in(&self, span: Duration, body: &Value) -> f64 {
         let charged = self.config.tokens_of(body).charged.max(1);
-        let most = |limit: u64, counting: Counting, cost: u64| {
+        let rate = |limit: u64, counting: Counting, cost: u64| {
             let slice = counting.slice.as_secs_f64();
             let room = (limit as f64 * slice / 60.0).floor();
-            let whole = (room / cost as f64).floor();
             match counting.enforce {
-                // Whole calls a slice, in every slice the span touches.
-                Enforce::Slices | Enforce::Sliding => {
-                    whole * ((span.as_secs_f64() / slice).floor() + 1.0)
-                }
-                Enforce::Bucket => {
-                    ((span.as_secs_f64() * limit as f64 / 60.0 + room) / cost as f64).floor()
-                }
+                // Whole calls a slice.
+                Enforce::Slices | Enforce::Sliding => (room / cost as f64).floor() / slice,
+                Enforce::Bucket => limit as f64 / 60.0 / cost as f64,
             }
         };
-        let requests = most(self.rpm(), self.requests_counting(), 1);
-        let tokens = most(self.config.tpm, self.config.tokens, charged);
+        let requests = rate(self.rpm(), self.requests_counting(), 1);
+        let tokens = rate(self.config.tpm, self.config.tokens, charged);
         requests.min(tokens)
     }
 

@@ -26,7 +26,7 @@ mod transport;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mock::{Charge, Config, Counting, Host, Provider, Rounding, Style};
+use mock::{Charge, Config, Counting, Host, Rounding, Style};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use tollgate_redis::testing::RedisServer;
@@ -382,7 +382,7 @@ fn main() {
                 let url = server.url();
                 runtime.block_on(async {
                     let store = RedisStore::builder(&url)
-                        .prefix(&format!("efficiency-{n}"))
+                        .prefix(format!("efficiency-{n}"))
                         .connect()
                         .await
                         .expect("connect to the bench's redis-server");

@@ -60,6 +60,7 @@
 
 mod adaptive;
 mod classify;
+mod cost;
 mod error;
 mod estimate;
 mod hint;

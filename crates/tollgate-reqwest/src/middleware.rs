@@ -289,6 +289,8 @@ struct EndpointState {
     /// gentler). Closed at the first refusal.
     window: Arc<tokio::sync::Semaphore>,
     window_answers: AtomicU64,
+    /// Calls without an output bound, while what they write is unknown.
+    learning: Arc<crate::cost::Learning>,
 }
 
 /// What is known of one endpoint.
@@ -313,6 +315,8 @@ struct Known {
     /// Per dimension, whether its limit in `heard` is one a refusal's
     /// message named (until a header states it).
     from_message: [bool; 4],
+    /// What the endpoint's calls without an output bound wrote lately.
+    outputs: crate::cost::Outputs,
 }
 
 impl EndpointState {
@@ -330,6 +334,7 @@ impl Default for EndpointState {
             known: Mutex::default(),
             window: Arc::new(tokio::sync::Semaphore::new(2)),
             window_answers: AtomicU64::new(0),
+            learning: Arc::default(),
         }
     }
 }
@@ -650,17 +655,33 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             .and_then(|b| b.get("model"))
             .and_then(Value::as_str);
         let key = Endpoint::new(request.url(), model);
-        let estimate = body
+        let mut estimate = body
             .as_ref()
             .map(|b| self.estimator.estimate(b))
             .unwrap_or_default();
+        let state = self.state(&key);
+        // A body that names no output bound: what such calls wrote lately,
+        // once known, in place of the estimator's prior.
+        let unbounded = body
+            .as_ref()
+            .is_some_and(|b| tollgate::llm::output_bound(b).is_none());
+        let mut on_prior = None;
+        if unbounded {
+            let learnt = state
+                .learning
+                .wait(|| state.known().outputs.estimate())
+                .await;
+            match learnt {
+                Ok(learnt) => estimate.output_tokens = learnt,
+                Err(place) => on_prior = place,
+            }
+        }
         let costs = [
             1,
             estimate.input_tokens.saturating_add(estimate.output_tokens),
             estimate.input_tokens,
             estimate.output_tokens,
         ];
-        let state = self.state(&key);
         self.calls.fetch_add(1, Ordering::Relaxed);
         crate::meters::call(&key);
 
@@ -768,6 +789,7 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
                     key,
                     grant,
                     estimate,
+                    (unbounded, on_prior.take()),
                 );
                 response.extensions_mut().insert(usage.clone());
                 if crate::stream::is_event_stream(&response) {
@@ -1233,6 +1255,7 @@ pub(crate) trait SettleUsage: Send + Sync {
         key: &'a Endpoint,
         grant: Grant,
         used: [u64; 4],
+        unbounded: bool,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 }
 
@@ -1242,8 +1265,14 @@ impl<S: Store<Endpoint>> SettleUsage for Shared<S> {
         key: &'a Endpoint,
         grant: Grant,
         used: [u64; 4],
+        unbounded: bool,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
         Box::pin(async move {
+            if unbounded {
+                let state = self.state(key);
+                state.known().outputs.record(used[3]);
+                state.learning.learnt();
+            }
             let _ = self.budget.settle(key, grant, &used).await;
         })
     }

@@ -49,6 +49,10 @@ struct Inner {
     key: Endpoint,
     grant: Grant,
     estimate: Estimate,
+    /// Whether the call named no output bound: its output is learnt from.
+    unbounded: bool,
+    /// Its place among the calls sent on the prior, freed by the report.
+    on_prior: std::sync::Mutex<Option<crate::cost::OnPrior>>,
     reported: AtomicBool,
 }
 
@@ -68,6 +72,7 @@ impl Usage {
         key: Endpoint,
         grant: Grant,
         estimate: Estimate,
+        (unbounded, on_prior): (bool, Option<crate::cost::OnPrior>),
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -75,6 +80,8 @@ impl Usage {
                 key,
                 grant,
                 estimate,
+                unbounded,
+                on_prior: std::sync::Mutex::new(on_prior),
                 reported: AtomicBool::new(false),
             }),
         }
@@ -106,8 +113,16 @@ impl Usage {
         let inner = &self.inner;
         inner
             .shared
-            .settle_usage(&inner.key, inner.grant, used)
+            .settle_usage(&inner.key, inner.grant, used, inner.unbounded)
             .await;
+        // Learnt (or not): the next call may go on the prior.
+        drop(
+            inner
+                .on_prior
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(),
+        );
         true
     }
 

@@ -78,20 +78,38 @@ impl TokenEstimator for DefaultEstimator {
             }
         }
         let input = bytes.div_ceil(4).saturating_add(messages.saturating_mul(4));
-        let max_output = ["max_completion_tokens", "max_tokens", "max_output_tokens"]
-            .iter()
-            .find_map(|field| body.get(*field).and_then(Value::as_u64))
-            .unwrap_or(DEFAULT_OUTPUT_TOKENS);
-        let n = body
-            .get("n")
-            .and_then(Value::as_u64)
-            .unwrap_or(1)
-            .clamp(1, 128);
+        let output = output_bound(body)
+            .unwrap_or_else(|| DEFAULT_OUTPUT_TOKENS.saturating_mul(choices(body)));
         Estimate {
             input_tokens: input,
-            output_tokens: max_output.saturating_mul(n),
+            output_tokens: output,
         }
     }
+}
+
+/// The most output a request body allows the model to write: its
+/// `max_completion_tokens`, `max_tokens` or `max_output_tokens`, times its
+/// `n` choices; `None` when it names no bound (the model writes what it
+/// likes, and a client must learn what that is).
+///
+/// ```
+/// use serde_json::json;
+/// assert_eq!(tollgate::llm::output_bound(&json!({"max_tokens": 50, "n": 2})), Some(100));
+/// assert_eq!(tollgate::llm::output_bound(&json!({"messages": []})), None);
+/// ```
+pub fn output_bound(body: &Value) -> Option<u64> {
+    ["max_completion_tokens", "max_tokens", "max_output_tokens"]
+        .iter()
+        .find_map(|field| body.get(*field).and_then(Value::as_u64))
+        .map(|bound| bound.saturating_mul(choices(body)))
+}
+
+/// The choices a request asks for (`n`, 1 to 128).
+fn choices(body: &Value) -> u64 {
+    body.get("n")
+        .and_then(Value::as_u64)
+        .unwrap_or(1)
+        .clamp(1, 128)
 }
 
 /// The bytes of every string inside `value` (bounded in depth, so a
