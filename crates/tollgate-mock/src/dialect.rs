@@ -1,5 +1,4 @@
-//! How the provider tells its limits: one function per dialect of the
-//! workspace's `PROVIDERS.md`.
+//! How the provider tells its limits, in each provider's dialect.
 
 use std::time::{Duration, SystemTime};
 

@@ -4,8 +4,7 @@
 //! workspace's tests, its benchmarks and `tollgate mock`, so that the client
 //! is measured against every way of counting, not one.
 //!
-//! What varies, after `../PROVIDERS.md`'s rows (copied into the workspace's
-//! `PROVIDERS.md`):
+//! What varies, as real providers differ:
 //! - **how a dimension counts** ([`Counting`]): a bucket refilled
 //!   continuously, a sliding window or a fixed window, enforced over slices
 //!   of 1 s or 10 s, and what its `remaining` reports;
