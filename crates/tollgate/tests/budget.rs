@@ -760,3 +760,51 @@ async fn a_refund_does_not_let_a_waiter_through_a_pause() {
         "none before the pause ends at 150 ms"
     );
 }
+
+/// Calls settled lower than they reserved free their place in every
+/// dimension, not only in the one refunded: a dimension they did not bind
+/// (requests, one every 10 ms) was charged where the tokens put each
+/// reservation, and follows the tokens back. Each call reserves a whole
+/// burst of tokens (95, 9.5 s of them) and settles at 5 as soon as it is
+/// admitted: the next goes 0.5 s later, not where the 95-token schedule
+/// put its request (9.51 s, then 19.01 s).
+#[tokio::test(start_paused = true)]
+async fn a_refund_frees_the_place_in_every_dimension() {
+    let limits = Limits::builder()
+        .dimension(
+            "requests",
+            "6000/min".parse::<Quota>().unwrap().burst(1).unwrap(),
+        )
+        .dimension(
+            "tokens",
+            "600/min".parse::<Quota>().unwrap().burst(95).unwrap(),
+        )
+        .build()
+        .unwrap();
+    let budget = Arc::new(Budget::new(limits));
+    let start = Instant::now();
+    let first = budget.acquire(&[1, 95]).await.unwrap();
+    let mut waiters = Vec::new();
+    for _ in 0..3 {
+        let budget = Arc::clone(&budget);
+        waiters.push(tokio::spawn(async move {
+            let grant = budget.acquire(&[1, 95]).await.unwrap();
+            let at = start.elapsed();
+            budget.settle(grant, &[1, 5]).await.unwrap();
+            at
+        }));
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    budget.settle(first, &[1, 5]).await.unwrap();
+    let mut admitted = Vec::new();
+    for waiter in waiters {
+        admitted.push(waiter.await.unwrap());
+    }
+    admitted.sort();
+    assert_eq!(
+        admitted,
+        [500, 1_000, 1_500].map(Duration::from_millis),
+        "each 0.5 s after the one before"
+    );
+}

@@ -2,7 +2,7 @@
 -- KEYS[1]: the key's state (its layout in decide.lua).
 -- ARGV: n, limits_ttl_ms, then per dimension nine values: interval,
 -- burst, period_us, period_ns (text), kind, v1, v2, v3, v4.
--- Kinds: k keep, c charge v1, r refund v1, a at most v1, o observe
+-- Kinds: k keep, f keep but follow a refund, c charge v1, r refund v1, a at most v1, o observe
 -- (limit v1, remaining v2), l limit (interval v1, burst v2, text v3,
 -- period_us v4), u unlimit, h hold v1 microseconds, t full no sooner
 -- than v1 microseconds from now (a key given back after an outage).
@@ -92,6 +92,32 @@ for i = 1, n do
     rescaled[i] = now + math.ceil((tat[i] - now) * iv[i] / before)
   end
 end
+-- The pause in force after the change (a refund does not move into it).
+local until_, ext = paused, 0
+if longest >= 0 then
+  local in_force = math.max(paused, now)
+  until_ = math.min(math.max(in_force, now + longest), far)
+  ext = until_ - in_force
+end
+-- A dimension's capacity (burst times interval). An interval rounded up
+-- to 1 us from less (a limit of a million a second or more, which never
+-- binds) would count its burst in microseconds, up to a thousand times
+-- its real capacity: it is held to one period, as in the Rust store.
+local function capacity(i)
+  local cp = bu[i] * iv[i]
+  if iv[i] <= 1 and cp > pus[i] then cp = pus[i] end
+  return cp
+end
+-- A refund moves its dimension back here, so that the dimensions it did
+-- not bind follow it (below): back, but not into a pause in force.
+for i = 1, n do
+  if kind[i] == 'r' then
+    local x = rescaled[i] or tat[i]
+    local back = math.max(x - tonumber(v[i][1]) * iv[i], 0)
+    if until_ > now then back = math.max(back, math.min(x, until_ + capacity(i) - iv[i])) end
+    rescaled[i] = back
+  end
+end
 -- When re-spacing brings the re-spaced dimensions closer, the last
 -- admission they allow (a TAT less one interval) moves closer by `shift`.
 -- A dimension with the same limit that had room at that admission (its
@@ -103,9 +129,17 @@ local function respaced(i)
   return was[i] > 1 and rescaled[i] ~= nil and rescaled[i] ~= tat[i]
 end
 local moved, last_was, last_is = false, 0, 0
+-- A re-spacing moves every dimension's queue; a refund only those of the
+-- dimensions told to follow it (kind f).
+local any_respaced = false
+local function follower(i) return any_respaced or kind[i] == 'f' end
+for i = 1, n do
+  if respaced(i) and kind[i] ~= 'r' then any_respaced = true end
+end
 for i = 1, n do
   if respaced(i) then
-    if rescaled[i] < tat[i] then moved = true end
+    -- Only a queue moves (a TAT ahead of now).
+    if rescaled[i] < tat[i] and tat[i] > now then moved = true end
     last_was = math.max(last_was, tat[i] - was[i])
     last_is = math.max(last_is, rescaled[i] - iv[i])
   end
@@ -115,17 +149,25 @@ if moved then
   local follows = {}
   for i = 1, n do
     follows[i] = was[i] > 1 and not respaced(i) and tat[i] > last_is
-      and math.max(tat[i] - bu[i] * iv[i], 0) < last_was
+      and math.max(tat[i] - bu[i] * iv[i], 0) < last_was and follower(i)
   end
   local latest = 0
   for i = 1, n do
-    if follows[i] then rescaled[i] = math.max(tat[i] - shift, last_is) end
+    -- What was admitted until now stays spent.
+    if follows[i] then
+      local floor = now + iv[i]
+      if any_respaced then floor = math.max(floor, last_is) end
+      rescaled[i] = math.min(math.max(tat[i] - shift, floor), tat[i])
+    end
     if was[i] > 1 then
       latest = math.max(latest, (rescaled[i] or tat[i]) - iv[i])
     end
   end
   for i = 1, n do
-    if was[i] <= 1 then rescaled[i] = math.min(rescaled[i] or tat[i], latest) end
+    -- One too fast to bind follows when refunded too.
+    if was[i] <= 1 and (follower(i) or kind[i] == 'r') then
+      rescaled[i] = math.min(rescaled[i] or tat[i], latest)
+    end
   end
 end
 -- Own limits last limits_ttl from the last one set.
@@ -138,28 +180,13 @@ if set_own then
 elseif not any_own then
   s[3] = 0
 end
-local until_, ext = paused, 0
-if longest >= 0 then
-  local in_force = math.max(paused, now)
-  until_ = math.min(math.max(in_force, now + longest), far)
-  ext = until_ - in_force
-end
 local keep = until_
 for i = 1, n do
+  -- A refund is in `rescaled` already.
   local k, x = kind[i], rescaled[i] or tat[i]
-  -- A dimension's capacity (burst times interval). An interval rounded up
-  -- to 1 us from less (a limit of a million a second or more, which never
-  -- binds) would count its burst in microseconds, up to a thousand times
-  -- its real capacity: it is held to one period, as in the Rust store.
-  local cp = bu[i] * iv[i]
-  if iv[i] <= 1 and cp > pus[i] then cp = pus[i] end
+  local cp = capacity(i)
   if k == 'c' then
     x = math.min(math.max(x, now) + tonumber(v[i][1]) * iv[i], far)
-  elseif k == 'r' then
-    -- Back, but not into a pause in force.
-    local back = math.max(x - tonumber(v[i][1]) * iv[i], 0)
-    if until_ > now then back = math.max(back, math.min(x, until_ + cp - iv[i])) end
-    x = back
   elseif k == 'a' or k == 'o' then
     local m = tonumber(k == 'a' and v[i][1] or v[i][2])
     if m < bu[i] then x = math.max(x, now + cp - m * iv[i]) end

@@ -616,6 +616,48 @@ impl<S: Store<String> + 'static> Check<S> {
         self.adjust("c4", &q, &raised).await;
         let next = self.reserve("c4", &q, &[1, 10]).await;
         self.near("the next beside a roomy dimension", next.wait, secs(900));
+        // A refund moves a queue the same way: two reservations queued
+        // behind a first grant (at 360 and 720 s, where a token dimension
+        // of 10 units at 36 s each put them; a request dimension of one
+        // every 100 s charged at those instants, to 820 s). The first grant
+        // refunded whole, the token queue moves 360 s closer, and a request
+        // dimension told to follow moves with it: the next is due at 720 s,
+        // not at 820 s where the old instants put its requests.
+        let q = [unit_quota(secs(100), 1), unit_quota(secs(36), 10)];
+        self.admit("c6", &q, &[1, 10]).await;
+        for n in 1..3 {
+            let queued = self.reserve("c6", &q, &[1, 10]).await;
+            self.near("a reservation of the two", queued.wait, secs(360 * n));
+        }
+        self.adjust("c6", &q, &[Change::Follow, Change::Refund(10)])
+            .await;
+        let next = self.reserve("c6", &q, &[1, 10]).await;
+        self.near("the next once refunded", next.wait, secs(720));
+        // Refunded twice, and beside a dimension too fast to bind (which
+        // a refund moves by nothing): the queue is where one 10-token
+        // reservation puts it, 360 s, and the fast dimension follows too.
+        let fast = Quota::per_second(1_000_000).unwrap_or_else(|e| panic!("{e}"));
+        let q3 = [q[0], q[1], fast];
+        self.admit("c8", &q3, &[1, 10, 1]).await;
+        for n in 1..3 {
+            let queued = self.reserve("c8", &q3, &[1, 10, 1]).await;
+            self.near("a reservation of the two", queued.wait, secs(360 * n));
+        }
+        let refund = [Change::Follow, Change::Refund(10), Change::Refund(1)];
+        self.adjust("c8", &q3, &refund).await;
+        self.adjust("c8", &q3, &refund).await;
+        let next = self.reserve("c8", &q3, &[1, 10, 1]).await;
+        self.near("the next once refunded twice", next.wait, secs(360));
+        // Told to keep, it stays where it is.
+        self.admit("c7", &q, &[1, 10]).await;
+        for n in 1..3 {
+            let queued = self.reserve("c7", &q, &[1, 10]).await;
+            self.near("a reservation of the two", queued.wait, secs(360 * n));
+        }
+        self.adjust("c7", &q, &[Change::Keep, Change::Refund(10)])
+            .await;
+        let next = self.reserve("c7", &q, &[1, 10]).await;
+        self.near("the next beside a kept dimension", next.wait, secs(820));
         // Beside a dimension that spaced the queue itself (one every 720 s
         // against 360): it stays where it is, and so does the next.
         let q = [unit_quota(secs(360), 1), unit_quota(secs(720), 1)];

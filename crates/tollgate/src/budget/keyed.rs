@@ -638,7 +638,8 @@ where
                     Change::Refund(*refund)
                 }
                 std::cmp::Ordering::Greater => Change::Charge(used.saturating_sub(reserved)),
-                std::cmp::Ordering::Equal => Change::Keep,
+                // Spent as reserved: it follows a refund of the others.
+                std::cmp::Ordering::Equal => Change::Follow,
             };
         }
         let n = actual.len();

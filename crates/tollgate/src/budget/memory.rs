@@ -483,17 +483,25 @@ impl<C: Clock> MemoryStore<C> {
                 .table
                 .find(dims.fp(i))
                 .map_or(0, |at| shard.table.tat_at(at));
+            let rescaled = transition::rescale(found, &before, quota, now);
             *slot = transition::Respaced {
                 before: found,
-                after: transition::rescale(found, &before, quota, now),
+                // A refund moves the dimension back here, so that the
+                // dimensions it did not bind follow it.
+                after: match change {
+                    Change::Refund(n) => transition::refund(rescaled, quota, now, until, n),
+                    _ => rescaled,
+                },
                 interval: quota.interval_ns(),
                 was: before.interval_ns(),
                 capacity: quota.capacity_ns(),
+                refunded: matches!(change, Change::Refund(_)),
+                follows_refunds: change == Change::Follow,
             };
         }
         // ...then the dimensions that did not place the last admission
         // follow the others back: their admissions are where they put them.
-        let followed = transition::follow(rescaled.get(..dims.len).unwrap_or(&[]));
+        let followed = transition::follow(rescaled.get(..dims.len).unwrap_or(&[]), now);
         for (i, &change) in changes.iter().enumerate().take(dims.len) {
             let (Some(quota), Some(&tat)) = (quotas.get(i), followed.get(i)) else {
                 break;
@@ -503,7 +511,8 @@ impl<C: Clock> MemoryStore<C> {
             let found = index.map_or(0, |at| shard.table.tat_at(at));
             let next = match change {
                 Change::HoldFor(_) => transition::hold(tat, quota, now, until, extension),
-                Change::Refund(n) => transition::refund(tat, quota, now, until, n),
+                // Refunded above.
+                Change::Refund(_) => tat,
                 change => transition::apply(tat, quota, now, change),
             };
             if next != found {

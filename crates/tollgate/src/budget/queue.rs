@@ -126,6 +126,57 @@ impl Position {
     }
 }
 
+impl Position {
+    /// Moves each dimension forward by `by` (its share of a refund); the
+    /// dimensions that did not bind the waiter, and got no refund, follow
+    /// those that did (see [`rescale`](Self::rescale)): they were charged
+    /// where the waiters ahead were admitted, and those moved too. Answers
+    /// whether it moved.
+    fn refund(&mut self, by: &[Duration]) -> bool {
+        let Some(before) = self.deadline() else {
+            return false;
+        };
+        let len = self.len;
+        let mut moved = false;
+        let mut binding = [false; MAX_DIMENSIONS];
+        for d in 0..len {
+            let (Some(due), Some(&step), Some(slot)) =
+                (self.dues.get_mut(d), self.steps.get(d), binding.get_mut(d))
+            else {
+                break;
+            };
+            *slot = *due == before && step > super::transition::RESCALE_FROM_NS;
+            let by = by.get(d).copied().unwrap_or_default();
+            if let Some(earlier) = due.checked_sub(by).filter(|_| !by.is_zero()) {
+                *due = earlier;
+                moved = true;
+            }
+        }
+        if !moved {
+            return false;
+        }
+        // Where the dimensions that bound it now put it.
+        let latest = binding
+            .iter()
+            .zip(&self.dues)
+            .take(len)
+            .filter(|(binds, _)| **binds)
+            .map(|(_, due)| *due)
+            .max()
+            .unwrap_or(before);
+        let cap = latest
+            .checked_sub(Duration::from_nanos(1))
+            .unwrap_or(latest);
+        // Refunded or not (a dimension too fast to bind moves by nothing).
+        for (binds, due) in binding.iter().zip(self.dues.iter_mut()).take(len) {
+            if !binds {
+                *due = (*due).min(cap);
+            }
+        }
+        true
+    }
+}
+
 impl Waiter {
     /// A waiter admitted by `admit`, decided at `now`, for `len` dimensions.
     pub(crate) fn new(now: Instant, admit: &Admit, len: usize) -> Arc<Self> {
@@ -357,16 +408,12 @@ impl<K: Hash + Eq + Clone> Queue<K> {
         let Some(list) = waiters.get(key) else {
             return;
         };
+        let mut by = [Duration::ZERO; MAX_DIMENSIONS];
+        for (slot, (&refund, &step)) in by.iter_mut().zip(refunds.iter().zip(steps)) {
+            *slot = Duration::from_nanos(refund.saturating_mul(step));
+        }
         for other in list {
-            let mut position = other.lock();
-            let mut moved = false;
-            for (d, (&refund, &step)) in refunds.iter().zip(steps).enumerate() {
-                if refund != 0 {
-                    let by = Duration::from_nanos(refund.saturating_mul(step));
-                    moved |= Waiter::move_up(&mut position, d, by);
-                }
-            }
-            drop(position);
+            let moved = other.lock().refund(&by);
             if moved {
                 other.wake();
             }

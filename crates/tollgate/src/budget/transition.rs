@@ -135,7 +135,9 @@ pub fn apply(tat: u64, quota: &Quota, now: u64, change: Change) -> u64 {
     let gcra = Gcra::new(quota);
     let (interval, capacity) = (gcra.interval(), gcra.capacity());
     match change {
-        Change::Keep | Change::Limit(_) | Change::Unlimit | Change::HoldFor(_) => tat,
+        Change::Keep | Change::Follow | Change::Limit(_) | Change::Unlimit | Change::HoldFor(_) => {
+            tat
+        }
         Change::Charge(n) => tat.max(now).saturating_add(n.saturating_mul(interval)),
         Change::Refund(n) => tat.saturating_sub(n.saturating_mul(interval)),
         Change::AtMost(n) | Change::Observe { remaining: n, .. } => {
@@ -199,6 +201,11 @@ pub struct Respaced {
     pub was: u64,
     /// The new limit's capacity (burst times interval), in nanoseconds.
     pub capacity: u64,
+    /// Moved by a refund (its `after` is the refunded TAT), not re-spaced.
+    pub refunded: bool,
+    /// Follows a refund's move ([`Change::Follow`]); any dimension but a
+    /// moved one follows a re-spacing.
+    pub follows_refunds: bool,
 }
 
 impl Respaced {
@@ -226,12 +233,24 @@ impl Respaced {
 /// either would hold every later decision where the old spacing put it.
 /// A dimension that placed the last admission (it had no room before it)
 /// stays: its own limit spaced the queue.
-pub fn follow(dimensions: &[Respaced]) -> [u64; MAX_DIMENSIONS] {
+///
+/// A refund moves its dimension back the same way (its `after` is the
+/// refunded TAT): a reservation settled lower than it reserved brings the
+/// queue behind it closer, and the dimensions it did not bind follow, so
+/// that a call charged less than its estimate frees its place in every
+/// dimension: by the refund's `shift` exactly, since every reservation
+/// behind the settled one moves by it. Only a queue moves (a dimension
+/// whose TAT was ahead of `now`), and no follower goes back past `now` and
+/// one interval: what was admitted until now stays spent.
+pub fn follow(dimensions: &[Respaced], now: u64) -> [u64; MAX_DIMENSIONS] {
     let mut tats = [0u64; MAX_DIMENSIONS];
     for (slot, d) in tats.iter_mut().zip(dimensions) {
         *slot = d.after;
     }
-    if !dimensions.iter().any(|d| d.moved() && d.after < d.before) {
+    if !dimensions
+        .iter()
+        .any(|d| d.moved() && d.after < d.before && d.before > now)
+    {
         return tats;
     }
     let last = |tat: u64, interval: u64| tat.saturating_sub(interval);
@@ -242,10 +261,19 @@ pub fn follow(dimensions: &[Respaced]) -> [u64; MAX_DIMENSIONS] {
         .max()
         .unwrap_or(0);
     let shift = last_was.saturating_sub(last_is);
+    // A re-spacing moves every dimension's queue; a refund only those of
+    // the dimensions told to follow it.
+    let respaced = dimensions.iter().any(|d| d.moved() && !d.refunded);
+    let follows = |d: &Respaced| respaced || d.follows_refunds;
     for (slot, d) in tats.iter_mut().zip(dimensions) {
         let had_room = d.before.saturating_sub(d.capacity) < last_was;
-        if !d.unbounded() && !d.moved() && had_room && d.before > last_is {
-            *slot = d.before.saturating_sub(shift).max(last_is);
+        if !d.unbounded() && !d.moved() && had_room && d.before > last_is && follows(d) {
+            // Re-spaced, the queue's last admission is at `last_is`; a
+            // refund moves every reservation behind the refunded one by
+            // `shift` exactly, and that one was admitted already.
+            let floor = now.saturating_add(d.interval);
+            let floor = if respaced { floor.max(last_is) } else { floor };
+            *slot = d.before.saturating_sub(shift).max(floor).min(d.before);
         }
     }
     let latest = tats
@@ -255,8 +283,10 @@ pub fn follow(dimensions: &[Respaced]) -> [u64; MAX_DIMENSIONS] {
         .map(|(&tat, d)| last(tat, d.interval))
         .max()
         .unwrap_or(u64::MAX);
+    // One too fast to bind follows when refunded too: its refund moves it
+    // by nothing, and its TAT is where the others put its admissions.
     for (slot, d) in tats.iter_mut().zip(dimensions) {
-        if d.unbounded() {
+        if d.unbounded() && (follows(d) || d.refunded) {
             *slot = (*slot).min(latest);
         }
     }
