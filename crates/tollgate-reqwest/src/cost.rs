@@ -46,6 +46,67 @@ impl Outputs {
     }
 }
 
+/// What a provider charges a call whose body bounds its output
+/// (`max_tokens`), once the call is answered: see
+/// [`Builder::output_charge`](crate::Builder::output_charge).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OutputCharge {
+    /// Learnt from the endpoint's answers (the default): the bound, until
+    /// an answer's tokens `remaining` shows that a call was charged less;
+    /// what was written at Anthropic's hosts (`anthropic.com`), whose
+    /// output tokens count what the model wrote.
+    #[default]
+    Learnt,
+    /// The bound, always (OpenAI reserves `max_tokens` against the limit).
+    Bound,
+    /// What was written, always: a settled call gives back the rest.
+    Written,
+}
+
+/// What a call's settlement learns from, besides its usage.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Lesson {
+    /// The body named no output bound: its output is learnt from.
+    pub(crate) unbounded: bool,
+    /// The tokens limit and what remained of it, as the call's answer
+    /// stated them (exact, or rounded down as Anthropic rounds).
+    pub(crate) seen: Option<(u64, u64)>,
+}
+
+/// Whether the endpoint charges a call's output bound (`max_tokens`, as
+/// OpenAI reserves it) or only what was written (as Anthropic counts its
+/// output tokens). Until an answer shows otherwise, the bound: settled to
+/// what was written, a call charged its bound would leave the budget
+/// thinking there is room the provider does not have.
+///
+/// The evidence: right after the provider charged a call, what remains of
+/// its tokens limit is at most the limit less that call's charge, whatever
+/// way it counts (a bucket, a sliding or a fixed window), since the charge
+/// is in it. An answer whose `remaining` is more than the limit less the
+/// call's prompt and bound shows that the call was charged less than its
+/// bound.
+#[derive(Debug, Default)]
+pub(crate) struct Charges {
+    written: bool,
+}
+
+impl Charges {
+    /// Whether the endpoint is known to charge only what was written.
+    pub(crate) fn written(&self) -> bool {
+        self.written
+    }
+
+    /// A bounded call's answer stated `seen` (limit, remaining); it was
+    /// `input` tokens of prompt with an output bound of `bound`.
+    pub(crate) fn answered(&mut self, seen: Option<(u64, u64)>, input: u64, bound: u64) {
+        if let Some((limit, remaining)) = seen {
+            if limit > 0 && remaining.saturating_add(input).saturating_add(bound) > limit {
+                self.written = true;
+            }
+        }
+    }
+}
+
 /// The calls of an endpoint that go on the prior while its outputs are
 /// not yet known: a few, so that a batch does not reserve a thousand
 /// tokens a call before the first answer says what calls write.
@@ -109,6 +170,21 @@ impl Learning {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bound_is_charged_until_an_answer_shows_less() {
+        let mut charges = Charges::default();
+        // 12 of prompt, a bound of 60: 72 charged leaves 928 of 1,000.
+        charges.answered(Some((1_000, 928)), 12, 60);
+        assert!(!charges.written());
+        // Others spent too: less remains, which shows nothing.
+        charges.answered(Some((1_000, 500)), 12, 60);
+        charges.answered(None, 12, 60);
+        assert!(!charges.written());
+        // 32 charged (20 written) leaves 968: more than the bound allows.
+        charges.answered(Some((1_000, 968)), 12, 60);
+        assert!(charges.written());
+    }
 
     #[test]
     fn the_prior_stands_until_three_outputs_are_known() {

@@ -73,6 +73,7 @@ mod stream;
 mod usage;
 
 pub use classify::{Answer, Classify, DefaultClassify};
+pub use cost::OutputCharge;
 pub use error::{RetryLater, TooLarge};
 pub use estimate::{DefaultEstimator, Estimate, TokenEstimator, DEFAULT_OUTPUT_TOKENS};
 pub use limits::ProviderLimits;

@@ -196,6 +196,23 @@ impl ProviderLimits {
         limits
     }
 
+    /// A dimension's limit and what remains of it, as `read` states them
+    /// both: in its own family's headers, or in an IETF policy of its name
+    /// (its quota over its window).
+    pub(crate) fn stated_with_remaining(
+        read: &RateLimitHeaders,
+        dimension: Dimension,
+    ) -> Option<(u64, u64)> {
+        let own = dimension.of(read);
+        if let (Some(limit), Some(remaining)) = (own.limit, own.remaining) {
+            return Some((limit, remaining));
+        }
+        read.policies
+            .iter()
+            .filter(|p| policy_dimension(&p.name) == dimension)
+            .find_map(|p| p.quota.zip(p.remaining))
+    }
+
     /// Per dimension, the stricter of the two.
     pub(crate) fn stricter(&self, other: &Self) -> Self {
         let mut out = *self;

@@ -317,6 +317,8 @@ struct Known {
     from_message: [bool; 4],
     /// What the endpoint's calls without an output bound wrote lately.
     outputs: crate::cost::Outputs,
+    /// Whether it charges a call's output bound or what was written.
+    charges: crate::cost::Charges,
 }
 
 impl EndpointState {
@@ -374,6 +376,7 @@ struct Settings {
     max_refusals: u32,
     max_wait: Duration,
     retry_ratio: f64,
+    output_charge: crate::cost::OutputCharge,
 }
 
 impl fmt::Debug for Builder {
@@ -400,6 +403,7 @@ impl Default for Builder {
                 max_refusals: 100,
                 max_wait: Duration::from_secs(300),
                 retry_ratio: 0.2,
+                output_charge: crate::cost::OutputCharge::Learnt,
             },
         }
     }
@@ -424,6 +428,20 @@ impl Builder {
         } else {
             0.05
         };
+        self
+    }
+
+    /// What the provider charges a call whose body bounds its output
+    /// (`max_tokens`), which its reported usage settles to (default:
+    /// [`OutputCharge::Learnt`]). Settled to what was written where the
+    /// provider charges the bound, the budget would think it has room
+    /// the provider does not; settled to the bound where the provider
+    /// charges what was written, calls go at the pace of their bounds.
+    ///
+    /// [`OutputCharge::Learnt`]: crate::OutputCharge::Learnt
+    #[must_use]
+    pub fn output_charge(mut self, charge: crate::OutputCharge) -> Self {
+        self.settings.output_charge = charge;
         self
     }
 
@@ -784,12 +802,16 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             if answer == Answer::Done {
                 // The estimate stays charged until the caller reports usage,
                 // or, for a stream of events, until the body ends.
+                let lesson = crate::cost::Lesson {
+                    unbounded,
+                    seen: ProviderLimits::stated_with_remaining(read, Dimension::Tokens),
+                };
                 let usage = Usage::new(
                     Arc::clone(&self) as Arc<dyn SettleUsage>,
                     key,
                     grant,
                     estimate,
-                    (unbounded, on_prior.take()),
+                    (lesson, on_prior.take()),
                 );
                 response.extensions_mut().insert(usage.clone());
                 if crate::stream::is_event_stream(&response) {
@@ -1255,7 +1277,7 @@ pub(crate) trait SettleUsage: Send + Sync {
         key: &'a Endpoint,
         grant: Grant,
         used: [u64; 4],
-        unbounded: bool,
+        lesson: crate::cost::Lesson,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 }
 
@@ -1264,14 +1286,33 @@ impl<S: Store<Endpoint>> SettleUsage for Shared<S> {
         &'a self,
         key: &'a Endpoint,
         grant: Grant,
-        used: [u64; 4],
-        unbounded: bool,
+        mut used: [u64; 4],
+        lesson: crate::cost::Lesson,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
         Box::pin(async move {
-            if unbounded {
-                let state = self.state(key);
+            let state = self.state(key);
+            if lesson.unbounded {
                 state.known().outputs.record(used[3]);
                 state.learning.learnt();
+            } else {
+                // A bounded call: charged its bound, unless the endpoint
+                // is known to charge what was written (see `Charges`).
+                let bound = grant.costs().get(3).copied().unwrap_or(0);
+                let written = {
+                    let mut known = state.known();
+                    known.charges.answered(lesson.seen, used[2], bound);
+                    match self.settings.output_charge {
+                        crate::OutputCharge::Learnt => {
+                            known.charges.written() || key.under("anthropic.com")
+                        }
+                        crate::OutputCharge::Bound => false,
+                        crate::OutputCharge::Written => true,
+                    }
+                };
+                if !written && used[3] < bound {
+                    used[3] = bound;
+                    used[1] = used[2].saturating_add(bound);
+                }
             }
             let _ = self.budget.settle(key, grant, &used).await;
         })

@@ -49,8 +49,8 @@ struct Inner {
     key: Endpoint,
     grant: Grant,
     estimate: Estimate,
-    /// Whether the call named no output bound: its output is learnt from.
-    unbounded: bool,
+    /// What the settlement learns from.
+    lesson: crate::cost::Lesson,
     /// Its place among the calls sent on the prior, freed by the report.
     on_prior: std::sync::Mutex<Option<crate::cost::OnPrior>>,
     reported: AtomicBool,
@@ -72,7 +72,7 @@ impl Usage {
         key: Endpoint,
         grant: Grant,
         estimate: Estimate,
-        (unbounded, on_prior): (bool, Option<crate::cost::OnPrior>),
+        (lesson, on_prior): (crate::cost::Lesson, Option<crate::cost::OnPrior>),
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -80,7 +80,7 @@ impl Usage {
                 key,
                 grant,
                 estimate,
-                unbounded,
+                lesson,
                 on_prior: std::sync::Mutex::new(on_prior),
                 reported: AtomicBool::new(false),
             }),
@@ -98,8 +98,12 @@ impl Usage {
     }
 
     /// Settles with the real counts: what the estimate held beyond them is
-    /// given back, what they exceed it by is charged. Returns whether this
-    /// was the first report.
+    /// given back, what they exceed it by is charged. A call whose body
+    /// bounds its output (`max_tokens`) stays charged that bound, as
+    /// OpenAI charges it, until an answer of the endpoint shows that it
+    /// charges only what was written (what remained of its tokens limit
+    /// after a call was more than a charge of the bound would leave).
+    /// Returns whether this was the first report.
     pub async fn report(&self, input_tokens: u64, output_tokens: u64) -> bool {
         if self.inner.reported.swap(true, Ordering::AcqRel) {
             return false;
@@ -113,7 +117,7 @@ impl Usage {
         let inner = &self.inner;
         inner
             .shared
-            .settle_usage(&inner.key, inner.grant, used, inner.unbounded)
+            .settle_usage(&inner.key, inner.grant, used, inner.lesson)
             .await;
         // Learnt (or not): the next call may go on the prior.
         drop(

@@ -8,7 +8,7 @@ mod transport;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mock::{Charge, Config, Host, Style};
+use mock::{Charge, Config, Host, Rounding, Style};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use tollgate_reqwest::{RateLimitMiddleware, Usage};
@@ -93,4 +93,95 @@ async fn callers_that_never_report_usage_go_on_the_prior() {
     let (_, answered, reserved, _) = run(Style::OpenAi, false).await;
     assert_eq!(answered, 600);
     assert_eq!(reserved, 1_024);
+}
+
+/// 600 calls bounded at 60 output tokens, of which 20 are written, where
+/// tokens allow 100 a second of what the provider charges: answers the
+/// share of the allowed rate and the attempts refused.
+async fn bounded(config: Config) -> (f64, u64) {
+    let body = json!({
+        "model": "mock-1",
+        "max_tokens": 60,
+        "messages": [{"role": "user", "content": "Hello, please count to three."}]
+    });
+    let (base, provider) = mock::serve(config.latency(Duration::from_millis(120)), Host::Provider);
+    let client = Arc::new(transport::client(
+        RateLimitMiddleware::builder().headroom(0.02).build(),
+    ));
+    let url = Arc::new(format!("{base}/v1/chat/completions"));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..600 {
+        let (client, url, body) = (Arc::clone(&client), Arc::clone(&url), body.to_string());
+        tasks.push(tokio::spawn(async move {
+            let response = client
+                .post(url.as_str())
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            let usage = response.extensions().get::<Usage>().cloned().unwrap();
+            let bytes = response.bytes().await.unwrap();
+            let answer: Value = serde_json::from_slice(&bytes).unwrap();
+            assert!(usage.report_body(&answer).await);
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let share = 600.0 / start.elapsed().as_secs_f64() / provider.allowed_rate(&body);
+    (share, provider.counts().limited)
+}
+
+/// What a bounded call is charged is learnt: a provider that charges the
+/// bound (OpenAI) is never overrun by settling calls to what they wrote,
+/// and one that charges what was written, and says so in an exact token
+/// `remaining`, gets the rate of what it charges.
+#[tokio::test(start_paused = true)]
+async fn a_bounded_call_is_settled_to_what_the_provider_charges() {
+    for style in [Style::OpenAi, Style::Ietf, Style::Mistral] {
+        let charges_bound = Config::new(12_000, 72 * 100 * 60)
+            .dialect(style)
+            .charge(Charge::MaxTokens)
+            .writes(20);
+        let (share, refused) = bounded(charges_bound).await;
+        assert!(refused <= 3, "{style:?}, bound charged: {refused} refused");
+        assert!(
+            share > 0.9,
+            "{style:?}, bound charged: {:.1}%",
+            100.0 * share
+        );
+        let charges_written = Config::new(12_000, 32 * 100 * 60)
+            .dialect(style)
+            .charge(Charge::Written)
+            .writes(20);
+        let (share, refused) = bounded(charges_written).await;
+        assert!(
+            refused <= 3,
+            "{style:?}, written charged: {refused} refused"
+        );
+        // Charged the bound, 72 a call: 44% of the rate.
+        assert!(
+            share > 0.9,
+            "{style:?}, written charged: {:.1}%",
+            100.0 * share
+        );
+    }
+}
+
+/// A `remaining` rounded to thousands shows nothing of a call's charge:
+/// bounded calls stay charged their bound, slower than the provider
+/// allows, and never refused.
+#[tokio::test(start_paused = true)]
+async fn a_rounded_remaining_leaves_the_bound_charged() {
+    let config = Config::new(12_000, 32 * 100 * 60)
+        .dialect(Style::Anthropic)
+        .rounding(Rounding::Thousands)
+        .charge(Charge::Written)
+        .writes(20);
+    let (share, refused) = bounded(config).await;
+    assert_eq!(refused, 0);
+    assert!(share < 0.5, "{:.1}%", 100.0 * share);
 }

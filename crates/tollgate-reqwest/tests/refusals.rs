@@ -15,7 +15,8 @@ use tokio::time::Instant;
 mod transport;
 
 use tollgate_reqwest::{
-    Attempts, Classify, ProviderLimits, RateLimitMiddleware, RetryLater, TooLarge, Usage,
+    Attempts, Classify, OutputCharge, ProviderLimits, RateLimitMiddleware, RetryLater, TooLarge,
+    Usage,
 };
 
 /// A refusal's status and headers.
@@ -262,14 +263,22 @@ const LARGE: &str = r#"{"model":"m","max_tokens":500,"messages":[{"role":"user",
 
 /// A call estimated at 505 tokens against 1,200 a minute (paced at 1,140,
 /// 19 a second): the next such call waits ~27 s, unless the first reports
-/// that it used 16.
+/// that it used 16 and the provider charges what was written. A provider
+/// that states nothing of its tokens is taken to charge the bound, as
+/// OpenAI does: the 490 tokens not written stay charged.
 #[tokio::test(start_paused = true)]
 async fn reported_usage_gives_the_unused_estimate_back() {
-    for report in [false, true] {
+    for (report, charge, expected) in [
+        (false, OutputCharge::Written, 26_579),
+        (true, OutputCharge::Written, 843),
+        (true, OutputCharge::Learnt, 26_632),
+        (true, OutputCharge::Bound, 26_632),
+    ] {
         let (url, script) = serve(vec![]).await;
         let client = client(
             RateLimitMiddleware::builder()
                 .limits(ProviderLimits::new().tokens_per_minute(1_200))
+                .output_charge(charge)
                 .build(),
         );
         let start = Instant::now();
@@ -287,10 +296,14 @@ async fn reported_usage_gives_the_unused_estimate_back() {
         let arrivals = script.arrivals.lock().unwrap().clone();
         let second = arrivals[1] - start;
         // Reported: the unused 490 output tokens come back and the second
-        // call goes within the second; unreported, it waits for the whole
-        // estimate to refill (exact on virtual time).
-        let expected = if report { 843 } else { 26_579 };
-        assert_eq!(second, Duration::from_millis(expected), "{second:?}");
+        // call goes within the second; unreported, or charged the bound,
+        // it waits for the whole estimate to refill (and the prompt's one
+        // token more than estimated) (exact on virtual time).
+        assert_eq!(
+            second,
+            Duration::from_millis(expected),
+            "{charge:?}, reported: {report}"
+        );
     }
 }
 
@@ -533,6 +546,7 @@ async fn a_wait_behind_own_reservations_keeps_the_call_in_line() {
                     .tokens_per_minute(600),
             )
             .max_wait(Duration::from_secs(10))
+            .output_charge(OutputCharge::Written)
             .build(),
     );
     let start = Instant::now();

@@ -5,7 +5,7 @@
 use axum::response::IntoResponse;
 use axum::{routing, Router};
 use futures_util::StreamExt;
-use tollgate_reqwest::{Endpoint, ProviderLimits, RateLimitMiddleware};
+use tollgate_reqwest::{Endpoint, OutputCharge, ProviderLimits, RateLimitMiddleware};
 
 mod transport;
 
@@ -71,6 +71,8 @@ async fn stream_call(path: &str) -> (RateLimitMiddleware, reqwest::Response, Str
                 .requests_per_minute(6_000)
                 .tokens_per_minute(100_000),
         )
+        // Settled to what was written, to show what the stream saw.
+        .output_charge(OutputCharge::Written)
         .build();
     let client = transport::client(middleware.clone());
     let body = r#"{"model":"m","max_tokens":100,"stream":true,"messages":[{"role":"user","content":"x"}]}"#;
