@@ -1469,6 +1469,12 @@ impl<K: Hash + ?Sized + Sync> Store<K> for RedisStore {
         });
     }
 
+    /// The processes counted in the store's fleet (see the crate's docs,
+    /// Faults), each second.
+    fn sharers(&self) -> u32 {
+        self.inner.local.fleet()
+    }
+
     fn stats(&self) -> StoreStats {
         let c = &self.inner.counts;
         StoreStats::new(

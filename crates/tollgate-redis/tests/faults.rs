@@ -225,6 +225,10 @@ async fn three_processes_failing_open_share_one_limit() {
         assert!(Instant::now() < deadline, "the fleet was not counted");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // What the store tells those that learn from what one process saw.
+    for s in &stores {
+        assert_eq!(tollgate::Store::<String>::sharers(s), 3);
+    }
     let limiters: Vec<_> = stores
         .iter()
         .map(|s| KeyedLimiter::with_store(Quota::per_second(10).unwrap(), s.clone()))

@@ -948,8 +948,15 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
         let (bursts, share, learnt) = {
             let known = state.known();
             // The lower of the rate inferred from `remaining` and the one
-            // learnt from refusals.
-            let learnt = match (known.inferred.per_minute(), known.adaptive.per_minute()) {
+            // learnt from refusals. The latter counts the answers this
+            // process got: through a store that others share too, its
+            // share of the fleet's.
+            let sharers = u64::from(self.budget.store().sharers().max(1));
+            let adaptive = known
+                .adaptive
+                .per_minute()
+                .map(|n| n.saturating_mul(sharers));
+            let learnt = match (known.inferred.per_minute(), adaptive) {
                 (Some(inferred), Some(adaptive)) => Some(inferred.min(adaptive)),
                 (inferred, adaptive) => inferred.or(adaptive),
             };

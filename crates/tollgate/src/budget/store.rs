@@ -89,6 +89,14 @@ pub trait Store<K: ?Sized>: Send + Sync {
         StoreStats::default()
     }
 
+    /// How many processes share the store's state, as it last counted
+    /// them (at least 1; the default, 1, is this process alone, as in
+    /// memory). What one process saw alone (a rate learnt from the
+    /// answers it got, say) is about that share of what the fleet does.
+    fn sharers(&self) -> u32 {
+        1
+    }
+
     /// Admits `cost` in one dimension now, or refuses, when the store can
     /// answer without waiting (an in-memory store); `None` when the
     /// decision must be awaited through [`decide`](Self::decide). A server
