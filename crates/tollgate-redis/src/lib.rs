@@ -1584,7 +1584,6 @@ fn encode(change: Change) -> (&'static str, [String; 4]) {
     let one = |v: u64| [v.to_string(), String::new(), String::new(), String::new()];
     match change {
         Change::Keep => ("k", Default::default()),
-        Change::Follow => ("f", Default::default()),
         Change::Charge(c) => ("c", one(c)),
         Change::Refund(c) => ("r", one(c)),
         Change::AtMost(c) => ("a", one(c)),

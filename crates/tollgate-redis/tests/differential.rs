@@ -80,7 +80,6 @@ enum Op {
 fn change() -> impl Strategy<Value = Change> {
     prop_oneof![
         Just(Change::Keep),
-        Just(Change::Follow),
         (0u64..12).prop_map(Change::Charge),
         (0u64..12).prop_map(Change::Refund),
         (0u64..12).prop_map(Change::AtMost),

@@ -2,7 +2,7 @@
 -- KEYS[1]: the key's state (its layout in decide.lua).
 -- ARGV: n, limits_ttl_ms, then per dimension nine values: interval,
 -- burst, period_us, period_ns (text), kind, v1, v2, v3, v4.
--- Kinds: k keep, f keep but follow a refund, c charge v1, r refund v1, a at most v1, o observe
+-- Kinds: k keep, c charge v1, r refund v1, a at most v1, o observe
 -- (limit v1, remaining v2), l limit (interval v1, burst v2, text v3,
 -- period_us v4), u unlimit, h hold v1 microseconds, t full no sooner
 -- than v1 microseconds from now (a key given back after an outage).
@@ -129,10 +129,9 @@ local function respaced(i)
   return was[i] > 1 and rescaled[i] ~= nil and rescaled[i] ~= tat[i]
 end
 local moved, last_was, last_is = false, 0, 0
--- A re-spacing moves every dimension's queue; a refund only those of the
--- dimensions told to follow it (kind f).
+-- A re-spacing moves every dimension's queue; a refund only its own, and
+-- a dimension too fast to bind that was refunded too.
 local any_respaced = false
-local function follower(i) return any_respaced or kind[i] == 'f' end
 for i = 1, n do
   if respaced(i) and kind[i] ~= 'r' then any_respaced = true end
 end
@@ -149,23 +148,18 @@ if moved then
   local follows = {}
   for i = 1, n do
     follows[i] = was[i] > 1 and not respaced(i) and tat[i] > last_is
-      and math.max(tat[i] - bu[i] * iv[i], 0) < last_was and follower(i)
+      and math.max(tat[i] - bu[i] * iv[i], 0) < last_was and any_respaced
   end
   local latest = 0
   for i = 1, n do
-    -- What was admitted until now stays spent.
-    if follows[i] then
-      local floor = now + iv[i]
-      if any_respaced then floor = math.max(floor, last_is) end
-      rescaled[i] = math.min(math.max(tat[i] - shift, floor), tat[i])
-    end
+    if follows[i] then rescaled[i] = math.max(tat[i] - shift, last_is) end
     if was[i] > 1 then
       latest = math.max(latest, (rescaled[i] or tat[i]) - iv[i])
     end
   end
   for i = 1, n do
     -- One too fast to bind follows when refunded too.
-    if was[i] <= 1 and (follower(i) or kind[i] == 'r') then
+    if was[i] <= 1 and (any_respaced or kind[i] == 'r') then
       rescaled[i] = math.min(rescaled[i] or tat[i], latest)
     end
   end

@@ -638,8 +638,7 @@ where
                     Change::Refund(*refund)
                 }
                 std::cmp::Ordering::Greater => Change::Charge(used.saturating_sub(reserved)),
-                // Spent as reserved: it follows a refund of the others.
-                std::cmp::Ordering::Equal => Change::Follow,
+                std::cmp::Ordering::Equal => Change::Keep,
             };
         }
         let n = actual.len();

@@ -496,7 +496,6 @@ impl<C: Clock> MemoryStore<C> {
                 was: before.interval_ns(),
                 capacity: quota.capacity_ns(),
                 refunded: matches!(change, Change::Refund(_)),
-                follows_refunds: change == Change::Follow,
             };
         }
         // ...then the dimensions that did not place the last admission

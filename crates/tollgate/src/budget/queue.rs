@@ -127,53 +127,37 @@ impl Position {
 }
 
 impl Position {
-    /// Moves each dimension forward by `by` (its share of a refund); the
-    /// dimensions that did not bind the waiter, and got no refund, follow
-    /// those that did (see [`rescale`](Self::rescale)): they were charged
-    /// where the waiters ahead were admitted, and those moved too. Answers
-    /// whether it moved.
-    fn refund(&mut self, by: &[Duration]) -> bool {
+    /// Moves each dimension forward by `by` (its share of a refund), and
+    /// those that did not bind the waiter and got no refund (or one too
+    /// fast to count) by `follow`: what the waiter ahead of it moved. They
+    /// were charged where the waiters ahead were admitted, and those moved
+    /// by that much. A dimension that bound it and got no refund stays:
+    /// its own limit spaced the queue. Answers by how much the waiter's
+    /// deadline moved.
+    fn refund(&mut self, by: &[Duration], follow: Duration) -> Duration {
         let Some(before) = self.deadline() else {
-            return false;
+            return Duration::ZERO;
         };
         let len = self.len;
-        let mut moved = false;
-        let mut binding = [false; MAX_DIMENSIONS];
         for d in 0..len {
-            let (Some(due), Some(&step), Some(slot)) =
-                (self.dues.get_mut(d), self.steps.get(d), binding.get_mut(d))
-            else {
+            let (Some(due), Some(&step)) = (self.dues.get_mut(d), self.steps.get(d)) else {
                 break;
             };
-            *slot = *due == before && step > super::transition::RESCALE_FROM_NS;
-            let by = by.get(d).copied().unwrap_or_default();
-            if let Some(earlier) = due.checked_sub(by).filter(|_| !by.is_zero()) {
-                *due = earlier;
-                moved = true;
-            }
+            let binds = *due == before && step > super::transition::RESCALE_FROM_NS;
+            let own = by.get(d).copied().unwrap_or_default();
+            let counted = step > super::transition::RESCALE_FROM_NS && !own.is_zero();
+            let move_by = if counted {
+                own
+            } else if binds {
+                Duration::ZERO
+            } else {
+                follow
+            };
+            *due = due.checked_sub(move_by).unwrap_or(*due);
         }
-        if !moved {
-            return false;
-        }
-        // Where the dimensions that bound it now put it.
-        let latest = binding
-            .iter()
-            .zip(&self.dues)
-            .take(len)
-            .filter(|(binds, _)| **binds)
-            .map(|(_, due)| *due)
-            .max()
-            .unwrap_or(before);
-        let cap = latest
-            .checked_sub(Duration::from_nanos(1))
-            .unwrap_or(latest);
-        // Refunded or not (a dimension too fast to bind moves by nothing).
-        for (binds, due) in binding.iter().zip(self.dues.iter_mut()).take(len) {
-            if !binds {
-                *due = (*due).min(cap);
-            }
-        }
-        true
+        self.deadline().map_or(Duration::ZERO, |after| {
+            before.saturating_duration_since(after)
+        })
     }
 }
 
@@ -412,9 +396,15 @@ impl<K: Hash + Eq + Clone> Queue<K> {
         for (slot, (&refund, &step)) in by.iter_mut().zip(refunds.iter().zip(steps)) {
             *slot = Duration::from_nanos(refund.saturating_mul(step));
         }
-        for other in list {
-            let moved = other.lock().refund(&by);
-            if moved {
+        // In the order they go: each follows what the one ahead moved (the
+        // settled grant ahead of them all was sent: it does not move).
+        let mut order: Vec<(Instant, &Arc<Waiter>)> =
+            list.iter().map(|w| (w.deadline(), w)).collect();
+        order.sort_by_key(|(deadline, _)| *deadline);
+        let mut follow = Duration::ZERO;
+        for (_, other) in order {
+            follow = other.lock().refund(&by, follow);
+            if !follow.is_zero() {
                 other.wake();
             }
         }

@@ -243,13 +243,6 @@ impl Admit {
 pub enum Change {
     /// Leaves the dimension alone.
     Keep,
-    /// Leaves the dimension alone, but for following back the queue a
-    /// [`Refund`](Self::Refund) in the same change brings closer: a
-    /// settled dimension that spent what it reserved, whose reservations
-    /// waiting behind the settled one were charged where the refunded
-    /// dimension put their admissions (see
-    /// [`transition::follow`](crate::store::transition::follow)).
-    Follow,
     /// Spends `n` more units, even beyond the burst: the real usage was
     /// higher than the reservation, and later callers wait for it.
     Charge(u64),

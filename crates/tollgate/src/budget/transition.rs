@@ -135,9 +135,7 @@ pub fn apply(tat: u64, quota: &Quota, now: u64, change: Change) -> u64 {
     let gcra = Gcra::new(quota);
     let (interval, capacity) = (gcra.interval(), gcra.capacity());
     match change {
-        Change::Keep | Change::Follow | Change::Limit(_) | Change::Unlimit | Change::HoldFor(_) => {
-            tat
-        }
+        Change::Keep | Change::Limit(_) | Change::Unlimit | Change::HoldFor(_) => tat,
         Change::Charge(n) => tat.max(now).saturating_add(n.saturating_mul(interval)),
         Change::Refund(n) => tat.saturating_sub(n.saturating_mul(interval)),
         Change::AtMost(n) | Change::Observe { remaining: n, .. } => {
@@ -203,9 +201,6 @@ pub struct Respaced {
     pub capacity: u64,
     /// Moved by a refund (its `after` is the refunded TAT), not re-spaced.
     pub refunded: bool,
-    /// Follows a refund's move ([`Change::Follow`]); any dimension but a
-    /// moved one follows a re-spacing.
-    pub follows_refunds: bool,
 }
 
 impl Respaced {
@@ -234,14 +229,15 @@ impl Respaced {
 /// A dimension that placed the last admission (it had no room before it)
 /// stays: its own limit spaced the queue.
 ///
-/// A refund moves its dimension back the same way (its `after` is the
-/// refunded TAT): a reservation settled lower than it reserved brings the
-/// queue behind it closer, and the dimensions it did not bind follow, so
-/// that a call charged less than its estimate frees its place in every
-/// dimension: by the refund's `shift` exactly, since every reservation
-/// behind the settled one moves by it. Only a queue moves (a dimension
-/// whose TAT was ahead of `now`), and no follower goes back past `now` and
-/// one interval: what was admitted until now stays spent.
+/// A refund moves its dimension back too (its `after` is the refunded
+/// TAT): then only a dimension too fast to bind that was refunded too
+/// follows (its refund moves it by nothing; its TAT is where the others
+/// put its admissions), and only where the refunded dimension had a queue
+/// (a TAT ahead of `now`). A bounded dimension does not: from its TAT
+/// alone, one whose own limit spaced the queue (a request limit with a
+/// burst of one, say) looks like one the refunded dimension dragged, and
+/// moved back it would admit beyond its limit. The waiters queued in the
+/// process move by what their own positions say (see the budget's queue).
 pub fn follow(dimensions: &[Respaced], now: u64) -> [u64; MAX_DIMENSIONS] {
     let mut tats = [0u64; MAX_DIMENSIONS];
     for (slot, d) in tats.iter_mut().zip(dimensions) {
@@ -261,19 +257,12 @@ pub fn follow(dimensions: &[Respaced], now: u64) -> [u64; MAX_DIMENSIONS] {
         .max()
         .unwrap_or(0);
     let shift = last_was.saturating_sub(last_is);
-    // A re-spacing moves every dimension's queue; a refund only those of
-    // the dimensions told to follow it.
+    // A re-spacing moves every dimension's queue; a refund only its own.
     let respaced = dimensions.iter().any(|d| d.moved() && !d.refunded);
-    let follows = |d: &Respaced| respaced || d.follows_refunds;
     for (slot, d) in tats.iter_mut().zip(dimensions) {
         let had_room = d.before.saturating_sub(d.capacity) < last_was;
-        if !d.unbounded() && !d.moved() && had_room && d.before > last_is && follows(d) {
-            // Re-spaced, the queue's last admission is at `last_is`; a
-            // refund moves every reservation behind the refunded one by
-            // `shift` exactly, and that one was admitted already.
-            let floor = now.saturating_add(d.interval);
-            let floor = if respaced { floor.max(last_is) } else { floor };
-            *slot = d.before.saturating_sub(shift).max(floor).min(d.before);
+        if respaced && !d.unbounded() && !d.moved() && had_room && d.before > last_is {
+            *slot = d.before.saturating_sub(shift).max(last_is);
         }
     }
     let latest = tats
@@ -286,7 +275,7 @@ pub fn follow(dimensions: &[Respaced], now: u64) -> [u64; MAX_DIMENSIONS] {
     // One too fast to bind follows when refunded too: its refund moves it
     // by nothing, and its TAT is where the others put its admissions.
     for (slot, d) in tats.iter_mut().zip(dimensions) {
-        if d.unbounded() && (follows(d) || d.refunded) {
+        if d.unbounded() && (respaced || d.refunded) {
             *slot = (*slot).min(latest);
         }
     }
