@@ -63,6 +63,38 @@ pub enum OutputCharge {
     Written,
 }
 
+/// Calls whose costs the bursts hold.
+const RECENT_CALLS: usize = 16;
+
+/// The largest cost of the endpoint's recent calls, per dimension: each
+/// burst holds that much (a call larger than its burst would never be
+/// admitted) and no more, so that the calls sent on a guess while the
+/// costs were unknown (a thousand tokens of output each) leave no burst
+/// behind them that lets many small calls go at once, past a provider's
+/// slice of a second.
+#[derive(Debug, Default)]
+pub(crate) struct Recent {
+    costs: VecDeque<[u64; 4]>,
+}
+
+impl Recent {
+    /// A call of `costs` is about to be admitted: answers the largest
+    /// cost of it and the calls before it (what the bursts hold).
+    pub(crate) fn push(&mut self, costs: [u64; 4]) -> [u64; 4] {
+        if self.costs.len() == RECENT_CALLS {
+            self.costs.pop_front();
+        }
+        self.costs.push_back(costs);
+        let mut largest = [0u64; 4];
+        for call in &self.costs {
+            for (most, &cost) in largest.iter_mut().zip(call) {
+                *most = (*most).max(cost);
+            }
+        }
+        largest
+    }
+}
+
 /// What a call's settlement learns from, besides its usage.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Lesson {

@@ -300,9 +300,11 @@ struct Known {
     heard: ProviderLimits,
     /// The limits in force: the configured ones, or stricter learnt ones.
     in_force: Option<ProviderLimits>,
-    /// Per dimension, the largest cost of a call: each burst holds at
-    /// least that much.
+    /// Per dimension, the largest cost of the recent calls: each burst
+    /// holds at least that much.
     bursts: [u64; 4],
+    /// The recent calls' costs the bursts are the largest of.
+    recent: crate::cost::Recent,
     /// The request rate learnt from refusals, while the endpoint states
     /// no request limit and none is configured.
     adaptive: Adaptive,
@@ -691,7 +693,16 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
                 .await;
             match learnt {
                 Ok(learnt) => estimate.output_tokens = learnt,
-                Err(place) => on_prior = place,
+                // One of the few calls that teach what such calls write:
+                // it reserves its prompt, and is charged what it wrote
+                // when it answers. Reserving a guess of a thousand tokens,
+                // each would hold the calls behind it for seconds where
+                // tokens are few, and drag their requests with it.
+                Err(Some(place)) => {
+                    estimate.output_tokens = 0;
+                    on_prior = Some(place);
+                }
+                Err(None) => {}
             }
         }
         let costs = [
@@ -908,14 +919,24 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             }
             raise |= cost > quota.burst_size();
         }
-        if raise {
-            let in_force = {
-                let mut known = state.known();
-                for (burst, &cost) in known.bursts.iter_mut().zip(costs) {
-                    *burst = (*burst).max(cost);
+        // Each burst holds the largest of the recent calls: raised at once
+        // for a larger one, lowered when those are all under half of it
+        // (not at every change: each is a round trip to the store).
+        let (changed, in_force) = {
+            let mut known = state.known();
+            let largest = known.recent.push(*costs);
+            let mut changed = false;
+            for ((burst, &most), &cost) in known.bursts.iter_mut().zip(&largest).zip(costs) {
+                if raise && cost > *burst {
+                    *burst = cost;
+                } else if most.saturating_mul(2) < *burst {
+                    *burst = most;
+                    changed = true;
                 }
-                known.in_force.unwrap_or(self.configured)
-            };
+            }
+            (changed, known.in_force.unwrap_or(self.configured))
+        };
+        if raise || changed {
             self.apply(key, state, &in_force).await;
         }
         let max_wait = self.settings.max_wait;

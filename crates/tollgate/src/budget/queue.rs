@@ -396,6 +396,10 @@ impl<K: Hash + Eq + Clone> Queue<K> {
         for (slot, (&refund, &step)) in by.iter_mut().zip(refunds.iter().zip(steps)) {
             *slot = Duration::from_nanos(refund.saturating_mul(step));
         }
+        // Settled as reserved: nothing moves.
+        if by.iter().all(Duration::is_zero) {
+            return;
+        }
         // In the order they go: each follows what the one ahead moved (the
         // settled grant ahead of them all was sent: it does not move).
         let mut order: Vec<(Instant, &Arc<Waiter>)> =
