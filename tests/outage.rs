@@ -26,6 +26,7 @@ async fn start_mock() -> String {
         style: Style::Openai,
         latency_ms: 50..150,
         store: None,
+        scripted: None,
     };
     let (addr, serve) = mock::bind_with(config, 0, false).await.unwrap();
     tokio::spawn(serve);

@@ -33,6 +33,7 @@ async fn start_mock(redis: &str, port: u16) -> u16 {
         style: Style::Openai,
         latency_ms: 10..30,
         store: Some(mock::connect(redis).await.unwrap()),
+        scripted: None,
     };
     let (addr, serve) = mock::bind_with(config, port, true).await.unwrap();
     tokio::spawn(serve);

@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::batch::{self, BatchConfig, Output};
-use crate::mock::{MockConfig, Style};
+use crate::mock::{MockConfig, Scripted, Style};
 
 /// Jobs per user in `simulate` at most.
 pub const MAX_JOBS: usize = 1_000;
@@ -182,6 +182,60 @@ struct MockArgs {
     /// on this address (`127.0.0.1:9090`; port 0: any free one).
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Count as a provider that counts this way (the scripted provider of
+    /// the workspace's tests and benchmarks): a bucket refilled
+    /// continuously, a sliding window or a fixed window, each enforced
+    /// over --slice. In this process only (not with --redis).
+    #[arg(long, value_enum)]
+    counting: Option<CountingArg>,
+    /// The slice --counting enforces a minute's limit over (`1s`, `10s`):
+    /// it holds the limit times the slice over a minute.
+    #[arg(long, requires = "counting", value_parser = humantime::parse_duration)]
+    slice: Option<std::time::Duration>,
+    /// What --counting charges a call besides its prompt: its
+    /// `max_tokens` (16 when absent), or the output written.
+    #[arg(long, requires = "counting", value_enum, default_value_t = ChargeArg::MaxTokens)]
+    charge: ChargeArg,
+    /// The output tokens the --counting provider writes when `max_tokens`
+    /// allows it (default: `max_tokens` in full).
+    #[arg(long, requires = "counting")]
+    writes: Option<u64>,
+    /// How --counting tells a token `remaining`: exact, or rounded down to
+    /// thousands (as Anthropic tells its tokens).
+    #[arg(long, requires = "counting", value_enum, default_value_t = RoundingArg::Exact)]
+    rounding: RoundingArg,
+}
+
+/// `tollgate mock --counting`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum CountingArg {
+    /// A bucket holding a slice's worth, refilled continuously; `remaining`
+    /// is a minute's bucket (close to the limit while calls are paced).
+    Bucket,
+    /// A slice's worth over any slice-long stretch; `remaining` counts the
+    /// last 60 s.
+    Sliding,
+    /// A slice's worth in each slice of the clock; `remaining` counts this
+    /// minute of the clock.
+    Fixed,
+}
+
+/// `tollgate mock --charge`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ChargeArg {
+    /// The body's `max_tokens` (16 when it names none).
+    MaxTokens,
+    /// The output written.
+    Written,
+}
+
+/// `tollgate mock --rounding`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum RoundingArg {
+    /// As counted.
+    Exact,
+    /// Rounded down to thousands.
+    Thousands,
 }
 
 /// The flags of `tollgate simulate`.
@@ -248,12 +302,49 @@ where
                     args.latency_ms.start, args.latency_ms.end
                 )));
             }
+            let scripted = match args.counting {
+                None => None,
+                Some(counting) => {
+                    let slice = args.slice.unwrap_or(std::time::Duration::from_secs(1));
+                    if !(std::time::Duration::from_millis(100)..=std::time::Duration::from_secs(60))
+                        .contains(&slice)
+                    {
+                        return Err(ArgsError::Invalid(format!(
+                            "--slice {}: give 100ms to 60s",
+                            humantime::format_duration(slice)
+                        )));
+                    }
+                    if args.redis.is_some() {
+                        return Err(ArgsError::Invalid(
+                            "--counting counts in this process: it cannot share a limit through --redis"
+                                .to_owned(),
+                        ));
+                    }
+                    Some(Scripted {
+                        counting: match counting {
+                            CountingArg::Bucket => tollgate_mock::Counting::bucket(slice),
+                            CountingArg::Sliding => tollgate_mock::Counting::sliding(slice),
+                            CountingArg::Fixed => tollgate_mock::Counting::fixed(slice),
+                        },
+                        charge: match args.charge {
+                            ChargeArg::MaxTokens => tollgate_mock::Charge::MaxTokens,
+                            ChargeArg::Written => tollgate_mock::Charge::Written,
+                        },
+                        writes: args.writes,
+                        rounding: match args.rounding {
+                            RoundingArg::Exact => tollgate_mock::Rounding::Exact,
+                            RoundingArg::Thousands => tollgate_mock::Rounding::Thousands,
+                        },
+                    })
+                }
+            };
             let config = MockConfig {
                 rpm: args.rpm,
                 tpm: args.tpm,
                 style: args.style,
                 latency_ms: args.latency_ms,
                 store: None,
+                scripted,
             };
             Job::Mock(
                 config,

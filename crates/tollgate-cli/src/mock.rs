@@ -46,6 +46,21 @@ pub enum Style {
     Bare,
 }
 
+/// How the scripted provider (`--counting`) counts: a way of counting both
+/// limits, and what a call is charged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scripted {
+    /// How requests and tokens are counted and enforced.
+    pub counting: tollgate_mock::Counting,
+    /// What a call is charged besides its prompt.
+    pub charge: tollgate_mock::Charge,
+    /// The output tokens the model writes when `max_tokens` allows it
+    /// (`None`: `max_tokens` in full, 16 when the body names none).
+    pub writes: Option<u64>,
+    /// How a token `remaining` is told.
+    pub rounding: tollgate_mock::Rounding,
+}
+
 /// The mock's settings.
 #[derive(Clone, Debug)]
 pub struct MockConfig {
@@ -60,6 +75,10 @@ pub struct MockConfig {
     /// Where the limits are enforced: in this process (`None`), or in
     /// Redis, so that several mocks enforce one limit together.
     pub store: Option<RedisStore>,
+    /// Counted as a chosen provider counts (`tollgate-mock`'s scripted
+    /// provider) in place of the server layer's limits: in this process
+    /// only, without metrics of its own.
+    pub scripted: Option<Scripted>,
 }
 
 /// Connects to the Redis at `url` for [`MockConfig::store`].
@@ -210,6 +229,9 @@ pub fn app(config: MockConfig) -> Result<Router, String> {
             config.latency_ms.start, config.latency_ms.end
         ));
     }
+    if let Some(scripted) = config.scripted {
+        return scripted_app(&config, scripted);
+    }
     let ietf = config.style == Style::Ietf;
     let requests = RateLimitLayer::builder(sliced(config.rpm, "--rpm")?)
         .policy_name("requests")
@@ -260,6 +282,32 @@ fn router<S: Store<Key> + 'static>(
         .layer(middleware::from_fn_with_state(Arc::clone(&limits), headers))
         .layer(middleware::from_fn(count_tokens))
         .with_state(limits))
+}
+
+/// The scripted provider of `tollgate-mock`, counting as `scripted` says.
+fn scripted_app(config: &MockConfig, scripted: Scripted) -> Result<Router, String> {
+    if config.store.is_some() {
+        return Err(
+            "--counting counts in this process: it cannot share a limit through --redis".to_owned(),
+        );
+    }
+    let dialect = match config.style {
+        Style::Openai => tollgate_mock::Dialect::OpenAi,
+        Style::Anthropic => tollgate_mock::Dialect::Anthropic,
+        Style::Ietf => tollgate_mock::Dialect::Ietf,
+        Style::Bare => tollgate_mock::Dialect::Bare,
+    };
+    let mut provider = tollgate_mock::Config::new(config.rpm, config.tpm)
+        .dialect(dialect)
+        .counting(scripted.counting)
+        .charge(scripted.charge)
+        .rounding(scripted.rounding);
+    if let Some(writes) = scripted.writes {
+        provider = provider.writes(writes);
+    }
+    let ms = Duration::from_millis;
+    provider.latency = ms(config.latency_ms.start)..ms(config.latency_ms.end);
+    Ok(tollgate_mock::Provider::new(provider).router())
 }
 
 /// Serves the mock on `port` (0: any free port) of loopback; returns the

@@ -81,6 +81,7 @@ async fn three_hundred_lines_at_6000_rpm_none_lost_few_refused() {
             style: Style::Openai,
             latency_ms: 10..30,
             store: None,
+            scripted: None,
         },
         0,
     )
@@ -143,6 +144,7 @@ async fn an_interrupted_run_resumes_without_answering_a_line_twice() {
             style: Style::Anthropic,
             latency_ms: 20..60,
             store: None,
+            scripted: None,
         },
         0,
     )
@@ -207,6 +209,7 @@ fn a_killed_run_resumes_without_answering_a_line_twice() {
                 style: Style::Ietf,
                 latency_ms: 20..60,
                 store: None,
+                scripted: None,
             },
             0,
         )

@@ -140,6 +140,38 @@ fn every_flag_at_every_extreme_is_taken_or_refused_without_a_panic() {
         no_env
     ))
     .contains("--latency-ms"));
+    // The scripted provider: a slice out of range, its flags without it,
+    // and a limit shared through Redis it cannot keep.
+    for (args, flag) in [
+        (&["--counting", "fixed", "--slice", "0s"][..], "--slice"),
+        (&["--counting", "fixed", "--slice", "1h"][..], "--slice"),
+        (&["--charge", "written"][..], "--counting"),
+        (
+            &["--counting", "bucket", "--redis", "redis://127.0.0.1:6379/"][..],
+            "--redis",
+        ),
+    ] {
+        let argv = ["tollgate", "mock"].iter().chain(args).copied();
+        assert!(refused(cli::parse(argv, no_env)).contains(flag), "{args:?}");
+    }
+    assert!(cli::parse(
+        [
+            "tollgate",
+            "mock",
+            "--counting",
+            "sliding",
+            "--slice",
+            "10s",
+            "--charge",
+            "written",
+            "--writes",
+            "20",
+            "--rounding",
+            "thousands"
+        ],
+        no_env
+    )
+    .is_ok());
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use axum::body::Body;
 use axum::http::Request;
-use tollgate_cli::mock::{self, MockConfig, Style};
+use tollgate_cli::mock::{self, MockConfig, Scripted, Style};
 use tower::ServiceExt;
 
 fn request(body: &'static str) -> Request<Body> {
@@ -21,6 +21,7 @@ async fn the_mock_refuses_over_its_limits_with_headers() {
         style: Style::Openai,
         latency_ms: 0..0,
         store: None,
+        scripted: None,
     })
     .unwrap();
     let body = r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#;
@@ -63,6 +64,7 @@ async fn the_bare_mock_says_only_retry_after() {
         style: Style::Bare,
         latency_ms: 0..0,
         store: None,
+        scripted: None,
     })
     .unwrap();
     let body = r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#;
@@ -78,4 +80,43 @@ async fn the_bare_mock_says_only_retry_after() {
             "{name} in a bare answer"
         );
     }
+}
+
+/// `--counting fixed --slice 10s`: the scripted provider, counting a
+/// minute's 60 requests in slices of ten seconds (ten each), its answers
+/// writing what `--writes` says.
+#[tokio::test(start_paused = true)]
+async fn the_scripted_mock_counts_as_it_is_told() {
+    let app = mock::app(MockConfig {
+        rpm: 60,
+        tpm: 1_000_000,
+        style: Style::Openai,
+        latency_ms: 0..0,
+        store: None,
+        scripted: Some(Scripted {
+            counting: tollgate_mock::Counting::fixed(std::time::Duration::from_secs(10)),
+            charge: tollgate_mock::Charge::Written,
+            writes: Some(3),
+            rounding: tollgate_mock::Rounding::Exact,
+        }),
+    })
+    .unwrap();
+    let body = r#"{"model":"m","max_tokens":50,"messages":[{"role":"user","content":"hi"}]}"#;
+    let mut statuses = Vec::new();
+    for _ in 0..11 {
+        let response = app.clone().oneshot(request(body)).await.unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(statuses[..10], [200; 10]);
+    assert_eq!(statuses[10], 429, "a slice of ten seconds holds ten");
+    let answer = app.clone().oneshot(request(body)).await.unwrap();
+    assert_eq!(answer.headers()["retry-after"], "10");
+    tokio::time::advance(std::time::Duration::from_secs(10)).await;
+    let answer = app.oneshot(request(body)).await.unwrap();
+    assert_eq!(answer.status(), 200, "the next slice");
+    let bytes = axum::body::to_bytes(answer.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(value["usage"]["completion_tokens"], 3);
 }
