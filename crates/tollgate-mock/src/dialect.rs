@@ -63,12 +63,6 @@ impl Dialect {
 /// A day's requests, for the dialects that state a day.
 const DAY: u64 = 14_400;
 
-fn put(headers: &mut HeaderMap, name: &'static str, value: String) {
-    if let Ok(value) = HeaderValue::try_from(value) {
-        headers.append(HeaderName::from_static(name), value);
-    }
-}
-
 fn epoch_ms(at: SystemTime) -> u128 {
     at.duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
@@ -78,158 +72,111 @@ fn epoch_ms(at: SystemTime) -> u128 {
 /// The headers of an answer or a refusal.
 pub(crate) fn headers(provider: &Provider, d: &Decision) -> HeaderMap {
     let mut h = HeaderMap::new();
+    for (name, value) in told(provider, d) {
+        if let Ok(value) = HeaderValue::try_from(value) {
+            h.append(HeaderName::from_static(name), value);
+        }
+    }
+    h
+}
+
+/// What the dialect tells of a decision, header by header.
+fn told(provider: &Provider, d: &Decision) -> Vec<(&'static str, String)> {
     let now = provider.epoch + d.now;
     let (rq, tk) = (d.requests, d.tokens);
-    put(&mut h, "date", httpdate::fmt_http_date(now));
-    match provider.config.dialect {
-        Dialect::OpenAi => {
-            put(&mut h, "x-ratelimit-limit-requests", rq.limit.to_string());
-            put(
-                &mut h,
-                "x-ratelimit-remaining-requests",
-                rq.remaining.to_string(),
-            );
-            put(
-                &mut h,
+    let at = |reset: Duration| tollgate::headers::rfc3339(now + reset);
+    let dialect = provider.config.dialect;
+    let mut h = vec![("date", httpdate::fmt_http_date(now))];
+    h.extend(match dialect {
+        Dialect::OpenAi => vec![
+            ("x-ratelimit-limit-requests", rq.limit.to_string()),
+            ("x-ratelimit-remaining-requests", rq.remaining.to_string()),
+            (
                 "x-ratelimit-reset-requests",
                 format!("{}ms", rq.reset.as_millis()),
-            );
-        }
-        Dialect::Anthropic => {
-            put(
-                &mut h,
-                "anthropic-ratelimit-requests-limit",
-                rq.limit.to_string(),
-            );
-            put(
-                &mut h,
+            ),
+        ],
+        Dialect::Anthropic => vec![
+            ("anthropic-ratelimit-requests-limit", rq.limit.to_string()),
+            (
                 "anthropic-ratelimit-requests-remaining",
                 rq.remaining.to_string(),
-            );
-            put(
-                &mut h,
-                "anthropic-ratelimit-requests-reset",
-                tollgate::headers::rfc3339(now + rq.reset),
-            );
-            put(
-                &mut h,
-                "anthropic-ratelimit-tokens-limit",
-                tk.limit.to_string(),
-            );
-            put(
-                &mut h,
+            ),
+            ("anthropic-ratelimit-requests-reset", at(rq.reset)),
+            ("anthropic-ratelimit-tokens-limit", tk.limit.to_string()),
+            (
                 "anthropic-ratelimit-tokens-remaining",
                 tk.remaining.to_string(),
-            );
-            put(
-                &mut h,
-                "anthropic-ratelimit-tokens-reset",
-                tollgate::headers::rfc3339(now + tk.reset),
-            );
-        }
-        Dialect::Bare | Dialect::Gemini => {}
+            ),
+            ("anthropic-ratelimit-tokens-reset", at(tk.reset)),
+        ],
+        Dialect::Bare | Dialect::Gemini => vec![],
         Dialect::GroqDaily => {
-            let spent = provider.counts().ok.min(DAY);
-            put(&mut h, "x-ratelimit-limit-requests", DAY.to_string());
-            put(
-                &mut h,
-                "x-ratelimit-remaining-requests",
-                (DAY - spent).to_string(),
-            );
             // Full again when what was spent refills at a day's rate (6 s a
             // request).
-            put(
-                &mut h,
-                "x-ratelimit-reset-requests",
-                format!("{}s", spent.saturating_mul(6)),
-            );
+            let spent = provider.counts().ok.min(DAY);
+            vec![
+                ("x-ratelimit-limit-requests", DAY.to_string()),
+                ("x-ratelimit-remaining-requests", (DAY - spent).to_string()),
+                (
+                    "x-ratelimit-reset-requests",
+                    format!("{}s", spent.saturating_mul(6)),
+                ),
+            ]
         }
-        Dialect::AzureTenSeconds => {
-            // Requests over ten seconds (`Report::Slice`).
-            put(&mut h, "x-ratelimit-limit-requests", rq.limit.to_string());
-            put(
-                &mut h,
-                "x-ratelimit-remaining-requests",
-                rq.remaining.to_string(),
-            );
-            put(
-                &mut h,
-                "x-ratelimit-remaining-tokens",
-                tk.remaining.to_string(),
-            );
-        }
-        Dialect::OpenRouter => {
-            if d.admitted {
-                let secs = now
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs();
-                let midnight =
-                    SystemTime::UNIX_EPOCH + Duration::from_secs((secs / 86_400 + 1) * 86_400);
-                let spent = provider.counts().ok;
-                put(&mut h, "x-ratelimit-limit", DAY.to_string());
-                put(
-                    &mut h,
+        // Requests over ten seconds (`Report::Slice`).
+        Dialect::AzureTenSeconds => vec![
+            ("x-ratelimit-limit-requests", rq.limit.to_string()),
+            ("x-ratelimit-remaining-requests", rq.remaining.to_string()),
+            ("x-ratelimit-remaining-tokens", tk.remaining.to_string()),
+        ],
+        // The day's on an answer (full at the next UTC midnight), the
+        // minute's on a refusal.
+        Dialect::OpenRouter if d.admitted => {
+            let secs = now
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
+            let midnight =
+                SystemTime::UNIX_EPOCH + Duration::from_secs((secs / 86_400 + 1) * 86_400);
+            let spent = provider.counts().ok;
+            vec![
+                ("x-ratelimit-limit", DAY.to_string()),
+                (
                     "x-ratelimit-remaining",
                     DAY.saturating_sub(spent).to_string(),
-                );
-                put(&mut h, "x-ratelimit-reset", epoch_ms(midnight).to_string());
-            } else {
-                put(&mut h, "x-ratelimit-limit", rq.limit.to_string());
-                put(&mut h, "x-ratelimit-remaining", "0".to_owned());
-                put(
-                    &mut h,
-                    "x-ratelimit-reset",
-                    epoch_ms(now + d.retry).to_string(),
-                );
-            }
+                ),
+                ("x-ratelimit-reset", epoch_ms(midnight).to_string()),
+            ]
         }
-        Dialect::MinuteNoReset => {
-            put(&mut h, "x-ratelimit-limit-requests", rq.limit.to_string());
-            put(
-                &mut h,
-                "x-ratelimit-remaining-requests",
-                rq.remaining.to_string(),
-            );
-        }
-        Dialect::RemainingOnly => {
-            put(
-                &mut h,
-                "x-ratelimit-remaining-requests",
-                rq.remaining.to_string(),
-            );
-            put(
-                &mut h,
-                "x-ratelimit-remaining-tokens",
-                tk.remaining.to_string(),
-            );
-        }
-        Dialect::Mistral => {
-            put(&mut h, "x-ratelimit-limit-req-minute", rq.limit.to_string());
-            put(
-                &mut h,
-                "x-ratelimit-remaining-req-minute",
-                rq.remaining.to_string(),
-            );
-            put(
-                &mut h,
-                "x-ratelimit-limit-tokens-minute",
-                tk.limit.to_string(),
-            );
-            put(
-                &mut h,
+        Dialect::OpenRouter => vec![
+            ("x-ratelimit-limit", rq.limit.to_string()),
+            ("x-ratelimit-remaining", "0".to_owned()),
+            ("x-ratelimit-reset", epoch_ms(now + d.retry).to_string()),
+        ],
+        Dialect::MinuteNoReset => vec![
+            ("x-ratelimit-limit-requests", rq.limit.to_string()),
+            ("x-ratelimit-remaining-requests", rq.remaining.to_string()),
+        ],
+        Dialect::RemainingOnly => vec![
+            ("x-ratelimit-remaining-requests", rq.remaining.to_string()),
+            ("x-ratelimit-remaining-tokens", tk.remaining.to_string()),
+        ],
+        Dialect::Mistral => vec![
+            ("x-ratelimit-limit-req-minute", rq.limit.to_string()),
+            ("x-ratelimit-remaining-req-minute", rq.remaining.to_string()),
+            ("x-ratelimit-limit-tokens-minute", tk.limit.to_string()),
+            (
                 "x-ratelimit-remaining-tokens-minute",
                 tk.remaining.to_string(),
-            );
-        }
-        Dialect::Ietf => {
-            put(
-                &mut h,
+            ),
+        ],
+        Dialect::Ietf => vec![
+            (
                 "ratelimit-policy",
                 format!("\"rpm\";q={};w=60, \"tpm\";q={};w=60", rq.limit, tk.limit),
-            );
-            put(
-                &mut h,
+            ),
+            (
                 "ratelimit",
                 format!(
                     "\"rpm\";r={};t={}, \"tpm\";r={};t={}",
@@ -238,43 +185,32 @@ pub(crate) fn headers(provider: &Provider, d: &Decision) -> HeaderMap {
                     tk.remaining,
                     tk.reset.as_secs().max(1)
                 ),
-            );
-        }
-    }
-    if matches!(
-        provider.config.dialect,
-        Dialect::OpenAi | Dialect::GroqDaily
-    ) {
+            ),
+        ],
+    });
+    if matches!(dialect, Dialect::OpenAi | Dialect::GroqDaily) {
         // The minute's tokens, OpenAI's way (Groq's too).
-        put(&mut h, "x-ratelimit-limit-tokens", tk.limit.to_string());
-        put(
-            &mut h,
-            "x-ratelimit-remaining-tokens",
-            tk.remaining.to_string(),
-        );
-        put(
-            &mut h,
-            "x-ratelimit-reset-tokens",
-            format!("{:.3}s", tk.reset.as_secs_f64()),
-        );
+        h.extend([
+            ("x-ratelimit-limit-tokens", tk.limit.to_string()),
+            ("x-ratelimit-remaining-tokens", tk.remaining.to_string()),
+            (
+                "x-ratelimit-reset-tokens",
+                format!("{:.3}s", tk.reset.as_secs_f64()),
+            ),
+        ]);
     }
-    let dialect = provider.config.dialect;
     if !d.admitted
         && !matches!(
             dialect,
             Dialect::Bare | Dialect::Gemini | Dialect::OpenRouter
         )
     {
-        put(
-            &mut h,
-            "retry-after-ms",
-            d.retry.as_millis().max(1).to_string(),
-        );
+        h.push(("retry-after-ms", d.retry.as_millis().max(1).to_string()));
     }
     if !d.admitted && !matches!(dialect, Dialect::Gemini | Dialect::OpenRouter) {
         // Whole seconds, rounded up: never sooner than the room.
         let secs = d.retry.as_nanos().div_ceil(1_000_000_000).max(1);
-        put(&mut h, "retry-after", secs.to_string());
+        h.push(("retry-after", secs.to_string()));
     }
     h
 }
