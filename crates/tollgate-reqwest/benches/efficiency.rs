@@ -260,8 +260,9 @@ fn scenarios() -> Vec<Scenario> {
 }
 
 /// Runs `s` for `seconds` of calls at the allowed rate, its clients over
-/// `store` (`None`: each its own memory).
-async fn run(s: &Scenario, seconds: u64, store: Option<&RedisStore>) -> Row {
+/// the Redis at `store` (its URL and the row's prefix; `None`: each its
+/// own memory).
+async fn run(s: &Scenario, seconds: u64, store: Option<&(String, String)>) -> Row {
     let payload = body(s.max_tokens);
     let config = s.config.clone().latency(Duration::from_millis(120));
     let (base, provider) = mock::serve(config, s.host);
@@ -284,8 +285,17 @@ async fn run(s: &Scenario, seconds: u64, store: Option<&RedisStore>) -> Row {
     let mut tasks = Vec::new();
     for _ in 0..s.clients {
         let builder = RateLimitMiddleware::builder().headroom(0.02);
+        // Each client a process of its own: over Redis, its own store
+        // (counted in the fleet) on the row's prefix.
         let middleware = match store {
-            Some(store) => transport::client(builder.build_with_store(store.clone())),
+            Some(prefix) => {
+                let store = RedisStore::builder(&prefix.0)
+                    .prefix(prefix.1.as_str())
+                    .connect()
+                    .await
+                    .expect("connect to the bench's redis-server");
+                transport::client(builder.build_with_store(store))
+            }
             None => transport::client(builder.build()),
         };
         let client = Arc::new(middleware);
@@ -380,14 +390,8 @@ fn main() {
                     (RedisServer::start(), runtime)
                 });
                 let url = server.url();
-                runtime.block_on(async {
-                    let store = RedisStore::builder(&url)
-                        .prefix(format!("efficiency-{n}"))
-                        .connect()
-                        .await
-                        .expect("connect to the bench's redis-server");
-                    run(scenario, seconds, Some(&store)).await
-                })
+                let store = (url, format!("efficiency-{n}"));
+                runtime.block_on(run(scenario, seconds, Some(&store)))
             };
             println!(
                 "| {name} | {} | {} | {:.1}% | {} of {} ({:.2}%) |",
