@@ -160,6 +160,16 @@ impl Local {
         quotas
     }
 
+    /// Whether `key` has own limits known here that have not lapsed.
+    fn knows_own(&self, key: &str) -> bool {
+        if self.own_len.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        self.lock().get(key).is_some_and(|own| {
+            own.lapses > Instant::now() && own.limits.iter().any(Option::is_some)
+        })
+    }
+
     /// `quotas` at this process's share of the fleet.
     fn shared(&self, mut quotas: Quotas, n: usize) -> Quotas {
         let fleet = u64::from(self.fleet());
@@ -228,6 +238,22 @@ impl Local {
         max_wait: Duration,
     ) -> Decision {
         self.during_outage(key);
+        let n = limits.len().min(costs.len()).min(MAX_DIMENSIONS);
+        let quotas = self.shared(self.in_force(key, limits), n);
+        self.memory
+            .decide_now(key, quotas.get(..n).unwrap_or(&[]), costs, max_wait)
+    }
+
+    /// Decides in this process while Redis is given back a key it lost:
+    /// Redis answers again, so the key is not counted as decided in an
+    /// outage (its restore, under way, gives Redis what this process knows).
+    pub(crate) fn decide_restoring(
+        &self,
+        key: &str,
+        limits: &[Quota],
+        costs: &[u64],
+        max_wait: Duration,
+    ) -> Decision {
         let n = limits.len().min(costs.len()).min(MAX_DIMENSIONS);
         let quotas = self.shared(self.in_force(key, limits), n);
         self.memory
@@ -321,10 +347,24 @@ impl Local {
         seen: &Seen,
     ) -> Option<Restore> {
         let n = limits.len().min(costs.len()).min(MAX_DIMENSIONS);
-        let restore = self.lost(key, limits, seen.fresh);
-        if restore.is_none() {
-            self.remember(key, seen.own, n);
+        // Soon after an outage, Redis may answer for a key it lost (it
+        // restarted empty) at the default limits, though this process knows
+        // the key's own: given back, the call is decided here (the caller
+        // does), and the own limits are not forgotten.
+        let restore = self.lost(key, limits, seen.fresh).or_else(|| {
+            let lost_own = self.recovering()
+                && seen.own.iter().take(n).all(Option::is_none)
+                && self.knows_own(key);
+            if lost_own {
+                self.restore(key, limits, n)
+            } else {
+                None
+            }
+        });
+        if restore.is_some() {
+            return restore;
         }
+        self.remember(key, seen.own, n);
         let quotas = self.shared(self.in_force(key, limits), n);
         if !seen.paused_for.is_zero() {
             let view = self.memory.read_now(key, &[]);

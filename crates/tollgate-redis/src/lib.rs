@@ -1415,7 +1415,15 @@ impl<K: Hash + ?Sized + Sync> Store<K> for RedisStore {
                 }
                 if let Some(restore) = self.inner.local.copy(&key, limits, costs, &decision, &seen)
                 {
-                    self.restore(key, restore);
+                    // Redis decided without what it lost of the key: this
+                    // call is decided by what this process knows, as in an
+                    // outage, while Redis is given it back.
+                    self.restore(key.clone(), restore);
+                    let local = self
+                        .inner
+                        .local
+                        .decide_restoring(&key, limits, costs, max_wait);
+                    return Ok(local);
                 }
                 Ok(decision)
             }

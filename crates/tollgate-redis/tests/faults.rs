@@ -151,10 +151,14 @@ async fn killed_then_restarted_fails_open_and_recovers() {
     }
     assert!(!store.redis_stats().open);
     // The restarted Redis is empty: the key would start full there. The
-    // first decision finds it so, and the store gives Redis back what it
-    // knew: the whole limit was spent, so no burst follows.
+    // first decision finds it so: it is decided here instead, where the
+    // whole limit was spent, and the store gives Redis back what it knew,
+    // so no burst follows.
     assert_eq!(limiter.snapshot(&key).await.unwrap().remaining(), 10);
-    limiter.try_acquire(&key, 1).await.unwrap();
+    assert!(
+        limiter.try_acquire(&key, 1).await.is_err(),
+        "decided here, where the limit was spent"
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while limiter.snapshot(&key).await.unwrap().remaining() > 0 {
         assert!(
