@@ -238,10 +238,7 @@ impl Local {
         max_wait: Duration,
     ) -> Decision {
         self.during_outage(key);
-        let n = limits.len().min(costs.len()).min(MAX_DIMENSIONS);
-        let quotas = self.shared(self.in_force(key, limits), n);
-        self.memory
-            .decide_now(key, quotas.get(..n).unwrap_or(&[]), costs, max_wait)
+        self.decide_restoring(key, limits, costs, max_wait)
     }
 
     /// Decides in this process while Redis is given back a key it lost:

@@ -20,17 +20,20 @@ fn unbounded() -> Value {
     })
 }
 
-/// 600 calls of 12 prompt tokens and 20 written, where tokens allow 100 a
-/// second; whether each caller reports its usage. Answers the share of
-/// the allowed rate, the calls answered, the output reserved by the last
-/// call and the attempts refused.
-async fn run(style: Style, report: bool) -> (f64, usize, u64, u64) {
-    let config = Config::new(12_000, 32 * 100 * 60)
-        .dialect(style)
-        .charge(Charge::Written)
-        .writes(20)
-        .latency(Duration::from_millis(120));
-    let (base, provider) = mock::serve(config, Host::Provider);
+/// What 600 calls at once against a provider came to.
+struct Ran {
+    /// Of the allowed rate.
+    share: f64,
+    answered: usize,
+    /// The output the last call answered reserved.
+    last_reserved: u64,
+    refused: u64,
+}
+
+/// 600 calls of `body` at once against `config` (120 ms answers), each
+/// reporting its usage if `report`.
+async fn six_hundred(config: Config, body: Value, report: bool) -> Ran {
+    let (base, provider) = mock::serve(config.latency(Duration::from_millis(120)), Host::Provider);
     let client = Arc::new(transport::client(
         RateLimitMiddleware::builder().headroom(0.02).build(),
     ));
@@ -38,20 +41,20 @@ async fn run(style: Style, report: bool) -> (f64, usize, u64, u64) {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..600 {
-        let (client, url) = (Arc::clone(&client), Arc::clone(&url));
+        let (client, url, body) = (Arc::clone(&client), Arc::clone(&url), body.to_string());
         tasks.push(tokio::spawn(async move {
             let response = client
                 .post(url.as_str())
                 .header("content-type", "application/json")
-                .body(unbounded().to_string())
+                .body(body)
                 .send()
                 .await
                 .ok()?;
             let usage = response.extensions().get::<Usage>().cloned()?;
             let bytes = response.bytes().await.ok()?;
-            let body: Value = serde_json::from_slice(&bytes).ok()?;
+            let answer: Value = serde_json::from_slice(&bytes).ok()?;
             if report {
-                assert!(usage.report_body(&body).await);
+                assert!(usage.report_body(&answer).await);
             }
             Some((Instant::now(), usage.estimate().output_tokens))
         }));
@@ -64,13 +67,25 @@ async fn run(style: Style, report: bool) -> (f64, usize, u64, u64) {
     }
     let elapsed = start.elapsed().as_secs_f64();
     let last = answered.iter().max_by_key(|(at, _)| *at).map(|(_, o)| *o);
-    let share = answered.len() as f64 / elapsed / provider.allowed_rate(&unbounded());
-    (
-        share,
-        answered.len(),
-        last.unwrap_or(0),
-        provider.counts().limited,
-    )
+    Ran {
+        share: answered.len() as f64 / elapsed / provider.allowed_rate(&body),
+        answered: answered.len(),
+        last_reserved: last.unwrap_or(0),
+        refused: provider.counts().limited,
+    }
+}
+
+/// 600 calls of 12 prompt tokens and 20 written, where tokens allow 100 a
+/// second; whether each caller reports its usage. Answers the share of
+/// the allowed rate, the calls answered, the output reserved by the last
+/// call and the attempts refused.
+async fn run(style: Style, report: bool) -> (f64, usize, u64, u64) {
+    let config = Config::new(12_000, 32 * 100 * 60)
+        .dialect(style)
+        .charge(Charge::Written)
+        .writes(20);
+    let ran = six_hundred(config, unbounded(), report).await;
+    (ran.share, ran.answered, ran.last_reserved, ran.refused)
 }
 
 #[tokio::test(start_paused = true)]
@@ -104,35 +119,9 @@ async fn bounded(config: Config) -> (f64, u64) {
         "max_tokens": 60,
         "messages": [{"role": "user", "content": "Hello, please count to three."}]
     });
-    let (base, provider) = mock::serve(config.latency(Duration::from_millis(120)), Host::Provider);
-    let client = Arc::new(transport::client(
-        RateLimitMiddleware::builder().headroom(0.02).build(),
-    ));
-    let url = Arc::new(format!("{base}/v1/chat/completions"));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..600 {
-        let (client, url, body) = (Arc::clone(&client), Arc::clone(&url), body.to_string());
-        tasks.push(tokio::spawn(async move {
-            let response = client
-                .post(url.as_str())
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), 200);
-            let usage = response.extensions().get::<Usage>().cloned().unwrap();
-            let bytes = response.bytes().await.unwrap();
-            let answer: Value = serde_json::from_slice(&bytes).unwrap();
-            assert!(usage.report_body(&answer).await);
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
-    let share = 600.0 / start.elapsed().as_secs_f64() / provider.allowed_rate(&body);
-    (share, provider.counts().limited)
+    let ran = six_hundred(config, body, true).await;
+    assert_eq!(ran.answered, 600, "none lost");
+    (ran.share, ran.refused)
 }
 
 /// What a bounded call is charged is learnt: a provider that charges the
