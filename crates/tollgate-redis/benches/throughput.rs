@@ -21,7 +21,8 @@
 //! decision, and this process' CPU a decision (Linux).
 //!
 //! `cargo bench -p tollgate-redis --bench throughput --features testing`
-//! (needs redis-server).
+//! (needs redis-server); `-- --callers 1 --rounds 9` runs one count of
+//! callers, and more rounds.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -35,6 +36,13 @@ use tollgate_redis::RedisStore;
 const OPS: usize = 40_000;
 const KEYS: usize = 100_000;
 const ROUNDS: usize = 5;
+
+/// The value after `--name` among the bench's arguments.
+fn option(name: &str) -> Option<usize> {
+    let args: Vec<String> = std::env::args().collect();
+    let at = args.iter().position(|a| a == name)?;
+    args.get(at + 1)?.parse().ok()
+}
 
 /// GCRA as go-redis/redis_rate publishes it, written from its algorithm:
 /// the TAT in seconds (a float) since an epoch, `TIME` as the clock; a
@@ -210,9 +218,14 @@ async fn run() {
     ];
     // rounds[round] = rows in order
     let mut rounds: Vec<Vec<Measured>> = Vec::new();
-    for round in 0..ROUNDS {
+    let rounds_wanted = option("--rounds").unwrap_or(ROUNDS).max(1);
+    let callers_wanted: Vec<usize> = match option("--callers") {
+        Some(n) => vec![n.max(1)],
+        None => vec![1, 64],
+    };
+    for round in 0..rounds_wanted {
         let mut rows = Vec::new();
-        for callers in [1, 64] {
+        for &callers in &callers_wanted {
             let c = conn.clone();
             rows.push(
                 row(
@@ -348,9 +361,9 @@ async fn run() {
         rounds.push(rows);
     }
     println!();
-    println!("| case | decisions/s (median of {ROUNDS}) | range | p50 | p99 | EVALSHA a decision | Redis CPU a decision | client CPU a decision | vs redis_rate | vs SET |");
+    println!("| case | decisions/s (median of {rounds_wanted}) | range | p50 | p99 | EVALSHA a decision | Redis CPU a decision | client CPU a decision | vs redis_rate | vs SET |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let per_callers = rounds[0].len() / 2;
+    let per_callers = rounds[0].len() / callers_wanted.len();
     for (index, _) in rounds[0].iter().enumerate() {
         let mut rates: Vec<f64> = rounds.iter().map(|r| r[index].row.per_second).collect();
         rates.sort_by(f64::total_cmp);

@@ -139,6 +139,7 @@ mod msgpack;
 mod sentinel;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod watch;
 
 const DECIDE: &str = concat!(
     include_str!("lua/common.lua"),
@@ -754,6 +755,7 @@ impl Builder {
                 batcher: RwLock::new(batcher),
                 follow,
                 timeout,
+                watch: watch::Watch::new(timeout),
                 fault,
                 breaker: Breaker::new(breaker_failures, breaker_cool_down),
                 limits_ttl_ms: u64::try_from(limits_ttl.as_millis()).unwrap_or(u64::MAX),
@@ -802,6 +804,8 @@ struct Inner {
     #[cfg_attr(not(feature = "sentinel"), allow(dead_code))]
     follow: Option<FollowMaster>,
     timeout: Duration,
+    /// Bounds each call by `timeout`.
+    watch: watch::Watch,
     fault: Fault,
     breaker: Breaker,
     limits_ttl_ms: u64,
@@ -1161,9 +1165,9 @@ impl RedisStore {
         }
         #[cfg(feature = "metrics")]
         let start = tokio::time::Instant::now();
-        let result = match tokio::time::timeout(inner.timeout, call).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::new(
+        let result = match inner.watch.bound(call).await {
+            Some(result) => result,
+            None => Err(StoreError::new(
                 StoreErrorKind::Timeout,
                 format!("no answer within {:?}", inner.timeout),
             )),

@@ -31,17 +31,15 @@ local call, pack, unpackmp, unpack, pcall = redis.call, cmsgpack.pack, cmsgpack.
 local t = call('TIME')
 local now = t[1] * 1000000 + t[2]
 local far = now + 4503599627370496
--- The general path's tables, made when it is first taken.
-local iv, bu, co, tat, dues, q, mi, mb, mu
-local r, w = {}, 0
-local pxats = {}
-
 -- `PXAT`'s argument for a key to keep until `keep` (microseconds): the
--- millisecond after it, and one more. Formatted once a call for each
--- instant (a number would be formatted by Redis as a float each time).
+-- millisecond after it, and one more. A call of several decisions formats
+-- each instant once (`pxats`); a number would be formatted by Redis as a
+-- float.
+local pxats
 local function pxat(keep)
   keep = keep / 1000
   keep = keep - keep % 1 + 2
+  if not pxats then return string.format('%d', keep) end
   local px = pxats[keep]
   if not px then
     px = string.format('%d', keep)
@@ -51,17 +49,19 @@ local function pxat(keep)
 end
 
 -- The common key, as `decide` below decides it, without tables: one
--- dimension (interval `pi`, burst `pb`, cost `c`), the key absent or
--- holding one dimension, no own limit and no pause extensions (a pause
--- may have ended or be in force: it is in the TAT). Answers false, having
--- written nothing, for any other key.
-local function decide_one(key, max_wait, pi, pb, c)
+-- dimension, the key absent or holding one dimension, no own limit and no
+-- pause extensions (a pause may have ended or be in force: it is in the
+-- TAT). Returns the decision's reply values; nothing, having written
+-- nothing, for any other decision.
+local function decide_one(key, blob)
+  local n, max_wait, pi, pb, c, more = unpackmp(blob)
+  if n ~= 1 or more ~= nil then return end
   local v = call('GET', key)
   local u, tat, mi, mb, mu, fresh = 0, 0, 0, 0, 0, 1
   if v then
-    local h, e, n, extra, _
-    u, h, e, n, tat, _, _, _, _, mi, mb, mu, extra = unpackmp(v)
-    if h ~= 0 or e ~= 0 or n ~= 1 or extra ~= nil then return false end
+    local h, e, stored, extra, _
+    u, h, e, stored, tat, _, _, _, _, mi, mb, mu, extra = unpackmp(v)
+    if h ~= 0 or e ~= 0 or stored ~= 1 or extra ~= nil then return end
     mi, mb, mu, fresh = mi or 0, mb or 0, mu or 0, 0
   end
   local iv, bu, stricter = pi, pb, 0
@@ -96,15 +96,35 @@ local function decide_one(key, max_wait, pi, pb, c)
       call('SET', key, pack(u, 0, 0, 1, x, 0, 0, 0, '', mi, mb, mu), 'PXAT', pxat(keep))
     end
   end
-  r[w + 1], r[w + 2], r[w + 3], r[w + 4], r[w + 5], r[w + 6] = code, 0, due, now, 0, u
-  r[w + 7], r[w + 8], r[w + 9], r[w + 10], r[w + 11], r[w + 12] = fresh, stricter, tat, due, iv, ''
-  w = w + 12
-  return true
+  return code, 0, due, now, 0, u, fresh, stricter, tat, due, iv, ''
 end
 
+-- A call of one common decision (any single caller's) is answered
+-- without building anything else: no tables, no further functions.
+if #KEYS == 1 then
+  local ok, code, dim, wait, at, held, pause, fresh, stricter, tat1, due1, iv1, q1 =
+    pcall(decide_one, KEYS[1], ARGV[1])
+  if not ok then
+    return pack(3, tostring(type(code) == 'table' and code.err or code))
+  end
+  if code then
+    return pack(code, dim, wait, at, held, pause, fresh, stricter, tat1, due1, iv1, q1)
+  end
+end
+
+-- The general path's tables, made when it is first taken.
+local iv, bu, co, tat, dues, q, mi, mb, mu
+local r, w = {}, 0
+
 local function decide(key, blob)
-  local n1, max_wait1, pi, pb, c, more = unpackmp(blob)
-  if n1 == 1 and more == nil and decide_one(key, max_wait1, pi, pb, c) then return end
+  local code1, dim1, wait1, at, held, pause, fresh1, stricter1, tat1, due1, iv1, q1 =
+    decide_one(key, blob)
+  if code1 then
+    r[w + 1], r[w + 2], r[w + 3], r[w + 4], r[w + 5], r[w + 6] = code1, dim1, wait1, at, held, pause
+    r[w + 7], r[w + 8], r[w + 9], r[w + 10], r[w + 11], r[w + 12] = fresh1, stricter1, tat1, due1, iv1, q1
+    w = w + 12
+    return
+  end
   if not iv then
     iv, bu, co, tat, dues, q = {}, {}, {}, {}, {}, {}
     mi, mb, mu = {}, {}, {}
@@ -227,6 +247,7 @@ local function decide(key, blob)
   end
 end
 
+if #KEYS > 1 then pxats = {} end
 for d = 1, #KEYS do
   local start = w
   local ok, err = pcall(decide, KEYS[d], ARGV[d])
