@@ -60,6 +60,9 @@
 //!
 //! - `axum`: read the peer address from axum's `ConnectInfo<SocketAddr>`.
 //! - `tonic`: read the peer address from tonic's `TcpConnectInfo`.
+//! - `llm`: token budgets for LLM gateways ([`llm::TokenLimitLayer`]):
+//!   requests, input and output tokens a minute per key, charged from the
+//!   usage the answers report, streamed or not.
 //!
 //! Without them, a peer address is read from a [`SocketAddr`](std::net::SocketAddr)
 //! in the request's extensions.
@@ -71,6 +74,8 @@ use std::fmt;
 pub mod concurrency;
 mod future;
 pub mod key;
+#[cfg(feature = "llm")]
+pub mod llm;
 mod meters;
 pub mod rate_limit;
 mod response;

@@ -65,6 +65,7 @@ pub struct Rejection {
     key: Option<Key>,
     snapshot: Option<Snapshot>,
     retry_after: Option<Duration>,
+    dimension: Option<&'static str>,
 }
 
 impl Rejection {
@@ -81,7 +82,15 @@ impl Rejection {
             key: None,
             snapshot: None,
             retry_after: None,
+            dimension: None,
         }
+    }
+
+    /// Names the dimension of a budget that refused.
+    #[cfg_attr(not(feature = "llm"), allow(dead_code))]
+    pub(crate) fn dimension(mut self, dimension: &'static str) -> Self {
+        self.dimension = Some(dimension);
+        self
     }
 
     pub(crate) fn grpc(mut self, grpc: bool) -> Self {
@@ -104,6 +113,13 @@ impl Rejection {
     pub(crate) fn retry_after_or(mut self, wait: Duration) -> Self {
         self.retry_after.get_or_insert(wait);
         self
+    }
+
+    /// The dimension of a token budget that refused (`requests`,
+    /// `input_tokens` or `output_tokens`; see [`llm`](crate::llm)); `None`
+    /// for a limit of one dimension.
+    pub const fn refused_dimension(&self) -> Option<&'static str> {
+        self.dimension
     }
 
     /// Why the request was rejected.

@@ -3,8 +3,10 @@
 //!
 //! Both sides of an LLM API use it: a client reserves the estimate and
 //! settles it with the reported usage; a gateway charges a key the same
-//! way. The usage is read from a JSON body ([`usage_of`]) or, as a
-//! streamed answer passes, from its server-sent events ([`SseUsage`]).
+//! way. The usage is read from a JSON body ([`usage_of`]), or as the body
+//! passes, chunk by chunk and without keeping it: from a JSON answer
+//! ([`JsonUsage`]) or from a streamed answer's server-sent events
+//! ([`SseUsage`]).
 //!
 //! ```
 //! use serde_json::json;
@@ -19,8 +21,10 @@
 //! assert_eq!(usage_of(&answer), Some(TokenUsage { input_tokens: 12, output_tokens: 3 }));
 //! ```
 
+mod json;
 mod sse;
 
+pub use json::JsonUsage;
 pub use sse::SseUsage;
 
 use serde_json::Value;
@@ -148,7 +152,11 @@ pub struct TokenUsage {
 /// `usage.completion_tokens`, or Anthropic's `usage.input_tokens` and
 /// `usage.output_tokens`; `None` when it reports none.
 pub fn usage_of(answer: &Value) -> Option<TokenUsage> {
-    let usage = answer.get("usage")?;
+    usage_in(answer.get("usage")?)
+}
+
+/// The counts of a `usage` object, in OpenAI's names or Anthropic's.
+fn usage_in(usage: &Value) -> Option<TokenUsage> {
     let count = |names: [&str; 2]| {
         names
             .iter()
