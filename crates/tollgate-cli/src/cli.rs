@@ -44,7 +44,10 @@ enum Command {
     Batch(BatchArgs),
     /// Run an OpenAI-compatible mock provider (POST /v1/chat/completions)
     /// that enforces requests and tokens per minute in one-second slices,
-    /// as real providers do, and answers with their rate-limit headers.
+    /// as real providers do, and answers with their rate-limit headers. A
+    /// body with "stream": true is answered with server-sent events in the
+    /// --style's shape: OpenAI's chunks (a usage chunk last when
+    /// stream_options.include_usage is set) or Anthropic's events.
     Mock(MockArgs),
     /// Show how a rate limit and a concurrency limit shape throughput and
     /// latency: a "clone" service (1 job at a time, 1 request/s, 0.8 to

@@ -396,23 +396,11 @@ async fn complete(State(limits): State<Arc<Limits>>, request: Request) -> Respon
         fastrand::u64(range.clone())
     };
     tokio::time::sleep(Duration::from_millis(latency)).await;
-    let model = body.get("model").and_then(Value::as_str).unwrap_or("mock");
-    let answer = json!({
-        "id": "chatcmpl-mock",
-        "object": "chat.completion",
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": "ok ".repeat(tokens.output.min(64) as usize).trim_end()},
-            "finish_reason": "stop"
-        }],
-        "usage": {
-            "prompt_tokens": tokens.prompt,
-            "completion_tokens": tokens.output,
-            "total_tokens": tokens.total()
-        }
-    });
-    json_response(StatusCode::OK, &answer)
+    let shape = match limits.config.style {
+        Style::Anthropic => tollgate_mock::answer::Shape::Anthropic,
+        Style::Openai | Style::Ietf | Style::Bare => tollgate_mock::answer::Shape::OpenAi,
+    };
+    tollgate_mock::answer::respond(shape, &body, tokens.prompt, tokens.output)
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response {

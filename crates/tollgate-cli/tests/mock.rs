@@ -120,3 +120,83 @@ async fn the_scripted_mock_counts_as_it_is_told() {
     let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(value["usage"]["completion_tokens"], 3);
 }
+
+/// The events of a streamed answer, frame by frame, and the usage they
+/// report.
+async fn streamed(app: axum::Router, body: &'static str) -> (usize, String, Option<(u64, u64)>) {
+    use http_body_util::BodyExt;
+    let response = app.oneshot(request(body)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.into_body();
+    let mut frames = 0;
+    let mut text = String::new();
+    let mut sse = tollgate::llm::SseUsage::default();
+    while let Some(frame) = body.frame().await {
+        let data = frame.unwrap().into_data().unwrap();
+        sse.feed(&data);
+        text.push_str(std::str::from_utf8(&data).unwrap());
+        frames += 1;
+    }
+    let usage = sse.usage().map(|u| (u.input_tokens, u.output_tokens));
+    (frames, text, usage)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_mock_streams_in_its_style() {
+    let config = |style| MockConfig {
+        rpm: 600,
+        tpm: 1_000_000,
+        style,
+        latency_ms: 0..0,
+        store: None,
+        scripted: None,
+    };
+    // 20 prompt bytes (5 tokens, 4 for the message) and max_tokens 40:
+    // the mock writes its bound.
+    const OPENAI: &str = r#"{"model":"m","max_tokens":40,"stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"xxxxxxxxxxxxxxxxxxxx"}]}"#;
+    let app = mock::app(config(Style::Openai)).unwrap();
+    let (frames, text, usage) = streamed(app, OPENAI).await;
+    assert!(frames > 3, "streamed in {frames} frames");
+    assert!(text.contains("chat.completion.chunk"), "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    let (input, output) = usage.expect("a usage chunk");
+    assert_eq!(output, 40);
+    assert!(input > 0);
+
+    // Without include_usage, no usage (as OpenAI does).
+    const PLAIN: &str = r#"{"model":"m","max_tokens":40,"stream":true,"messages":[{"role":"user","content":"xxxxxxxxxxxxxxxxxxxx"}]}"#;
+    let app = mock::app(config(Style::Openai)).unwrap();
+    let (_, text, usage) = streamed(app, PLAIN).await;
+    assert_eq!(usage, None, "{text}");
+
+    // Anthropic's events, with their usage, whatever the request asks.
+    let app = mock::app(config(Style::Anthropic)).unwrap();
+    let (frames, text, usage) = streamed(app, PLAIN).await;
+    assert!(frames > 3);
+    for event in [
+        "message_start",
+        "content_block_delta",
+        "message_delta",
+        "message_stop",
+    ] {
+        assert!(
+            text.contains(&format!("event: {event}\n")),
+            "{event} in {text}"
+        );
+    }
+    assert_eq!(usage.map(|u| u.1), Some(40));
+
+    // The scripted provider streams too.
+    let mut scripted = config(Style::Anthropic);
+    scripted.scripted = Some(Scripted {
+        counting: tollgate_mock::Counting::bucket(std::time::Duration::from_secs(1)),
+        charge: tollgate_mock::Charge::Written,
+        writes: Some(7),
+        rounding: tollgate_mock::Rounding::Exact,
+    });
+    let app = mock::app(scripted).unwrap();
+    let (_, text, usage) = streamed(app, PLAIN).await;
+    assert!(text.contains("event: message_stop"), "{text}");
+    assert_eq!(usage.map(|u| u.1), Some(7), "{text}");
+}

@@ -26,6 +26,7 @@
 //! # }
 //! ```
 
+pub mod answer;
 mod dialect;
 mod meter;
 
@@ -39,7 +40,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::time::Instant;
 
 pub use dialect::Dialect;
@@ -384,19 +385,11 @@ async fn complete(State(provider): State<Arc<Provider>>, Json(body): Json<Value>
         Duration::from_nanos(fastrand::u64(nanos(latency.start)..nanos(latency.end)))
     };
     tokio::time::sleep(wait).await;
-    let model = body["model"].as_str().unwrap_or("mock-1").to_owned();
-    let mut response = Json(json!({
-        "id": "chatcmpl-mock",
-        "object": "chat.completion",
-        "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
-        "usage": {
-            "prompt_tokens": tokens.prompt,
-            "completion_tokens": tokens.written,
-            "total_tokens": tokens.prompt.saturating_add(tokens.written),
-        }
-    }))
-    .into_response();
+    let shape = match provider.config.dialect {
+        Dialect::Anthropic => answer::Shape::Anthropic,
+        _ => answer::Shape::OpenAi,
+    };
+    let mut response = answer::respond(shape, &body, tokens.prompt, tokens.written);
     response.headers_mut().extend(headers);
     response
 }
