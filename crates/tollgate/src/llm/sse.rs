@@ -42,8 +42,19 @@ pub struct SseUsage {
 impl SseUsage {
     /// Reads one more chunk of the stream.
     pub fn feed(&mut self, chunk: &[u8]) {
+        // Most chunks are whole events of content: nothing before them
+        // waits to be joined, they end an event, and name no usage. Those
+        // are passed over in one search.
+        if self.line.is_empty()
+            && self.data.is_empty()
+            && !self.skipping
+            && chunk.ends_with(b"\n\n")
+            && !names_usage(chunk)
+        {
+            return;
+        }
         let mut rest = chunk;
-        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+        while let Some(end) = memchr::memchr(b'\n', rest) {
             let (line, tail) = rest.split_at(end);
             rest = tail.get(1..).unwrap_or_default();
             if self.line.is_empty() {
@@ -99,9 +110,13 @@ impl SseUsage {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
             // The end of an event.
-            if !self.skipping && !self.data.is_empty() {
+            // Only an event that names a usage is parsed: the others are
+            // the answer's content, most of the stream.
+            if !self.skipping && names_usage(&self.data) {
                 let data = std::mem::take(&mut self.data);
                 self.event(&data);
+                // Its room is kept for the next event.
+                self.data = data;
             }
             self.skipping = false;
             self.data.clear();
@@ -156,6 +171,18 @@ impl SseUsage {
             }
         }
     }
+}
+
+/// Whether an event's data holds a usage object (`"usage": {`): OpenAI's
+/// chunks carry `"usage":null` until the last.
+fn names_usage(data: &[u8]) -> bool {
+    static USAGE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
+    USAGE.find_iter(data).any(|at| {
+        let after = data.get(at.saturating_add(7)..).unwrap_or_default();
+        let mut rest = after.iter().filter(|b| !b.is_ascii_whitespace());
+        rest.next() == Some(&b':') && rest.next() == Some(&b'{')
+    })
 }
 
 #[cfg(test)]
@@ -221,6 +248,28 @@ mod tests {
                 "chunks of {size}"
             );
         }
+    }
+
+    #[test]
+    fn only_a_usage_object_is_read() {
+        assert!(names_usage(br#"{"usage":{"prompt_tokens":1}}"#));
+        assert!(names_usage(b"{\"usage\" :\n {\"prompt_tokens\":1}}"));
+        assert!(!names_usage(br#"{"choices":[],"usage":null}"#));
+        assert!(!names_usage(br#"{"content":"usage: {"}"#));
+        assert!(names_usage(br#"{"usage":null,"x":{"usage":{}}}"#));
+        // Whole events of content pass in one search; the usage event after
+        // them is read, whole or in pieces.
+        let mut sse = SseUsage::default();
+        sse.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"usage\"}}],\"usage\":null}\n\n");
+        sse.feed(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,");
+        sse.feed(b"\"completion_tokens\":4}}\n\n");
+        assert_eq!(
+            sse.usage(),
+            Some(TokenUsage {
+                input_tokens: 3,
+                output_tokens: 4
+            })
+        );
     }
 
     #[test]
