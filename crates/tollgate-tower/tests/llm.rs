@@ -423,3 +423,94 @@ fn a_budget_needs_a_limit() {
         .unwrap_err();
     assert!(error.to_string().contains("max_request_bytes"), "{error}");
 }
+
+/// Waits (bounded) until `read` gives `want`: a settlement over Redis
+/// lands in the background after the answer's body has ended.
+async fn settled<F, Fut>(read: F, want: [u64; 3])
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = [u64; 3]>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = read().await;
+        if now == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not settled: {now:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn day(count: u64) -> Quota {
+    Quota::new(count, Duration::from_secs(86_400)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_one_budget_through_redis() {
+    let server = tollgate_redis::testing::RedisServer::start();
+    // Two replicas of the gateway, each its own store on one Redis; a day's
+    // limits, so that nothing refills while the test runs.
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let store = tollgate_redis::RedisStore::builder(server.url())
+            .prefix("gateway")
+            .connect()
+            .await
+            .unwrap();
+        let layer = TokenLimitLayer::builder()
+            .requests(day(100))
+            .input_tokens(day(10_000))
+            .output_tokens(day(1_000))
+            .key(HeaderKey::new("x-api-key").unwrap())
+            .store(store)
+            .build()
+            .unwrap();
+        let app = upstream().layer(layer.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        replicas.push((Client::connect(addr).await, layer));
+    }
+    let read = |layer: TokenLimitLayer<HeaderKey, tollgate_redis::RedisStore>| async move {
+        let s = layer
+            .budget()
+            .snapshot(&Key::from(KEY.as_bytes()))
+            .await
+            .unwrap();
+        [s[0].remaining(), s[1].remaining(), s[2].remaining()]
+    };
+    // Calls alternate between the replicas: each reserves 400 output
+    // tokens and settles at the 100 reported, streamed or not.
+    for i in 1..=7u64 {
+        let (client, layer) = &mut replicas[usize::try_from(i % 2).unwrap()];
+        let mut body = chat(400, 20, 100);
+        let path = if i % 2 == 0 {
+            body["stream"] = json!(true);
+            body["stream_options"] = json!({"include_usage": true});
+            "/openai-stream"
+        } else {
+            "/json"
+        };
+        let answer = client.post(path, Some(KEY), &body).await;
+        assert_eq!(answer.status, StatusCode::OK, "call {i}: {}", answer.body);
+        let layer = layer.clone();
+        settled(
+            || read(layer.clone()),
+            [100 - i, 10_000 - 20 * i, 1_000 - 100 * i],
+        )
+        .await;
+    }
+    // 300 left of the day, in both replicas' eyes: 400 more do not fit.
+    for (client, _) in &mut replicas {
+        let refused = client.post("/json", Some(KEY), &chat(400, 1, 1)).await;
+        assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+        let error: Value = serde_json::from_str(&refused.body).unwrap();
+        assert_eq!(error["error"]["dimension"], "output_tokens");
+    }
+}
