@@ -48,7 +48,7 @@
 //! minute's limit) is answered 413; a body larger than
 //! [`max_request_bytes`](TokenLimitBuilder::max_request_bytes), 413; a
 //! request without a key, 400; a failing store, 503. The
-//! [`Rejection`](crate::Rejection) is in each refusal's extensions, with
+//! [`Rejection`] is in each refusal's extensions, with
 //! its [`refused_dimension`](crate::Rejection::refused_dimension).
 //!
 //! # What is charged
@@ -65,6 +65,10 @@
 //! - An answer that is not a success (the upstream refused or failed), or
 //!   an error from the inner service: the request only; its tokens are
 //!   given back.
+//!
+//! The layer rebuilds the request from the bytes it read: its body type
+//! must be buildable from `Bytes` (axum's `Body`, `http_body_util::Full`;
+//! map hyper's `Incoming` into one first).
 //!
 //! Keys, stores and replicas work as for [`RateLimitLayer`](crate::RateLimitLayer):
 //! pass a `tollgate_redis::RedisStore` to
