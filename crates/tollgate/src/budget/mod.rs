@@ -11,7 +11,7 @@ mod memory;
 mod meters;
 mod queue;
 mod store;
-mod table;
+pub(crate) mod table;
 pub mod transition;
 
 pub use direct::{DirectStore, DirectStoreError};

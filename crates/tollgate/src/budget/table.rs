@@ -5,6 +5,20 @@
 //! marks an empty slot, which costs nothing: a live TAT is always after the
 //! clock's origin. Robin Hood linear probing keeps lookups short at a high
 //! load, and backward-shift deletion keeps the table free of tombstones.
+//!
+//! Why not hashbrown's `HashTable` of the same entries (`cargo bench -p
+//! tollgate --bench table`, 1,000,000 random fingerprints, two runs): at
+//! the store's cap this table takes 17.8 bytes an entry (90% load) where
+//! hashbrown's takes 35.7 (a power of two of buckets, a control byte
+//! each); that is what keeps a keyed limiter's memory a key at a quarter
+//! to a half of governor's. Grown from empty, both take about 34-36. The
+//! price is speed once the table outgrows the caches: hashbrown finds a
+//! present entry in 16-18 ns and an absent one in 8 ns, this table in
+//! 108-111 ns and 79-82 ns (its probes branch on every slot, which stops
+//! the processor from overlapping the lookups' cache misses); insertions
+//! 36 ns against 75-78 ns. A keyed `check` over a million keys still
+//! takes 0.64x governor's time. The choice is memory; a store that wants
+//! the speed instead would hold its entries in a `HashTable`.
 
 // Index arithmetic here stays below the slice length, which is at most
 // `isize::MAX / 16`.
@@ -14,32 +28,39 @@
     clippy::cast_possible_truncation
 )]
 
+/// One entry: a fingerprint and its TAT.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Slot {
-    pub(crate) fp: u64,
+pub struct Slot {
+    /// The key's fingerprint.
+    pub fp: u64,
     /// 0 when the slot is empty.
-    pub(crate) tat: u64,
+    pub tat: u64,
 }
 
+/// The table (public only for the table bench, through `tollgate::__bench`).
 #[derive(Debug, Default)]
-pub(crate) struct Table {
+pub struct Table {
     slots: Box<[Slot]>,
     len: usize,
 }
 
 impl Table {
-    pub(crate) fn with_slots(n: usize) -> Self {
+    /// An empty table of `n` slots.
+    pub fn with_slots(n: usize) -> Self {
         Self {
             slots: vec![Slot::default(); n].into_boxed_slice(),
             len: 0,
         }
     }
 
-    pub(crate) fn len(&self) -> usize {
+    /// Entries held.
+    #[allow(clippy::len_without_is_empty)]
+    pub fn len(&self) -> usize {
         self.len
     }
 
-    pub(crate) fn slots(&self) -> usize {
+    /// Slots, empty or not.
+    pub fn slots(&self) -> usize {
         self.slots.len()
     }
 
@@ -73,7 +94,7 @@ impl Table {
 
     /// The index of `fp`'s entry.
     #[inline]
-    pub(crate) fn find(&self, fp: u64) -> Option<usize> {
+    pub fn find(&self, fp: u64) -> Option<usize> {
         if self.slots.is_empty() {
             return None;
         }
@@ -98,12 +119,14 @@ impl Table {
     }
 
     #[inline]
-    pub(crate) fn tat_at(&self, index: usize) -> u64 {
+    /// The TAT of the entry at `index`.
+    pub fn tat_at(&self, index: usize) -> u64 {
         self.slots[index].tat
     }
 
     #[inline]
-    pub(crate) fn set_tat(&mut self, index: usize, tat: u64) {
+    /// Sets the TAT of the entry at `index`; 0 removes it.
+    pub fn set_tat(&mut self, index: usize, tat: u64) {
         if tat == 0 {
             self.remove_at(index);
         } else {
@@ -112,7 +135,7 @@ impl Table {
     }
 
     /// Inserts an entry known to be absent; the caller made room.
-    pub(crate) fn insert_new(&mut self, fp: u64, tat: u64) {
+    pub fn insert_new(&mut self, fp: u64, tat: u64) {
         debug_assert!(tat != 0 && self.len < self.slots.len());
         let mut carried = Slot { fp, tat };
         let mut index = self.home(fp);
@@ -136,7 +159,7 @@ impl Table {
     }
 
     /// Removes the entry at `index`, shifting its followers back.
-    pub(crate) fn remove_at(&mut self, mut index: usize) {
+    pub fn remove_at(&mut self, mut index: usize) {
         loop {
             let next = self.next(index);
             let slot = self.slots[next];
@@ -158,7 +181,7 @@ impl Table {
     /// The same entries in a table of `n` slots (more than `len`). Tables
     /// grow at most to 90% load, where Robin Hood insertion is cheap; the
     /// only allocation is the new table.
-    pub(crate) fn resized(&self, n: usize) -> Self {
+    pub fn resized(&self, n: usize) -> Self {
         let mut table = Self::with_slots(n.max(self.len + 1));
         for entry in self.entries() {
             table.insert_new(entry.fp, entry.tat);
