@@ -75,7 +75,9 @@ async fn run_batch(config: BatchConfig) -> Result<u8, String> {
     let to_stdout = config.output == Output::Stdout;
     metrics_at(config.metrics_addr).await?;
     let signals = forward_signals()?;
-    let summary = batch::run(config, signals).await?;
+    let summary = batch::run(config, signals)
+        .await
+        .map_err(|e| e.to_string())?;
     // With the records on standard output, the summary goes beside them.
     if to_stdout {
         eprint!("{}", summary.report());

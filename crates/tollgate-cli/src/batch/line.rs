@@ -10,14 +10,14 @@ use bytes::Bytes;
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Response, Url};
 use reqwest_middleware::{ClientWithMiddleware, Middleware, Next};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tollgate_reqwest::retry_policies::policies::ExponentialBackoff;
 use tollgate_reqwest::retry_policies::{Jitter, RetryDecision, RetryPolicy};
 use tollgate_reqwest::{Attempts, Endpoint, RetryLater, TooLarge, Usage};
 
-use super::resume;
+use super::record::{Kind, Record};
 use super::stall::Stall;
 use super::stop::Stop;
 
@@ -32,7 +32,7 @@ pub(crate) struct Line {
 /// What became of a line.
 pub(crate) enum Outcome {
     /// A record to write.
-    Answered(Answer),
+    Answered(Box<Answer>),
     /// Not sent (or only refused) before the run stopped: no record; a
     /// rerun sends it.
     NotSent,
@@ -43,8 +43,7 @@ pub(crate) enum Outcome {
 
 /// A finished line, for the writer and the summary.
 pub(crate) struct Answer {
-    pub(crate) record: Value,
-    pub(crate) ok: bool,
+    pub(crate) record: Record,
     pub(crate) bad: bool,
     pub(crate) retries: u64,
     pub(crate) latency: Option<Duration>,
@@ -184,23 +183,16 @@ pub(crate) async fn run(context: &Context, line: Line) -> Outcome {
             outcome = &mut send => return outcome,
             () = context.stop.stopped() => break,
             () = context.stall.gave_up(), if off_wire => {
-                let record = json!({
-                    "line": number,
-                    "input_sha256": resume::hex(&hash),
-                    "ok": false,
-                    "kind": "retry_later",
-                    "error": GaveUp(context.stall.limit()).to_string(),
-                    "attempts": wire.attempts(),
-                    "latency_ms": millis(started.elapsed()),
-                });
-                return Outcome::Answered(Answer {
+                let record = Record::new(number, &hash)
+                    .failed(Kind::RetryLater, GaveUp(context.stall.limit()).to_string())
+                    .took(wire.attempts(), started.elapsed());
+                return Outcome::Answered(Box::new(Answer {
                     record,
-                    ok: false,
                     bad: false,
                     retries: u64::from(wire.attempts().saturating_sub(1)),
                     latency: None,
                     endpoint: None,
-                });
+                }));
             }
             // On or off the wire: look again.
             changed = on_wire.changed() => {
@@ -295,29 +287,47 @@ fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+/// The model a line's body names, or why the line cannot be sent.
+fn model_of(bytes: &[u8]) -> Result<Option<String>, String> {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(body)) => Ok(body.get("model").and_then(Value::as_str).map(str::to_owned)),
+        Ok(_) => Err("the line is JSON but not an object".to_owned()),
+        Err(e) => Err(format!("the line is not JSON: {e}")),
+    }
+}
+
+/// What one attempt came to.
+enum Step {
+    /// The line ends with this record of an answer read (its latency
+    /// counted in the summary).
+    Answered(Record),
+    /// The line ends with this record.
+    Done(Record),
+    /// The run is stopping: the line was not answered.
+    NotSent,
+    /// Worth another attempt after a back-off: a transient answer (no
+    /// record), or a failure that is the line's record once its attempts
+    /// are spent.
+    Again(Option<(Kind, String)>),
+}
+
+/// The attempts a line has sent, and its failures in a row.
+#[derive(Default)]
+struct Tries {
+    attempts: u32,
+    failures: u32,
 }
 
 async fn send(context: &Context, line: Line, wire: Wire) -> Outcome {
     let started = Instant::now();
-    let hash = resume::hex(&line.hash);
-    let record = |fields: Value| {
-        let mut record = json!({"line": line.number, "input_sha256": hash});
-        if let (Value::Object(record), Value::Object(fields)) = (&mut record, fields) {
-            record.extend(fields);
-        }
-        record
-    };
-    let model = match serde_json::from_slice::<Value>(&line.bytes) {
-        Ok(Value::Object(body)) => body.get("model").and_then(Value::as_str).map(str::to_owned),
-        Ok(_) => return bad(record, "the line is JSON but not an object"),
-        Err(e) => return bad(record, &format!("the line is not JSON: {e}")),
+    let base = Record::new(line.number, &line.hash);
+    let model = match model_of(&line.bytes) {
+        Ok(model) => model,
+        Err(error) => return bad(base.failed(Kind::BadInput, error)),
     };
     let endpoint = Endpoint::new(&context.url, model.as_deref());
     let body = Bytes::from(line.bytes);
-    let mut attempts: u32 = 0;
-    let mut failures: u32 = 0;
+    let mut tries = Tries::default();
     loop {
         let mut request = context
             .client
@@ -328,166 +338,155 @@ async fn send(context: &Context, line: Line, wire: Wire) -> Outcome {
         if let Some(auth) = &context.auth {
             request = request.header(AUTHORIZATION, auth.clone());
         }
-        let failure = match request.send().await {
-            Ok(mut response) => {
-                let status = response.status();
-                let took = response.extensions().get::<Attempts>().map_or(1, |a| a.0);
-                attempts = attempts.saturating_add(took);
-                let usage = response.extensions().get::<Usage>().cloned();
-                // A timeout, a conflict or a server error is retried like a
-                // transport error, within the attempts; what it reserved of
-                // the limit is given back.
-                if transient(status) && attempts < context.max_attempts {
-                    if let Some(usage) = usage {
-                        usage.report(0, 0).await;
-                    }
-                    drop(response);
-                    if context.stop.is_stopped() {
-                        return Outcome::NotSent;
-                    }
-                    failures += 1;
-                    tokio::time::sleep(backoff(&context.backoff, failures)).await;
-                    continue;
+        let step = match request.send().await {
+            Ok(response) => answered(context, response, &mut tries, &base, started).await,
+            Err(error) => not_answered(&error, &mut tries, &base, started),
+        };
+        let (record, latency) = match step {
+            Step::Answered(record) => (record, Some(started.elapsed())),
+            Step::Done(record) => (record, None),
+            Step::NotSent => return Outcome::NotSent,
+            Step::Again(failure) => {
+                if context.stop.is_stopped() {
+                    return Outcome::NotSent;
                 }
-                let common = json!({
-                    "status": status.as_u16(),
-                    "attempts": attempts,
-                    "latency_ms": millis(started.elapsed()),
-                });
-                match read_body(&mut response, context.max_body).await {
-                    Ok(bytes) => {
-                        let answer: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-                            Value::String(String::from_utf8_lossy(&bytes).into_owned())
-                        });
-                        if let Some(usage) = usage {
-                            usage.report_body(&answer).await;
-                        }
-                        let ok = status.is_success();
-                        let mut record = record(common);
-                        if ok {
-                            record["ok"] = json!(true);
-                            record["response"] = answer;
-                        } else {
-                            record["ok"] = json!(false);
-                            record["kind"] = json!("http");
-                            record["error"] = answer;
-                        }
-                        let latency = started.elapsed();
-                        return Outcome::Answered(Answer {
-                            record,
-                            ok,
-                            bad: false,
-                            retries: u64::from(attempts - 1),
-                            latency: Some(latency),
-                            endpoint: Some(endpoint),
-                        });
+                let spent = tries.attempts >= context.max_attempts;
+                match failure {
+                    Some((kind, error)) if spent => (
+                        base.clone()
+                            .failed(kind, error)
+                            .took(tries.attempts, started.elapsed()),
+                        None,
+                    ),
+                    // Retried within the attempts, unless the run is
+                    // stopping (a rerun sends the line).
+                    _ => {
+                        tries.failures += 1;
+                        tokio::time::sleep(backoff(&context.backoff, tries.failures)).await;
+                        continue;
                     }
-                    Err(BodyError::TooLarge) => {
-                        let mut record = record(common);
-                        record["ok"] = json!(false);
-                        record["kind"] = json!("body_too_large");
-                        record["error"] = json!(format!(
-                            "the answer's body is larger than --max-body ({} bytes); read no further",
-                            context.max_body
-                        ));
-                        return Outcome::Answered(failed(record, attempts, endpoint));
-                    }
-                    Err(BodyError::Transport(error)) => {
-                        let kind = if error.is_timeout() {
-                            "timeout"
-                        } else {
-                            "transport"
-                        };
-                        (kind, format!("reading the answer: {}", chain(&error)))
-                    }
-                }
-            }
-            Err(error) => {
-                if let reqwest_middleware::Error::Middleware(inner) = &error {
-                    if inner.is::<Stopped>() {
-                        return Outcome::NotSent;
-                    }
-                    if inner.is::<GaveUp>() {
-                        let record = record(json!({
-                            "ok": false,
-                            "kind": "retry_later",
-                            "error": error.to_string(),
-                            "attempts": attempts,
-                            "latency_ms": millis(started.elapsed()),
-                        }));
-                        return Outcome::Answered(failed(record, attempts, endpoint));
-                    }
-                    attempts = attempts.saturating_add(1);
-                    let mut record = record(json!({
-                        "ok": false,
-                        "attempts": attempts,
-                        "latency_ms": millis(started.elapsed()),
-                        "error": error.to_string(),
-                    }));
-                    if let Some(later) = RetryLater::from_error(&error) {
-                        record["kind"] = json!("retry_later");
-                        record["retry_after_s"] = json!(later.wait().as_secs_f64());
-                        if let Some(status) = later.status() {
-                            record["status"] = json!(status.as_u16());
-                        }
-                    } else if inner.is::<TooLarge>() {
-                        record["kind"] = json!("too_large");
-                    } else {
-                        record["kind"] = json!("transport");
-                    }
-                    return Outcome::Answered(failed(record, attempts, endpoint));
-                }
-                attempts = attempts.saturating_add(1);
-                let kind = if error.is_timeout() {
-                    "timeout"
-                } else {
-                    "transport"
-                };
-                match &error {
-                    reqwest_middleware::Error::Reqwest(inner) => (kind, chain(inner)),
-                    reqwest_middleware::Error::Middleware(_) => (kind, error.to_string()),
                 }
             }
         };
-        // A transport error or a timeout: retried within the attempts,
-        // unless the run is stopping (a rerun sends the line).
-        if context.stop.is_stopped() {
-            return Outcome::NotSent;
-        }
-        if attempts >= context.max_attempts {
-            let (kind, error) = failure;
-            let record = record(json!({
-                "ok": false,
-                "kind": kind,
-                "error": error,
-                "attempts": attempts,
-                "latency_ms": millis(started.elapsed()),
-            }));
-            return Outcome::Answered(failed(record, attempts, endpoint));
-        }
-        failures += 1;
-        tokio::time::sleep(backoff(&context.backoff, failures)).await;
+        return Outcome::Answered(Box::new(Answer {
+            record,
+            bad: false,
+            retries: u64::from(tries.attempts.saturating_sub(1)),
+            latency,
+            endpoint: Some(endpoint),
+        }));
     }
 }
 
-fn failed(record: Value, attempts: u32, endpoint: Endpoint) -> Answer {
-    Answer {
+/// An answer came: read it, or retry a transient one within the attempts
+/// (what it reserved of the limit given back).
+async fn answered(
+    context: &Context,
+    mut response: Response,
+    tries: &mut Tries,
+    base: &Record,
+    started: Instant,
+) -> Step {
+    let status = response.status();
+    let took = response.extensions().get::<Attempts>().map_or(1, |a| a.0);
+    tries.attempts = tries.attempts.saturating_add(took);
+    let usage = response.extensions().get::<Usage>().cloned();
+    if transient(status) && tries.attempts < context.max_attempts {
+        if let Some(usage) = usage {
+            usage.report(0, 0).await;
+        }
+        return Step::Again(None);
+    }
+    let record = base
+        .clone()
+        .status(status.as_u16())
+        .took(tries.attempts, started.elapsed());
+    match read_body(&mut response, context.max_body).await {
+        Ok(bytes) => {
+            let answer: Value = serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+            if let Some(usage) = usage {
+                usage.report_body(&answer).await;
+            }
+            Step::Answered(if status.is_success() {
+                record.answered(answer)
+            } else {
+                record.failed(Kind::Http, answer)
+            })
+        }
+        Err(BodyError::TooLarge) => Step::Done(record.failed(
+            Kind::BodyTooLarge,
+            format!(
+                "the answer's body is larger than --max-body ({} bytes); read no further",
+                context.max_body
+            ),
+        )),
+        Err(BodyError::Transport(error)) => Step::Again(Some((
+            if error.is_timeout() {
+                Kind::Timeout
+            } else {
+                Kind::Transport
+            },
+            format!("reading the answer: {}", chain(&error)),
+        ))),
+    }
+}
+
+/// No answer: the middleware ended the call (the run stopping or giving
+/// up, a wait past what it takes, a cost past the limits), or the
+/// connection failed or timed out (worth another attempt).
+fn not_answered(
+    error: &reqwest_middleware::Error,
+    tries: &mut Tries,
+    base: &Record,
+    started: Instant,
+) -> Step {
+    let inner = match error {
+        reqwest_middleware::Error::Middleware(inner) => inner,
+        reqwest_middleware::Error::Reqwest(inner) => {
+            tries.attempts = tries.attempts.saturating_add(1);
+            let kind = if inner.is_timeout() {
+                Kind::Timeout
+            } else {
+                Kind::Transport
+            };
+            return Step::Again(Some((kind, chain(inner))));
+        }
+    };
+    if inner.is::<Stopped>() {
+        return Step::NotSent;
+    }
+    if inner.is::<GaveUp>() {
+        return Step::Done(
+            base.clone()
+                .failed(Kind::RetryLater, error.to_string())
+                .took(tries.attempts, started.elapsed()),
+        );
+    }
+    tries.attempts = tries.attempts.saturating_add(1);
+    let record = base.clone();
+    let record = if let Some(later) = RetryLater::from_error(error) {
+        let record = record
+            .failed(Kind::RetryLater, error.to_string())
+            .retry_after(later.wait());
+        match later.status() {
+            Some(status) => record.status(status.as_u16()),
+            None => record,
+        }
+    } else if inner.is::<TooLarge>() {
+        record.failed(Kind::TooLarge, error.to_string())
+    } else {
+        record.failed(Kind::Transport, error.to_string())
+    };
+    Step::Done(record.took(tries.attempts, started.elapsed()))
+}
+
+fn bad(record: Record) -> Outcome {
+    Outcome::Answered(Box::new(Answer {
         record,
-        ok: false,
-        bad: false,
-        retries: u64::from(attempts.saturating_sub(1)),
-        latency: None,
-        endpoint: Some(endpoint),
-    }
-}
-
-fn bad(record: impl FnOnce(Value) -> Value, error: &str) -> Outcome {
-    Outcome::Answered(Answer {
-        record: record(json!({"ok": false, "kind": "bad_input", "error": error})),
-        ok: false,
         bad: true,
         retries: 0,
         latency: None,
         endpoint: None,
-    })
+    }))
 }

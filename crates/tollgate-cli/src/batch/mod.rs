@@ -18,6 +18,7 @@
 
 mod config;
 mod line;
+mod record;
 mod resume;
 mod stall;
 mod stop;
@@ -71,6 +72,71 @@ struct Written {
     unsaved: u64,
 }
 
+/// Why a run could not start, or stopped before its end. Each is exit 2.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum BatchError {
+    /// A flag's value cannot be used.
+    Config(String),
+    /// The input cannot be opened.
+    Input(String),
+    /// The output cannot be read (to resume from it) or opened.
+    Output(String),
+    /// `--redis`: Redis cannot be reached, or refused the credentials.
+    Redis(tollgate_redis::StoreError),
+    /// The HTTP client cannot start.
+    Client(reqwest::Error),
+    /// A task of the run ended without its result.
+    Task(String),
+    /// The run stopped at the first failed write.
+    Write {
+        /// The write's error.
+        error: String,
+        /// Answered lines whose records could not be saved.
+        unsaved: u64,
+        /// Lines not sent.
+        left: u64,
+        /// Lines answered.
+        answered: u64,
+    },
+    /// The run stopped taking lines at a failed read of the input.
+    Read {
+        /// The read's error.
+        error: String,
+        /// Answered lines whose records could not be saved.
+        unsaved: u64,
+    },
+}
+
+impl std::fmt::Display for BatchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Config(message)
+            | Self::Input(message)
+            | Self::Output(message)
+            | Self::Task(message) => f.write_str(message),
+            Self::Redis(error) => write!(f, "--redis: {error}"),
+            Self::Client(error) => write!(f, "cannot start the HTTP client: {error}"),
+            Self::Write {
+                error,
+                unsaved,
+                left,
+                answered,
+            } => write!(
+                f,
+                "{error}: stopped at the first failed write; {unsaved} answered lines could not be saved, {left} lines were not sent (of {answered} answered, {} were saved); run again once the output can be written",
+                answered.saturating_sub(*unsaved),
+            ),
+            Self::Read { error, unsaved } => write!(
+                f,
+                "{error}: stopped taking lines; what was answered is saved ({unsaved} answered lines could not be saved); run again once the input can be read"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for BatchError {}
+
 /// Runs the batch until every line has an outcome or a stop. `signals`
 /// delivers the signals that stop it (the first stops intake, a second
 /// quits at once); a closed channel means none will come.
@@ -78,33 +144,111 @@ struct Written {
 /// Returns the summary, or an error (exit 2) when the configuration is out
 /// of range, a file cannot be opened, or the output cannot be written or
 /// the input read to its end: then the message says how many answers were
-/// not saved.
+/// saved.
 pub async fn run(
     config: BatchConfig,
-    mut signals: mpsc::UnboundedReceiver<Signal>,
-) -> Result<Summary, String> {
-    config.check()?;
-    let auth = config.api_key.as_deref().map(config::bearer).transpose()?;
+    signals: mpsc::UnboundedReceiver<Signal>,
+) -> Result<Summary, BatchError> {
+    config.check().map_err(BatchError::Config)?;
+    let auth = config
+        .api_key
+        .as_deref()
+        .map(config::bearer)
+        .transpose()
+        .map_err(BatchError::Config)?;
     let input = File::open(&config.input)
-        .map_err(|e| format!("cannot read {}: {e}", config.input.display()))?;
+        .map_err(|e| BatchError::Input(format!("cannot read {}: {e}", config.input.display())))?;
     // Redis is checked before the output is touched: a wrong URL or
     // password stops the run with nothing written.
-    let store = match &config.redis {
-        None => None,
-        Some(url) => Some(
-            RedisStore::builder(url.as_str())
-                .prefix("tollgate-batch")
-                .timeout(Duration::from_millis(500))
-                .connect()
-                .await
-                .map_err(|e| format!("--redis: {e}"))?,
-        ),
-    };
+    let store = connect(&config).await?;
     let (earlier, sink): (Earlier, Box<dyn Write + Send>) = match &config.output {
-        Output::File(path) => (Earlier::read(path)?, Box::new(resume::open_output(path)?)),
+        Output::File(path) => (
+            Earlier::read(path).map_err(BatchError::Output)?,
+            Box::new(resume::open_output(path).map_err(BatchError::Output)?),
+        ),
         Output::Stdout => (Earlier::default(), Box::new(std::io::stdout())),
     };
+    let stop = Stop::new(config.grace);
+    let stall = Arc::new(Stall::new(config.give_up_after));
+    let (client, learnt_limits) = client(&config, store, &stop, &stall)?;
+    let context = Arc::new(Context {
+        client,
+        url: config.url.clone(),
+        auth,
+        max_attempts: config.max_attempts,
+        max_body: config.max_body,
+        stop: stop.clone(),
+        stall: Arc::clone(&stall),
+        backoff: line::backoff_policy(),
+    });
+    let listener = tokio::spawn(listen(signals, stop.clone(), config.grace));
 
+    let bar = progress_bar(config.progress, &config.input);
+    let start = Instant::now();
+    let (lines_tx, lines_rx) = mpsc::channel::<Line>(QUEUE);
+    let reader = {
+        let (stop, bar) = (stop.clone(), bar.clone());
+        tokio::task::spawn_blocking(move || read_input(input, earlier, &lines_tx, &stop, &bar))
+    };
+    let (records_tx, records_rx) = mpsc::channel::<Vec<u8>>(QUEUE);
+    let writer = {
+        let (stop, output) = (stop.clone(), config.output.describe());
+        tokio::task::spawn_blocking(move || write_records(sink, records_rx, &stop, &output))
+    };
+    let (outcomes_tx, outcomes_rx) = mpsc::channel::<Outcome>(config.max_in_flight);
+    let (cancelled, (mut summary, endpoints)) = tokio::join!(
+        dispatch(&context, lines_rx, outcomes_tx, config.max_in_flight),
+        collect(outcomes_rx, records_tx, &bar, &stall),
+    );
+    let read = reader
+        .await
+        .map_err(|e| BatchError::Task(format!("the input reader failed: {e}")))?;
+    let written = writer
+        .await
+        .map_err(|e| BatchError::Task(format!("the writer failed: {e}")))?;
+    listener.abort();
+    bar.finish_and_clear();
+
+    summary.elapsed = start.elapsed();
+    // Every refusal, those of lines that never got an answer included.
+    summary.refused = stall.refusals();
+    summary.gave_up = stall.given_up().then(|| stall.limit());
+    summary.lines = read.lines;
+    summary.already_done = read.already_done;
+    summary.unmatched = read.unmatched;
+    summary.left += cancelled + read.left;
+    let mut learnt: Vec<_> = endpoints
+        .into_iter()
+        .filter_map(|e| learnt_limits(&e).map(|l| (e.to_string(), l)))
+        .collect();
+    learnt.sort_by(|a, b| a.0.cmp(&b.0));
+    summary.learnt = learnt;
+    finish(summary, stop.reason(), &written)
+}
+
+/// `--redis`'s store, connected (and its credentials checked), if given.
+async fn connect(config: &BatchConfig) -> Result<Option<RedisStore>, BatchError> {
+    let Some(url) = &config.redis else {
+        return Ok(None);
+    };
+    RedisStore::builder(url.as_str())
+        .prefix("tollgate-batch")
+        .timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .map(Some)
+        .map_err(BatchError::Redis)
+}
+
+/// The HTTP client: the rate-limit middleware (over `store`, if given),
+/// then the gate that stops sending when the run stops or gives up; and
+/// how to read the limits the middleware learnt, for the summary.
+fn client(
+    config: &BatchConfig,
+    store: Option<RedisStore>,
+    stop: &Stop,
+    stall: &Arc<Stall>,
+) -> Result<(reqwest_middleware::ClientWithMiddleware, LimitsOf), BatchError> {
     let mut limits = ProviderLimits::new();
     if let Some(rpm) = config.rpm {
         limits = limits.requests_per_minute(rpm);
@@ -126,10 +270,8 @@ pub async fn run(
         .timeout(config.timeout)
         .connect_timeout(config.connect_timeout)
         .build()
-        .map_err(|e| format!("cannot start the HTTP client: {e}"))?;
-    let stop = Stop::new(config.grace);
+        .map_err(BatchError::Client)?;
     let client = ClientBuilder::new(http);
-    // The limits learnt, read at the end for the summary.
     let (client, learnt_limits): (_, LimitsOf) = match store {
         None => {
             let middleware = builder.build();
@@ -146,181 +288,149 @@ pub async fn run(
             )
         }
     };
-    let stall = Arc::new(Stall::new(config.give_up_after));
     let client = client
         .with(Gate {
             stop: stop.clone(),
-            stall: Arc::clone(&stall),
+            stall: Arc::clone(stall),
         })
         .build();
-    let context = Arc::new(Context {
-        client,
-        url: config.url.clone(),
-        auth,
-        max_attempts: config.max_attempts,
-        max_body: config.max_body,
-        stop: stop.clone(),
-        stall: Arc::clone(&stall),
-        backoff: line::backoff_policy(),
-    });
+    Ok((client, learnt_limits))
+}
 
-    let listener = {
-        let stop = stop.clone();
-        let grace = config.grace;
+/// Stops the run on the first signal, and quits on the second.
+async fn listen(mut signals: mpsc::UnboundedReceiver<Signal>, stop: Stop, grace: Duration) {
+    while let Some(signal) = signals.recv().await {
+        if stop.request(Reason::Signal(signal)) {
+            eprintln!(
+                "tollgate: {signal}: no new request is sent; those on the wire may finish within {} (a second signal quits at once)",
+                humantime::format_duration(grace)
+            );
+        } else {
+            eprintln!("tollgate: {signal} again: quitting, after writing what is answered");
+            stop.quit();
+        }
+    }
+}
+
+/// Sends each line read as a slot of `max_in_flight` frees, until the
+/// input ends or the run stops; answers how many lines read ahead were not
+/// sent.
+async fn dispatch(
+    context: &Arc<Context>,
+    mut lines: mpsc::Receiver<Line>,
+    outcomes: mpsc::Sender<Outcome>,
+    max_in_flight: usize,
+) -> u64 {
+    let stop = &context.stop;
+    let slots = Arc::new(Semaphore::new(max_in_flight));
+    let mut cancelled: u64 = 0;
+    loop {
+        let line = tokio::select! {
+            biased;
+            () = stop.stopped() => break,
+            line = lines.recv() => line,
+        };
+        let Some(line) = line else { break };
+        let permit = tokio::select! {
+            biased;
+            () = stop.stopped() => { cancelled += 1; break }
+            permit = Arc::clone(&slots).acquire_owned() => permit,
+        };
+        let Ok(permit) = permit else { break };
+        let (context, outcomes) = (Arc::clone(context), outcomes.clone());
         tokio::spawn(async move {
-            while let Some(signal) = signals.recv().await {
-                if stop.request(Reason::Signal(signal)) {
-                    eprintln!(
-                        "tollgate: {signal}: no new request is sent; those on the wire may finish within {} (a second signal quits at once)",
-                        humantime::format_duration(grace)
-                    );
-                } else {
-                    eprintln!("tollgate: {signal} again: quitting, after writing what is answered");
-                    stop.quit();
-                }
-            }
-        })
-    };
+            let outcome = line::run(&context, line).await;
+            let _ = outcomes.send(outcome).await;
+            drop(permit);
+        });
+    }
+    // Lines read ahead but not sent: the reader counts those after.
+    lines.close();
+    while lines.try_recv().is_ok() {
+        cancelled += 1;
+    }
+    cancelled
+}
 
-    let bar = progress_bar(config.progress, &config.input);
-    let start = Instant::now();
-    let (lines_tx, mut lines_rx) = mpsc::channel::<Line>(QUEUE);
-    let reader = {
-        let (stop, bar) = (stop.clone(), bar.clone());
-        tokio::task::spawn_blocking(move || read_input(input, earlier, &lines_tx, &stop, &bar))
-    };
-    let (records_tx, records_rx) = mpsc::channel::<Vec<u8>>(QUEUE);
-    let writer = {
-        let (stop, output) = (stop.clone(), config.output.describe());
-        tokio::task::spawn_blocking(move || write_records(sink, records_rx, &stop, &output))
-    };
-
-    let (outcomes_tx, mut outcomes_rx) = mpsc::channel::<Outcome>(config.max_in_flight);
-    let slots = Arc::new(Semaphore::new(config.max_in_flight));
-    let dispatcher = async {
-        let mut cancelled: u64 = 0;
-        loop {
-            let line = tokio::select! {
-                biased;
-                () = stop.stopped() => break,
-                line = lines_rx.recv() => line,
-            };
-            let Some(line) = line else { break };
-            let permit = tokio::select! {
-                biased;
-                () = stop.stopped() => { cancelled += 1; break }
-                permit = Arc::clone(&slots).acquire_owned() => permit,
-            };
-            let Ok(permit) = permit else { break };
-            let (context, outcomes) = (Arc::clone(&context), outcomes_tx.clone());
-            tokio::spawn(async move {
-                let outcome = line::run(&context, line).await;
-                let _ = outcomes.send(outcome).await;
-                drop(permit);
-            });
-        }
-        // Lines read ahead but not sent: the reader counts those after.
-        lines_rx.close();
-        while lines_rx.try_recv().is_ok() {
-            cancelled += 1;
-        }
-        drop(outcomes_tx);
-        cancelled
-    };
-
+/// Takes each line's outcome as it comes: its record to the writer, its
+/// figures to the summary; answers the summary so far and the endpoints
+/// that answered.
+async fn collect(
+    mut outcomes: mpsc::Receiver<Outcome>,
+    records: mpsc::Sender<Vec<u8>>,
+    bar: &ProgressBar,
+    stall: &Stall,
+) -> (Summary, HashSet<Endpoint>) {
     let mut summary = Summary::default();
     let mut endpoints = HashSet::new();
-    let collector = async {
-        while let Some(outcome) = outcomes_rx.recv().await {
-            let answer = match outcome {
-                Outcome::Answered(answer) => answer,
-                Outcome::NotSent => {
-                    summary.left += 1;
-                    crate::metrics::line("left");
-                    continue;
-                }
-                Outcome::Abandoned => {
-                    summary.left += 1;
-                    summary.abandoned += 1;
-                    crate::metrics::line("left");
-                    continue;
-                }
-            };
-            crate::metrics::line(if answer.ok {
-                "ok"
-            } else {
-                answer.record["kind"].as_str().unwrap_or("other")
-            });
-            let mut text = answer.record.to_string().into_bytes();
-            text.push(b'\n');
-            // The writer runs until this channel closes: it cannot be gone.
-            let _ = records_tx.send(text).await;
-            if answer.ok {
-                summary.ok += 1;
-            } else {
-                summary.failed += 1;
+    while let Some(outcome) = outcomes.recv().await {
+        let answer = match outcome {
+            Outcome::Answered(answer) => answer,
+            Outcome::NotSent => {
+                summary.left += 1;
+                crate::metrics::line("left");
+                continue;
             }
-            summary.bad_lines += u64::from(answer.bad);
-            summary.retries += answer.retries;
-            if let Some(latency) = answer.latency {
-                summary
-                    .latencies_ms
-                    .push(u32::try_from(latency.as_millis()).unwrap_or(u32::MAX));
+            Outcome::Abandoned => {
+                summary.left += 1;
+                summary.abandoned += 1;
+                crate::metrics::line("left");
+                continue;
             }
-            if let Some(endpoint) = answer.endpoint {
-                endpoints.insert(endpoint);
-            }
-            bar.inc(1);
-            bar.set_message(format!(
-                "failed {}, refused {}",
-                summary.failed,
-                stall.refusals()
-            ));
+        };
+        crate::metrics::line(match answer.record.kind() {
+            None => "ok",
+            Some(kind) => kind.name(),
+        });
+        // The writer runs until this channel closes: it cannot be gone.
+        let _ = records.send(answer.record.to_line()).await;
+        if answer.record.is_ok() {
+            summary.ok += 1;
+        } else {
+            summary.failed += 1;
         }
-        drop(records_tx);
-    };
-    let (cancelled, ()) = tokio::join!(dispatcher, collector);
-    let read = reader
-        .await
-        .map_err(|e| format!("the input reader failed: {e}"))?;
-    let written = writer
-        .await
-        .map_err(|e| format!("the writer failed: {e}"))?;
-    listener.abort();
-    bar.finish_and_clear();
+        summary.bad_lines += u64::from(answer.bad);
+        summary.retries += answer.retries;
+        if let Some(latency) = answer.latency {
+            summary
+                .latencies_ms
+                .push(u32::try_from(latency.as_millis()).unwrap_or(u32::MAX));
+        }
+        if let Some(endpoint) = answer.endpoint {
+            endpoints.insert(endpoint);
+        }
+        bar.inc(1);
+        bar.set_message(format!(
+            "failed {}, refused {}",
+            summary.failed,
+            stall.refusals()
+        ));
+    }
+    (summary, endpoints)
+}
 
-    summary.elapsed = start.elapsed();
-    // Every refusal, those of lines that never got an answer included.
-    summary.refused = stall.refusals();
-    summary.gave_up = stall.given_up().then(|| stall.limit());
-    summary.lines = read.lines;
-    summary.already_done = read.already_done;
-    summary.unmatched = read.unmatched;
-    summary.left += cancelled + read.left;
-    let mut learnt: Vec<_> = endpoints
-        .into_iter()
-        .filter_map(|e| learnt_limits(&e).map(|l| (e.to_string(), l)))
-        .collect();
-    learnt.sort_by(|a, b| a.0.cmp(&b.0));
-    summary.learnt = learnt;
-
-    match stop.reason() {
+/// The run's result: its summary, or why it stopped early.
+fn finish(
+    mut summary: Summary,
+    reason: Option<Reason>,
+    written: &Written,
+) -> Result<Summary, BatchError> {
+    match reason {
         None => Ok(summary),
         Some(Reason::Signal(signal)) => {
             summary.signal = Some(signal);
             Ok(summary)
         }
-        Some(Reason::Write(error)) => Err(format!(
-            "{error}: stopped at the first failed write; {} answered lines could not be saved, {} lines were not sent (of {} answered, {} were saved); run again once the output can be written",
-            written.unsaved,
-            summary.left,
-            summary.ok + summary.failed,
-            (summary.ok + summary.failed).saturating_sub(written.unsaved),
-        )),
-        Some(Reason::Read(error)) => Err(format!(
-            "{error}: stopped taking lines; what was answered is saved ({} answered lines could not be saved); run again once the input can be read",
-            written.unsaved
-        )),
+        Some(Reason::Write(error)) => Err(BatchError::Write {
+            error,
+            unsaved: written.unsaved,
+            left: summary.left,
+            answered: summary.ok + summary.failed,
+        }),
+        Some(Reason::Read(error)) => Err(BatchError::Read {
+            error,
+            unsaved: written.unsaved,
+        }),
     }
 }
 
