@@ -1110,21 +1110,16 @@ impl RedisStore {
     /// The Redis key of a limiter key: `PREFIX:{HASH}`, which holds its
     /// state, its own and learnt limits and its pause.
     pub fn redis_key<K: Hash + ?Sized>(&self, key: &K) -> String {
+        use sha2::digest::generic_array::sequence::Split;
+        type HalfDigest = sha2::digest::generic_array::GenericArray<u8, sha2::digest::consts::U16>;
         let mut hasher = Sha(Sha256::new());
         hasher.0.update((self.prefix.len() as u64).to_le_bytes());
         hasher.0.update(self.prefix.as_bytes());
         key.hash(&mut hasher);
         let digest = hasher.0.finalize();
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut redis_key = String::with_capacity(self.prefix.len() + 35);
-        redis_key.push_str(&self.prefix);
-        redis_key.push_str(":{");
-        for byte in digest.iter().take(16) {
-            redis_key.push(char::from(HEX[usize::from(byte >> 4)]));
-            redis_key.push(char::from(HEX[usize::from(byte & 0xf)]));
-        }
-        redis_key.push('}');
-        redis_key
+        // The first 128 bits, in the digest type's own lowercase hex.
+        let (half, _): (HalfDigest, HalfDigest) = digest.split();
+        format!("{}:{{{half:x}}}", self.prefix)
     }
 
     /// Runs one script: `EVALSHA`, then `EVAL` on `NOSCRIPT`; bounded by

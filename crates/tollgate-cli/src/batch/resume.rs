@@ -18,13 +18,8 @@ pub(crate) fn hash(line: &[u8]) -> [u8; 32] {
 
 /// A hash as the 64 lowercase hex digits written in records.
 pub(crate) fn hex(hash: &[u8; 32]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(64);
-    for byte in hash {
-        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        out.push(char::from(DIGITS[usize::from(byte & 15)]));
-    }
-    out
+    // The digest type's own lowercase hex.
+    format!("{:x}", sha2::digest::Output::<Sha256>::from(*hash))
 }
 
 /// What identifies a line's content in memory: the first 128 bits of its
