@@ -139,6 +139,14 @@ mod msgpack;
 mod sentinel;
 #[cfg(feature = "testing")]
 pub mod testing;
+
+/// The MessagePack codec of the scripts' arguments and replies, for the
+/// codec bench (feature `testing`); not part of the API.
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod __msgpack {
+    pub use crate::msgpack::{put_uint, values};
+}
 mod watch;
 
 const DECIDE: &str = concat!(
