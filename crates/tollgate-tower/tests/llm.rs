@@ -146,13 +146,18 @@ async fn gateway() -> Gateway {
         .max_request_bytes(64 * 1024)
         .build()
         .unwrap();
-    let app = upstream().layer(layer.clone());
+    let addr = serve(upstream().layer(layer.clone())).await;
+    Gateway { addr, layer }
+}
+
+/// Serves `app` on a free loopback port.
+async fn serve(app: Router) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         axum::serve(listener, app).await.unwrap();
     });
-    Gateway { addr, layer }
+    addr
 }
 
 impl Gateway {
@@ -469,12 +474,7 @@ async fn replicas_share_one_budget_through_redis() {
             .store(store)
             .build()
             .unwrap();
-        let app = upstream().layer(layer.clone());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
+        let addr = serve(upstream().layer(layer.clone())).await;
         replicas.push((Client::connect(addr).await, layer));
     }
     let read = |layer: TokenLimitLayer<HeaderKey, tollgate_redis::RedisStore>| async move {
