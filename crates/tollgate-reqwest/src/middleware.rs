@@ -1115,7 +1115,9 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
                     share.refused(now, hold, limit)
                 }
                 Answer::Done => match read.requests.remaining {
-                    Some(remaining) => share.answered(now, read.requests.limit, remaining),
+                    Some(remaining) => {
+                        share.answered(now, read.requests.limit, remaining, read.requests.reset)
+                    }
                     None => share.answered_blind(now),
                 },
                 _ => None,

@@ -40,12 +40,20 @@
 //! Only for the in-memory store: processes that share a store spend from
 //! one budget already.
 //!
-//! What it cannot see: where a provider refills continuously and the key
-//! is saturated, `remaining` hovers while everyone spends; a reading where
-//! it fell by less than this process spent is a refill's and is not taken.
-//! Past the first minute, a process whose others left while the key was
-//! full grows only while a twentieth of the limit remains free. A store
-//! shared between the processes (Redis) needs no reading.
+//! - A bucket refilled continuously (OpenAI's and Anthropic's documented
+//!   counting) hides what others spend: `remaining` falls by everyone's
+//!   spending less the refill. It is told by its reset, the time until
+//!   full, which is what is spent over the limit's rate: where every
+//!   answer's reset agrees for a second (three where resets come in
+//!   whole seconds), or a refusal comes while they agree, readings add
+//!   back the refill (only over stretches where the bucket was short of
+//!   full by more than it could refill, so none was lost), and a bucket
+//!   filling again says how much room the key has.
+//!
+//! What it cannot see: past the first minute, a process whose others left
+//! while the key was full grows only while a twentieth of the limit
+//! remains free. A store shared between the processes (Redis) needs no
+//! reading.
 
 use std::time::Duration;
 
@@ -117,6 +125,9 @@ const TRIM_STEP: f64 = 0.0003;
 const TRIM_AFTER: Duration = Duration::from_secs(60);
 /// The smallest share: 64 clients.
 const FLOOR: f64 = 1.0 / 64.0;
+/// How long every answer's reset must agree with a bucket's before
+/// `remaining` is read as one (and twice the resets' resolution more).
+const BUCKET_FOR: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub(crate) struct Share {
@@ -157,6 +168,17 @@ pub(crate) struct Share {
     /// the most the provider admitted it in a second is its share when
     /// refusals come back.
     admitted: Admitted,
+    /// Since when every answer's reset has been what a bucket's would be
+    /// (the time until full: what is spent over the limit's rate).
+    bucket_since: Option<Instant>,
+    /// Whether a reading was corrected for a bucket's refill yet.
+    bucket_read: bool,
+    /// How finely the resets are told, in seconds.
+    bucket_resolution: f64,
+    /// A refusal within the stated limit came while the resets agreed
+    /// with a bucket's: a window's crossing would not bring one, so the
+    /// bucket is taken as shown.
+    bucket_refused: bool,
 }
 
 /// Where a reading starts.
@@ -186,6 +208,10 @@ impl Default for Share {
             full: None,
             readable: false,
             admitted: Admitted::default(),
+            bucket_since: None,
+            bucket_read: false,
+            bucket_resolution: 1.0,
+            bucket_refused: false,
         }
     }
 }
@@ -197,17 +223,20 @@ impl Share {
     }
 
     /// An answer that spent one request here, with the provider's
-    /// `remaining` after it and the (per-minute) limit it states. Answers
-    /// the new share when it changed.
+    /// `remaining` after it, the (per-minute) limit it states and the time
+    /// until that limit is full again. Answers the new share when it
+    /// changed.
     pub(crate) fn answered(
         &mut self,
         now: Instant,
         limit: Option<u64>,
         remaining: u64,
+        reset: Option<Duration>,
     ) -> Option<f64> {
         if !self.usable {
             return None;
         }
+        self.vote_bucket(now, limit, remaining, reset);
         self.readable = true;
         self.answers += 1;
         let first_at = *self.first_at.get_or_insert(now);
@@ -250,12 +279,21 @@ impl Share {
                         self.share = 1.0;
                         return self.changed();
                     }
+                    let refilled = self.refilled(now, &last, elapsed);
+                    if refilled > 0.0 && !self.bucket_read {
+                        // The readings before this one missed the refill:
+                        // they are not smoothed into the first right one.
+                        self.bucket_read = true;
+                        self.seen = None;
+                    }
                     #[allow(clippy::cast_precision_loss)]
-                    let reading = fell as f64 / spent_here as f64;
+                    let spent = fell as f64 + refilled;
+                    #[allow(clippy::cast_precision_loss)]
+                    let reading = spent / spent_here as f64;
                     // Well under what this process spent itself: a
                     // refill hid the spending, and says nothing of others.
                     if reading >= HIDDEN {
-                        self.read(reading, fell, elapsed, limit);
+                        self.read(reading, spent, elapsed, limit);
                     }
                     self.mark = Some(mark);
                 }
@@ -273,6 +311,22 @@ impl Share {
                 }
                 self.mark = Some(mark);
             }
+            // A bucket refilled faster than everyone spent: how full the
+            // key is, from what the refill left.
+            Some(last) if self.bucket_read && last.limit == limit => {
+                let elapsed = now.saturating_duration_since(last.at);
+                if elapsed >= MIN_READING {
+                    let refilled = self.refilled(now, &last, elapsed);
+                    #[allow(clippy::cast_precision_loss)]
+                    let rose = remaining.saturating_sub(last.remaining) as f64;
+                    #[allow(clippy::cast_precision_loss)]
+                    if let (true, Some(limit)) = (refilled > 0.0, limit.filter(|&l| l > 0)) {
+                        let spent = (refilled - rose).max(0.0);
+                        self.full = Some(spent / elapsed.as_secs_f64() / (limit as f64 / 60.0));
+                    }
+                    self.mark = Some(mark);
+                }
+            }
             // `remaining` went up (a refill, a new window) or the limit
             // changed: start again from here.
             _ => self.mark = Some(mark),
@@ -281,14 +335,79 @@ impl Share {
         self.changed()
     }
 
-    /// Takes one reading: `fell` over `elapsed`, `reading` times what
+    /// Whether `remaining` is a bucket refilled continuously, as OpenAI
+    /// and Anthropic document theirs: an answer's reset is the time until
+    /// full, what is spent over the limit's rate. A window's reset is the
+    /// time until it turns or its oldest spend leaves, which follows no
+    /// such rule for long: every answer for [`BUCKET_FOR`] must agree.
+    fn vote_bucket(
+        &mut self,
+        now: Instant,
+        limit: Option<u64>,
+        remaining: u64,
+        reset: Option<Duration>,
+    ) {
+        let (Some(limit), Some(reset)) = (limit.filter(|&l| l > 0), reset) else {
+            self.bucket_since = None;
+            self.bucket_refused = false;
+            return;
+        };
+        if remaining >= limit {
+            // Full: a bucket's reset is 0, a window's anything.
+            return;
+        }
+        #[allow(clippy::cast_precision_loss)]
+        let unit = 60.0 / limit as f64;
+        #[allow(clippy::cast_precision_loss)]
+        let expected = (limit - remaining) as f64 * unit;
+        // A reset in whole seconds (a timestamp's) is off by up to one.
+        let whole = reset.subsec_nanos() == 0;
+        let resolution = if whole { 1.0 } else { 0.05 };
+        let off = (reset.as_secs_f64() - expected).abs();
+        if off <= unit + 0.01 * expected + resolution {
+            self.bucket_since.get_or_insert(now);
+            self.bucket_resolution = resolution;
+        } else {
+            self.bucket_since = None;
+            self.bucket_refused = false;
+        }
+    }
+
+    /// What a bucket refilled since `last`, where `remaining` is one and
+    /// was then short of full by more than it could refill meanwhile (so
+    /// that none of the refill was lost to a full bucket); 0 otherwise.
+    /// Between two answers `remaining` fell by what everyone spent less
+    /// this refill: without it, a bucket drained by two clients looks
+    /// spent by one.
+    fn refilled(&self, now: Instant, last: &Mark, elapsed: Duration) -> f64 {
+        // Long enough that a window's reset, crossing a bucket's rule
+        // once, has left it again.
+        let needed = BUCKET_FOR + Duration::from_secs_f64(1.5 * self.bucket_resolution);
+        let bucket = self.bucket_since.is_some_and(|since| {
+            self.bucket_refused || now.saturating_duration_since(since) >= needed
+        });
+        let Some(limit) = last.limit.filter(|&l| l > 0) else {
+            return 0.0;
+        };
+        #[allow(clippy::cast_precision_loss)]
+        let refill = limit as f64 / 60.0 * elapsed.as_secs_f64();
+        #[allow(clippy::cast_precision_loss)]
+        let short = limit.saturating_sub(last.remaining) as f64;
+        if bucket && short >= refill {
+            refill
+        } else {
+            0.0
+        }
+    }
+
+    /// Takes one reading: `spent` over `elapsed`, `reading` times what
     /// this process spent.
-    fn read(&mut self, reading: f64, fell: u64, elapsed: Duration, limit: Option<u64>) {
+    fn read(&mut self, reading: f64, spent: f64, elapsed: Duration, limit: Option<u64>) {
         #[allow(clippy::cast_precision_loss)]
         if let Some(limit) = limit.filter(|&l| l > 0) {
             // How full: everyone's rate over the limit's.
             let per_second = limit as f64 / 60.0;
-            self.full = Some(fell as f64 / elapsed.as_secs_f64() / per_second);
+            self.full = Some(spent / elapsed.as_secs_f64() / per_second);
         }
         let seen = match self.seen {
             Some(seen) => seen + SMOOTHING * (reading - seen),
@@ -346,6 +465,9 @@ impl Share {
         let end = now + hold.max(Duration::from_secs(1));
         self.episode_end = Some(end);
         self.grown_at = Some(end);
+        if self.bucket_since.is_some() {
+            self.bucket_refused = true;
+        }
         let again = self
             .refused_at
             .is_some_and(|at| now.saturating_duration_since(at) < TRIM_AFTER);
@@ -442,7 +564,12 @@ mod tests {
     /// each: another client spends as much as this one.
     fn two_alike(share: &mut Share, start: Instant, apart: Duration, answers: u32) {
         for i in 0..answers {
-            share.answered(start + apart * i, Some(600), 600 - 2 * (u64::from(i) + 1));
+            share.answered(
+                start + apart * i,
+                Some(600),
+                600 - 2 * (u64::from(i) + 1),
+                None,
+            );
         }
     }
 
@@ -460,6 +587,91 @@ mod tests {
         );
     }
 
+    /// A bucket of 6,000 a minute (100 a second, refilled continuously)
+    /// drained by `clients` alike, each answering every 10.2 ms (98 a
+    /// second): this process's answers over `seconds`, with the bucket's
+    /// `remaining` and reset (the time until full) after each.
+    fn bucket(share: &mut Share, start: Instant, clients: u32, seconds: u32) {
+        bucket_from(share, start, 6_000.0, clients, seconds);
+    }
+
+    /// [`bucket`] from a level: answers the level at the end.
+    fn bucket_from(
+        share: &mut Share,
+        start: Instant,
+        mut level: f64,
+        clients: u32,
+        seconds: u32,
+    ) -> f64 {
+        let apart = Duration::from_micros(10_200);
+        for i in 0..(seconds * 98) {
+            level = (level + 100.0 * apart.as_secs_f64() - f64::from(clients)).min(6_000.0);
+            let remaining = level.floor().max(0.0) as u64;
+            let reset = Duration::from_millis(((6_000.0 - level) * 10.0).ceil() as u64);
+            share.answered(start + apart * i, Some(6_000), remaining, Some(reset));
+        }
+        level
+    }
+
+    #[test]
+    fn two_processes_draining_a_bucket_see_each_other() {
+        // The refill hides half of what the other spends: without it, a
+        // reading shows one client (96 a second fell, 98 spent here).
+        let mut share = Share::default();
+        bucket(&mut share, Instant::now(), 2, 5);
+        assert!(share.others, "the other client was seen");
+        assert!(
+            (0.4..=0.5).contains(&share.get()),
+            "about half: {}",
+            share.get()
+        );
+        // Both then pace at their share, under the refill: the bucket
+        // fills again, so the key has room and the share grows back
+        // (before, the last reading's "full" held it easing off).
+        let after_cut = share.get();
+        let mut slower = Share::default();
+        let start = Instant::now();
+        let level = bucket_from(&mut slower, start, 6_000.0, 2, 5);
+        // Two answers of the other's for three of this one's: a refill of
+        // 100 a second against 2 x 98 x 0.45.
+        let apart = Duration::from_micros(22_700);
+        let mut level = level;
+        let begin = start + Duration::from_secs(5);
+        for i in 0..200u32 {
+            level = (level + 100.0 * apart.as_secs_f64() - 2.0).min(6_000.0);
+            let remaining = level.floor().max(0.0) as u64;
+            let reset = Duration::from_millis(((6_000.0 - level) * 10.0).ceil() as u64);
+            slower.answered(begin + apart * i, Some(6_000), remaining, Some(reset));
+        }
+        assert!(
+            slower.get() > after_cut,
+            "grows back with room: {} after {after_cut}",
+            slower.get()
+        );
+        assert!(slower.full.unwrap() < FULL, "{:?}", slower.full);
+        // Alone on the same bucket, nothing is seen.
+        let mut alone = Share::default();
+        bucket(&mut alone, Instant::now(), 1, 5);
+        close(&alone, 1.0);
+        assert!(!alone.others);
+    }
+
+    #[test]
+    fn a_window_is_not_read_as_a_bucket() {
+        // A minute's window: remaining falls by this process's spending
+        // alone, and the reset is the time until the window turns, which
+        // crosses a bucket's rule once and leaves it.
+        let start = Instant::now();
+        let mut share = Share::default();
+        for i in 0..400u64 {
+            let at = start + Duration::from_millis(100 * i);
+            let reset = Duration::from_millis(60_000 - 100 * i);
+            share.answered(at, Some(600), 600 - i - 1, Some(reset));
+        }
+        close(&share, 1.0);
+        assert!(!share.others);
+    }
+
     #[test]
     fn a_process_alone_keeps_the_whole_limit() {
         let start = Instant::now();
@@ -467,12 +679,12 @@ mod tests {
         // remaining falls by one an answer: this process spends it all.
         for i in 0..40u64 {
             let at = start + Duration::from_millis(100 * i);
-            assert_eq!(share.answered(at, Some(600), 600 - i - 1), None);
+            assert_eq!(share.answered(at, Some(600), 600 - i - 1, None), None);
         }
         close(&share, 1.0);
         // A refill between answers changes nothing either.
         assert_eq!(
-            share.answered(start + Duration::from_secs(5), Some(600), 590),
+            share.answered(start + Duration::from_secs(5), Some(600), 590, None),
             None
         );
         close(&share, 1.0);
@@ -489,7 +701,7 @@ mod tests {
         for i in 0..3u32 {
             let at = start + HALF_FULL * i;
             learnt = share
-                .answered(at, Some(600), 600 - 2 * (u64::from(i) + 1))
+                .answered(at, Some(600), 600 - 2 * (u64::from(i) + 1), None)
                 .or(learnt);
         }
         assert_eq!(learnt, Some(0.475));
@@ -497,7 +709,7 @@ mod tests {
         let mut share = Share::default();
         for i in 0..3u64 {
             let at = start + Duration::from_millis(400 * i);
-            share.answered(at, Some(600), 600 - 4 * (i + 1));
+            share.answered(at, Some(600), 600 - 4 * (i + 1), None);
         }
         close(&share, 0.2125);
     }
@@ -517,6 +729,7 @@ mod tests {
                 start + Duration::from_secs(second.into()),
                 Some(600),
                 remaining,
+                None,
             );
         }
         close(&share, 0.475 * 0.98f64.powi(10));
@@ -534,7 +747,7 @@ mod tests {
         for second in 1..=10u32 {
             remaining -= 5;
             let at = start + Duration::from_millis(800) + Duration::from_secs(second.into());
-            share.answered(at, Some(600), remaining);
+            share.answered(at, Some(600), remaining, None);
         }
         close(&share, 0.475 + 10.8 * FAST_STEP);
     }
@@ -548,7 +761,10 @@ mod tests {
         // six times what the limit allows. Read no further.
         for i in 0..40u64 {
             let at = start + Duration::from_millis(10 * i);
-            assert_eq!(share.answered(at, Some(6_000), 6_000 - 60 * (i + 1)), None);
+            assert_eq!(
+                share.answered(at, Some(6_000), 6_000 - 60 * (i + 1), None),
+                None
+            );
         }
         close(&share, 1.0);
         assert!(!share.usable);
@@ -571,7 +787,7 @@ mod tests {
                 remaining -= 1;
             }
             let at = start + Duration::from_millis(1_000 + 100 * i);
-            share.answered(at, Some(600), remaining);
+            share.answered(at, Some(600), remaining, None);
         }
         assert_eq!(share.seen, seen);
         assert!(share.others);
@@ -581,11 +797,11 @@ mod tests {
     fn a_changed_limit_is_no_reading() {
         let start = Instant::now();
         let mut share = Share::default();
-        assert_eq!(share.answered(start, Some(1_200), 1_199), None);
+        assert_eq!(share.answered(start, Some(1_200), 1_199, None), None);
         // The provider halves its limit: remaining falls by 600 at once.
         for i in 0..8u64 {
             let at = start + Duration::from_millis(100 * (i + 1));
-            assert_eq!(share.answered(at, Some(600), 598 - i), None);
+            assert_eq!(share.answered(at, Some(600), 598 - i, None), None);
         }
         close(&share, 1.0);
     }
@@ -605,7 +821,7 @@ mod tests {
             for _ in 0..n {
                 at += Duration::from_millis(200);
                 remaining -= 1;
-                share.answered(at, Some(600), remaining);
+                share.answered(at, Some(600), remaining, None);
             }
         };
         alone(12, &mut share);
@@ -691,22 +907,22 @@ mod tests {
         let minute = start + Duration::from_secs(60);
         for i in 0..30u64 {
             let at = minute + Duration::from_secs(i);
-            share.answered(at, Some(600), 30 - (i % 2));
+            share.answered(at, Some(600), 30 - (i % 2), None);
         }
         close(&share, 0.475);
         assert!(!share.reading(minute));
         // A fifth of it left: a step a second (a second since the last
         // answer, then ten).
         let later = minute + Duration::from_secs(30);
-        share.answered(later, Some(600), 120);
-        share.answered(later + Duration::from_secs(10), Some(600), 120);
+        share.answered(later, Some(600), 120, None);
+        share.answered(later + Duration::from_secs(10), Some(600), 120, None);
         close(&share, 0.475 + 11.0 * STEP);
         // The others left, most of it remains: a larger step, up to the
         // whole limit.
         let grown = share.get();
-        share.answered(later + Duration::from_secs(12), Some(600), 400);
+        share.answered(later + Duration::from_secs(12), Some(600), 400, None);
         close(&share, grown + 2.0 * FAST_STEP);
-        share.answered(later + Duration::from_secs(60), Some(600), 500);
+        share.answered(later + Duration::from_secs(60), Some(600), 500, None);
         close(&share, 1.0);
     }
 
@@ -715,7 +931,12 @@ mod tests {
         let start = Instant::now();
         let mut share = Share::default();
         for i in 0..10u64 {
-            share.answered(start + Duration::from_millis(100 * i), Some(600), 599 - i);
+            share.answered(
+                start + Duration::from_millis(100 * i),
+                Some(600),
+                599 - i,
+                None,
+            );
         }
         // One refusal: a change's or a transient's, nothing trimmed.
         let first = start + Duration::from_secs(2);
@@ -738,9 +959,9 @@ mod tests {
         // It grows back 0.03% a second from the episode's end: 100 s to
         // the whole.
         let end = second + Duration::from_secs(1);
-        share.answered(end + Duration::from_secs(50), Some(600), 500);
+        share.answered(end + Duration::from_secs(50), Some(600), 500, None);
         close(&share, 0.985);
-        share.answered(end + Duration::from_secs(100), Some(600), 500);
+        share.answered(end + Duration::from_secs(100), Some(600), 500, None);
         close(&share, 1.0);
         // Never below nine tenths.
         let mut at = end + Duration::from_secs(101);
