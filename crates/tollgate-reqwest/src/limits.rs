@@ -213,6 +213,24 @@ impl ProviderLimits {
             .find_map(|p| p.quota.zip(p.remaining))
     }
 
+    /// What `read` says of the request limit a minute: the limit, what
+    /// remains and the time until full, from its own family's headers or
+    /// from an IETF policy of requests over a minute; `None` where nothing
+    /// says what remains.
+    pub(crate) fn requests_remaining(
+        read: &RateLimitHeaders,
+    ) -> Option<(Option<u64>, u64, Option<Duration>)> {
+        let own = &read.requests;
+        if let Some(remaining) = own.remaining {
+            return Some((own.limit, remaining, own.reset));
+        }
+        read.policies
+            .iter()
+            .filter(|p| policy_dimension(&p.name) == Dimension::Requests)
+            .filter(|p| p.window == Some(Duration::from_secs(60)))
+            .find_map(|p| Some((p.quota, p.remaining?, p.reset)))
+    }
+
     /// Per dimension, the stricter of the two.
     pub(crate) fn stricter(&self, other: &Self) -> Self {
         let mut out = *self;
@@ -327,6 +345,47 @@ mod tests {
         assert_eq!(limits.tokens(), Some(10_000_000));
         assert_eq!(limits.output_tokens(), Some(3_600));
         assert_eq!(limits.input_tokens(), None);
+    }
+
+    #[test]
+    fn what_remains_of_the_requests_in_either_family() {
+        use tollgate::headers::parse;
+        let now = std::time::SystemTime::now();
+        let ietf = parse(
+            [
+                (
+                    "ratelimit-policy",
+                    &br#""rpm";q=600;w=60, "tpm";q=9000;w=60"#[..],
+                ),
+                ("ratelimit", &br#""rpm";r=598;t=1, "tpm";r=8000;t=7"#[..]),
+            ],
+            now,
+        );
+        assert_eq!(
+            ProviderLimits::requests_remaining(&ietf),
+            Some((Some(600), 598, Some(Duration::from_secs(1))))
+        );
+        // A policy over another window is not a minute's.
+        let seconds = parse(
+            [
+                ("ratelimit-policy", &br#""rpm";q=10;w=1"#[..]),
+                ("ratelimit", &br#""rpm";r=9;t=1"#[..]),
+            ],
+            now,
+        );
+        assert_eq!(ProviderLimits::requests_remaining(&seconds), None);
+        let openai = parse(
+            [
+                ("x-ratelimit-limit-requests", &b"500"[..]),
+                ("x-ratelimit-remaining-requests", &b"499"[..]),
+                ("x-ratelimit-reset-requests", &b"120ms"[..]),
+            ],
+            now,
+        );
+        assert_eq!(
+            ProviderLimits::requests_remaining(&openai),
+            Some((Some(500), 499, Some(Duration::from_millis(120))))
+        );
     }
 
     #[test]

@@ -1114,10 +1114,8 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
                     let hold = read.retry_after.unwrap_or(Duration::from_secs(1));
                     share.refused(now, hold, limit)
                 }
-                Answer::Done => match read.requests.remaining {
-                    Some(remaining) => {
-                        share.answered(now, read.requests.limit, remaining, read.requests.reset)
-                    }
+                Answer::Done => match ProviderLimits::requests_remaining(read) {
+                    Some((limit, remaining, reset)) => share.answered(now, limit, remaining, reset),
                     None => share.answered_blind(now),
                 },
                 _ => None,
