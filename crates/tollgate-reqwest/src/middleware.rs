@@ -831,9 +831,16 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
                 return Ok(response);
             }
 
-            // Refused: nothing was spent at the provider.
+            // Refused: nothing was spent at the provider. But while calls
+            // wait their turn, a refusal for rate keeps its turn in the
+            // request dimension: a turn given back moves the calls queued
+            // behind it up, into the same refusal (a provider that asks
+            // for milliseconds answered each call so once, in a storm
+            // that never ended). With none waiting, it is given back, and
+            // the retry goes when the provider said.
             crate::meters::refused(&key, answer);
-            let _ = self.budget.settle(&key, grant, &[0; 4]).await;
+            let kept = u64::from(answer == Answer::RateLimited && self.budget.waiting() > 0);
+            let _ = self.budget.settle(&key, grant, &[kept, 0, 0, 0]).await;
             if all.should_retry == Some(false) {
                 tracing::info!(%key, %status, "the provider says not to retry");
                 return Ok(response);

@@ -120,9 +120,15 @@ async fn a_rate_learnt_through_a_shared_store_is_the_fleets() {
     let (fleet, refused) = two_clients(2).await;
     // Taken for one process' rate, a rate learnt from a half of the
     // answers paced the two at 42% of the provider's; counted as the
-    // fleet's, at 73% (short of the 90% the client aims at: see the
-    // efficiency notes).
+    // fleet's, at 69% (73% while a refused attempt gave its turn back;
+    // short of the 90% the client aims at: see the efficiency notes).
     assert!(alone < 0.5, "counted as one: {:.1}%", 100.0 * alone);
-    assert!(fleet > 0.7, "counted as two: {:.1}%", 100.0 * fleet);
+    assert!(fleet > 0.65, "counted as two: {:.1}%", 100.0 * fleet);
+    assert!(
+        fleet > alone + 0.2,
+        "{:.1}% against {:.1}%",
+        100.0 * fleet,
+        100.0 * alone
+    );
     assert!(refused <= 10, "{refused} refused");
 }

@@ -234,12 +234,14 @@ async fn a_request_limit_of_ten_seconds_at_an_unknown_host() {
 /// A minute's request limit stated the same way, where the guess of ten
 /// seconds is wrong: paced at six times the minute's rate, the calls soon
 /// fill the provider's slice of a second, the next is refused, and from
-/// then on the limit counts a minute. One refusal, none lost.
+/// then on the limit counts a minute. One refusal, none lost; the refused
+/// attempt keeps its turn, calls waiting behind it (94.7% while it gave it
+/// back).
 /// Exact on virtual time.
 #[tokio::test(start_paused = true)]
 async fn a_minute_stated_without_its_window() {
     let measured = two_hundred_calls_elsewhere(Style::MinuteNoReset, 600, 1_000_000).await;
-    check_with(Style::MinuteNoReset, &measured, (201, 1), 947);
+    check_with(Style::MinuteNoReset, &measured, (201, 1), 942);
 }
 
 /// Groq's `-requests` headers count a day (14,400, with the time until
@@ -445,4 +447,32 @@ async fn four_processes_on_one_key_find_their_share() {
         "{:.3}",
         measured.share_of_allowed
     );
+}
+
+/// A provider that enforces a bucket of a second and names its minute's
+/// limit only in a refusal, asking for a few milliseconds (Gemini's
+/// `RetryInfo`): once the limit is learnt, the calls queued behind a
+/// refused one must not move up into the same refusal. (While a refused
+/// attempt gave its turn back, these 200 calls met 10 refusals, and the
+/// efficiency matrix's 1,200 calls 2,016, the storm never ending.) Exact
+/// on virtual time.
+#[tokio::test(start_paused = true)]
+async fn a_bucket_asking_for_milliseconds_brings_no_storm() {
+    let config = mock::Config::new(600, 1_000_000)
+        .dialect(Style::Gemini)
+        .counting(mock::Counting::bucket(Duration::from_secs(1)))
+        .latency(Duration::from_millis(120));
+    let (base, provider) = mock::serve(config, Host::Provider);
+    let url = Arc::new(format!("{base}/v1/chat/completions"));
+    let client = Arc::new(transport::client(RateLimitMiddleware::new()));
+    let mut tasks = Vec::new();
+    for _ in 0..CALLS {
+        let (client, url) = (Arc::clone(&client), Arc::clone(&url));
+        tasks.push(tokio::spawn(async move { call(&client, &url).await }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), Ok(200), "none lost");
+    }
+    let counts = provider.counts();
+    assert_eq!((counts.ok, counts.limited), (200, 4));
 }
