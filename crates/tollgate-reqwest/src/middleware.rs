@@ -831,17 +831,11 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
                 return Ok(response);
             }
 
-            // Refused: nothing was spent at the provider. But while calls
-            // wait their turn, a refusal for rate keeps its turn in the
-            // request dimension: a turn given back moves the calls queued
-            // behind it up, into the same refusal (a provider that asks
-            // for milliseconds answered each call so once, in a storm
-            // that never ended). With none waiting, it is given back, and
-            // the retry goes when the provider said.
+            // Refused: nothing was spent at the provider; the grant is
+            // settled once the wait is known (see below).
             crate::meters::refused(&key, answer);
-            let kept = u64::from(answer == Answer::RateLimited && self.budget.waiting() > 0);
-            let _ = self.budget.settle(&key, grant, &[kept, 0, 0, 0]).await;
             if all.should_retry == Some(false) {
+                let _ = self.budget.settle(&key, grant, &[0; 4]).await;
                 tracing::info!(%key, %status, "the provider says not to retry");
                 return Ok(response);
             }
@@ -859,9 +853,24 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             }
             let body_hint = said.wait.filter(|_| !hinted);
             let Some(wait) = self.wait_for(&all, body_hint, attempt) else {
+                let _ = self.budget.settle(&key, grant, &[0; 4]).await;
                 tracing::info!(%key, %status, attempt, "the back-off policy gives up: returned as it is");
                 return Ok(response);
             };
+            // A refusal for rate that asks for less than a second keeps
+            // its turn in the request dimension while calls wait theirs: a
+            // turn given back moves the calls queued behind it up, into
+            // the same refusal (a provider that asks for milliseconds
+            // answered each call so once, in a storm that never ended).
+            // Otherwise, or with none waiting, it is given back: the pause
+            // covers the provider's window, and a lone retry goes when the
+            // provider said.
+            let kept = u64::from(
+                answer == Answer::RateLimited
+                    && wait < Duration::from_secs(1)
+                    && self.budget.waiting() > 0,
+            );
+            let _ = self.budget.settle(&key, grant, &[kept, 0, 0, 0]).await;
             // A wait too long to count pauses the others for the ceiling
             // only: this call returns at once, they learn it for themselves.
             let pause = if wait == Duration::MAX {
