@@ -592,20 +592,21 @@ mod tests {
     /// second): this process's answers over `seconds`, with the bucket's
     /// `remaining` and reset (the time until full) after each.
     fn bucket(share: &mut Share, start: Instant, clients: u32, seconds: u32) {
-        bucket_from(share, start, 6_000.0, clients, seconds);
+        let apart = Duration::from_micros(10_200);
+        bucket_from(share, start, 6_000.0, (apart, clients), seconds * 98);
     }
 
-    /// [`bucket`] from a level: answers the level at the end.
+    /// [`bucket`] from a level, `answers` of this process `apart`, each
+    /// with `spent` spent by everyone: answers the level at the end.
     fn bucket_from(
         share: &mut Share,
         start: Instant,
         mut level: f64,
-        clients: u32,
-        seconds: u32,
+        (apart, spent): (Duration, u32),
+        answers: u32,
     ) -> f64 {
-        let apart = Duration::from_micros(10_200);
-        for i in 0..(seconds * 98) {
-            level = (level + 100.0 * apart.as_secs_f64() - f64::from(clients)).min(6_000.0);
+        for i in 0..answers {
+            level = (level + 100.0 * apart.as_secs_f64() - f64::from(spent)).min(6_000.0);
             let remaining = level.floor().max(0.0) as u64;
             let reset = Duration::from_millis(((6_000.0 - level) * 10.0).ceil() as u64);
             share.answered(start + apart * i, Some(6_000), remaining, Some(reset));
@@ -631,18 +632,13 @@ mod tests {
         let after_cut = share.get();
         let mut slower = Share::default();
         let start = Instant::now();
-        let level = bucket_from(&mut slower, start, 6_000.0, 2, 5);
+        let fast = Duration::from_micros(10_200);
+        let level = bucket_from(&mut slower, start, 6_000.0, (fast, 2), 5 * 98);
         // Two answers of the other's for three of this one's: a refill of
         // 100 a second against 2 x 98 x 0.45.
-        let apart = Duration::from_micros(22_700);
-        let mut level = level;
+        let slow = Duration::from_micros(22_700);
         let begin = start + Duration::from_secs(5);
-        for i in 0..200u32 {
-            level = (level + 100.0 * apart.as_secs_f64() - 2.0).min(6_000.0);
-            let remaining = level.floor().max(0.0) as u64;
-            let reset = Duration::from_millis(((6_000.0 - level) * 10.0).ceil() as u64);
-            slower.answered(begin + apart * i, Some(6_000), remaining, Some(reset));
-        }
+        bucket_from(&mut slower, begin, level, (slow, 2), 200);
         assert!(
             slower.get() > after_cut,
             "grows back with room: {} after {after_cut}",
