@@ -11,7 +11,7 @@ use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 use serde_json::Value;
 use tollgate::headers::RateLimitHeaders;
-use tollgate::{DeniedKind, Grant, KeyedBudget, MemoryStore, Snapshot, Store};
+use tollgate::{DeniedKind, Grant, KeyedBudget, MemoryStore, Store};
 
 use retry_policies::policies::ExponentialBackoff;
 use retry_policies::{Jitter, RetryDecision, RetryPolicy};
@@ -1235,9 +1235,6 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             tracing::info!(%key, limits = ?in_force, "rate limits learnt from the response headers");
             self.apply(key, state, &in_force).await;
         }
-        let Ok(limits) = self.budget.limits_for(key).await else {
-            return;
-        };
         for dimension in Dimension::ALL {
             let Some(remaining) = dimension.of(read).remaining else {
                 continue;
@@ -1248,9 +1245,11 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             if in_force.get(dimension).is_none() {
                 continue;
             }
-            let burst = limits.quota(dimension.index()).burst_size();
-            let snapshot = Snapshot::new(burst, remaining, Duration::ZERO);
-            let _ = self.budget.observe(key, dimension.index(), &snapshot).await;
+            // What remains caps the budget; the limit is the one put in
+            // force above (a burst read from the store here and passed as
+            // a limit raced other calls' changes of it, and over Redis
+            // taught the key a burst of 29 as its minute's limit).
+            let _ = self.budget.at_most(key, dimension.index(), remaining).await;
         }
     }
 

@@ -679,6 +679,24 @@ where
             .await
     }
 
+    /// Caps what one dimension of `key` grants at `remaining` until it
+    /// has refilled (what the other side says remains of it), and learns
+    /// nothing else from it: [`observe`](Self::observe) without a limit.
+    /// A caller that read the burst in force and passed it as the limit
+    /// could race a change of that limit, and teach the store the old one.
+    pub async fn at_most(&self, key: &K, dimension: usize, remaining: u64) -> Result<(), Denied> {
+        let limits = &self.limits;
+        if dimension >= limits.len() {
+            return Err(Self::no_such_dimension(limits, dimension));
+        }
+        let mut changes = [Change::Keep; MAX_DIMENSIONS];
+        if let Some(change) = changes.get_mut(dimension) {
+            *change = Change::AtMost(remaining);
+        }
+        self.adjust(key, changes.get(..limits.len()).unwrap_or(&[]))
+            .await
+    }
+
     /// Gives `key` its own limits (a customer's tier, say), in the store.
     /// They must have the default limits' dimensions, in the same order.
     /// What the key has spent stays spent, counted in units, and what is
