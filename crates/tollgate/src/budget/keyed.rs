@@ -684,6 +684,23 @@ where
     /// nothing else from it: [`observe`](Self::observe) without a limit.
     /// A caller that read the burst in force and passed it as the limit
     /// could race a change of that limit, and teach the store the old one.
+    ///
+    /// ```
+    /// use tollgate::{KeyedBudget, Limits, Quota};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let budget = KeyedBudget::<&str>::new(Limits::single(Quota::per_hour(60)?));
+    /// // The provider says 2 remain.
+    /// budget.at_most(&"key", 0, 2).await?;
+    /// assert!(budget.try_acquire(&"key", &[1]).await.is_ok());
+    /// assert!(budget.try_acquire(&"key", &[1]).await.is_ok());
+    /// assert!(budget.try_acquire(&"key", &[1]).await.is_err());
+    /// // The limit itself is unchanged.
+    /// assert_eq!(budget.limits_for(&"key").await?.quota(0).count(), 60);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn at_most(&self, key: &K, dimension: usize, remaining: u64) -> Result<(), Denied> {
         let limits = &self.limits;
         if dimension >= limits.len() {
