@@ -326,12 +326,30 @@ struct Shared<K, St> {
     max_wait: Duration,
 }
 
+/// A call's cost in each dimension of the budget, in their order: no
+/// allocation on the request's path.
+#[derive(Clone, Copy)]
+struct Costs {
+    each: [u64; 3],
+    len: usize,
+}
+
+impl Costs {
+    fn as_slice(&self) -> &[u64] {
+        self.each.get(..self.len).unwrap_or(&[])
+    }
+}
+
 impl<K, St> Shared<K, St> {
-    fn costs(&self, input_tokens: u64, output_tokens: u64) -> Vec<u64> {
-        self.dimensions
-            .iter()
-            .map(|d| d.cost(input_tokens, output_tokens))
-            .collect()
+    fn costs(&self, input_tokens: u64, output_tokens: u64) -> Costs {
+        let mut each = [0; 3];
+        for (slot, dimension) in each.iter_mut().zip(&self.dimensions) {
+            *slot = dimension.cost(input_tokens, output_tokens);
+        }
+        Costs {
+            each,
+            len: self.dimensions.len().min(3),
+        }
     }
 }
 
@@ -459,7 +477,7 @@ where
     let costs = shared.costs(estimate.input_tokens, estimate.output_tokens);
     let grant = match shared
         .budget
-        .acquire_within(&key, &costs, shared.max_wait)
+        .acquire_within(&key, costs.as_slice(), shared.max_wait)
         .await
     {
         Ok(grant) => grant,
@@ -468,7 +486,7 @@ where
     let settle = Settle {
         budget: Arc::clone(&shared) as Arc<dyn Charge>,
         key,
-        grant: Some(grant),
+        grant,
         estimate,
     };
     let request = Request::from_parts(parts, ReqBody::from(bytes));
@@ -658,7 +676,7 @@ where
         }
         let mut settle = Box::pin(async move {
             // A store that fails leaves the estimate charged.
-            let _ = self.budget.settle(&key, grant, &actual).await;
+            let _ = self.budget.settle(&key, grant, actual.as_slice()).await;
         });
         // A store that settles at once (in memory) does so before the body
         // is gone; one that waits (over the network) goes on in the
@@ -677,15 +695,14 @@ where
 struct Settle {
     budget: Arc<dyn Charge>,
     key: Key,
-    grant: Option<Grant>,
+    grant: Grant,
     estimate: Estimate,
 }
 
 impl Settle {
-    fn settle(mut self, input_tokens: u64, output_tokens: u64) {
-        if let Some(grant) = self.grant.take() {
-            Arc::clone(&self.budget).charge(self.key.clone(), grant, input_tokens, output_tokens);
-        }
+    fn settle(self, input_tokens: u64, output_tokens: u64) {
+        self.budget
+            .charge(self.key, self.grant, input_tokens, output_tokens);
     }
 
     /// The answer failed: the request counts, its tokens are given back.
