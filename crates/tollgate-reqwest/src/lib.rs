@@ -68,6 +68,8 @@ mod infer;
 mod limits;
 mod meters;
 mod middleware;
+mod model;
+mod quirks;
 mod share;
 mod stream;
 mod usage;

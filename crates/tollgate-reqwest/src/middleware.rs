@@ -11,18 +11,18 @@ use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 use serde_json::Value;
 use tollgate::headers::RateLimitHeaders;
+use tollgate::store::Change;
 use tollgate::{DeniedKind, Grant, KeyedBudget, MemoryStore, Store};
 
 use retry_policies::policies::ExponentialBackoff;
 use retry_policies::{Jitter, RetryDecision, RetryPolicy};
 
-use crate::adaptive::Adaptive;
 use crate::classify::{Answer, Classify, DefaultClassify};
 use crate::estimate::{DefaultEstimator, TokenEstimator};
 use crate::hint;
-use crate::infer::Inferred;
 use crate::limits::{Dimension, Pacing, ProviderLimits};
-use crate::share::Share;
+use crate::model::{Model, Setting};
+use crate::quirks::Quirks;
 use crate::{RetryLater, TooLarge, Usage};
 
 /// How many times a call was sent, the last included: in every response's
@@ -56,99 +56,6 @@ impl Endpoint {
     /// The model, when the body names one.
     pub fn model(&self) -> Option<&str> {
         self.model.as_deref()
-    }
-}
-
-/// What an answer says remains of a request limit it does not state (see
-/// `infer`).
-fn remaining_of_unstated(requests: &tollgate::headers::Reading) -> Option<u64> {
-    match *requests {
-        tollgate::headers::Reading {
-            limit: None,
-            remaining: Some(remaining),
-            ..
-        } => Some(remaining),
-        _ => None,
-    }
-}
-
-/// A request limit an answer states with neither reset nor window in the
-/// header's name, and what remains of it (see `infer`).
-fn limit_without_window(requests: &tollgate::headers::Reading) -> Option<(u64, u64)> {
-    match *requests {
-        tollgate::headers::Reading {
-            limit: Some(limit),
-            remaining: Some(remaining),
-            reset: None,
-            window: None,
-            ..
-        } => Some((limit, remaining)),
-        _ => None,
-    }
-}
-
-/// A reset further than this away is not a minute's: every unit spent
-/// leaves a minute's window (or refills it) within the minute.
-const LONGER_THAN_A_MINUTE: Duration = Duration::from_secs(90);
-
-/// What of an answer's headers paces calls: all of them but a request
-/// limit that counts a longer window than a minute, whose budget is left
-/// to the provider's refusals (the minute's rate then comes from the
-/// refusals' headers or messages, or is learnt from them): Groq's
-/// `x-ratelimit-*-requests`, which count a day; and the legacy trio
-/// (`x-ratelimit-{limit,remaining,reset}`, `ratelimit-*`) where its reset
-/// is over 90 s away (OpenRouter's day, ending at UTC midnight; GitHub's
-/// hour). OpenAI's suffixed headers are not read so: its documentation
-/// shows a minute's tokens full again in `6m0s`.
-fn pacing<'a>(
-    key: &Endpoint,
-    headers: &http::HeaderMap,
-    all: &'a RateLimitHeaders,
-) -> std::borrow::Cow<'a, RateLimitHeaders> {
-    let legacy =
-        headers.contains_key("x-ratelimit-reset") || headers.contains_key("ratelimit-reset");
-    let longer = legacy
-        && all
-            .requests
-            .reset
-            .is_some_and(|reset| reset > LONGER_THAN_A_MINUTE);
-    if !longer && !key.requests_count_a_day() {
-        return std::borrow::Cow::Borrowed(all);
-    }
-    let mut paced = all.clone();
-    paced.requests = tollgate::headers::Reading::default();
-    std::borrow::Cow::Owned(paced)
-}
-
-impl Endpoint {
-    /// Whether the endpoint's `-requests` headers count a day, not a
-    /// minute: Groq's (`api.groq.com`), as its documentation says.
-    fn requests_count_a_day(&self) -> bool {
-        self.under("groq.com")
-    }
-
-    /// Whether a request limit the endpoint states with neither reset nor
-    /// window counts ten seconds: Azure OpenAI's (`*.openai.azure.com`,
-    /// `*.cognitiveservices.azure.com`, `*.services.ai.azure.com`), whose
-    /// `x-ratelimit-limit-requests` is the deployment's requests a minute
-    /// over six (20 on a 120 RPM deployment).
-    fn requests_count_ten_seconds(&self) -> bool {
-        [
-            "openai.azure.com",
-            "cognitiveservices.azure.com",
-            "services.ai.azure.com",
-        ]
-        .into_iter()
-        .any(|domain| self.under(domain))
-    }
-
-    /// Whether the host is `domain` or a name under it (a trailing dot
-    /// aside).
-    fn under(&self, domain: &str) -> bool {
-        self.host
-            .trim_end_matches('.')
-            .strip_suffix(domain)
-            .is_some_and(|rest| rest.is_empty() || rest.ends_with('.'))
     }
 }
 
@@ -276,14 +183,16 @@ pub(crate) struct Shared<S = MemoryStore> {
     finds_share: bool,
 }
 
-/// What is known of one endpoint.
+/// What is known of one endpoint, and what its calls go through.
 struct EndpointState {
     /// Held by the one call that goes alone until the limits are known.
     probe: tokio::sync::Mutex<()>,
     learnt: AtomicBool,
+    /// What the provider does that its answers do not show.
+    quirks: Quirks,
     /// What is known of the endpoint, under one lock (never held across
     /// an await).
-    known: Mutex<Known>,
+    model: Mutex<Model>,
     /// Before the first refusal of such an endpoint: the calls allowed in
     /// flight, from 2, one more every second answer (TCP's slow start,
     /// gentler). Closed at the first refusal.
@@ -293,53 +202,22 @@ struct EndpointState {
     learning: Arc<crate::cost::Learning>,
 }
 
-/// What is known of one endpoint.
-#[derive(Default)]
-struct Known {
-    /// The per-minute limits the headers stated, merged over responses.
-    heard: ProviderLimits,
-    /// The limits in force: the configured ones, or stricter learnt ones.
-    in_force: Option<ProviderLimits>,
-    /// Per dimension, the largest cost of the recent calls: each burst
-    /// holds at least that much.
-    bursts: [u64; 4],
-    /// The recent calls' costs the bursts are the largest of.
-    recent: crate::cost::Recent,
-    /// The request rate learnt from refusals, while the endpoint states
-    /// no request limit and none is configured.
-    adaptive: Adaptive,
-    /// This process's share of the endpoint's limits, which other clients
-    /// may spend from too.
-    share: Share,
-    /// The request limit inferred from `remaining`, where the endpoint
-    /// states what remains but not the limit.
-    inferred: Inferred,
-    /// Per dimension, whether its limit in `heard` is one a refusal's
-    /// message named (until a header states it).
-    from_message: [bool; 4],
-    /// What the endpoint's calls without an output bound wrote lately.
-    outputs: crate::cost::Outputs,
-    /// Whether it charges a call's output bound or what was written.
-    charges: crate::cost::Charges,
-}
-
 impl EndpointState {
-    fn known(&self) -> std::sync::MutexGuard<'_, Known> {
-        // Every update of `Known` is whole before anything can panic.
-        self.known.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl Default for EndpointState {
-    fn default() -> Self {
+    fn new(quirks: Quirks) -> Self {
         Self {
             probe: tokio::sync::Mutex::default(),
             learnt: AtomicBool::default(),
-            known: Mutex::default(),
+            quirks,
+            model: Mutex::new(Model::new(quirks)),
             window: Arc::new(tokio::sync::Semaphore::new(2)),
             window_answers: AtomicU64::new(0),
             learning: Arc::default(),
         }
+    }
+
+    fn model(&self) -> std::sync::MutexGuard<'_, Model> {
+        // Every update of the model is whole before anything can panic.
+        self.model.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -617,7 +495,7 @@ impl<S> RateLimitMiddleware<S> {
     pub fn limits_for(&self, endpoint: &Endpoint) -> Option<ProviderLimits> {
         let endpoints = self.shared.lock_endpoints();
         let state = endpoints.get(endpoint)?;
-        let in_force = state.known().in_force;
+        let in_force = state.model().in_force();
         in_force
     }
 
@@ -654,7 +532,10 @@ impl<S> Shared<S> {
         if endpoints.len() >= MAX_ENDPOINTS && !endpoints.contains_key(key) {
             endpoints.clear();
         }
-        Arc::clone(endpoints.entry(key.clone()).or_default())
+        let state = endpoints
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(EndpointState::new(Quirks::of(&key.host))));
+        Arc::clone(state)
     }
 }
 
@@ -689,7 +570,7 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
         if unbounded {
             let learnt = state
                 .learning
-                .wait(|| state.known().outputs.estimate())
+                .wait(|| state.model().output_estimate())
                 .await;
             match learnt {
                 Ok(learnt) => estimate.output_tokens = learnt,
@@ -748,7 +629,7 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             let window = self.learning_gate(&key, &state).await;
             let grant = self.admit(&key, &state, &costs).await?;
             let result = next.clone().run(sending, extensions).await;
-            let mut response = match result {
+            let response = match result {
                 Ok(response) => response,
                 Err(error) => {
                     // Not known to have reached the provider: give it back.
@@ -763,40 +644,44 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
                     .map(|(name, value)| (name.as_str(), value.as_bytes())),
                 SystemTime::now(),
             );
-            // What paces: `all` but a request limit of a longer window
-            // (the waits a refusal asks for are read from `all`).
-            let read = pacing(&key, response.headers(), &all);
-            let read = read.as_ref();
             let status = response.status();
             let answer = self.classify.classify(status);
-            // What this process spent, where the answers are read for
-            // the request limit (see `infer`): what remains of one they do
-            // not state, or of one stated with neither reset nor window.
-            let read_for_limit = remaining_of_unstated(&read.requests).is_some()
-                || limit_without_window(&read.requests).is_some();
-            if answer == Answer::Done && read_for_limit {
-                state.known().inferred.spent(tokio::time::Instant::now());
-            }
-            self.learn(&key, &state, answer, read).await;
-            self.infer(&key, &state, answer, read).await;
-            #[cfg(feature = "metrics")]
+            // A refusal's body may hold the wait it asks for, where the
+            // headers do not, and a refusal for rate may name the limit it
+            // met: read before the model takes the answer.
+            let hinted = all.retry_after.is_some() || all.retry_after_too_long;
+            let (mut response, said) = if answer != Answer::Done
+                && all.should_retry != Some(false)
+                && (!hinted || answer == Answer::RateLimited)
             {
-                let in_force = state.known().in_force.unwrap_or(self.configured);
-                crate::meters::limits(&key, &in_force);
+                hint::read(response).await
+            } else {
+                (response, hint::Said::default())
+            };
+            let quirks = state.quirks;
+            let read = crate::model::paced(quirks, response.headers(), &all);
+            let read = read.as_ref();
+            let answered = crate::model::Answered {
+                answer,
+                read,
+                message: said.per_minute,
+                now: tokio::time::Instant::now(),
+            };
+            let setting = self.setting();
+            let learnt = state.model().answered(&key, &setting, &answered);
+            crate::meters::limits(&key, &learnt.paced);
+            self.adjust(&key, learnt.changes).await;
+            if learnt.rate_known {
+                state.window.close();
             }
             state.learnt.store(true, Ordering::Release);
             drop(probe);
 
-            self.adapt(&key, &state, answer, read).await;
-            self.find_share(&key, &state, answer, read).await;
             if let Some(window) = window {
                 // An answer: the window grows by one; a refusal ends the
-                // slow start once a rate is learnt from it. (Refused with
-                // nothing admitted, as where another client took the
-                // provider's room, no rate is: the window stays, or every
-                // call waiting would go at once when the pause ends.)
+                // slow start once a rate is known or learnt from it.
                 if answer != Answer::Done {
-                    if !self.learns_rate(&state) || state.known().adaptive.per_minute().is_some() {
+                    if state.model().refusal_ends_slow_start(&setting) {
                         state.window.close();
                     }
                 } else {
@@ -838,18 +723,6 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
                 let _ = self.budget.settle(&key, grant, &[0; 4]).await;
                 tracing::info!(%key, %status, "the provider says not to retry");
                 return Ok(response);
-            }
-            // Without a hint in the headers, the body may hold one; and a
-            // refusal's message may name the limit it met.
-            let hinted = all.retry_after.is_some() || all.retry_after_too_long;
-            let (response, said) = if !hinted || answer == Answer::RateLimited {
-                hint::read(response).await
-            } else {
-                (response, hint::Said::default())
-            };
-            if let (Some((dimension, limit)), Answer::RateLimited) = (said.per_minute, answer) {
-                self.learn_from_message(&key, &state, dimension, limit)
-                    .await;
             }
             let body_hint = said.wait.filter(|_| !hinted);
             let Some(wait) = self.wait_for(&all, body_hint, attempt) else {
@@ -935,26 +808,8 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             }
             raise |= cost > quota.burst_size();
         }
-        // Each burst holds the largest of the recent calls: raised at once
-        // for a larger one, lowered when those are all under half of it
-        // (not at every change: each is a round trip to the store).
-        let (changed, in_force) = {
-            let mut known = state.known();
-            let largest = known.recent.push(*costs);
-            let mut changed = false;
-            for ((burst, &most), &cost) in known.bursts.iter_mut().zip(&largest).zip(costs) {
-                if raise && cost > *burst {
-                    *burst = cost;
-                } else if most.saturating_mul(2) < *burst {
-                    *burst = most;
-                    changed = true;
-                }
-            }
-            (changed, known.in_force.unwrap_or(self.configured))
-        };
-        if raise || changed {
-            self.apply(key, state, &in_force).await;
-        }
+        let changes = state.model().admitting(&self.setting(), costs, raise);
+        self.adjust(key, changes).await;
         let max_wait = self.settings.max_wait;
         let denied = match self.budget.acquire_within(key, costs, max_wait).await {
             Ok(grant) => return Ok(grant),
@@ -979,37 +834,24 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             .map_err(reqwest_middleware::Error::middleware)
     }
 
-    /// Puts per-minute limits in force for an endpoint, with its bursts,
-    /// and its learnt request rate where it states no request limit.
-    async fn apply(&self, key: &Endpoint, state: &EndpointState, in_force: &ProviderLimits) {
-        let (bursts, share, learnt) = {
-            let known = state.known();
-            // The lower of the rate inferred from `remaining` and the one
-            // learnt from refusals. The latter counts the answers this
-            // process got: through a store that others share too, its
-            // share of the fleet's.
-            let sharers = u64::from(self.budget.store().sharers().max(1));
-            let adaptive = known
-                .adaptive
-                .per_minute()
-                .map(|n| n.saturating_mul(sharers));
-            let learnt = match (known.inferred.per_minute(), adaptive) {
-                (Some(inferred), Some(adaptive)) => Some(inferred.min(adaptive)),
-                (inferred, adaptive) => inferred.or(adaptive),
-            };
-            (known.bursts, known.share.get(), learnt)
-        };
-        let mut in_force = in_force.scaled(share);
-        if in_force.requests().is_none() {
-            if let Some(per_minute) = learnt {
-                in_force = in_force.requests_per_minute(per_minute);
-            }
+    /// What the endpoints' models answer with: the configuration and the
+    /// store.
+    fn setting(&self) -> Setting<'_> {
+        Setting {
+            configured: &self.configured,
+            pacing: &self.pacing,
+            defaults: self.budget.limits(),
+            finds_share: self.finds_share,
+            sharers: self.budget.store().sharers(),
         }
-        crate::meters::limits(key, &in_force);
-        let _ = self
-            .budget
-            .set_limits(key, &self.pacing.limits(&in_force, &bursts))
-            .await;
+    }
+
+    /// Applies what the model changed to the store, in one operation.
+    async fn adjust(&self, key: &Endpoint, changes: [Change; 4]) {
+        if changes.iter().all(|c| *c == Change::Keep) {
+            return;
+        }
+        let _ = self.budget.adjust(key, &changes).await;
     }
 
     /// Where the endpoint's rate is learnt from refusals: takes a place in
@@ -1020,7 +862,7 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
         key: &Endpoint,
         state: &EndpointState,
     ) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        if !self.learns_rate(state) {
+        if !state.model().learns_rate(&self.setting()) {
             return None;
         }
         // A closed window (the first refusal came) lets everyone through.
@@ -1029,228 +871,12 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
         } else {
             Arc::clone(&state.window).acquire_owned().await.ok()
         };
-        let end = state
-            .known()
-            .adaptive
-            .episode_end(tokio::time::Instant::now());
+        let end = state.model().episode_end(tokio::time::Instant::now());
         if let Some(end) = end {
             tracing::debug!(%key, "waiting out a refusal episode");
             tokio::time::sleep_until(end).await;
         }
         place
-    }
-
-    /// Whether the endpoint's request rate is learnt from its answers: it
-    /// states no request limit, and none is configured.
-    fn learns_rate(&self, state: &EndpointState) -> bool {
-        self.learns_rate_of(&state.known())
-    }
-
-    /// [`learns_rate`](Self::learns_rate), under a lock already held.
-    fn learns_rate_of(&self, known: &Known) -> bool {
-        self.configured.requests().is_none() && known.heard.requests().is_none()
-    }
-
-    /// Where the endpoint states no request limit (and none is
-    /// configured), learns its rate from the answers: a refusal cuts it, a
-    /// second without one grows it (see the `adaptive` module).
-    async fn adapt(
-        &self,
-        key: &Endpoint,
-        state: &EndpointState,
-        answer: Answer,
-        read: &RateLimitHeaders,
-    ) {
-        if !self.learns_rate(state) {
-            return;
-        }
-        let now = tokio::time::Instant::now();
-        let changed = {
-            let adaptive = &mut state.known().adaptive;
-            if answer != Answer::Done {
-                let hold = read.retry_after.unwrap_or(Duration::from_secs(1));
-                adaptive.refused(now, hold)
-            } else {
-                adaptive.admitted(now)
-            }
-        };
-        if let Some(per_minute) = changed {
-            tracing::debug!(%key, per_minute, "request rate learnt from the answers");
-            self.reapply(key, state).await;
-        }
-    }
-
-    /// Where the endpoint states what remains of its request limit but not
-    /// the limit (and none is configured), infers the limit from it (see
-    /// the `infer` module). Before the calls that wait for the first answer
-    /// go: they take their turns at it.
-    async fn infer(
-        &self,
-        key: &Endpoint,
-        state: &EndpointState,
-        answer: Answer,
-        read: &RateLimitHeaders,
-    ) {
-        let Some(remaining) = remaining_of_unstated(&read.requests) else {
-            return;
-        };
-        if answer != Answer::Done || !self.learns_rate(state) {
-            return;
-        }
-        let now = tokio::time::Instant::now();
-        let inferred = state.known().inferred.remaining(now, remaining);
-        if let Some(per_minute) = inferred {
-            tracing::info!(%key, per_minute, "request limit inferred from what remains of it");
-            // A rate is known: no slow start.
-            state.window.close();
-            self.reapply(key, state).await;
-        }
-    }
-
-    /// Reads this process's share of the endpoint's limits from how the
-    /// provider's `remaining` falls against what it spent here (see the
-    /// `share` module), and paces at that share.
-    async fn find_share(
-        &self,
-        key: &Endpoint,
-        state: &EndpointState,
-        answer: Answer,
-        read: &RateLimitHeaders,
-    ) {
-        if !self.finds_share || self.learns_rate(state) {
-            return;
-        }
-        let now = tokio::time::Instant::now();
-        let changed = {
-            let known = &mut *state.known();
-            let limit = known.in_force.unwrap_or(self.configured).requests();
-            let share = &mut known.share;
-            match answer {
-                Answer::RateLimited => {
-                    let hold = read.retry_after.unwrap_or(Duration::from_secs(1));
-                    share.refused(now, hold, limit)
-                }
-                Answer::Done => match ProviderLimits::requests_remaining(read) {
-                    Some((limit, remaining, reset)) => share.answered(now, limit, remaining, reset),
-                    None => share.answered_blind(now),
-                },
-                _ => None,
-            }
-        };
-        if let Some(share) = changed {
-            tracing::info!(%key, share, "other clients spend from this limit: pacing at a share of it");
-            self.reapply(key, state).await;
-        }
-    }
-
-    /// Takes a limit a minute that a refusal's message names, where no
-    /// header states that dimension's (Groq's minute of requests, whose
-    /// headers count a day's).
-    async fn learn_from_message(
-        &self,
-        key: &Endpoint,
-        state: &EndpointState,
-        dimension: Dimension,
-        per_minute: u64,
-    ) {
-        let in_force = {
-            let mut known = state.known();
-            let known = &mut *known;
-            let from_message = &mut known.from_message[dimension.index()];
-            if !*from_message && known.heard.get(dimension).is_some() {
-                // The headers state it: theirs is the one read.
-                return;
-            }
-            *from_message = true;
-            known.heard = known.heard.with(dimension, per_minute);
-            let in_force = self.configured.stricter(&known.heard);
-            if known.in_force == Some(in_force) {
-                return;
-            }
-            known.in_force = Some(in_force);
-            in_force
-        };
-        tracing::info!(%key, dimension = dimension.name(), per_minute, "a limit named by a refusal's message");
-        // A rate is known: no slow start.
-        state.window.close();
-        self.apply(key, state, &in_force).await;
-    }
-
-    /// Puts the limits in force again, after what shapes them (the learnt
-    /// rate, the share) changed.
-    async fn reapply(&self, key: &Endpoint, state: &EndpointState) {
-        let in_force = state.known().in_force.unwrap_or(self.configured);
-        self.apply(key, state, &in_force).await;
-    }
-
-    /// Takes what a response's headers say: the limits (learnt where none
-    /// is configured, or where stricter) and what remains of them.
-    async fn learn(
-        &self,
-        key: &Endpoint,
-        state: &EndpointState,
-        answer: Answer,
-        read: &RateLimitHeaders,
-    ) {
-        let mut stated = ProviderLimits::from_headers(read);
-        let (in_force, changed) = {
-            let mut known = state.known();
-            // A request limit stated with no reset and no window in the
-            // header's name: ten seconds' (Azure's), unless a refusal
-            // shows a minute before the answers confirm them (see
-            // `infer`).
-            if let Some((limit, remaining)) = limit_without_window(&read.requests) {
-                if key.requests_count_ten_seconds() {
-                    // Azure's host: ten seconds, as its documentation says.
-                    known.inferred.ten_seconds();
-                }
-                let now = tokio::time::Instant::now();
-                let changed = match answer {
-                    Answer::Done => known.inferred.stated(now, limit, remaining),
-                    Answer::RateLimited => known.inferred.refused(),
-                    _ => None,
-                };
-                if let Some(window) = changed {
-                    tracing::info!(%key, ?window, limit, "the request limit's window, from the answers");
-                }
-                // A rate is known: no slow start.
-                state.window.close();
-                let window = known.inferred.window().as_secs().max(1);
-                if let Some(per_window) = stated.requests() {
-                    stated = stated.requests_per_minute(per_window.saturating_mul(60) / window);
-                }
-            }
-            for dimension in Dimension::ALL {
-                if stated.get(dimension).is_some() {
-                    known.from_message[dimension.index()] = false;
-                }
-            }
-            known.heard = known.heard.merged_with(&stated);
-            let in_force = self.configured.stricter(&known.heard);
-            let changed = known.in_force != Some(in_force);
-            known.in_force = Some(in_force);
-            (in_force, changed)
-        };
-        if changed && !stated.is_empty() {
-            tracing::info!(%key, limits = ?in_force, "rate limits learnt from the response headers");
-            self.apply(key, state, &in_force).await;
-        }
-        for dimension in Dimension::ALL {
-            let Some(remaining) = dimension.of(read).remaining else {
-                continue;
-            };
-            // What remains of a limit nobody stated says nothing of the
-            // budget: its quota is open (a billion a second), and what
-            // remains of it would read as a second's debt.
-            if in_force.get(dimension).is_none() {
-                continue;
-            }
-            // What remains caps the budget; the limit is the one put in
-            // force above (a burst read from the store here and passed as
-            // a limit raced other calls' changes of it, and over Redis
-            // taught the key a burst of 29 as its minute's limit).
-            let _ = self.budget.at_most(key, dimension.index(), remaining).await;
-        }
     }
 
     /// The wait a refusal asks for, by precedence: `retry-after-ms`, then
@@ -1329,33 +955,17 @@ impl<S: Store<Endpoint>> SettleUsage for Shared<S> {
         &'a self,
         key: &'a Endpoint,
         grant: Grant,
-        mut used: [u64; 4],
+        used: [u64; 4],
         lesson: crate::cost::Lesson,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
         Box::pin(async move {
             let state = self.state(key);
+            let bound = grant.costs().get(3).copied().unwrap_or(0);
+            let used = state
+                .model()
+                .settled(&lesson, used, bound, self.settings.output_charge);
             if lesson.unbounded {
-                state.known().outputs.record(used[3]);
                 state.learning.learnt();
-            } else {
-                // A bounded call: charged its bound, unless the endpoint
-                // is known to charge what was written (see `Charges`).
-                let bound = grant.costs().get(3).copied().unwrap_or(0);
-                let written = {
-                    let mut known = state.known();
-                    known.charges.answered(lesson.seen, used[2], bound);
-                    match self.settings.output_charge {
-                        crate::OutputCharge::Learnt => {
-                            known.charges.written() || key.under("anthropic.com")
-                        }
-                        crate::OutputCharge::Bound => false,
-                        crate::OutputCharge::Written => true,
-                    }
-                };
-                if !written && used[3] < bound {
-                    used[3] = bound;
-                    used[1] = used[2].saturating_add(bound);
-                }
             }
             let _ = self.budget.settle(key, grant, &used).await;
         })
@@ -1372,50 +982,5 @@ impl ProviderLimits {
             }
         }
         out
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn groq_hosts_count_requests_a_day() {
-        let endpoint = |url: &str| Endpoint::new(&reqwest::Url::parse(url).unwrap(), None);
-        for url in [
-            "https://api.groq.com/openai/v1/chat/completions",
-            "https://groq.com/v1",
-            "https://api.groq.com./v1",
-        ] {
-            assert!(endpoint(url).requests_count_a_day(), "{url}");
-        }
-        for url in [
-            "https://api.openai.com/v1",
-            "https://notgroq.com/v1",
-            "https://groq.com.example/v1",
-        ] {
-            assert!(!endpoint(url).requests_count_a_day(), "{url}");
-        }
-    }
-
-    #[test]
-    fn azure_hosts_count_requests_over_ten_seconds() {
-        let endpoint = |url: &str| Endpoint::new(&reqwest::Url::parse(url).unwrap(), None);
-        for url in [
-            "https://contoso.openai.azure.com/openai/deployments/gpt-4o/chat/completions",
-            "https://contoso.cognitiveservices.azure.com/openai/v1",
-            "https://contoso.services.ai.azure.com/models",
-            "https://contoso.openai.azure.com./v1",
-        ] {
-            assert!(endpoint(url).requests_count_ten_seconds(), "{url}");
-        }
-        for url in [
-            "https://api.openai.com/v1",
-            "https://openai.azure.com.example/v1",
-            "https://notopenai.azure.com/v1",
-            "https://api.groq.com/v1",
-        ] {
-            assert!(!endpoint(url).requests_count_ten_seconds(), "{url}");
-        }
     }
 }

@@ -1,14 +1,17 @@
-//! A rate learnt from refusals through a store other processes share: the
-//! fleet's, not one process' share of it. Two clients, each its own
-//! middleware, over one in-memory store that says two processes share it
-//! (as a Redis store counts its fleet), against a provider that states no
-//! limit (429 and `Retry-After` only); in process, on the paused clock.
+//! The client over a store as a network store would be: a rate learnt
+//! from refusals through a store other processes share is the fleet's, not
+//! one process' share of it (two clients, each its own middleware, over
+//! one in-memory store that says two processes share it, as a Redis store
+//! counts its fleet, against a provider that states no limit); and what an
+//! answer teaches reaches the store in one operation (each a round trip to
+//! Redis). In process, on the paused clock.
 
 mod mock;
 mod transport;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,10 +22,13 @@ use tollgate::store::{Change, Decision, StoreStats, View};
 use tollgate::{DefaultClock, MemoryStore, Quota, Store};
 use tollgate_reqwest::{Endpoint, RateLimitMiddleware};
 
-/// One store, shared by `sharers` processes as far as it says.
+/// One store, shared by `sharers` processes as far as it says; counts
+/// the adjustments that teach it something (limits, caps), apart from
+/// settlements (charges, refunds) and pauses.
 struct Fleet {
     store: Arc<MemoryStore>,
     sharers: u32,
+    lessons: Arc<AtomicU64>,
 }
 
 impl Store<Endpoint> for Fleet {
@@ -44,6 +50,15 @@ impl Store<Endpoint> for Fleet {
         limits: &[Quota],
         changes: &[Change],
     ) -> impl Future<Output = Result<(), Infallible>> + Send {
+        let teaches = changes.iter().any(|c| {
+            matches!(
+                c,
+                Change::Limit(_) | Change::Unlimit | Change::AtMost(_) | Change::Observe { .. }
+            )
+        });
+        if teaches {
+            self.lessons.fetch_add(1, Ordering::Relaxed);
+        }
         self.store.adjust(key, limits, changes)
     }
 
@@ -87,6 +102,7 @@ async fn two_clients(sharers: u32) -> (f64, u64) {
         let fleet = Fleet {
             store: Arc::clone(&store),
             sharers,
+            lessons: Arc::default(),
         };
         let client = Arc::new(transport::client(
             RateLimitMiddleware::builder()
@@ -131,4 +147,61 @@ async fn a_rate_learnt_through_a_shared_store_is_the_fleets() {
         100.0 * alone
     );
     assert!(refused <= 10, "{refused} refused");
+}
+
+/// Every answer of a provider that states requests and tokens with what
+/// remains of each teaches the store in one adjustment at most (two caps
+/// and a limit were up to six round trips to Redis an answer).
+#[tokio::test(start_paused = true)]
+async fn an_answer_teaches_the_store_in_one_adjustment() {
+    for style in [Style::OpenAi, Style::Anthropic, Style::Ietf, Style::Bare] {
+        let config = Config::new(600, 100_000_000)
+            .dialect(style)
+            .latency(Duration::from_millis(120));
+        let (base, provider) = mock::serve(config, Host::Provider);
+        let url = format!("{base}/v1/chat/completions");
+        let lessons = Arc::new(AtomicU64::new(0));
+        let fleet = Fleet {
+            store: Arc::new(MemoryStore::new(1_000, 4, DefaultClock::new())),
+            sharers: 1,
+            lessons: Arc::clone(&lessons),
+        };
+        let client = Arc::new(transport::client(
+            RateLimitMiddleware::builder().build_with_store(fleet),
+        ));
+        let body = json!({"model": "m", "max_tokens": 10,
+            "messages": [{"role": "user", "content": "hi"}]})
+        .to_string();
+        let mut tasks = Vec::new();
+        for _ in 0..100 {
+            let (client, url, body) = (Arc::clone(&client), url.clone(), body.clone());
+            tasks.push(tokio::spawn(async move {
+                let response = client
+                    .post(url.as_str())
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let counts = provider.counts();
+        let answers = counts.ok + counts.limited;
+        let lessons = lessons.load(Ordering::Relaxed);
+        assert!(answers >= 100, "{style:?}: {answers} answers");
+        assert!(
+            lessons <= answers,
+            "{style:?}: {lessons} adjustments for {answers} answers"
+        );
+        println!("{style:?}: {lessons} adjustments for {answers} answers");
+        if matches!(style, Style::OpenAi | Style::Anthropic) {
+            // What remains is read at every answer: not one lesson fewer
+            // than half of them (some answers leave the store as it is).
+            assert!(lessons >= answers / 2, "{style:?}: {lessons} of {answers}");
+        }
+    }
 }

@@ -724,6 +724,44 @@ async fn a_limit_raised_twice_re_spaces_the_queue_twice_beside_a_dimension_that_
     }
 }
 
+/// One `adjust` that gives one dimension a limit and leaves the other
+/// alone re-spaces the queue as `set_limits` does; one of the wrong length
+/// is refused.
+#[tokio::test(start_paused = true)]
+async fn one_adjustment_re_spaces_the_queue_like_set_limits() {
+    let limits = Limits::builder()
+        .dimension("requests", "60/min burst 1".parse().unwrap())
+        .dimension("tokens", "6000/min burst 1".parse().unwrap())
+        .build()
+        .unwrap();
+    let budget = Arc::new(KeyedBudget::<&str>::new(limits));
+    let wrong = budget.adjust(&"k", &[Change::Keep]).await.unwrap_err();
+    assert_eq!(wrong.kind(), DeniedKind::WrongDimensions);
+    let tasks = spawn_timed(5, || {
+        let budget = Arc::clone(&budget);
+        async move {
+            budget
+                .acquire_within(&"k", &[1, 1], Duration::from_secs(60))
+                .await
+                .unwrap();
+        }
+    });
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(budget.waiting(), 4, "the first admitted at once");
+    // Due at 1 s to 4 s; the request rate doubles, the tokens capped at
+    // far more than the waiters take.
+    let doubled: Quota = "120/min burst 1".parse().unwrap();
+    budget
+        .adjust(&"k", &[Change::Limit(doubled), Change::AtMost(1_000)])
+        .await
+        .unwrap();
+    let times = sorted_times(tasks).await;
+    let expected: Vec<_> = (0..5).map(|k| Duration::from_millis(500 * k)).collect();
+    assert_eq!(times, expected);
+}
+
 /// A waiter that a refund moves forward to now is still held by a pause
 /// that begins in the same instant (as when a call is refused: its
 /// reservation given back, everyone paused): no one goes before a pause

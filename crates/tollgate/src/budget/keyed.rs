@@ -642,9 +642,67 @@ where
             };
         }
         let n = actual.len();
-        self.adjust(key, changes.get(..n).unwrap_or(&[])).await?;
+        self.store_adjust(key, changes.get(..n).unwrap_or(&[]))
+            .await?;
         self.queue
             .refunded(key, refunds.get(..n).unwrap_or(&[]), &grant.steps);
+        Ok(())
+    }
+
+    /// Applies one [`Change`] per dimension to `key`, in one store
+    /// operation (one round trip to a network store): what several calls
+    /// of [`set_limits`](Self::set_limits), [`at_most`](Self::at_most) and
+    /// the like would do, at once. `changes` has one entry per dimension.
+    /// A dimension given a limit ([`Change::Limit`] or [`Change::Unlimit`])
+    /// re-spaces the waiters queued in this process, as `set_limits` does.
+    ///
+    /// ```
+    /// use tollgate::store::Change;
+    /// use tollgate::{KeyedBudget, Limits, Quota};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let limits = Limits::builder()
+    ///     .dimension("requests", Quota::per_minute(60)?)
+    ///     .dimension("tokens", Quota::per_minute(10_000)?)
+    ///     .build()?;
+    /// let budget = KeyedBudget::<&str>::new(limits);
+    /// // The requests' own limit, and what the other side says remains of
+    /// // the tokens, in one operation.
+    /// let requests = Quota::per_minute(30)?;
+    /// budget
+    ///     .adjust(&"key", &[Change::Limit(requests), Change::AtMost(500)])
+    ///     .await?;
+    /// assert_eq!(budget.limits_for(&"key").await?.quota(0).count(), 30);
+    /// assert!(budget.try_acquire(&"key", &[1, 600]).await.is_err());
+    /// assert!(budget.try_acquire(&"key", &[1, 500]).await.is_ok());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn adjust(&self, key: &K, changes: &[Change]) -> Result<(), Denied> {
+        if changes.len() != self.limits.len() {
+            let zeros = [0u64; MAX_DIMENSIONS];
+            let asked = zeros.get(..changes.len()).unwrap_or(&zeros);
+            return Err(Self::wrong_dimensions(&self.limits, asked));
+        }
+        self.store_adjust(key, changes).await?;
+        // The new intervals of the dimensions whose limit changed (0: the
+        // others, which the queue leaves as they are).
+        let mut respaced = [0u64; MAX_DIMENSIONS];
+        let mut any = false;
+        for ((slot, change), default) in respaced.iter_mut().zip(changes).zip(self.limits.quotas())
+        {
+            let quota = match change {
+                Change::Limit(quota) => quota,
+                Change::Unlimit => default,
+                _ => continue,
+            };
+            *slot = duration_to_nanos(quota.replenish_interval());
+            any = true;
+        }
+        if any {
+            self.queue.rescaled(key, &respaced);
+        }
         Ok(())
     }
 
@@ -734,18 +792,14 @@ where
             *change = Change::Limit(*quota);
         }
         self.adjust(key, changes.get(..limits.len()).unwrap_or(&[]))
-            .await?;
-        self.queue.rescaled(key, &intervals(limits));
-        Ok(())
+            .await
     }
 
     /// Gives `key` the default limits again.
     pub async fn clear_limits(&self, key: &K) -> Result<(), Denied> {
         let changes = [Change::Unlimit; MAX_DIMENSIONS];
         self.adjust(key, changes.get(..self.limits.len()).unwrap_or(&[]))
-            .await?;
-        self.queue.rescaled(key, &intervals(&self.limits));
-        Ok(())
+            .await
     }
 
     /// The limits in force for `key`, as the store holds them: its own
@@ -802,7 +856,7 @@ where
             .inspect(|_| self.store_answered())
     }
 
-    async fn adjust(&self, key: &K, changes: &[Change]) -> Result<(), Denied> {
+    async fn store_adjust(&self, key: &K, changes: &[Change]) -> Result<(), Denied> {
         self.store
             .adjust(key, self.limits.quotas(), changes)
             .await
@@ -862,15 +916,6 @@ impl<K: Hash + Eq + Clone, S: Store<K>> KeyedBudget<K, S> {
             store_failures: self.store_failures.load(Ordering::Relaxed),
         }
     }
-}
-
-/// Each dimension's replenish interval, in nanoseconds.
-fn intervals(limits: &Limits) -> [u64; MAX_DIMENSIONS] {
-    let mut out = [0u64; MAX_DIMENSIONS];
-    for (slot, quota) in out.iter_mut().zip(limits.quotas()) {
-        *slot = duration_to_nanos(quota.replenish_interval());
-    }
-    out
 }
 
 /// A waiter in its key's queue, counted among those waiting: when it is

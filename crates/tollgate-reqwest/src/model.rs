@@ -1,0 +1,502 @@
+//! What the middleware knows of one endpoint, and what each answer
+//! changes in it.
+//!
+//! The middleware's loop admits a call, sends it, settles it and retries
+//! it; it knows nothing of providers. Each answer goes to the endpoint's
+//! [`Model`], which runs it through the learners and says what changed,
+//! as one [`Change`] per dimension of the budget, which the loop applies
+//! to the store in one operation:
+//!
+//! - **stated limits**: the per-minute limits the headers state (merged
+//!   over the answers), or a refusal's message names, in force where
+//!   stricter than those configured; what remains of them caps the budget;
+//! - **inferred limits** (`infer`): a request limit inferred from what
+//!   remains of it where the answers do not state it, and the window of one
+//!   stated with neither reset nor window;
+//! - **a learnt rate** (`adaptive`): where nothing states a request limit,
+//!   a rate cut by each refusal and grown by each second without one;
+//! - **the share** (`share`): this process's share of a limit other
+//!   clients spend from too, read from how `remaining` falls;
+//! - **costs** (`cost`): what calls without an output bound write, whether
+//!   the provider charges a call's bound or what was written, and the
+//!   bursts that hold the largest recent call.
+//!
+//! What a provider does that its answers do not show is in the `quirks`
+//! table. The model is plain data under the endpoint's lock: no store, no
+//! clock of its own, no await, so each learner is tested on its own.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tollgate::headers::{RateLimitHeaders, Reading};
+use tollgate::store::Change;
+use tollgate::Limits;
+
+use crate::adaptive::Adaptive;
+use crate::classify::Answer;
+use crate::cost::{Charges, Lesson, Outputs, Recent};
+use crate::infer::Inferred;
+use crate::limits::{Dimension, Pacing, ProviderLimits};
+use crate::middleware::Endpoint;
+use crate::quirks::Quirks;
+use crate::share::Share;
+use crate::OutputCharge;
+
+/// What the model's answers depend on besides the endpoint: the
+/// middleware's configuration and the store.
+pub(crate) struct Setting<'a> {
+    /// The limits the middleware was given.
+    pub(crate) configured: &'a ProviderLimits,
+    pub(crate) pacing: &'a Pacing,
+    /// The budget's default limits: what the store holds for an endpoint
+    /// given none of its own.
+    pub(crate) defaults: &'a Limits,
+    /// Whether the share is read from `remaining` (in memory only: through
+    /// a store, the fleet spends from one budget).
+    pub(crate) finds_share: bool,
+    /// How many processes share the store (1 in memory).
+    pub(crate) sharers: u32,
+}
+
+impl Setting<'_> {
+    /// Whether an endpoint's request rate is learnt from its answers: it
+    /// states no request limit, and none is configured.
+    fn learns_rate(&self, heard: &ProviderLimits) -> bool {
+        self.configured.requests().is_none() && heard.requests().is_none()
+    }
+}
+
+/// One answer, as the model reads it.
+pub(crate) struct Answered<'a> {
+    pub(crate) answer: Answer,
+    /// What paces: every header read but a request limit of a longer
+    /// window than a minute (see [`paced`]).
+    pub(crate) read: &'a RateLimitHeaders,
+    /// A limit a minute that a refusal's message names.
+    pub(crate) message: Option<(Dimension, u64)>,
+    pub(crate) now: Instant,
+}
+
+/// What an answer changed.
+pub(crate) struct Learnt {
+    /// For the store, one per dimension (all [`Change::Keep`]: nothing).
+    pub(crate) changes: [Change; 4],
+    /// A request rate is known now: calls no longer go in a slow start.
+    pub(crate) rate_known: bool,
+    /// The per-minute limits paced at, after the answer.
+    pub(crate) paced: ProviderLimits,
+}
+
+/// What is known of one endpoint.
+pub(crate) struct Model {
+    quirks: Quirks,
+    /// The per-minute limits the headers stated, merged over answers.
+    heard: ProviderLimits,
+    /// The limits in force: the configured ones, or stricter learnt ones
+    /// (`None` until the first answer).
+    in_force: Option<ProviderLimits>,
+    /// Per dimension, whether its limit in `heard` is one a refusal's
+    /// message named (until a header states it).
+    from_message: [bool; 4],
+    inferred: Inferred,
+    adaptive: Adaptive,
+    share: Share,
+    /// Per dimension, the largest cost of the recent calls: each burst
+    /// holds at least that much.
+    bursts: [u64; 4],
+    recent: Recent,
+    /// What the endpoint's calls without an output bound wrote lately.
+    outputs: Outputs,
+    charges: Charges,
+    /// The limits last given to the store (`None`: its defaults).
+    applied: Option<Limits>,
+}
+
+impl Model {
+    pub(crate) fn new(quirks: Quirks) -> Self {
+        Self {
+            quirks,
+            heard: ProviderLimits::default(),
+            in_force: None,
+            from_message: [false; 4],
+            inferred: Inferred::default(),
+            adaptive: Adaptive::default(),
+            share: Share::default(),
+            bursts: [0; 4],
+            recent: Recent::default(),
+            outputs: Outputs::default(),
+            charges: Charges::default(),
+            applied: None,
+        }
+    }
+
+    /// The per-minute limits in force, once an answer came.
+    pub(crate) fn in_force(&self) -> Option<ProviderLimits> {
+        self.in_force
+    }
+
+    /// Whether the request rate is learnt from the answers.
+    pub(crate) fn learns_rate(&self, cx: &Setting<'_>) -> bool {
+        cx.learns_rate(&self.heard)
+    }
+
+    /// Whether a refusal ends the slow start: a rate is known, or is
+    /// learnt from it. (Refused with nothing admitted, as where another
+    /// client took the provider's room, no rate is: the window stays, or
+    /// every call waiting would go at once when the pause ends.)
+    pub(crate) fn refusal_ends_slow_start(&self, cx: &Setting<'_>) -> bool {
+        !self.learns_rate(cx) || self.adaptive.per_minute().is_some()
+    }
+
+    /// When the refusal episode in force ends, if one is.
+    pub(crate) fn episode_end(&self, now: Instant) -> Option<Instant> {
+        self.adaptive.episode_end(now)
+    }
+
+    /// What calls without an output bound write, once known.
+    pub(crate) fn output_estimate(&self) -> Option<u64> {
+        self.outputs.estimate()
+    }
+
+    /// Takes one answer through every learner; says what changed.
+    pub(crate) fn answered(
+        &mut self,
+        key: &Endpoint,
+        cx: &Setting<'_>,
+        a: &Answered<'_>,
+    ) -> Learnt {
+        let read = a.read;
+        // What this process spent, where the answers are read for the
+        // request limit (see `infer`).
+        let read_for_limit = remaining_of_unstated(&read.requests).is_some()
+            || limit_without_window(&read.requests).is_some();
+        if a.answer == Answer::Done && read_for_limit {
+            self.inferred.spent(a.now);
+        }
+        let mut rate_known = self.stated(key, cx, a);
+        rate_known |= self.infer(key, cx, a);
+        self.adapt(key, cx, a);
+        self.find_share(key, cx, a);
+        // Last: the refusal that names a limit was one the learnt rate
+        // and the share saw too.
+        if let (Some((dimension, per_minute)), Answer::RateLimited) = (a.message, a.answer) {
+            rate_known |= self.named(key, cx, dimension, per_minute);
+        }
+        let caps = self.caps(read);
+        let (paced, changes) = self.changes(cx, &caps);
+        Learnt {
+            changes,
+            rate_known,
+            paced,
+        }
+    }
+
+    /// A call of `costs` is about to be admitted, `raise` when one of them
+    /// exceeds its dimension's burst: each burst holds the largest of the
+    /// recent calls, raised at once for a larger one, lowered when those
+    /// are all under half of it (not at every change: each is a round
+    /// trip to the store).
+    pub(crate) fn admitting(
+        &mut self,
+        cx: &Setting<'_>,
+        costs: &[u64; 4],
+        raise: bool,
+    ) -> [Change; 4] {
+        let largest = self.recent.push(*costs);
+        for ((burst, &most), &cost) in self.bursts.iter_mut().zip(&largest).zip(costs) {
+            if raise && cost > *burst {
+                *burst = cost;
+            } else if most.saturating_mul(2) < *burst {
+                *burst = most;
+            }
+        }
+        self.changes(cx, &[None; 4]).1
+    }
+
+    /// A successful call's usage: learns what unbounded calls write and
+    /// whether the bound is charged, and says what the call was charged.
+    pub(crate) fn settled(
+        &mut self,
+        lesson: &Lesson,
+        mut used: [u64; 4],
+        bound: u64,
+        charge: OutputCharge,
+    ) -> [u64; 4] {
+        if lesson.unbounded {
+            self.outputs.record(used[3]);
+            return used;
+        }
+        // A bounded call: charged its bound, unless the endpoint is known
+        // to charge what was written.
+        self.charges.answered(lesson.seen, used[2], bound);
+        let written = match charge {
+            OutputCharge::Learnt => self.charges.written() || self.quirks.charges_written_output,
+            OutputCharge::Bound => false,
+            OutputCharge::Written => true,
+        };
+        if !written && used[3] < bound {
+            used[3] = bound;
+            used[1] = used[2].saturating_add(bound);
+        }
+        used
+    }
+
+    /// The limits to pace at: those in force, at this process's share,
+    /// with the learnt request rate where none is stated; and the budget's
+    /// quotas for them.
+    pub(crate) fn limits(&self, cx: &Setting<'_>) -> (ProviderLimits, Limits) {
+        // The lower of the rate inferred from `remaining` and the one
+        // learnt from refusals. The latter counts the answers this process
+        // got: through a store that others share too, its share of the
+        // fleet's.
+        let sharers = u64::from(cx.sharers.max(1));
+        let adaptive = self
+            .adaptive
+            .per_minute()
+            .map(|n| n.saturating_mul(sharers));
+        let learnt = match (self.inferred.per_minute(), adaptive) {
+            (Some(inferred), Some(adaptive)) => Some(inferred.min(adaptive)),
+            (inferred, adaptive) => inferred.or(adaptive),
+        };
+        let mut paced = self
+            .in_force
+            .unwrap_or(*cx.configured)
+            .scaled(self.share.get());
+        if paced.requests().is_none() {
+            if let Some(per_minute) = learnt {
+                paced = paced.requests_per_minute(per_minute);
+            }
+        }
+        let quotas = cx.pacing.limits(&paced, &self.bursts);
+        (paced, quotas)
+    }
+
+    /// The store's changes: a dimension whose limit changed takes it (and
+    /// its cap waits for the next answer: one change a dimension), the
+    /// others their cap, if any.
+    fn changes(
+        &mut self,
+        cx: &Setting<'_>,
+        caps: &[Option<u64>; 4],
+    ) -> (ProviderLimits, [Change; 4]) {
+        let (paced, limits) = self.limits(cx);
+        let applied = self.applied.as_ref().unwrap_or(cx.defaults);
+        let mut changes = [Change::Keep; 4];
+        for (i, change) in changes.iter_mut().enumerate() {
+            let quota = *limits.quota(i);
+            *change = if *applied.quota(i) != quota {
+                Change::Limit(quota)
+            } else if let Some(remaining) = caps[i] {
+                Change::AtMost(remaining)
+            } else {
+                Change::Keep
+            };
+        }
+        self.applied = Some(limits);
+        (paced, changes)
+    }
+
+    /// What remains of each limit in force, as the answer states it. What
+    /// remains of a limit nobody stated says nothing of the budget: its
+    /// quota is open (a billion a second), and what remains of it would
+    /// read as a second's debt.
+    fn caps(&self, read: &RateLimitHeaders) -> [Option<u64>; 4] {
+        let in_force = self.in_force.unwrap_or_default();
+        let mut caps = [None; 4];
+        for dimension in Dimension::ALL {
+            if in_force.get(dimension).is_some() {
+                caps[dimension.index()] = dimension.of(read).remaining;
+            }
+        }
+        caps
+    }
+
+    /// The limits the headers state (learnt where none is configured, or
+    /// where stricter). True when a request rate became known.
+    fn stated(&mut self, key: &Endpoint, cx: &Setting<'_>, a: &Answered<'_>) -> bool {
+        let mut stated = ProviderLimits::from_headers(a.read);
+        let mut rate_known = false;
+        // A request limit stated with no reset and no window in the
+        // header's name: ten seconds' (Azure's), unless a refusal shows a
+        // minute before the answers confirm them (see `infer`).
+        if let Some((limit, remaining)) = limit_without_window(&a.read.requests) {
+            if self.quirks.requests_count_ten_seconds {
+                self.inferred.ten_seconds();
+            }
+            let changed = match a.answer {
+                Answer::Done => self.inferred.stated(a.now, limit, remaining),
+                Answer::RateLimited => self.inferred.refused(),
+                _ => None,
+            };
+            if let Some(window) = changed {
+                tracing::info!(%key, ?window, limit, "the request limit's window, from the answers");
+            }
+            rate_known = true;
+            let window = self.inferred.window().as_secs().max(1);
+            if let Some(per_window) = stated.requests() {
+                stated = stated.requests_per_minute(per_window.saturating_mul(60) / window);
+            }
+        }
+        for dimension in Dimension::ALL {
+            if stated.get(dimension).is_some() {
+                self.from_message[dimension.index()] = false;
+            }
+        }
+        self.heard = self.heard.merged_with(&stated);
+        let in_force = cx.configured.stricter(&self.heard);
+        if self.in_force != Some(in_force) && !stated.is_empty() {
+            tracing::info!(%key, limits = ?in_force, "rate limits learnt from the response headers");
+        }
+        self.in_force = Some(in_force);
+        rate_known
+    }
+
+    /// A limit a minute that a refusal's message names, where no header
+    /// states that dimension's (Groq's minute of requests, whose headers
+    /// count a day's). True when it was taken.
+    fn named(
+        &mut self,
+        key: &Endpoint,
+        cx: &Setting<'_>,
+        dimension: Dimension,
+        per_minute: u64,
+    ) -> bool {
+        let from_message = &mut self.from_message[dimension.index()];
+        if !*from_message && self.heard.get(dimension).is_some() {
+            // The headers state it: theirs is the one read.
+            return false;
+        }
+        *from_message = true;
+        self.heard = self.heard.with(dimension, per_minute);
+        let in_force = cx.configured.stricter(&self.heard);
+        if self.in_force == Some(in_force) {
+            return false;
+        }
+        self.in_force = Some(in_force);
+        tracing::info!(%key, dimension = dimension.name(), per_minute, "a limit named by a refusal's message");
+        true
+    }
+
+    /// Where the endpoint states what remains of its request limit but not
+    /// the limit (and none is configured), infers the limit from it (see
+    /// the `infer` module). True when it was.
+    fn infer(&mut self, key: &Endpoint, cx: &Setting<'_>, a: &Answered<'_>) -> bool {
+        let Some(remaining) = remaining_of_unstated(&a.read.requests) else {
+            return false;
+        };
+        if a.answer != Answer::Done || !self.learns_rate(cx) {
+            return false;
+        }
+        let Some(per_minute) = self.inferred.remaining(a.now, remaining) else {
+            return false;
+        };
+        tracing::info!(%key, per_minute, "request limit inferred from what remains of it");
+        true
+    }
+
+    /// Where the endpoint states no request limit (and none is
+    /// configured), learns its rate from the answers: a refusal cuts it, a
+    /// second without one grows it (see the `adaptive` module).
+    fn adapt(&mut self, key: &Endpoint, cx: &Setting<'_>, a: &Answered<'_>) {
+        if !self.learns_rate(cx) {
+            return;
+        }
+        let changed = if a.answer == Answer::Done {
+            self.adaptive.admitted(a.now)
+        } else {
+            let hold = a.read.retry_after.unwrap_or(Duration::from_secs(1));
+            self.adaptive.refused(a.now, hold)
+        };
+        if let Some(per_minute) = changed {
+            tracing::debug!(%key, per_minute, "request rate learnt from the answers");
+        }
+    }
+
+    /// Reads this process's share of the endpoint's limits from how the
+    /// provider's `remaining` falls against what it spent here (see the
+    /// `share` module).
+    fn find_share(&mut self, key: &Endpoint, cx: &Setting<'_>, a: &Answered<'_>) {
+        if !cx.finds_share || self.learns_rate(cx) {
+            return;
+        }
+        let limit = self.in_force.unwrap_or(*cx.configured).requests();
+        let changed = match a.answer {
+            Answer::RateLimited => {
+                let hold = a.read.retry_after.unwrap_or(Duration::from_secs(1));
+                self.share.refused(a.now, hold, limit)
+            }
+            Answer::Done => match ProviderLimits::requests_remaining(a.read) {
+                Some((limit, remaining, reset)) => {
+                    self.share.answered(a.now, limit, remaining, reset)
+                }
+                None => self.share.answered_blind(a.now),
+            },
+            _ => None,
+        };
+        if let Some(share) = changed {
+            tracing::info!(%key, share, "other clients spend from this limit: pacing at a share of it");
+        }
+    }
+}
+
+/// What an answer says remains of a request limit it does not state (see
+/// `infer`).
+fn remaining_of_unstated(requests: &Reading) -> Option<u64> {
+    match *requests {
+        Reading {
+            limit: None,
+            remaining: Some(remaining),
+            ..
+        } => Some(remaining),
+        _ => None,
+    }
+}
+
+/// A request limit an answer states with neither reset nor window in the
+/// header's name, and what remains of it (see `infer`).
+fn limit_without_window(requests: &Reading) -> Option<(u64, u64)> {
+    match *requests {
+        Reading {
+            limit: Some(limit),
+            remaining: Some(remaining),
+            reset: None,
+            window: None,
+            ..
+        } => Some((limit, remaining)),
+        _ => None,
+    }
+}
+
+/// A reset further than this away is not a minute's: every unit spent
+/// leaves a minute's window (or refills it) within the minute.
+const LONGER_THAN_A_MINUTE: Duration = Duration::from_secs(90);
+
+/// What of an answer's headers paces calls: all of them but a request
+/// limit that counts a longer window than a minute, whose budget is left
+/// to the provider's refusals (the minute's rate then comes from the
+/// refusals' headers or messages, or is learnt from them): Groq's
+/// `x-ratelimit-*-requests`, which count a day; and the legacy trio
+/// (`x-ratelimit-{limit,remaining,reset}`, `ratelimit-*`) where its reset
+/// is over 90 s away (OpenRouter's day, ending at UTC midnight; GitHub's
+/// hour). OpenAI's suffixed headers are not read so: its documentation
+/// shows a minute's tokens full again in `6m0s`.
+pub(crate) fn paced<'a>(
+    quirks: Quirks,
+    headers: &http::HeaderMap,
+    all: &'a RateLimitHeaders,
+) -> Cow<'a, RateLimitHeaders> {
+    let legacy =
+        headers.contains_key("x-ratelimit-reset") || headers.contains_key("ratelimit-reset");
+    let longer = legacy
+        && all
+            .requests
+            .reset
+            .is_some_and(|reset| reset > LONGER_THAN_A_MINUTE);
+    if !longer && !quirks.requests_count_a_day {
+        return Cow::Borrowed(all);
+    }
+    let mut paced = all.clone();
+    paced.requests = Reading::default();
+    Cow::Owned(paced)
+}
