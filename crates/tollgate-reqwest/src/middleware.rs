@@ -23,7 +23,7 @@ use crate::hint;
 use crate::limits::{Dimension, Pacing, ProviderLimits};
 use crate::model::{Model, Setting};
 use crate::quirks::Quirks;
-use crate::{RetryLater, TooLarge, Usage};
+use crate::{Estimate, RetryLater, TooLarge, Usage};
 
 /// How many times a call was sent, the last included: in every response's
 /// extensions.
@@ -539,13 +539,95 @@ impl<S> Shared<S> {
     }
 }
 
+/// A call, priced: its endpoint and what it reserves.
+struct Priced {
+    key: Endpoint,
+    state: Arc<EndpointState>,
+    estimate: Estimate,
+    /// Requests, tokens, input tokens, output tokens.
+    costs: [u64; 4],
+    /// The body names no output bound: what it writes is learnt from.
+    unbounded: bool,
+    /// One of the few calls that teach what unbounded calls write.
+    on_prior: Option<crate::cost::OnPrior>,
+}
+
+/// One attempt's answer, read.
+struct Sent {
+    grant: Grant,
+    response: Response,
+    answer: Answer,
+    /// Every rate-limit header of the answer.
+    all: RateLimitHeaders,
+    /// What a refusal's body says (its wait, a limit its message names).
+    said: hint::Said,
+}
+
+/// What follows a refusal.
+enum AfterRefusal {
+    /// The wait was taken: send again.
+    Retry,
+    /// The call ends with this.
+    Return(reqwest_middleware::Result<Response>),
+}
+
+/// The attempts of one call so far.
+#[derive(Default)]
+struct Tries {
+    attempt: u32,
+    /// Answers of 503 / 529, bounded by `max_attempts` and the retry
+    /// budget.
+    overloads: u32,
+    /// Answers of 429 in a row, bounded by `max_refusals`.
+    refusals: u32,
+}
+
 impl<S: Store<Endpoint> + 'static> Shared<S> {
+    /// The loop: admits the call, sends it, settles it, and retries it
+    /// after a refusal while the bounds allow. What each answer teaches is
+    /// the endpoint's model's (see `model`).
     async fn call(
         self: Arc<Self>,
         request: Request,
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
+        let mut call = self.price(&request).await;
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        crate::meters::call(&call.key);
+        let mut original = Some(request);
+        let mut tries = Tries::default();
+        loop {
+            tries.attempt = tries.attempt.saturating_add(1);
+            if tries.attempt > 1 {
+                crate::meters::retry(&call.key);
+            }
+            let clone = original.as_ref().and_then(Request::try_clone);
+            let (sending, can_retry) = match clone {
+                Some(clone) => (clone, true),
+                None => match original.take() {
+                    Some(request) => (request, false),
+                    None => unreachable!("the request is kept until it cannot be cloned"),
+                },
+            };
+            let mut sent = self.send(&call, sending, extensions, next.clone()).await?;
+            sent.response
+                .extensions_mut()
+                .insert(Attempts(tries.attempt));
+            if sent.answer == Answer::Done {
+                return Ok(self.done(&mut call, sent));
+            }
+            match self.refused(&call.key, sent, can_retry, &mut tries).await {
+                AfterRefusal::Retry => {}
+                AfterRefusal::Return(result) => return result,
+            }
+        }
+    }
+
+    /// The call's endpoint and costs. A body that names no output bound
+    /// reserves what such calls wrote lately, once known, in place of the
+    /// estimator's prior.
+    async fn price(&self, request: &Request) -> Priced {
         let body: Option<Value> = request
             .body()
             .and_then(reqwest::Body::as_bytes)
@@ -561,8 +643,6 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             .map(|b| self.estimator.estimate(b))
             .unwrap_or_default();
         let state = self.state(&key);
-        // A body that names no output bound: what such calls wrote lately,
-        // once known, in place of the estimator's prior.
         let unbounded = body
             .as_ref()
             .is_some_and(|b| tollgate::llm::output_bound(b).is_none());
@@ -592,193 +672,231 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             estimate.input_tokens,
             estimate.output_tokens,
         ];
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        crate::meters::call(&key);
+        Priced {
+            key,
+            state,
+            estimate,
+            costs,
+            unbounded,
+            on_prior,
+        }
+    }
 
-        let mut original = Some(request);
-        let mut attempt: u32 = 0;
-        // Answers of 503 / 529 (bounded by `max_attempts` and the retry
-        // budget) and of 429 (bounded by `max_refusals`), so far.
-        let (mut overloads, mut refusals) = (0u32, 0u32);
-        loop {
-            attempt = attempt.saturating_add(1);
-            if attempt > 1 {
-                crate::meters::retry(&key);
+    /// One attempt: waits for its turn, sends, and hands the answer to the
+    /// endpoint's model. A transport error gives the turn back.
+    async fn send(
+        &self,
+        call: &Priced,
+        sending: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Sent> {
+        let (key, state) = (&call.key, &*call.state);
+        // Until an endpoint's limits are known, its calls go one by one.
+        let probe = if self.configured.is_empty() && !state.learnt.load(Ordering::Acquire) {
+            let guard = state.probe.lock().await;
+            (!state.learnt.load(Ordering::Acquire)).then_some(guard)
+        } else {
+            None
+        };
+        // While a rate is being learnt from a refusal, calls wait for the
+        // episode's end before taking their turn; before the first
+        // refusal, they go in a window that grows by one with each answer
+        // (see `adaptive`).
+        let window = self.learning_gate(key, state).await;
+        let grant = self.admit(key, state, &call.costs).await?;
+        let response = match next.run(sending, extensions).await {
+            Ok(response) => response,
+            Err(error) => {
+                // Not known to have reached the provider: give it back.
+                let _ = self.budget.settle(key, grant, &[0; 4]).await;
+                return Err(error);
             }
-            let clone = original.as_ref().and_then(Request::try_clone);
-            let (sending, can_retry) = match clone {
-                Some(clone) => (clone, true),
-                None => match original.take() {
-                    Some(request) => (request, false),
-                    None => unreachable!("the request is kept until it cannot be cloned"),
-                },
-            };
+        };
+        let all = tollgate::headers::parse(
+            response
+                .headers()
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_bytes())),
+            SystemTime::now(),
+        );
+        let answer = self.classify.classify(response.status());
+        // A refusal's body may hold the wait it asks for, where the
+        // headers do not, and a refusal for rate may name the limit it
+        // met: read before the model takes the answer.
+        let hinted = all.retry_after.is_some() || all.retry_after_too_long;
+        let (response, said) = if answer != Answer::Done
+            && all.should_retry != Some(false)
+            && (!hinted || answer == Answer::RateLimited)
+        {
+            hint::read(response).await
+        } else {
+            (response, hint::Said::default())
+        };
+        self.learn(key, state, answer, &all, &response, &said).await;
+        state.learnt.store(true, Ordering::Release);
+        drop(probe);
+        if let Some(window) = window {
+            self.slow_start(state, answer);
+            drop(window);
+        }
+        Ok(Sent {
+            grant,
+            response,
+            answer,
+            all,
+            said,
+        })
+    }
 
-            // Until an endpoint's limits are known, its calls go one by one.
-            let probe = if self.configured.is_empty() && !state.learnt.load(Ordering::Acquire) {
-                let guard = state.probe.lock().await;
-                (!state.learnt.load(Ordering::Acquire)).then_some(guard)
-            } else {
-                None
-            };
+    /// Hands an answer to the endpoint's model, and what it changed to the
+    /// store, in one adjustment.
+    async fn learn(
+        &self,
+        key: &Endpoint,
+        state: &EndpointState,
+        answer: Answer,
+        all: &RateLimitHeaders,
+        response: &Response,
+        said: &hint::Said,
+    ) {
+        let read = crate::model::paced(state.quirks, response.headers(), all);
+        let answered = crate::model::Answered {
+            answer,
+            read: read.as_ref(),
+            message: said.per_minute,
+            now: tokio::time::Instant::now(),
+        };
+        let learnt = state.model().answered(key, &self.setting(), &answered);
+        crate::meters::limits(key, &learnt.paced);
+        self.adjust(key, learnt.changes).await;
+        if learnt.rate_known {
+            state.window.close();
+        }
+    }
 
-            // While a rate is being learnt from a refusal, calls wait for the
-            // episode's end before taking their turn; before the first
-            // refusal, they go in a window that grows by one with each
-            // answer (see `adaptive`).
-            let window = self.learning_gate(&key, &state).await;
-            let grant = self.admit(&key, &state, &costs).await?;
-            let result = next.clone().run(sending, extensions).await;
-            let response = match result {
-                Ok(response) => response,
-                Err(error) => {
-                    // Not known to have reached the provider: give it back.
-                    let _ = self.budget.settle(&key, grant, &[0; 4]).await;
-                    return Err(error);
-                }
-            };
-            let all = tollgate::headers::parse(
-                response
-                    .headers()
-                    .iter()
-                    .map(|(name, value)| (name.as_str(), value.as_bytes())),
-                SystemTime::now(),
-            );
-            let status = response.status();
-            let answer = self.classify.classify(status);
-            // A refusal's body may hold the wait it asks for, where the
-            // headers do not, and a refusal for rate may name the limit it
-            // met: read before the model takes the answer.
-            let hinted = all.retry_after.is_some() || all.retry_after_too_long;
-            let (mut response, said) = if answer != Answer::Done
-                && all.should_retry != Some(false)
-                && (!hinted || answer == Answer::RateLimited)
-            {
-                hint::read(response).await
-            } else {
-                (response, hint::Said::default())
-            };
-            let quirks = state.quirks;
-            let read = crate::model::paced(quirks, response.headers(), &all);
-            let read = read.as_ref();
-            let answered = crate::model::Answered {
-                answer,
-                read,
-                message: said.per_minute,
-                now: tokio::time::Instant::now(),
-            };
-            let setting = self.setting();
-            let learnt = state.model().answered(&key, &setting, &answered);
-            crate::meters::limits(&key, &learnt.paced);
-            self.adjust(&key, learnt.changes).await;
-            if learnt.rate_known {
+    /// The slow-start window after an answer: it grows by one place every
+    /// second answer (by half each round trip, so that the round trip that
+    /// first meets the limit overshoots it by little); a refusal closes it
+    /// once a rate is known or learnt from it.
+    fn slow_start(&self, state: &EndpointState, answer: Answer) {
+        if answer != Answer::Done {
+            if state.model().refusal_ends_slow_start(&self.setting()) {
                 state.window.close();
             }
-            state.learnt.store(true, Ordering::Release);
-            drop(probe);
-
-            if let Some(window) = window {
-                // An answer: the window grows by one; a refusal ends the
-                // slow start once a rate is known or learnt from it.
-                if answer != Answer::Done {
-                    if state.model().refusal_ends_slow_start(&setting) {
-                        state.window.close();
-                    }
-                } else {
-                    // One place more every second answer: the window grows
-                    // by half each round trip, so that the round trip that
-                    // first meets the limit overshoots it by little.
-                    if state.window_answers.fetch_add(1, Ordering::Relaxed) % 2 == 1 {
-                        state.window.add_permits(1);
-                    }
-                }
-                drop(window);
-            }
-            response.extensions_mut().insert(Attempts(attempt));
-            if answer == Answer::Done {
-                // The estimate stays charged until the caller reports usage,
-                // or, for a stream of events, until the body ends.
-                let lesson = crate::cost::Lesson {
-                    unbounded,
-                    seen: ProviderLimits::stated_with_remaining(read, Dimension::Tokens),
-                };
-                let usage = Usage::new(
-                    Arc::clone(&self) as Arc<dyn SettleUsage>,
-                    key,
-                    grant,
-                    estimate,
-                    (lesson, on_prior.take()),
-                );
-                response.extensions_mut().insert(usage.clone());
-                if crate::stream::is_event_stream(&response) {
-                    return Ok(crate::stream::watch(response, usage));
-                }
-                return Ok(response);
-            }
-
-            // Refused: nothing was spent at the provider; the grant is
-            // settled once the wait is known (see below).
-            crate::meters::refused(&key, answer);
-            if all.should_retry == Some(false) {
-                let _ = self.budget.settle(&key, grant, &[0; 4]).await;
-                tracing::info!(%key, %status, "the provider says not to retry");
-                return Ok(response);
-            }
-            let body_hint = said.wait.filter(|_| !hinted);
-            let Some(wait) = self.wait_for(&all, body_hint, attempt) else {
-                let _ = self.budget.settle(&key, grant, &[0; 4]).await;
-                tracing::info!(%key, %status, attempt, "the back-off policy gives up: returned as it is");
-                return Ok(response);
-            };
-            // A refusal for rate that asks for less than a second keeps
-            // its turn in the request dimension while calls wait theirs: a
-            // turn given back moves the calls queued behind it up, into
-            // the same refusal (a provider that asks for milliseconds
-            // answered each call so once, in a storm that never ended).
-            // Otherwise, or with none waiting, it is given back: the pause
-            // covers the provider's window, and a lone retry goes when the
-            // provider said.
-            let kept = u64::from(
-                answer == Answer::RateLimited
-                    && wait < Duration::from_secs(1)
-                    && self.budget.waiting() > 0,
-            );
-            let _ = self.budget.settle(&key, grant, &[kept, 0, 0, 0]).await;
-            // A wait too long to count pauses the others for the ceiling
-            // only: this call returns at once, they learn it for themselves.
-            let pause = if wait == Duration::MAX {
-                self.settings.max_wait
-            } else {
-                wait
-            };
-            let _ = self.budget.pause_for(&key, pause).await;
-            crate::meters::paused(&key, pause);
-            tracing::info!(%key, %status, ?wait, attempt, "paused every caller of the endpoint");
-            if wait > self.settings.max_wait {
-                return Err(reqwest_middleware::Error::middleware(RetryLater::new(
-                    wait,
-                    Some(status),
-                    self.settings.max_wait,
-                )));
-            }
-            if !can_retry {
-                return Ok(response);
-            }
-            if answer == Answer::RateLimited {
-                // Refused for rate: the wait asked for was taken; it spends
-                // neither attempts nor the retry budget.
-                refusals = refusals.saturating_add(1);
-                if refusals >= self.settings.max_refusals {
-                    tracing::warn!(%key, refusals, "refused for rate too many times in a row: returned as it is");
-                    return Ok(response);
-                }
-            } else {
-                overloads = overloads.saturating_add(1);
-                if overloads >= self.settings.max_attempts || !self.take_retry() {
-                    return Ok(response);
-                }
-            }
+        } else if state.window_answers.fetch_add(1, Ordering::Relaxed) % 2 == 1 {
+            state.window.add_permits(1);
         }
+    }
+
+    /// A call answered: the estimate stays charged until the caller
+    /// reports usage, or, for a stream of events, until the body ends.
+    fn done(self: &Arc<Self>, call: &mut Priced, sent: Sent) -> Response {
+        let Sent {
+            grant,
+            mut response,
+            all,
+            ..
+        } = sent;
+        let read = crate::model::paced(call.state.quirks, response.headers(), &all);
+        let lesson = crate::cost::Lesson {
+            unbounded: call.unbounded,
+            seen: ProviderLimits::stated_with_remaining(read.as_ref(), Dimension::Tokens),
+        };
+        let usage = Usage::new(
+            Arc::clone(self) as Arc<dyn SettleUsage>,
+            call.key.clone(),
+            grant,
+            call.estimate,
+            (lesson, call.on_prior.take()),
+        );
+        response.extensions_mut().insert(usage.clone());
+        if crate::stream::is_event_stream(&response) {
+            return crate::stream::watch(response, usage);
+        }
+        response
+    }
+
+    /// A refusal: nothing was spent at the provider. Settles the turn,
+    /// pauses every caller of the endpoint for the wait it asks, and says
+    /// whether the call goes again.
+    async fn refused(
+        &self,
+        key: &Endpoint,
+        sent: Sent,
+        can_retry: bool,
+        tries: &mut Tries,
+    ) -> AfterRefusal {
+        let Sent {
+            grant,
+            response,
+            answer,
+            all,
+            said,
+        } = sent;
+        let status = response.status();
+        crate::meters::refused(key, answer);
+        if all.should_retry == Some(false) {
+            let _ = self.budget.settle(key, grant, &[0; 4]).await;
+            tracing::info!(%key, %status, "the provider says not to retry");
+            return AfterRefusal::Return(Ok(response));
+        }
+        let hinted = all.retry_after.is_some() || all.retry_after_too_long;
+        let body_hint = said.wait.filter(|_| !hinted);
+        let Some(wait) = self.wait_for(&all, body_hint, tries.attempt) else {
+            let _ = self.budget.settle(key, grant, &[0; 4]).await;
+            tracing::info!(%key, %status, attempt = tries.attempt, "the back-off policy gives up: returned as it is");
+            return AfterRefusal::Return(Ok(response));
+        };
+        // A refusal for rate that asks for less than a second keeps its
+        // turn in the request dimension while calls wait theirs: a turn
+        // given back moves the calls queued behind it up, into the same
+        // refusal (a provider that asks for milliseconds answered each
+        // call so once, in a storm that never ended). Otherwise, or with
+        // none waiting, it is given back: the pause covers the provider's
+        // window, and a lone retry goes when the provider said.
+        let kept = u64::from(
+            answer == Answer::RateLimited
+                && wait < Duration::from_secs(1)
+                && self.budget.waiting() > 0,
+        );
+        let _ = self.budget.settle(key, grant, &[kept, 0, 0, 0]).await;
+        // A wait too long to count pauses the others for the ceiling only:
+        // this call returns at once, they learn it for themselves.
+        let pause = if wait == Duration::MAX {
+            self.settings.max_wait
+        } else {
+            wait
+        };
+        let _ = self.budget.pause_for(key, pause).await;
+        crate::meters::paused(key, pause);
+        tracing::info!(%key, %status, ?wait, attempt = tries.attempt, "paused every caller of the endpoint");
+        if wait > self.settings.max_wait {
+            return AfterRefusal::Return(Err(reqwest_middleware::Error::middleware(
+                RetryLater::new(wait, Some(status), self.settings.max_wait),
+            )));
+        }
+        if !can_retry || !self.may_retry(key, answer, tries) {
+            return AfterRefusal::Return(Ok(response));
+        }
+        AfterRefusal::Retry
+    }
+
+    /// Whether the bounds allow another attempt after this refusal. One
+    /// for rate took the wait asked for: it spends neither attempts nor
+    /// the retry budget, only the refusals allowed in a row.
+    fn may_retry(&self, key: &Endpoint, answer: Answer, tries: &mut Tries) -> bool {
+        if answer == Answer::RateLimited {
+            tries.refusals = tries.refusals.saturating_add(1);
+            if tries.refusals >= self.settings.max_refusals {
+                let refusals = tries.refusals;
+                tracing::warn!(%key, refusals, "refused for rate too many times in a row: returned as it is");
+                return false;
+            }
+            return true;
+        }
+        tries.overloads = tries.overloads.saturating_add(1);
+        tries.overloads < self.settings.max_attempts && self.take_retry()
     }
 
     /// Waits for the call's turn and reserves its whole estimate. A cost
