@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tollgate::store::{transition, Change, Decision, View};
+use tollgate::store::{transition, Change, Decision, SyncStore, View};
 use tollgate::{DefaultClock, MemoryStore, Quota, MAX_DIMENSIONS};
 
 /// A key's limits in force: its own where it has them, else the default.

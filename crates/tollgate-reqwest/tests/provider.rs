@@ -13,6 +13,7 @@ use mock::{Host, Style, Tokens};
 use reqwest_middleware::ClientWithMiddleware;
 use serde_json::{json, Value};
 use tokio::time::Instant;
+use tollgate::store::SyncStore;
 use tollgate_reqwest::{RateLimitMiddleware, Usage};
 
 const CALLS: usize = 200;
@@ -313,7 +314,7 @@ impl<K: std::hash::Hash + Sync> tollgate::Store<K> for Late {
         max_wait: Duration,
     ) -> Result<tollgate::store::Decision, Self::Error> {
         tokio::time::sleep(LATE).await;
-        Ok(self.0.decide_now(key, limits, costs, max_wait))
+        Ok(SyncStore::decide_now(&self.0, key, limits, costs, max_wait))
     }
 
     async fn adjust(
@@ -323,7 +324,7 @@ impl<K: std::hash::Hash + Sync> tollgate::Store<K> for Late {
         changes: &[tollgate::store::Change],
     ) -> Result<(), Self::Error> {
         tokio::time::sleep(LATE).await;
-        self.0.adjust_now(key, limits, changes);
+        SyncStore::adjust_now(&self.0, key, limits, changes);
         Ok(())
     }
 
@@ -333,7 +334,7 @@ impl<K: std::hash::Hash + Sync> tollgate::Store<K> for Late {
         limits: &[tollgate::Quota],
     ) -> Result<tollgate::store::View, Self::Error> {
         tokio::time::sleep(LATE).await;
-        Ok(self.0.read_now(key, limits))
+        Ok(SyncStore::read_now(&self.0, key, limits))
     }
 
     fn give_back(&self, key: &K, limits: &[tollgate::Quota], costs: &[u64]) {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
-use tollgate::store::{Change, Decision, Store, StoreStats, View};
+use tollgate::store::{Change, Decision, Store, StoreStats, SyncStore, View};
 use tollgate::{DefaultClock, DeniedKind, MemoryStore, Quota};
 use tollgate_tower::{DefaultRejector, HeaderKey, Key, One, RateLimitLayer, RejectionKind};
 use tower::{service_fn, Layer, ServiceExt};
@@ -59,18 +59,24 @@ impl Store<Key> for Late {
         if self.fail {
             return Err(Down);
         }
-        Ok(self.inner.decide_now(key, limits, costs, max_wait))
+        Ok(SyncStore::decide_now(
+            &self.inner,
+            key,
+            limits,
+            costs,
+            max_wait,
+        ))
     }
 
     async fn adjust(&self, key: &Key, limits: &[Quota], changes: &[Change]) -> Result<(), Down> {
         tokio::time::sleep(self.delay).await;
-        self.inner.adjust_now(key, limits, changes);
+        SyncStore::adjust_now(&self.inner, key, limits, changes);
         Ok(())
     }
 
     async fn read(&self, key: &Key, limits: &[Quota]) -> Result<View, Down> {
         tokio::time::sleep(self.delay).await;
-        Ok(self.inner.read_now(key, limits))
+        Ok(SyncStore::read_now(&self.inner, key, limits))
     }
 
     fn give_back(&self, key: &Key, limits: &[Quota], costs: &[u64]) {
@@ -78,7 +84,7 @@ impl Store<Key> for Late {
     }
 
     fn stats(&self) -> StoreStats {
-        self.inner.stats_now()
+        Store::<Key>::stats(&self.inner)
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use tokio::time::Instant;
-use tollgate::store::{Change, Decision};
+use tollgate::store::{Change, Decision, SyncStore};
 use tollgate::{
     Budget, Clock, DeniedKind, KeyedBudget, KeyedLimiter, Limits, ManualClock, MemoryStore, Quota,
     Snapshot, Store,
@@ -25,7 +25,8 @@ fn remaining(budget: &Budget<MemoryStore<ManualClock>>) -> Vec<u64> {
     budget
         .as_keyed()
         .store()
-        .snapshot_now(&(), budget.limits().quotas())
+        .read_now(&(), budget.limits().quotas())
+        .snapshots
         .iter()
         .map(Snapshot::remaining)
         .collect()
@@ -493,7 +494,7 @@ proptest! {
             if let Decision::Admit(_) = store.decide_now(&key, &[quota], &[cost], Duration::ZERO) {
                 admitted[key as usize].push((now, cost));
             }
-            let held = store.stats_now();
+            let held = Store::<u8>::stats(&store);
             prop_assert!(held.entries <= 4);
             evictions.push((now, held.evictions));
         }
@@ -516,7 +517,8 @@ async fn adjust_changes_only_what_it_names() {
     let key = "k";
     let read = || -> Vec<u64> {
         store
-            .snapshot_now(&key, limits.quotas())
+            .read_now(&key, limits.quotas())
+            .snapshots
             .iter()
             .map(Snapshot::remaining)
             .collect()

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use tollgate::store::{conformance, Change, Decision, MemoryStore, Store, StoreStats, View};
+use tollgate::store::{
+    conformance, Change, Decision, MemoryStore, Store, StoreStats, SyncStore, View,
+};
 use tollgate::{DefaultClock, Quota};
 
 #[tokio::test(start_paused = true)]
@@ -35,7 +37,13 @@ impl Store<String> for Late {
         max_wait: Duration,
     ) -> Result<Decision, Self::Error> {
         tokio::time::sleep(self.delay).await;
-        Ok(self.inner.decide_now(key, limits, costs, max_wait))
+        Ok(SyncStore::decide_now(
+            &self.inner,
+            key,
+            limits,
+            costs,
+            max_wait,
+        ))
     }
 
     async fn adjust(
@@ -45,13 +53,13 @@ impl Store<String> for Late {
         changes: &[Change],
     ) -> Result<(), Self::Error> {
         tokio::time::sleep(self.delay).await;
-        self.inner.adjust_now(key, limits, changes);
+        SyncStore::adjust_now(&self.inner, key, limits, changes);
         Ok(())
     }
 
     async fn read(&self, key: &String, limits: &[Quota]) -> Result<View, Self::Error> {
         tokio::time::sleep(self.delay).await;
-        Ok(self.inner.read_now(key, limits))
+        Ok(SyncStore::read_now(&self.inner, key, limits))
     }
 
     fn give_back(&self, key: &String, limits: &[Quota], costs: &[u64]) {
@@ -59,7 +67,7 @@ impl Store<String> for Late {
     }
 
     fn stats(&self) -> StoreStats {
-        self.inner.stats_now()
+        Store::<String>::stats(&self.inner)
     }
 }
 

@@ -135,7 +135,8 @@ impl Store<Key> for LayerStore {
     }
 
     fn stats(&self) -> StoreStats {
-        let (keyed, global) = (self.keyed.stats_now(), self.global.stats_now());
+        let keyed = Store::<Key>::stats(&self.keyed);
+        let global = Store::<Key>::stats(&self.global);
         StoreStats::new(
             keyed.admitted.saturating_add(global.admitted),
             keyed.denied.saturating_add(global.denied),
@@ -159,9 +160,9 @@ impl SyncStore<Key> for LayerStore {
         max_wait: Duration,
     ) -> Decision {
         if Self::global(key, limits.len().max(costs.len())) {
-            self.global.decide_now(limits, costs, max_wait)
+            SyncStore::decide_now(&self.global, key, limits, costs, max_wait)
         } else {
-            self.keyed.decide_now(key, limits, costs, max_wait)
+            SyncStore::decide_now(&self.keyed, key, limits, costs, max_wait)
         }
     }
 
@@ -176,17 +177,17 @@ impl SyncStore<Key> for LayerStore {
 
     fn adjust_now(&self, key: &Key, limits: &[Quota], changes: &[Change]) {
         if Self::global(key, limits.len().max(changes.len())) {
-            self.global.adjust_now(limits, changes);
+            SyncStore::adjust_now(&self.global, key, limits, changes);
         } else {
-            self.keyed.adjust_now(key, limits, changes);
+            SyncStore::adjust_now(&self.keyed, key, limits, changes);
         }
     }
 
     fn read_now(&self, key: &Key, limits: &[Quota]) -> View {
         if Self::global(key, limits.len()) {
-            self.global.read_now(limits)
+            SyncStore::read_now(&self.global, key, limits)
         } else {
-            self.keyed.read_now(key, limits)
+            SyncStore::read_now(&self.keyed, key, limits)
         }
     }
 

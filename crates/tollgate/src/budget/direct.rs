@@ -468,8 +468,153 @@ impl<C: Clock> DirectStore<C> {
         }
     }
 
-    /// [`Store::decide`], synchronously.
-    pub fn decide_now(&self, limits: &[Quota], costs: &[u64], max_wait: Duration) -> Decision {
+    /// The limit now, spending nothing.
+    pub(crate) fn snapshot_now(&self) -> Snapshot {
+        let mut view = SyncStore::<()>::read_now(self, &(), &[self.quota]);
+        view.snapshots
+            .pop()
+            .unwrap_or_else(|| Snapshot::from_count(0, 0, 0))
+    }
+
+    /// Gives back `cost` reserved by a waiter that went away.
+    pub(crate) fn give_back_now(&self, limits: &[Quota], cost: u64) {
+        let default = limits.first().copied().unwrap_or(self.quota);
+        let quota = self.in_force(default);
+        let now = self.clock.now();
+        match &self.locked {
+            None => {
+                let gcra = Gcra::new(&quota);
+                let _ = self
+                    .hot
+                    .tat
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
+                        Some(gcra.cancel(&tat, now, cost, now).0)
+                    });
+            }
+            Some(locked) => {
+                let mut state = Self::lock_state(locked);
+                *state = match *state {
+                    Locked::Token(s) => {
+                        Locked::Token(TokenBucket::new(&quota).cancel(&s, now, cost, now).0)
+                    }
+                    Locked::Leaky(s) => {
+                        Locked::Leaky(LeakyBucket::new(&quota).cancel(&s, now, cost, now).0)
+                    }
+                    Locked::Window(s) => {
+                        Locked::Window(self.window(&quota).give_back(&s, now, cost))
+                    }
+                };
+            }
+        }
+    }
+}
+
+/// Decides with `algorithm` over `state` at `at` (now, or the end of a
+/// pause), answering with waits from `now`; writes the state on an
+/// admission only. `step` is a unit's width in the queue.
+fn decide_with<A: StateMachine>(
+    algorithm: &A,
+    state: &mut A::State,
+    [now, at]: [u64; 2],
+    cost: u64,
+    max_wait: u64,
+    step: u64,
+) -> Decision {
+    let delay = at.saturating_sub(now);
+    let outcome = match max_wait.checked_sub(delay) {
+        Some(left) => algorithm.decide(state, at, cost, left),
+        None => match algorithm.decide(state, at, cost, u64::MAX) {
+            Outcome::Admit { due, .. } => Outcome::Deny {
+                retry_after: due.saturating_sub(at),
+            },
+            outcome => outcome,
+        },
+    };
+    match outcome {
+        Outcome::Admit { state: next, due } => {
+            *state = next;
+            let due = due.max(at);
+            Decision::Admit(Admit::single_dimension(
+                algorithm.snapshot(&next, due),
+                Duration::from_nanos(due.saturating_sub(now)),
+                Duration::from_nanos(step),
+            ))
+        }
+        Outcome::Deny { retry_after } => Decision::Deny {
+            dimension: 0,
+            snapshot: algorithm
+                .snapshot(state, now)
+                .retry_after_nanos(retry_after.saturating_add(delay)),
+        },
+        Outcome::Never => Decision::Never {
+            dimension: 0,
+            snapshot: algorithm.snapshot(state, now),
+        },
+    }
+}
+
+impl<C: Clock, K: ?Sized> Store<K> for DirectStore<C> {
+    type Error = DirectStoreError;
+
+    fn decide(
+        &self,
+        key: &K,
+        limits: &[Quota],
+        costs: &[u64],
+        max_wait: Duration,
+    ) -> impl Future<Output = Result<Decision, Self::Error>> + Send {
+        ready(
+            one(limits.len().max(costs.len()))
+                .map(|()| SyncStore::<K>::decide_now(self, key, limits, costs, max_wait)),
+        )
+    }
+
+    fn adjust(
+        &self,
+        key: &K,
+        limits: &[Quota],
+        changes: &[Change],
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        ready(
+            one(limits.len().max(changes.len()))
+                .map(|()| SyncStore::<K>::adjust_now(self, key, limits, changes)),
+        )
+    }
+
+    fn read(
+        &self,
+        key: &K,
+        limits: &[Quota],
+    ) -> impl Future<Output = Result<View, Self::Error>> + Send {
+        ready(one(limits.len()).map(|()| SyncStore::<K>::read_now(self, key, limits)))
+    }
+
+    fn give_back(&self, _key: &K, limits: &[Quota], costs: &[u64]) {
+        if let Some(&cost) = costs.first() {
+            self.give_back_now(limits, cost);
+        }
+    }
+
+    fn stats(&self) -> StoreStats {
+        let full = self.snapshot_now().reset_after().is_zero();
+        let (admitted, denied) = self.counts.sum();
+        StoreStats::new(admitted, denied, u64::from(!full), 0)
+    }
+
+    #[inline(always)]
+    fn check_now(&self, key: &K, quota: &Quota, cost: u64) -> Option<Result<Snapshot, Refusal>> {
+        Some(SyncStore::<K>::check_one(self, key, quota, cost))
+    }
+}
+
+impl<C: Clock, K: ?Sized> SyncStore<K> for DirectStore<C> {
+    fn decide_now(
+        &self,
+        _key: &K,
+        limits: &[Quota],
+        costs: &[u64],
+        max_wait: Duration,
+    ) -> Decision {
         let (Some(&quota), Some(&cost)) = (limits.first(), costs.first()) else {
             return Decision::Never {
                 dimension: 0,
@@ -479,8 +624,15 @@ impl<C: Clock> DirectStore<C> {
         self.decide_general(quota, cost, duration_to_nanos(max_wait))
     }
 
-    /// [`Store::adjust`], synchronously.
-    pub fn adjust_now(&self, limits: &[Quota], changes: &[Change]) {
+    #[inline(always)]
+    fn check_one(&self, _key: &K, quota: &Quota, cost: u64) -> Result<Snapshot, Refusal> {
+        if *quota == self.quota {
+            return self.check(cost);
+        }
+        self.decide_general(*quota, cost, 0).checked()
+    }
+
+    fn adjust_now(&self, _key: &K, limits: &[Quota], changes: &[Change]) {
         let (Some(&default), Some(&change)) = (limits.first(), changes.first()) else {
             return;
         };
@@ -488,22 +640,9 @@ impl<C: Clock> DirectStore<C> {
         let now = self.clock.now();
         let before = own.unwrap_or(default);
         let mut after = before;
-        match change {
-            Change::Limit(q) => {
-                *own = Some(q);
-                after = q;
-            }
-            Change::Unlimit => {
-                *own = None;
-                after = default;
-            }
-            Change::Observe { limit, .. } => {
-                if let Some(learnt) = transition::learn(&before, limit) {
-                    *own = Some(learnt);
-                    after = learnt;
-                }
-            }
-            _ => {}
+        if let Some(set) = transition::own_limit(change, &before) {
+            *own = set;
+            after = set.unwrap_or(default);
         }
         let (until, extension) = match change {
             Change::HoldFor(hold) => transition::pause(
@@ -565,8 +704,7 @@ impl<C: Clock> DirectStore<C> {
         }
     }
 
-    /// [`Store::read`], synchronously.
-    pub fn read_now(&self, limits: &[Quota]) -> View {
+    fn read_now(&self, _key: &K, limits: &[Quota]) -> View {
         let default = limits.first().copied().unwrap_or(self.quota);
         let quota = self.in_force(default);
         let now = self.clock.now();
@@ -586,172 +724,6 @@ impl<C: Clock> DirectStore<C> {
             ),
             held: Duration::from_nanos(self.held.load(Ordering::Relaxed)),
         }
-    }
-
-    /// The limit now, spending nothing.
-    pub fn snapshot_now(&self) -> Snapshot {
-        let mut view = self.read_now(&[self.quota]);
-        view.snapshots
-            .pop()
-            .unwrap_or_else(|| Snapshot::from_count(0, 0, 0))
-    }
-
-    /// Gives back `cost` reserved by a waiter that went away.
-    pub fn give_back_now(&self, limits: &[Quota], cost: u64) {
-        let default = limits.first().copied().unwrap_or(self.quota);
-        let quota = self.in_force(default);
-        let now = self.clock.now();
-        match &self.locked {
-            None => {
-                let gcra = Gcra::new(&quota);
-                let _ = self
-                    .hot
-                    .tat
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
-                        Some(gcra.cancel(&tat, now, cost, now).0)
-                    });
-            }
-            Some(locked) => {
-                let mut state = Self::lock_state(locked);
-                *state = match *state {
-                    Locked::Token(s) => {
-                        Locked::Token(TokenBucket::new(&quota).cancel(&s, now, cost, now).0)
-                    }
-                    Locked::Leaky(s) => {
-                        Locked::Leaky(LeakyBucket::new(&quota).cancel(&s, now, cost, now).0)
-                    }
-                    Locked::Window(s) => {
-                        Locked::Window(self.window(&quota).give_back(&s, now, cost))
-                    }
-                };
-            }
-        }
-    }
-
-    /// What the store counts.
-    pub fn stats_now(&self) -> StoreStats {
-        let full = self.snapshot_now().reset_after().is_zero();
-        let (admitted, denied) = self.counts.sum();
-        StoreStats::new(admitted, denied, u64::from(!full), 0)
-    }
-}
-
-/// Decides with `algorithm` over `state` at `at` (now, or the end of a
-/// pause), answering with waits from `now`; writes the state on an
-/// admission only. `step` is a unit's width in the queue.
-fn decide_with<A: StateMachine>(
-    algorithm: &A,
-    state: &mut A::State,
-    [now, at]: [u64; 2],
-    cost: u64,
-    max_wait: u64,
-    step: u64,
-) -> Decision {
-    let delay = at.saturating_sub(now);
-    let outcome = match max_wait.checked_sub(delay) {
-        Some(left) => algorithm.decide(state, at, cost, left),
-        None => match algorithm.decide(state, at, cost, u64::MAX) {
-            Outcome::Admit { due, .. } => Outcome::Deny {
-                retry_after: due.saturating_sub(at),
-            },
-            outcome => outcome,
-        },
-    };
-    match outcome {
-        Outcome::Admit { state: next, due } => {
-            *state = next;
-            let due = due.max(at);
-            let mut admit = Admit::now(algorithm.snapshot(&next, due));
-            let wait = Duration::from_nanos(due.saturating_sub(now));
-            admit.wait = wait;
-            admit.dues[0] = wait;
-            admit.steps[0] = Duration::from_nanos(step);
-            Decision::Admit(admit)
-        }
-        Outcome::Deny { retry_after } => Decision::Deny {
-            dimension: 0,
-            snapshot: algorithm
-                .snapshot(state, now)
-                .retry_after_nanos(retry_after.saturating_add(delay)),
-        },
-        Outcome::Never => Decision::Never {
-            dimension: 0,
-            snapshot: algorithm.snapshot(state, now),
-        },
-    }
-}
-
-impl<C: Clock, K: ?Sized> Store<K> for DirectStore<C> {
-    type Error = DirectStoreError;
-
-    fn decide(
-        &self,
-        _key: &K,
-        limits: &[Quota],
-        costs: &[u64],
-        max_wait: Duration,
-    ) -> impl Future<Output = Result<Decision, Self::Error>> + Send {
-        ready(one(limits.len().max(costs.len())).map(|()| self.decide_now(limits, costs, max_wait)))
-    }
-
-    fn adjust(
-        &self,
-        _key: &K,
-        limits: &[Quota],
-        changes: &[Change],
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
-        ready(one(limits.len().max(changes.len())).map(|()| self.adjust_now(limits, changes)))
-    }
-
-    fn read(
-        &self,
-        _key: &K,
-        limits: &[Quota],
-    ) -> impl Future<Output = Result<View, Self::Error>> + Send {
-        ready(one(limits.len()).map(|()| self.read_now(limits)))
-    }
-
-    fn give_back(&self, _key: &K, limits: &[Quota], costs: &[u64]) {
-        if let Some(&cost) = costs.first() {
-            self.give_back_now(limits, cost);
-        }
-    }
-
-    fn stats(&self) -> StoreStats {
-        self.stats_now()
-    }
-
-    #[inline(always)]
-    fn check_now(&self, key: &K, quota: &Quota, cost: u64) -> Option<Result<Snapshot, Refusal>> {
-        Some(SyncStore::<K>::check_one(self, key, quota, cost))
-    }
-}
-
-impl<C: Clock, K: ?Sized> SyncStore<K> for DirectStore<C> {
-    fn decide_now(
-        &self,
-        _key: &K,
-        limits: &[Quota],
-        costs: &[u64],
-        max_wait: Duration,
-    ) -> Decision {
-        DirectStore::decide_now(self, limits, costs, max_wait)
-    }
-
-    #[inline(always)]
-    fn check_one(&self, _key: &K, quota: &Quota, cost: u64) -> Result<Snapshot, Refusal> {
-        if *quota == self.quota {
-            return self.check(cost);
-        }
-        self.decide_general(*quota, cost, 0).checked()
-    }
-
-    fn adjust_now(&self, _key: &K, limits: &[Quota], changes: &[Change]) {
-        DirectStore::adjust_now(self, limits, changes);
-    }
-
-    fn read_now(&self, _key: &K, limits: &[Quota]) -> View {
-        DirectStore::read_now(self, limits)
     }
 
     fn now(&self) -> u64 {

@@ -325,52 +325,6 @@ impl<C: Clock> MemoryStore<C> {
         }
     }
 
-    /// [`Store::decide`], synchronously.
-    #[inline]
-    pub fn decide_now<K: Hash + ?Sized>(
-        &self,
-        key: &K,
-        limits: &[Quota],
-        costs: &[u64],
-        max_wait: Duration,
-    ) -> Decision {
-        let max_wait = duration_to_nanos(max_wait);
-        let dims = self.dims(key, limits.len().min(costs.len()));
-        let mut shard = self.shard(dims.fp);
-        if shard.extras.is_empty() {
-            if let ([quota], [cost]) = (limits, costs) {
-                // A keyed limiter's path, measured at 40% cheaper than the
-                // general one's loops: one hash, one lock, one GCRA step.
-                let now = self.clock.now();
-                let decision =
-                    shard.decide_one(quota, dims.fp, *cost, now, max_wait, self.max_per_shard);
-                return shard.count(decision);
-            }
-            let now = self.clock.now();
-            let decision = shard.decide(dims, limits, costs, now, max_wait, 0, self.max_per_shard);
-            return shard.count(decision);
-        }
-        let now = self.clock.now();
-        let (quotas, extra) = shard.in_force(&dims, limits, now);
-        if extra.held == 0 {
-            // An empty key's extensions are forgotten for good.
-            if let Some(kept) = shard.extras.get_mut(&dims.fp) {
-                kept.held = 0;
-            }
-        }
-        let quotas = quotas.get(..dims.len).unwrap_or(&[]);
-        let decision = shard.decide(
-            dims,
-            quotas,
-            costs,
-            now,
-            max_wait,
-            extra.held,
-            self.max_per_shard,
-        );
-        shard.count(decision)
-    }
-
     /// A check of one dimension, answering no more than a snapshot: the
     /// keyed limiter's hot path, which builds no [`Admit`]. A store that
     /// holds limits or pauses of its own for some key of the shard decides
@@ -426,146 +380,14 @@ impl<C: Clock> MemoryStore<C> {
         quota: &Quota,
         cost: u64,
     ) -> Result<Snapshot, Refusal> {
-        self.decide_now(key, std::slice::from_ref(quota), &[cost], Duration::ZERO)
-            .checked()
-    }
-
-    /// [`Store::adjust`], synchronously.
-    pub fn adjust_now<K: Hash + ?Sized>(&self, key: &K, limits: &[Quota], changes: &[Change]) {
-        let dims = self.dims(key, limits.len().min(changes.len()));
-        let mut shard = self.shard(dims.fp);
-        let now = self.clock.now();
-        let (mut quotas, mut extra) = shard.in_force(&dims, limits, now);
-        let longest = changes
-            .iter()
-            .filter_map(|c| match c {
-                Change::HoldFor(hold) => Some(duration_to_nanos(*hold)),
-                _ => None,
-            })
-            .max();
-        let (until, extension) = match longest {
-            Some(hold) => transition::pause(extra.until, now, hold),
-            None => (extra.until, 0),
-        };
-        // First each dimension's limit and TAT after the change, re-spaced
-        // at a changed interval...
-        let mut rescaled = [transition::Respaced::default(); MAX_DIMENSIONS];
-        for (i, &change) in changes.iter().enumerate().take(dims.len) {
-            let (Some(quota), Some(own), Some(&default), Some(slot)) = (
-                quotas.get_mut(i),
-                extra.limits.get_mut(i),
-                limits.get(i),
-                rescaled.get_mut(i),
-            ) else {
-                break;
-            };
-            let before = *quota;
-            match change {
-                Change::Limit(q) => {
-                    *own = Some(q);
-                    *quota = q;
-                    extra.lapses = now.saturating_add(self.limits_ttl);
-                }
-                Change::Unlimit => {
-                    *own = None;
-                    *quota = default;
-                }
-                Change::Observe { limit, .. } => {
-                    if let Some(learnt) = transition::learn(quota, limit) {
-                        *own = Some(learnt);
-                        *quota = learnt;
-                        extra.lapses = now.saturating_add(self.limits_ttl);
-                    }
-                }
-                _ => {}
-            }
-            let found = shard
-                .table
-                .find(dims.fp(i))
-                .map_or(0, |at| shard.table.tat_at(at));
-            let rescaled = transition::rescale(found, &before, quota, now);
-            *slot = transition::Respaced {
-                before: found,
-                // A refund moves the dimension back here, so that the
-                // dimensions it did not bind follow it.
-                after: match change {
-                    Change::Refund(n) => transition::refund(rescaled, quota, now, until, n),
-                    _ => rescaled,
-                },
-                interval: quota.interval_ns(),
-                was: before.interval_ns(),
-                capacity: quota.capacity_ns(),
-                refunded: matches!(change, Change::Refund(_)),
-            };
-        }
-        // ...then the dimensions that did not place the last admission
-        // follow the others back: their admissions are where they put them.
-        let followed = transition::follow(rescaled.get(..dims.len).unwrap_or(&[]), now);
-        for (i, &change) in changes.iter().enumerate().take(dims.len) {
-            let (Some(quota), Some(&tat)) = (quotas.get(i), followed.get(i)) else {
-                break;
-            };
-            let fp = dims.fp(i);
-            let index = shard.table.find(fp);
-            let found = index.map_or(0, |at| shard.table.tat_at(at));
-            let next = match change {
-                Change::HoldFor(_) => transition::hold(tat, quota, now, until, extension),
-                // Refunded above.
-                Change::Refund(_) => tat,
-                change => transition::apply(tat, quota, now, change),
-            };
-            if next != found {
-                shard.write(index, fp, next, now, self.max_per_shard);
-            }
-        }
-        extra.until = until;
-        extra.held = extra.held.saturating_add(extension);
-        extra.dims = u8::try_from(dims.len).unwrap_or(u8::MAX);
-        shard.keep_extra(dims.fp, extra, now, self.max_per_shard);
-    }
-
-    /// [`Store::read`], synchronously.
-    pub fn read_now<K: Hash + ?Sized>(&self, key: &K, limits: &[Quota]) -> View {
-        let dims = self.dims(key, limits.len());
-        let shard = self.shard(dims.fp);
-        let now = self.clock.now();
-        let (quotas, extra) = shard.in_force(&dims, limits, now);
-        let quotas = quotas.get(..dims.len).unwrap_or(&[]);
-        let snapshots = quotas
-            .iter()
-            .enumerate()
-            .map(|(i, quota)| {
-                let tat = shard
-                    .table
-                    .find(dims.fp(i))
-                    .map_or(0, |at| shard.table.tat_at(at));
-                transition::snapshot(tat, quota, now)
-            })
-            .collect();
-        View {
-            limits: quotas.to_vec(),
-            snapshots,
-            paused_for: Duration::from_nanos(extra.until.saturating_sub(now)),
-            held: Duration::from_nanos(extra.held),
-        }
-    }
-
-    /// Every dimension of `key` as it stands now, spending nothing.
-    pub fn snapshot_now<K: Hash + ?Sized>(&self, key: &K, limits: &[Quota]) -> Vec<Snapshot> {
-        self.read_now(key, limits).snapshots
-    }
-
-    /// What the store counts, summed over its shards.
-    pub fn stats_now(&self) -> StoreStats {
-        let mut stats = StoreStats::default();
-        for shard in self.shards.iter() {
-            let shard = shard.0.lock().unwrap_or_else(PoisonError::into_inner);
-            stats.admitted = stats.admitted.saturating_add(shard.admitted);
-            stats.denied = stats.denied.saturating_add(shard.denied);
-            stats.evictions = stats.evictions.saturating_add(shard.evicted);
-            stats.entries = stats.entries.saturating_add(shard.table.len() as u64);
-        }
-        stats
+        SyncStore::decide_now(
+            self,
+            key,
+            std::slice::from_ref(quota),
+            &[cost],
+            Duration::ZERO,
+        )
+        .checked()
     }
 }
 
@@ -681,12 +503,11 @@ impl Shard {
                 if state != tat {
                     self.write(index, fp, state, now, max);
                 }
-                let wait = Duration::from_nanos(due.saturating_sub(now));
-                let mut admit = Admit::now(gcra.snapshot(&state, due.max(now)));
-                admit.wait = wait;
-                admit.dues[0] = wait;
-                admit.steps[0] = Duration::from_nanos(gcra.interval());
-                Decision::Admit(admit)
+                Decision::Admit(Admit::single_dimension(
+                    gcra.snapshot(&state, due.max(now)),
+                    Duration::from_nanos(due.saturating_sub(now)),
+                    Duration::from_nanos(gcra.interval()),
+                ))
             }
             Outcome::Deny { retry_after } => Decision::Deny {
                 dimension: 0,
@@ -862,7 +683,9 @@ impl<K: Hash + ?Sized, C: Clock> Store<K> for MemoryStore<C> {
         costs: &[u64],
         max_wait: Duration,
     ) -> impl std::future::Future<Output = Result<Decision, Infallible>> + Send {
-        std::future::ready(Ok(self.decide_now(key, limits, costs, max_wait)))
+        std::future::ready(Ok(SyncStore::decide_now(
+            self, key, limits, costs, max_wait,
+        )))
     }
 
     fn adjust(
@@ -871,7 +694,7 @@ impl<K: Hash + ?Sized, C: Clock> Store<K> for MemoryStore<C> {
         limits: &[Quota],
         changes: &[Change],
     ) -> impl std::future::Future<Output = Result<(), Infallible>> + Send {
-        self.adjust_now(key, limits, changes);
+        SyncStore::adjust_now(self, key, limits, changes);
         std::future::ready(Ok(()))
     }
 
@@ -880,7 +703,7 @@ impl<K: Hash + ?Sized, C: Clock> Store<K> for MemoryStore<C> {
         key: &K,
         limits: &[Quota],
     ) -> impl std::future::Future<Output = Result<View, Infallible>> + Send {
-        std::future::ready(Ok(self.read_now(key, limits)))
+        std::future::ready(Ok(SyncStore::read_now(self, key, limits)))
     }
 
     fn give_back(&self, key: &K, limits: &[Quota], costs: &[u64]) {
@@ -888,11 +711,19 @@ impl<K: Hash + ?Sized, C: Clock> Store<K> for MemoryStore<C> {
         for (change, &cost) in changes.iter_mut().zip(costs) {
             *change = Change::Refund(cost);
         }
-        self.adjust_now(key, limits, changes.get(..costs.len()).unwrap_or(&[]));
+        SyncStore::adjust_now(self, key, limits, changes.get(..costs.len()).unwrap_or(&[]));
     }
 
     fn stats(&self) -> StoreStats {
-        self.stats_now()
+        let mut stats = StoreStats::default();
+        for shard in self.shards.iter() {
+            let shard = shard.0.lock().unwrap_or_else(PoisonError::into_inner);
+            stats.admitted = stats.admitted.saturating_add(shard.admitted);
+            stats.denied = stats.denied.saturating_add(shard.denied);
+            stats.evictions = stats.evictions.saturating_add(shard.evicted);
+            stats.entries = stats.entries.saturating_add(shard.table.len() as u64);
+        }
+        stats
     }
 
     #[inline(always)]
@@ -904,7 +735,41 @@ impl<K: Hash + ?Sized, C: Clock> Store<K> for MemoryStore<C> {
 impl<K: Hash + ?Sized, C: Clock> SyncStore<K> for MemoryStore<C> {
     #[inline]
     fn decide_now(&self, key: &K, limits: &[Quota], costs: &[u64], max_wait: Duration) -> Decision {
-        MemoryStore::decide_now(self, key, limits, costs, max_wait)
+        let max_wait = duration_to_nanos(max_wait);
+        let dims = self.dims(key, limits.len().min(costs.len()));
+        let mut shard = self.shard(dims.fp);
+        if shard.extras.is_empty() {
+            if let ([quota], [cost]) = (limits, costs) {
+                // A keyed limiter's path, measured at 40% cheaper than the
+                // general one's loops: one hash, one lock, one GCRA step.
+                let now = self.clock.now();
+                let decision =
+                    shard.decide_one(quota, dims.fp, *cost, now, max_wait, self.max_per_shard);
+                return shard.count(decision);
+            }
+            let now = self.clock.now();
+            let decision = shard.decide(dims, limits, costs, now, max_wait, 0, self.max_per_shard);
+            return shard.count(decision);
+        }
+        let now = self.clock.now();
+        let (quotas, extra) = shard.in_force(&dims, limits, now);
+        if extra.held == 0 {
+            // An empty key's extensions are forgotten for good.
+            if let Some(kept) = shard.extras.get_mut(&dims.fp) {
+                kept.held = 0;
+            }
+        }
+        let quotas = quotas.get(..dims.len).unwrap_or(&[]);
+        let decision = shard.decide(
+            dims,
+            quotas,
+            costs,
+            now,
+            max_wait,
+            extra.held,
+            self.max_per_shard,
+        );
+        shard.count(decision)
     }
 
     #[inline]
@@ -913,11 +778,109 @@ impl<K: Hash + ?Sized, C: Clock> SyncStore<K> for MemoryStore<C> {
     }
 
     fn adjust_now(&self, key: &K, limits: &[Quota], changes: &[Change]) {
-        MemoryStore::adjust_now(self, key, limits, changes);
+        let dims = self.dims(key, limits.len().min(changes.len()));
+        let mut shard = self.shard(dims.fp);
+        let now = self.clock.now();
+        let (mut quotas, mut extra) = shard.in_force(&dims, limits, now);
+        let longest = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::HoldFor(hold) => Some(duration_to_nanos(*hold)),
+                _ => None,
+            })
+            .max();
+        let (until, extension) = match longest {
+            Some(hold) => transition::pause(extra.until, now, hold),
+            None => (extra.until, 0),
+        };
+        // First each dimension's limit and TAT after the change, re-spaced
+        // at a changed interval...
+        let mut rescaled = [transition::Respaced::default(); MAX_DIMENSIONS];
+        for (i, &change) in changes.iter().enumerate().take(dims.len) {
+            let (Some(quota), Some(own), Some(&default), Some(slot)) = (
+                quotas.get_mut(i),
+                extra.limits.get_mut(i),
+                limits.get(i),
+                rescaled.get_mut(i),
+            ) else {
+                break;
+            };
+            let before = *quota;
+            if let Some(set) = transition::own_limit(change, quota) {
+                *own = set;
+                *quota = set.unwrap_or(default);
+                if set.is_some() {
+                    extra.lapses = now.saturating_add(self.limits_ttl);
+                }
+            }
+            let found = shard
+                .table
+                .find(dims.fp(i))
+                .map_or(0, |at| shard.table.tat_at(at));
+            let rescaled = transition::rescale(found, &before, quota, now);
+            *slot = transition::Respaced {
+                before: found,
+                // A refund moves the dimension back here, so that the
+                // dimensions it did not bind follow it.
+                after: match change {
+                    Change::Refund(n) => transition::refund(rescaled, quota, now, until, n),
+                    _ => rescaled,
+                },
+                interval: quota.interval_ns(),
+                was: before.interval_ns(),
+                capacity: quota.capacity_ns(),
+                refunded: matches!(change, Change::Refund(_)),
+            };
+        }
+        // ...then the dimensions that did not place the last admission
+        // follow the others back: their admissions are where they put them.
+        let followed = transition::follow(rescaled.get(..dims.len).unwrap_or(&[]), now);
+        for (i, &change) in changes.iter().enumerate().take(dims.len) {
+            let (Some(quota), Some(&tat)) = (quotas.get(i), followed.get(i)) else {
+                break;
+            };
+            let fp = dims.fp(i);
+            let index = shard.table.find(fp);
+            let found = index.map_or(0, |at| shard.table.tat_at(at));
+            let next = match change {
+                Change::HoldFor(_) => transition::hold(tat, quota, now, until, extension),
+                // Refunded above.
+                Change::Refund(_) => tat,
+                change => transition::apply(tat, quota, now, change),
+            };
+            if next != found {
+                shard.write(index, fp, next, now, self.max_per_shard);
+            }
+        }
+        extra.until = until;
+        extra.held = extra.held.saturating_add(extension);
+        extra.dims = u8::try_from(dims.len).unwrap_or(u8::MAX);
+        shard.keep_extra(dims.fp, extra, now, self.max_per_shard);
     }
 
     fn read_now(&self, key: &K, limits: &[Quota]) -> View {
-        MemoryStore::read_now(self, key, limits)
+        let dims = self.dims(key, limits.len());
+        let shard = self.shard(dims.fp);
+        let now = self.clock.now();
+        let (quotas, extra) = shard.in_force(&dims, limits, now);
+        let quotas = quotas.get(..dims.len).unwrap_or(&[]);
+        let snapshots = quotas
+            .iter()
+            .enumerate()
+            .map(|(i, quota)| {
+                let tat = shard
+                    .table
+                    .find(dims.fp(i))
+                    .map_or(0, |at| shard.table.tat_at(at));
+                transition::snapshot(tat, quota, now)
+            })
+            .collect();
+        View {
+            limits: quotas.to_vec(),
+            snapshots,
+            paused_for: Duration::from_nanos(extra.until.saturating_sub(now)),
+            held: Duration::from_nanos(extra.held),
+        }
     }
 
     fn now(&self) -> u64 {
@@ -934,7 +897,7 @@ impl<C: Clock> fmt::Debug for MemoryStore<C> {
         f.debug_struct("MemoryStore")
             .field("shards", &self.shards.len())
             .field("max_entries", &self.max_entries())
-            .field("stats", &self.stats_now())
+            .field("stats", &Store::<()>::stats(self))
             .finish()
     }
 }

@@ -235,6 +235,16 @@ impl Admit {
             steps: [Duration::ZERO; MAX_DIMENSIONS],
         }
     }
+
+    /// An admission of a single dimension, due in `wait`, whose limit
+    /// replenishes a unit every `step`.
+    pub fn single_dimension(snapshot: Snapshot, wait: Duration, step: Duration) -> Self {
+        let mut admit = Self::now(snapshot);
+        admit.wait = wait;
+        admit.dues[0] = wait;
+        admit.steps[0] = step;
+        admit
+    }
 }
 
 /// A change to one dimension of a key's state, outside a decision. A store

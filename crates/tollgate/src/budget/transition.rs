@@ -292,6 +292,19 @@ pub fn learn(quota: &Quota, limit: u64) -> Option<Quota> {
     Quota::new(limit, quota.period()).ok()
 }
 
+/// A dimension's own limit after `change`, where `in_force` is the limit
+/// deciding it now: `Some(Some(quota))` when the change sets one (given,
+/// or learnt by [`learn`]), `Some(None)` when it clears it (the default
+/// applies again), `None` when it leaves the limit as it is.
+pub fn own_limit(change: Change, in_force: &Quota) -> Option<Option<Quota>> {
+    match change {
+        Change::Limit(quota) => Some(Some(quota)),
+        Change::Unlimit => Some(None),
+        Change::Observe { limit, .. } => learn(in_force, limit).map(Some),
+        _ => None,
+    }
+}
+
 /// A key's pause that ends at `paused_until` (0: none), asked at `now` to
 /// hold for `hold` nanoseconds more: answers the new end and by how much it
 /// extends the pause in force (0 when one lasts longer already). Pauses

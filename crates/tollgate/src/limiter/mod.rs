@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use crate::budget::{DirectStore, Grant, KeyedBudget, Limits, Stats};
 use crate::snapshot::duration_to_nanos;
-use crate::store::Refusal;
+use crate::store::{Refusal, SyncStore};
 use crate::{Algorithm, Clock, DefaultClock, Denied, DeniedKind, Quota, Snapshot};
 
 /// One rate limit, shared by reference (put it in an
@@ -239,7 +239,7 @@ impl<C: Clock> RateLimiter<C> {
 
     /// How long the limiter stays paused from now (zero when it is not).
     pub fn paused_for(&self) -> Duration {
-        self.inner.store().read_now(&[*self.quota()]).paused_for
+        SyncStore::<()>::read_now(self.inner.store(), &(), &[*self.quota()]).paused_for
     }
 
     /// Gives the limiter a quota in place of the one it was built with:
@@ -257,7 +257,7 @@ impl<C: Clock> RateLimiter<C> {
     /// The quota in force: the one set or learnt, or the one it was built
     /// with.
     pub fn current_quota(&self) -> Quota {
-        let view = self.inner.store().read_now(&[*self.quota()]);
+        let view = SyncStore::<()>::read_now(self.inner.store(), &(), &[*self.quota()]);
         view.limits.first().copied().unwrap_or(*self.quota())
     }
 
