@@ -722,3 +722,67 @@ impl<K, C, R, S> RateLimitBuilder<K, C, R, S> {
         Ok(RateLimitLayer::from_builder(self))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate::store::conformance;
+
+    /// The layer's store under the suite's keys: each a key of the keyed
+    /// store (the global key's `DirectStore` keeps the contract in
+    /// `tollgate`'s own conformance tests, one key a store).
+    struct ByName(LayerStore);
+
+    impl Store<String> for ByName {
+        type Error = Infallible;
+
+        fn decide(
+            &self,
+            key: &String,
+            limits: &[Quota],
+            costs: &[u64],
+            max_wait: Duration,
+        ) -> impl Future<Output = Result<Decision, Infallible>> + Send {
+            ready(Ok(SyncStore::decide_now(
+                &self.0,
+                &Key::from(key.as_str()),
+                limits,
+                costs,
+                max_wait,
+            )))
+        }
+
+        fn adjust(
+            &self,
+            key: &String,
+            limits: &[Quota],
+            changes: &[Change],
+        ) -> impl Future<Output = Result<(), Infallible>> + Send {
+            SyncStore::adjust_now(&self.0, &Key::from(key.as_str()), limits, changes);
+            ready(Ok(()))
+        }
+
+        fn read(
+            &self,
+            key: &String,
+            limits: &[Quota],
+        ) -> impl Future<Output = Result<View, Infallible>> + Send {
+            ready(Ok(SyncStore::read_now(
+                &self.0,
+                &Key::from(key.as_str()),
+                limits,
+            )))
+        }
+
+        fn give_back(&self, key: &String, limits: &[Quota], costs: &[u64]) {
+            Store::give_back(&self.0, &Key::from(key.as_str()), limits, costs);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_layers_store_keeps_the_contract() {
+        let quota = Quota::per_second(10).unwrap();
+        let clock = LayerClock(ClockKind::Default(DefaultClock::new()));
+        conformance::run(|| async { ByName(LayerStore::new(quota, 10_000, clock.clone())) }).await;
+    }
+}

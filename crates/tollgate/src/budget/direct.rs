@@ -44,6 +44,10 @@ pub struct DirectStore<C: Clock = DefaultClock> {
     mode: AtomicU8,
     /// The limit of its own, set or learnt; also serializes changes.
     own: Mutex<Option<Quota>>,
+    /// When the limit of its own lapses (the store's clock), and how long
+    /// one lasts after it was last set.
+    lapses: AtomicU64,
+    limits_ttl: u64,
     /// When the pause ends, and its extensions added up.
     until: AtomicU64,
     held: AtomicU64,
@@ -240,6 +244,8 @@ impl<C: Clock> DirectStore<C> {
             mode: AtomicU8::new(if locked.is_some() { GENERAL } else { 0 }),
             locked: locked.map(Mutex::new),
             own: Mutex::new(None),
+            lapses: AtomicU64::new(0),
+            limits_ttl: duration_to_nanos(crate::store::DEFAULT_LIMITS_TTL),
             until: AtomicU64::new(0),
             held: AtomicU64::new(0),
             hot: Hot::default(),
@@ -254,6 +260,15 @@ impl<C: Clock> DirectStore<C> {
     pub fn counted(mut self) -> Self {
         self.counts = Counts::on();
         *self.mode.get_mut() |= COUNTED;
+        self
+    }
+
+    /// How long a limit of its own (set or learnt) lasts after it was
+    /// last set; then the default applies again. A day unless told
+    /// ([`DEFAULT_LIMITS_TTL`](crate::store::DEFAULT_LIMITS_TTL)), as in
+    /// every store.
+    pub fn with_limits_ttl(mut self, ttl: Duration) -> Self {
+        self.limits_ttl = duration_to_nanos(ttl);
         self
     }
 
@@ -379,11 +394,16 @@ impl<C: Clock> DirectStore<C> {
     /// The quota in force: the store's own, or `default`.
     fn in_force(&self, default: Quota) -> Quota {
         if self.mode.load(Ordering::Relaxed) & GENERAL != 0 {
-            if let Some(own) = *self.own() {
+            if let Some(own) = self.unlapsed(*self.own(), self.clock.now()) {
                 return own;
             }
         }
         default
+    }
+
+    /// `own`, unless it lapsed by `now`.
+    fn unlapsed(&self, own: Option<Quota>, now: u64) -> Option<Quota> {
+        own.filter(|_| now < self.lapses.load(Ordering::Relaxed))
     }
 
     #[inline(never)]
@@ -638,11 +658,16 @@ impl<C: Clock, K: ?Sized> SyncStore<K> for DirectStore<C> {
         };
         let mut own = self.own();
         let now = self.clock.now();
+        *own = self.unlapsed(*own, now);
         let before = own.unwrap_or(default);
         let mut after = before;
         if let Some(set) = transition::own_limit(change, &before) {
             *own = set;
             after = set.unwrap_or(default);
+            if set.is_some() {
+                self.lapses
+                    .store(now.saturating_add(self.limits_ttl), Ordering::Relaxed);
+            }
         }
         let (until, extension) = match change {
             Change::HoldFor(hold) => transition::pause(
