@@ -49,12 +49,14 @@ pub enum Dialect {
 }
 
 impl Dialect {
-    /// The domain of the provider whose headers a client must know to read
-    /// this dialect right (Groq's day, Azure's ten seconds), if any.
+    /// The domain of the provider whose ways a client must know to read
+    /// this dialect right (Groq's day, Azure's ten seconds, Anthropic's
+    /// output tokens counted as written), if any.
     pub fn domain(self) -> Option<&'static str> {
         match self {
             Self::GroqDaily => Some("groq.com"),
             Self::AzureTenSeconds => Some("openai.azure.com"),
+            Self::Anthropic => Some("anthropic.com"),
             _ => None,
         }
     }

@@ -180,6 +180,20 @@ fn scenarios() -> Vec<Scenario> {
             }
         }
     }
+    // Anthropic's rounded `remaining` at a host of no known provider:
+    // nothing shows that what was written is charged, not the bound.
+    let mut scenario = row(
+        "tokens bind, Anthropic's headers at an unknown host, bucket 1s, output charged, remaining in thousands"
+            .to_owned(),
+        Config::new(RATE * 120, (PROMPT + 20) * RATE * 60)
+            .dialect(Style::Anthropic)
+            .tokens(countings()[0])
+            .charge(Charge::Written)
+            .writes(20)
+            .rounding(Rounding::Thousands),
+    );
+    scenario.host = Host::Unknown;
+    rows.push(scenario);
     // Bodies without `max_tokens`: the provider charges 16 (or what was
     // written, 20); the middleware must learn it.
     for dialect in [Style::OpenAi, Style::Anthropic, Style::Bare] {

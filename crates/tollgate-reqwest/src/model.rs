@@ -43,6 +43,10 @@ use crate::quirks::Quirks;
 use crate::share::Share;
 use crate::OutputCharge;
 
+/// Refusals after which a provider's quirk that it charges what was
+/// written is no longer taken.
+const DOUBTED: u32 = 2;
+
 /// What the model's answers depend on besides the endpoint: the
 /// middleware's configuration and the store.
 pub(crate) struct Setting<'a> {
@@ -109,6 +113,10 @@ pub(crate) struct Model {
     /// What the endpoint's calls without an output bound wrote lately.
     outputs: Outputs,
     charges: Charges,
+    /// Refusals for rate, no other client seen, while the provider's quirk
+    /// said it charges what was written: from [`DOUBTED`] of them, what
+    /// was written is not taken for the charge unless the answers show it.
+    written_refused: u32,
     /// The limits last given to the store (`None`: its defaults).
     applied: Option<Limits>,
 }
@@ -127,6 +135,7 @@ impl Model {
             recent: Recent::default(),
             outputs: Outputs::default(),
             charges: Charges::default(),
+            written_refused: 0,
             applied: None,
         }
     }
@@ -173,6 +182,17 @@ impl Model {
             || limit_without_window(&read.requests).is_some();
         if a.answer == Answer::Done && read_for_limit {
             self.inferred.spent(a.now);
+        }
+        // A refusal of a process that sees no other client, where calls
+        // were settled to what they wrote: the provider charges more.
+        if a.answer == Answer::RateLimited
+            && !self.share.others_seen()
+            && self.trusts_written_quirk()
+        {
+            self.written_refused = self.written_refused.saturating_add(1);
+            if !self.trusts_written_quirk() {
+                tracing::info!(%key, "refused while settling calls to what they wrote: charged their bound from now on");
+            }
         }
         let mut rate_known = self.stated(key, cx, a);
         rate_known |= self.infer(key, cx, a);
@@ -231,7 +251,7 @@ impl Model {
         // to charge what was written.
         self.charges.answered(lesson.seen, used[2], bound);
         let written = match charge {
-            OutputCharge::Learnt => self.charges.written() || self.quirks.charges_written_output,
+            OutputCharge::Learnt => self.charges.written() || self.trusts_written_quirk(),
             OutputCharge::Bound => false,
             OutputCharge::Written => true,
         };
@@ -240,6 +260,13 @@ impl Model {
             used[1] = used[2].saturating_add(bound);
         }
         used
+    }
+
+    /// Whether the provider's quirk that it charges what was written is
+    /// taken: until refusals say otherwise (a provider at such a host that
+    /// charges the bound after all, or a gateway in front).
+    fn trusts_written_quirk(&self) -> bool {
+        self.quirks.charges_written_output && self.written_refused < DOUBTED
     }
 
     /// The limits to pace at: those in force, at this process's share,

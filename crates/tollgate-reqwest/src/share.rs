@@ -222,6 +222,11 @@ impl Share {
         self.share * self.trim
     }
 
+    /// Whether the readings show other clients spending from the limit.
+    pub(crate) fn others_seen(&self) -> bool {
+        self.others
+    }
+
     /// An answer that spent one request here, with the provider's
     /// `remaining` after it, the (per-minute) limit it states and the time
     /// until that limit is full again. Answers the new share when it

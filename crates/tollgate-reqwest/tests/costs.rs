@@ -33,7 +33,12 @@ struct Ran {
 /// 600 calls of `body` at once against `config` (120 ms answers), each
 /// reporting its usage if `report`.
 async fn six_hundred(config: Config, body: Value, report: bool) -> Ran {
-    let (base, provider) = mock::serve(config.latency(Duration::from_millis(120)), Host::Provider);
+    six_hundred_at(config, Host::Provider, body, report).await
+}
+
+/// [`six_hundred`] at a host as `host` says.
+async fn six_hundred_at(config: Config, host: Host, body: Value, report: bool) -> Ran {
+    let (base, provider) = mock::serve(config.latency(Duration::from_millis(120)), host);
     let client = Arc::new(transport::client(
         RateLimitMiddleware::builder().headroom(0.02).build(),
     ));
@@ -114,12 +119,17 @@ async fn callers_that_never_report_usage_go_on_the_prior() {
 /// tokens allow 100 a second of what the provider charges: answers the
 /// share of the allowed rate and the attempts refused.
 async fn bounded(config: Config) -> (f64, u64) {
+    bounded_at(config, Host::Provider).await
+}
+
+/// [`bounded`] at a host as `host` says.
+async fn bounded_at(config: Config, host: Host) -> (f64, u64) {
     let body = json!({
         "model": "mock-1",
         "max_tokens": 60,
         "messages": [{"role": "user", "content": "Hello, please count to three."}]
     });
-    let ran = six_hundred(config, body, true).await;
+    let ran = six_hundred_at(config, host, body, true).await;
     assert_eq!(ran.answered, 600, "none lost");
     (ran.share, ran.refused)
 }
@@ -161,16 +171,46 @@ async fn a_bounded_call_is_settled_to_what_the_provider_charges() {
 }
 
 /// A `remaining` rounded to thousands shows nothing of a call's charge:
-/// bounded calls stay charged their bound, slower than the provider
-/// allows, and never refused.
+/// at a host of no known provider, bounded calls stay charged their
+/// bound, slower than the provider allows, and never refused; at
+/// Anthropic's, whose output tokens count what was written (its
+/// documentation), they are settled to what they wrote, until refusals
+/// show the provider charges more.
 #[tokio::test(start_paused = true)]
-async fn a_rounded_remaining_leaves_the_bound_charged() {
-    let config = Config::new(12_000, 32 * 100 * 60)
+async fn a_rounded_remaining_leaves_the_bound_charged_but_at_anthropic() {
+    let config = || {
+        Config::new(12_000, 32 * 100 * 60)
+            .dialect(Style::Anthropic)
+            .rounding(Rounding::Thousands)
+            .charge(Charge::Written)
+            .writes(20)
+    };
+    let (share, refused) = bounded_at(config(), Host::Unknown).await;
+    assert_eq!(refused, 0);
+    assert!(share < 0.5, "unknown host: {:.1}%", 100.0 * share);
+    let (share, refused) = bounded_at(config(), Host::Provider).await;
+    assert!(refused <= 3, "anthropic.com: {refused} refused");
+    assert!(share > 0.9, "anthropic.com: {:.1}%", 100.0 * share);
+    // A provider at Anthropic's host that charges the bound after all:
+    // its refusals overrule the host's rule, and calls are charged their
+    // bound (taken on trust, 34% of the attempts were refused).
+    let charges_bound = Config::new(12_000, 72 * 100 * 60)
         .dialect(Style::Anthropic)
         .rounding(Rounding::Thousands)
-        .charge(Charge::Written)
+        .charge(Charge::MaxTokens)
         .writes(20);
-    let (share, refused) = bounded(config).await;
-    assert_eq!(refused, 0);
-    assert!(share < 0.5, "{:.1}%", 100.0 * share);
+    let (share, refused) = bounded_at(charges_bound, Host::Provider).await;
+    println!(
+        "anthropic.com, bound charged: {:.1}%, {refused} refused",
+        100.0 * share
+    );
+    assert!(
+        refused <= 4,
+        "anthropic.com, bound charged: {refused} refused"
+    );
+    assert!(
+        share > 0.9,
+        "anthropic.com, bound charged: {:.1}%",
+        100.0 * share
+    );
 }
