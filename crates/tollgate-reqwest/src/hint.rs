@@ -20,7 +20,7 @@ pub(crate) const MAX_BODY: u64 = 64 * 1024;
 
 /// What a refusal's body says.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Said {
+pub(crate) struct BodyHint {
     /// A wait hint.
     pub(crate) wait: Option<Duration>,
     /// A limit a minute the message names, and its dimension.
@@ -29,9 +29,9 @@ pub(crate) struct Said {
 
 /// Reads a refusal's body for what it says and hands back an equal
 /// response (status, version, URL, headers, extensions and body).
-pub(crate) async fn read(mut response: Response) -> (Response, Said) {
+pub(crate) async fn read(mut response: Response) -> (Response, BodyHint) {
     if response.content_length().is_none_or(|n| n > MAX_BODY) {
-        return (response, Said::default());
+        return (response, BodyHint::default());
     }
     let status = response.status();
     let version = response.version();
@@ -43,9 +43,9 @@ pub(crate) async fn read(mut response: Response) -> (Response, Said) {
         let mut empty = http::Response::new(Vec::new());
         *empty.status_mut() = status;
         *empty.headers_mut() = headers;
-        return (Response::from(empty), Said::default());
+        return (Response::from(empty), BodyHint::default());
     };
-    let hint = Said::of(&bytes);
+    let hint = BodyHint::of(&bytes);
     let mut builder = http::Response::builder().status(status).version(version);
     if let Some(slot) = builder.headers_mut() {
         *slot = headers;
@@ -61,7 +61,7 @@ pub(crate) async fn read(mut response: Response) -> (Response, Said) {
     }
 }
 
-impl Said {
+impl BodyHint {
     /// What a body says, its JSON parsed once and its text lower-cased
     /// once. A wait hint: a JSON `retryDelay` anywhere, or a message
     /// saying "try again in …". A limit a minute: a Google
@@ -229,16 +229,16 @@ fn duration_prefix(text: &str) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
-    use super::Said;
+    use super::BodyHint;
     use crate::limits::Dimension;
     use std::time::Duration;
 
     fn in_body(bytes: &[u8]) -> Option<Duration> {
-        Said::of(bytes).wait
+        BodyHint::of(bytes).wait
     }
 
     fn limit_in_body(bytes: &[u8]) -> Option<(Dimension, u64)> {
-        Said::of(bytes).per_minute
+        BodyHint::of(bytes).per_minute
     }
 
     #[test]

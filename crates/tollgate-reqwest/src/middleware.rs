@@ -72,69 +72,11 @@ impl fmt::Display for Endpoint {
 /// Keeps the calls of a `reqwest_middleware` client under an LLM
 /// provider's limits, per endpoint and model.
 ///
-/// - **Budgets** of requests, tokens, input tokens and output tokens per
-///   minute, shared by every clone of the client. A call reserves 1 request
-///   and its estimated tokens before it is sent, in line with the others.
-/// - **Learnt limits**: with none configured, the first call to an endpoint
-///   goes alone; its response's headers (`x-ratelimit-*`,
-///   `anthropic-ratelimit-*`, IETF `RateLimit`) set the limits, and every
-///   later response keeps them current. Configured limits apply where they
-///   are stricter. Calls are paced at 95% of a limit (see
-///   [`Builder::headroom`]), evenly spaced, never in a burst. A limit the
-///   provider raises or lowers is followed at once, the calls already
-///   waiting re-spaced at the new rate.
-/// - **A learnt rate** where an endpoint states no request limit (and none
-///   is configured): calls ramp up in a window that grows with each answer
-///   until the first refusal; from then on the rate is cut on a refusal to
-///   90% of the most the provider admitted in a second, and grows slowly
-///   while calls succeed (AIMD). Calls wait out each refusal's pause before
-///   taking their turn at the rate then learnt. Where it states what
-///   remains of the request limit but not the limit (Azure's sparest),
-///   the limit is inferred from the first answer: what remains plus what
-///   this process spent in the minute before; the rate in force is the
-///   lower of that and the learnt one. A request limit stated with no
-///   reset and no window in the header's name counts ten seconds, as
-///   Azure OpenAI's does (its deployment's requests a minute over six):
-///   at a host of Azure's (`*.openai.azure.com`,
-///   `*.cognitiveservices.azure.com`, `*.services.ai.azure.com`) for good;
-///   elsewhere until a refusal comes before the answers confirm it, which
-///   makes it a minute's. A limit a minute that a refusal's body names,
-///   in a message as OpenAI's and Groq's do ("on requests per minute
-///   (RPM): Limit 30") or as a Google `QuotaFailure` (Gemini's
-///   `GenerateRequestsPerMinute…` quota), is taken where no header states
-///   that dimension's. At a
-///   host of Groq's, whose `-requests` headers count a day, those headers
-///   are left to the provider, and the minute's request rate is the one
-///   its refusals' messages name, else learnt from refusals as where none
-///   is stated. So is a request limit of the legacy trio
-///   (`x-ratelimit-{limit,remaining,reset}`, `ratelimit-*`) whose reset is
-///   over 90 s away, a longer window than a minute (OpenRouter's day,
-///   GitHub's hour): the minute's then comes with the refusals' headers.
-/// - **429, 503 and 529** pause the endpoint's budget for every caller, for
-///   the wait the provider asks (`retry-after-ms`, `Retry-After`, a wait in
-///   the body — Google's `retryDelay`, "Please try again in 5.289s" — the
-///   exhausted limit's reset, else jittered exponential back-off); pauses
-///   that overlap take the longest. The call is then retried if its body
-///   can be cloned: after a 429 until it succeeds (at most
-///   [`Builder::max_refusals`] in a row), after a 503 or 529 while
-///   attempts and the retry budget last. `x-should-retry: false` is
-///   obeyed. A wait the provider asks above [`Builder::max_wait`] (or a
-///   `Retry-After` too large to count) returns [`RetryLater`] at once; a
-///   wait behind this process' own reservations never does (the call
-///   keeps its place as they settle).
-/// - **Other clients on the key**: without a shared store, each endpoint
-///   reads how far the provider's `remaining` falls against what this
-///   process spent itself, and from 1.4 clients seen paces at its share of
-///   the limit, which eases off while the key is full and grows while it
-///   has room (two or four processes on one key: at most 1.5% of
-///   attempts refused, none lost, where each pacing at the whole limit
-///   met 16%). A `remaining` that falls faster than its limit allows is
-///   not read.
-/// - **Any store**: [`Builder::build_with_store`] keeps the budgets, learnt
-///   limits and pauses in a store shared by several processes (Redis):
-///   one budget for all of them.
-/// - **Usage**: a [`Usage`] handle in the response's extensions settles the
-///   estimate with the real token counts.
+/// Each call waits its turn in a budget of requests, tokens, input tokens
+/// and output tokens a minute, shared by every clone of the client; it
+/// reserves one request and its estimated tokens, and settles to what it
+/// used when the answer reports it (see [`Usage`]). Calls are spaced
+/// evenly at 95% of each limit ([`Builder::headroom`]), never in a burst.
 ///
 /// ```
 /// use reqwest_middleware::ClientBuilder;
@@ -145,6 +87,55 @@ impl fmt::Display for Endpoint {
 ///     .with(RateLimitMiddleware::new())
 ///     .build();
 /// ```
+///
+/// # Where the limits come from
+///
+/// With none configured, the first call to an endpoint goes alone, and
+/// its answer's headers set the limits (`x-ratelimit-*`,
+/// `anthropic-ratelimit-*`, the IETF `RateLimit` fields, and the other
+/// dialects of the crate's tests); every later answer keeps them current,
+/// and calls already waiting are re-spaced when a limit changes.
+/// Configured limits ([`Builder::limits`]) apply where they are stricter.
+///
+/// Where the answers state less, the limit is learnt:
+///
+/// - only what remains (Azure's sparest headers): the limit is inferred
+///   from it and what this process spent;
+/// - no request limit at all: calls start in a window that grows with
+///   each answer; the first refusal sets a rate of 90% of what the
+///   provider admitted in a second, which then grows slowly while calls
+///   succeed (AIMD);
+/// - a limit named in a refusal's body ("Limit 30" in OpenAI's and
+///   Groq's messages, Gemini's `QuotaFailure`) is taken for that
+///   dimension.
+///
+/// A few providers count in ways their headers do not say: Groq's
+/// `-requests` headers count a day, Azure OpenAI's request limit ten
+/// seconds, Anthropic's output tokens what was written. The middleware
+/// knows them by host; a legacy `x-ratelimit-reset` more than 90 s away
+/// (OpenRouter's day) is left to the refusals in the same way.
+///
+/// # Refusals
+///
+/// A 429, 503 or 529 pauses the endpoint for every caller, for the wait
+/// the provider asks (`retry-after-ms`, `Retry-After`, a wait in the body,
+/// the exhausted limit's reset; else jittered exponential back-off).
+/// Pauses that overlap take the longest. The call is then retried if its
+/// body can be cloned: after a 429 up to [`Builder::max_refusals`] times
+/// in a row, after a 503 or 529 while [`Builder::max_attempts`] and the
+/// retry budget last. `x-should-retry: false` is obeyed.
+///
+/// A wait the provider asks for beyond [`Builder::max_wait`] returns
+/// [`RetryLater`] at once. A wait behind this process's own reservations
+/// never does: the call keeps its place while they settle.
+///
+/// # Several processes
+///
+/// Without a shared store, each process reads how fast the provider's
+/// `remaining` falls against what it spent itself, and paces at its share
+/// of the limit once it sees others. With
+/// [`Builder::build_with_store`] (a Redis store), the processes spend
+/// from one budget, learnt limits and pauses included.
 pub struct RateLimitMiddleware<S = MemoryStore> {
     shared: Arc<Shared<S>>,
 }
@@ -560,7 +551,7 @@ struct Sent {
     /// Every rate-limit header of the answer.
     all: RateLimitHeaders,
     /// What a refusal's body says (its wait, a limit its message names).
-    said: hint::Said,
+    said: hint::BodyHint,
 }
 
 /// What follows a refusal.
@@ -731,7 +722,7 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
         {
             hint::read(response).await
         } else {
-            (response, hint::Said::default())
+            (response, hint::BodyHint::default())
         };
         self.learn(key, state, answer, &all, &response, &said).await;
         state.learnt.store(true, Ordering::Release);
@@ -758,7 +749,7 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
         answer: Answer,
         all: &RateLimitHeaders,
         response: &Response,
-        said: &hint::Said,
+        said: &hint::BodyHint,
     ) {
         let read = crate::model::paced(state.quirks, response.headers(), all);
         let answered = crate::model::Answered {

@@ -123,6 +123,9 @@ const TRIM_CUT: f64 = 0.97;
 const TRIM_FLOOR: f64 = 0.9;
 const TRIM_STEP: f64 = 0.0003;
 const TRIM_AFTER: Duration = Duration::from_secs(60);
+/// After a refusal, readings do not raise the share back to an even one
+/// for this long.
+const CALM: Duration = Duration::from_secs(10);
 /// The smallest share: 64 clients.
 const FLOOR: f64 = 1.0 / 64.0;
 /// How long every answer's reset must agree with a bucket's before
@@ -298,7 +301,7 @@ impl Share {
                     // Well under what this process spent itself: a
                     // refill hid the spending, and says nothing of others.
                     if reading >= HIDDEN {
-                        self.read(reading, spent, elapsed, limit);
+                        self.read(now, reading, spent, elapsed, limit);
                     }
                     self.mark = Some(mark);
                 }
@@ -405,9 +408,22 @@ impl Share {
         }
     }
 
-    /// Takes one reading: `spent` over `elapsed`, `reading` times what
-    /// this process spent.
-    fn read(&mut self, reading: f64, spent: f64, elapsed: Duration, limit: Option<u64>) {
+    /// Whether no refusal came within [`CALM`] of `now`.
+    fn calm(&self, now: Instant) -> bool {
+        self.refused_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= CALM)
+    }
+
+    /// Takes one reading at `now`: `spent` over `elapsed`, `reading` times
+    /// what this process spent.
+    fn read(
+        &mut self,
+        now: Instant,
+        reading: f64,
+        spent: f64,
+        elapsed: Duration,
+        limit: Option<u64>,
+    ) {
         #[allow(clippy::cast_precision_loss)]
         if let Some(limit) = limit.filter(|&l| l > 0) {
             // How full: everyone's rate over the limit's.
@@ -419,12 +435,20 @@ impl Share {
             None => reading,
         };
         self.seen = Some(seen);
+        let used = (1.0 - PER_OTHER * (seen - 1.0)).max(0.5);
+        let even = (used / seen).max(FLOOR);
         if seen >= SEEN && !self.others {
             // Others spend: from here on, an even share of those seen,
             // less room for the bunches of processes that pace apart.
             self.others = true;
-            let used = (1.0 - PER_OTHER * (seen - 1.0)).max(0.5);
-            self.share = self.share.min((used / seen).max(FLOOR));
+            self.share = self.share.min(even);
+        } else if seen >= SEEN && self.share < even && self.calm(now) {
+            // A first reading that saw more clients than there are (answers
+            // out of order, a burst of the others) set the share too low:
+            // it comes back up to the even share of those now seen, rather
+            // than a step a second. Not right after a refusal, whose cut
+            // the next reading would undo.
+            self.share = even;
         } else if seen < ALONE && self.others {
             // The others left: the share grows back (fast, where the key
             // has room).
@@ -588,6 +612,28 @@ mod tests {
         assert!(
             (share.get() - want).abs() < 1e-9,
             "{} != {want}",
+            share.get()
+        );
+    }
+
+    /// Four clients on a window of 6,000 a minute, the first readings
+    /// showing six (answers out of order): the share comes back up to the
+    /// even share of four as the readings settle, not a step a second
+    /// from where the first reading put it (0.17 after four seconds).
+    #[test]
+    fn a_share_set_low_by_a_noisy_first_reading_comes_back_to_the_even_one() {
+        let start = Instant::now();
+        let mut share = Share::default();
+        let apart = Duration::from_millis(100);
+        let mut remaining = 6_000u64;
+        for i in 0..40u32 {
+            remaining -= if i < 8 { 6 } else { 4 };
+            share.answered(start + apart * i, Some(6_000), remaining, None);
+        }
+        let even = (1.0 - PER_OTHER * 3.0) / 4.0;
+        assert!(
+            share.get() >= even - 0.01,
+            "{} against an even {even}",
             share.get()
         );
     }

@@ -40,15 +40,15 @@ pin_project! {
         // The rare states are boxed, so that the common one stays small,
         // and dropped out of line, so that dropping the common one is
         // small enough to be inlined.
-        Waiting { waiting: Rare<Waiting<S, B, H>> },
-        Rejected { response: Rare<Response<Bytes>> },
+        Waiting { waiting: ColdBox<Waiting<S, B, H>> },
+        Rejected { response: ColdBox<Response<Bytes>> },
     }
 }
 
 /// A rare state's box, dropped out of line.
-struct Rare<T>(Option<Box<T>>);
+struct ColdBox<T>(Option<Box<T>>);
 
-impl<T> Drop for Rare<T> {
+impl<T> Drop for ColdBox<T> {
     #[inline(never)]
     fn drop(&mut self) {
         drop(self.0.take());
@@ -75,7 +75,7 @@ where
     pub(crate) fn waiting(wait: Wait<H>, service: S, request: Request<B>) -> Self {
         Self {
             state: State::Waiting {
-                waiting: Rare(Some(Box::new(Waiting {
+                waiting: ColdBox(Some(Box::new(Waiting {
                     wait,
                     service,
                     request,
@@ -88,7 +88,7 @@ where
     pub(crate) fn rejected(response: Response<Bytes>) -> Self {
         Self {
             state: State::Rejected {
-                response: Rare(Some(Box::new(response))),
+                response: ColdBox(Some(Box::new(response))),
             },
             hold: None,
         }

@@ -572,13 +572,13 @@ pin_project! {
         // something until it ends: boxed, so that a response through the
         // layer is no larger than the service's own by more than a word or
         // two, and moving it stays a few register moves.
-        Rare { rare: Option<Pin<Box<Rare<B>>>> },
+        Boxed { boxed: Option<Pin<Box<BoxedBody<B>>>> },
     }
 }
 
 pin_project! {
-    #[project = RareProj]
-    enum Rare<B> {
+    #[project = BoxedBodyProj]
+    enum BoxedBody<B> {
         Rejection { data: Option<Bytes> },
         // The inner service's body, and what it keeps (a concurrency
         // permit) until it ends.
@@ -597,8 +597,8 @@ impl<B> ResponseBody<B> {
     /// dropped.
     pub(crate) fn keeping(body: B, kept: Kept) -> Self {
         Self {
-            inner: Inner::Rare {
-                rare: Some(Box::pin(Rare::Keeping {
+            inner: Inner::Boxed {
+                boxed: Some(Box::pin(BoxedBody::Keeping {
                     body,
                     kept: Some(kept),
                 })),
@@ -608,8 +608,8 @@ impl<B> ResponseBody<B> {
 
     pub(crate) fn rejection(data: Bytes) -> Self {
         Self {
-            inner: Inner::Rare {
-                rare: (!data.is_empty()).then(|| Box::pin(Rare::Rejection { data: Some(data) })),
+            inner: Inner::Boxed {
+                boxed: (!data.is_empty()).then(|| Box::pin(BoxedBody::Rejection { data: Some(data) })),
             },
         }
     }
@@ -622,13 +622,13 @@ impl From<ResponseBody<axum::body::Body>> for axum::body::Body {
     fn from(body: ResponseBody<axum::body::Body>) -> Self {
         match body.inner {
             Inner::Service { body } => body,
-            Inner::Rare { rare: None } => Self::empty(),
-            Inner::Rare { rare: Some(rare) } => match *Pin::into_inner(rare) {
-                Rare::Rejection { data } => data.map_or_else(Self::empty, Self::from),
+            Inner::Boxed { boxed: None } => Self::empty(),
+            Inner::Boxed { boxed: Some(boxed) } => match *Pin::into_inner(boxed) {
+                BoxedBody::Rejection { data } => data.map_or_else(Self::empty, Self::from),
                 // What it keeps must live as long as the body: boxed with it.
-                keeping @ Rare::Keeping { .. } => Self::new(ResponseBody {
-                    inner: Inner::Rare {
-                        rare: Some(Box::pin(keeping)),
+                keeping @ BoxedBody::Keeping { .. } => Self::new(ResponseBody {
+                    inner: Inner::Boxed {
+                        boxed: Some(Box::pin(keeping)),
                     },
                 }),
             },
@@ -641,10 +641,10 @@ impl<B: fmt::Debug> fmt::Debug for ResponseBody<B> {
         let mut tuple = f.debug_tuple("ResponseBody");
         match &self.inner {
             Inner::Service { body } => tuple.field(body),
-            Inner::Rare { rare: None } => tuple.field(&"empty"),
-            Inner::Rare { rare: Some(rare) } => match &**rare {
-                Rare::Rejection { data } => tuple.field(data),
-                Rare::Keeping { body, .. } => tuple.field(body),
+            Inner::Boxed { boxed: None } => tuple.field(&"empty"),
+            Inner::Boxed { boxed: Some(boxed) } => match &**boxed {
+                BoxedBody::Rejection { data } => tuple.field(data),
+                BoxedBody::Keeping { body, .. } => tuple.field(body),
             },
         };
         tuple.finish()
@@ -665,13 +665,13 @@ where
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         match self.project().inner.project() {
             InnerProj::Service { body } => body.poll_frame(cx),
-            InnerProj::Rare { rare } => match rare {
+            InnerProj::Boxed { boxed } => match boxed {
                 None => Poll::Ready(None),
-                Some(rare) => match rare.as_mut().project() {
-                    RareProj::Rejection { data } => {
+                Some(boxed) => match boxed.as_mut().project() {
+                    BoxedBodyProj::Rejection { data } => {
                         Poll::Ready(data.take().map(|d| Ok(Frame::data(B::Data::from(d)))))
                     }
-                    RareProj::Keeping { body, kept } => {
+                    BoxedBodyProj::Keeping { body, kept } => {
                         let frame = body.poll_frame(cx);
                         if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
                             // The body ended: what it kept goes now, not
@@ -688,10 +688,10 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Service { body } => body.is_end_stream(),
-            Inner::Rare { rare: None } => true,
-            Inner::Rare { rare: Some(rare) } => match &**rare {
-                Rare::Rejection { data } => data.is_none(),
-                Rare::Keeping { body, .. } => body.is_end_stream(),
+            Inner::Boxed { boxed: None } => true,
+            Inner::Boxed { boxed: Some(boxed) } => match &**boxed {
+                BoxedBody::Rejection { data } => data.is_none(),
+                BoxedBody::Keeping { body, .. } => body.is_end_stream(),
             },
         }
     }
@@ -699,12 +699,12 @@ where
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Service { body } => body.size_hint(),
-            Inner::Rare { rare: None } => SizeHint::with_exact(0),
-            Inner::Rare { rare: Some(rare) } => match &**rare {
-                Rare::Rejection { data } => {
+            Inner::Boxed { boxed: None } => SizeHint::with_exact(0),
+            Inner::Boxed { boxed: Some(boxed) } => match &**boxed {
+                BoxedBody::Rejection { data } => {
                     SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
                 }
-                Rare::Keeping { body, .. } => body.size_hint(),
+                BoxedBody::Keeping { body, .. } => body.size_hint(),
             },
         }
     }

@@ -53,7 +53,7 @@ pub struct DirectStore<C: Clock = DefaultClock> {
     held: AtomicU64,
     /// GCRA's state and the counts; the buckets' and windows' states are
     /// in `locked`.
-    hot: Hot,
+    hot: PaddedTat,
     counts: Counts,
     clock: C,
 }
@@ -67,7 +67,7 @@ const COUNTED: u8 = 2;
 /// beside it are not invalidated by every decision.
 #[repr(align(128))]
 #[derive(Default)]
-struct Hot {
+struct PaddedTat {
     tat: AtomicU64,
 }
 
@@ -93,7 +93,7 @@ struct Stripe {
 /// A thread's stripe: the lowest one no live thread holds, given back
 /// when the thread ends; past [`STRIPES`] live threads, one shared by
 /// where the thread's data lies.
-struct Place {
+struct ThreadStripe {
     stripe: usize,
     alone: bool,
 }
@@ -101,7 +101,7 @@ struct Place {
 /// Stripes held by live threads, one bit each.
 static HELD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-impl Place {
+impl ThreadStripe {
     fn take() -> Self {
         let mut held = HELD.load(Ordering::Acquire);
         loop {
@@ -134,7 +134,7 @@ impl Place {
     }
 }
 
-impl Drop for Place {
+impl Drop for ThreadStripe {
     fn drop(&mut self) {
         if self.alone {
             // Release: this thread's counts are seen by the next holder.
@@ -144,7 +144,7 @@ impl Drop for Place {
 }
 
 thread_local! {
-    static PLACE: Place = Place::take();
+    static PLACE: ThreadStripe = ThreadStripe::take();
 }
 
 impl Counts {
@@ -248,7 +248,7 @@ impl<C: Clock> DirectStore<C> {
             limits_ttl: duration_to_nanos(crate::store::DEFAULT_LIMITS_TTL),
             until: AtomicU64::new(0),
             held: AtomicU64::new(0),
-            hot: Hot::default(),
+            hot: PaddedTat::default(),
             counts: Counts::default(),
             clock,
         }
@@ -584,7 +584,7 @@ impl<C: Clock, K: ?Sized> Store<K> for DirectStore<C> {
         max_wait: Duration,
     ) -> impl Future<Output = Result<Decision, Self::Error>> + Send {
         ready(
-            one(limits.len().max(costs.len()))
+            single_dimension(limits.len().max(costs.len()))
                 .map(|()| SyncStore::<K>::decide_now(self, key, limits, costs, max_wait)),
         )
     }
@@ -596,7 +596,7 @@ impl<C: Clock, K: ?Sized> Store<K> for DirectStore<C> {
         changes: &[Change],
     ) -> impl Future<Output = Result<(), Self::Error>> + Send {
         ready(
-            one(limits.len().max(changes.len()))
+            single_dimension(limits.len().max(changes.len()))
                 .map(|()| SyncStore::<K>::adjust_now(self, key, limits, changes)),
         )
     }
@@ -606,7 +606,7 @@ impl<C: Clock, K: ?Sized> Store<K> for DirectStore<C> {
         key: &K,
         limits: &[Quota],
     ) -> impl Future<Output = Result<View, Self::Error>> + Send {
-        ready(one(limits.len()).map(|()| SyncStore::<K>::read_now(self, key, limits)))
+        ready(single_dimension(limits.len()).map(|()| SyncStore::<K>::read_now(self, key, limits)))
     }
 
     fn give_back(&self, _key: &K, limits: &[Quota], costs: &[u64]) {
@@ -761,7 +761,7 @@ impl<C: Clock, K: ?Sized> SyncStore<K> for DirectStore<C> {
 }
 
 /// One dimension, or the error.
-fn one(dimensions: usize) -> Result<(), DirectStoreError> {
+fn single_dimension(dimensions: usize) -> Result<(), DirectStoreError> {
     if dimensions == 1 {
         Ok(())
     } else {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::keyed::{Face, Grant, KeyedBudget, KeyedBuilder, Stats};
+use super::keyed::{LimiterKind, Grant, KeyedBudget, KeyedBuilder, Stats};
 use super::limits::Limits;
 use super::memory::MemoryStore;
 use super::store::{Refusal, Store, SyncStore};
@@ -49,7 +49,7 @@ impl<K> KeyedLimiter<K, MemoryStore> {
     }
 }
 
-impl<K> Face for KeyedLimiter<K, MemoryStore> {
+impl<K> LimiterKind for KeyedLimiter<K, MemoryStore> {
     type Key = K;
     type Output<C: Clock> = KeyedLimiter<K, MemoryStore<C>>;
     fn wrap<C: Clock>(inner: KeyedBudget<K, MemoryStore<C>>) -> Self::Output<C> {
@@ -308,7 +308,7 @@ impl Budget<MemoryStore> {
     }
 }
 
-impl Face for Budget<MemoryStore> {
+impl LimiterKind for Budget<MemoryStore> {
     type Key = ();
     type Output<C: Clock> = Budget<MemoryStore<C>>;
     fn wrap<C: Clock>(inner: KeyedBudget<(), MemoryStore<C>>) -> Self::Output<C> {

@@ -96,7 +96,7 @@ pub struct KeyedBuilder<F, C = DefaultClock> {
 
 /// The kinds of limiter a [`KeyedBuilder`] builds: each is a face of one
 /// [`KeyedBudget`].
-pub trait Face {
+pub trait LimiterKind {
     /// The key type.
     type Key;
     /// The limiter built over the in-memory store on clock `C`.
@@ -105,7 +105,7 @@ pub trait Face {
     fn wrap<C: Clock>(budget: KeyedBudget<Self::Key, MemoryStore<C>>) -> Self::Output<C>;
 }
 
-impl<K> Face for KeyedBudget<K, MemoryStore> {
+impl<K> LimiterKind for KeyedBudget<K, MemoryStore> {
     type Key = K;
     type Output<C: Clock> = KeyedBudget<K, MemoryStore<C>>;
     fn wrap<C: Clock>(budget: KeyedBudget<K, MemoryStore<C>>) -> Self::Output<C> {
@@ -123,7 +123,7 @@ impl<F, C: fmt::Debug> fmt::Debug for KeyedBuilder<F, C> {
     }
 }
 
-impl<F: Face> KeyedBuilder<F> {
+impl<F: LimiterKind> KeyedBuilder<F> {
     pub(crate) fn new(limits: Limits) -> Self {
         Self {
             limits,
@@ -134,7 +134,7 @@ impl<F: Face> KeyedBuilder<F> {
     }
 }
 
-impl<F: Face, C: Clock> KeyedBuilder<F, C> {
+impl<F: LimiterKind, C: Clock> KeyedBuilder<F, C> {
     /// The most keys held at once (default [`DEFAULT_MAX_KEYS`]); see
     /// [`MemoryStore`] for what happens at the cap.
     pub fn max_keys(mut self, max_keys: usize) -> Self {
@@ -465,7 +465,7 @@ impl<K: Hash + Eq + Clone, S: SyncStore<K>> KeyedBudget<K, S> {
         let start = Instant::now();
         let start_clock = self.store.now();
         let waiter = Waiter::blocking(start, &admit, costs.len(), std::thread::current());
-        let queued = Leave::join(self, limits, key, &waiter, &grant);
+        let queued = QueuedWaiter::join(self, limits, key, &waiter, &grant);
         loop {
             let due = duration_to_nanos(waiter.deadline().saturating_duration_since(start));
             let elapsed = self.store.now().saturating_sub(start_clock);
@@ -582,7 +582,7 @@ where
         }
         let start = Instant::now();
         let waiter = Waiter::new(start, &admit, costs.len());
-        let queued = Leave::join(self, limits, key, &waiter, &grant);
+        let queued = QueuedWaiter::join(self, limits, key, &waiter, &grant);
         loop {
             let deadline = waiter.deadline();
             if tokio::time::timeout_at(deadline, waiter.moved())
@@ -921,7 +921,7 @@ impl<K: Hash + Eq + Clone, S: Store<K>> KeyedBudget<K, S> {
 /// A waiter in its key's queue, counted among those waiting: when it is
 /// dropped before it was admitted (it went away), it gives its reservation
 /// back and moves those behind it forward.
-struct Leave<'a, K: Hash + Eq + Clone, S: Store<K>> {
+struct QueuedWaiter<'a, K: Hash + Eq + Clone, S: Store<K>> {
     budget: &'a KeyedBudget<K, S>,
     /// The limits the reservation was made at.
     limits: &'a Limits,
@@ -931,7 +931,7 @@ struct Leave<'a, K: Hash + Eq + Clone, S: Store<K>> {
     admitted: bool,
 }
 
-impl<'a, K: Hash + Eq + Clone, S: Store<K>> Leave<'a, K, S> {
+impl<'a, K: Hash + Eq + Clone, S: Store<K>> QueuedWaiter<'a, K, S> {
     /// Queues `waiter` for `key`, its reservation `grant`.
     fn join(
         budget: &'a KeyedBudget<K, S>,
@@ -963,7 +963,7 @@ impl<'a, K: Hash + Eq + Clone, S: Store<K>> Leave<'a, K, S> {
     }
 }
 
-impl<K: Hash + Eq + Clone, S: Store<K>> Drop for Leave<'_, K, S> {
+impl<K: Hash + Eq + Clone, S: Store<K>> Drop for QueuedWaiter<'_, K, S> {
     fn drop(&mut self) {
         self.budget.waiting.fetch_sub(1, Ordering::Relaxed);
         let queue = &self.budget.queue;

@@ -190,7 +190,7 @@ struct Shard {
     /// What keys hold beyond their TATs (their own limits, their pause), by
     /// the key's fingerprint. Only such keys are here: the common path
     /// checks that the map is empty and reads nothing more.
-    extras: HashMap<u64, Extra>,
+    extras: HashMap<u64, KeyState>,
     /// The size at which `extras` is next swept of entries that carry
     /// nothing.
     sweep_at: usize,
@@ -200,7 +200,7 @@ struct Shard {
 
 /// A key's state beyond its TATs.
 #[derive(Clone, Copy, Default)]
-struct Extra {
+struct KeyState {
     /// Its own limits, per dimension.
     limits: [Option<Quota>; MAX_DIMENSIONS],
     /// When its pause ends (0: never paused).
@@ -213,7 +213,7 @@ struct Extra {
     dims: u8,
 }
 
-impl Extra {
+impl KeyState {
     fn has_limits(&self) -> bool {
         self.limits.iter().any(Option::is_some)
     }
@@ -404,7 +404,7 @@ impl Shard {
         dims: &Dims,
         defaults: &[Quota],
         now: u64,
-    ) -> ([Quota; MAX_DIMENSIONS], Extra) {
+    ) -> ([Quota; MAX_DIMENSIONS], KeyState) {
         let mut quotas = [Quota::UNIT; MAX_DIMENSIONS];
         for (slot, quota) in quotas.iter_mut().zip(defaults) {
             *slot = *quota;
@@ -436,7 +436,7 @@ impl Shard {
     /// Keeps a key's extra state while it carries something: its own
     /// limits, a pause in force, or pause extensions that waiters may still
     /// look for (while any of its dimensions is not full).
-    fn keep_extra(&mut self, fp: u64, extra: Extra, now: u64, max: usize) {
+    fn keep_extra(&mut self, fp: u64, extra: KeyState, now: u64, max: usize) {
         let carries = extra.has_limits() || extra.until > now || extra.held > 0;
         if !carries {
             self.extras.remove(&fp);
@@ -827,14 +827,14 @@ impl<K: Hash + ?Sized, C: Clock> SyncStore<K> for MemoryStore<C> {
                     _ => rescaled,
                 },
                 interval: quota.interval_ns(),
-                was: before.interval_ns(),
+                old_interval: before.interval_ns(),
                 capacity: quota.capacity_ns(),
                 refunded: matches!(change, Change::Refund(_)),
             };
         }
         // ...then the dimensions that did not place the last admission
         // follow the others back: their admissions are where they put them.
-        let followed = transition::follow(rescaled.get(..dims.len).unwrap_or(&[]), now);
+        let followed = transition::respace_followers(rescaled.get(..dims.len).unwrap_or(&[]), now);
         for (i, &change) in changes.iter().enumerate().take(dims.len) {
             let (Some(quota), Some(&tat)) = (quotas.get(i), followed.get(i)) else {
                 break;

@@ -185,7 +185,7 @@ pub fn rescale(tat: u64, old: &Quota, new: &Quota, now: u64) -> u64 {
 }
 
 /// One dimension's TAT before and after [`rescale`], with its intervals and
-/// capacity: what [`follow`] reads.
+/// capacity: what [`respace_followers`] reads.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Respaced {
     /// The TAT before the change.
@@ -196,7 +196,7 @@ pub struct Respaced {
     pub interval: u64,
     /// The old interval, in nanoseconds: at most [`RESCALE_FROM_NS`], the
     /// dimension never binds.
-    pub was: u64,
+    pub old_interval: u64,
     /// The new limit's capacity (burst times interval), in nanoseconds.
     pub capacity: u64,
     /// Moved by a refund (its `after` is the refunded TAT), not re-spaced.
@@ -206,7 +206,7 @@ pub struct Respaced {
 impl Respaced {
     /// Its old interval was at most [`RESCALE_FROM_NS`]: it never binds.
     pub fn unbounded(&self) -> bool {
-        self.was <= RESCALE_FROM_NS
+        self.old_interval <= RESCALE_FROM_NS
     }
 
     /// Re-spaced at a changed interval.
@@ -238,7 +238,7 @@ impl Respaced {
 /// burst of one, say) looks like one the refunded dimension dragged, and
 /// moved back it would admit beyond its limit. The waiters queued in the
 /// process move by what their own positions say (see the budget's queue).
-pub fn follow(dimensions: &[Respaced], now: u64) -> [u64; MAX_DIMENSIONS] {
+pub fn respace_followers(dimensions: &[Respaced], now: u64) -> [u64; MAX_DIMENSIONS] {
     let mut tats = [0u64; MAX_DIMENSIONS];
     for (slot, d) in tats.iter_mut().zip(dimensions) {
         *slot = d.after;
@@ -251,7 +251,7 @@ pub fn follow(dimensions: &[Respaced], now: u64) -> [u64; MAX_DIMENSIONS] {
     }
     let last = |tat: u64, interval: u64| tat.saturating_sub(interval);
     let moved = || dimensions.iter().filter(|d| d.moved());
-    let last_was = moved().map(|d| last(d.before, d.was)).max().unwrap_or(0);
+    let last_was = moved().map(|d| last(d.before, d.old_interval)).max().unwrap_or(0);
     let last_is = moved()
         .map(|d| last(d.after, d.interval))
         .max()
