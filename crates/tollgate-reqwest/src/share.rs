@@ -408,6 +408,13 @@ impl Share {
         }
     }
 
+    /// Whether `remaining` is a window's, as far as the resets tell: they
+    /// do not agree with a bucket's now, and no reading was corrected for
+    /// a refill.
+    fn windowed(&self) -> bool {
+        self.bucket_since.is_none() && !self.bucket_read
+    }
+
     /// Whether no refusal came within [`CALM`] of `now`.
     fn calm(&self, now: Instant) -> bool {
         self.refused_at
@@ -442,12 +449,13 @@ impl Share {
             // less room for the bunches of processes that pace apart.
             self.others = true;
             self.share = self.share.min(even);
-        } else if seen >= SEEN && self.share < even && self.calm(now) {
+        } else if seen >= SEEN && self.share < even && self.calm(now) && self.windowed() {
             // A first reading that saw more clients than there are (answers
             // out of order, a burst of the others) set the share too low:
             // it comes back up to the even share of those now seen, rather
             // than a step a second. Not right after a refusal, whose cut
-            // the next reading would undo.
+            // the next reading would undo; nor where `remaining` may be a
+            // bucket, whose readings the refill makes noisier.
             self.share = even;
         } else if seen < ALONE && self.others {
             // The others left: the share grows back (fast, where the key

@@ -83,6 +83,36 @@ impl Store<Endpoint> for Fleet {
     }
 }
 
+/// `n` calls of `body` to `url` at once through `client`, each answered
+/// 200: the task that waits for them all.
+fn calls(
+    client: Arc<reqwest_middleware::ClientWithMiddleware>,
+    url: &str,
+    body: &str,
+    n: usize,
+) -> tokio::task::JoinHandle<()> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (client, url, body) = (Arc::clone(&client), url.to_owned(), body.to_owned());
+            tokio::spawn(async move {
+                let response = client
+                    .post(url.as_str())
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+            })
+        })
+        .collect();
+    tokio::spawn(async move {
+        for task in tasks {
+            task.await.unwrap();
+        }
+    })
+}
+
 /// 600 calls from two clients over one store that says `sharers` share
 /// it, against 600 a minute stated nowhere: the share of the allowed rate
 /// and the attempts refused.
@@ -109,19 +139,7 @@ async fn two_clients(sharers: u32) -> (f64, u64) {
                 .headroom(0.02)
                 .build_with_store(fleet),
         ));
-        for _ in 0..300 {
-            let (client, url, body) = (Arc::clone(&client), Arc::clone(&url), body.clone());
-            tasks.push(tokio::spawn(async move {
-                let response = client
-                    .post(url.as_str())
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(response.status(), 200);
-            }));
-        }
+        tasks.push(calls(client, &url, &body, 300));
     }
     for task in tasks {
         task.await.unwrap();
@@ -172,23 +190,7 @@ async fn an_answer_teaches_the_store_in_one_adjustment() {
         let body = json!({"model": "m", "max_tokens": 10,
             "messages": [{"role": "user", "content": "hi"}]})
         .to_string();
-        let mut tasks = Vec::new();
-        for _ in 0..100 {
-            let (client, url, body) = (Arc::clone(&client), url.clone(), body.clone());
-            tasks.push(tokio::spawn(async move {
-                let response = client
-                    .post(url.as_str())
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(response.status(), 200);
-            }));
-        }
-        for task in tasks {
-            task.await.unwrap();
-        }
+        calls(client, &url, &body, 100).await.unwrap();
         let counts = provider.counts();
         let answers = counts.ok + counts.limited;
         let lessons = lessons.load(Ordering::Relaxed);
