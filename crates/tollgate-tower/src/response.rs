@@ -609,7 +609,8 @@ impl<B> ResponseBody<B> {
     pub(crate) fn rejection(data: Bytes) -> Self {
         Self {
             inner: Inner::Boxed {
-                boxed: (!data.is_empty()).then(|| Box::pin(BoxedBody::Rejection { data: Some(data) })),
+                boxed: (!data.is_empty())
+                    .then(|| Box::pin(BoxedBody::Rejection { data: Some(data) })),
             },
         }
     }

@@ -87,7 +87,7 @@ pub mod __bench {
 
 pub use algorithm::Algorithm;
 pub use budget::{
-    Budget, LimiterKind, Grant, KeyedBudget, KeyedBuilder, KeyedLimiter, Limits, LimitsBuilder,
+    Budget, Grant, KeyedBudget, KeyedBuilder, KeyedLimiter, LimiterKind, Limits, LimitsBuilder,
     LimitsError, LimitsErrorKind, Stats, DEFAULT_MAX_KEYS, MAX_DIMENSIONS,
 };
 pub use store::{MemoryStore, Store};

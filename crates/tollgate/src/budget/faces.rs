@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::keyed::{LimiterKind, Grant, KeyedBudget, KeyedBuilder, Stats};
+use super::keyed::{Grant, KeyedBudget, KeyedBuilder, LimiterKind, Stats};
 use super::limits::Limits;
 use super::memory::MemoryStore;
 use super::store::{Refusal, Store, SyncStore};

@@ -16,7 +16,7 @@ pub mod transition;
 
 pub use direct::{DirectStore, DirectStoreError};
 pub use faces::{Budget, KeyedLimiter};
-pub use keyed::{LimiterKind, Grant, KeyedBudget, KeyedBuilder, Stats};
+pub use keyed::{Grant, KeyedBudget, KeyedBuilder, LimiterKind, Stats};
 pub use limits::{Limits, LimitsBuilder, LimitsError, LimitsErrorKind, MAX_DIMENSIONS};
 pub use memory::{MemoryStore, DEFAULT_LIMITS_TTL, DEFAULT_MAX_KEYS};
 pub use store::{Admit, Change, Decision, Refusal, Store, StoreStats, SyncStore, View};

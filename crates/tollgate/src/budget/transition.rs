@@ -251,7 +251,10 @@ pub fn respace_followers(dimensions: &[Respaced], now: u64) -> [u64; MAX_DIMENSI
     }
     let last = |tat: u64, interval: u64| tat.saturating_sub(interval);
     let moved = || dimensions.iter().filter(|d| d.moved());
-    let last_was = moved().map(|d| last(d.before, d.old_interval)).max().unwrap_or(0);
+    let last_was = moved()
+        .map(|d| last(d.before, d.old_interval))
+        .max()
+        .unwrap_or(0);
     let last_is = moved()
         .map(|d| last(d.after, d.interval))
         .max()
