@@ -16,14 +16,16 @@
 //! `cargo bench -p tollgate-reqwest --bench efficiency [-- WORDS]`: the rows
 //! whose name holds WORDS (`memory` or `redis` choose a store).
 //! `TOLLGATE_SECONDS=N` runs each row for N seconds of calls at the
-//! allowed rate instead of 12.
+//! allowed rate instead of 12. `TOLLGATE_FAULT=kill` kills the Redis a
+//! third into each Redis row and starts it again, empty, 5 s later;
+//! `TOLLGATE_FAULT=pause` pauses it for 1.5 s then (`CLIENT PAUSE`).
 
 #[path = "../tests/mock/mod.rs"]
 mod mock;
 #[path = "../tests/transport/mod.rs"]
 mod transport;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mock::{Charge, Config, Counting, Host, Rounding, Style};
@@ -364,6 +366,60 @@ async fn run(s: &Scenario, seconds: u64, store: Option<&(String, String)>) -> Ro
     }
 }
 
+/// A fault of the Redis a row runs over.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// Killed, then started again empty 5 s later.
+    Kill,
+    /// `CLIENT PAUSE` for 1.5 s.
+    Pause,
+}
+
+impl Fault {
+    fn from_env() -> Option<Self> {
+        match std::env::var("TOLLGATE_FAULT").ok()?.as_str() {
+            "kill" => Some(Self::Kill),
+            "pause" => Some(Self::Pause),
+            other => panic!("TOLLGATE_FAULT={other}: kill or pause"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Kill => ", Redis killed 5 s",
+            Self::Pause => ", Redis paused 1.5 s",
+        }
+    }
+
+    /// Brings the fault on `server` `at` from now, on a thread of its own;
+    /// the thread ends when the server answers again.
+    fn schedule(
+        self,
+        server: &Arc<Mutex<RedisServer>>,
+        at: Duration,
+    ) -> std::thread::JoinHandle<()> {
+        let server = Arc::clone(server);
+        std::thread::spawn(move || {
+            std::thread::sleep(at);
+            let lock = || {
+                server
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            };
+            match self {
+                Self::Kill => {
+                    lock().kill();
+                    std::thread::sleep(Duration::from_secs(5));
+                    lock().restart();
+                }
+                Self::Pause => {
+                    lock().cli(&["CLIENT", "PAUSE", "1500"]);
+                }
+            }
+        })
+    }
+}
+
 fn main() {
     // `cargo bench ... --bench efficiency -- WORDS`: only the rows whose
     // name holds WORDS.
@@ -377,10 +433,11 @@ fn main() {
         .and_then(|n| n.parse().ok())
         .filter(|&n: &u64| n > 0)
         .unwrap_or(12);
+    let fault = Fault::from_env();
     let _ = rustls::crypto::ring::default_provider().install_default();
     println!("| store | provider | calls | lost | of the allowed rate | attempts refused |");
     println!("|---|---|---:|---:|---:|---:|");
-    let mut redis: Option<(RedisServer, tokio::runtime::Runtime)> = None;
+    let mut redis: Option<(Arc<Mutex<RedisServer>>, tokio::runtime::Runtime)> = None;
     for store in ["memory", "redis"] {
         for (n, scenario) in scenarios().iter().enumerate() {
             let name = format!("{store} | {}", scenario.name);
@@ -401,14 +458,27 @@ fn main() {
                         .enable_all()
                         .build()
                         .expect("runtime");
-                    (RedisServer::start(), runtime)
+                    (Arc::new(Mutex::new(RedisServer::start())), runtime)
                 });
-                let url = server.url();
+                let url = server
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .url();
                 let store = (url, format!("efficiency-{n}"));
-                runtime.block_on(run(scenario, seconds, Some(&store)))
+                let faulting = fault.map(|f| f.schedule(server, Duration::from_secs(seconds / 3)));
+                let row = runtime.block_on(run(scenario, seconds, Some(&store)));
+                if let Some(faulting) = faulting {
+                    faulting.join().expect("the fault's thread");
+                }
+                row
+            };
+            let fault_name = if store == "redis" {
+                fault.map_or("", Fault::name)
+            } else {
+                ""
             };
             println!(
-                "| {name} | {} | {} | {:.1}% | {} of {} ({:.2}%) |",
+                "| {name}{fault_name} | {} | {} | {:.1}% | {} of {} ({:.2}%) |",
                 row.calls,
                 row.calls - row.answered,
                 100.0 * row.share,

@@ -98,6 +98,28 @@ pub mod store {
     //! (with the `conformance` feature) the suite that checks a store
     //! against the whole contract.
     //!
+    //! A store is driven by a limiter, but can be asked directly:
+    //!
+    //! ```
+    //! use std::time::Duration;
+    //! use tollgate::store::{Change, Decision, MemoryStore, SyncStore};
+    //! use tollgate::{DefaultClock, Quota};
+    //!
+    //! let store = MemoryStore::new(1_000, 1, DefaultClock::new());
+    //! let limits = [Quota::per_second(2)?];
+    //! // Two at once, then a denial that says when to come back.
+    //! let two = store.decide_now(&"key", &limits, &[2], Duration::ZERO);
+    //! assert!(matches!(two, Decision::Admit(_)));
+    //! match store.decide_now(&"key", &limits, &[1], Duration::ZERO) {
+    //!     Decision::Deny { snapshot, .. } => assert!(snapshot.retry_after().is_some()),
+    //!     other => panic!("{other:?}"),
+    //! }
+    //! // Another key is untouched; what the other side says remains caps it.
+    //! store.adjust_now(&"other", &limits, &[Change::AtMost(1)]);
+    //! assert_eq!(store.read_now(&"other", &limits).snapshots[0].remaining(), 1);
+    //! # Ok::<(), tollgate::QuotaError>(())
+    //! ```
+    //!
     //! # One engine
     //!
     //! Every limiter is one engine, [`KeyedBudget`](crate::KeyedBudget),
