@@ -6,7 +6,7 @@
 //! of each.
 //!
 //! ```text
-//! cargo bench -p tollgate-redis --bench msgpack --features testing [-- ROUNDS]
+//! cargo bench -p tollgate-redis --bench msgpack [-- ROUNDS]
 //! ```
 
 #![allow(missing_docs)]
@@ -15,7 +15,13 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use redis::Value;
-use tollgate_redis::__msgpack::{put_uint, values};
+
+// The store's codec, compiled into the bench (it is internal to the
+// crate).
+#[path = "../src/msgpack.rs"]
+#[allow(dead_code, unreachable_pub, unused_imports)]
+mod msgpack;
+use msgpack::{put_uint, values};
 
 const ITERATIONS: u32 = 1_000_000;
 

@@ -121,8 +121,8 @@
 use std::fmt;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -131,7 +131,10 @@ use sha2::{Digest, Sha256};
 use tollgate::store::{transition, Admit, Change, Decision, Store, StoreStats, View};
 use tollgate::{Quota, Snapshot, MAX_DIMENSIONS};
 
+use crate::breaker::Breaker;
+
 mod batch;
+mod breaker;
 mod fallback;
 mod meters;
 mod msgpack;
@@ -139,39 +142,6 @@ mod msgpack;
 mod sentinel;
 #[cfg(feature = "testing")]
 pub mod testing;
-
-/// The MessagePack codec of the scripts' arguments and replies, for the
-/// codec bench (feature `testing`); not part of the API.
-#[cfg(feature = "testing")]
-#[doc(hidden)]
-pub mod __msgpack {
-    pub use crate::msgpack::{put_uint, values};
-}
-/// The circuit breaker, for its bench (feature `testing`); not part of
-/// the API.
-#[cfg(feature = "testing")]
-#[doc(hidden)]
-pub mod __breaker {
-    /// The store's breaker.
-    pub struct Breaker(crate::Breaker);
-
-    impl Breaker {
-        /// Opens after `threshold` consecutive failures, for `cool_down`.
-        pub fn new(threshold: u32, cool_down: std::time::Duration) -> Self {
-            Self(crate::Breaker::new(threshold, cool_down))
-        }
-
-        /// Whether a call may go.
-        pub fn allow(&self) -> bool {
-            self.0.allow()
-        }
-
-        /// A call succeeded.
-        pub fn success(&self) {
-            self.0.success();
-        }
-    }
-}
 mod watch;
 
 const DECIDE: &str = concat!(
@@ -1883,106 +1853,3 @@ impl fmt::Display for StoreError {
 }
 
 impl std::error::Error for StoreError {}
-
-const CLOSED: u8 = 0;
-const OPEN: u8 = 1;
-const PROBING: u8 = 2;
-
-/// Opens after `threshold` consecutive failures; after `cool_down` lets
-/// one call probe; closes on a success.
-///
-/// Written here rather than taken from `failsafe` (the kept crate of
-/// circuit breakers): a call through it while Redis answers costs 5.2 ns
-/// against `failsafe` 1.3's 26.2 ns on one thread, and 5.6 ns against
-/// 104.5 ns on two threads sharing it (`failsafe` takes a lock on each
-/// call; `cargo bench -p tollgate-redis --bench breaker --features
-/// testing`, this machine, medians of nine interleaved rounds). And
-/// `failsafe`'s half-open state lets every call through, where a Redis
-/// coming back is sent one probe.
-struct Breaker {
-    state: AtomicU8,
-    failures: AtomicU32,
-    threshold: u32,
-    cool_down: Duration,
-    opened: Mutex<Instant>,
-    /// Whether the last call failed: one log line per change.
-    failing: AtomicBool,
-}
-
-impl Breaker {
-    fn new(threshold: u32, cool_down: Duration) -> Self {
-        Self {
-            state: AtomicU8::new(CLOSED),
-            failures: AtomicU32::new(0),
-            threshold,
-            cool_down,
-            opened: Mutex::new(Instant::now()),
-            failing: AtomicBool::new(false),
-        }
-    }
-
-    fn is_open(&self) -> bool {
-        self.state.load(Ordering::Relaxed) != CLOSED
-    }
-
-    fn allow(&self) -> bool {
-        match self.state.load(Ordering::Acquire) {
-            CLOSED => true,
-            OPEN => {
-                let opened = *self.opened.lock().unwrap_or_else(PoisonError::into_inner);
-                opened.elapsed() >= self.cool_down
-                    && self
-                        .state
-                        .compare_exchange(OPEN, PROBING, Ordering::AcqRel, Ordering::Acquire)
-                        .is_ok()
-            }
-            _ => false,
-        }
-    }
-
-    /// A call succeeded; whether the store was failing until now.
-    fn success(&self) -> bool {
-        // Read before written: while Redis answers, every call's success
-        // only reads these lines, which stay shared between the cores
-        // (a store each call made them bounce: 85 ns a call on two
-        // threads, see the breaker bench).
-        if self.failures.load(Ordering::Relaxed) != 0 {
-            self.failures.store(0, Ordering::Relaxed);
-        }
-        // Both are reset: a circuit that was open was failing too, and the
-        // next failure must be logged again.
-        let was_open = self.state.load(Ordering::Acquire) != CLOSED
-            && self.state.swap(CLOSED, Ordering::AcqRel) != CLOSED;
-        let was_failing =
-            self.failing.load(Ordering::Relaxed) && self.failing.swap(false, Ordering::Relaxed);
-        if was_open || was_failing {
-            tracing::info!("Redis answers again: the rate limit store is back");
-        }
-        was_open || was_failing
-    }
-
-    /// A call failed; whether the circuit opened (again) now.
-    fn failure(&self, error: &StoreError) -> bool {
-        let failures = self
-            .failures
-            .fetch_add(1, Ordering::Relaxed)
-            .saturating_add(1);
-        if !self.failing.swap(true, Ordering::Relaxed) {
-            tracing::warn!(%error, "the Redis rate limit store is failing");
-        }
-        let state = self.state.load(Ordering::Acquire);
-        if state == PROBING || (state == CLOSED && failures >= self.threshold) {
-            *self.opened.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
-            if self.state.swap(OPEN, Ordering::AcqRel) == CLOSED {
-                // The failure itself was logged when it began.
-                tracing::debug!(
-                    failures,
-                    cool_down = ?self.cool_down,
-                    "the Redis rate limit store keeps failing: circuit open"
-                );
-            }
-            return true;
-        }
-        false
-    }
-}

@@ -6,8 +6,7 @@
 //! string per decision instead of a dozen numbers as text: in Redis the
 //! script's cost is the bound on decisions a second.
 //!
-//! Why not `rmp` (`cargo bench -p tollgate-redis --bench msgpack
-//! --features testing`): packing a decision's arguments and reading its
+//! Why not `rmp` (`cargo bench -p tollgate-redis --bench msgpack`): packing a decision's arguments and reading its
 //! reply into `redis::Value`s takes 118.7 ns here and 117.0 ns through
 //! `rmp` 0.8 (the allocations of the values dominate both), about 0.15% of
 //! a round trip to Redis. With `rmp`, the reading of markers into values
@@ -15,12 +14,10 @@
 //! this module); the module stays, as the subset the scripts speak, and
 //! the store has one dependency fewer.
 
-#![cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
-
 use redis::Value;
 
 /// Appends `n` as the shortest MessagePack unsigned integer.
-pub fn put_uint(out: &mut Vec<u8>, n: u64) {
+pub(crate) fn put_uint(out: &mut Vec<u8>, n: u64) {
     if n < 0x80 {
         out.push(n as u8);
     } else if let Ok(n) = u8::try_from(n) {
@@ -41,7 +38,7 @@ pub fn put_uint(out: &mut Vec<u8>, n: u64) {
 /// Reads MessagePack values one after the other: integers become
 /// [`Value::Int`], strings [`Value::BulkString`]. `None` for anything
 /// else, or bytes cut short.
-pub fn values(mut bytes: &[u8]) -> Option<Vec<Value>> {
+pub(crate) fn values(mut bytes: &[u8]) -> Option<Vec<Value>> {
     let mut out = Vec::with_capacity(16);
     while let Some((&tag, rest)) = bytes.split_first() {
         bytes = rest;

@@ -21,7 +21,13 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use hashbrown::HashTable;
-use tollgate::__bench::{Slot, Table};
+
+// The store's table, compiled into the bench (it is internal to the
+// crate).
+#[path = "../src/budget/table.rs"]
+#[allow(dead_code, unreachable_pub, unused_imports)]
+mod table;
+use table::{Slot, Table};
 
 const N: usize = 1_000_000;
 

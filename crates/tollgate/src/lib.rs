@@ -78,13 +78,6 @@ pub mod llm;
 mod quota;
 mod snapshot;
 
-/// Internals for this workspace's benches (the hash table against
-/// hashbrown's); not part of the API, and not kept stable.
-#[doc(hidden)]
-pub mod __bench {
-    pub use crate::budget::table::{Slot, Table};
-}
-
 pub use algorithm::Algorithm;
 pub use budget::{
     Budget, Grant, KeyedBudget, KeyedBuilder, KeyedLimiter, LimiterKind, Limits, LimitsBuilder,

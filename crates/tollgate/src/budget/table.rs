@@ -30,23 +30,23 @@
 
 /// One entry: a fingerprint and its TAT.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Slot {
+pub(crate) struct Slot {
     /// The key's fingerprint.
-    pub fp: u64,
+    pub(crate) fp: u64,
     /// 0 when the slot is empty.
-    pub tat: u64,
+    pub(crate) tat: u64,
 }
 
-/// The table (public only for the table bench, through `tollgate::__bench`).
+/// The table. The table bench compiles this file into itself.
 #[derive(Debug, Default)]
-pub struct Table {
+pub(crate) struct Table {
     slots: Box<[Slot]>,
     len: usize,
 }
 
 impl Table {
     /// An empty table of `n` slots.
-    pub fn with_slots(n: usize) -> Self {
+    pub(crate) fn with_slots(n: usize) -> Self {
         Self {
             slots: vec![Slot::default(); n].into_boxed_slice(),
             len: 0,
@@ -55,12 +55,12 @@ impl Table {
 
     /// Entries held.
     #[allow(clippy::len_without_is_empty)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
     /// Slots, empty or not.
-    pub fn slots(&self) -> usize {
+    pub(crate) fn slots(&self) -> usize {
         self.slots.len()
     }
 
@@ -94,7 +94,7 @@ impl Table {
 
     /// The index of `fp`'s entry.
     #[inline]
-    pub fn find(&self, fp: u64) -> Option<usize> {
+    pub(crate) fn find(&self, fp: u64) -> Option<usize> {
         if self.slots.is_empty() {
             return None;
         }
@@ -120,13 +120,13 @@ impl Table {
 
     #[inline]
     /// The TAT of the entry at `index`.
-    pub fn tat_at(&self, index: usize) -> u64 {
+    pub(crate) fn tat_at(&self, index: usize) -> u64 {
         self.slots[index].tat
     }
 
     #[inline]
     /// Sets the TAT of the entry at `index`; 0 removes it.
-    pub fn set_tat(&mut self, index: usize, tat: u64) {
+    pub(crate) fn set_tat(&mut self, index: usize, tat: u64) {
         if tat == 0 {
             self.remove_at(index);
         } else {
@@ -135,7 +135,7 @@ impl Table {
     }
 
     /// Inserts an entry known to be absent; the caller made room.
-    pub fn insert_new(&mut self, fp: u64, tat: u64) {
+    pub(crate) fn insert_new(&mut self, fp: u64, tat: u64) {
         debug_assert!(tat != 0 && self.len < self.slots.len());
         let mut carried = Slot { fp, tat };
         let mut index = self.home(fp);
@@ -159,7 +159,7 @@ impl Table {
     }
 
     /// Removes the entry at `index`, shifting its followers back.
-    pub fn remove_at(&mut self, mut index: usize) {
+    pub(crate) fn remove_at(&mut self, mut index: usize) {
         loop {
             let next = self.next(index);
             let slot = self.slots[next];
@@ -181,7 +181,7 @@ impl Table {
     /// The same entries in a table of `n` slots (more than `len`). Tables
     /// grow at most to 90% load, where Robin Hood insertion is cheap; the
     /// only allocation is the new table.
-    pub fn resized(&self, n: usize) -> Self {
+    pub(crate) fn resized(&self, n: usize) -> Self {
         let mut table = Self::with_slots(n.max(self.len + 1));
         for entry in self.entries() {
             table.insert_new(entry.fp, entry.tat);
