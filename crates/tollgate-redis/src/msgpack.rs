@@ -6,8 +6,9 @@
 //! string per decision instead of a dozen numbers as text: in Redis the
 //! script's cost is the bound on decisions a second.
 //!
-//! Why not `rmp` (`cargo bench -p tollgate-redis --bench msgpack`): packing a decision's arguments and reading its
-//! reply into `redis::Value`s takes 118.7 ns here and 117.0 ns through
+//! Why not `rmp` (`cargo bench -p tollgate-redis --bench msgpack`):
+//! packing a decision's arguments and reading its reply into
+//! `redis::Value`s takes 118.7 ns here and 117.0 ns through
 //! `rmp` 0.8 (the allocations of the values dominate both), about 0.15% of
 //! a round trip to Redis. With `rmp`, the reading of markers into values
 //! would still be written here (the bench's peer is that code, as long as
