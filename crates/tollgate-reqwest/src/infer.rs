@@ -1,6 +1,6 @@
-//! A request limit inferred from `remaining` alone, for a provider that
-//! states what remains of its limit but not the limit (Azure's sparest
-//! answers).
+//! A limit inferred from `remaining` alone, for a provider that states
+//! what remains of its limit but not the limit (Azure's sparest answers):
+//! one for requests, one for tokens.
 //!
 //! Over a window of a minute, what remains after an answer plus what this
 //! process spent in the minute before it is the limit, when this process
@@ -20,6 +20,12 @@
 //! rate's to answer (see `adaptive`): the rate in force is the lower of
 //! the two.
 //!
+//! Tokens are inferred as requests are, each answer counting the tokens
+//! its call reserved (the call's bound, where it names one: what it was
+//! charged comes with its usage, later). A provider that charges less than
+//! the bound gives the difference back during the minute, and the
+//! estimate is higher by it, as on a bucket.
+//!
 //! The same answers tell the window of a request limit that a provider
 //! states with no reset and no window in the header's name (Azure's
 //! `x-ratelimit-limit-requests` counts ten seconds, not a minute): what
@@ -36,9 +42,9 @@ use tokio::time::Instant;
 /// The window a `remaining` is assumed to count: the per-minute limits
 /// providers state.
 const WINDOW: Duration = Duration::from_secs(60);
-/// At most this many answers are remembered (a limit above 100,000 a
-/// minute is inferred from a sample of them: every estimate then counts
-/// fewer own answers than were spent, and is lower, never higher).
+/// At most this many answers are remembered (a limit above 100,000
+/// answers a minute is inferred from a sample of them: every estimate
+/// then counts less than was spent, and is lower, never higher).
 const SAMPLES: usize = 100_000;
 
 /// The window a stated limit counts where a refusal showed that ten
@@ -51,12 +57,15 @@ const TEN_SECONDS: Duration = Duration::from_secs(10);
 /// Answers in a row that show ten seconds before they are kept for good.
 const VOTES: u32 = 3;
 
-/// One endpoint's inferred request limit, and the window of a request
-/// limit it states without one.
+/// One endpoint's inferred limit of one dimension; for requests, the
+/// window of a request limit it states without one too.
 #[derive(Debug)]
 pub(crate) struct Inferred {
-    /// When this process's answers (requests spent) came, oldest first.
-    spent: VecDeque<Instant>,
+    /// When this process's answers came and what each spent, oldest
+    /// first.
+    spent: VecDeque<(Instant, u64)>,
+    /// What [`spent`](Self::spent) adds up to.
+    total: u64,
     /// The estimates of the last minute that may still be the least one:
     /// each is less than every later one (a monotonic queue).
     estimates: VecDeque<(Instant, u64)>,
@@ -75,6 +84,7 @@ impl Default for Inferred {
     fn default() -> Self {
         Self {
             spent: VecDeque::new(),
+            total: 0,
             estimates: VecDeque::new(),
             window: TEN_SECONDS,
             votes: 0,
@@ -89,18 +99,26 @@ impl Inferred {
         self.estimates.front().map(|&(_, estimate)| estimate.max(1))
     }
 
-    /// An answer that spent one request here came at `now`.
-    pub(crate) fn spent(&mut self, now: Instant) {
+    /// An answer that spent `amount` here came at `now` (one, for
+    /// requests).
+    pub(crate) fn spent(&mut self, now: Instant, amount: u64) {
         if self.spent.len() == SAMPLES {
-            self.spent.pop_front();
+            self.forget_oldest();
         }
-        self.spent.push_back(now);
+        self.spent.push_back((now, amount));
+        self.total = self.total.saturating_add(amount);
         while self
             .spent
             .front()
-            .is_some_and(|&at| now.saturating_duration_since(at) >= WINDOW)
+            .is_some_and(|&(at, _)| now.saturating_duration_since(at) >= WINDOW)
         {
-            self.spent.pop_front();
+            self.forget_oldest();
+        }
+    }
+
+    fn forget_oldest(&mut self) {
+        if let Some((_, amount)) = self.spent.pop_front() {
+            self.total = self.total.saturating_sub(amount);
         }
     }
 
@@ -109,8 +127,7 @@ impl Inferred {
     /// when it changed.
     pub(crate) fn remaining(&mut self, now: Instant, remaining: u64) -> Option<u64> {
         let before = self.per_minute();
-        let spent = u64::try_from(self.spent.len()).unwrap_or(u64::MAX);
-        let estimate = remaining.saturating_add(spent);
+        let estimate = remaining.saturating_add(self.total);
         while self
             .estimates
             .back()
@@ -154,7 +171,7 @@ impl Inferred {
             // Fewer answers here than the window holds: no sign.
             return None;
         }
-        let age = |newest: usize| now.saturating_duration_since(self.spent[n - newest]);
+        let age = |newest: usize| now.saturating_duration_since(self.spent[n - newest].0);
         let (inside, outside) = (age(counted), age(counted + 1));
         let ten = outside < MINUTE * 5 / 6
             && inside < TEN_SECONDS * 6 / 5
@@ -193,7 +210,7 @@ mod tests {
 
     /// One answer that spent here, saying what remains.
     fn answer(inferred: &mut Inferred, at: Instant, remaining: u64) -> Option<u64> {
-        inferred.spent(at);
+        inferred.spent(at, 1);
         inferred.remaining(at, remaining)
     }
 
@@ -296,7 +313,7 @@ mod tests {
         for i in 0..answers {
             let at = start + every * i;
             let remaining = provider.admit(at);
-            inferred.spent(at);
+            inferred.spent(at, 1);
             if let Some(window) = inferred.stated(at, provider.limit, remaining) {
                 changed = changed.or(Some((at, window)));
             }
@@ -384,7 +401,7 @@ mod tests {
             let at = start + every * i;
             provider.admit(at - Duration::from_millis(600));
             let remaining = provider.admit(at);
-            inferred.spent(at);
+            inferred.spent(at, 1);
             assert_eq!(inferred.stated(at, 100, remaining), None, "{i}");
         }
         // Nothing settled: a refusal would still mean a minute.

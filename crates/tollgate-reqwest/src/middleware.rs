@@ -99,8 +99,9 @@ impl fmt::Display for Endpoint {
 ///
 /// Where the answers state less, the limit is learnt:
 ///
-/// - only what remains (Azure's sparest headers): the limit is inferred
-///   from it and what this process spent;
+/// - only what remains (Azure's sparest headers): each limit, requests
+///   and tokens, is inferred from it and what this process spent (for
+///   tokens, what its calls reserved);
 /// - no request limit at all: calls start in a window that grows with
 ///   each answer; the first refusal sets a rate of 90% of what the
 ///   provider admitted in a second, which then grows slowly while calls
@@ -554,6 +555,16 @@ struct Sent {
     said: hint::BodyHint,
 }
 
+/// One attempt's answer, as the endpoint's model is given it.
+struct Heard<'a> {
+    answer: Answer,
+    /// Every rate-limit header of the answer.
+    all: &'a RateLimitHeaders,
+    response: &'a Response,
+    /// What a refusal's body says.
+    said: &'a hint::BodyHint,
+}
+
 /// What follows a refusal.
 enum AfterRefusal {
     /// The wait was taken: send again.
@@ -724,7 +735,13 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
         } else {
             (response, hint::BodyHint::default())
         };
-        self.learn(key, state, answer, &all, &response, &said).await;
+        let heard = Heard {
+            answer,
+            all: &all,
+            response: &response,
+            said: &said,
+        };
+        self.learn(key, state, &heard, call.costs[1]).await;
         state.learnt.store(true, Ordering::Release);
         drop(probe);
         if let Some(window) = window {
@@ -742,20 +759,13 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
 
     /// Hands an answer to the endpoint's model, and what it changed to the
     /// store, in one adjustment.
-    async fn learn(
-        &self,
-        key: &Endpoint,
-        state: &EndpointState,
-        answer: Answer,
-        all: &RateLimitHeaders,
-        response: &Response,
-        said: &hint::BodyHint,
-    ) {
-        let read = crate::model::paced(state.quirks, response.headers(), all);
+    async fn learn(&self, key: &Endpoint, state: &EndpointState, heard: &Heard<'_>, tokens: u64) {
+        let read = crate::model::paced(state.quirks, heard.response.headers(), heard.all);
         let answered = crate::model::Answered {
-            answer,
+            answer: heard.answer,
             read: read.as_ref(),
-            message: said.per_minute,
+            message: heard.said.per_minute,
+            tokens,
             now: tokio::time::Instant::now(),
         };
         let learnt = state.model().answered(key, &self.setting(), &answered);

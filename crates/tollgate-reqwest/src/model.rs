@@ -79,6 +79,8 @@ pub(crate) struct Answered<'a> {
     pub(crate) read: &'a RateLimitHeaders,
     /// A limit a minute that a refusal's message names.
     pub(crate) message: Option<(Dimension, u64)>,
+    /// The tokens the call reserved.
+    pub(crate) tokens: u64,
     pub(crate) now: Instant,
 }
 
@@ -104,6 +106,8 @@ pub(crate) struct Model {
     /// message named (until a header states it).
     from_message: [bool; 4],
     inferred: Inferred,
+    /// A token limit inferred from `remaining` alone.
+    inferred_tokens: Inferred,
     adaptive: Adaptive,
     share: Share,
     /// Per dimension, the largest cost of the recent calls: each burst
@@ -129,6 +133,7 @@ impl Model {
             in_force: None,
             from_message: [false; 4],
             inferred: Inferred::default(),
+            inferred_tokens: Inferred::default(),
             adaptive: Adaptive::default(),
             share: Share::default(),
             bursts: [0; 4],
@@ -181,7 +186,7 @@ impl Model {
         let read_for_limit = remaining_of_unstated(&read.requests).is_some()
             || limit_without_window(&read.requests).is_some();
         if a.answer == Answer::Done && read_for_limit {
-            self.inferred.spent(a.now);
+            self.inferred.spent(a.now, 1);
         }
         // A refusal of a process that sees no other client, where calls
         // were settled to what they wrote: the provider charges more.
@@ -196,6 +201,7 @@ impl Model {
         }
         let mut rate_known = self.stated(key, cx, a);
         rate_known |= self.infer(key, cx, a);
+        self.infer_tokens(key, cx, a);
         self.adapt(key, cx, a);
         self.find_share(key, cx, a);
         // Last: the refusal that names a limit was one the learnt rate
@@ -293,6 +299,11 @@ impl Model {
         if paced.requests().is_none() {
             if let Some(per_minute) = learnt {
                 paced = paced.requests_per_minute(per_minute);
+            }
+        }
+        if paced.tokens().is_none() {
+            if let Some(per_minute) = self.inferred_tokens.per_minute() {
+                paced = paced.with(Dimension::Tokens, per_minute);
             }
         }
         let quotas = cx.pacing.limits(&paced, &self.bursts);
@@ -422,6 +433,26 @@ impl Model {
         true
     }
 
+    /// Where the endpoint states what remains of its token limit but not
+    /// the limit (and none is configured), infers the limit from it, each
+    /// answer counting the tokens its call reserved (see the `infer`
+    /// module).
+    fn infer_tokens(&mut self, key: &Endpoint, cx: &Setting<'_>, a: &Answered<'_>) {
+        let Some(remaining) = remaining_of_unstated(&a.read.tokens) else {
+            return;
+        };
+        if a.answer != Answer::Done
+            || cx.configured.tokens().is_some()
+            || self.heard.tokens().is_some()
+        {
+            return;
+        }
+        self.inferred_tokens.spent(a.now, a.tokens);
+        if let Some(per_minute) = self.inferred_tokens.remaining(a.now, remaining) {
+            tracing::info!(%key, per_minute, "token limit inferred from what remains of it");
+        }
+    }
+
     /// Where the endpoint states no request limit (and none is
     /// configured), learns its rate from the answers: a refusal cuts it, a
     /// second without one grows it (see the `adaptive` module).
@@ -467,10 +498,10 @@ impl Model {
     }
 }
 
-/// What an answer says remains of a request limit it does not state (see
+/// What an answer says remains of a limit it does not state (see
 /// `infer`).
-fn remaining_of_unstated(requests: &Reading) -> Option<u64> {
-    match *requests {
+fn remaining_of_unstated(reading: &Reading) -> Option<u64> {
+    match *reading {
         Reading {
             limit: None,
             remaining: Some(remaining),

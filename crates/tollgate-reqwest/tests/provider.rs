@@ -212,6 +212,16 @@ async fn remaining_only_headers() {
     check(Style::RemainingOnly, &measured, 949);
 }
 
+/// Tokens bind, and what remains of them is all the answers say (Azure's
+/// sparest, from a bucket refilled continuously, `max_tokens` charged as
+/// Azure documents): the token limit is inferred as the request limit
+/// is, each answer counting the tokens its call reserved.
+#[tokio::test(start_paused = true)]
+async fn remaining_only_headers_when_tokens_are_the_limit() {
+    let measured = two_hundred_calls(Style::RemainingOnly, 6_000, 36_000).await;
+    check(Style::RemainingOnly, &measured, 950);
+}
+
 /// Azure's request limit counts ten seconds (100 where the minute allows
 /// 600), with no reset and no window in the header's name. At a host of
 /// Azure's, the middleware knows it (Azure's documentation): paced at
