@@ -473,6 +473,7 @@ pub(crate) fn share(quota: &Quota, fleet: u64) -> Quota {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tollgate::store::Denial;
 
     #[test]
     fn a_share_divides_count_and_burst_and_keeps_at_least_one() {
@@ -534,7 +535,7 @@ mod tests {
         )));
         assert!(local.copy("k", &quota, &[1], &admitted, &seen).is_none());
         match local.decide("k", &quota, &[1], Duration::ZERO) {
-            Decision::Deny { snapshot, .. } => {
+            Decision::Deny(Denial::RateLimited { snapshot, .. }) => {
                 let retry = snapshot.retry_after().unwrap();
                 assert!(retry > Duration::from_secs(29), "{retry:?}");
             }

@@ -128,7 +128,7 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::RedisError;
 use sha2::{Digest, Sha256};
-use tollgate::store::{transition, Admit, Change, Decision, Store, StoreStats, View};
+use tollgate::store::{transition, Admit, Change, Decision, Denial, Store, StoreStats, View};
 use tollgate::{Quota, Snapshot, MAX_DIMENSIONS};
 
 use crate::breaker::Breaker;
@@ -1710,14 +1710,14 @@ fn parse_decision(
         }
     };
     let decision = match code {
-        NEVER => Ok(Decision::Never {
+        NEVER => Ok(Decision::Deny(Denial::CostExceedsBurst {
             dimension,
             snapshot: snapshot_of(dimension, now),
-        }),
-        DENY => Ok(Decision::Deny {
+        })),
+        DENY => Ok(Decision::Deny(Denial::RateLimited {
             dimension,
             snapshot: snapshot_of(dimension, now).with_retry_after(Duration::from_nanos(wait)),
-        }),
+        })),
         ADMIT => {
             let due = now.saturating_add(wait);
             let mut tightest: Option<Snapshot> = None;

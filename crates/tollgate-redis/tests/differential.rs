@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use tollgate::store::{Change, Decision, Store, View};
+use tollgate::store::{Change, Decision, Denial, Store, View};
 use tollgate::{ManualClock, MemoryStore, Quota};
 use tollgate_redis::testing::RedisServer;
 use tollgate_redis::RedisStore;
@@ -185,24 +185,24 @@ fn same_decision(memory: &Decision, redis: &Decision) -> bool {
                     .all(|(x, y)| same_duration(*x, *y))
         }
         (
-            Decision::Deny {
+            Decision::Deny(Denial::RateLimited {
                 dimension: d,
                 snapshot: s,
-            },
-            Decision::Deny {
+            }),
+            Decision::Deny(Denial::RateLimited {
                 dimension: e,
                 snapshot: t,
-            },
+            }),
         )
         | (
-            Decision::Never {
+            Decision::Deny(Denial::CostExceedsBurst {
                 dimension: d,
                 snapshot: s,
-            },
-            Decision::Never {
+            }),
+            Decision::Deny(Denial::CostExceedsBurst {
                 dimension: e,
                 snapshot: t,
-            },
+            }),
         ) => d == e && same_snapshot(s, t),
         _ => false,
     }

@@ -95,7 +95,7 @@ pub mod store {
     //!
     //! ```
     //! use std::time::Duration;
-    //! use tollgate::store::{Change, Decision, MemoryStore, SyncStore};
+    //! use tollgate::store::{Change, Decision, Denial, MemoryStore, SyncStore};
     //! use tollgate::{DefaultClock, Quota};
     //!
     //! let store = MemoryStore::new(1_000, 1, DefaultClock::new());
@@ -104,7 +104,7 @@ pub mod store {
     //! let two = store.decide_now(&"key", &limits, &[2], Duration::ZERO);
     //! assert!(matches!(two, Decision::Admit(_)));
     //! match store.decide_now(&"key", &limits, &[1], Duration::ZERO) {
-    //!     Decision::Deny { snapshot, .. } => assert!(snapshot.retry_after().is_some()),
+    //!     Decision::Deny(Denial::RateLimited { snapshot, .. }) => assert!(snapshot.retry_after().is_some()),
     //!     other => panic!("{other:?}"),
     //! }
     //! // Another key is untouched; what the other side says remains caps it.
@@ -168,7 +168,7 @@ pub mod store {
     pub use crate::budget::conformance;
     pub use crate::budget::transition;
     pub use crate::budget::{
-        Admit, Change, Decision, DirectStore, DirectStoreError, MemoryStore, Refusal, Store,
+        Admit, Change, Decision, Denial, DirectStore, DirectStoreError, MemoryStore, Store,
         StoreStats, SyncStore, View, DEFAULT_LIMITS_TTL,
     };
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use tokio::time::Instant;
-use tollgate::store::{Change, Decision, SyncStore};
+use tollgate::store::{Change, Decision, Denial, SyncStore};
 use tollgate::{
     Budget, Clock, DeniedKind, KeyedBudget, KeyedLimiter, Limits, ManualClock, MemoryStore, Quota,
     Snapshot, Store,
@@ -447,12 +447,12 @@ proptest! {
                             if due > now { pending.push(admitted.len()); }
                             admitted.push((due, costs));
                         }
-                        Decision::Deny { dimension, snapshot } => {
+                        Decision::Deny(Denial::RateLimited { dimension, snapshot }) => {
                             let wait = snapshot.retry_after().unwrap().as_nanos() as u64;
                             prop_assert!(wait > max_wait);
                             prop_assert!(costs[dimension] > 0);
                         }
-                        Decision::Never { dimension, .. } => {
+                        Decision::Deny(Denial::CostExceedsBurst { dimension, .. }) => {
                             prop_assert!(costs[dimension] > quotas[dimension].burst_size());
                         }
                     }

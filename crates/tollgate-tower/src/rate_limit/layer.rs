@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::Request;
 use tollgate::headers::PolicyName;
-use tollgate::store::{Change, Decision, DirectStore, Refusal, StoreStats, SyncStore, View};
+use tollgate::store::{Change, Decision, Denial, DirectStore, StoreStats, SyncStore, View};
 use tollgate::{Clock, DefaultClock, KeyedLimiter, MemoryStore, Quota, Snapshot, Store};
 use tower_layer::Layer;
 
@@ -146,7 +146,7 @@ impl Store<Key> for LayerStore {
     }
 
     #[inline(always)]
-    fn check_now(&self, key: &Key, quota: &Quota, cost: u64) -> Option<Result<Snapshot, Refusal>> {
+    fn check_now(&self, key: &Key, quota: &Quota, cost: u64) -> Option<Result<Snapshot, Denial>> {
         Some(SyncStore::check_one(self, key, quota, cost))
     }
 }
@@ -167,7 +167,7 @@ impl SyncStore<Key> for LayerStore {
     }
 
     #[inline(always)]
-    fn check_one(&self, key: &Key, quota: &Quota, cost: u64) -> Result<Snapshot, Refusal> {
+    fn check_one(&self, key: &Key, quota: &Quota, cost: u64) -> Result<Snapshot, Denial> {
         if key.is_global() {
             SyncStore::check_one(&self.global, key, quota, cost)
         } else {

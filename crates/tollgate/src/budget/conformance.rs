@@ -23,9 +23,9 @@
 //!
 //! What it checks: a burst then a denial with the right `retry_after`; a
 //! denial writes nothing; a cost of 0 peeks; a cost over the burst is
-//! [`Decision::Never`]; all or nothing across dimensions; reservations and
-//! their positions; refunds and charges; `AtMost`; a learnt limit, lowered
-//! and raised, and per-key limits; concurrent pauses (the longest wins,
+//! [`Denial::CostExceedsBurst`]; all or nothing across dimensions;
+//! reservations and their positions; refunds and charges; `AtMost`; a
+//! learnt limit, lowered and raised, and per-key limits; concurrent pauses (the longest wins,
 //! release paced) and the reservations they move back; a give-back moving
 //! the queue up; bounds over an interval; extreme costs, quotas and keys;
 //! and, through a [`KeyedBudget`] over the store, waiters moving forward
@@ -43,7 +43,7 @@ use tokio::time::Instant;
 
 use super::keyed::KeyedBudget;
 use super::limits::Limits;
-use super::store::{Change, Decision, Store, View};
+use super::store::{Change, Decision, Denial, Store, View};
 use crate::{Quota, Snapshot};
 
 /// The suite, with its settings.
@@ -306,10 +306,10 @@ impl<S: Store<String> + 'static> Check<S> {
         wait: Duration,
     ) -> (usize, Snapshot) {
         match self.decide(key, limits, costs, wait).await {
-            Decision::Deny {
+            Decision::Deny(Denial::RateLimited {
                 dimension,
                 snapshot,
-            } => (dimension, snapshot),
+            }) => (dimension, snapshot),
             other => self.fail(&format!("{costs:?} for {key:?} not denied: {other:?}")),
         }
     }
@@ -367,10 +367,10 @@ impl<S: Store<String> + 'static> Check<S> {
         let q = [per_hour(10)];
         for cost in [11, u64::MAX] {
             match self.decide("n", &q, &[cost], HOUR).await {
-                Decision::Never {
+                Decision::Deny(Denial::CostExceedsBurst {
                     dimension: 0,
                     snapshot,
-                } => {
+                }) => {
                     self.equal("limit of a Never", snapshot.limit(), 10);
                 }
                 other => self.fail(&format!("a cost of {cost} over a burst of 10: {other:?}")),
@@ -396,7 +396,7 @@ impl<S: Store<String> + 'static> Check<S> {
         self.admit("a", &q, &[1, 5]).await;
         self.admit("a", &q, &[0, 0]).await;
         match self.decide("a", &q, &[1, 101], HOUR).await {
-            Decision::Never { dimension: 1, .. } => {}
+            Decision::Deny(Denial::CostExceedsBurst { dimension: 1, .. }) => {}
             other => self.fail(&format!(
                 "101 over a burst of 100 in dimension 1: {other:?}"
             )),

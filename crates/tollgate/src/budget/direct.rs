@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use super::store::{Admit, Change, Decision, Refusal, Store, StoreStats, SyncStore, View};
+use super::store::{Admit, Change, Decision, Denial, Store, StoreStats, SyncStore, View};
 use super::transition;
 use crate::algorithm::{
     Algorithm, Gcra, LeakyBucket, LeakyState, Outcome, StateMachine, TokenBucket, TokenState,
@@ -300,7 +300,7 @@ impl<C: Clock> DirectStore<C> {
     /// Admits `cost` now or refuses, answering the limit after it: the
     /// lock-free path of a limiter's `check`.
     #[inline(always)]
-    pub(crate) fn check(&self, cost: u64) -> Result<Snapshot, Refusal> {
+    pub(crate) fn check(&self, cost: u64) -> Result<Snapshot, Denial> {
         if self.mode.load(Ordering::Relaxed) == 0 {
             let now = self.clock.now();
             return self
@@ -312,7 +312,7 @@ impl<C: Clock> DirectStore<C> {
 
     /// `check` of a store that counts, or takes the general path.
     #[inline(never)]
-    fn check_other(&self, cost: u64) -> Result<Snapshot, Refusal> {
+    fn check_other(&self, cost: u64) -> Result<Snapshot, Denial> {
         if self.mode.load(Ordering::Relaxed) & GENERAL != 0 {
             return self.check_general(cost);
         }
@@ -377,17 +377,21 @@ impl<C: Clock> DirectStore<C> {
     }
 
     #[inline(never)]
-    fn check_general(&self, cost: u64) -> Result<Snapshot, Refusal> {
+    fn check_general(&self, cost: u64) -> Result<Snapshot, Denial> {
         self.decide_general(self.quota, cost, 0).checked()
     }
 
     #[inline(always)]
-    fn refusal(&self, tat: &u64, now: u64, outcome: Outcome<u64>) -> Refusal {
+    fn refusal(&self, tat: &u64, now: u64, outcome: Outcome<u64>) -> Denial {
         match outcome {
-            Outcome::Deny { retry_after } => {
-                Refusal::Deny(self.gcra.snapshot(tat, now).retry_after_nanos(retry_after))
-            }
-            _ => Refusal::Never(self.gcra.snapshot(tat, now)),
+            Outcome::Deny { retry_after } => Denial::RateLimited {
+                dimension: 0,
+                snapshot: self.gcra.snapshot(tat, now).retry_after_nanos(retry_after),
+            },
+            _ => Denial::CostExceedsBurst {
+                dimension: 0,
+                snapshot: self.gcra.snapshot(tat, now),
+            },
         }
     }
 
@@ -560,16 +564,16 @@ fn decide_with<A: StateMachine>(
                 Duration::from_nanos(step),
             ))
         }
-        Outcome::Deny { retry_after } => Decision::Deny {
+        Outcome::Deny { retry_after } => Decision::Deny(Denial::RateLimited {
             dimension: 0,
             snapshot: algorithm
                 .snapshot(state, now)
                 .retry_after_nanos(retry_after.saturating_add(delay)),
-        },
-        Outcome::Never => Decision::Never {
+        }),
+        Outcome::Never => Decision::Deny(Denial::CostExceedsBurst {
             dimension: 0,
             snapshot: algorithm.snapshot(state, now),
-        },
+        }),
     }
 }
 
@@ -622,7 +626,7 @@ impl<C: Clock, K: ?Sized> Store<K> for DirectStore<C> {
     }
 
     #[inline(always)]
-    fn check_now(&self, key: &K, quota: &Quota, cost: u64) -> Option<Result<Snapshot, Refusal>> {
+    fn check_now(&self, key: &K, quota: &Quota, cost: u64) -> Option<Result<Snapshot, Denial>> {
         Some(SyncStore::<K>::check_one(self, key, quota, cost))
     }
 }
@@ -636,16 +640,16 @@ impl<C: Clock, K: ?Sized> SyncStore<K> for DirectStore<C> {
         max_wait: Duration,
     ) -> Decision {
         let (Some(&quota), Some(&cost)) = (limits.first(), costs.first()) else {
-            return Decision::Never {
+            return Decision::Deny(Denial::CostExceedsBurst {
                 dimension: 0,
                 snapshot: Snapshot::from_count(0, 0, 0),
-            };
+            });
         };
         self.decide_general(quota, cost, duration_to_nanos(max_wait))
     }
 
     #[inline(always)]
-    fn check_one(&self, _key: &K, quota: &Quota, cost: u64) -> Result<Snapshot, Refusal> {
+    fn check_one(&self, _key: &K, quota: &Quota, cost: u64) -> Result<Snapshot, Denial> {
         if *quota == self.quota {
             return self.check(cost);
         }

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::keyed::{Grant, KeyedBudget, KeyedBuilder, LimiterKind, Stats};
 use super::limits::Limits;
 use super::memory::MemoryStore;
-use super::store::{Refusal, Store, SyncStore};
+use super::store::{Denial, Store, SyncStore};
 use crate::{Clock, Denied, Quota, Snapshot};
 
 /// One quota per key (an IP address, an API key, a user id), with memory
@@ -245,8 +245,8 @@ impl<K: Hash + Eq + Clone, S: Store<K>> KeyedLimiter<K, S> {
     /// admitting path.
     #[cold]
     #[inline(never)]
-    fn refused(&self, cost: u64, refusal: Refusal) -> Denied {
-        KeyedBudget::<K, S>::denied(self.inner.limits(), &[cost], refusal.into())
+    fn refused(&self, cost: u64, denial: Denial) -> Denied {
+        KeyedBudget::<K, S>::denied(self.inner.limits(), &[cost], denial)
     }
 
     /// What the limiter and its store count.

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::limits::{Limits, MAX_DIMENSIONS};
 use super::memory::{MemoryStore, DEFAULT_MAX_KEYS};
 use super::queue::{Queue, Waiter};
-use super::store::{Admit, Change, Decision, Store, SyncStore};
+use super::store::{Admit, Change, Decision, Denial, Store, SyncStore};
 use crate::snapshot::duration_to_nanos;
 use crate::{Clock, DefaultClock, Denied, DeniedKind, Quota, Snapshot};
 
@@ -343,27 +343,17 @@ impl<K, S> KeyedBudget<K, S> {
     ) -> Result<(Grant, Admit), Denied> {
         match decision {
             Decision::Admit(admit) => Ok((Self::grant(costs, &admit), admit)),
-            decision => Err(Self::denied(limits, costs, decision)),
+            Decision::Deny(denial) => Err(Self::denied(limits, costs, denial)),
         }
     }
 
     /// Turns a denial into the error.
     #[cold]
     #[inline(never)]
-    pub(crate) fn denied(limits: &Limits, costs: &[u64], decision: Decision) -> Denied {
-        let (kind, dimension, snapshot) = match decision {
-            Decision::Deny {
-                dimension,
-                snapshot,
-            } => (DeniedKind::RateLimited, dimension, snapshot),
-            Decision::Never {
-                dimension,
-                snapshot,
-            } => (DeniedKind::CostExceedsBurst, dimension, snapshot),
-            Decision::Admit(admit) => (DeniedKind::RateLimited, 0, admit.snapshot),
-        };
+    pub(crate) fn denied(limits: &Limits, costs: &[u64], denial: Denial) -> Denied {
+        let dimension = denial.dimension();
         let cost = costs.get(dimension).copied().unwrap_or(0);
-        let mut denied = Denied::new(kind, cost, snapshot);
+        let mut denied = Denied::new(denial.kind(), cost, *denial.snapshot());
         if limits.len() > 1 {
             if let Some(name) = limits.name_arc(dimension) {
                 denied = denied.in_dimension(name);
@@ -407,7 +397,7 @@ impl<K: Hash + Eq + Clone, S: SyncStore<K>> KeyedBudget<K, S> {
             .decide_now(key, self.limits.quotas(), costs, Duration::ZERO)
         {
             Decision::Admit(admit) => Ok(Self::grant(costs, &admit)),
-            decision => Err(Self::denied(&self.limits, costs, decision)),
+            Decision::Deny(denial) => Err(Self::denied(&self.limits, costs, denial)),
         };
         self.count(&result, Duration::ZERO);
         result
@@ -421,7 +411,7 @@ impl<K: Hash + Eq + Clone, S: SyncStore<K>> KeyedBudget<K, S> {
             let result = self
                 .store
                 .check_one(key, quota, *cost)
-                .map_err(|refusal| Self::denied(&self.limits, costs, refusal.into()));
+                .map_err(|denial| Self::denied(&self.limits, costs, denial));
             self.count(&result, Duration::ZERO);
             return result;
         }

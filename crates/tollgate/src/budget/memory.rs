@@ -10,7 +10,7 @@ use std::time::Duration;
 use siphasher::sip::SipHasher13;
 
 use super::limits::MAX_DIMENSIONS;
-use super::store::{Admit, Change, Decision, Refusal, Store, StoreStats, SyncStore, View};
+use super::store::{Admit, Change, Decision, Denial, Store, StoreStats, SyncStore, View};
 use super::table::Table;
 use super::transition;
 use crate::algorithm::{Gcra, Outcome, StateMachine};
@@ -335,7 +335,7 @@ impl<C: Clock> MemoryStore<C> {
         key: &K,
         quota: &Quota,
         cost: u64,
-    ) -> Result<Snapshot, Refusal> {
+    ) -> Result<Snapshot, Denial> {
         // The clock is read first, before the lock and apart from the
         // key's hash, so that the processor reads it while it hashes.
         let now = self.clock.now();
@@ -363,10 +363,14 @@ impl<C: Clock> MemoryStore<C> {
         drop(shard);
         match outcome {
             Outcome::Admit { state, due } => Ok(gcra.snapshot(&state, due.max(now))),
-            Outcome::Deny { retry_after } => Err(Refusal::Deny(
-                gcra.snapshot(&tat, now).retry_after_nanos(retry_after),
-            )),
-            Outcome::Never => Err(Refusal::Never(gcra.snapshot(&tat, now))),
+            Outcome::Deny { retry_after } => Err(Denial::RateLimited {
+                dimension: 0,
+                snapshot: gcra.snapshot(&tat, now).retry_after_nanos(retry_after),
+            }),
+            Outcome::Never => Err(Denial::CostExceedsBurst {
+                dimension: 0,
+                snapshot: gcra.snapshot(&tat, now),
+            }),
         }
     }
 
@@ -379,7 +383,7 @@ impl<C: Clock> MemoryStore<C> {
         key: &K,
         quota: &Quota,
         cost: u64,
-    ) -> Result<Snapshot, Refusal> {
+    ) -> Result<Snapshot, Denial> {
         SyncStore::decide_now(
             self,
             key,
@@ -509,14 +513,14 @@ impl Shard {
                     Duration::from_nanos(gcra.interval()),
                 ))
             }
-            Outcome::Deny { retry_after } => Decision::Deny {
+            Outcome::Deny { retry_after } => Decision::Deny(Denial::RateLimited {
                 dimension: 0,
                 snapshot: gcra.snapshot(&tat, now).retry_after_nanos(retry_after),
-            },
-            Outcome::Never => Decision::Never {
+            }),
+            Outcome::Never => Decision::Deny(Denial::CostExceedsBurst {
                 dimension: 0,
                 snapshot: gcra.snapshot(&tat, now),
-            },
+            }),
         }
     }
 
@@ -727,7 +731,7 @@ impl<K: Hash + ?Sized, C: Clock> Store<K> for MemoryStore<C> {
     }
 
     #[inline(always)]
-    fn check_now(&self, key: &K, quota: &Quota, cost: u64) -> Option<Result<Snapshot, Refusal>> {
+    fn check_now(&self, key: &K, quota: &Quota, cost: u64) -> Option<Result<Snapshot, Denial>> {
         Some(MemoryStore::check_one(self, key, quota, cost))
     }
 }
@@ -773,7 +777,7 @@ impl<K: Hash + ?Sized, C: Clock> SyncStore<K> for MemoryStore<C> {
     }
 
     #[inline]
-    fn check_one(&self, key: &K, quota: &Quota, cost: u64) -> Result<Snapshot, Refusal> {
+    fn check_one(&self, key: &K, quota: &Quota, cost: u64) -> Result<Snapshot, Denial> {
         MemoryStore::check_one(self, key, quota, cost)
     }
 

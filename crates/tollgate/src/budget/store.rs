@@ -44,7 +44,7 @@ use crate::{Quota, Snapshot};
 ///   [`StoreFailed`](crate::DeniedKind::StoreFailed). A store that would
 ///   rather fail open decides so itself.
 /// - **Any input.** No key, cost, quota or instant makes a store panic or
-///   loop; costs beyond a burst are [`Decision::Never`].
+///   loop; costs beyond a burst are [`Denial::CostExceedsBurst`].
 pub trait Store<K: ?Sized>: Send + Sync {
     /// Why an operation failed.
     type Error: std::error::Error + Send + Sync + 'static;
@@ -102,7 +102,7 @@ pub trait Store<K: ?Sized>: Send + Sync {
     /// decision must be awaited through [`decide`](Self::decide). A server
     /// layer asks this first, on its hot path. The default is `None`.
     #[inline]
-    fn check_now(&self, key: &K, quota: &Quota, cost: u64) -> Option<Result<Snapshot, Refusal>> {
+    fn check_now(&self, key: &K, quota: &Quota, cost: u64) -> Option<Result<Snapshot, Denial>> {
         let _ = (key, quota, cost);
         None
     }
@@ -120,7 +120,7 @@ pub trait SyncStore<K: ?Sized>: Store<K> {
     /// Admits `cost` in one dimension now, or refuses: a limiter's
     /// `check`, which needs no more than the snapshot. The default asks
     /// [`decide_now`](Self::decide_now).
-    fn check_one(&self, key: &K, quota: &Quota, cost: u64) -> Result<Snapshot, Refusal> {
+    fn check_one(&self, key: &K, quota: &Quota, cost: u64) -> Result<Snapshot, Denial> {
         self.decide_now(key, std::slice::from_ref(quota), &[cost], Duration::ZERO)
             .checked()
     }
@@ -139,41 +139,65 @@ pub trait SyncStore<K: ?Sized>: Store<K> {
     fn wait_blocking(&self, duration: Duration);
 }
 
-/// Why a one-dimension check ([`SyncStore::check_one`]) refused.
+/// Why a store did not admit: the one shape a denial keeps from the store
+/// to the limiter or budget that asked, which makes it a
+/// [`Denied`](crate::Denied) of the same kind. A one-dimension check
+/// ([`SyncStore::check_one`]) answers it too, for dimension 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
-    /// Not now: the snapshot's [`retry_after`](Snapshot::retry_after) says
-    /// when. Nothing was written.
-    Deny(Snapshot),
-    /// The cost exceeds the burst: no wait admits it.
-    Never(Snapshot),
+pub enum Denial {
+    /// Not within the allowed wait. Nothing was written.
+    RateLimited {
+        /// The dimension that blocked: the one furthest from fitting.
+        dimension: usize,
+        /// That dimension, with [`Snapshot::retry_after`] set: how long
+        /// until the whole cost fits.
+        snapshot: Snapshot,
+    },
+    /// The cost in `dimension` exceeds its burst: no wait admits it.
+    CostExceedsBurst {
+        /// The dimension whose burst is too small.
+        dimension: usize,
+        /// That dimension as it stands.
+        snapshot: Snapshot,
+    },
 }
 
-impl From<Refusal> for Decision {
-    /// The refusal of a one-dimension check, as a decision of dimension 0.
-    fn from(refusal: Refusal) -> Self {
-        match refusal {
-            Refusal::Deny(snapshot) => Self::Deny {
-                dimension: 0,
-                snapshot,
-            },
-            Refusal::Never(snapshot) => Self::Never {
-                dimension: 0,
-                snapshot,
-            },
+impl Denial {
+    /// The dimension that refused.
+    pub fn dimension(&self) -> usize {
+        match *self {
+            Self::RateLimited { dimension, .. } | Self::CostExceedsBurst { dimension, .. } => {
+                dimension
+            }
+        }
+    }
+
+    /// That dimension as the denial left it.
+    pub fn snapshot(&self) -> &Snapshot {
+        match self {
+            Self::RateLimited { snapshot, .. } | Self::CostExceedsBurst { snapshot, .. } => {
+                snapshot
+            }
+        }
+    }
+
+    /// The kind of [`Denied`](crate::Denied) it makes.
+    pub fn kind(&self) -> crate::DeniedKind {
+        match self {
+            Self::RateLimited { .. } => crate::DeniedKind::RateLimited,
+            Self::CostExceedsBurst { .. } => crate::DeniedKind::CostExceedsBurst,
         }
     }
 }
 
 impl Decision {
     /// A decision of one dimension as a check answers it: the admission's
-    /// snapshot, or the refusal (the converse of `From<Refusal>`).
+    /// snapshot, or the denial.
     #[inline]
-    pub(crate) fn checked(self) -> Result<Snapshot, Refusal> {
+    pub(crate) fn checked(self) -> Result<Snapshot, Denial> {
         match self {
             Self::Admit(admit) => Ok(admit.snapshot),
-            Self::Deny { snapshot, .. } => Err(Refusal::Deny(snapshot)),
-            Self::Never { snapshot, .. } => Err(Refusal::Never(snapshot)),
+            Self::Deny(denial) => Err(denial),
         }
     }
 }
@@ -187,21 +211,8 @@ pub enum Decision {
     /// Admitted in every dimension: at once when `wait` is zero, or else
     /// reserved for `wait` from now.
     Admit(Admit),
-    /// Not within the allowed wait. Nothing was written.
-    Deny {
-        /// The dimension that blocked: the one furthest from fitting.
-        dimension: usize,
-        /// That dimension, with [`Snapshot::retry_after`] set: how long
-        /// until the whole cost fits.
-        snapshot: Snapshot,
-    },
-    /// The cost in `dimension` exceeds its burst: no wait admits it.
-    Never {
-        /// The dimension whose burst is too small.
-        dimension: usize,
-        /// That dimension as it stands.
-        snapshot: Snapshot,
-    },
+    /// Not admitted; nothing was written.
+    Deny(Denial),
 }
 
 /// An admission: when it is due, and where it sits in each dimension, so

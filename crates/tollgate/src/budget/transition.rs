@@ -10,7 +10,7 @@
 //!
 //! ```
 //! use tollgate::store::transition;
-//! use tollgate::store::Decision;
+//! use tollgate::store::{Decision, Denial};
 //! use tollgate::Quota;
 //!
 //! let quota = Quota::per_second(2)?; // one unit every 500 ms, burst 2
@@ -22,7 +22,7 @@
 //! }
 //! // The burst is spent: the third waits 500 ms, or is denied without one.
 //! let decision = transition::decide(&mut tats, &[quota], &[1], now, 0, 0);
-//! assert!(matches!(decision, Decision::Deny { dimension: 0, .. }));
+//! assert!(matches!(decision, Decision::Deny(Denial::RateLimited { dimension: 0, .. })));
 //! assert_eq!(tats, [2_000_000_000]); // a denial writes nothing
 //! # Ok::<(), tollgate::QuotaError>(())
 //! ```
@@ -30,7 +30,7 @@
 use std::time::Duration;
 
 use super::limits::MAX_DIMENSIONS;
-use super::store::{Admit, Change, Decision};
+use super::store::{Admit, Change, Decision, Denial};
 use crate::algorithm::{Gcra, Outcome, StateMachine};
 use crate::snapshot::duration_to_nanos;
 use crate::{Quota, Snapshot};
@@ -43,7 +43,7 @@ use crate::{Quota, Snapshot};
 /// Every dimension is charged at the same instant (the admission's), so
 /// that no dimension counts an admission before it happens. A cost of 0
 /// in a dimension reads it without spending; a cost over a dimension's
-/// burst is [`Decision::Never`]. `held` is the key's pause count, copied
+/// burst is [`Denial::CostExceedsBurst`]. `held` is the key's pause count, copied
 /// into the answer.
 pub fn decide(
     tats: &mut [u64],
@@ -79,10 +79,10 @@ pub fn decide(
                 }
             }
             Outcome::Never => {
-                return Decision::Never {
+                return Decision::Deny(Denial::CostExceedsBurst {
                     dimension: i,
                     snapshot: gcra.snapshot(&tat, now),
-                }
+                })
             }
             // Never denied with an unbounded wait.
             Outcome::Deny { .. } => {}
@@ -92,10 +92,10 @@ pub fn decide(
     if let Some(dimension) = blocking.filter(|_| wait > max_wait) {
         let (quota, tat) = (quotas.get(dimension), tats.get(dimension));
         if let (Some(quota), Some(tat)) = (quota, tat) {
-            return Decision::Deny {
+            return Decision::Deny(Denial::RateLimited {
                 dimension,
                 snapshot: Gcra::new(quota).snapshot(tat, now).retry_after_nanos(wait),
-            };
+            });
         }
     }
     let mut tightest: Option<Snapshot> = None;

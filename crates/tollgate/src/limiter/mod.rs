@@ -10,8 +10,8 @@ use tokio::time::Instant;
 
 use crate::budget::{DirectStore, Grant, KeyedBudget, Limits, Stats};
 use crate::snapshot::duration_to_nanos;
-use crate::store::{Refusal, SyncStore};
-use crate::{Algorithm, Clock, DefaultClock, Denied, DeniedKind, Quota, Snapshot};
+use crate::store::{Denial, SyncStore};
+use crate::{Algorithm, Clock, DefaultClock, Denied, Quota, Snapshot};
 
 /// One rate limit, shared by reference (put it in an
 /// [`Arc`](std::sync::Arc) to share it between tasks).
@@ -310,11 +310,8 @@ impl<C: Clock> RateLimiter<C> {
 
 /// A refusal of `check` as the error: one dimension, nothing to name.
 #[inline(always)]
-fn refused(cost: u64, refused: Refusal) -> Denied {
-    match refused {
-        Refusal::Never(snapshot) => Denied::new(DeniedKind::CostExceedsBurst, cost, snapshot),
-        Refusal::Deny(snapshot) => Denied::new(DeniedKind::RateLimited, cost, snapshot),
-    }
+fn refused(cost: u64, denial: Denial) -> Denied {
+    Denied::new(denial.kind(), cost, *denial.snapshot())
 }
 
 impl<C: Clock> fmt::Debug for RateLimiter<C> {
