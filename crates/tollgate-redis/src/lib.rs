@@ -1687,13 +1687,16 @@ fn parse_decision(
     let mut tats = [0u64; MAX_DIMENSIONS];
     let mut quotas = [None; MAX_DIMENSIONS];
     let mut admit = Admit::now(Snapshot::new(0, 0, Duration::ZERO));
-    admit.held = Duration::from_nanos(held);
+    admit.place.set_held(Duration::from_nanos(held));
     admit.wait = Duration::from_nanos(wait);
     for i in 0..n {
         let base = batch::HEAD + 4 * i;
         tats[i] = us_to_ns(int(reply, base)?);
-        admit.dues[i] = Duration::from_nanos(us_to_ns(int(reply, base + 1)?));
-        admit.steps[i] = Duration::from_nanos(us_to_ns(int(reply, base + 2)?));
+        admit.place.set(
+            i,
+            Duration::from_nanos(us_to_ns(int(reply, base + 1)?)),
+            Duration::from_nanos(us_to_ns(int(reply, base + 2)?)),
+        );
         let default = limits.get(i).ok_or_else(|| StoreError::values(reply))?;
         let own = text(reply, base + 3);
         seen.own[i] = if own.is_empty() {

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use tollgate::store::{Change, Decision, Denial, Store, View};
-use tollgate::{ManualClock, MemoryStore, Quota};
+use tollgate::{ManualClock, MemoryStore, Quota, MAX_DIMENSIONS};
 use tollgate_redis::testing::RedisServer;
 use tollgate_redis::RedisStore;
 
@@ -177,12 +177,11 @@ fn same_decision(memory: &Decision, redis: &Decision) -> bool {
         (Decision::Admit(a), Decision::Admit(b)) => {
             same_duration(a.wait, b.wait)
                 && same_snapshot(&a.snapshot, &b.snapshot)
-                && a.held == b.held
-                && a.steps == b.steps
-                && a.dues
-                    .iter()
-                    .zip(&b.dues)
-                    .all(|(x, y)| same_duration(*x, *y))
+                && a.place.held() == b.place.held()
+                && (0..MAX_DIMENSIONS).all(|d| {
+                    a.place.step(d) == b.place.step(d)
+                        && same_duration(a.place.due(d), b.place.due(d))
+                })
         }
         (
             Decision::Deny(Denial::RateLimited {

@@ -168,8 +168,8 @@ pub mod store {
     pub use crate::budget::conformance;
     pub use crate::budget::transition;
     pub use crate::budget::{
-        Admit, Change, Decision, Denial, DirectStore, DirectStoreError, MemoryStore, Store,
-        StoreStats, SyncStore, View, DEFAULT_LIMITS_TTL,
+        Admit, Change, Decision, Denial, DirectStore, DirectStoreError, MemoryStore, QueuePlace,
+        Store, StoreStats, SyncStore, View, DEFAULT_LIMITS_TTL,
     };
 }
 pub use clock::{Clock, DefaultClock, FastClock, ManualClock, TokioClock};

@@ -413,8 +413,8 @@ impl<S: Store<String> + 'static> Check<S> {
         self.admit("r", &q, &[10]).await;
         let first = self.reserve("r", &q, &[1]).await;
         self.near("first reservation's wait", first.wait, secs(360));
-        self.near("first reservation's due", first.dues[0], secs(360));
-        self.near("a unit's step", first.steps[0], secs(360));
+        self.near("first reservation's due", first.place.due(0), secs(360));
+        self.near("a unit's step", first.place.step(0), secs(360));
         let second = self.reserve("r", &q, &[1]).await;
         self.near("second reservation's wait", second.wait, secs(720));
         let (_, snapshot) = self.deny("r", &q, &[1], secs(500)).await;
@@ -433,13 +433,13 @@ impl<S: Store<String> + 'static> Check<S> {
         self.admit("r2", &q2, &[10, 0]).await;
         let admit = self.reserve("r2", &q2, &[1, 1]).await;
         self.near("wait of two dimensions", admit.wait, secs(360));
-        self.near("due in the full dimension", admit.dues[0], secs(360));
+        self.near("due in the full dimension", admit.place.due(0), secs(360));
         self.near(
             "due in the dimension with room",
-            admit.dues[1],
+            admit.place.due(1),
             Duration::ZERO,
         );
-        self.near("step of 100/h", admit.steps[1], secs(36));
+        self.near("step of 100/h", admit.place.step(1), secs(36));
     }
 
     async fn refund_and_charge(&self) {
@@ -740,7 +740,7 @@ impl<S: Store<String> + 'static> Check<S> {
         // Released one by one, at the rate.
         let first = self.reserve("p", &q, &[1, 1]).await;
         self.near("first after the pause", first.wait, secs(120));
-        self.near("its held", first.held, secs(120));
+        self.near("its held", first.place.held(), secs(120));
         let second = self.reserve("p", &q, &[1, 1]).await;
         self.near("second after the pause", second.wait, secs(480));
     }
@@ -755,7 +755,7 @@ impl<S: Store<String> + 'static> Check<S> {
         self.near("held, seen by the earlier waiter", view.held, secs(60));
         let after = self.reserve("pr", &q, &[1]).await;
         self.near("reservation after the pause", after.wait, secs(780));
-        self.near("its held", after.held, secs(60));
+        self.near("its held", after.place.held(), secs(60));
     }
 
     /// A provider that states no limits: the request dimension is open (a

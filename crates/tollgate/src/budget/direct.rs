@@ -467,7 +467,7 @@ impl<C: Clock> DirectStore<C> {
         };
         let decision = match decision {
             Decision::Admit(mut admit) => {
-                admit.held = Duration::from_nanos(held);
+                admit.place.set_held(Duration::from_nanos(held));
                 Decision::Admit(admit)
             }
             other => other,

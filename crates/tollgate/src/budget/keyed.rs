@@ -329,7 +329,7 @@ impl<K, S> KeyedBudget<K, S> {
         for (slot, cost) in grant.costs.iter_mut().zip(costs) {
             *slot = *cost;
         }
-        for (slot, step) in grant.steps.iter_mut().zip(&admit.steps) {
+        for (slot, step) in grant.steps.iter_mut().zip(admit.place.steps()) {
             *slot = duration_to_nanos(*step);
         }
         grant

@@ -19,4 +19,4 @@ pub use faces::{Budget, KeyedLimiter};
 pub use keyed::{Grant, KeyedBudget, KeyedBuilder, LimiterKind, Stats};
 pub use limits::{Limits, LimitsBuilder, LimitsError, LimitsErrorKind, MAX_DIMENSIONS};
 pub use memory::{MemoryStore, DEFAULT_LIMITS_TTL, DEFAULT_MAX_KEYS};
-pub use store::{Admit, Change, Decision, Denial, Store, StoreStats, SyncStore, View};
+pub use store::{Admit, Change, Decision, Denial, QueuePlace, Store, StoreStats, SyncStore, View};

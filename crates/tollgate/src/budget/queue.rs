@@ -184,7 +184,7 @@ impl Waiter {
         thread: Option<std::thread::Thread>,
     ) -> Arc<Self> {
         let mut dues = [now; MAX_DIMENSIONS];
-        for (due, wait) in dues.iter_mut().zip(&admit.dues) {
+        for (due, wait) in dues.iter_mut().zip(admit.place.dues()) {
             *due = now.checked_add(*wait).unwrap_or(now);
         }
         let wait_until = now.checked_add(admit.wait).unwrap_or(now);
@@ -198,7 +198,7 @@ impl Waiter {
             }
         }
         let mut steps = [0u64; MAX_DIMENSIONS];
-        for (step, given) in steps.iter_mut().zip(&admit.steps) {
+        for (step, given) in steps.iter_mut().zip(admit.place.steps()) {
             *step = u64::try_from(given.as_nanos()).unwrap_or(u64::MAX);
         }
         Arc::new(Self {
@@ -206,7 +206,7 @@ impl Waiter {
                 dues,
                 steps,
                 len,
-                held: admit.held,
+                held: admit.place.held(),
             }),
             notify: Notify::new(),
             thread,

@@ -215,35 +215,28 @@ pub enum Decision {
     Deny(Denial),
 }
 
-/// An admission: when it is due, and where it sits in each dimension, so
+/// An admission: when it is due, and its place in the key's queue, so
 /// that a waiter can move up when a reservation ahead of it goes away.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Admit {
-    /// How long until the reservation is due (the latest of `dues`).
+    /// How long until the reservation is due (the latest of its
+    /// dimensions' dues).
     pub wait: Duration,
     /// The dimension with the least room left, as it will be when the
     /// reservation is due.
     pub snapshot: Snapshot,
-    /// The key's [`View::held`] when it was decided.
-    pub held: Duration,
-    /// Per dimension, from now: when that dimension alone would admit this
-    /// cost, given the reservations ahead of it.
-    pub dues: [Duration; MAX_DIMENSIONS],
-    /// Per dimension: the replenish interval of the limit that decided (a
-    /// unit's width in the queue).
-    pub steps: [Duration; MAX_DIMENSIONS],
+    /// Where the reservation sits in the key's queue.
+    pub place: QueuePlace,
 }
 
 impl Admit {
-    /// An admission at once, with no position to keep: what a store answers
+    /// An admission at once, with no place to keep: what a store answers
     /// when it admits without queueing.
     pub fn now(snapshot: Snapshot) -> Self {
         Self {
             wait: Duration::ZERO,
             snapshot,
-            held: Duration::ZERO,
-            dues: [Duration::ZERO; MAX_DIMENSIONS],
-            steps: [Duration::ZERO; MAX_DIMENSIONS],
+            place: QueuePlace::default(),
         }
     }
 
@@ -252,9 +245,84 @@ impl Admit {
     pub fn single_dimension(snapshot: Snapshot, wait: Duration, step: Duration) -> Self {
         let mut admit = Self::now(snapshot);
         admit.wait = wait;
-        admit.dues[0] = wait;
-        admit.steps[0] = step;
+        admit.place.set(0, wait, step);
         admit
+    }
+}
+
+/// Where a reservation sits in its key's queue: per dimension, when that
+/// dimension alone would admit it (given the reservations ahead of it) and
+/// the width of a unit there; and the key's pause count
+/// ([`View::held`]) when it was decided. A store writes it; a budget's
+/// waiters read it to move up or back as the reservations around them
+/// change. Dimensions past [`MAX_DIMENSIONS`] are not kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueuePlace {
+    held: Duration,
+    dues: [Duration; MAX_DIMENSIONS],
+    steps: [Duration; MAX_DIMENSIONS],
+}
+
+impl QueuePlace {
+    /// A place decided while the key's pause count was `held`, no
+    /// dimension set yet.
+    pub fn new(held: Duration) -> Self {
+        Self {
+            held,
+            ..Self::default()
+        }
+    }
+
+    /// Sets the key's pause count at the decision.
+    pub fn set_held(&mut self, held: Duration) {
+        self.held = held;
+    }
+
+    /// Sets `dimension`'s due (from now) and a unit's width there (the
+    /// replenish interval of the limit that decided).
+    pub fn set(&mut self, dimension: usize, due: Duration, step: Duration) {
+        self.set_due(dimension, due);
+        self.set_step(dimension, step);
+    }
+
+    /// Sets `dimension`'s due, from now.
+    pub fn set_due(&mut self, dimension: usize, due: Duration) {
+        if let Some(slot) = self.dues.get_mut(dimension) {
+            *slot = due;
+        }
+    }
+
+    /// Sets a unit's width in `dimension`.
+    pub fn set_step(&mut self, dimension: usize, step: Duration) {
+        if let Some(slot) = self.steps.get_mut(dimension) {
+            *slot = step;
+        }
+    }
+
+    /// The key's pause count when the reservation was decided.
+    pub fn held(&self) -> Duration {
+        self.held
+    }
+
+    /// When `dimension` alone would admit the reservation, from its
+    /// decision (zero past the last dimension).
+    pub fn due(&self, dimension: usize) -> Duration {
+        self.dues.get(dimension).copied().unwrap_or_default()
+    }
+
+    /// A unit's width in `dimension` (zero past the last dimension).
+    pub fn step(&self, dimension: usize) -> Duration {
+        self.steps.get(dimension).copied().unwrap_or_default()
+    }
+
+    /// Every dimension's due.
+    pub(crate) fn dues(&self) -> &[Duration; MAX_DIMENSIONS] {
+        &self.dues
+    }
+
+    /// Every dimension's unit width.
+    pub(crate) fn steps(&self) -> &[Duration; MAX_DIMENSIONS] {
+        &self.steps
     }
 }
 

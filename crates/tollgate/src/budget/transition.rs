@@ -30,7 +30,7 @@
 use std::time::Duration;
 
 use super::limits::MAX_DIMENSIONS;
-use super::store::{Admit, Change, Decision, Denial};
+use super::store::{Admit, Change, Decision, Denial, QueuePlace};
 use crate::algorithm::{Gcra, Outcome, StateMachine};
 use crate::snapshot::duration_to_nanos;
 use crate::{Quota, Snapshot};
@@ -59,7 +59,7 @@ pub fn decide(
         .min(costs.len())
         .min(MAX_DIMENSIONS);
     let mut admit = Admit::now(Snapshot::from_count(0, 0, 0));
-    admit.held = Duration::from_nanos(held);
+    admit.place = QueuePlace::new(Duration::from_nanos(held));
     // The instant every dimension admits: the latest of their earliest.
     let mut due = now;
     let mut blocking = None;
@@ -69,10 +69,14 @@ pub fn decide(
             break;
         };
         let gcra = Gcra::new(quota);
-        admit.steps[i] = Duration::from_nanos(gcra.interval());
+        admit
+            .place
+            .set_step(i, Duration::from_nanos(gcra.interval()));
         match gcra.decide(&tat, now, cost, u64::MAX) {
             Outcome::Admit { due: at, .. } => {
-                admit.dues[i] = Duration::from_nanos(at.saturating_sub(now));
+                admit
+                    .place
+                    .set_due(i, Duration::from_nanos(at.saturating_sub(now)));
                 if at > due {
                     due = at;
                     blocking = Some(i);
