@@ -1,6 +1,21 @@
 //! The command line: flags parsed by clap, then checked once, before
 //! anything is read or sent. Every flag's range is checked here; a value
 //! out of range is an error naming the flag (exit 2), never a panic later.
+//!
+//! ```
+//! use tollgate_cli::cli::{self, ArgsError, Job};
+//!
+//! let no_env = |_: &str| None;
+//! let job = cli::parse(["tollgate", "mock", "--rpm", "600"], no_env).unwrap();
+//! assert!(matches!(job, Job::Mock(..)));
+//!
+//! // A value out of range names its flag.
+//! let Err(ArgsError::Invalid(message)) = cli::parse(["tollgate", "mock", "--rpm", "0"], no_env)
+//! else {
+//!     panic!("--rpm 0 is taken");
+//! };
+//! assert!(message.starts_with("--rpm 0"), "{message}");
+//! ```
 
 use std::ffi::OsString;
 use std::ops::Range;

@@ -3,6 +3,16 @@
 //!
 //! The recorder is installed before anything that counts is built (its
 //! handles are taken then), so call [`serve`] first.
+//!
+//! ```no_run
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), String> {
+//! // Once a process: the recorder is global.
+//! let addr = tollgate_cli::metrics::serve(([127, 0, 0, 1], 9898).into()).await?;
+//! println!("metrics at http://{addr}/metrics");
+//! # Ok(())
+//! # }
+//! ```
 
 use std::net::SocketAddr;
 

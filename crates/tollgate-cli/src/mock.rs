@@ -8,6 +8,27 @@
 //! minute is whole again. Mocks sharing a limit through Redis do not see
 //! each other's admissions: there `remaining` is the second's room, scaled
 //! to a minute.
+//!
+//! ```
+//! use tollgate_cli::mock::{self, MockConfig, Style};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), String> {
+//! let config = MockConfig {
+//!     rpm: 600,
+//!     tpm: 100_000,
+//!     style: Style::Openai,
+//!     latency_ms: 0..1,
+//!     store: None,
+//!     scripted: None,
+//! };
+//! // Any free port of 127.0.0.1; POST /v1/chat/completions there.
+//! let (addr, server) = mock::bind(config, 0).await?;
+//! tokio::spawn(server);
+//! assert!(addr.ip().is_loopback());
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::VecDeque;
 use std::future::Future;

@@ -8,6 +8,19 @@
 //! rate limit (`acquire`), then for a free worker (a concurrency permit),
 //! then runs. On virtual time (the default) a run takes about a second
 //! whatever the simulated durations.
+//!
+//! ```
+//! use tollgate_cli::simulate;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! // Three jobs a user, on the paused clock: each service with 2 then 5
+//! // users, and the table `tollgate simulate` prints.
+//! let scenarios = simulate::all(3, 1, false).await;
+//! assert_eq!(scenarios.len(), 4);
+//! println!("{}", simulate::table(&scenarios));
+//! # }
+//! ```
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};

@@ -15,6 +15,50 @@
 //!   within the grace and records them; a second signal quits at once;
 //! - the first failed write stops the run the same way, and the error says
 //!   how many answers could not be saved.
+//!
+//! Three lines against a mock provider on loopback, limits learnt from its
+//! headers:
+//!
+//! ```
+//! use tollgate_cli::{batch, cli, mock};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = mock::MockConfig {
+//!     rpm: 600,
+//!     tpm: 100_000,
+//!     style: mock::Style::Openai,
+//!     latency_ms: 0..1,
+//!     store: None,
+//!     scripted: None,
+//! };
+//! let (addr, server) = mock::bind(config, 0).await?;
+//! tokio::spawn(server);
+//!
+//! let dir = std::env::temp_dir().join(format!("tollgate-batch-doc-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir)?;
+//! let (input, output) = (dir.join("in.jsonl"), dir.join("out.jsonl"));
+//! let body = r#"{"model":"m","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}"#;
+//! std::fs::write(&input, format!("{body}\n{body}\n{body}\n"))?;
+//! let _ = std::fs::remove_file(&output);
+//!
+//! let url = format!("http://{addr}/v1/chat/completions");
+//! let args = ["tollgate", "batch", "--input", input.to_str().unwrap()]
+//!     .into_iter()
+//!     .chain(["--output", output.to_str().unwrap(), "--url", &url]);
+//! let cli::Job::Batch(config) = cli::parse(args, |_| None).map_err(|e| format!("{e:?}"))?
+//! else {
+//!     unreachable!("a batch command line");
+//! };
+//! // No signal will come: the channel's sender is dropped.
+//! let (_, signals) = tokio::sync::mpsc::unbounded_channel();
+//! let summary = batch::run(*config, signals).await?;
+//! assert_eq!((summary.ok, summary.failed), (3, 0));
+//! assert_eq!(std::fs::read_to_string(&output)?.lines().count(), 3);
+//! std::fs::remove_dir_all(&dir)?;
+//! # Ok(())
+//! # }
+//! ```
 
 mod config;
 mod line;
