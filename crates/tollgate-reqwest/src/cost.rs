@@ -2,7 +2,10 @@
 //! calls of the endpoint reported writing: the reservation starts from the
 //! estimator's prior and converges on a high quantile of the recent
 //! outputs, so that a body without `max_tokens` is not held to a guess of
-//! a thousand tokens for ever.
+//! a thousand tokens for ever. Where the provider states its token limit
+//! and what remains of it, how that falls call after call says what it
+//! charges such a call ([`Falls`]): less than was written, the reservation
+//! and the settlement take it.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -43,6 +46,139 @@ impl Outputs {
         // The smallest output at or above 90% of them.
         let at = (sorted.len() * 9).div_ceil(10).saturating_sub(1);
         sorted.get(at).copied()
+    }
+}
+
+/// Answers of unbounded calls read before [`Falls`] says what they are
+/// charged.
+const FALLS_FROM: u64 = 20;
+/// How long after its first reading a token `remaining` is read for what
+/// calls are charged: after a minute, a window's `remaining` gets back
+/// what was spent a minute before, which would read as calls charged
+/// nothing.
+const FALLS_FOR: Duration = Duration::from_secs(60);
+/// The granularity of a rounded `remaining`.
+const ROUNDED: u64 = 1_000;
+/// The period of a stated token limit.
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// An answer's token limit (a minute's), what remains of it, and the time
+/// until full where it says.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TokenReading {
+    pub(crate) limit: u64,
+    pub(crate) remaining: u64,
+    pub(crate) reset: Option<Duration>,
+}
+
+/// What the provider charges for the output of a call that names no
+/// output bound, read from its token `remaining`, less the calls' prompts
+/// as reported. A provider may charge such a call less than the model
+/// writes (a default bound of its own); reserved and settled at what was
+/// written, each call would hold more of the limit than it spends.
+///
+/// - Where `remaining` counts a window (the last minute, or the clock's),
+///   over the first minute after the endpoint's first answer: what it
+///   lost, over the calls answered. The first answer is a call sent alone
+///   (limits unknown), so every later answer's charge is in the fall;
+///   calls answered after the latest reading but charged before it make
+///   the figure higher, never lower.
+/// - Where it is a bucket refilled continuously (OpenAI's, told from its
+///   reset: the time until full is what is missing at the limit's rate),
+///   a fall says nothing (the bucket refills what was spent); but what is
+///   missing right after a call holds that call's charge: the least of it
+///   over the answers, a bucket full before a call, is that call's charge.
+///
+/// Either way other clients spending from the limit make the figure
+/// higher, never lower.
+#[derive(Debug, Default)]
+pub(crate) struct Falls {
+    /// The first reading: when, and what remained.
+    first: Option<(tokio::time::Instant, u64)>,
+    /// Answers since the first reading.
+    answers: u64,
+    /// Readings whose reset matches a bucket's, less those that do not.
+    bucket_votes: i64,
+    /// The least missing from the limit right after an answer.
+    least_missing: u64,
+    /// Every reading so far a whole thousand (Anthropic rounds so): a
+    /// fall is read once it is large enough for the rounding not to
+    /// matter.
+    rounded: bool,
+    /// Prompt tokens the unbounded calls reported, and how many reported.
+    inputs: (u64, u64),
+    /// The output charged, once read.
+    output: Option<u64>,
+}
+
+impl Falls {
+    /// An unbounded call sent at `sent` answered at `now`, its answer
+    /// stating `reading`. A call sent before the first reading may have
+    /// been charged before it: it is not counted.
+    pub(crate) fn answered(
+        &mut self,
+        sent: tokio::time::Instant,
+        now: tokio::time::Instant,
+        reading: TokenReading,
+    ) {
+        let TokenReading {
+            limit,
+            remaining,
+            reset,
+        } = reading;
+        if limit == 0 {
+            return;
+        }
+        let missing = limit.saturating_sub(remaining);
+        let Some((start, first)) = self.first else {
+            self.first = Some((now, remaining));
+            self.least_missing = missing;
+            self.rounded = remaining % ROUNDED == 0;
+            return;
+        };
+        if now.saturating_duration_since(start) >= FALLS_FOR || sent < start {
+            return;
+        }
+        self.least_missing = self.least_missing.min(missing);
+        self.rounded &= remaining % ROUNDED == 0;
+        if let Some(reset) = reset {
+            let full_in = MINUTE.mul_f64(missing as f64 / limit as f64);
+            let slack = (full_in / 10).max(Duration::from_millis(500));
+            let bucket = reset.abs_diff(full_in) <= slack;
+            self.bucket_votes += if bucket { 1 } else { -1 };
+        }
+        self.answers = self.answers.saturating_add(1);
+        let (sum, reported) = self.inputs;
+        if self.answers < FALLS_FROM || reported == 0 {
+            return;
+        }
+        let charge = if self.bucket_votes > 0 {
+            self.least_missing
+        } else {
+            let Some(spent) = first.checked_sub(remaining) else {
+                // More came back than went: the clock's window turned, or
+                // the limit rose. Read what falls from here.
+                self.first = Some((now, remaining));
+                self.answers = 0;
+                return;
+            };
+            if self.rounded && spent < ROUNDED.saturating_mul(50) {
+                return;
+            }
+            spent.div_ceil(self.answers)
+        };
+        self.output = Some(charge.saturating_sub(sum / reported));
+    }
+
+    /// An unbounded call reported a prompt of `tokens`.
+    pub(crate) fn prompt(&mut self, tokens: u64) {
+        self.inputs.0 = self.inputs.0.saturating_add(tokens);
+        self.inputs.1 = self.inputs.1.saturating_add(1);
+    }
+
+    /// What an unbounded call's output is charged, once read.
+    pub(crate) fn output(&self) -> Option<u64> {
+        self.output
     }
 }
 

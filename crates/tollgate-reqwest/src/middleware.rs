@@ -116,6 +116,16 @@ impl fmt::Display for Endpoint {
 /// knows them by host; a legacy `x-ratelimit-reset` more than 90 s away
 /// (OpenRouter's day) is left to the refusals in the same way.
 ///
+/// # What a call costs
+///
+/// A call reserves its prompt (estimated) and its output bound
+/// (`max_tokens` and its kin), and is settled to what the provider
+/// charged: the bound, unless the answers show the provider charges what
+/// was written ([`Builder::output_charge`]). A body with no output bound
+/// reserves what such calls of the endpoint lately wrote (their 90th
+/// percentile), or what the provider charges them where its token
+/// `remaining` shows that is less.
+///
 /// # Refusals
 ///
 /// A 429, 503 or 529 pauses the endpoint for every caller, for the wait
@@ -557,6 +567,8 @@ struct Sent {
 
 /// One attempt's answer, as the endpoint's model is given it.
 struct Heard<'a> {
+    /// When the attempt was sent.
+    sent_at: tokio::time::Instant,
     answer: Answer,
     /// Every rate-limit header of the answer.
     all: &'a RateLimitHeaders,
@@ -707,6 +719,7 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
         // (see `adaptive`).
         let window = self.learning_gate(key, state).await;
         let grant = self.admit(key, state, &call.costs).await?;
+        let sent_at = tokio::time::Instant::now();
         let response = match next.run(sending, extensions).await {
             Ok(response) => response,
             Err(error) => {
@@ -736,12 +749,13 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             (response, hint::BodyHint::default())
         };
         let heard = Heard {
+            sent_at,
             answer,
             all: &all,
             response: &response,
             said: &said,
         };
-        self.learn(key, state, &heard, call.costs[1]).await;
+        self.learn(call, &heard).await;
         state.learnt.store(true, Ordering::Release);
         drop(probe);
         if let Some(window) = window {
@@ -759,13 +773,16 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
 
     /// Hands an answer to the endpoint's model, and what it changed to the
     /// store, in one adjustment.
-    async fn learn(&self, key: &Endpoint, state: &EndpointState, heard: &Heard<'_>, tokens: u64) {
+    async fn learn(&self, call: &Priced, heard: &Heard<'_>) {
+        let (key, state) = (&call.key, &*call.state);
         let read = crate::model::paced(state.quirks, heard.response.headers(), heard.all);
         let answered = crate::model::Answered {
             answer: heard.answer,
             read: read.as_ref(),
             message: heard.said.per_minute,
-            tokens,
+            tokens: call.costs[1],
+            unbounded: call.unbounded,
+            sent_at: heard.sent_at,
             now: tokio::time::Instant::now(),
         };
         let learnt = state.model().answered(key, &self.setting(), &answered);

@@ -35,7 +35,7 @@ use tollgate::Limits;
 
 use crate::adaptive::Adaptive;
 use crate::classify::Answer;
-use crate::cost::{Charges, Lesson, Outputs, Recent};
+use crate::cost::{Charges, Falls, Lesson, Outputs, Recent};
 use crate::infer::Inferred;
 use crate::limits::{Dimension, Pacing, ProviderLimits};
 use crate::middleware::Endpoint;
@@ -81,6 +81,10 @@ pub(crate) struct Answered<'a> {
     pub(crate) message: Option<(Dimension, u64)>,
     /// The tokens the call reserved.
     pub(crate) tokens: u64,
+    /// The call's body named no output bound.
+    pub(crate) unbounded: bool,
+    /// When the attempt was sent.
+    pub(crate) sent_at: Instant,
     pub(crate) now: Instant,
 }
 
@@ -116,6 +120,8 @@ pub(crate) struct Model {
     recent: Recent,
     /// What the endpoint's calls without an output bound wrote lately.
     outputs: Outputs,
+    /// What an unbounded call's output is charged, from `remaining`.
+    falls: Falls,
     charges: Charges,
     /// Refusals for rate, no other client seen, while the provider's quirk
     /// said it charges what was written: from [`DOUBTED`] of them, what
@@ -139,6 +145,7 @@ impl Model {
             bursts: [0; 4],
             recent: Recent::default(),
             outputs: Outputs::default(),
+            falls: Falls::default(),
             charges: Charges::default(),
             written_refused: 0,
             applied: None,
@@ -168,9 +175,16 @@ impl Model {
         self.adaptive.episode_end(now)
     }
 
-    /// What calls without an output bound write, once known.
+    /// What to reserve for the output of a call without an output bound,
+    /// once known: what such calls write, or what the provider charges
+    /// them where that is less.
     pub(crate) fn output_estimate(&self) -> Option<u64> {
-        self.outputs.estimate()
+        let written = self.outputs.estimate()?;
+        Some(
+            self.falls
+                .output()
+                .map_or(written, |charged| charged.min(written)),
+        )
     }
 
     /// Takes one answer through every learner; says what changed.
@@ -187,6 +201,16 @@ impl Model {
             || limit_without_window(&read.requests).is_some();
         if a.answer == Answer::Done && read_for_limit {
             self.inferred.spent(a.now, 1);
+        }
+        if a.answer == Answer::Done && a.unbounded {
+            if let (Some(limit), Some(remaining)) = (read.tokens.limit, read.tokens.remaining) {
+                let reading = crate::cost::TokenReading {
+                    limit,
+                    remaining,
+                    reset: read.tokens.reset,
+                };
+                self.falls.answered(a.sent_at, a.now, reading);
+            }
         }
         // A refusal of a process that sees no other client, where calls
         // were settled to what they wrote: the provider charges more.
@@ -251,6 +275,11 @@ impl Model {
     ) -> [u64; 4] {
         if lesson.unbounded {
             self.outputs.record(used[3]);
+            self.falls.prompt(used[2]);
+            if let Some(charged) = self.falls.output().filter(|&c| c < used[3]) {
+                used[3] = charged;
+                used[1] = used[2].saturating_add(charged);
+            }
             return used;
         }
         // A bounded call: charged its bound, unless the endpoint is known

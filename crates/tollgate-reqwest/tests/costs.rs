@@ -8,7 +8,7 @@ mod transport;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mock::{Charge, Config, Host, Rounding, Style};
+use mock::{Charge, Config, Counting, Enforce, Host, Report, Rounding, Style};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use tollgate_reqwest::{RateLimitMiddleware, Usage};
@@ -103,6 +103,35 @@ async fn a_body_without_max_tokens_reserves_what_such_calls_write() {
         // On the prior, 12 + 1,024 a call: 3% of the rate.
         assert!(share > 0.90, "{style:?}: {:.1}% of the rate", 100.0 * share);
         assert!(refused <= 6, "{style:?}: {refused} refused");
+    }
+}
+
+/// A provider that charges a call without `max_tokens` 16 tokens of
+/// output while the model writes 20 (a default bound of its own): how its
+/// token `remaining` falls shows it, whether that counts the last minute
+/// or a bucket refilled continuously (OpenAI's), and calls settle at 16
+/// (those priced before it was read reserved 20). Settled at the 20
+/// written, they went at 84% of the rate.
+#[tokio::test(start_paused = true)]
+async fn a_provider_that_charges_less_than_was_written_is_read_from_remaining() {
+    for report in [Report::Sliding, Report::Bucket] {
+        let counting = Counting {
+            enforce: Enforce::Bucket,
+            slice: Duration::from_secs(1),
+            report,
+        };
+        let config = Config::new(12_000, (12 + 16) * 100 * 60)
+            .tokens(counting)
+            .charge(Charge::MaxTokens)
+            .writes(20);
+        let ran = six_hundred(config, unbounded(), true).await;
+        assert_eq!(ran.answered, 600, "{report:?}: none lost");
+        assert!(
+            ran.share > 0.92,
+            "{report:?}: {:.1}% of the rate",
+            100.0 * ran.share
+        );
+        assert_eq!(ran.refused, 0, "{report:?}");
     }
 }
 
