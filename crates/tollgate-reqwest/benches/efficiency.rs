@@ -196,24 +196,31 @@ fn scenarios() -> Vec<Scenario> {
     );
     scenario.host = Host::Unknown;
     rows.push(scenario);
-    // Bodies without `max_tokens`: the provider charges 16 (or what was
-    // written, 20); the middleware must learn it.
+    // Bodies without `max_tokens`: the provider charges 16 or 64 (a
+    // default bound of its own, less or more than the 20 written), or what
+    // was written; the middleware must learn it.
     for dialect in [Style::OpenAi, Style::Anthropic, Style::Bare] {
-        for (charge, output) in [(Charge::MaxTokens, 16), (Charge::Written, 20)] {
+        for (charge, output) in [
+            (Charge::MaxTokens, 16),
+            (Charge::MaxTokens, 64),
+            (Charge::Written, 20),
+        ] {
+            let mut config = Config::new(RATE * 120, (PROMPT + output) * RATE * 60)
+                .dialect(dialect)
+                .charge(charge)
+                .writes(20);
+            config.absent = output;
+            let charged = if charge == Charge::MaxTokens {
+                output.to_string()
+            } else {
+                "output".to_owned()
+            };
             let mut scenario = row(
                 format!(
-                    "tokens bind, no max_tokens, {}, {} charged",
+                    "tokens bind, no max_tokens, {}, {charged} charged",
                     dialect_name(dialect),
-                    if charge == Charge::MaxTokens {
-                        "16"
-                    } else {
-                        "output"
-                    }
                 ),
-                Config::new(RATE * 120, (PROMPT + output) * RATE * 60)
-                    .dialect(dialect)
-                    .charge(charge)
-                    .writes(20),
+                config,
             );
             scenario.max_tokens = None;
             rows.push(scenario);

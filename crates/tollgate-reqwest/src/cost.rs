@@ -4,8 +4,9 @@
 //! outputs, so that a body without `max_tokens` is not held to a guess of
 //! a thousand tokens for ever. Where the provider states its token limit
 //! and what remains of it, how that falls call after call says what it
-//! charges such a call ([`Falls`]): less than was written, the reservation
-//! and the settlement take it.
+//! charges such a call ([`Falls`]), and the reservation and the settlement
+//! take it: where it is less than was written, and where it is more for a
+//! process alone on the key (others' spending shows in `remaining` too).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};

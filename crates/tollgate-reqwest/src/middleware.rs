@@ -124,7 +124,8 @@ impl fmt::Display for Endpoint {
 /// was written ([`Builder::output_charge`]). A body with no output bound
 /// reserves what such calls of the endpoint lately wrote (their 90th
 /// percentile), or what the provider charges them where its token
-/// `remaining` shows that is less.
+/// `remaining` shows it: less, or (for a process alone on the key) more.
+/// Calls priced before that charge was read keep what they reserved.
 ///
 /// # Refusals
 ///
@@ -662,9 +663,10 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             .is_some_and(|b| tollgate::llm::output_bound(b).is_none());
         let mut on_prior = None;
         if unbounded {
+            let alone = self.budget.store().sharers() <= 1;
             let learnt = state
                 .learning
-                .wait(|| state.model().output_estimate())
+                .wait(|| state.model().output_estimate(alone))
                 .await;
             match learnt {
                 Ok(learnt) => estimate.output_tokens = learnt,
@@ -1097,9 +1099,13 @@ impl<S: Store<Endpoint>> SettleUsage for Shared<S> {
         Box::pin(async move {
             let state = self.state(key);
             let bound = grant.costs().get(3).copied().unwrap_or(0);
-            let used = state
-                .model()
-                .settled(&lesson, used, bound, self.settings.output_charge);
+            let used = state.model().settled(
+                &lesson,
+                used,
+                bound,
+                self.settings.output_charge,
+                self.budget.store().sharers() <= 1,
+            );
             if lesson.unbounded {
                 state.learning.learnt();
             }

@@ -177,14 +177,22 @@ impl Model {
 
     /// What to reserve for the output of a call without an output bound,
     /// once known: what such calls write, or what the provider charges
-    /// them where that is less.
-    pub(crate) fn output_estimate(&self) -> Option<u64> {
-        let written = self.outputs.estimate()?;
-        Some(
-            self.falls
-                .output()
-                .map_or(written, |charged| charged.min(written)),
-        )
+    /// them (see [`output_charged`](Self::output_charged)).
+    pub(crate) fn output_estimate(&self, alone: bool) -> Option<u64> {
+        Some(self.output_charged(self.outputs.estimate()?, alone))
+    }
+
+    /// What a call without an output bound that wrote `written` is
+    /// charged: what the token `remaining` shows the provider charges such
+    /// calls, where it says; else `written`. More than written is taken
+    /// only where no other client spends from the limit (`alone`, and no
+    /// other seen): others' spending shows in `remaining` too.
+    fn output_charged(&self, written: u64, alone: bool) -> u64 {
+        match self.falls.output() {
+            Some(charged) if charged < written => charged,
+            Some(charged) if alone && !self.share.others_seen() => charged,
+            _ => written,
+        }
     }
 
     /// Takes one answer through every learner; says what changed.
@@ -272,14 +280,14 @@ impl Model {
         mut used: [u64; 4],
         bound: u64,
         charge: OutputCharge,
+        alone: bool,
     ) -> [u64; 4] {
         if lesson.unbounded {
             self.outputs.record(used[3]);
             self.falls.prompt(used[2]);
-            if let Some(charged) = self.falls.output().filter(|&c| c < used[3]) {
-                used[3] = charged;
-                used[1] = used[2].saturating_add(charged);
-            }
+            let charged = self.output_charged(used[3], alone);
+            used[3] = charged;
+            used[1] = used[2].saturating_add(charged);
             return used;
         }
         // A bounded call: charged its bound, unless the endpoint is known
