@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tollgate::headers::Reading;
 
 /// Outputs remembered, the most recent.
 const REMEMBERED: usize = 64;
@@ -60,17 +61,6 @@ const FALLS_FROM: u64 = 20;
 const FALLS_FOR: Duration = Duration::from_secs(60);
 /// The granularity of a rounded `remaining`.
 const ROUNDED: u64 = 1_000;
-/// The period of a stated token limit.
-const MINUTE: Duration = Duration::from_secs(60);
-
-/// An answer's token limit (a minute's), what remains of it, and the time
-/// until full where it says.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct TokenReading {
-    pub(crate) limit: u64,
-    pub(crate) remaining: u64,
-    pub(crate) reset: Option<Duration>,
-}
 
 /// What the provider charges for the output of a call that names no
 /// output bound, read from its token `remaining`, less the calls' prompts
@@ -114,19 +104,18 @@ pub(crate) struct Falls {
 
 impl Falls {
     /// An unbounded call sent at `sent` answered at `now`, its answer
-    /// stating `reading`. A call sent before the first reading may have
+    /// stating `tokens` (a minute's limit and what remains of it; else
+    /// nothing is read). A call sent before the first reading may have
     /// been charged before it: it is not counted.
     pub(crate) fn answered(
         &mut self,
         sent: tokio::time::Instant,
         now: tokio::time::Instant,
-        reading: TokenReading,
+        tokens: &Reading,
     ) {
-        let TokenReading {
-            limit,
-            remaining,
-            reset,
-        } = reading;
+        let (Some(limit), Some(remaining)) = (tokens.limit, tokens.remaining) else {
+            return;
+        };
         if limit == 0 {
             return;
         }
@@ -142,10 +131,8 @@ impl Falls {
         }
         self.least_missing = self.least_missing.min(missing);
         self.rounded &= remaining % ROUNDED == 0;
-        if let Some(reset) = reset {
-            let full_in = MINUTE.mul_f64(missing as f64 / limit as f64);
-            let slack = (full_in / 10).max(Duration::from_millis(500));
-            let bucket = reset.abs_diff(full_in) <= slack;
+        if let Some(reset) = tokens.reset.filter(|_| missing > 0) {
+            let bucket = crate::share::bucket_reset(limit, remaining, reset).is_some();
             self.bucket_votes += if bucket { 1 } else { -1 };
         }
         self.answers = self.answers.saturating_add(1);

@@ -663,10 +663,9 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             .is_some_and(|b| tollgate::llm::output_bound(b).is_none());
         let mut on_prior = None;
         if unbounded {
-            let alone = self.budget.store().sharers() <= 1;
             let learnt = state
                 .learning
-                .wait(|| state.model().output_estimate(alone))
+                .wait(|| state.model().output_estimate(&self.setting()))
                 .await;
             match learnt {
                 Ok(learnt) => estimate.output_tokens = learnt,
@@ -1088,7 +1087,7 @@ pub(crate) trait SettleUsage: Send + Sync {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 }
 
-impl<S: Store<Endpoint>> SettleUsage for Shared<S> {
+impl<S: Store<Endpoint> + 'static> SettleUsage for Shared<S> {
     fn settle_usage<'a>(
         &'a self,
         key: &'a Endpoint,
@@ -1104,7 +1103,7 @@ impl<S: Store<Endpoint>> SettleUsage for Shared<S> {
                 used,
                 bound,
                 self.settings.output_charge,
-                self.budget.store().sharers() <= 1,
+                &self.setting(),
             );
             if lesson.unbounded {
                 state.learning.learnt();

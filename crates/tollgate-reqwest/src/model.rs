@@ -178,19 +178,20 @@ impl Model {
     /// What to reserve for the output of a call without an output bound,
     /// once known: what such calls write, or what the provider charges
     /// them (see [`output_charged`](Self::output_charged)).
-    pub(crate) fn output_estimate(&self, alone: bool) -> Option<u64> {
-        Some(self.output_charged(self.outputs.estimate()?, alone))
+    pub(crate) fn output_estimate(&self, cx: &Setting<'_>) -> Option<u64> {
+        Some(self.output_charged(self.outputs.estimate()?, cx))
     }
 
     /// What a call without an output bound that wrote `written` is
     /// charged: what the token `remaining` shows the provider charges such
     /// calls, where it says; else `written`. More than written is taken
-    /// only where no other client spends from the limit (`alone`, and no
-    /// other seen): others' spending shows in `remaining` too.
-    fn output_charged(&self, written: u64, alone: bool) -> u64 {
+    /// only where no other client spends from the limit (none in the
+    /// store's fleet, none seen): others' spending shows in `remaining`
+    /// too.
+    fn output_charged(&self, written: u64, cx: &Setting<'_>) -> u64 {
+        let alone = cx.sharers <= 1 && !self.share.others_seen();
         match self.falls.output() {
-            Some(charged) if charged < written => charged,
-            Some(charged) if alone && !self.share.others_seen() => charged,
+            Some(charged) if charged < written || alone => charged,
             _ => written,
         }
     }
@@ -211,14 +212,7 @@ impl Model {
             self.inferred.spent(a.now, 1);
         }
         if a.answer == Answer::Done && a.unbounded {
-            if let (Some(limit), Some(remaining)) = (read.tokens.limit, read.tokens.remaining) {
-                let reading = crate::cost::TokenReading {
-                    limit,
-                    remaining,
-                    reset: read.tokens.reset,
-                };
-                self.falls.answered(a.sent_at, a.now, reading);
-            }
+            self.falls.answered(a.sent_at, a.now, &read.tokens);
         }
         // A refusal of a process that sees no other client, where calls
         // were settled to what they wrote: the provider charges more.
@@ -280,12 +274,12 @@ impl Model {
         mut used: [u64; 4],
         bound: u64,
         charge: OutputCharge,
-        alone: bool,
+        cx: &Setting<'_>,
     ) -> [u64; 4] {
         if lesson.unbounded {
             self.outputs.record(used[3]);
             self.falls.prompt(used[2]);
-            let charged = self.output_charged(used[3], alone);
+            let charged = self.output_charged(used[3], cx);
             used[3] = charged;
             used[1] = used[2].saturating_add(charged);
             return used;

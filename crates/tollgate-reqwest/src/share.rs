@@ -61,6 +61,25 @@ use tokio::time::Instant;
 
 use crate::adaptive::Admitted;
 
+/// Whether an answer's `reset` is a bucket's: the time until full, what is
+/// missing of the (per-minute) `limit` at its rate, within a unit, a
+/// hundredth and the reset's resolution (whole seconds, or 50 ms). Answers
+/// that resolution where it is. A full limit (`remaining` at `limit`)
+/// says nothing: a bucket's reset is then 0, a window's anything.
+pub(crate) fn bucket_reset(limit: u64, remaining: u64, reset: Duration) -> Option<f64> {
+    if limit == 0 || remaining >= limit {
+        return None;
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let unit = 60.0 / limit as f64;
+    #[allow(clippy::cast_precision_loss)]
+    let expected = (limit - remaining) as f64 * unit;
+    // A reset in whole seconds (a timestamp's) is off by up to one.
+    let resolution = if reset.subsec_nanos() == 0 { 1.0 } else { 0.05 };
+    let off = (reset.as_secs_f64() - expected).abs();
+    (off <= unit + 0.01 * expected + resolution).then_some(resolution)
+}
+
 /// Answers of this process before the first reading (early: the others
 /// are refused meanwhile), and between two later ones (enough to smooth
 /// answers that come out of order).
@@ -364,15 +383,7 @@ impl Share {
             // Full: a bucket's reset is 0, a window's anything.
             return;
         }
-        #[allow(clippy::cast_precision_loss)]
-        let unit = 60.0 / limit as f64;
-        #[allow(clippy::cast_precision_loss)]
-        let expected = (limit - remaining) as f64 * unit;
-        // A reset in whole seconds (a timestamp's) is off by up to one.
-        let whole = reset.subsec_nanos() == 0;
-        let resolution = if whole { 1.0 } else { 0.05 };
-        let off = (reset.as_secs_f64() - expected).abs();
-        if off <= unit + 0.01 * expected + resolution {
+        if let Some(resolution) = bucket_reset(limit, remaining, reset) {
             self.bucket_since.get_or_insert(now);
             self.bucket_resolution = resolution;
         } else {

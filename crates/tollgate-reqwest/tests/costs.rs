@@ -121,6 +121,34 @@ async fn a_body_without_max_tokens_reserves_what_such_calls_write() {
     }
 }
 
+/// 600 calls without `max_tokens` (12 prompt tokens, 20 written, at most
+/// `in_flight` at once) against a provider that charges `charged` tokens
+/// of output for them, tokens a second allowing 100 calls, its
+/// `remaining` reported as `report` says; checks that none is lost or
+/// refused and that they went at more than `least` of the rate.
+async fn charged_other_than_written(charged: u64, in_flight: usize, least: f64) {
+    for report in [Report::Sliding, Report::Bucket] {
+        let counting = Counting {
+            enforce: Enforce::Bucket,
+            slice: Duration::from_secs(1),
+            report,
+        };
+        let mut config = Config::new(12_000, (12 + charged) * 100 * 60)
+            .tokens(counting)
+            .charge(Charge::MaxTokens)
+            .writes(20);
+        config.absent = charged;
+        let ran = six_hundred_with(config, Host::Provider, unbounded(), true, in_flight).await;
+        assert_eq!(ran.answered, 600, "{report:?}: none lost");
+        assert!(
+            ran.share > least,
+            "{report:?}: {:.1}% of the rate",
+            100.0 * ran.share
+        );
+        assert_eq!(ran.refused, 0, "{report:?}");
+    }
+}
+
 /// A provider that charges a call without `max_tokens` 16 tokens of
 /// output while the model writes 20 (a default bound of its own): how its
 /// token `remaining` falls shows it, whether that counts the last minute
@@ -129,25 +157,7 @@ async fn a_body_without_max_tokens_reserves_what_such_calls_write() {
 /// written, they went at 84% of the rate.
 #[tokio::test(start_paused = true)]
 async fn a_provider_that_charges_less_than_was_written_is_read_from_remaining() {
-    for report in [Report::Sliding, Report::Bucket] {
-        let counting = Counting {
-            enforce: Enforce::Bucket,
-            slice: Duration::from_secs(1),
-            report,
-        };
-        let config = Config::new(12_000, (12 + 16) * 100 * 60)
-            .tokens(counting)
-            .charge(Charge::MaxTokens)
-            .writes(20);
-        let ran = six_hundred(config, unbounded(), true).await;
-        assert_eq!(ran.answered, 600, "{report:?}: none lost");
-        assert!(
-            ran.share > 0.92,
-            "{report:?}: {:.1}% of the rate",
-            100.0 * ran.share
-        );
-        assert_eq!(ran.refused, 0, "{report:?}");
-    }
+    charged_other_than_written(16, 600, 0.92).await;
 }
 
 /// A provider that charges a call without `max_tokens` 64 tokens of
@@ -159,26 +169,7 @@ async fn a_provider_that_charges_less_than_was_written_is_read_from_remaining() 
 /// what they reserved).
 #[tokio::test(start_paused = true)]
 async fn a_provider_that_charges_more_than_was_written_is_read_from_remaining() {
-    for report in [Report::Sliding, Report::Bucket] {
-        let counting = Counting {
-            enforce: Enforce::Bucket,
-            slice: Duration::from_secs(1),
-            report,
-        };
-        let mut config = Config::new(12_000, (12 + 64) * 100 * 60)
-            .tokens(counting)
-            .charge(Charge::MaxTokens)
-            .writes(20);
-        config.absent = 64;
-        let ran = six_hundred_with(config, Host::Provider, unbounded(), true, 64).await;
-        assert_eq!(ran.answered, 600, "{report:?}: none lost");
-        assert!(
-            ran.share > 0.93,
-            "{report:?}: {:.1}% of the rate",
-            100.0 * ran.share
-        );
-        assert_eq!(ran.refused, 0, "{report:?}");
-    }
+    charged_other_than_written(64, 64, 0.93).await;
 }
 
 /// A provider whose calls are never reported teaches nothing: calls go
