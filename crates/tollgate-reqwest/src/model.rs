@@ -493,6 +493,11 @@ impl Model {
         }
         let changed = if a.answer == Answer::Done {
             self.adaptive.admitted(a.now)
+        } else if self.tokens_bind(a.tokens) {
+            // The token limit paced the calls, not the request rate: a
+            // refusal is the token limit's, and cutting the request rate
+            // below the token limit's pace would only slow the calls.
+            None
         } else {
             let hold = a.read.retry_after.unwrap_or(Duration::from_secs(1));
             self.adaptive.refused(a.now, hold)
@@ -500,6 +505,20 @@ impl Model {
         if let Some(per_minute) = changed {
             tracing::debug!(%key, per_minute, "request rate learnt from the answers");
         }
+    }
+
+    /// Whether the token limit inferred from `remaining` paces calls of
+    /// `tokens` slower than the request limit inferred does.
+    fn tokens_bind(&self, tokens: u64) -> bool {
+        let (Some(per_minute), Some(requests)) = (
+            self.inferred_tokens.per_minute(),
+            self.inferred.per_minute(),
+        ) else {
+            return false;
+        };
+        per_minute
+            .checked_div(tokens)
+            .is_some_and(|calls| calls < requests)
     }
 
     /// Reads this process's share of the endpoint's limits from how the
