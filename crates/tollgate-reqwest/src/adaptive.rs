@@ -3,9 +3,10 @@
 //! as AWS's adaptive retry mode and Netflix's concurrency limits do.
 //!
 //! - Until the first refusal, calls go in a window of calls in flight that
-//!   grows by half each round trip (a gentler TCP slow start; the window
-//!   is the middleware's), so that the first refusal finds few calls sent
-//!   beyond the limit, and no call has reserved a turn at a guessed rate.
+//!   grows by half each round trip, and by an eighth after the first 60
+//!   answers (a gentler TCP slow start; the window is the middleware's),
+//!   so that the first refusal finds few calls sent beyond the limit, and
+//!   no call has reserved a turn at a guessed rate.
 //! - A refusal opens an *episode* as long as the pause it asks for, and
 //!   refusals of calls sent before it are not counted again. The first
 //!   sets the first rate: a share of the most the provider was seen to

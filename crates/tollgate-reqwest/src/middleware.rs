@@ -187,6 +187,15 @@ pub(crate) struct Shared<S = MemoryStore> {
 }
 
 /// What is known of one endpoint, and what its calls go through.
+/// Answers over which the slow-start window grows by half each round trip.
+const SLOW_START_QUICK: u64 = 60;
+/// After those, the window grows by one place every this many answers.
+/// Against a provider that states no limit and refills a bucket (the
+/// efficiency matrix's no-header, Gemini, OpenRouter and Groq rows), one
+/// place every second answer throughout sent up to 63 calls past the
+/// limit in the round trip of the first refusal (5% of 1,200 calls).
+const SLOW_START_LATE: u64 = 8;
+
 struct EndpointState {
     /// Held by the one call that goes alone until the limits are known.
     probe: tokio::sync::Mutex<()>,
@@ -197,8 +206,8 @@ struct EndpointState {
     /// an await).
     model: Mutex<Model>,
     /// Before the first refusal of such an endpoint: the calls allowed in
-    /// flight, from 2, one more every second answer (TCP's slow start,
-    /// gentler). Closed at the first refusal.
+    /// flight, from 2, one more every second answer, then every eighth
+    /// (TCP's slow start, gentler). Closed at the first refusal.
     window: Arc<tokio::sync::Semaphore>,
     window_answers: AtomicU64,
     /// Calls without an output bound, while what they write is unknown.
@@ -795,15 +804,27 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
     }
 
     /// The slow-start window after an answer: it grows by one place every
-    /// second answer (by half each round trip, so that the round trip that
-    /// first meets the limit overshoots it by little); a refusal closes it
-    /// once a rate is known or learnt from it.
+    /// second answer (by half each round trip) for the first
+    /// [`SLOW_START_QUICK`] answers, then one every
+    /// [`SLOW_START_LATE`]th (by an eighth): the round trip that first
+    /// meets the limit overshoots it by what the window grew in it, and a
+    /// provider's burst lets a window grow well past the rate before the
+    /// first refusal. A refusal closes it once a rate is known or learnt
+    /// from it.
     fn slow_start(&self, state: &EndpointState, answer: Answer) {
         if answer != Answer::Done {
             if state.model().refusal_ends_slow_start(&self.setting()) {
                 state.window.close();
             }
-        } else if state.window_answers.fetch_add(1, Ordering::Relaxed) % 2 == 1 {
+            return;
+        }
+        let answers = state.window_answers.fetch_add(1, Ordering::Relaxed);
+        let every = if answers < SLOW_START_QUICK {
+            2
+        } else {
+            SLOW_START_LATE
+        };
+        if answers % every == every - 1 {
             state.window.add_permits(1);
         }
     }

@@ -350,6 +350,28 @@ async fn no_headers_only_refusals() {
     check_with(Style::Bare, &measured, (201, 1), 856);
 }
 
+/// The same provider refilling a bucket of a second's requests (100 a
+/// second), 1,200 calls at once: the bucket lets the slow-start window
+/// grow well past the rate before the first refusal, and the round trip
+/// that meets it is refused what the window grew in it. Growing by an
+/// eighth a round trip after the first 60 answers, not by half, six of
+/// 1,206 attempts are refused (by half: 65 of 1,265, 5.14%).
+/// Exact on virtual time.
+#[tokio::test(start_paused = true)]
+async fn no_headers_a_bucket_refills() {
+    let config = mock::Config::new(6_000, 100_000_000)
+        .dialect(Style::Bare)
+        .counting(mock::Counting::bucket(Duration::from_secs(1)));
+    let middleware = RateLimitMiddleware::builder().headroom(0.02).build();
+    let clients = vec![transport::client(middleware)];
+    let measured = calls_to(config, Host::Provider, clients, 1_200).await;
+    assert_eq!(measured.answered, 1_200, "none lost");
+    assert_eq!((measured.attempts, measured.refused), (1_206, 6));
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let permille = (measured.share_of_allowed * 1000.0).round() as u32;
+    assert_eq!(permille, 963, "of the allowed rate");
+}
+
 /// Forwards to a [`MemoryStore`] after a delay, as a network store would.
 struct Late(tollgate::MemoryStore);
 
