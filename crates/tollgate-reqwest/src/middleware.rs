@@ -186,7 +186,6 @@ pub(crate) struct Shared<S = MemoryStore> {
     finds_share: bool,
 }
 
-/// What is known of one endpoint, and what its calls go through.
 /// Answers over which the slow-start window grows by half each round trip.
 const SLOW_START_QUICK: u64 = 60;
 /// After those, the window grows by one place every this many answers.
@@ -196,6 +195,7 @@ const SLOW_START_QUICK: u64 = 60;
 /// limit in the round trip of the first refusal (5% of 1,200 calls).
 const SLOW_START_LATE: u64 = 8;
 
+/// What is known of one endpoint, and what its calls go through.
 struct EndpointState {
     /// Held by the one call that goes alone until the limits are known.
     probe: tokio::sync::Mutex<()>,

@@ -493,7 +493,7 @@ impl Model {
         }
         let changed = if a.answer == Answer::Done {
             self.adaptive.admitted(a.now)
-        } else if self.tokens_bind(a.tokens) {
+        } else if self.tokens_bind(cx, a.tokens) {
             // The token limit paced the calls, not the request rate: a
             // refusal is the token limit's, and cutting the request rate
             // below the token limit's pace would only slow the calls.
@@ -507,13 +507,12 @@ impl Model {
         }
     }
 
-    /// Whether the token limit inferred from `remaining` paces calls of
-    /// `tokens` slower than the request limit inferred does.
-    fn tokens_bind(&self, tokens: u64) -> bool {
-        let (Some(per_minute), Some(requests)) = (
-            self.inferred_tokens.per_minute(),
-            self.inferred.per_minute(),
-        ) else {
+    /// Whether the token limit paced calls of `tokens` slower than the
+    /// request limit did: then a refusal is the token limit's. Read from
+    /// the limits paced at, where both are known.
+    fn tokens_bind(&self, cx: &Setting<'_>, tokens: u64) -> bool {
+        let (paced, _) = self.limits(cx);
+        let (Some(per_minute), Some(requests)) = (paced.tokens(), paced.requests()) else {
             return false;
         };
         per_minute
