@@ -1,68 +1,72 @@
-//! This process's share of a limit that other clients spend from too,
-//! read from the provider's `remaining` against what this process spent.
+//! This process's share of a provider limit that other clients also
+//! spend from, found from the provider's `remaining`. It is used with the
+//! in-memory store only: processes that share a store (Redis) already
+//! spend from one budget.
 //!
-//! A provider's `remaining` counts every client of the key. Between two of
-//! this process's answers, `remaining` fell by what everyone spent less
-//! what refilled meanwhile, and this process knows what it spent itself:
-//! `fell / spent_here` is at least how many clients spend alike (a refill
-//! only makes it smaller), and `fell` over the time between the answers is
-//! how fast everyone spends. Readings are smoothed.
+//! # The reading
 //!
-//! - The first answer already tells something: what the window spent
-//!   besides it (several processes starting together) sets the share
-//!   until the first reading, two answers later.
-//! - The first reading that shows others ([`SEEN`] clients) sets the share
-//!   to an even one of those seen, less room for the bunches of processes
-//!   that pace apart ([`PER_OTHER`] a process).
-//! - Each reading that shows room on the key (everyone under
-//!   [`READ_FULL`] of the limit's rate, counted as if one more unit had
-//!   been spent) claims it at once, in proportion to what this process
-//!   spends: every process does, so the room a process leaves (its calls
-//!   done) is taken within a reading, not a step a second. A reading
-//!   over the limit cuts the share to this process's part of it.
-//! - Besides, the share moves as in AIMD, once a second: where the
-//!   readings show the key full it eases off by a part of itself;
-//!   otherwise it grows by a step, the same for every process (a larger
-//!   one while the key has room). Every process reads the same key: the
-//!   larger shares give back more, and the shares even out. A refusal
-//!   cuts it to [`CUT`] of itself, once an episode. Readings that show
-//!   one client again (the others left) let it grow back to the whole
-//!   limit.
-//! - Readings are taken for the first minute only ([`READING_FOR`]): a
-//!   window of a minute then gives back what was spent in it as fast as
-//!   it is spent again, and `remaining` hovers. From then on what remains
-//!   of the limit says how full the key is: the share holds while less
-//!   than a twentieth remains, and grows otherwise.
-//! - A reading across a refill, or a changed limit, says too little: a
-//!   refill starts the next reading afresh, and so does a new limit.
+//! `remaining` counts every client of the key. Between two answers of
+//! this process it fell by what everyone spent, less what was refilled.
+//! This process knows what it spent itself, so a *reading* over a few
+//! answers gives two figures:
 //!
-//! - A process whose answers never say what remains (a limit a refusal's
-//!   message named, a `remaining` that counts a day) reads nothing: where
-//!   refusals come back within a minute, its share is cut to [`CUT`] of
-//!   what the provider was seen to admit it in a second against the
-//!   limit (at most halved at once), and grows by a step a second, as in
-//!   AIMD.
+//! - `fell / spent_here`: how many clients spend as much as this one
+//!   (*seen*; smoothed over readings);
+//! - `fell / elapsed` over the limit's rate: how *full* the key is.
 //!
-//! Only for the in-memory store: processes that share a store spend from
-//! one budget already.
+//! # How the share moves
 //!
-//! - A bucket refilled continuously (OpenAI's and Anthropic's documented
-//!   counting) hides what others spend: `remaining` falls by everyone's
-//!   spending less the refill. It is told by its reset, the time until
-//!   full, which is what is spent over the limit's rate: where every
-//!   answer's reset agrees for a second (three where resets come in
-//!   whole seconds), or a refusal comes while they agree, readings add
-//!   back the refill (only over stretches where the bucket was short of
-//!   full by more than it could refill, so none was lost), and a bucket
-//!   filling again says how much room the key has. A bucket (nearly)
-//!   full says only that there is room: the share grows by a fifth a
-//!   second ([`BUCKET_GROWTH`]) until the bucket drains enough to be
-//!   read.
+//! - **First answer.** What the key spent besides this call (several
+//!   processes starting together) sets a first share.
+//! - **First reading that shows others** ([`SEEN`] clients or more): an
+//!   even share of those seen, less [`PER_OTHER`] a process for the
+//!   bunches that processes pacing apart make.
+//! - **Room on the key** (full under [`READ_FULL`], counting one unit
+//!   more than was seen): the share is raised at once in proportion to
+//!   what this process spends. Every process does the same, so when one
+//!   process finishes, the others take its room within a reading.
+//! - **Over the limit** (full above 1): the share is cut at once to this
+//!   process's part of the limit.
+//! - **Once a second**, as in AIMD: a full key eases the share by
+//!   [`EASE`] of itself; otherwise it grows by a fixed step, larger
+//!   while the key has room. Larger shares give back more, so shares
+//!   slowly even out.
+//! - **A refusal** cuts the share to [`CUT`] of itself, once an episode.
+//! - **The others left** (readings show one client again): the share
+//!   grows back to the whole limit.
 //!
-//! What it cannot see: past the first minute, a process whose others left
-//! while the key was full grows only while a twentieth of the limit
-//! remains free. A store shared between the processes (Redis) needs no
-//! reading.
+//! Readings are taken over the first minute only ([`READING_FOR`]). After
+//! that a minute's window gives back what was spent in it, and
+//! `remaining` hovers; what remains of the limit then says how full the
+//! key is. A reading across a refill or a changed limit is dropped.
+//!
+//! # Buckets
+//!
+//! A bucket refilled continuously (OpenAI's and Anthropic's documented
+//! counting) hides what others spend: `remaining` falls by everyone's
+//! spending less the refill. A bucket is told by its reset, which is the
+//! time until full: what is missing at the limit's rate. Once every
+//! answer's reset has agreed for a second, readings add the refill back.
+//! A bucket that is nearly full shows only that there is room: the share
+//! then grows by [`BUCKET_GROWTH`] a second until the bucket drains
+//! enough to be read.
+//!
+//! # Without `remaining`
+//!
+//! A process whose answers never say what remains (a limit named in a
+//! refusal's message, a `remaining` that counts a day) cannot read. When
+//! refusals come back within a minute, its share is cut to [`CUT`] of
+//! what the provider admitted it in a second (at most halved at once),
+//! and it grows by a step a second.
+//!
+//! # Limits
+//!
+//! - Shares that start uneven stay uneven: nothing here evens them out
+//!   faster than AIMD does.
+//! - Past the first minute, a process whose others left while the key was
+//!   full grows only while a twentieth of the limit remains free.
+//! - Without a stated limit (Azure's `remaining` alone) a bucket cannot be
+//!   told, and others on it are not seen.
 
 use std::time::Duration;
 
@@ -515,11 +519,13 @@ impl Share {
         }
     }
 
-    /// Room on the key while others spend: this process takes its part of
-    /// it at once, in proportion to what it spends (`own`, over the
-    /// limit's rate). Every process does, so the key fills in a reading
-    /// rather than a step a second.
-    /// Over the limit, it gives back in the same proportion at once.
+    /// Acts on a reading where others spend: `spent` units fell (refill
+    /// added back), `own` is this process's rate over the limit's.
+    ///
+    /// With room on the key, the share rises at once to `own` scaled up
+    /// to a full key. Every process does the same, so the key fills in
+    /// one reading rather than a step a second. Over the limit, the share
+    /// falls at once to `own` scaled down to the limit.
     fn claim(&mut self, now: Instant, own: f64, spent: f64) {
         let Some(full) = self.full.filter(|&full| full > 0.0 && spent >= 1.0) else {
             return;
@@ -542,6 +548,9 @@ impl Share {
         if full >= READ_FULL || !told || !(self.calm(now) || full < ROOMY_READ) {
             return;
         }
+        // Processes read at different times, and a later reading may
+        // still show room an earlier one took: a claim at most doubles
+        // the share (quadruples it where the key has plenty of room).
         let most = if full < ROOMY_READ { 4.0 } else { 2.0 };
         let claimed = (own * READ_FULL / full).min(most * self.share);
         self.share = self.share.max(claimed).min(1.0);
