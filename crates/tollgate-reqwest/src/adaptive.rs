@@ -1,31 +1,53 @@
 //! A request rate learnt from refusals alone, for an endpoint that states
-//! no limit of its own: additive increase, multiplicative decrease (AIMD),
-//! as AWS's adaptive retry mode and Netflix's concurrency limits do.
+//! no limit of its own. It is AIMD (additive increase, multiplicative
+//! decrease), as in AWS's adaptive retry mode and Netflix's concurrency
+//! limits.
 //!
-//! - Until the first refusal, calls go in a window of calls in flight that
-//!   grows by half each round trip, and by an eighth after the first 60
-//!   answers (a gentler TCP slow start; the window is the middleware's),
-//!   so that the first refusal finds few calls sent beyond the limit, and
-//!   no call has reserved a turn at a guessed rate.
-//! - A refusal opens an *episode* as long as the pause it asks for, and
-//!   refusals of calls sent before it are not counted again. The first
-//!   sets the first rate: a share of the most the provider was seen to
-//!   admit in one second, checked again by each answer until the pause
-//!   ends (answers lag the calls). Each later one cuts the rate in force
-//!   by a tenth (or to a share of that busiest second, if lower): a
-//!   second's count holds the provider's burst as well as its rate, and
-//!   learnt again at each refusal it put the rate back over the limit.
-//! - Calls wait out the episode before taking their turn, so that they are
-//!   paced at the rate in force when it ends, never at a guess made before
-//!   the answers came.
-//! - Each second without a refusal, the rate grows by a small share of the
-//!   level it was cut to (0.3%), until the next refusal: slowly, because a
-//!   provider's burst hides a small excess for many seconds, and the
-//!   refusal that ends it pauses every call (over 150 s of a provider of
-//!   600 a minute, 1% a second ran at 70% of its rate, 0.3% at 93%).
+//! # Before the first refusal
+//!
+//! Calls go in a window of calls in flight (the middleware's slow start):
+//! it grows by half each round trip, then by an eighth after the first 60
+//! answers. So the first refusal finds few calls sent past the limit, and
+//! no call has reserved a turn at a guessed rate.
+//!
+//! # Refusals
+//!
+//! - A refusal opens an *episode* as long as the pause it asks for (at
+//!   least a second). Refusals of calls sent before it are not counted
+//!   again.
+//! - The first refusal sets the first rate: [`CUT`] of the most this
+//!   process was admitted in one second. Answers that arrive until the
+//!   pause ends can raise it (they lag the calls).
+//! - Each later refusal cuts the rate in force by a tenth, or to [`CUT`]
+//!   of the busiest second if that is lower. The busiest second is not
+//!   learnt again: it holds the provider's burst as well as its rate, and
+//!   relearnt at each refusal it put the rate back over the limit.
+//! - Calls wait out the episode before taking their turn, so they are
+//!   paced at the rate in force when it ends.
+//!
+//! # Growth
+//!
+//! Each second without a refusal, the rate grows by [`GROWTH`] of the
+//! level it was cut to. Growth is slow because a provider's burst hides a
+//! small excess for many seconds, and the refusal that ends it pauses
+//! every call. Over 150 s of a provider of 600 a minute, 1% a second ran
+//! at 70% of its rate, 0.3% at 93%.
 //!
 //! Calls are paced evenly at the rate: the endpoint's budget carries it as
 //! its request limit.
+//!
+//! # Limits
+//!
+//! - The rate is this process's own. Through a shared store the model
+//!   multiplies it by the fleet's size to get the key's. A process that
+//!   the others crowded out of the shared budget learns a rate far below
+//!   its part, and the key's strictest quota then slows the whole fleet
+//!   (see the client's `benches/NOTES.md`). Counting the key's admissions
+//!   in the store would give the fleet's busiest second instead.
+//! - Each episode lasts at least a second, so repeated refusals cut the
+//!   rate at most once a second: two processes on a bucket that states
+//!   nothing of its limit took about four seconds and 150 refusals to
+//!   come down (the efficiency matrix).
 
 use std::collections::VecDeque;
 use std::time::Duration;
