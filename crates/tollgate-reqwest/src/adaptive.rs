@@ -45,9 +45,9 @@
 //!   (see the client's `benches/NOTES.md`). Counting the key's admissions
 //!   in the store would give the fleet's busiest second instead.
 //! - Each episode lasts at least a second, so repeated refusals cut the
-//!   rate at most once a second: two processes on a bucket that states
-//!   nothing of its limit took about four seconds and 150 refusals to
-//!   come down (the efficiency matrix).
+//!   rate at most once a second: two processes on a bucket whose answers
+//!   give `remaining` but no limit (Azure's) took about four seconds and
+//!   150 refusals to come down (the efficiency matrix).
 
 use std::collections::VecDeque;
 use std::time::Duration;
