@@ -145,25 +145,37 @@ fn check(style: Style, measured: &Measured, permille: u32) {
 
 /// As [`check`], with the attempts and refusals expected.
 fn check_with(style: Style, measured: &Measured, attempts_refused: (u64, u64), permille: u32) {
+    check_calls(style, measured, CALLS, attempts_refused, permille);
+}
+
+/// `calls` calls made (`label` names the case): none lost, the attempts
+/// and refusals expected, and `permille` of the allowed rate, exactly.
+fn check_calls(
+    label: impl std::fmt::Debug,
+    measured: &Measured,
+    calls: usize,
+    attempts_refused: (u64, u64),
+    permille: u32,
+) {
     println!(
-        "{style:?}: {} answered of {CALLS}, {} attempts, {} refused ({:.2}%), {:.1}% of the allowed rate",
+        "{label:?}: {} answered of {calls}, {} attempts, {} refused ({:.2}%), {:.1}% of the allowed rate",
         measured.answered,
         measured.attempts,
         measured.refused,
         100.0 * measured.refused as f64 / measured.attempts as f64,
         100.0 * measured.share_of_allowed,
     );
-    assert_eq!(measured.answered, CALLS, "none lost");
+    assert_eq!(measured.answered, calls, "{label:?}: none lost");
     assert_eq!(
         (measured.attempts, measured.refused),
         attempts_refused,
-        "{style:?}: attempts, refused"
+        "{label:?}: attempts, refused"
     );
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let measured_permille = (measured.share_of_allowed * 1000.0).round() as u32;
     assert_eq!(
         measured_permille, permille,
-        "{style:?}: of the allowed rate"
+        "{label:?}: of the allowed rate"
     );
 }
 
@@ -250,18 +262,7 @@ async fn remaining_only_headers_when_tokens_bind_in_a_sliding_window() {
     let middleware = RateLimitMiddleware::builder().headroom(0.02).build();
     let clients = vec![transport::client(middleware)];
     let measured = calls_to(config, Host::Provider, clients, 1_200).await;
-    println!(
-        "{} answered, {} attempts, {} refused, {:.1}% of the allowed rate",
-        measured.answered,
-        measured.attempts,
-        measured.refused,
-        100.0 * measured.share_of_allowed
-    );
-    assert_eq!(measured.answered, 1_200, "none lost");
-    assert_eq!((measured.attempts, measured.refused), (1_201, 1));
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let permille = (measured.share_of_allowed * 1000.0).round() as u32;
-    assert_eq!(permille, 964, "of the allowed rate");
+    check_calls(Style::RemainingOnly, &measured, 1_200, (1_201, 1), 964);
 }
 
 /// Azure's request limit counts ten seconds (100 where the minute allows
@@ -365,11 +366,7 @@ async fn no_headers_a_bucket_refills() {
     let middleware = RateLimitMiddleware::builder().headroom(0.02).build();
     let clients = vec![transport::client(middleware)];
     let measured = calls_to(config, Host::Provider, clients, 1_200).await;
-    assert_eq!(measured.answered, 1_200, "none lost");
-    assert_eq!((measured.attempts, measured.refused), (1_206, 6));
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let permille = (measured.share_of_allowed * 1000.0).round() as u32;
-    assert_eq!(permille, 963, "of the allowed rate");
+    check_calls(Style::Bare, &measured, 1_200, (1_206, 6), 963);
 }
 
 /// Forwards to a [`MemoryStore`] after a delay, as a network store would.
@@ -535,10 +532,10 @@ async fn four_processes_on_one_key_find_their_share() {
 #[tokio::test(start_paused = true)]
 async fn four_processes_take_the_room_others_leave() {
     let second = Duration::from_secs(1);
-    for (counting, want) in [
-        (mock::Counting::bucket(second), (1_200, 0, 929)),
-        (mock::Counting::sliding(second), (1_202, 2, 876)),
-        (mock::Counting::fixed(second), (1_200, 0, 902)),
+    for (counting, attempts_refused, permille) in [
+        (mock::Counting::bucket(second), (1_200, 0), 929),
+        (mock::Counting::sliding(second), (1_202, 2), 876),
+        (mock::Counting::fixed(second), (1_200, 0), 902),
     ] {
         let config = mock::Config::new(6_000, 100_000_000)
             .dialect(Style::OpenAi)
@@ -547,21 +544,7 @@ async fn four_processes_take_the_room_others_leave() {
             .map(|_| transport::client(RateLimitMiddleware::builder().headroom(0.02).build()))
             .collect();
         let measured = calls_to(config, Host::Provider, clients, 1_200).await;
-        println!(
-            "{counting:?}: {} answered, {} attempts, {} refused, {:.1}% of the allowed rate",
-            measured.answered,
-            measured.attempts,
-            measured.refused,
-            100.0 * measured.share_of_allowed
-        );
-        assert_eq!(measured.answered, 1_200, "none lost");
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let permille = (measured.share_of_allowed * 1000.0).round() as u32;
-        assert_eq!(
-            (measured.attempts, measured.refused, permille),
-            want,
-            "{counting:?}: attempts, refused, permille of the allowed rate"
-        );
+        check_calls(counting, &measured, 1_200, attempts_refused, permille);
     }
 }
 
