@@ -20,6 +20,8 @@
 //! third into each Redis row and starts it again, empty, 5 s later;
 //! `TOLLGATE_FAULT=pause` pauses it for 1.5 s then (`CLIENT PAUSE`).
 
+#[path = "../tests/fleet_store/mod.rs"]
+mod fleet_store;
 #[path = "../tests/mock/mod.rs"]
 mod mock;
 #[path = "../tests/transport/mod.rs"]
@@ -285,7 +287,7 @@ fn scenarios() -> Vec<Scenario> {
 /// Runs `s` for `seconds` of calls at the allowed rate, its clients over
 /// the Redis at `store` (its URL and the row's prefix; `None`: each its
 /// own memory).
-async fn run(s: &Scenario, seconds: u64, store: Option<&(String, String)>) -> Row {
+async fn run(s: &Scenario, seconds: u64, store: Shared<'_>) -> Row {
     let payload = body(s.max_tokens);
     let config = s.config.clone().latency(Duration::from_millis(120));
     let (base, provider) = mock::serve(config, s.host);
@@ -306,12 +308,16 @@ async fn run(s: &Scenario, seconds: u64, store: Option<&(String, String)>) -> Ro
         });
     }
     let mut tasks = Vec::new();
+    let mut fleet = match store {
+        Shared::Fleet => fleet_store::Fleet::shared(u32::try_from(s.clients).unwrap_or(1)),
+        _ => Vec::new(),
+    };
     for _ in 0..s.clients {
         let builder = RateLimitMiddleware::builder().headroom(0.02);
         // Each client a process of its own: over Redis, its own store
         // (counted in the fleet) on the row's prefix.
         let middleware = match store {
-            Some(prefix) => {
+            Shared::Redis(prefix) => {
                 let store = RedisStore::builder(&prefix.0)
                     .prefix(prefix.1.as_str())
                     .connect()
@@ -319,7 +325,11 @@ async fn run(s: &Scenario, seconds: u64, store: Option<&(String, String)>) -> Ro
                     .expect("connect to the bench's redis-server");
                 transport::client(builder.build_with_store(store))
             }
-            None => transport::client(builder.build()),
+            Shared::Fleet => match fleet.pop() {
+                Some(store) => transport::client(builder.build_with_store(store)),
+                None => unreachable!("one handle per client"),
+            },
+            Shared::Nothing => transport::client(builder.build()),
         };
         let client = Arc::new(middleware);
         for _ in 0..calls / s.clients {
@@ -371,6 +381,19 @@ async fn run(s: &Scenario, seconds: u64, store: Option<&(String, String)>) -> Ro
         refused: counts.limited,
         share: calls as f64 / elapsed / allowed,
     }
+}
+
+/// What a row's clients share.
+#[derive(Clone, Copy)]
+enum Shared<'a> {
+    /// Nothing: each its own memory.
+    Nothing,
+    /// One in-memory store that says the row's clients share it, as a
+    /// Redis store counts its fleet: the Redis rows' logic on the paused
+    /// clock.
+    Fleet,
+    /// The Redis at this URL, under this prefix.
+    Redis(&'a (String, String)),
 }
 
 /// A fault of the Redis a row runs over.
@@ -445,19 +468,26 @@ fn main() {
     println!("| store | provider | calls | lost | of the allowed rate | attempts refused |");
     println!("|---|---|---:|---:|---:|---:|");
     let mut redis: Option<(Arc<Mutex<RedisServer>>, tokio::runtime::Runtime)> = None;
-    for store in ["memory", "redis"] {
+    for store in ["memory", "fleet", "redis"] {
         for (n, scenario) in scenarios().iter().enumerate() {
             let name = format!("{store} | {}", scenario.name);
-            if !name.contains(only.as_str()) {
+            // One client alone shares nothing: its fleet row would be its
+            // memory row.
+            if !name.contains(only.as_str()) || (store == "fleet" && scenario.clients == 1) {
                 continue;
             }
-            let row = if store == "memory" {
+            let row = if store != "redis" {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_time()
                     .start_paused(true)
                     .build()
                     .expect("runtime");
-                runtime.block_on(run(scenario, seconds, None))
+                let shared = if store == "fleet" {
+                    Shared::Fleet
+                } else {
+                    Shared::Nothing
+                };
+                runtime.block_on(run(scenario, seconds, shared))
             } else {
                 let (server, runtime) = redis.get_or_insert_with(|| {
                     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -473,7 +503,7 @@ fn main() {
                     .url();
                 let store = (url, format!("efficiency-{n}"));
                 let faulting = fault.map(|f| f.schedule(server, Duration::from_secs(seconds / 3)));
-                let row = runtime.block_on(run(scenario, seconds, Some(&store)));
+                let row = runtime.block_on(run(scenario, seconds, Shared::Redis(&store)));
                 if let Some(faulting) = faulting {
                     faulting.join().expect("the fault's thread");
                 }

@@ -6,82 +6,20 @@
 //! answer teaches reaches the store in one operation (each a round trip to
 //! Redis). In process, on the paused clock.
 
+mod fleet_store;
 mod mock;
 mod transport;
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleet_store::Fleet;
 use mock::{Config, Host, Style};
 use serde_json::json;
 use tokio::time::Instant;
-use tollgate::store::{Change, Decision, StoreStats, View};
-use tollgate::{DefaultClock, MemoryStore, Quota, Store};
-use tollgate_reqwest::{Endpoint, RateLimitMiddleware};
-
-/// One store, shared by `sharers` processes as far as it says; counts
-/// the adjustments that teach it something (limits, caps), apart from
-/// settlements (charges, refunds) and pauses.
-struct Fleet {
-    store: Arc<MemoryStore>,
-    sharers: u32,
-    lessons: Arc<AtomicU64>,
-}
-
-impl Store<Endpoint> for Fleet {
-    type Error = Infallible;
-
-    fn decide(
-        &self,
-        key: &Endpoint,
-        limits: &[Quota],
-        costs: &[u64],
-        max_wait: Duration,
-    ) -> impl Future<Output = Result<Decision, Infallible>> + Send {
-        self.store.decide(key, limits, costs, max_wait)
-    }
-
-    fn adjust(
-        &self,
-        key: &Endpoint,
-        limits: &[Quota],
-        changes: &[Change],
-    ) -> impl Future<Output = Result<(), Infallible>> + Send {
-        let teaches = changes.iter().any(|c| {
-            matches!(
-                c,
-                Change::Limit(_) | Change::Unlimit | Change::AtMost(_) | Change::Observe { .. }
-            )
-        });
-        if teaches {
-            self.lessons.fetch_add(1, Ordering::Relaxed);
-        }
-        self.store.adjust(key, limits, changes)
-    }
-
-    fn read(
-        &self,
-        key: &Endpoint,
-        limits: &[Quota],
-    ) -> impl Future<Output = Result<View, Infallible>> + Send {
-        self.store.read(key, limits)
-    }
-
-    fn give_back(&self, key: &Endpoint, limits: &[Quota], costs: &[u64]) {
-        self.store.give_back(key, limits, costs);
-    }
-
-    fn stats(&self) -> StoreStats {
-        Store::<Endpoint>::stats(&*self.store)
-    }
-
-    fn sharers(&self) -> u32 {
-        self.sharers
-    }
-}
+use tollgate::{DefaultClock, MemoryStore};
+use tollgate_reqwest::RateLimitMiddleware;
 
 /// `n` calls of `body` to `url` at once through `client`, each answered
 /// 200: the task that waits for them all.
