@@ -6,15 +6,19 @@
 //! are lost. Every provider is the workspace's scripted one
 //! (`tollgate-mock`), reached in process (no socket).
 //!
-//! Each row runs over two stores:
+//! Each row runs over each store:
 //! - **memory**: each client its own middleware and nothing shared, on
 //!   Tokio's paused clock: the figures are the same run after run;
+//! - **fleet** (rows of several clients only): each client its own
+//!   middleware over one in-memory store that says the row's clients share
+//!   it, as a Redis store counts its fleet: the Redis rows' logic on the
+//!   paused clock, the same run after run;
 //! - **redis**: each client its own middleware over one `redis-server` of
 //!   the bench's own (`RedisStore`, one prefix a row), on the real clock
 //!   (Redis keeps time): figures vary a little between runs.
 //!
 //! `cargo bench -p tollgate-reqwest --bench efficiency [-- WORDS]`: the rows
-//! whose name holds WORDS (`memory` or `redis` choose a store).
+//! whose name holds WORDS (`memory`, `fleet` or `redis` choose a store).
 //! `TOLLGATE_SECONDS=N` runs each row for N seconds of calls at the
 //! allowed rate instead of 12. `TOLLGATE_FAULT=kill` kills the Redis a
 //! third into each Redis row and starts it again, empty, 5 s later;

@@ -287,6 +287,25 @@ impl Pacing {
             .unwrap_or_else(|_| open())
     }
 
+    /// The per-minute limit that [`quota`](Self::quota) paces at `quota`
+    /// (to within a request); `None` for an open quota.
+    pub(crate) fn per_minute_of(&self, quota: &Quota) -> Option<u64> {
+        if quota.count() >= OPEN || quota.period() < Duration::from_secs(1) {
+            return None;
+        }
+        // One more than the paced count, so that pacing the answer again
+        // gives the same count, not one less.
+        #[allow(
+            clippy::cast_precision_loss,
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss
+        )]
+        let per_minute = ((quota.count() + 1) as f64 * MINUTE.as_secs_f64()
+            / quota.period().as_secs_f64()
+            / (1.0 - self.headroom)) as u64;
+        Some(per_minute)
+    }
+
     pub(crate) fn limits(&self, per_minute: &ProviderLimits, bursts: &[u64; 4]) -> Limits {
         let mut builder = Limits::builder();
         for dimension in Dimension::ALL {
@@ -324,6 +343,14 @@ mod tests {
         let tiny = pacing.quota(Some(1), 0);
         assert_eq!((tiny.count(), tiny.burst_size()), (1, 1));
         assert_eq!(pacing.quota(None, 5).burst_size(), OPEN);
+        assert_eq!(pacing.per_minute_of(&pacing.quota(None, 1)), None);
+        // Paced again, the limit read back from a quota gives that quota.
+        for (headroom, limit) in [(0.05, 600), (0.02, 6_000), (0.02, 7_817), (0.3, 1)] {
+            let pacing = Pacing { headroom };
+            let quota = pacing.quota(Some(limit), 1);
+            let read = pacing.per_minute_of(&quota);
+            assert_eq!(pacing.quota(read, 1), quota, "{limit} at {headroom}");
+        }
         // A burst holds the largest call, but never more than the limit.
         assert_eq!(pacing.quota(Some(60_000), 400).burst_size(), 400);
         assert_eq!(pacing.quota(Some(100), 400).burst_size(), 95);

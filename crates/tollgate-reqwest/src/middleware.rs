@@ -11,8 +11,8 @@ use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 use serde_json::Value;
 use tollgate::headers::RateLimitHeaders;
-use tollgate::store::Change;
-use tollgate::{DeniedKind, Grant, KeyedBudget, MemoryStore, Store};
+use tollgate::store::{Change, Decision};
+use tollgate::{DeniedKind, Grant, KeyedBudget, MemoryStore, Quota, Store};
 
 use retry_policies::policies::ExponentialBackoff;
 use retry_policies::{Jitter, RetryDecision, RetryPolicy};
@@ -32,12 +32,29 @@ pub struct Attempts(pub u32);
 
 /// What a budget is kept per: the provider's endpoint and, when the JSON
 /// body names one, the model.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
     scheme: String,
     host: String,
     port: u16,
     model: Option<String>,
+    /// The key that counts the endpoint's answers in a shared store (see
+    /// [`counter`](Self::counter)), not its budget.
+    counter: bool,
+}
+
+impl std::hash::Hash for Endpoint {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As the derived hash: a network store keys its state by it, so a
+        // budget's key hashes as it always did.
+        self.scheme.hash(state);
+        self.host.hash(state);
+        self.port.hash(state);
+        self.model.hash(state);
+        if self.counter {
+            state.write_u8(1);
+        }
+    }
 }
 
 impl Endpoint {
@@ -50,6 +67,16 @@ impl Endpoint {
             // A model name longer than this is no model's: it is cut, so a
             // hostile body cannot grow the key without end.
             model: model.map(|m| m.chars().take(128).collect()),
+            counter: false,
+        }
+    }
+
+    /// The key under which a shared store counts this endpoint's answers
+    /// (see `Shared::ask_fleet`).
+    fn counter(&self) -> Self {
+        Self {
+            counter: true,
+            ..self.clone()
         }
     }
 
@@ -64,6 +91,9 @@ impl fmt::Display for Endpoint {
         write!(f, "{}://{}:{}", self.scheme, self.host, self.port)?;
         if let Some(model) = &self.model {
             write!(f, " ({model})")?;
+        }
+        if self.counter {
+            write!(f, " (answers)")?;
         }
         Ok(())
     }
@@ -185,6 +215,21 @@ pub(crate) struct Shared<S = MemoryStore> {
     /// `share` module): with the in-memory store only.
     finds_share: bool,
 }
+
+/// What a shared store told of an endpoint's fleet, with an answer (see
+/// `Shared::ask_fleet`).
+#[derive(Default)]
+struct Fleet {
+    /// The level of the endpoint's count of answers.
+    counted: Option<Duration>,
+    /// The endpoint's request limit.
+    in_store: Option<Quota>,
+}
+
+/// The answers a key's counter holds (see `Shared::ask_fleet`): a
+/// fleet answering this many more than one a second, for 34 years, fills
+/// it.
+const COUNTER_BURST: u64 = 1 << 30;
 
 /// Answers over which the slow-start window grows by half each round trip.
 const SLOW_START_QUICK: u64 = 60;
@@ -786,6 +831,7 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
     async fn learn(&self, call: &Priced, heard: &Heard<'_>) {
         let (key, state) = (&call.key, &*call.state);
         let read = crate::model::paced(state.quirks, heard.response.headers(), heard.all);
+        let fleet = self.ask_fleet(key, state, heard.answer).await;
         let answered = crate::model::Answered {
             answer: heard.answer,
             read: read.as_ref(),
@@ -794,6 +840,8 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             unbounded: call.unbounded,
             sent_at: heard.sent_at,
             now: tokio::time::Instant::now(),
+            counted: fleet.counted,
+            in_store: fleet.in_store,
         };
         let learnt = state.model().answered(key, &self.setting(), &answered);
         crate::meters::limits(key, &learnt.paced);
@@ -801,6 +849,62 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
         if learnt.rate_known {
             state.window.close();
         }
+    }
+
+    /// What a store the fleet may share says of an endpoint whose rate is
+    /// learnt from its answers (nothing in memory):
+    ///
+    /// - an answer is counted there: one decision on the endpoint's
+    ///   counter key, whose level tells how many answers the fleet got
+    ///   lately (see `adaptive`);
+    /// - a refusal to a process that has learnt no rate yet, and an answer
+    ///   once a second once it has, read the key's request limit there:
+    ///   another process may have learnt or changed it (see the model's
+    ///   `adopt`).
+    ///
+    /// Each is a round trip; nothing is read where the store fails.
+    async fn ask_fleet(&self, key: &Endpoint, state: &EndpointState, answer: Answer) -> Fleet {
+        let setting = self.setting();
+        let mut fleet = Fleet::default();
+        if self.finds_share || !state.model().learns_rate(&setting) {
+            return fleet;
+        }
+        match answer {
+            // Counted from the first answer, whatever the fleet's size
+            // now: processes join it as they start, and the busiest second
+            // may be the first.
+            Answer::Done => {
+                let counter = Quota::with_period(crate::adaptive::COUNTER_PERIOD)
+                    .and_then(|quota| quota.burst(COUNTER_BURST));
+                let Ok(counter) = counter else {
+                    return fleet;
+                };
+                let decided = self
+                    .budget
+                    .store()
+                    .decide(&key.counter(), &[counter], &[1], Duration::ZERO)
+                    .await;
+                if let Ok(Decision::Admit(admit)) = decided {
+                    fleet.counted = Some(admit.snapshot.reset_after());
+                }
+                // Once a second, the key's rate as the fleet last wrote
+                // it: a process whose calls were all admitted long ago
+                // would not read it otherwise.
+                let due = state.model().store_read_due(tokio::time::Instant::now());
+                if due {
+                    if let Ok(limits) = self.budget.limits_for(key).await {
+                        fleet.in_store = Some(*limits.quota(Dimension::Requests.index()));
+                    }
+                }
+            }
+            Answer::RateLimited if !state.model().rate_learnt() => {
+                if let Ok(limits) = self.budget.limits_for(key).await {
+                    fleet.in_store = Some(*limits.quota(Dimension::Requests.index()));
+                }
+            }
+            _ => {}
+        }
+        fleet
     }
 
     /// The slow-start window after an answer: it grows by one place every
@@ -966,7 +1070,16 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             }
             raise |= cost > quota.burst_size();
         }
-        let changes = state.model().admitting(&self.setting(), costs, raise);
+        let in_store = limits.quota(Dimension::Requests.index());
+        let now = tokio::time::Instant::now();
+        let (changes, adopted) =
+            state
+                .model()
+                .admitting(&self.setting(), (costs, raise), in_store, now);
+        if adopted {
+            // The fleet knows the rate: no slow start.
+            state.window.close();
+        }
         self.adjust(key, changes).await;
         let max_wait = self.settings.max_wait;
         let denied = match self.budget.acquire_within(key, costs, max_wait).await {

@@ -31,7 +31,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tollgate::headers::{RateLimitHeaders, Reading};
 use tollgate::store::Change;
-use tollgate::Limits;
+use tollgate::{Limits, Quota};
 
 use crate::adaptive::Adaptive;
 use crate::classify::Answer;
@@ -86,6 +86,12 @@ pub(crate) struct Answered<'a> {
     /// When the attempt was sent.
     pub(crate) sent_at: Instant,
     pub(crate) now: Instant,
+    /// The key's count of answers in a shared store, read as this one
+    /// came (see `adaptive`), where it is read.
+    pub(crate) counted: Option<Duration>,
+    /// The key's request limit in a shared store, where it was read (see
+    /// [`Model::adopt`]).
+    pub(crate) in_store: Option<Quota>,
 }
 
 /// What an answer changed.
@@ -129,6 +135,9 @@ pub(crate) struct Model {
     written_refused: u32,
     /// The limits last given to the store (`None`: its defaults).
     applied: Option<Limits>,
+    /// When an answer last read the key's request limit in a shared store
+    /// (see [`store_read_due`](Self::store_read_due)).
+    store_read_at: Option<Instant>,
 }
 
 impl Model {
@@ -149,6 +158,7 @@ impl Model {
             charges: Charges::default(),
             written_refused: 0,
             applied: None,
+            store_read_at: None,
         }
     }
 
@@ -168,6 +178,26 @@ impl Model {
     /// every call waiting would go at once when the pause ends.)
     pub(crate) fn refusal_ends_slow_start(&self, cx: &Setting<'_>) -> bool {
         !self.learns_rate(cx) || self.adaptive.per_minute().is_some()
+    }
+
+    /// Whether a request rate was learnt from refusals (or taken from the
+    /// fleet).
+    pub(crate) fn rate_learnt(&self) -> bool {
+        self.adaptive.per_minute().is_some()
+    }
+
+    /// Whether an answer at `now` is to read the key's request limit in
+    /// the shared store: once a rate is learnt, once a second.
+    pub(crate) fn store_read_due(&mut self, now: Instant) -> bool {
+        if !self.rate_learnt()
+            || self
+                .store_read_at
+                .is_some_and(|at| now.saturating_duration_since(at) < Duration::from_secs(1))
+        {
+            return false;
+        }
+        self.store_read_at = Some(now);
+        true
     }
 
     /// When the refusal episode in force ends, if one is.
@@ -249,12 +279,18 @@ impl Model {
     /// recent calls, raised at once for a larger one, lowered when those
     /// are all under half of it (not at every change: each is a round
     /// trip to the store).
+    ///
+    /// `in_store` is the key's request limit as the store holds it: where
+    /// another process of the fleet changed the learnt rate, this one
+    /// takes it (see [`adopt`](Self::adopt)). The flag is true then.
     pub(crate) fn admitting(
         &mut self,
         cx: &Setting<'_>,
-        costs: &[u64; 4],
-        raise: bool,
-    ) -> [Change; 4] {
+        (costs, raise): (&[u64; 4], bool),
+        in_store: &Quota,
+        now: Instant,
+    ) -> ([Change; 4], bool) {
+        let adopted = self.adopt(cx, in_store, now);
         let largest = self.recent.push(*costs);
         for ((burst, &most), &cost) in self.bursts.iter_mut().zip(&largest).zip(costs) {
             if raise && cost > *burst {
@@ -263,7 +299,32 @@ impl Model {
                 *burst = most;
             }
         }
-        self.changes(cx, &[None; 4]).1
+        (self.changes(cx, &[None; 4]).1, adopted)
+    }
+
+    /// Through a store the fleet shares, the key's learnt request rate is
+    /// one. Each process learns from its own answers and refusals, and
+    /// writes what it learnt; where the store holds a rate other than the
+    /// one this process last wrote (by more than a hundredth), another
+    /// process wrote it: this one takes it, rather than writing its own
+    /// back over it within the second. True when it did.
+    fn adopt(&mut self, cx: &Setting<'_>, in_store: &Quota, now: Instant) -> bool {
+        if cx.finds_share || !self.learns_rate(cx) {
+            return false;
+        }
+        let applied = self.applied.as_ref().unwrap_or(cx.defaults);
+        if applied.quota(Dimension::Requests.index()) == in_store {
+            return false;
+        }
+        let Some(per_minute) = cx.pacing.per_minute_of(in_store) else {
+            return false;
+        };
+        let near = |own: u64| per_minute.abs_diff(own).saturating_mul(100) <= own;
+        if self.adaptive.per_minute().is_some_and(near) {
+            return false;
+        }
+        self.adaptive.adopt(per_minute, now);
+        true
     }
 
     /// A successful call's usage: learns what unbounded calls write and
@@ -311,14 +372,9 @@ impl Model {
     /// quotas for them.
     pub(crate) fn limits(&self, cx: &Setting<'_>) -> (ProviderLimits, Limits) {
         // The lower of the rate inferred from `remaining` and the one
-        // learnt from refusals. The latter counts the answers this process
-        // got: through a store that others share too, its share of the
-        // fleet's.
-        let sharers = u64::from(cx.sharers.max(1));
-        let adaptive = self
-            .adaptive
-            .per_minute()
-            .map(|n| n.saturating_mul(sharers));
+        // learnt from refusals (the key's, counted by the store that the
+        // fleet shares where it is shared).
+        let adaptive = self.adaptive.per_minute();
         let learnt = match (self.inferred.per_minute(), adaptive) {
             (Some(inferred), Some(adaptive)) => Some(inferred.min(adaptive)),
             (inferred, adaptive) => inferred.or(adaptive),
@@ -492,15 +548,24 @@ impl Model {
             return;
         }
         let changed = if a.answer == Answer::Done {
-            self.adaptive.admitted(a.now)
+            if let Some(in_store) = &a.in_store {
+                self.adopt(cx, in_store, a.now);
+            }
+            self.adaptive.admitted(a.now, a.counted, cx.sharers)
         } else if self.tokens_bind(cx, a.tokens) {
             // The token limit paced the calls, not the request rate: a
             // refusal is the token limit's, and cutting the request rate
             // below the token limit's pace would only slow the calls.
             None
         } else {
+            // A first refusal where the fleet learnt a rate already: that
+            // rate is cut, rather than one learnt anew from this process's
+            // answers (few, where its calls queued behind the others').
+            if let Some(in_store) = &a.in_store {
+                self.adopt(cx, in_store, a.now);
+            }
             let hold = a.read.retry_after.unwrap_or(Duration::from_secs(1));
-            self.adaptive.refused(a.now, hold)
+            self.adaptive.refused(a.now, hold, cx.sharers)
         };
         if let Some(per_minute) = changed {
             tracing::debug!(%key, per_minute, "request rate learnt from the answers");

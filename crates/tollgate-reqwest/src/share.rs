@@ -561,7 +561,7 @@ impl Share {
     /// share and the trim grow back as time passes. Answers the new share
     /// when it changed.
     pub(crate) fn answered_blind(&mut self, now: Instant) -> Option<f64> {
-        self.admitted.push(now);
+        self.admitted.push(now, None);
         self.grow(now);
         self.changed()
     }
@@ -602,7 +602,7 @@ impl Share {
             #[allow(clippy::cast_precision_loss)]
             let seen = per_minute
                 .filter(|&limit| limit > 0)
-                .map(|limit| self.admitted.peak_per_minute() / limit as f64)
+                .map(|limit| self.admitted.peak_per_minute(1) / limit as f64)
                 .filter(|&seen| seen > 0.0)
                 .unwrap_or(1.0);
             // At most halved at once: a second's count right after a
