@@ -256,6 +256,12 @@ impl Adaptive {
         self.rate.map(|r| r.max(FLOOR) as u64)
     }
 
+    /// Whether the first rate is being learnt: from the first refusal to
+    /// the end of its episode.
+    pub(crate) fn learning_first_rate(&self) -> bool {
+        self.rechecking
+    }
+
     /// When the episode in force ends, if one is.
     pub(crate) fn episode_end(&self, now: Instant) -> Option<Instant> {
         self.episode_end.filter(|&end| end > now)

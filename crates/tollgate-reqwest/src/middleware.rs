@@ -1,4 +1,6 @@
-//! The middleware.
+//! The middleware: its builder, the loop each call goes through (price,
+//! admit, send, learn, settle or retry), and what it asks of the store.
+//! What an answer teaches is the endpoint's model's (`model`).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -177,7 +179,9 @@ impl fmt::Display for Endpoint {
 /// `remaining` falls against what it spent itself, and paces at its share
 /// of the limit once it sees others. With
 /// [`Builder::build_with_store`] (a Redis store), the processes spend
-/// from one budget, learnt limits and pauses included.
+/// from one budget, learnt limits and pauses included; a rate learnt from
+/// refusals is the fleet's, from the answers the store counted for every
+/// process, and what one process learns the others take.
 pub struct RateLimitMiddleware<S = MemoryStore> {
     shared: Arc<Shared<S>>,
 }

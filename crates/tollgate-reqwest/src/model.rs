@@ -26,6 +26,7 @@
 //! clock of its own, no await, so each learner is tested on its own.
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -138,7 +139,13 @@ pub(crate) struct Model {
     /// When an answer last read the key's request limit in a shared store
     /// (see [`store_read_due`](Self::store_read_due)).
     store_read_at: Option<Instant>,
+    /// The last request limits this process wrote to the store, newest
+    /// last (see [`adopt`](Self::adopt)).
+    written: VecDeque<Quota>,
 }
+
+/// How many of its last request limits a process knows for its own.
+const WRITTEN: usize = 8;
 
 impl Model {
     pub(crate) fn new(quirks: Quirks) -> Self {
@@ -159,6 +166,7 @@ impl Model {
             written_refused: 0,
             applied: None,
             store_read_at: None,
+            written: VecDeque::with_capacity(WRITTEN),
         }
     }
 
@@ -312,8 +320,10 @@ impl Model {
         if cx.finds_share || !self.learns_rate(cx) {
             return false;
         }
-        let applied = self.applied.as_ref().unwrap_or(cx.defaults);
-        if applied.quota(Dimension::Requests.index()) == in_store {
+        // A first rate being learnt rises answer by answer: what the store
+        // holds then is this process's own, a step behind. So is any
+        // limit it wrote lately: a read that crossed its own write.
+        if self.adaptive.learning_first_rate() || self.written.contains(in_store) {
             return false;
         }
         let Some(per_minute) = cx.pacing.per_minute_of(in_store) else {
@@ -411,6 +421,12 @@ impl Model {
         for (i, change) in changes.iter_mut().enumerate() {
             let quota = *limits.quota(i);
             *change = if *applied.quota(i) != quota {
+                if i == Dimension::Requests.index() {
+                    if self.written.len() == WRITTEN {
+                        self.written.pop_front();
+                    }
+                    self.written.push_back(quota);
+                }
                 Change::Limit(quota)
             } else if let Some(remaining) = caps[i] {
                 Change::AtMost(remaining)
