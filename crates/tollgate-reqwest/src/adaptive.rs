@@ -72,6 +72,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tollgate::Quota;
 
 /// After a refusal, the rate becomes this share of the most admitted in a
 /// second lately.
@@ -104,6 +105,17 @@ pub(crate) struct Admitted {
 /// the level empties and the count reads low (the process's own count
 /// then stands in).
 pub(crate) const COUNTER_PERIOD: Duration = Duration::from_secs(1);
+/// The answers the count holds: a fleet answering this many more than one
+/// a second, for 34 years, fills it.
+const COUNTER_BURST: u64 = 1 << 30;
+
+/// The quota a shared store counts a key's answers under (see
+/// [`COUNTER_PERIOD`]).
+pub(crate) fn counter_quota() -> Option<Quota> {
+    Quota::with_period(COUNTER_PERIOD)
+        .and_then(|quota| quota.burst(COUNTER_BURST))
+        .ok()
+}
 
 impl Admitted {
     /// An answer that was not a refusal came at `now`; `level` is the

@@ -230,11 +230,6 @@ struct Fleet {
     in_store: Option<Quota>,
 }
 
-/// The answers a key's counter holds (see `Shared::ask_fleet`): a
-/// fleet answering this many more than one a second, for 34 years, fills
-/// it.
-const COUNTER_BURST: u64 = 1 << 30;
-
 /// Answers over which the slow-start window grows by half each round trip.
 const SLOW_START_QUICK: u64 = 60;
 /// After those, the window grows by one place every this many answers.
@@ -868,21 +863,32 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
     ///
     /// Each is a round trip; nothing is read where the store fails.
     async fn ask_fleet(&self, key: &Endpoint, state: &EndpointState, answer: Answer) -> Fleet {
-        let setting = self.setting();
         let mut fleet = Fleet::default();
-        if self.finds_share || !state.model().learns_rate(&setting) {
+        if self.finds_share {
             return fleet;
         }
-        match answer {
-            // Counted from the first answer, whatever the fleet's size
-            // now: processes join it as they start, and the busiest second
-            // may be the first.
-            Answer::Done => {
-                let counter = Quota::with_period(crate::adaptive::COUNTER_PERIOD)
-                    .and_then(|quota| quota.burst(COUNTER_BURST));
-                let Ok(counter) = counter else {
-                    return fleet;
-                };
+        // What to ask, under one lock of the model.
+        let (learns, reads_limit) = {
+            let setting = self.setting();
+            let mut model = state.model();
+            let reads_limit = match answer {
+                // Once a second, the key's rate as the fleet last wrote
+                // it: a process whose calls were all admitted long ago
+                // would not read it otherwise.
+                Answer::Done => model.store_read_due(tokio::time::Instant::now()),
+                Answer::RateLimited => !model.rate_learnt(),
+                _ => false,
+            };
+            (model.learns_rate(&setting), reads_limit)
+        };
+        if !learns {
+            return fleet;
+        }
+        // Counted from the first answer, whatever the fleet's size now:
+        // processes join it as they start, and the busiest second may be
+        // the first.
+        if answer == Answer::Done {
+            if let Some(counter) = crate::adaptive::counter_quota() {
                 let decided = self
                     .budget
                     .store()
@@ -891,22 +897,12 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
                 if let Ok(Decision::Admit(admit)) = decided {
                     fleet.counted = Some(admit.snapshot.reset_after());
                 }
-                // Once a second, the key's rate as the fleet last wrote
-                // it: a process whose calls were all admitted long ago
-                // would not read it otherwise.
-                let due = state.model().store_read_due(tokio::time::Instant::now());
-                if due {
-                    if let Ok(limits) = self.budget.limits_for(key).await {
-                        fleet.in_store = Some(*limits.quota(Dimension::Requests.index()));
-                    }
-                }
             }
-            Answer::RateLimited if !state.model().rate_learnt() => {
-                if let Ok(limits) = self.budget.limits_for(key).await {
-                    fleet.in_store = Some(*limits.quota(Dimension::Requests.index()));
-                }
+        }
+        if reads_limit {
+            if let Ok(limits) = self.budget.limits_for(key).await {
+                fleet.in_store = Some(*limits.quota(Dimension::Requests.index()));
             }
-            _ => {}
         }
         fleet
     }
