@@ -679,7 +679,7 @@ impl Builder {
             secrets.0.push(password);
         }
         #[allow(unused_mut)]
-        let mut follow = None;
+        let mut sentinels = None;
         let conn = if nodes.is_empty() {
             let shown = redact_url(&url);
             check_scheme(&url, &shown, &tls)?;
@@ -692,7 +692,7 @@ impl Builder {
             {
                 let (manager, sentinel) =
                     sentinel::connect(&nodes, master, &tls, timeout, &secrets, &scripts).await?;
-                follow = Some(sentinel);
+                sentinels = Some(sentinel);
                 Conn::One(manager)
             }
             #[cfg(not(feature = "sentinel"))]
@@ -756,7 +756,7 @@ impl Builder {
             inner: Arc::new(Inner {
                 conn: RwLock::new(conn),
                 batcher: RwLock::new(batcher),
-                follow,
+                sentinels,
                 timeout,
                 watch: watch::Watch::new(timeout),
                 fault,
@@ -805,7 +805,7 @@ struct Inner {
     batcher: RwLock<Option<Arc<batch::Batcher>>>,
     /// Redis Sentinel, to ask for the master again when it fails.
     #[cfg_attr(not(feature = "sentinel"), allow(dead_code))]
-    follow: Option<FollowMaster>,
+    sentinels: Option<SentinelsOf>,
     timeout: Duration,
     /// Bounds each call by `timeout`.
     watch: watch::Watch,
@@ -823,11 +823,12 @@ struct Inner {
     meters: meters::Meters,
 }
 
-/// Redis Sentinel, followed (feature `sentinel`).
+/// The sentinels that name the master (feature `sentinel`); without the
+/// feature, never present.
 #[cfg(feature = "sentinel")]
-type FollowMaster = sentinel::Follow;
+type SentinelsOf = sentinel::Sentinels;
 #[cfg(not(feature = "sentinel"))]
-type FollowMaster = std::convert::Infallible;
+type SentinelsOf = std::convert::Infallible;
 
 impl Inner {
     /// The connection now.
@@ -1190,7 +1191,7 @@ impl RedisStore {
                 }
                 #[cfg(feature = "sentinel")]
                 if opened || e.is_read_only() {
-                    sentinel::follow(&self.inner);
+                    sentinel::ask_for_master(&self.inner);
                 }
                 #[cfg(not(feature = "sentinel"))]
                 let _ = opened;

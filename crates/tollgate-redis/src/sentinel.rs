@@ -22,8 +22,8 @@ use crate::{
     StoreErrorKind, Tls,
 };
 
-/// What following the master needs.
-pub(crate) struct Follow {
+/// The sentinels that name the master, and the master they named last.
+pub(crate) struct Sentinels {
     client: tokio::sync::Mutex<SentinelClient>,
     /// The master's address now.
     address: Mutex<String>,
@@ -41,7 +41,7 @@ pub(crate) async fn connect(
     timeout: Duration,
     secrets: &Secrets,
     scripts: &Scripts,
-) -> Result<(ConnectionManager, Follow), StoreError> {
+) -> Result<(ConnectionManager, Sentinels), StoreError> {
     let shown: Vec<String> = sentinels.iter().map(|s| redact_url(s)).collect();
     for (sentinel, shown) in sentinels.iter().zip(&shown) {
         check_scheme(sentinel, shown, tls)?;
@@ -80,7 +80,7 @@ pub(crate) async fn connect(
     .await?;
     Ok((
         manager,
-        Follow {
+        Sentinels {
             client: tokio::sync::Mutex::new(client),
             address: Mutex::new(address),
             asking: AtomicBool::new(false),
@@ -119,15 +119,15 @@ async fn ask(
 
 /// Asks the sentinels for the master again, in the background, unless a
 /// question is already on its way.
-pub(crate) fn follow(inner: &Arc<Inner>) {
-    let Some(follow) = &inner.follow else {
+pub(crate) fn ask_for_master(inner: &Arc<Inner>) {
+    let Some(sentinels) = &inner.sentinels else {
         return;
     };
-    if follow.asking.swap(true, Ordering::AcqRel) {
+    if sentinels.asking.swap(true, Ordering::AcqRel) {
         return;
     }
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        follow.asking.store(false, Ordering::Release);
+        sentinels.asking.store(false, Ordering::Release);
         return;
     };
     let inner = Arc::clone(inner);
@@ -135,30 +135,30 @@ pub(crate) fn follow(inner: &Arc<Inner>) {
         if let Err(error) = move_to_master(&inner).await {
             tracing::debug!(%error, "asking Redis Sentinel for the master failed");
         }
-        if let Some(follow) = &inner.follow {
-            follow.asking.store(false, Ordering::Release);
+        if let Some(sentinels) = &inner.sentinels {
+            sentinels.asking.store(false, Ordering::Release);
         }
     });
 }
 
 /// Connects to the master the sentinels name, when it is another.
 async fn move_to_master(inner: &Inner) -> Result<(), StoreError> {
-    let Some(follow) = &inner.follow else {
+    let Some(sentinels) = &inner.sentinels else {
         return Ok(());
     };
     let client = {
-        let mut sentinel = follow.client.lock().await;
+        let mut sentinel = sentinels.client.lock().await;
         ask(
             &mut sentinel,
-            &follow.name,
+            &sentinels.name,
             "the sentinels",
             inner.timeout,
-            &follow.secrets,
+            &sentinels.secrets,
         )
         .await?
     };
     let address = client.get_connection_info().addr.to_string();
-    if *follow
+    if *sentinels
         .address
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -168,9 +168,9 @@ async fn move_to_master(inner: &Inner) -> Result<(), StoreError> {
     }
     let manager = connect_one(
         client,
-        &format!("the master {:?} at {address}", follow.name),
+        &format!("the master {:?} at {address}", sentinels.name),
         inner.timeout,
-        &follow.secrets,
+        &sentinels.secrets,
         &inner.scripts,
     )
     .await?;
@@ -182,10 +182,10 @@ async fn move_to_master(inner: &Inner) -> Result<(), StoreError> {
         .batcher
         .write()
         .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(batcher));
-    *follow
+    *sentinels
         .address
         .lock()
         .unwrap_or_else(PoisonError::into_inner) = address.clone();
-    tracing::info!(master = %address, name = %follow.name, "Redis Sentinel names another master: decisions go there");
+    tracing::info!(master = %address, name = %sentinels.name, "Redis Sentinel names another master: decisions go there");
     Ok(())
 }

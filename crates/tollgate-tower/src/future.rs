@@ -10,10 +10,10 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use crate::response::{Hold, ResponseBody};
+use crate::response::{AdmissionGuard, ResponseBody};
 
-/// A wait for admission, ending in what the request holds once admitted or
-/// in the answer to its rejection.
+/// A wait for admission, ending in the admitted request's guard or in the
+/// answer to its rejection.
 pub(crate) type Wait<H> = Pin<Box<dyn Future<Output = Result<H, Response<Bytes>>> + Send>>;
 
 pin_project! {
@@ -26,7 +26,7 @@ pin_project! {
     {
         #[pin]
         state: State<S, B, H>,
-        hold: Option<H>,
+        guard: Option<H>,
     }
 }
 
@@ -65,10 +65,10 @@ impl<S, B, H> ResponseFuture<S, B, H>
 where
     S: Service<Request<B>>,
 {
-    pub(crate) fn called(future: S::Future, hold: Option<H>) -> Self {
+    pub(crate) fn called(future: S::Future, guard: Option<H>) -> Self {
         Self {
             state: State::Called { future },
-            hold,
+            guard,
         }
     }
 
@@ -81,7 +81,7 @@ where
                     request,
                 }))),
             },
-            hold: None,
+            guard: None,
         }
     }
 
@@ -90,7 +90,7 @@ where
             state: State::Rejected {
                 response: ColdBox(Some(Box::new(response))),
             },
-            hold: None,
+            guard: None,
         }
     }
 }
@@ -114,7 +114,7 @@ where
 impl<S, B, H, ResB> Future for ResponseFuture<S, B, H>
 where
     S: Service<Request<B>, Response = Response<ResB>>,
-    H: Hold,
+    H: AdmissionGuard,
 {
     type Output = Result<Response<ResponseBody<ResB>>, S::Error>;
 
@@ -126,48 +126,47 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         if let StateProj::Called { future } = this.state.as_mut().project() {
-            return poll_called(future, this.hold, cx);
+            return poll_called(future, this.guard, cx);
         }
-        poll_rare(this.state, this.hold, cx)
+        poll_waiting_or_rejected(this.state, this.guard, cx)
     }
 }
 
-/// The inner service's future, and what the request holds written on its
-/// response.
+/// The inner service's future; its response gets the guard's headers.
 #[inline(always)]
-fn poll_called<F, ResB, E, H: Hold>(
+fn poll_called<F, ResB, E, H: AdmissionGuard>(
     future: Pin<&mut F>,
-    hold: &mut Option<H>,
+    guard: &mut Option<H>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<Response<ResponseBody<ResB>>, E>>
 where
     F: Future<Output = Result<Response<ResB>, E>>,
 {
-    // Nothing held (no field written on success): the response goes on
-    // as it comes.
-    if hold.is_none() {
+    // No guard (no field to write on success): the response goes on as
+    // it comes.
+    if guard.is_none() {
         return future
             .poll(cx)
             .map_ok(|response| response.map(ResponseBody::service));
     }
     let response = ready!(future.poll(cx))?;
-    Poll::Ready(Ok(finished(response, hold)))
+    Poll::Ready(Ok(finished(response, guard)))
 }
 
 /// A wait for admission (then the inner service's future), or a
 /// rejection's answer.
 #[inline(never)]
-fn poll_rare<S, B, H, ResB>(
+fn poll_waiting_or_rejected<S, B, H, ResB>(
     mut state: Pin<&mut State<S, B, H>>,
-    hold: &mut Option<H>,
+    guard: &mut Option<H>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<Response<ResponseBody<ResB>>, S::Error>>
 where
     S: Service<Request<B>, Response = Response<ResB>>,
-    H: Hold,
+    H: AdmissionGuard,
 {
     match state.as_mut().project() {
-        StateProj::Called { future } => poll_called(future, hold, cx),
+        StateProj::Called { future } => poll_called(future, guard, cx),
         StateProj::Waiting { waiting } => {
             let waited = waiting
                 .0
@@ -183,14 +182,14 @@ where
                 ..
             } = *waited;
             match outcome {
-                Ok(held) => {
-                    *hold = Some(held);
+                Ok(admitted) => {
+                    *guard = Some(admitted);
                     // The service was made ready by `poll_ready` before
                     // the request was taken in.
                     let future = service.call(request);
                     state.set(State::Called { future });
                     match state.project() {
-                        StateProj::Called { future } => poll_called(future, hold, cx),
+                        StateProj::Called { future } => poll_called(future, guard, cx),
                         _ => unreachable!("the called state was just set"),
                     }
                 }
@@ -207,15 +206,16 @@ where
     }
 }
 
-/// The response of a request that held something: what it held written.
+/// The response of an admitted request, its guard's headers written and
+/// what the guard keeps attached to the body.
 #[inline(always)]
-fn finished<B, H: Hold>(
+fn finished<B, H: AdmissionGuard>(
     mut response: Response<B>,
-    hold: &mut Option<H>,
+    guard: &mut Option<H>,
 ) -> Response<ResponseBody<B>> {
-    if let Some(mut hold) = hold.take() {
-        let kept = hold.keep_for_body();
-        hold.finish(response.headers_mut());
+    if let Some(mut guard) = guard.take() {
+        let kept = guard.keep_for_body();
+        guard.on_response(response.headers_mut());
         if let Some(kept) = kept {
             return response.map(|body| ResponseBody::keeping(body, kept));
         }

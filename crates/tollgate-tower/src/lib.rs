@@ -91,7 +91,7 @@ pub use rate_limit::{
     Tier,
 };
 pub use response::{
-    Admitted, DefaultRejector, Hold, Kept, RejectFn, Rejection, RejectionKind, Rejector,
+    AdmissionGuard, Admitted, DefaultRejector, Kept, RejectFn, Rejection, RejectionKind, Rejector,
     ResponseBody,
 };
 

@@ -457,14 +457,17 @@ impl fmt::Debug for Admitted {
     }
 }
 
-/// What a let-through request holds until its response is ready.
-pub trait Hold: Send + 'static {
-    /// Called with the inner service's response; the hold is dropped after.
-    fn finish(self, headers: &mut HeaderMap);
+/// What an admitted request carries until its response is ready: it
+/// writes the response's rate-limit headers ([`Admitted`]) or releases a
+/// concurrency permit ([`ConcurrencyLimit`](crate::ConcurrencyLimit)'s).
+pub trait AdmissionGuard: Send + 'static {
+    /// Called with the inner service's response headers; the guard is
+    /// dropped after.
+    fn on_response(self, headers: &mut HeaderMap);
 
     /// What to keep until the response's body ends or is dropped, taken
-    /// before [`finish`](Self::finish) (default: nothing): a concurrency
-    /// permit held for the whole body, say.
+    /// before [`on_response`](Self::on_response) (default: nothing): a
+    /// concurrency permit held for the whole body, say.
     fn keep_for_body(&mut self) -> Option<Kept> {
         None
     }
@@ -491,9 +494,9 @@ impl fmt::Debug for Kept {
     }
 }
 
-impl Hold for Admitted {
+impl AdmissionGuard for Admitted {
     #[inline]
-    fn finish(self, headers: &mut HeaderMap) {
+    fn on_response(self, headers: &mut HeaderMap) {
         let fields = self.fields;
         if let Some(policy) = fields.policy {
             headers.append(RATELIMIT_POLICY, policy);

@@ -13,7 +13,9 @@ use tower_service::Service;
 use super::layer::{KeyedSlots, Shared, Slots};
 use super::ResponseFuture;
 use crate::key::{no_key, Global, KeyExtractor};
-use crate::response::{is_grpc, DefaultRejector, Hold, Rejection, RejectionKind, Rejector};
+use crate::response::{
+    is_grpc, AdmissionGuard, DefaultRejector, Rejection, RejectionKind, Rejector,
+};
 use crate::Key;
 
 /// A service whose requests in flight are limited by a
@@ -76,8 +78,8 @@ impl fmt::Debug for InFlight {
     }
 }
 
-impl Hold for InFlight {
-    fn finish(self, _: &mut HeaderMap) {}
+impl AdmissionGuard for InFlight {
+    fn on_response(self, _: &mut HeaderMap) {}
 
     fn keep_for_body(&mut self) -> Option<crate::Kept> {
         if !self.for_body {

@@ -1,11 +1,14 @@
-//! The waiters of each key in this process, so that a waiter that goes
-//! away, or a grant settled lower than reserved, moves the reservations
-//! queued behind it forward.
+//! The waiting acquires of each key in this process.
 //!
-//! A waiter knows where it sits in each dimension: when that dimension
-//! alone would admit it (its `due`). The store's TAT already moved when a
-//! reservation was given back or refunded; this moves the waiters that were
-//! queued behind it by the same amount, and wakes them.
+//! A waiter has reserved its turn in the store and sleeps until it. When a
+//! reservation ahead of it is given back (its caller went away) or settled
+//! lower than reserved, the store moves the key's state (its TAT) earlier;
+//! this queue moves the waiters behind it earlier by the same amount and
+//! wakes them, so that they do not sleep past a turn that is free.
+//!
+//! Each waiter records, per dimension, when that dimension alone would
+//! admit it (its *due*); it goes at the latest due (its *deadline*). The
+//! dimension whose due is the deadline is the one that *binds* it.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -77,10 +80,10 @@ impl Position {
             else {
                 break;
             };
-            // A limit so fast that it never binds (its debt is not counted
-            // in units) holds no waiter back: its due is where the others
-            // put it, and once capped at their deadline it equals that
-            // deadline, which must not make it count as binding.
+            // A limit too fast for its debt to be counted in units never
+            // holds a waiter back. Its due is wherever the other
+            // dimensions put it (it may equal their deadline), so it is
+            // never counted as binding.
             let unbounded = step <= super::transition::RESCALE_FROM_NS;
             binding.push(due == before && !unbounded);
             if to == 0 || unbounded || to == step {
@@ -111,9 +114,10 @@ impl Position {
             .map(|(_, due)| *due)
             .max()
             .unwrap_or(before);
-        // A dimension that does not bind follows those that do, kept a
-        // nanosecond before their deadline: equal to it, the next change
-        // would take it for binding and hold the waiter where it was.
+        // A dimension that does not bind must not hold the waiter later
+        // than those that do: cap its due a nanosecond before their
+        // deadline. (Equal to the deadline, the next change would count
+        // it as binding and keep the waiter where it was.)
         let cap = latest
             .checked_sub(Duration::from_nanos(1))
             .unwrap_or(latest);
@@ -127,14 +131,18 @@ impl Position {
 }
 
 impl Position {
-    /// Moves each dimension forward by `by` (its share of a refund), and
-    /// those that did not bind the waiter and got no refund (or one too
-    /// fast to count) by `follow`: what the waiter ahead of it moved. They
-    /// were charged where the waiters ahead were admitted, and those moved
-    /// by that much. A dimension that bound it and got no refund stays:
-    /// its own limit spaced the queue. Answers by how much the waiter's
-    /// deadline moved.
-    fn refund(&mut self, by: &[Duration], follow: Duration) -> Duration {
+    /// Moves the waiter earlier after a refund ahead of it, and answers
+    /// how much its deadline moved.
+    ///
+    /// Per dimension:
+    /// - refunded (`by[d]` not zero, at a rate slow enough to count):
+    ///   earlier by the refund;
+    /// - not refunded and binding: stays, since its own limit spaced the
+    ///   queue;
+    /// - not refunded and not binding: earlier by `ahead_moved`, what the
+    ///   waiter ahead moved, because this dimension was charged when the
+    ///   waiters ahead were admitted.
+    fn refund(&mut self, by: &[Duration], ahead_moved: Duration) -> Duration {
         let Some(before) = self.deadline() else {
             return Duration::ZERO;
         };
@@ -151,7 +159,7 @@ impl Position {
             } else if binds {
                 Duration::ZERO
             } else {
-                follow
+                ahead_moved
             };
             *due = due.checked_sub(move_by).unwrap_or(*due);
         }
@@ -359,10 +367,9 @@ impl<K: Hash + Eq + Clone> Queue<K> {
     /// dimension; 0 leaves a dimension alone): the key's limits changed,
     /// and the store re-spaced what is spent the same way.
     ///
-    /// A waiter's position in a dimension that did not bind it is where
-    /// the waiters ahead of it were admitted (every dimension is charged
-    /// at the admission's instant), so it follows the dimensions that bind:
-    /// it never holds the waiter later than they do.
+    /// A dimension that does not bind a waiter is never allowed to hold it
+    /// later than the dimensions that do (every dimension is charged at
+    /// the same instant, when the waiters ahead are admitted).
     pub(crate) fn rescaled(&self, key: &K, intervals: &[u64]) {
         if self.len() == 0 {
             return;
@@ -400,15 +407,16 @@ impl<K: Hash + Eq + Clone> Queue<K> {
         if by.iter().all(Duration::is_zero) {
             return;
         }
-        // In the order they go: each follows what the one ahead moved (the
-        // settled grant ahead of them all was sent: it does not move).
+        // In the order they go, each moved by the refund and by what the
+        // waiter ahead of it moved. (The settled grant, ahead of them all,
+        // was already sent: it does not move.)
         let mut order: Vec<(Instant, &Arc<Waiter>)> =
             list.iter().map(|w| (w.deadline(), w)).collect();
         order.sort_by_key(|(deadline, _)| *deadline);
-        let mut follow = Duration::ZERO;
+        let mut ahead_moved = Duration::ZERO;
         for (_, other) in order {
-            follow = other.lock().refund(&by, follow);
-            if !follow.is_zero() {
+            ahead_moved = other.lock().refund(&by, ahead_moved);
+            if !ahead_moved.is_zero() {
                 other.wake();
             }
         }
