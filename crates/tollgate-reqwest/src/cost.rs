@@ -176,9 +176,11 @@ impl Falls {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum OutputCharge {
     /// Learnt from the endpoint's answers (the default): the bound, until
-    /// an answer's tokens `remaining` shows that a call was charged less;
-    /// what was written at Anthropic's hosts (`anthropic.com`), whose
-    /// output tokens count what the model wrote.
+    /// the tokens `remaining` shows that calls were charged less (one
+    /// answer, where the limit is stated with it; a run of answers where
+    /// only `remaining` is, and it counts a window); what was written at
+    /// Anthropic's hosts (`anthropic.com`), whose output tokens count what
+    /// the model wrote.
     #[default]
     Learnt,
     /// The bound, always (OpenAI reserves `max_tokens` against the limit).
@@ -227,6 +229,19 @@ pub(crate) struct Lesson {
     /// The tokens limit and what remained of it, as the call's answer
     /// stated them (exact, or rounded down as Anthropic rounds).
     pub(crate) seen: Option<(u64, u64)>,
+    /// What remained of a tokens limit the answer did not state (Azure's
+    /// sparest answers).
+    pub(crate) unstated: Option<Unstated>,
+}
+
+/// What remained of a tokens limit an answer did not state.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Unstated {
+    /// When the call was sent.
+    pub(crate) sent: tokio::time::Instant,
+    /// When its answer came.
+    pub(crate) at: tokio::time::Instant,
+    pub(crate) remaining: u64,
 }
 
 /// Whether the endpoint charges a call's output bound (`max_tokens`, as
@@ -241,15 +256,136 @@ pub(crate) struct Lesson {
 /// is in it. An answer whose `remaining` is more than the limit less the
 /// call's prompt and bound shows that the call was charged less than its
 /// bound.
+///
+/// Where the answers state what remains but not the limit, a single
+/// answer shows nothing (the limit could be larger by the difference).
+/// Then a run of answers does ([`Stretch`]): where `remaining` counts a
+/// window, it falls by exactly what the calls were charged.
 #[derive(Debug, Default)]
 pub(crate) struct Charges {
     written: bool,
+    stretch: Option<Stretch>,
 }
+
+/// A run of answers whose `remaining` (of a limit not stated) is read for
+/// what the calls were charged.
+///
+/// Where `remaining` counts a window (the last minute, or the clock's),
+/// within a minute of a first reading, a later reading is less by at least
+/// what this process's calls were charged between the two (more where
+/// others spend too). A call sent after the first reading came, and
+/// answered before the later call was sent, was charged between them,
+/// whatever order the provider saw the calls in: only such calls are
+/// counted. A fall clearly below the counted calls' bounds, and close to
+/// what they wrote, shows that what was written is charged.
+///
+/// A bucket refilled continuously shows no fall at the pace the calls go
+/// (it refills what they spend), and one drained faster than it refills
+/// refuses: the fall must keep up with what was written over
+/// [`STRETCH_CALLS`] counted calls, after [`STRETCH_SKIP`] answers that
+/// the first calls' slow start may have sent faster than any pace. A
+/// reading above the first (a refill, or a new window) starts another
+/// stretch from it.
+#[derive(Debug)]
+struct Stretch {
+    /// Answers read since the endpoint's first.
+    answers: u64,
+    /// The first reading: when its answer came, and what remained.
+    first: Option<(tokio::time::Instant, u64)>,
+    /// The calls sent since it came, in the order answered: when each was
+    /// answered, what it wrote (with its prompt) and its bound (with
+    /// its prompt).
+    calls: VecDeque<Counted>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Counted {
+    at: tokio::time::Instant,
+    written: u64,
+    bound: u64,
+}
+
+/// Answers before a stretch counts (its calls may go faster than the pace).
+const STRETCH_SKIP: u64 = 5;
+/// Calls a stretch counts before it concludes.
+const STRETCH_CALLS: usize = 20;
+/// Calls a stretch remembers (those answered, counted or not yet).
+const STRETCH_KEPT: usize = 1024;
+/// How long a stretch may last: a window gives back after a minute what it
+/// counted.
+const STRETCH_FOR: Duration = Duration::from_secs(60);
 
 impl Charges {
     /// Whether the endpoint is known to charge only what was written.
     pub(crate) fn written(&self) -> bool {
         self.written
+    }
+
+    /// A bounded call's answer stated what remained of a tokens limit it
+    /// did not state; the call was `input` tokens of prompt, wrote
+    /// `output`, under a bound of `bound`.
+    pub(crate) fn answered_unstated(
+        &mut self,
+        read: Unstated,
+        input: u64,
+        output: u64,
+        bound: u64,
+    ) {
+        if self.written {
+            return;
+        }
+        let Unstated {
+            sent,
+            at,
+            remaining,
+        } = read;
+        let stretch = self.stretch.get_or_insert(Stretch {
+            answers: 0,
+            first: None,
+            calls: VecDeque::new(),
+        });
+        stretch.answers = stretch.answers.saturating_add(1);
+        let Some((since, first)) = stretch.first else {
+            if stretch.answers > STRETCH_SKIP {
+                stretch.restart(at, remaining);
+            }
+            return;
+        };
+        if remaining > first
+            || at.saturating_duration_since(since) >= STRETCH_FOR
+            || stretch.calls.len() >= STRETCH_KEPT
+        {
+            stretch.restart(at, remaining);
+            return;
+        }
+        if sent >= since {
+            stretch.calls.push_back(Counted {
+                at,
+                written: input.saturating_add(output.min(bound)),
+                bound: input.saturating_add(bound),
+            });
+        }
+        // The calls charged between the first reading and this one.
+        let (mut written, mut bounds, mut counted) = (0u128, 0u128, 0usize);
+        for call in stretch.calls.iter().filter(|call| call.at <= sent) {
+            written += u128::from(call.written);
+            bounds += u128::from(call.bound);
+            counted += 1;
+        }
+        if counted < STRETCH_CALLS {
+            return;
+        }
+        let fell = u128::from(first - remaining);
+        // What was written is clearly less than the bounds (by a fifth at
+        // least); the fall is at least four fifths of it, and a tenth under
+        // the bounds.
+        if written * 5 <= bounds * 4 && fell * 5 >= written * 4 && fell * 10 <= bounds * 9 {
+            self.written = true;
+            self.stretch = None;
+            return;
+        }
+        // Nothing shown: a fresh stretch from here.
+        stretch.restart(at, remaining);
     }
 
     /// A bounded call's answer stated `seen` (limit, remaining); it was
@@ -260,6 +396,14 @@ impl Charges {
                 self.written = true;
             }
         }
+    }
+}
+
+impl Stretch {
+    /// A stretch from a reading of `remaining`, answered at `at`.
+    fn restart(&mut self, at: tokio::time::Instant, remaining: u64) {
+        self.first = Some((at, remaining));
+        self.calls.clear();
     }
 }
 
@@ -340,6 +484,85 @@ mod tests {
         // 32 charged (20 written) leaves 968: more than the bound allows.
         charges.answered(Some((1_000, 968)), 12, 60);
         assert!(charges.written());
+    }
+
+    /// Calls of 12 tokens of prompt, writing 20 under a bound of 60, sent
+    /// 10 ms apart, each answered after `latency(i)`, read in the order
+    /// answered; the provider charges each call `charge` when it comes and
+    /// answers what remains then, where `remaining` is `counted(spent, t)`.
+    /// Answers whether the charge was taken for what was written.
+    fn read_in_order(
+        calls: u64,
+        charge: u64,
+        latency: impl Fn(u64) -> u64,
+        counted: impl Fn(u64, Duration) -> u64,
+    ) -> bool {
+        let start = tokio::time::Instant::now();
+        let mut answers: Vec<(Duration, Duration, u64)> = (0..calls)
+            .map(|i| {
+                let sent = Duration::from_millis(10 * i);
+                let remaining = counted((i + 1) * charge, sent);
+                (sent + Duration::from_millis(latency(i)), sent, remaining)
+            })
+            .collect();
+        answers.sort_by_key(|&(at, sent, _)| (at, sent));
+        let mut charges = Charges::default();
+        for (at, sent, remaining) in answers {
+            charges.answered_unstated(
+                Unstated {
+                    sent: start + sent,
+                    at: start + at,
+                    remaining,
+                },
+                12,
+                20,
+                60,
+            );
+        }
+        charges.written()
+    }
+
+    const LIMIT: u64 = 1_000_000;
+
+    #[test]
+    fn a_window_that_falls_by_what_was_written_shows_it_charged() {
+        // A minute's window: what remains falls by each call's charge.
+        let window = |spent: u64, _| LIMIT - spent;
+        assert!(read_in_order(40, 32, |_| 1, window));
+        assert!(read_in_order(60, 32, |_| 25, window));
+        // Answers out of order: every other call answered 40 ms late.
+        let late = |i: u64| if i % 2 == 0 { 40 } else { 1 };
+        assert!(read_in_order(100, 32, late, window));
+        // Too few calls show nothing yet.
+        assert!(!read_in_order(20, 32, |_| 1, window));
+    }
+
+    #[test]
+    fn a_window_that_falls_by_the_bounds_never_shows_it() {
+        let window = |spent: u64, _| LIMIT - spent;
+        // In order, each reading is less by exactly the calls before it.
+        assert!(!read_in_order(2_000, 72, |_| 1, window));
+        assert!(!read_in_order(2_000, 72, |_| 25, window));
+        // Out of order: a late answer's reading does not hold the charges
+        // of the calls sent after it, though they were answered first.
+        let late = |i: u64| if i % 2 == 0 { 40 } else { 1 };
+        assert!(!read_in_order(2_000, 72, late, window));
+        let later = |i: u64| if i % 7 == 0 { 30 } else { 1 };
+        assert!(!read_in_order(2_000, 72, later, window));
+        assert!(!read_in_order(2_000, 72, |i| 1 + (i * 37) % 90, window));
+    }
+
+    #[test]
+    fn a_bucket_refilled_at_the_pace_shows_nothing() {
+        // A minute's bucket refilled at 7,200 tokens a second: what 100
+        // calls a second charged the bound spend; full to start.
+        let bucket = |spent: u64, t: Duration| {
+            let refilled = u64::try_from(t.as_millis()).unwrap_or(u64::MAX) * 72 / 10;
+            (LIMIT + refilled).saturating_sub(spent).min(LIMIT - 72)
+        };
+        assert!(!read_in_order(2_000, 72, |_| 25, bucket));
+        // Charged what was written, it stays full: nothing shown either.
+        assert!(!read_in_order(2_000, 32, |_| 25, bucket));
     }
 
     #[test]

@@ -22,9 +22,11 @@
 //!
 //! Tokens are inferred as requests are, each answer counting the tokens
 //! its call reserved (the call's bound, where it names one: what it was
-//! charged comes with its usage, later). A provider that charges less than
-//! the bound gives the difference back during the minute, and the
-//! estimate is higher by it, as on a bucket.
+//! charged comes with its usage, later). Once the endpoint is known to
+//! charge what was written (see the `cost` module's `Charges`), a call's
+//! usage takes back what it reserved over its charge. Until then, a
+//! provider that charges less than the bound makes each estimate higher
+//! by the difference, as a bucket does.
 //!
 //! The same answers tell the window of a request limit that a provider
 //! states with no reset and no window in the header's name (Azure's
@@ -113,6 +115,17 @@ impl Inferred {
             .is_some_and(|&(at, _)| now.saturating_duration_since(at) >= WINDOW)
         {
             self.forget_oldest();
+        }
+    }
+
+    /// A call counted by [`spent`](Self::spent) was settled `by` lower
+    /// than it reserved (what it was charged came with its usage): the
+    /// latest answer counted gives it back.
+    pub(crate) fn settled_lower(&mut self, by: u64) {
+        if let Some((_, amount)) = self.spent.back_mut() {
+            let by = by.min(*amount);
+            *amount -= by;
+            self.total = self.total.saturating_sub(by);
         }
     }
 
@@ -212,6 +225,28 @@ mod tests {
     fn answer(inferred: &mut Inferred, at: Instant, remaining: u64) -> Option<u64> {
         inferred.spent(at, 1);
         inferred.remaining(at, remaining)
+    }
+
+    #[test]
+    fn a_call_settled_lower_counts_at_its_charge() {
+        let start = Instant::now();
+        let mut tokens = Inferred::default();
+        // 1,000 a minute; two calls reserved 72 each and were charged 32
+        // (the provider's window says so).
+        tokens.spent(start, 72);
+        tokens.settled_lower(40);
+        assert_eq!(tokens.remaining(start, 968), Some(1_000));
+        tokens.spent(start + Duration::from_secs(1), 72);
+        tokens.settled_lower(40);
+        // Counted at its bound, the second call would make it 1,040 (the
+        // least estimate still 1,000); counted at its charge, 1,000 again,
+        // and a minute after the first call, still 1,000.
+        assert_eq!(tokens.remaining(start + Duration::from_secs(1), 936), None);
+        let later = start + Duration::from_millis(60_500);
+        tokens.spent(later, 72);
+        tokens.settled_lower(40);
+        assert_eq!(tokens.remaining(later, 936), None);
+        assert_eq!(tokens.per_minute(), Some(1_000));
     }
 
     /// A provider's sliding window, as the tests' mock keeps it: the

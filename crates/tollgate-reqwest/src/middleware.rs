@@ -611,6 +611,8 @@ struct Priced {
 /// One attempt's answer, read.
 struct Sent {
     grant: Grant,
+    /// When the attempt was sent.
+    sent_at: tokio::time::Instant,
     response: Response,
     answer: Answer,
     /// Every rate-limit header of the answer.
@@ -818,6 +820,7 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
         }
         Ok(Sent {
             grant,
+            sent_at,
             response,
             answer,
             all,
@@ -938,6 +941,7 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
     fn done(self: &Arc<Self>, call: &mut Priced, sent: Sent) -> Response {
         let Sent {
             grant,
+            sent_at,
             mut response,
             all,
             ..
@@ -946,6 +950,13 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
         let lesson = crate::cost::Lesson {
             unbounded: call.unbounded,
             seen: ProviderLimits::stated_with_remaining(read.as_ref(), Dimension::Tokens),
+            unstated: crate::model::unstated_tokens(read.as_ref()).map(|remaining| {
+                crate::cost::Unstated {
+                    sent: sent_at,
+                    at: tokio::time::Instant::now(),
+                    remaining,
+                }
+            }),
         };
         let usage = Usage::new(
             Arc::clone(self) as Arc<dyn SettleUsage>,
@@ -977,6 +988,7 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             answer,
             all,
             said,
+            ..
         } = sent;
         let status = response.status();
         crate::meters::refused(key, answer);

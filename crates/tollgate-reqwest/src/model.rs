@@ -358,6 +358,10 @@ impl Model {
         // A bounded call: charged its bound, unless the endpoint is known
         // to charge what was written.
         self.charges.answered(lesson.seen, used[2], bound);
+        if let Some(read) = lesson.unstated {
+            self.charges
+                .answered_unstated(read, used[2], used[3], bound);
+        }
         let written = match charge {
             OutputCharge::Learnt => self.charges.written() || self.trusts_written_quirk(),
             OutputCharge::Bound => false,
@@ -366,6 +370,10 @@ impl Model {
         if !written && used[3] < bound {
             used[3] = bound;
             used[1] = used[2].saturating_add(bound);
+        } else if lesson.unstated.is_some() {
+            // The inferred token limit counted the call at its bound.
+            self.inferred_tokens
+                .settled_lower(bound.saturating_sub(used[3]));
         }
         used
     }
@@ -630,6 +638,11 @@ impl Model {
 
 /// What an answer says remains of a limit it does not state (see
 /// `infer`).
+/// What remains of a tokens limit that an answer does not state.
+pub(crate) fn unstated_tokens(read: &RateLimitHeaders) -> Option<u64> {
+    remaining_of_unstated(&read.tokens)
+}
+
 fn remaining_of_unstated(reading: &Reading) -> Option<u64> {
     match *reading {
         Reading {

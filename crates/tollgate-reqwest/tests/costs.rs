@@ -280,3 +280,42 @@ async fn a_rounded_remaining_leaves_the_bound_charged_but_at_anthropic() {
         100.0 * share
     );
 }
+
+/// Where answers state what remains of the tokens limit but not the limit
+/// (Azure's sparest answers), a single answer shows nothing of a call's
+/// charge; a run of them does where `remaining` counts a window: it falls
+/// by what was written, and calls are settled to it. A bucket refilled at
+/// the pace the calls go shows no fall: bounded calls stay charged their
+/// bound there, slower than the provider allows, never refused. A
+/// provider that charges the bound is never overrun.
+#[tokio::test(start_paused = true)]
+async fn a_remaining_alone_shows_what_is_charged_where_it_counts_a_window() {
+    let second = Duration::from_secs(1);
+    for counting in [
+        Counting::bucket(second),
+        Counting::sliding(second),
+        Counting::fixed(second),
+    ] {
+        let charges_bound = Config::new(12_000, 72 * 100 * 60)
+            .dialect(Style::RemainingOnly)
+            .tokens(counting)
+            .charge(Charge::MaxTokens)
+            .writes(20);
+        let (share, refused) = bounded(charges_bound).await;
+        assert!(refused <= 3, "{counting:?}, bound: {refused} refused");
+        assert!(share > 0.9, "{counting:?}, bound: {:.1}%", 100.0 * share);
+        let charges_written = Config::new(12_000, 32 * 100 * 60)
+            .dialect(Style::RemainingOnly)
+            .tokens(counting)
+            .charge(Charge::Written)
+            .writes(20);
+        let (share, refused) = bounded(charges_written).await;
+        assert!(refused <= 3, "{counting:?}, written: {refused} refused");
+        if counting.report == Report::Bucket {
+            // Charged the bound, 72 a call: 44% of the rate.
+            assert!(share < 0.5, "{counting:?}, written: {:.1}%", 100.0 * share);
+        } else {
+            assert!(share > 0.85, "{counting:?}, written: {:.1}%", 100.0 * share);
+        }
+    }
+}
