@@ -29,7 +29,8 @@
 //! release paced) and the reservations they move back; a give-back moving
 //! the queue up; bounds over an interval; extreme costs, quotas and keys;
 //! and, through a [`KeyedBudget`] over the store, waiters moving forward
-//! when one ahead goes away or a grant is refunded, and a pause holding the
+//! when one ahead goes away or a grant is refunded, back when a grant is
+//! charged more than it reserved, and a pause holding the
 //! waiters already queued. A store of one dimension a key
 //! (`DirectStore`) runs it with [`Suite::one_dimension`].
 
@@ -206,6 +207,7 @@ where
         let unit = (slack * 8).max(secs(1));
         engine_cancel_moves_up((self.make)().await, unit, slack).await;
         engine_refund_moves_up((self.make)().await, unit, slack).await;
+        engine_charge_moves_back((self.make)().await, unit, slack).await;
         engine_pause_holds_waiters((self.make)().await, unit, slack).await;
     }
 }
@@ -1020,6 +1022,37 @@ async fn engine_refund_moves_up<S: Store<String> + 'static>(
         "the waiter after a refund of 2",
         waited,
         Duration::ZERO,
+        slack * 2,
+    );
+}
+
+async fn engine_charge_moves_back<S: Store<String> + 'static>(
+    store: S,
+    unit: Duration,
+    slack: Duration,
+) {
+    const CHECK: &str = "a charge moves the waiters back";
+    let budget = budget(store, unit_quota(unit, 2));
+    let key = "w".to_owned();
+    let Ok(grant) = budget.try_acquire(&key, &[2]).await else {
+        panic!("store conformance, {CHECK}: the burst was not admitted");
+    };
+    // Queued behind the burst: due at one unit.
+    let waiter = spawn_acquire(&budget, 1);
+    settle_in(&budget, 1).await;
+    // The burst used 4, not 2: the waiter goes where it would have, had
+    // the grant reserved 4.
+    if budget.settle(&key, grant, &[4]).await.is_err() {
+        panic!("store conformance, {CHECK}: settle failed");
+    }
+    let Some(waited) = waiter.await.ok().flatten() else {
+        panic!("store conformance, {CHECK}: the waiter failed");
+    };
+    near(
+        CHECK,
+        "the waiter after a charge of 2",
+        waited,
+        unit * 3,
         slack * 2,
     );
 }

@@ -608,7 +608,9 @@ where
     /// Settles a grant with the real usage, one figure per dimension: what
     /// was reserved beyond it is refunded (and the waiters queued in this
     /// process move forward by it), what was used beyond it is charged
-    /// (later callers wait for it).
+    /// (later callers wait for it, and the waiters queued in this process
+    /// move back by it: each goes where it would have, had the grant
+    /// reserved what it used).
     pub async fn settle(&self, key: &K, grant: Grant, actual: &[u64]) -> Result<(), Denied> {
         let limits = &self.limits;
         if actual.len() != limits.len() || grant.len != limits.len() {
@@ -616,9 +618,11 @@ where
         }
         let mut changes = [Change::Keep; MAX_DIMENSIONS];
         let mut refunds = [0u64; MAX_DIMENSIONS];
-        for (((change, refund), &reserved), &used) in changes
+        let mut charges = [0u64; MAX_DIMENSIONS];
+        for ((((change, refund), charge), &reserved), &used) in changes
             .iter_mut()
             .zip(refunds.iter_mut())
+            .zip(charges.iter_mut())
             .zip(grant.costs())
             .zip(actual)
         {
@@ -627,7 +631,10 @@ where
                     *refund = reserved.saturating_sub(used);
                     Change::Refund(*refund)
                 }
-                std::cmp::Ordering::Greater => Change::Charge(used.saturating_sub(reserved)),
+                std::cmp::Ordering::Greater => {
+                    *charge = used.saturating_sub(reserved);
+                    Change::Charge(*charge)
+                }
                 std::cmp::Ordering::Equal => Change::Keep,
             };
         }
@@ -636,6 +643,8 @@ where
             .await?;
         self.queue
             .refunded(key, refunds.get(..n).unwrap_or(&[]), &grant.steps);
+        self.queue
+            .charged(key, charges.get(..n).unwrap_or(&[]), &grant.steps);
         Ok(())
     }
 

@@ -388,6 +388,44 @@ impl<K: Hash + Eq + Clone> Queue<K> {
         }
     }
 
+    /// Moves every waiter of `key` back by `charges` (at `steps`
+    /// nanoseconds a unit): a grant admitted before them all was settled
+    /// higher than it reserved, and the store charged the difference
+    /// after them. Each waiter goes where it would have, had the grant
+    /// reserved what it used.
+    pub(crate) fn charged(&self, key: &K, charges: &[u64], steps: &[u64]) {
+        if self.len() == 0 || charges.iter().all(|&charge| charge == 0) {
+            return;
+        }
+        let waiters = self.lock();
+        let Some(list) = waiters.get(key) else {
+            return;
+        };
+        for other in list {
+            let mut position = other.lock();
+            let len = position.len;
+            let mut moved = false;
+            for (d, (&charge, &step)) in charges.iter().zip(steps).enumerate().take(len) {
+                // A limit too fast for its debt to be counted in units
+                // holds no one back.
+                if charge == 0 || step <= super::transition::RESCALE_FROM_NS {
+                    continue;
+                }
+                let by = Duration::from_nanos(charge.saturating_mul(step));
+                if let Some(due) = position.dues.get_mut(d) {
+                    if let Some(later) = due.checked_add(by) {
+                        *due = later;
+                        moved = true;
+                    }
+                }
+            }
+            drop(position);
+            if moved {
+                other.wake();
+            }
+        }
+    }
+
     /// Moves every waiter of `key` forward by `refunds` (at `steps`
     /// nanoseconds a unit): a grant admitted before them all was settled
     /// lower than it reserved.
