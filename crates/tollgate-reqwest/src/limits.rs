@@ -268,8 +268,11 @@ pub(crate) struct Pacing {
 
 impl Pacing {
     /// The quota a per-minute limit is paced at. The burst is a twentieth
-    /// of a second's worth, or `min_burst` (the largest call) if more, and
-    /// at least 1: calls leave evenly spaced.
+    /// of a second's worth, but no more than the headroom leaves in a
+    /// second (a provider that enforces the limit over each second, or
+    /// any second, admits a second's worth: paced calls and the burst
+    /// must fit in it), or `min_burst` (the largest call) if more, and at
+    /// least 1: calls leave evenly spaced.
     pub(crate) fn quota(&self, per_minute: Option<u64>, min_burst: u64) -> Quota {
         let Some(limit) = per_minute else {
             return open();
@@ -281,7 +284,8 @@ impl Pacing {
             clippy::cast_sign_loss
         )]
         let paced = ((limit as f64) * (1.0 - self.headroom)).floor().max(1.0) as u64;
-        let burst = (paced / 60 / 20).max(min_burst).clamp(1, paced);
+        let spare = limit.saturating_sub(paced) / 60;
+        let burst = (paced / 60 / 20).min(spare).max(min_burst).clamp(1, paced);
         Quota::new(paced, MINUTE)
             .and_then(|q| q.burst(burst))
             .unwrap_or_else(|_| open())
@@ -351,6 +355,11 @@ mod tests {
             let read = pacing.per_minute_of(&quota);
             assert_eq!(pacing.quota(read, 1), quota, "{limit} at {headroom}");
         }
+        // Paced calls and the burst fit in any second: at 98% of 100 a
+        // second, a burst of 2 (a twentieth of a second's worth, 4, would
+        // put 102 in a second).
+        let narrow = Pacing { headroom: 0.02 }.quota(Some(6_000), 1);
+        assert_eq!((narrow.count(), narrow.burst_size()), (5_880, 2));
         // A burst holds the largest call, but never more than the limit.
         assert_eq!(pacing.quota(Some(60_000), 400).burst_size(), 400);
         assert_eq!(pacing.quota(Some(100), 400).burst_size(), 95);

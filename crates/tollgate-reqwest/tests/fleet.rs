@@ -164,9 +164,9 @@ async fn an_answer_teaches_the_store_in_one_adjustment() {
 async fn processes_that_join_late_learn_the_fleets_rate() {
     let second = Duration::from_secs(1);
     for (counting, attempts_refused, permille) in [
-        (mock::Counting::bucket(second), (1_224, 24), 874),
-        (mock::Counting::sliding(second), (1_208, 8), 813),
-        (mock::Counting::fixed(second), (1_208, 8), 813),
+        (mock::Counting::bucket(second), (1_224, 24), 873),
+        (mock::Counting::sliding(second), (1_208, 8), 811),
+        (mock::Counting::fixed(second), (1_208, 8), 811),
     ] {
         let config = Config::new(6_000, 100_000_000)
             .dialect(Style::Bare)

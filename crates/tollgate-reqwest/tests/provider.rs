@@ -245,9 +245,11 @@ async fn remaining_only_headers_when_tokens_are_the_limit() {
 }
 
 /// The same headers where the provider enforces its tokens in a window
-/// sliding over each second, 1,200 calls at once: the first second's
-/// refusal (for tokens, by the slice) leaves the request rate alone, since
-/// the token limit inferred was pacing the calls. (It cut the request
+/// sliding over each second, 1,200 calls at once: none refused, since the
+/// paced calls and the burst fit in a second (a burst of a twentieth of a
+/// second's worth met one refusal; its refusal, for tokens, left the
+/// request rate alone, since the token limit inferred was pacing the
+/// calls). (A refusal of that kind once cut the request
 /// rate learnt from refusals below the token limit's pace while a
 /// thousand calls were queued, and the retry waited 24 s behind the
 /// store's re-spaced request debt: 46.9% of the rate.)
@@ -262,7 +264,7 @@ async fn remaining_only_headers_when_tokens_bind_in_a_sliding_window() {
     let middleware = RateLimitMiddleware::builder().headroom(0.02).build();
     let clients = vec![transport::client(middleware)];
     let measured = calls_to(config, Host::Provider, clients, 1_200).await;
-    check_calls(Style::RemainingOnly, &measured, 1_200, (1_201, 1), 964);
+    check_calls(Style::RemainingOnly, &measured, 1_200, (1_200, 0), 963);
 }
 
 /// Azure's request limit counts ten seconds (100 where the minute allows
@@ -366,7 +368,7 @@ async fn no_headers_a_bucket_refills() {
     let middleware = RateLimitMiddleware::builder().headroom(0.02).build();
     let clients = vec![transport::client(middleware)];
     let measured = calls_to(config, Host::Provider, clients, 1_200).await;
-    check_calls(Style::Bare, &measured, 1_200, (1_206, 6), 963);
+    check_calls(Style::Bare, &measured, 1_200, (1_206, 6), 961);
 }
 
 /// Forwards to a [`MemoryStore`] after a delay, as a network store would.
@@ -526,16 +528,18 @@ async fn four_processes_on_one_key_find_their_share() {
 /// bucket refilled continuously, a minute sliding or fixed, the limit
 /// enforced over each second). Shares start uneven (the first answers
 /// see different spends), so the larger ones finish first and the others
-/// take the room they leave at once. None lost, at most 2 refused; 92.9%,
-/// 87.6% and 90.2% of the rate (while the room was taken a step a second:
-/// 81.4%, 78.5% and 80.0%). Exact on virtual time.
+/// take the room they leave at once. None lost, at most 3 refused; 90.9%,
+/// 88.7% and 89.7% of the rate (while the room was taken a step a second:
+/// 81.4%, 78.5% and 80.0%; with a burst of a twentieth of a second's
+/// worth, not bounded by the headroom: 92.9%, 87.6% and 90.2%). Exact on
+/// virtual time.
 #[tokio::test(start_paused = true)]
 async fn four_processes_take_the_room_others_leave() {
     let second = Duration::from_secs(1);
     for (counting, attempts_refused, permille) in [
-        (mock::Counting::bucket(second), (1_200, 0), 929),
-        (mock::Counting::sliding(second), (1_202, 2), 876),
-        (mock::Counting::fixed(second), (1_200, 0), 902),
+        (mock::Counting::bucket(second), (1_200, 0), 909),
+        (mock::Counting::sliding(second), (1_203, 3), 887),
+        (mock::Counting::fixed(second), (1_200, 0), 897),
     ] {
         let config = mock::Config::new(6_000, 100_000_000)
             .dialect(Style::OpenAi)
