@@ -346,6 +346,7 @@ async fn run(s: &Scenario, seconds: u64, store: Shared<'_>) -> Row {
                     .body(payload.to_string())
                     .send()
                     .await
+                    .map_err(|e| eprintln!("a call lost: {e}"))
                     .ok()?;
                 let ok = response.status() == 200;
                 let usage = response.extensions().get::<Usage>().cloned();

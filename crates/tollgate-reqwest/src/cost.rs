@@ -375,7 +375,7 @@ impl Charges {
         if counted < STRETCH_CALLS {
             return;
         }
-        let fell = u128::from(first - remaining);
+        let fell = u128::from(first.saturating_sub(remaining));
         // What was written is clearly less than the bounds (by a fifth at
         // least); the fall is at least four fifths of it, and a tenth under
         // the bounds.

@@ -1065,39 +1065,20 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
         state: &EndpointState,
         costs: &[u64; 4],
     ) -> reqwest_middleware::Result<Grant> {
-        let limits = self
-            .budget
-            .limits_for(key)
-            .await
-            .map_err(reqwest_middleware::Error::middleware)?;
-        let mut raise = false;
-        for (dimension, &cost) in Dimension::ALL.into_iter().zip(costs) {
-            let quota = limits.quota(dimension.index());
-            // A cost over a whole minute's limit never fits.
-            if cost > quota.count() && quota.period() <= Duration::from_secs(60) {
-                return Err(reqwest_middleware::Error::middleware(TooLarge {
-                    dimension: dimension.name().to_owned(),
-                    cost,
-                }));
-            }
-            raise |= cost > quota.burst_size();
-        }
-        let in_store = limits.quota(Dimension::Requests.index());
-        let now = tokio::time::Instant::now();
-        let (changes, adopted) =
-            state
-                .model()
-                .admitting(&self.setting(), (costs, raise), in_store, now);
-        if adopted {
-            // The fleet knows the rate: no slow start.
-            state.window.close();
-        }
-        self.adjust(key, changes).await;
         let max_wait = self.settings.max_wait;
-        let denied = match self.budget.acquire_within(key, costs, max_wait).await {
-            Ok(grant) => return Ok(grant),
-            Err(denied) if denied.kind() == DeniedKind::RateLimited => denied,
-            Err(denied) => return Err(reqwest_middleware::Error::middleware(denied)),
+        // A burst under the call's cost is raised before the decision;
+        // one written over it meanwhile (by an answer priced on smaller
+        // calls, or another process) is raised again, once.
+        let mut tries = 0;
+        let denied = loop {
+            tries += 1;
+            self.prepare(key, state, costs).await?;
+            match self.budget.acquire_within(key, costs, max_wait).await {
+                Ok(grant) => return Ok(grant),
+                Err(denied) if denied.kind() == DeniedKind::RateLimited => break denied,
+                Err(denied) if denied.kind() == DeniedKind::CostExceedsBurst && tries < 2 => {}
+                Err(denied) => return Err(reqwest_middleware::Error::middleware(denied)),
+            }
         };
         // Further than `max_wait`. A pause the provider asked for that
         // long returns the call, as documented; a wait that comes from
@@ -1115,6 +1096,47 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
             .acquire(key, costs)
             .await
             .map_err(reqwest_middleware::Error::middleware)
+    }
+
+    /// Before a decision: reads the key's limits in the store, refuses a
+    /// call larger than a minute's limit, and applies what the model
+    /// changes for the call (a burst raised to its cost, a learnt rate
+    /// another process wrote).
+    async fn prepare(
+        &self,
+        key: &Endpoint,
+        state: &EndpointState,
+        costs: &[u64; 4],
+    ) -> reqwest_middleware::Result<()> {
+        let limits = self
+            .budget
+            .limits_for(key)
+            .await
+            .map_err(reqwest_middleware::Error::middleware)?;
+        let mut raise = [false; 4];
+        for (dimension, &cost) in Dimension::ALL.into_iter().zip(costs) {
+            let quota = limits.quota(dimension.index());
+            // A cost over a whole minute's limit never fits.
+            if cost > quota.count() && quota.period() <= Duration::from_secs(60) {
+                return Err(reqwest_middleware::Error::middleware(TooLarge {
+                    dimension: dimension.name().to_owned(),
+                    cost,
+                }));
+            }
+            raise[dimension.index()] = cost > quota.burst_size();
+        }
+        let in_store = limits.quota(Dimension::Requests.index());
+        let now = tokio::time::Instant::now();
+        let (changes, adopted) =
+            state
+                .model()
+                .admitting(&self.setting(), (costs, raise), in_store, now);
+        if adopted {
+            // The fleet knows the rate: no slow start.
+            state.window.close();
+        }
+        self.adjust(key, changes).await;
+        Ok(())
     }
 
     /// What the endpoints' models answer with: the configuration and the

@@ -282,11 +282,13 @@ impl Model {
         }
     }
 
-    /// A call of `costs` is about to be admitted, `raise` when one of them
-    /// exceeds its dimension's burst: each burst holds the largest of the
-    /// recent calls, raised at once for a larger one, lowered when those
-    /// are all under half of it (not at every change: each is a round
-    /// trip to the store).
+    /// A call of `costs` is about to be admitted; `raise` says, per
+    /// dimension, where it exceeds the burst the store holds. Each burst
+    /// holds the largest of the recent calls, raised at once for a larger
+    /// one, lowered when those are all under half of it (not at every
+    /// change: each is a round trip to the store). Where the store's burst
+    /// is under the call's cost (limits written before this call was
+    /// priced, or by another process), the limit is written again.
     ///
     /// `in_store` is the key's request limit as the store holds it: where
     /// another process of the fleet changed the learnt rate, this one
@@ -294,20 +296,31 @@ impl Model {
     pub(crate) fn admitting(
         &mut self,
         cx: &Setting<'_>,
-        (costs, raise): (&[u64; 4], bool),
+        (costs, raise): (&[u64; 4], [bool; 4]),
         in_store: &Quota,
         now: Instant,
     ) -> ([Change; 4], bool) {
         let adopted = self.adopt(cx, in_store, now);
         let largest = self.recent.push(*costs);
         for ((burst, &most), &cost) in self.bursts.iter_mut().zip(&largest).zip(costs) {
-            if raise && cost > *burst {
+            if cost > *burst {
                 *burst = cost;
             } else if most.saturating_mul(2) < *burst {
                 *burst = most;
             }
         }
-        (self.changes(cx, &[None; 4]).1, adopted)
+        let (_, limits) = self.limits(cx);
+        let mut changes = self.changes(cx, &[None; 4]).1;
+        for (i, change) in changes.iter_mut().enumerate() {
+            let quota = *limits.quota(i);
+            // Only a limit this process paces at: an open one written
+            // over another process's would lift it.
+            let paced = cx.pacing.per_minute_of(&quota).is_some();
+            if raise[i] && paced && matches!(change, Change::Keep | Change::AtMost(_)) {
+                *change = Change::Limit(quota);
+            }
+        }
+        (changes, adopted)
     }
 
     /// Through a store the fleet shares, the key's learnt request rate is

@@ -243,7 +243,7 @@ async fn an_exhausted_limit_waits_for_its_reset() {
     // The exhausted dimension's reset, not the other's.
     let gap = arrivals[1] - start;
     // 2.5 s, and the paced slot after it (exact on virtual time).
-    assert_eq!(gap, Duration::from_millis(2_538), "{gap:?}");
+    assert_eq!(gap, Duration::from_millis(2_589), "{gap:?}");
 }
 
 async fn post_body(

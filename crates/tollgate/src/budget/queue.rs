@@ -4,7 +4,9 @@
 //! reservation ahead of it is given back (its caller went away) or settled
 //! lower than reserved, the store moves the key's state (its TAT) earlier;
 //! this queue moves the waiters behind it earlier by the same amount and
-//! wakes them, so that they do not sleep past a turn that is free.
+//! wakes them, so that they do not sleep past a turn that is free. A
+//! grant settled higher than it reserved moves them later, as if it had
+//! reserved what it used.
 //!
 //! Each waiter records, per dimension, when that dimension alone would
 //! admit it (its *due*); it goes at the latest due (its *deadline*). The
