@@ -309,8 +309,13 @@ impl Model {
                 *burst = most;
             }
         }
-        let (_, limits) = self.limits(cx);
         let mut changes = self.changes(cx, &[None; 4]).1;
+        if !raise.contains(&true) {
+            return (changes, adopted);
+        }
+        // Only now: the limits are computed again, once per raise, not
+        // at every admission.
+        let (_, limits) = self.limits(cx);
         for (i, change) in changes.iter_mut().enumerate() {
             let quota = *limits.quota(i);
             // Only a limit this process paces at: an open one written

@@ -296,20 +296,18 @@ async fn a_remaining_alone_shows_what_is_charged_where_it_counts_a_window() {
         Counting::sliding(second),
         Counting::fixed(second),
     ] {
-        let charges_bound = Config::new(12_000, 72 * 100 * 60)
-            .dialect(Style::RemainingOnly)
-            .tokens(counting)
-            .charge(Charge::MaxTokens)
-            .writes(20);
-        let (share, refused) = bounded(charges_bound).await;
+        // Tokens allow 100 calls a second of what the provider charges.
+        let config = |charged: u64, charge: Charge| {
+            Config::new(12_000, charged * 100 * 60)
+                .dialect(Style::RemainingOnly)
+                .tokens(counting)
+                .charge(charge)
+                .writes(20)
+        };
+        let (share, refused) = bounded(config(72, Charge::MaxTokens)).await;
         assert!(refused <= 3, "{counting:?}, bound: {refused} refused");
         assert!(share > 0.9, "{counting:?}, bound: {:.1}%", 100.0 * share);
-        let charges_written = Config::new(12_000, 32 * 100 * 60)
-            .dialect(Style::RemainingOnly)
-            .tokens(counting)
-            .charge(Charge::Written)
-            .writes(20);
-        let (share, refused) = bounded(charges_written).await;
+        let (share, refused) = bounded(config(32, Charge::Written)).await;
         assert!(refused <= 3, "{counting:?}, written: {refused} refused");
         if counting.report == Report::Bucket {
             // Charged the bound, 72 a call: 44% of the rate.

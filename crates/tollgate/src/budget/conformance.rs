@@ -1003,27 +1003,16 @@ async fn engine_refund_moves_up<S: Store<String> + 'static>(
     unit: Duration,
     slack: Duration,
 ) {
-    const CHECK: &str = "a refund moves the waiters up";
-    let budget = budget(store, unit_quota(unit, 2));
-    let key = "w".to_owned();
-    let Ok(grant) = budget.try_acquire(&key, &[2]).await else {
-        panic!("store conformance, {CHECK}: the burst was not admitted");
-    };
-    let waiter = spawn_acquire(&budget, 1);
-    settle_in(&budget, 1).await;
-    if budget.settle(&key, grant, &[0]).await.is_err() {
-        panic!("store conformance, {CHECK}: settle failed");
-    }
-    let Some(waited) = waiter.await.ok().flatten() else {
-        panic!("store conformance, {CHECK}: the waiter failed");
-    };
-    near(
-        CHECK,
-        "the waiter after a refund of 2",
-        waited,
+    // Refunded whole: the waiter goes at once.
+    engine_settle_moves(
+        "a refund moves the waiters up",
+        store,
+        unit,
+        0,
         Duration::ZERO,
-        slack * 2,
-    );
+        slack,
+    )
+    .await;
 }
 
 async fn engine_charge_moves_back<S: Store<String> + 'static>(
@@ -1031,28 +1020,47 @@ async fn engine_charge_moves_back<S: Store<String> + 'static>(
     unit: Duration,
     slack: Duration,
 ) {
-    const CHECK: &str = "a charge moves the waiters back";
+    // The burst used 4, not 2: the waiter goes where it would have, had
+    // the grant reserved 4.
+    engine_settle_moves(
+        "a charge moves the waiters back",
+        store,
+        unit,
+        4,
+        unit * 3,
+        slack,
+    )
+    .await;
+}
+
+/// A burst of 2 (one a `unit`) admitted, one waiter queued behind it (due at
+/// one unit), the burst settled at `used`: the waiter goes at `want`.
+async fn engine_settle_moves<S: Store<String> + 'static>(
+    check: &str,
+    store: S,
+    unit: Duration,
+    used: u64,
+    want: Duration,
+    slack: Duration,
+) {
     let budget = budget(store, unit_quota(unit, 2));
     let key = "w".to_owned();
     let Ok(grant) = budget.try_acquire(&key, &[2]).await else {
-        panic!("store conformance, {CHECK}: the burst was not admitted");
+        panic!("store conformance, {check}: the burst was not admitted");
     };
-    // Queued behind the burst: due at one unit.
     let waiter = spawn_acquire(&budget, 1);
     settle_in(&budget, 1).await;
-    // The burst used 4, not 2: the waiter goes where it would have, had
-    // the grant reserved 4.
-    if budget.settle(&key, grant, &[4]).await.is_err() {
-        panic!("store conformance, {CHECK}: settle failed");
+    if budget.settle(&key, grant, &[used]).await.is_err() {
+        panic!("store conformance, {check}: settle failed");
     }
     let Some(waited) = waiter.await.ok().flatten() else {
-        panic!("store conformance, {CHECK}: the waiter failed");
+        panic!("store conformance, {check}: the waiter failed");
     };
     near(
-        CHECK,
-        "the waiter after a charge of 2",
+        check,
+        &format!("the waiter after settling at {used}"),
         waited,
-        unit * 3,
+        want,
         slack * 2,
     );
 }
