@@ -54,8 +54,10 @@
 //! - The rate one process writes is the one the others take (the model's
 //!   `adopt`): a cut by one is not written over by another's growth
 //!   within the second; a process that joins a fleet that learnt the rate
-//!   takes it at its first call, or at its first refusal, rather than
-//!   learning it again from its own few answers.
+//!   takes it at its first call, at its first refusal, or at its first
+//!   answer after that refusal (its calls may all have been refused, and
+//!   its retries queued behind the others'), rather than learning it
+//!   again from its own few answers.
 //!
 //! # Limits
 //!

@@ -195,12 +195,16 @@ impl Model {
     }
 
     /// Whether an answer at `now` is to read the key's request limit in
-    /// the shared store: once a rate is learnt, once a second.
+    /// the shared store: once a rate is learnt, once a second; before,
+    /// each answer after a refusal until a rate is known (the fleet may
+    /// have learnt one meanwhile: see `adopt`).
     pub(crate) fn store_read_due(&mut self, now: Instant) -> bool {
-        if !self.rate_learnt()
-            || self
-                .store_read_at
-                .is_some_and(|at| now.saturating_duration_since(at) < Duration::from_secs(1))
+        if !self.rate_learnt() {
+            return self.adaptive.learning_first_rate();
+        }
+        if self
+            .store_read_at
+            .is_some_and(|at| now.saturating_duration_since(at) < Duration::from_secs(1))
         {
             return false;
         }
@@ -340,8 +344,12 @@ impl Model {
         }
         // A first rate being learnt rises answer by answer: what the store
         // holds then is this process's own, a step behind. So is any
-        // limit it wrote lately: a read that crossed its own write.
-        if self.adaptive.learning_first_rate() || self.written.contains(in_store) {
+        // limit it wrote lately: a read that crossed its own write. A
+        // process whose first episode has no rate yet (its calls were all
+        // refused, its next answer not come) wrote none: a rate in the
+        // store is another's, learnt from more answers than its own.
+        let own_first = self.adaptive.learning_first_rate() && self.adaptive.per_minute().is_some();
+        if own_first || self.written.contains(in_store) {
             return false;
         }
         let Some(per_minute) = cx.pacing.per_minute_of(in_store) else {

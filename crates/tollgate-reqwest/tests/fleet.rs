@@ -214,3 +214,97 @@ async fn processes_that_join_late_learn_the_fleets_rate() {
         assert_eq!(measured, permille, "{counting:?}: of the allowed rate");
     }
 }
+
+/// A process whose first refusal came while the fleet had no rate yet,
+/// and whose next answer comes only after the others learnt one, takes
+/// the fleet's rate: it does not learn a first rate of its own from that
+/// lone answer and write it for all. Through Redis, four processes on a
+/// fixed second read 2.2-2.8% of the allowed rate in one run of four: one
+/// process's calls had all been refused and its retries queued behind the
+/// others' for ten seconds; it learnt 54 a minute from its first answer,
+/// and the fleet took it. Here a scripted provider stands for that queue:
+/// process B's first call is refused, its retry answered 5 s later; A's
+/// sixtieth call is refused, from which A learns the fleet's first rate.
+#[tokio::test(start_paused = true)]
+async fn a_process_that_hears_late_takes_the_fleets_rate() {
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+
+    #[derive(Default)]
+    struct Heard {
+        a: AtomicU64,
+        b: AtomicU64,
+    }
+    async fn answer(
+        axum::extract::State(heard): axum::extract::State<Arc<Heard>>,
+        headers: HeaderMap,
+    ) -> axum::response::Response {
+        let refuse = || (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")]).into_response();
+        let ok = || {
+            axum::Json(json!({"choices": [], "usage":
+                {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}))
+            .into_response()
+        };
+        if headers.contains_key("x-process-b") {
+            if heard.b.fetch_add(1, Ordering::SeqCst) == 0 {
+                return refuse();
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            return ok();
+        }
+        let n = heard.a.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if n == 60 {
+            refuse()
+        } else {
+            ok()
+        }
+    }
+    let heard = Arc::new(Heard::default());
+    let app = axum::Router::new()
+        .route("/v1/chat/completions", axum::routing::post(answer))
+        .with_state(Arc::clone(&heard));
+    let url = format!("{}/v1/chat/completions", transport::register(app));
+    let body = json!({"model": "m", "max_tokens": 10,
+        "messages": [{"role": "user", "content": "hi"}]})
+    .to_string();
+    let mut stores = Fleet::shared(2).into_iter();
+    let mut client = || {
+        Arc::new(transport::client(
+            RateLimitMiddleware::builder().build_with_store(stores.next().unwrap()),
+        ))
+    };
+    let (a, b) = (client(), client());
+    let start = Instant::now();
+    let b_call = {
+        let (url, body) = (url.clone(), body.clone());
+        tokio::spawn(async move {
+            let response = b
+                .post(url.as_str())
+                .header("x-process-b", "1")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            start.elapsed()
+        })
+    };
+    calls(a, &url, &body, 1_000).await.unwrap();
+    let b_heard = b_call.await.unwrap();
+    let elapsed = start.elapsed();
+    println!("B answered at {b_heard:?}; A's 1,000 calls done in {elapsed:?}");
+    assert!(
+        b_heard > Duration::from_secs(6),
+        "B's answer came late: {b_heard:?}"
+    );
+    assert_eq!(heard.a.load(Ordering::SeqCst), 1_001, "A: one refusal");
+    assert_eq!(heard.b.load(Ordering::SeqCst), 2, "B: one refusal");
+    // A learnt its rate from its busiest second and kept it: its calls
+    // end in the time that rate allows, not at the 54 a minute B's lone
+    // answer would show.
+    assert!(
+        elapsed < Duration::from_secs(40),
+        "A's calls took {elapsed:?}"
+    );
+}
