@@ -1,3 +1,9 @@
+//! GCRA, the default algorithm: one `u64` of state (the instant the limit
+//! is full again), decided without a lock. [`Algorithm::Gcra`] in the
+//! public API; the token and leaky buckets make the same decisions.
+//!
+//! [`Algorithm::Gcra`]: crate::Algorithm::Gcra
+
 use std::num::NonZeroU64;
 
 use crate::{Quota, Snapshot};

@@ -1,3 +1,9 @@
+//! The leaky bucket ([`Algorithm::LeakyBucket`]): a level that drains one
+//! unit per interval. It decides as GCRA does, for those who reason in
+//! levels; the property tests in `tests.rs` hold the two equal.
+//!
+//! [`Algorithm::LeakyBucket`]: crate::Algorithm::LeakyBucket
+
 use crate::{Quota, Snapshot};
 
 use super::{trivial, Outcome, StateMachine};

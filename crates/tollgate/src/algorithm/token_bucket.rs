@@ -1,3 +1,9 @@
+//! The token bucket ([`Algorithm::TokenBucket`]): a balance of tokens
+//! refilled one per interval. It decides as GCRA does, for those who
+//! reason in tokens; the property tests in `tests.rs` hold the two equal.
+//!
+//! [`Algorithm::TokenBucket`]: crate::Algorithm::TokenBucket
+
 use crate::{Quota, Snapshot};
 
 use super::{trivial, Outcome, StateMachine};

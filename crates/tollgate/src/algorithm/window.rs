@@ -1,3 +1,12 @@
+//! Fixed and sliding windows ([`Algorithm::FixedWindow`],
+//! [`Algorithm::SlidingWindow`]): counts per slot of time, as many
+//! providers count. A fixed window admits up to twice its limit across an
+//! edge; a sliding one never more than the limit in any window-long
+//! interval. Use them to mirror a provider that counts this way.
+//!
+//! [`Algorithm::FixedWindow`]: crate::Algorithm::FixedWindow
+//! [`Algorithm::SlidingWindow`]: crate::Algorithm::SlidingWindow
+
 use crate::{Quota, Snapshot};
 
 use super::{trivial, Outcome, StateMachine};
