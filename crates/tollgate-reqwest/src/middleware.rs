@@ -859,9 +859,9 @@ impl<S: Store<Endpoint> + 'static> Shared<S> {
     /// - an answer is counted there: one decision on the endpoint's
     ///   counter key, whose level tells how many answers the fleet got
     ///   lately (see `adaptive`);
-    /// - a refusal to a process that has learnt no rate yet, each answer
-    ///   after it until one is known, and an answer once a second once it
-    ///   is, read the key's request limit there:
+    /// - a refusal to a process that has learnt no rate yet, an answer
+    ///   after that refusal's episode while none is, and an answer once a
+    ///   second once one is, read the key's request limit there:
     ///   another process may have learnt or changed it (see the model's
     ///   `adopt`).
     ///

@@ -195,12 +195,14 @@ impl Model {
     }
 
     /// Whether an answer at `now` is to read the key's request limit in
-    /// the shared store: once a rate is learnt, once a second; before,
-    /// each answer after a refusal until a rate is known (the fleet may
-    /// have learnt one meanwhile: see `adopt`).
+    /// the shared store: once a rate is learnt, once a second; before, an
+    /// answer that comes after the first refusal's episode ended with no
+    /// rate learnt from it (this process's calls were all refused, and
+    /// its retries queued behind the fleet's: the fleet may have learnt a
+    /// rate meanwhile, see `adopt`).
     pub(crate) fn store_read_due(&mut self, now: Instant) -> bool {
         if !self.rate_learnt() {
-            return self.adaptive.learning_first_rate();
+            return self.adaptive.learning_first_rate() && self.episode_end(now).is_none();
         }
         if self
             .store_read_at
